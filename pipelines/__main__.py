@@ -1,0 +1,32 @@
+"""`python -m pipelines <command> ...`: the single entry point for dvc.yaml, Airflow and people."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "stack": ("pipelines.stack", "the local stack: up | down | status | env"),
+    "demo-data": ("pipelines.demo_data", "write simulated raw transactions and labels"),
+    "ingest": ("pipelines.ingest", "raw partition(s) -> canonical partition(s) + rejects"),
+    "validate": ("pipelines.validate", "Great Expectations on canonical partition(s): validated + quarantine"),
+    "expectations": ("pipelines.expectations", "expectation suites: suggest from reference data"),
+    "features": ("pipelines.features", "point-in-time features from validated partitions"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m pipelines <command> [options]\n\ncommands:")
+        for name, (_, doc) in COMMANDS.items():
+            print(f"  {name:14s} {doc}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    from pipelines.stack import load_env_file
+
+    load_env_file()
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Argument helpers shared by the stage entry points (thin: parse, load params, call the core)."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+
+from pipelines.config import Params, date_range, load_params, parse_date
+
+
+class StageFailed(RuntimeError):
+    """A stage could not complete one or more partitions; the message lists each and why."""
+
+
+def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"python -m pipelines {prog}", description=(doc or "").split("\n\n")[0])
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    ap.add_argument("--date", type=parse_date, help="one logical date (YYYY-MM-DD)")
+    ap.add_argument("--start", type=parse_date, help="first date of a range (default: run.start_date)")
+    ap.add_argument("--end", type=parse_date, help="last date of a range (default: run.end_date)")
+    ap.add_argument("--snapshot", help="also write the published objects under this folder (DVC outs)")
+    return ap
+
+
+def resolve(args: argparse.Namespace) -> tuple[Params, list[dt.date]]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    params = load_params(args.params)
+    if args.date:
+        return params, [args.date]
+    run = params.run
+    return params, date_range(args.start or run.start_date, args.end or run.end_date)

@@ -1,0 +1,281 @@
+"""params.yaml loaded into frozen, typed objects; each stage receives only its own section.
+
+Importing this module has no side effects. Unknown keys are an error (a typo in params.yaml must
+not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """params.yaml is malformed: the message names the section and key."""
+
+
+def _date(value: Any, where: str) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {value!r} is not a YYYY-MM-DD date") from exc
+
+
+def _build(cls: type, data: dict[str, Any] | None, where: str):
+    """Build dataclass `cls` from a dict, rejecting unknown keys."""
+    data = dict(data or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(names)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- storage
+@dataclass(frozen=True)
+class StorageParams:
+    lake: str
+    layout: dict[str, str]
+
+    def uri(self, kind: str, **fields: str) -> str:
+        """The full URI of `kind` (a key of storage.layout) for the given fields."""
+        if kind not in self.layout:
+            raise ConfigError(f"storage.layout has no entry {kind!r}")
+        return f"{self.lake.rstrip('/')}/{self.layout[kind].format(**fields)}"
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class Columns:
+    id: str
+    timestamp: str | None = None
+    label: str | None = None
+    entities: dict[str, str] = field(default_factory=dict)
+    numerics: dict[str, str] = field(default_factory=dict)
+    categoricals: dict[str, str] = field(default_factory=dict)
+
+    def mapping(self) -> dict[str, str]:
+        """canonical name -> source name, in canonical column order."""
+        out = {"event_id": self.id}
+        if self.timestamp:
+            out["event_ts"] = self.timestamp
+        if self.label:
+            out["label"] = self.label
+        out.update(self.entities)
+        out.update(self.numerics)
+        out.update(self.categoricals)
+        return out
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    name: str
+    uri: str
+    format: str
+    partition: str
+    first_date: dt.date
+    columns: Columns
+    delay_days: int = 0
+    timestamp_format: str | None = None
+    timestamp_unit: str | None = None
+
+    def partition_uri(self, day: dt.date) -> str:
+        part = self.partition.format(date=day.isoformat(), yyyymmdd=day.strftime("%Y%m%d"))
+        return f"{self.uri.rstrip('/')}/{part}"
+
+    @staticmethod
+    def from_dict(name: str, data: dict[str, Any]) -> "DatasetParams":
+        data = dict(data)
+        where = f"datasets.{name}"
+        cols = _build(Columns, data.pop("columns", None), f"{where}.columns")
+        if "first_date" in data:
+            data["first_date"] = _date(data["first_date"], f"{where}.first_date")
+        ds = _build(DatasetParams, {"name": name, "columns": cols, **data}, where)
+        if ds.format not in ("parquet", "csv"):
+            raise ConfigError(f"{where}.format: {ds.format!r} is not one of parquet, csv")
+        if ds.timestamp_unit not in (None, "s", "ms", "us"):
+            raise ConfigError(f"{where}.timestamp_unit: {ds.timestamp_unit!r} is not one of s, ms, us")
+        return ds
+
+
+# --------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class RunParams:
+    start_date: dt.date
+    end_date: dt.date
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    dedupe_keep: str = "first"
+
+
+@dataclass(frozen=True)
+class SuggestParams:
+    reference_start: dt.date
+    reference_end: dt.date
+    mean_tolerance: float = 0.25
+    quantile_tolerance: float = 0.35
+    row_count_slack: float = 0.5
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    suites: dict[str, str]
+    max_quarantine_fraction: float
+    suggest: SuggestParams
+
+
+@dataclass(frozen=True)
+class RollingSpec:
+    value: str
+    aggs: tuple[str, ...]
+    # Window sums run in fixed point with this many decimals: integer sums are exact, so a window
+    # gives the same bits whatever history precedes it (training == scoring, bit for bit).
+    decimals: int = 2
+
+
+@dataclass(frozen=True)
+class RatioSpec:
+    name: str
+    numerator: str
+    denominator: str
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """The declarative feature spec (see pipelines/features.py for the semantics)."""
+
+    windows_days: tuple[int, ...]
+    rolling: dict[str, RollingSpec]
+    target_rate: dict[str, tuple[int, ...]]
+    time_since_last: tuple[str, ...]
+    weekend: bool
+    night_hours: tuple[int, int] | None
+    ratios: tuple[RatioSpec, ...]
+    categoricals: tuple[str, ...]
+    categories: tuple[str, ...]
+    label_delay_days: int
+    missing_history: str = "fail"
+
+    @property
+    def lookback_days(self) -> int:
+        """Days of history a feature for day d needs (d itself excluded)."""
+        rate = max((max(w) for w in self.target_rate.values() if w), default=0)
+        return max(max(self.windows_days, default=0), rate + self.label_delay_days if rate else 0)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any], label_delay_days: int) -> "FeatureParams":
+        d = dict(data)
+        where = "features"
+        allowed = {"windows_days", "rolling", "target_rate", "time_since_last", "calendar", "ratios",
+                   "categoricals", "categories", "missing_history"}
+        unknown = set(d) - allowed
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
+        rolling = {}
+        for ent, spec in (d.get("rolling") or {}).items():
+            r = _build(RollingSpec, spec, f"{where}.rolling.{ent}")
+            bad = set(r.aggs) - {"count", "sum", "mean", "std", "max", "min"}
+            if bad:
+                raise ConfigError(f"{where}.rolling.{ent}.aggs: unsupported {sorted(bad)}")
+            rolling[ent] = RollingSpec(r.value, tuple(r.aggs), int(r.decimals))
+        cal = dict(d.get("calendar") or {})
+        night = cal.get("night_hours")
+        missing = d.get("missing_history", "fail")
+        if missing not in ("fail", "warn"):
+            raise ConfigError(f"{where}.missing_history: {missing!r} is not fail or warn")
+        return FeatureParams(
+            windows_days=tuple(int(w) for w in d.get("windows_days", ())),
+            rolling=rolling,
+            target_rate={k: tuple(int(w) for w in v) for k, v in (d.get("target_rate") or {}).items()},
+            time_since_last=tuple(d.get("time_since_last") or ()),
+            weekend=bool(cal.get("weekend", False)),
+            night_hours=(int(night[0]), int(night[1])) if night else None,
+            ratios=tuple(_build(RatioSpec, r, f"{where}.ratios") for r in d.get("ratios") or ()),
+            categoricals=tuple(d.get("categoricals") or ()),
+            categories=tuple(d.get("categories") or ()),
+            label_delay_days=int(label_delay_days),
+            missing_history=missing,
+        )
+
+
+# --------------------------------------------------------------------------- the file
+@dataclass(frozen=True)
+class Params:
+    """The whole params.yaml; stages take one attribute of it, never the whole."""
+
+    raw: dict[str, Any]
+    path: Path
+
+    def section(self, name: str) -> dict[str, Any]:
+        if name not in self.raw:
+            raise ConfigError(f"{self.path}: section {name!r} is missing")
+        return self.raw[name]
+
+    @property
+    def storage(self) -> StorageParams:
+        return _build(StorageParams, self.section("storage"), "storage")
+
+    @property
+    def run(self) -> RunParams:
+        s = self.section("run")
+        return RunParams(_date(s["start_date"], "run.start_date"), _date(s["end_date"], "run.end_date"))
+
+    def dataset(self, name: str) -> DatasetParams:
+        sets = self.section("datasets")
+        if name not in sets:
+            raise ConfigError(f"datasets.{name} is not configured (have {sorted(sets)})")
+        return DatasetParams.from_dict(name, sets[name])
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return list(self.section("datasets"))
+
+    @property
+    def ingest(self) -> IngestParams:
+        return _build(IngestParams, self.raw.get("ingest"), "ingest")
+
+    @property
+    def validate(self) -> ValidateParams:
+        s = dict(self.section("validate"))
+        sug = dict(s.pop("suggest", {}))
+        for k in ("reference_start", "reference_end"):
+            if k in sug:
+                sug[k] = _date(sug[k], f"validate.suggest.{k}")
+        return _build(ValidateParams, {**s, "suggest": _build(SuggestParams, sug, "validate.suggest")}, "validate")
+
+    @property
+    def features(self) -> FeatureParams:
+        delay = self.dataset("labels").delay_days if "labels" in self.section("datasets") else 0
+        return FeatureParams.from_dict(self.section("features"), delay)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: params file not found (run from the project root or pass --params)")
+    with p.open() as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return Params(raw=raw, path=p)
+
+
+def parse_date(value: str) -> dt.date:
+    return _date(value, "date")
+
+
+def date_range(start: dt.date, end: dt.date) -> list[dt.date]:
+    if end < start:
+        raise ConfigError(f"date range: end {end} is before start {start}")
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
