@@ -26,6 +26,8 @@ def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace) -> tuple[Params, list[dt.date]]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    for noisy in ("great_expectations", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     params = load_params(args.params)
     if args.date:
         return params, [args.date]

@@ -28,8 +28,8 @@ log = logging.getLogger("pipelines.expectations")
 QUANTILES = [0.05, 0.25, 0.5, 0.75, 0.95]
 
 
-def _e(type_: str, severity: str, name: str, **kwargs) -> dict:
-    return {"type": type_, "kwargs": kwargs, "meta": {"severity": severity, "name": name}}
+def _e(kind: str, severity: str, name: str, **kwargs) -> dict:
+    return {"type": kind, "kwargs": kwargs, "meta": {"severity": severity, "name": name}}
 
 
 def _round(x: float) -> float:
@@ -38,15 +38,21 @@ def _round(x: float) -> float:
 
 def suggest_suite(name: str, ref: pl.DataFrame, day_counts: list[int], p: SuggestParams,
                   numerics: list[str], categoricals: list[str], id_col: str = "event_id",
-                  ts_col: str = "event_ts") -> dict:
-    """Pure core: reference rows (several days) -> a suite dict."""
+                  ts_col: str = "event_ts", profile: str = "data") -> dict:
+    """Pure core: reference rows (several days) -> a suite dict.
+
+    profile "features": window features may be null by definition (thin history), so not-null is
+    asked only of keys, counts, sums and flags; rates get [0, 1]; no distribution bounds (drift
+    of features is the monitoring stage's job)."""
     pdf_types = ref.head(1).to_pandas().dtypes
     ex = [_e("expect_table_columns_to_match_ordered_list", "block", "columns", column_list=ref.columns),
           _e("expect_table_row_count_to_be_between", "block", "row_count",
              min_value=int(min(day_counts) * (1 - p.row_count_slack)), max_value=int(max(day_counts) * (1 + p.row_count_slack)))]
     for col in ref.columns:
         ex.append(_e("expect_column_values_to_be_of_type", "block", f"type:{col}", column=col, type_=str(pdf_types[col])))
-        if ref[col].null_count() == 0:
+        never_null = profile != "features" or col in (id_col, ts_col) or any(
+            tag in col for tag in ("_count_", "_sum_", "is_")) or col in numerics
+        if ref[col].null_count() == 0 and never_null:
             ex.append(_e("expect_column_values_to_not_be_null", "block", f"not_null:{col}", column=col))
     if id_col in ref.columns:
         ex.append(_e("expect_column_values_to_be_unique", "block", f"unique:{id_col}", column=id_col))
@@ -58,8 +64,13 @@ def suggest_suite(name: str, ref: pl.DataFrame, day_counts: list[int], p: Sugges
         if not s.dtype.is_numeric() or s.drop_nulls().len() == 0:
             continue
         lo, hi, mean = float(s.min()), float(s.max()), float(s.mean())
+        if profile == "features" and "_rate_" in col:
+            ex.append(_e("expect_column_values_to_be_between", "block", f"rate:{col}", column=col, min_value=0, max_value=1))
+            continue
         if lo >= 0:
             ex.append(_e("expect_column_values_to_be_between", "block", f"non_negative:{col}", column=col, min_value=0))
+        if profile == "features":
+            continue
         ex.append(_e("expect_column_values_to_be_between", "warn", f"plausible_max:{col}", column=col,
                      max_value=_round(hi * 3 if hi > 0 else hi + 1)))
         tol = abs(mean) * p.mean_tolerance or p.mean_tolerance
@@ -103,6 +114,7 @@ def main(argv: list[str]) -> int:
     s.add_argument("--out", help="output path (default: validate.suites[dataset])")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     params = load_params(args.params)
     vp, store = params.validate, params.storage
     p = vp.suggest
@@ -115,11 +127,12 @@ def main(argv: list[str]) -> int:
         frames.append((day, storage.read_parquet(uri)))
     ref = pl.concat([f for _, f in frames])
     if args.dataset == "features":
-        numerics, cats = [], []
+        numerics, cats = list(params.dataset("transactions").columns.numerics), []
     else:
         cols = params.dataset(args.dataset).columns
         numerics, cats = list(cols.numerics), list(cols.categoricals)
-    suite = suggest_suite(args.dataset, ref, [f.height for _, f in frames], p, numerics, cats)
+    suite = suggest_suite(args.dataset, ref, [f.height for _, f in frames], p, numerics, cats,
+                          profile="features" if args.dataset == "features" else "data")
     suite, dropped = self_check(suite, frames[:: max(1, len(frames) // 5)])
     out = Path(args.out or vp.suites[args.dataset])
     out.parent.mkdir(parents=True, exist_ok=True)

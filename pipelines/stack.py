@@ -248,6 +248,7 @@ def up(timeout: float = 240.0) -> Layout:
             _start(lay, "s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(lay.s3_port)], env)
         _wait("S3 (moto)", lambda: _http_ok(f"{lay.s3_url}/moto-api/data.json"), timeout, lay, "s3")
     _ensure_buckets(lay)
+    _write_dvc_local_config(lay)
 
     # MLflow
     if not lay.external_mlflow:
@@ -289,6 +290,16 @@ def _ensure_buckets(lay: Layout) -> None:
     for bucket in BUCKETS:
         if bucket not in have:
             client.create_bucket(Bucket=bucket)
+
+
+def _write_dvc_local_config(lay: Layout) -> None:
+    """Point the DVC remotes at the stack's S3 endpoint (.dvc/config.local is git-ignored).
+    In production leave it out and set AWS_ENDPOINT_URL / credentials, or `dvc remote modify --local`."""
+    if lay.external_s3 or not (REPO / ".dvc").is_dir():
+        return
+    body = "".join(f"['remote \"{r}\"']\n    endpointurl = {lay.s3_url}\n    access_key_id = testing\n"
+                   f"    secret_access_key = testing\n" for r in ("lake", "raw"))
+    (REPO / ".dvc" / "config.local").write_text(body)
 
 
 def _marked_processes(home: Path) -> list:

@@ -117,7 +117,11 @@ def run_suite(df: pl.DataFrame, suite: dict, day: dt.date) -> list[Outcome]:
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
     ctx = gx.get_context(mode="ephemeral")
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("great_expectations").setLevel(logging.WARNING)
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = (ctx.data_sources.add_pandas("frame").add_dataframe_asset("partition")
              .add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": df.to_pandas()}))
