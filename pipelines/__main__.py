@@ -6,11 +6,13 @@ import sys
 
 COMMANDS = {
     "stack": ("pipelines.stack", "the local stack: up | down | status | env"),
+    "demo": ("pipelines.demo", "the main job: stack up, demo data, dvc repro, summary"),
     "demo-data": ("pipelines.demo_data", "write simulated raw transactions and labels"),
     "ingest": ("pipelines.ingest", "raw partition(s) -> canonical partition(s) + rejects"),
     "validate": ("pipelines.validate", "Great Expectations on canonical partition(s): validated + quarantine"),
     "expectations": ("pipelines.expectations", "expectation suites: suggest from reference data"),
     "features": ("pipelines.features", "point-in-time features from validated partitions"),
+    "airflow": ("pipelines.airflow_api", "trigger a DAG run through the REST API (and wait)"),
 }
 
 
@@ -25,7 +27,15 @@ def main(argv: list[str] | None = None) -> int:
 
     load_env_file()
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except Exception as exc:
+        # Expected failures (bad data, missing partitions, bad config) end in one clear message and
+        # exit 1; anything else is a bug and keeps its traceback.
+        if type(exc).__module__.startswith("pipelines.") or isinstance(exc, ValueError):
+            print(f"ERROR {argv[0]}: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

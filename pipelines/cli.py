@@ -20,6 +20,8 @@ def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     ap.add_argument("--start", type=parse_date, help="first date of a range (default: run.start_date)")
     ap.add_argument("--end", type=parse_date, help="last date of a range (default: run.end_date)")
     ap.add_argument("--snapshot", help="also write the published objects under this folder (DVC outs)")
+    ap.add_argument("--with-lookback", action="store_true",
+                    help="start features.lookback_days earlier: the history the features of the range need")
     return ap
 
 
@@ -32,4 +34,7 @@ def resolve(args: argparse.Namespace) -> tuple[Params, list[dt.date]]:
     if args.date:
         return params, [args.date]
     run = params.run
-    return params, date_range(args.start or run.start_date, args.end or run.end_date)
+    start = args.start or run.start_date
+    if getattr(args, "with_lookback", False):
+        start -= dt.timedelta(days=params.features.lookback_days)
+    return params, date_range(start, args.end or run.end_date)

@@ -197,7 +197,9 @@ def load_inputs(params, start: dt.date, end: dt.date) -> tuple[pl.DataFrame, pl.
         raise MissingHistory(f"features {start}..{end}: validated partition(s) missing for the target dates: "
                              f"{target_missing} (blocked or not yet validated); nothing published, the run fails")
     if missing and spec.missing_history == "fail":
-        raise MissingHistory(f"features {start}..{end}: look-back partition(s) missing: {missing}; set "
+        shown = missing if len(missing) <= 4 else [*missing[:2], f"... {len(missing) - 4} more ...", *missing[-2:]]
+        raise MissingHistory(f"features {start}..{end}: {len(missing)} look-back partition(s) missing: {shown} "
+                             f"(run ingest/validate with --with-lookback); set "
                              f"features.missing_history: warn to accept thinner history; nothing published, the run fails")
     for u in missing:
         log.warning("look-back partition missing, features computed without it: %s", u)

@@ -56,6 +56,8 @@ def canonical_schema(ds: DatasetParams) -> dict[str, pl.DataType]:
 
 def _cast(name: str, src: pl.Expr, dtype: pl.DataType, src_dtype: pl.DataType, ds: DatasetParams) -> pl.Expr:
     if name == "event_ts":
+        if src_dtype == pl.String and ds.timestamp_unit:      # epoch numbers stored as text (CSV)
+            src, src_dtype = src.str.strip_chars().cast(pl.Int64, strict=False), pl.Int64
         if src_dtype == pl.String:
             if ds.timestamp_format:
                 return src.str.strptime(pl.Datetime("us"), ds.timestamp_format, strict=False)

@@ -295,11 +295,14 @@ def _ensure_buckets(lay: Layout) -> None:
 def _write_dvc_local_config(lay: Layout) -> None:
     """Point the DVC remotes at the stack's S3 endpoint (.dvc/config.local is git-ignored).
     In production leave it out and set AWS_ENDPOINT_URL / credentials, or `dvc remote modify --local`."""
-    if lay.external_s3 or not (REPO / ".dvc").is_dir():
-        return
-    body = "".join(f"['remote \"{r}\"']\n    endpointurl = {lay.s3_url}\n    access_key_id = testing\n"
+    if lay.external_s3 or not (REPO / ".dvc").is_dir() or lay.home != (REPO / ".state").resolve():
+        return   # only the default stack owns the workspace's DVC config (tests use their own copies)
+    (REPO / ".dvc" / "config.local").write_text(dvc_local_config(lay.s3_url))
+
+
+def dvc_local_config(s3_url: str) -> str:
+    return "".join(f"['remote \"{r}\"']\n    endpointurl = {s3_url}\n    access_key_id = testing\n"
                    f"    secret_access_key = testing\n" for r in ("lake", "raw"))
-    (REPO / ".dvc" / "config.local").write_text(body)
 
 
 def _marked_processes(home: Path) -> list:

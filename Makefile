@@ -1,0 +1,45 @@
+# Fresh machine: only python3 and make are needed. uv is bootstrapped into .tools/.
+PY      ?= python3
+UV_VER  := 0.13.9
+TOOLS   := .tools
+UV      := $(TOOLS)/bin/uv
+VENV    := .venv
+BIN     := $(VENV)/bin
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: install demo test test-unit up down status benchmark clean
+
+$(UV):
+	$(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --disable-pip-version-check uv==$(UV_VER)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen -p $(PY)
+	touch $@
+
+install: $(VENV)/.synced
+
+demo: install            ## the main job on the embedded default
+	$(BIN)/python -m pipelines demo
+
+test: install            ## the whole suite: unit, DAG and integration tests on the real local stack
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit tests/dags
+
+up: install
+	$(BIN)/python -m pipelines stack up
+
+down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m pipelines stack down; fi
+
+status: install
+	$(BIN)/python -m pipelines stack status
+
+benchmark: install
+	$(BIN)/python benchmarks/features.py
+
+clean: down
+	rm -rf .state .state-test data

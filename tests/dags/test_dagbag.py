@@ -1,0 +1,58 @@
+"""DAG files: no import errors, the expected task graph, fast parsing, nothing heavy at parse time."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "features": set()}}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(str(DAGS))
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+
+
+def test_task_graphs(dagbag):
+    for dag_id, edges in EXPECTED.items():
+        dag = dagbag.dags[dag_id]
+        assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == edges
+        for t in dag.tasks:
+            assert t.retries >= 1 and t.retry_exponential_backoff
+            assert f"-m pipelines {t.task_id}" in t.bash_command      # one task = one stage command
+
+
+def test_training_has_a_date_range_form(dagbag):
+    params = dagbag.dags["training"].params
+    assert {"start_date", "end_date"} <= set(params.keys())
+
+
+def test_each_dag_file_parses_in_under_a_second(dagbag):
+    from airflow.dag_processing.dagbag import DagBag
+
+    for f in sorted(DAGS.glob("*.py")):
+        t = time.perf_counter()
+        bag = DagBag(str(f))
+        took = time.perf_counter() - t
+        assert bag.import_errors == {} and took < 1.0, (f.name, took)
+
+
+def test_dag_files_import_nothing_heavy():
+    code = ("import sys; sys.path[:0] = ['plugins', 'dags']\n"
+            "import runpy\n"
+            "for f in sys.argv[1:]: runpy.run_path(f)\n"
+            "heavy = [m for m in ('polars', 'pandas', 'xgboost', 'mlflow', 'great_expectations', 'pipelines', 'dvc') if m in sys.modules]\n"
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    files = [str(f) for f in DAGS.glob("*.py")]
+    r = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, cwd=DAGS.parent, timeout=120)
+    assert r.returncode == 0, r.stdout[-500:] + r.stderr[-2000:]
