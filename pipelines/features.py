@@ -21,6 +21,13 @@ Data contract: input = validated transactions (event_id, event_ts, entities, num
 categoricals) and canonical labels (event_id, label, available_at). Output = one row per input event
 whose date is in [start, end]: key columns (event_id, event_ts, entities), then the features, in
 the order of `feature_names(spec)`, sorted by (event_ts, event_id). No rows are dropped.
+Numerics keep Float64; derived features are Float32 (what XGBoost consumes), counts Int32, flags
+Int8, category codes Int16.
+
+How it is fast: each entity gets its own stretch of one virtual timeline (entities further apart
+than any window), so every rolling aggregate is one ungrouped O(n) pass over data sorted once per
+entity, and label-delayed rates are two as-of joins over running sums. Sums run in fixed point, so
+results are bit-identical whatever history precedes a window (training == scoring).
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ from pipelines.config import FeatureParams, date_range
 
 log = logging.getLogger("pipelines.features")
 US_PER_DAY = 86_400_000_000
+VT_LIMIT = 2**62          # virtual timelines stay below this (Int64); more entities -> more buckets
 
 
 class MissingHistory(RuntimeError):
@@ -76,56 +84,113 @@ def code_version() -> str:
 
 
 # --------------------------------------------------------------------------- the core
+def _virtual_time(frame: pl.DataFrame, ent: str, pad_us: int) -> tuple[pl.DataFrame, int]:
+    """Give each entity its own stretch of one timeline: vt = code * span + (t - t0), with span
+    longer than the data plus `pad_us`, so that windows (and labels) of one entity never reach
+    the next. Then one ungrouped, sorted pass replaces a group-by per expression.
+
+    Returns the frame with `__vt` and `__bucket`: entities are split into buckets when
+    codes * span could overflow Int64 (each bucket is its own timeline)."""
+    t0 = frame["__t"].min() or 0
+    span = (frame["__t"].max() or 0) - t0 + pad_us + 1
+    codes = frame[_code(ent)].cast(pl.Int64)
+    n = int(codes.max() or 0) + 1
+    buckets = max(1, -(-(n * span) // VT_LIMIT))
+    out = frame.with_columns(((codes // buckets) * span + pl.col("__t") - t0).alias("__vt"),
+                             (codes % buckets).alias("__bucket"))
+    return out, buckets
+
+
+def _is_sorted(events: pl.DataFrame) -> bool:
+    """Sorted by (event_ts, event_id)? O(n), no copy of the frame."""
+    ts, eid = pl.col("event_ts"), pl.col("event_id")
+    ok = (ts > ts.shift(1)) | ((ts == ts.shift(1)) & (eid > eid.shift(1))) | ts.shift(1).is_null()
+    return bool(events.select(ok.all()).item())
+
+
+def _narrow_floats(frame: pl.DataFrame) -> pl.DataFrame:
+    """Derived features are stored as Float32 (what XGBoost consumes); computed in Float64 first."""
+    return frame.with_columns(pl.col(pl.Float64).cast(pl.Float32))
+
+
+def _code(ent: str) -> str:
+    return f"__code_{ent}"
+
+
+def _per_bucket(frame: pl.DataFrame, buckets: int):
+    if buckets == 1:
+        yield frame
+    else:
+        for b in range(buckets):
+            yield frame.filter(pl.col("__bucket") == b)
+
+
 def _target_rates(ev: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_days: int) -> pl.DataFrame:
     """Label-delayed fraud rate per event, exact under late labels.
 
     Event j counts for query time t iff max(ts_j + D, available_at_j) < t <= ts_j + D + N, i.e. ts_j
-    in [t-D-N, t-D) and its label known before t. Each labelled event enters the window at
-    `enter` and leaves after `leave`; cumulative sums of entries and exits strictly before t
-    (as-of joins, exact matches excluded) give the window's label sum and count.
+    in [t-D-N, t-D) and its label known before t. Each labelled event enters the window at `enter`
+    and leaves after `leave`; on the entity's virtual timeline the running sums of entries and
+    exits strictly before t (as-of joins, exact matches excluded) give the window's label sum and
+    count. Input: __i, ent, __t, label, available_at. Output: __i + two columns per window.
     """
     d = delay_days * US_PER_DAY
-    lab = ev.filter(pl.col("label").is_not_null()).select(
-        ent, pl.col("label").cast(pl.Float64),
-        pl.max_horizontal(pl.col("__t") + d, pl.col("available_at").cast(pl.Int64)).alias("enter"),
-        (pl.col("__t") + d).alias("__td"))
-    q = ev.select("__i", ent, "__t").sort("__t")
-    out = q
-    for w in windows:
-        inside = lab.with_columns((pl.col("__td") + w * US_PER_DAY).alias("leave")).filter(pl.col("enter") < pl.col("leave"))
-        sides = []
-        for side in ("enter", "leave"):   # running label sum/count of the entries (exits) strictly before t
-            cum = (inside.select(ent, pl.col(side).alias("__k"), "label").sort("__k")
-                   .with_columns(pl.col("label").cum_sum().over(ent).alias(f"s_{side}"),
-                                 pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(ent).alias(f"n_{side}"))
-                   .drop("label"))
-            sides.append(q.join_asof(cum, left_on="__t", right_on="__k", by=ent, strategy="backward",
-                                     allow_exact_matches=False, check_sortedness=False)
-                         .select("__i", f"s_{side}", f"n_{side}"))
-        both = sides[0].join(sides[1], on="__i").with_columns(pl.exclude("__i").fill_null(0))
-        n = pl.col("n_enter") - pl.col("n_leave")
-        s_ = pl.col("s_enter") - pl.col("s_leave")
-        out = out.join(both.select("__i", pl.when(n > 0).then(s_ / n).otherwise(None).alias(f"{ent}_fraud_rate_{w}d"),
-                                   n.cast(pl.Int32).alias(f"{ent}_labeled_count_{w}d")), on="__i")
-    return out.drop(ent, "__t")
+    pad = d + max(windows) * US_PER_DAY
+    vt, buckets = _virtual_time(ev, ent, pad)
+    parts = []
+    for part in _per_bucket(vt, buckets):
+        shift = pl.col("__vt") - pl.col("__t")                      # entity offset on the timeline
+        lab = part.filter(pl.col("label").is_not_null()).select(
+            pl.col("label").cast(pl.Int64),
+            (shift + pl.max_horizontal(pl.col("__t") + d, pl.col("available_at").cast(pl.Int64))).alias("enter"),
+            (shift + pl.col("__t") + d).alias("due"))
+        q = part.select("__i", "__vt").sort("__vt")
+        del part
+        back = q["__i"].arg_sort()               # timeline order -> row order, column by column
+        cols: list[pl.Series] = [q["__i"].gather(back)]
+        for w in windows:
+            inside = lab.filter(pl.col("enter") < pl.col("due") + w * US_PER_DAY)
+            sums = {}
+            for side, key in (("enter", pl.col("enter")), ("leave", pl.col("due") + w * US_PER_DAY)):
+                # running label sum / count of the entries (exits) strictly before each query
+                cum = (inside.select(key.alias("__k"), "label").sort("__k")
+                       .select("__k", pl.col("label").cum_sum().alias("s"), pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("n")))
+                sums[side] = q.join_asof(cum, left_on="__vt", right_on="__k", strategy="backward",
+                                         allow_exact_matches=False, check_sortedness=False).select(
+                    pl.col("s").fill_null(0), pl.col("n").fill_null(0))
+                del cum
+            n = sums["enter"]["n"] - sums["leave"]["n"]
+            s_ = sums["enter"]["s"] - sums["leave"]["s"]
+            del sums, inside
+            rate = pl.select(pl.when(n > 0).then(s_ / n).otherwise(None).cast(pl.Float32)).to_series()
+            cols += [rate.gather(back).alias(f"{ent}_fraud_rate_{w}d"), n.cast(pl.Int32).gather(back).alias(f"{ent}_labeled_count_{w}d")]
+        parts.append(pl.DataFrame(cols))
+    out = parts[0] if len(parts) == 1 else pl.concat(parts).sort("__i")
+    return out.drop("__i")
 
 
-def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeatureParams, start: dt.date,
-                     end: dt.date, entities: list[str], numerics: list[str]) -> pl.DataFrame:
-    """Features for the events whose date is in [start, end], from `events` (which must hold the
-    look-back) and `labels`. Pure: same inputs, same output, whatever else `events` holds."""
-    ev = (events.sort(["event_ts", "event_id"])
-          .join(labels.select("event_id", "label", "available_at"), on="event_id", how="left", maintain_order="left")
-          .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i"),
-                        pl.col("event_ts").cast(pl.Int64).alias("__t"), pl.lit(1, pl.Int32).alias("__one")))
-    exprs: list[pl.Expr] = []
-    for ent, r in spec.rolling.items():
-        scale = 10 ** r.decimals
-        fixed = (pl.col(r.value) * scale).round().cast(pl.Int64)          # exact, associative sums
-        for w in spec.windows_days:
-            win = dict(by="event_ts", window_size=f"{w}d", closed="left")
+def _rolling_block(base: pl.DataFrame, ent: str, r, windows: tuple[int, ...], time_since: bool) -> pl.DataFrame:
+    """Rolling aggregates (and time since the previous event) of one entity, in base's row order.
+    One sort onto the entity's virtual timeline, then one O(n) pass per aggregate."""
+    cols = ["__t", _code(ent)] + ([r.value] if r else [])
+    vt, buckets = _virtual_time(base.select(cols).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i")),
+                                ent, max(windows) * US_PER_DAY)
+    wide = pl.Int64
+    if r and "std" in r.aggs:   # sums of squares are exact in Int64 unless they could overflow
+        top = (base[r.value].abs().max() or 0) * 10 ** r.decimals
+        wide = pl.Int64 if (top + 1) ** 2 * max(base.height, 1) < 2**63 else pl.Int128
+    parts = []
+    for part in _per_bucket(vt, buckets):
+        part = part.select("__i", "__vt", *([r.value] if r else [])).sort("__vt").with_columns(pl.lit(1, pl.Int32).alias("__one"))
+        back = part["__i"].arg_sort()            # timeline order -> row order, applied column by column
+        cols: list[pl.Series] = [part["__i"].gather(back)]
+        for w in windows if r else ():
+            win = dict(by="__vt", window_size=f"{w * US_PER_DAY}i", closed="left")
+            scale = 10 ** r.decimals
+            fixed = (pl.col(r.value) * scale).round().cast(pl.Int64)      # exact, associative sums
             n = pl.col("__one").rolling_sum_by(**win).fill_null(0).cast(pl.Int64)
             s_ = fixed.rolling_sum_by(**win).fill_null(0)
+            exprs = []
             for agg in r.aggs:
                 name = f"{ent}_count_{w}d" if agg == "count" else f"{ent}_{r.value}_{agg}_{w}d"
                 if agg == "count":
@@ -134,39 +199,73 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
                     e = s_ / scale
                 elif agg == "mean":
                     e = pl.when(n > 0).then(s_ / n / scale)
-                elif agg == "std":   # sample std from exact integer moments (Int128: no overflow)
-                    q = (fixed.cast(pl.Int128) * fixed.cast(pl.Int128)).rolling_sum_by(**win).fill_null(0)
-                    num = n.cast(pl.Int128) * q - s_.cast(pl.Int128) * s_.cast(pl.Int128)
+                elif agg == "std":   # sample std from exact integer moments
+                    q = (fixed.cast(wide) * fixed.cast(wide)).rolling_sum_by(**win).fill_null(0)
+                    num = n.cast(pl.Int128) * q.cast(pl.Int128) - s_.cast(pl.Int128) * s_.cast(pl.Int128)
                     var = num.cast(pl.Float64) / (n * (n - 1)).cast(pl.Float64)
                     e = pl.when(n >= 2).then(var.clip(lower_bound=0).sqrt() / scale)
                 else:                # max / min need no arithmetic: exact as they are
                     e = getattr(pl.col(r.value), f"rolling_{agg}_by")(**win)
-                exprs.append(e.over(ent).alias(name))
-    horizon = f"{max(spec.windows_days)}d"
-    for ent in spec.time_since_last:
-        prev = pl.col("__t").rolling_max_by("event_ts", window_size=horizon, closed="left").over(ent)
-        exprs.append(((pl.col("__t") - prev) / 1e6).alias(f"{ent}_secs_since_last"))
-    if spec.weekend:
-        exprs.append((pl.col("event_ts").dt.weekday() >= 6).cast(pl.Int8).alias("is_weekend"))
-    if spec.night_hours:
-        h0, h1 = spec.night_hours
-        exprs.append(pl.col("event_ts").dt.hour().is_between(h0, h1, closed="left").cast(pl.Int8).alias("is_night"))
-    cat_index = {c: i for i, c in enumerate(spec.categories)}
-    for c in spec.categoricals:
-        exprs.append(pl.col(c).replace_strict(cat_index, default=None, return_dtype=pl.Int16).alias(f"{c}_code"))
-    feats = ev.with_columns(exprs)
-    for ent, windows in spec.target_rate.items():
-        if windows:
-            feats = feats.join(_target_rates(ev, ent, windows, spec.label_delay_days), on="__i", how="left",
-                               maintain_order="left")
-    ratio_exprs = [pl.when(pl.col(r.denominator).is_null() | (pl.col(r.denominator) == 0)).then(None)
-                   .otherwise(pl.col(r.numerator) / pl.col(r.denominator)).alias(r.name) for r in spec.ratios]
-    feats = feats.with_columns(ratio_exprs)
+                exprs.append(e.alias(name))
+            cols.extend(c.gather(back) for c in _narrow_floats(part.select(exprs)).get_columns())
+        if time_since:
+            prev = pl.col("__vt").rolling_max_by("__vt", window_size=f"{max(windows) * US_PER_DAY}i", closed="left")
+            since = part.select(((pl.col("__vt") - prev) / 1e6).alias(f"{ent}_secs_since_last"))
+            cols.extend(c.gather(back) for c in _narrow_floats(since).get_columns())
+        parts.append(pl.DataFrame(cols))
+    out = parts[0] if len(parts) == 1 else pl.concat(parts).sort("__i")
+    return out.drop("__i")
+
+
+def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeatureParams, start: dt.date,
+                     end: dt.date, entities: list[str], numerics: list[str]) -> pl.DataFrame:
+    """Features for the events whose date is in [start, end], from `events` (which must hold the
+    look-back) and `labels`. Pure: same inputs, same output, whatever else `events` holds.
+
+    Derived features are Float32 (what XGBoost consumes), counts Int32, flags Int8; numerics keep
+    their Float64. Each block is computed on a narrow frame and cut to the target rows at once, so
+    peak memory stays near input + output."""
+    base = events if _is_sorted(events) else events.sort(["event_ts", "event_id"])   # partitions arrive sorted
+    grouped = dict.fromkeys([*spec.rolling, *spec.time_since_last, *spec.target_rate])
+    base = base.with_columns(pl.col("event_ts").cast(pl.Int64).alias("__t"),   # entity codes, once
+                             *[pl.col(e).cast(pl.Categorical).to_physical().alias(_code(e)) for e in grouped])
     lo = dt.datetime.combine(start, dt.time())
     hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
+    keep = base.select((pl.col("event_ts") >= lo) & (pl.col("event_ts") < hi)).to_series()
+    everything = bool(keep.all())
+
+    def cut(block: pl.DataFrame) -> pl.DataFrame:
+        return _narrow_floats(block if everything else block.filter(keep))
+
     keys = ["event_id", "event_ts", *entities]
-    return (feats.filter((pl.col("event_ts") >= lo) & (pl.col("event_ts") < hi))
-            .select(*keys, *feature_names(spec, numerics)).sort(["event_ts", "event_id"]))
+    head = base.select(*keys, *numerics)                  # numerics keep their Float64
+    blocks = [head if everything else head.filter(keep)]
+    if any(spec.target_rate.values()):   # first: the label join is the memory peak, hold little else
+        lab = base.select("event_id", "__t", *[_code(e) for e in spec.target_rate]).join(
+            labels.select("event_id", "label", "available_at"), on="event_id", how="left", maintain_order="left"
+        ).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i")).drop("event_id")
+        for ent, windows in spec.target_rate.items():
+            if windows:
+                blocks.append(cut(_target_rates(lab, ent, windows, spec.label_delay_days)))
+        del lab
+    for ent in dict.fromkeys([*spec.rolling, *spec.time_since_last]):
+        blocks.append(cut(_rolling_block(base, ent, spec.rolling.get(ent), spec.windows_days,
+                                         ent in spec.time_since_last)))
+    other: list[pl.Expr] = []
+    if spec.weekend:
+        other.append((pl.col("event_ts").dt.weekday() >= 6).cast(pl.Int8).alias("is_weekend"))
+    if spec.night_hours:
+        h0, h1 = spec.night_hours
+        other.append(pl.col("event_ts").dt.hour().is_between(h0, h1, closed="left").cast(pl.Int8).alias("is_night"))
+    cat_index = {c: i for i, c in enumerate(spec.categories)}
+    for c in spec.categoricals:
+        other.append(pl.col(c).replace_strict(cat_index, default=None, return_dtype=pl.Int16).alias(f"{c}_code"))
+    if other:
+        blocks.append(cut(base.select(other)))
+    feats = pl.concat(blocks, how="horizontal")
+    ratios = [pl.when(pl.col(r.denominator).is_null() | (pl.col(r.denominator) == 0)).then(None)
+              .otherwise(pl.col(r.numerator) / pl.col(r.denominator)).cast(pl.Float32).alias(r.name) for r in spec.ratios]
+    return feats.with_columns(ratios).select(*keys, *feature_names(spec, numerics))
 
 
 # --------------------------------------------------------------------------- I/O
