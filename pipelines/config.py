@@ -116,7 +116,11 @@ class RunParams:
 
 @dataclass(frozen=True)
 class IngestParams:
-    dedupe_keep: str = "first"
+    dedupe_keep: str = "first"    # the earliest (timestamp, source order) of duplicate ids is kept
+
+    def __post_init__(self) -> None:
+        if self.dedupe_keep != "first":
+            raise ConfigError(f"ingest.dedupe_keep: {self.dedupe_keep!r} is not supported (only 'first')")
 
 
 @dataclass(frozen=True)

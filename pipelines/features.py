@@ -26,7 +26,8 @@ Int8, category codes Int16.
 
 How it is fast: each entity gets its own stretch of one virtual timeline (entities further apart
 than any window), so every rolling aggregate is one ungrouped O(n) pass over data sorted once per
-entity, and label-delayed rates are two as-of joins over running sums. Sums run in fixed point, so
+entity, and label-delayed rates are binary searches into running sums of label entries/exits on
+that same timeline. Sums run in fixed point, so
 results are bit-identical whatever history precedes a window (training == scoring).
 """
 from __future__ import annotations
@@ -117,101 +118,112 @@ def _code(ent: str) -> str:
     return f"__code_{ent}"
 
 
-def _per_bucket(frame: pl.DataFrame, buckets: int):
+def _per_bucket(frame: pl.DataFrame, buckets: int) -> list[pl.DataFrame]:
     if buckets == 1:
-        yield frame
-    else:
-        for b in range(buckets):
-            yield frame.filter(pl.col("__bucket") == b)
+        return [frame]
+    return [frame.filter(pl.col("__bucket") == b) for b in range(buckets)]
 
 
-def _target_rates(ev: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_days: int) -> pl.DataFrame:
-    """Label-delayed fraud rate per event, exact under late labels.
+def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide) -> list[list[pl.Expr]]:
+    """Per window, the rolling aggregates of `r.value` over [t - N, t) on the sorted timeline."""
+    out = []
+    scale = 10 ** r.decimals
+    fixed = (pl.col(r.value) * scale).round().cast(pl.Int64)          # exact, associative sums
+    for w in windows:
+        win = dict(by="__vt", window_size=f"{w * US_PER_DAY}i", closed="left")
+        n = pl.col("__one").rolling_sum_by(**win).fill_null(0).cast(pl.Int64)
+        s_ = fixed.rolling_sum_by(**win).fill_null(0)
+        exprs = []
+        for agg in r.aggs:
+            name = f"{ent}_count_{w}d" if agg == "count" else f"{ent}_{r.value}_{agg}_{w}d"
+            if agg == "count":
+                e = n.cast(pl.Int32)
+            elif agg == "sum":
+                e = s_ / scale
+            elif agg == "mean":
+                e = pl.when(n > 0).then(s_ / n / scale)
+            elif agg == "std":   # sample std from exact integer moments
+                q = (fixed.cast(wide) * fixed.cast(wide)).rolling_sum_by(**win).fill_null(0)
+                num = n.cast(pl.Int128) * q.cast(pl.Int128) - s_.cast(pl.Int128) * s_.cast(pl.Int128)
+                var = num.cast(pl.Float64) / (n * (n - 1)).cast(pl.Float64)
+                e = pl.when(n >= 2).then(var.clip(lower_bound=0).sqrt() / scale)
+            else:                # max / min need no arithmetic: exact as they are
+                e = getattr(pl.col(r.value), f"rolling_{agg}_by")(**win)
+            exprs.append((e if agg == "count" else e.cast(pl.Float32)).alias(name))
+        out.append(exprs)
+    return out
+
+
+def _running(keys: pl.Series, labels: pl.Series, q: pl.DataFrame) -> pl.DataFrame:
+    """For each query (sorted __vt), the label sum `s` and count `n` of the keys strictly before it."""
+    order = keys.arg_sort()
+    n = keys.gather(order).search_sorted(q["__vt"], side="left").cast(pl.Int64)   # keys < t
+    cum = labels.gather(order).cum_sum()
+    s_ = pl.select(pl.when(pl.lit(n) > 0).then(pl.lit(cum).gather((pl.lit(n) - 1).clip(0))).otherwise(0)).to_series()
+    return pl.DataFrame({"s": s_, "n": n})
+
+
+def _rate_columns(part: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_days: int) -> list[pl.Series]:
+    """Label-delayed fraud rate per event (part is sorted by __vt), exact under late labels.
 
     Event j counts for query time t iff max(ts_j + D, available_at_j) < t <= ts_j + D + N, i.e. ts_j
-    in [t-D-N, t-D) and its label known before t. Each labelled event enters the window at `enter`
-    and leaves after `leave`; on the entity's virtual timeline the running sums of entries and
-    exits strictly before t (as-of joins, exact matches excluded) give the window's label sum and
-    count. Input: __i, ent, __t, label, available_at. Output: __i + two columns per window.
-    """
+    in [t-D-N, t-D) and its label known before t. Each labelled event enters at `enter` and leaves
+    after `leave` = max(ts_j + D + N, enter) (a label known only after its window closed enters and
+    leaves at once: net zero). On the entity's timeline, running sums of entries and exits strictly
+    before t (binary search, exact matches excluded) give the window's label sum and count."""
     d = delay_days * US_PER_DAY
-    pad = d + max(windows) * US_PER_DAY
-    vt, buckets = _virtual_time(ev, ent, pad)
-    parts = []
-    for part in _per_bucket(vt, buckets):
-        shift = pl.col("__vt") - pl.col("__t")                      # entity offset on the timeline
-        lab = part.filter(pl.col("label").is_not_null()).select(
-            pl.col("label").cast(pl.Int64),
-            (shift + pl.max_horizontal(pl.col("__t") + d, pl.col("available_at").cast(pl.Int64))).alias("enter"),
-            (shift + pl.col("__t") + d).alias("due"))
-        q = part.select("__i", "__vt").sort("__vt")
-        del part
-        back = q["__i"].arg_sort()               # timeline order -> row order, column by column
-        cols: list[pl.Series] = [q["__i"].gather(back)]
-        for w in windows:
-            inside = lab.filter(pl.col("enter") < pl.col("due") + w * US_PER_DAY)
-            sums = {}
-            for side, key in (("enter", pl.col("enter")), ("leave", pl.col("due") + w * US_PER_DAY)):
-                # running label sum / count of the entries (exits) strictly before each query
-                cum = (inside.select(key.alias("__k"), "label").sort("__k")
-                       .select("__k", pl.col("label").cum_sum().alias("s"), pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("n")))
-                sums[side] = q.join_asof(cum, left_on="__vt", right_on="__k", strategy="backward",
-                                         allow_exact_matches=False, check_sortedness=False).select(
-                    pl.col("s").fill_null(0), pl.col("n").fill_null(0))
-                del cum
-            n = sums["enter"]["n"] - sums["leave"]["n"]
-            s_ = sums["enter"]["s"] - sums["leave"]["s"]
-            del sums, inside
-            rate = pl.select(pl.when(n > 0).then(s_ / n).otherwise(None).cast(pl.Float32)).to_series()
-            cols += [rate.gather(back).alias(f"{ent}_fraud_rate_{w}d"), n.cast(pl.Int32).gather(back).alias(f"{ent}_labeled_count_{w}d")]
-        parts.append(pl.DataFrame(cols))
-    out = parts[0] if len(parts) == 1 else pl.concat(parts).sort("__i")
-    return out.drop("__i")
+    shift = pl.col("__vt") - pl.col("__t")                          # entity offset on the timeline
+    lab = part.filter(pl.col("label").is_not_null()).select(
+        pl.col("label").cast(pl.Int64),
+        (shift + pl.max_horizontal(pl.col("__t") + d, pl.col("available_at").cast(pl.Int64))).alias("enter"),
+        (shift + pl.col("__t") + d).alias("due"))
+    q = part.select("__vt")
+    entered = _running(lab["enter"], lab["label"], q)             # the same for every window
+    cols = []
+    for w in windows:
+        leave = lab.select(pl.max_horizontal(pl.col("due") + w * US_PER_DAY, pl.col("enter"))).to_series()
+        left = _running(leave, lab["label"], q)
+        n = entered["n"] - left["n"]
+        s_ = entered["s"] - left["s"]
+        rate = pl.select(pl.when(n > 0).then(s_ / n).otherwise(None).cast(pl.Float32)).to_series()
+        cols += [rate.alias(f"{ent}_fraud_rate_{w}d"), n.cast(pl.Int32).alias(f"{ent}_labeled_count_{w}d")]
+    return cols
 
 
-def _rolling_block(base: pl.DataFrame, ent: str, r, windows: tuple[int, ...], time_since: bool) -> pl.DataFrame:
-    """Rolling aggregates (and time since the previous event) of one entity, in base's row order.
-    One sort onto the entity's virtual timeline, then one O(n) pass per aggregate."""
-    cols = ["__t", _code(ent)] + ([r.value] if r else [])
-    vt, buckets = _virtual_time(base.select(cols).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i")),
-                                ent, max(windows) * US_PER_DAY)
+def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams) -> pl.DataFrame:
+    """Every feature of one entity, in base's row order: one sort onto the entity's virtual
+    timeline, then one O(n) pass per rolling aggregate and one binary search per rate window."""
+    r = spec.rolling.get(ent)
+    rates = spec.target_rate.get(ent, ())
+    since = ent in spec.time_since_last
+    horizon = max(spec.windows_days) * US_PER_DAY
+    pad = max(horizon, (spec.label_delay_days + max(rates, default=0)) * US_PER_DAY)
+    need = ["__t", _code(ent), *([r.value] if r else []), *(["label", "available_at"] if rates else [])]
+    vt, buckets = _virtual_time(base.select(need).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i")),
+                                ent, pad)
+    del need
     wide = pl.Int64
     if r and "std" in r.aggs:   # sums of squares are exact in Int64 unless they could overflow
         top = (base[r.value].abs().max() or 0) * 10 ** r.decimals
         wide = pl.Int64 if (top + 1) ** 2 * max(base.height, 1) < 2**63 else pl.Int128
+    pending = list(_per_bucket(vt, buckets))
+    del vt                                       # only the sorted copies below stay alive
     parts = []
-    for part in _per_bucket(vt, buckets):
-        part = part.select("__i", "__vt", *([r.value] if r else [])).sort("__vt").with_columns(pl.lit(1, pl.Int32).alias("__one"))
+    while pending:
+        part = pending.pop(0).drop(_code(ent), "__bucket").sort("__vt")
         back = part["__i"].arg_sort()            # timeline order -> row order, applied column by column
         cols: list[pl.Series] = [part["__i"].gather(back)]
-        for w in windows if r else ():
-            win = dict(by="__vt", window_size=f"{w * US_PER_DAY}i", closed="left")
-            scale = 10 ** r.decimals
-            fixed = (pl.col(r.value) * scale).round().cast(pl.Int64)      # exact, associative sums
-            n = pl.col("__one").rolling_sum_by(**win).fill_null(0).cast(pl.Int64)
-            s_ = fixed.rolling_sum_by(**win).fill_null(0)
-            exprs = []
-            for agg in r.aggs:
-                name = f"{ent}_count_{w}d" if agg == "count" else f"{ent}_{r.value}_{agg}_{w}d"
-                if agg == "count":
-                    e = n.cast(pl.Int32)
-                elif agg == "sum":
-                    e = s_ / scale
-                elif agg == "mean":
-                    e = pl.when(n > 0).then(s_ / n / scale)
-                elif agg == "std":   # sample std from exact integer moments
-                    q = (fixed.cast(wide) * fixed.cast(wide)).rolling_sum_by(**win).fill_null(0)
-                    num = n.cast(pl.Int128) * q.cast(pl.Int128) - s_.cast(pl.Int128) * s_.cast(pl.Int128)
-                    var = num.cast(pl.Float64) / (n * (n - 1)).cast(pl.Float64)
-                    e = pl.when(n >= 2).then(var.clip(lower_bound=0).sqrt() / scale)
-                else:                # max / min need no arithmetic: exact as they are
-                    e = getattr(pl.col(r.value), f"rolling_{agg}_by")(**win)
-                exprs.append(e.alias(name))
-            cols.extend(c.gather(back) for c in _narrow_floats(part.select(exprs)).get_columns())
-        if time_since:
-            prev = pl.col("__vt").rolling_max_by("__vt", window_size=f"{max(windows) * US_PER_DAY}i", closed="left")
-            since = part.select(((pl.col("__vt") - prev) / 1e6).alias(f"{ent}_secs_since_last"))
-            cols.extend(c.gather(back) for c in _narrow_floats(since).get_columns())
+        if rates:                                # first, then the label columns can go
+            cols.extend(c.gather(back) for c in _rate_columns(part, ent, rates, spec.label_delay_days))
+            part = part.drop("label", "available_at", "__t")
+        part = part.drop("__t", strict=False).with_columns(pl.lit(1, pl.Int32).alias("__one"))
+        for exprs in (_rolling_exprs(ent, r, spec.windows_days, wide) if r else []):
+            cols.extend(c.gather(back) for c in part.select(exprs).get_columns())
+        if since:
+            prev = pl.col("__vt").rolling_max_by("__vt", window_size=f"{horizon}i", closed="left")
+            gap = part.select(((pl.col("__vt") - prev) / 1e6).alias(f"{ent}_secs_since_last"))
+            cols.extend(c.gather(back) for c in _narrow_floats(gap).get_columns())
+        del part, back
         parts.append(pl.DataFrame(cols))
     out = parts[0] if len(parts) == 1 else pl.concat(parts).sort("__i")
     return out.drop("__i")
@@ -240,17 +252,14 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
     keys = ["event_id", "event_ts", *entities]
     head = base.select(*keys, *numerics)                  # numerics keep their Float64
     blocks = [head if everything else head.filter(keep)]
-    if any(spec.target_rate.values()):   # first: the label join is the memory peak, hold little else
-        lab = base.select("event_id", "__t", *[_code(e) for e in spec.target_rate]).join(
-            labels.select("event_id", "label", "available_at"), on="event_id", how="left", maintain_order="left"
-        ).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i")).drop("event_id")
-        for ent, windows in spec.target_rate.items():
-            if windows:
-                blocks.append(cut(_target_rates(lab, ent, windows, spec.label_delay_days)))
-        del lab
-    for ent in dict.fromkeys([*spec.rolling, *spec.time_since_last]):
-        blocks.append(cut(_rolling_block(base, ent, spec.rolling.get(ent), spec.windows_days,
-                                         ent in spec.time_since_last)))
+    if any(spec.target_rate.values()):   # labels known at each event's row (the join is the memory peak)
+        joined = base.select("event_id").join(labels.select("event_id", "label", "available_at"), on="event_id",
+                                              how="left", maintain_order="left")
+        base = base.with_columns(joined["label"], joined["available_at"])
+        del joined
+    # entities with the most rate windows first: their transients land before other outputs pile up
+    for ent in sorted(grouped, key=lambda e: -len(spec.target_rate.get(e, ()))):
+        blocks.append(cut(_entity_block(base, ent, spec)))
     other: list[pl.Expr] = []
     if spec.weekend:
         other.append((pl.col("event_ts").dt.weekday() >= 6).cast(pl.Int8).alias("is_weekend"))
@@ -293,11 +302,11 @@ def load_inputs(params, start: dt.date, end: dt.date) -> tuple[pl.DataFrame, pl.
     target_missing = [u for u in missing if any(f"date={d.isoformat()}" in u and "/transactions/" in u
                                                 for d in date_range(start, end))]
     if target_missing:
-        raise MissingHistory(f"features {start}..{end}: validated partition(s) missing for the target dates: "
-                             f"{target_missing} (blocked or not yet validated); nothing published, the run fails")
+        raise MissingHistory(f"features {start}..{end}: {len(target_missing)} validated partition(s) missing for "
+                             f"the target dates: {_shorten(target_missing)} (blocked or not yet validated); "
+                             f"nothing published, the run fails")
     if missing and spec.missing_history == "fail":
-        shown = missing if len(missing) <= 4 else [*missing[:2], f"... {len(missing) - 4} more ...", *missing[-2:]]
-        raise MissingHistory(f"features {start}..{end}: {len(missing)} look-back partition(s) missing: {shown} "
+        raise MissingHistory(f"features {start}..{end}: {len(missing)} look-back partition(s) missing: {_shorten(missing)} "
                              f"(run ingest/validate with --with-lookback); set "
                              f"features.missing_history: warn to accept thinner history; nothing published, the run fails")
     for u in missing:
@@ -307,6 +316,10 @@ def load_inputs(params, start: dt.date, end: dt.date) -> tuple[pl.DataFrame, pl.
     labels = pl.concat(label_frames) if label_frames else pl.DataFrame(
         schema={"event_id": pl.String, "label": pl.Int8, "label_date": pl.Date, "available_at": pl.Datetime("us")})
     return pl.concat(frames), labels, missing
+
+
+def _shorten(uris: list[str]) -> list[str]:
+    return uris if len(uris) <= 4 else [*uris[:2], f"... {len(uris) - 4} more ...", *uris[-2:]]
 
 
 def manifest(df: pl.DataFrame, spec: FeatureParams, numerics: list[str], entities: list[str], day: dt.date,

@@ -146,15 +146,6 @@ def delete(uri: str) -> None:
         Path(uri).unlink(missing_ok=True)
 
 
-def etag(uri: str) -> str:
-    """A content fingerprint of the object (S3 ETag, or size+mtime locally)."""
-    if is_s3(uri):
-        bucket, key = split_s3(uri)
-        return s3_client().head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-    st = Path(uri).stat()
-    return f"{st.st_size}-{int(st.st_mtime)}"
-
-
 # --------------------------------------------------------------------------- tables
 def parquet_bytes(df: pl.DataFrame | pa.Table) -> bytes:
     """Serialize with fixed settings: same frame, same bytes."""

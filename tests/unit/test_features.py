@@ -29,7 +29,7 @@ def small_world(seed: int = 7, n: int = 600, days: int = 50):
                    "category": rnd.choice(["grocery", "online", "travel", "unknown-cat"])})
         kind = rnd.random()
         if kind < 0.9:
-            landed = ts.date() + dt.timedelta(days=rnd.choice([7, 7, 7, 5, 9, 12]))
+            landed = ts.date() + dt.timedelta(days=rnd.choice([7, 7, 7, 5, 9, 12, 20]))   # 20: after the 7d window closed
             lab.append({"event_id": eid, "label": int(rnd.random() < 0.2), "label_date": landed,
                         "available_at": dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())})
     events = pl.DataFrame(ev).with_columns(pl.col("event_ts").cast(pl.Datetime("us")))
