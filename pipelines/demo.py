@@ -7,13 +7,13 @@ a summary of what is where.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from pipelines import stack, storage
+from pipelines import demo_data, ingest, stack, storage, validate
+from pipelines.cli import StageFailed
 from pipelines.config import date_range, load_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,8 +31,6 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     lay = stack.up()
     print(f"stack up: S3 {lay.s3_url}, MLflow {lay.mlflow_url}, Airflow {lay.airflow_url}", flush=True)
-    from pipelines import demo_data
-
     demo_data.main(["--params", args.params])
     params = load_params(args.params)
     store, run = params.storage, params.run
@@ -55,9 +53,6 @@ def main(argv: list[str]) -> int:
     bugs = demo_data.DemoParams.from_dict(params.section("demo_data")).bugs
     showcase = []
     for bug in bugs:
-        from pipelines.cli import StageFailed
-        from pipelines import ingest, validate
-
         day = bug.date.isoformat()
         try:
             ingest.main(["--params", args.params, "--date", day, "--dataset", "transactions"])

@@ -357,6 +357,11 @@ def down(grace: float = 10.0) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(_marked_processes(lay.home), timeout=5)
+    # killed children linger as zombies until init reaps them: wait a little so `ps` is clean
+    seen = {p.pid for p in procs} | set(groups)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(psutil.pid_exists(pid) for pid in seen):
+        time.sleep(0.2)
     for name in names:
         _pidfile(lay, name).unlink(missing_ok=True)
     return killed

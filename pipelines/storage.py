@@ -58,13 +58,6 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
-def join(base: str, *parts: str) -> str:
-    out = base.rstrip("/")
-    for p in parts:
-        out = f"{out}/{p.strip('/')}"
-    return out
-
-
 # --------------------------------------------------------------------------- bytes
 def read_bytes(uri: str) -> bytes:
     if is_s3(uri):

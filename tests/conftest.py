@@ -52,6 +52,20 @@ def stack():
     st.down()
 
 
+def stack_pids() -> set[int]:
+    """Every process of the running stack: the services and all their children."""
+    import psutil
+
+    from pipelines import stack as st
+
+    pids: set[int] = set()
+    for info in st.status().values():
+        if info["pid"]:
+            proc = psutil.Process(info["pid"])
+            pids |= {proc.pid, *(c.pid for c in proc.children(recursive=True))}
+    return pids
+
+
 @pytest.fixture(scope="session")
 def make_bucket(stack):
     from pipelines.storage import s3_client

@@ -8,6 +8,8 @@ import urllib.request
 import psutil
 import pytest
 
+from tests.conftest import stack_pids
+
 pytestmark = pytest.mark.integration
 
 
@@ -33,13 +35,7 @@ def test_airflow_requires_auth_and_issues_jwt(stack):
 
 
 def test_services_listen_on_loopback_only(stack):
-    from pipelines import stack as st
-
-    ours = set()
-    for info in st.status().values():
-        if info["pid"]:
-            proc = psutil.Process(info["pid"])
-            ours |= {proc.pid, *(c.pid for c in proc.children(recursive=True))}
+    ours = stack_pids()
     listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
     assert listening, "no listening sockets found for the stack"
     exposed = [(c.laddr.ip, c.laddr.port) for c in listening if not c.laddr.ip.startswith("127.")]

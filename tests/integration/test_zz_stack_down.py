@@ -8,7 +8,7 @@ import sys
 import psutil
 import pytest
 
-from tests.conftest import REPO, TEST_ENV
+from tests.conftest import REPO, TEST_ENV, stack_pids
 
 pytestmark = pytest.mark.integration
 
@@ -16,11 +16,7 @@ pytestmark = pytest.mark.integration
 def test_stack_down_leaves_no_orphans(stack):
     from pipelines import stack as st
 
-    tree = set()
-    for info in st.status().values():
-        if info["pid"]:
-            p = psutil.Process(info["pid"])
-            tree |= {p.pid, *(c.pid for c in p.children(recursive=True))}
+    tree = stack_pids()
     assert len(tree) >= 6                                        # services and their workers
     r = subprocess.run([sys.executable, "-m", "pipelines", "stack", "down"], cwd=REPO, capture_output=True,
                        text=True, timeout=120, env={**__import__("os").environ, **TEST_ENV})
