@@ -12,6 +12,10 @@ COMMANDS = {
     "validate": ("pipelines.validate", "Great Expectations on canonical partition(s): validated + quarantine"),
     "expectations": ("pipelines.expectations", "expectation suites: suggest from reference data"),
     "features": ("pipelines.features", "point-in-time features from validated partitions"),
+    "train": ("pipelines.train", "XGBoost on a time-based split (search + early stopping on validation)"),
+    "evaluate": ("pipelines.evaluate", "test-window metrics, baseline, plots, reference profile, report"),
+    "register": ("pipelines.register", "MLflow run + model version, champion gate, aliases"),
+    "models": ("pipelines.models", "the registry: list | history | promote | rollback | lineage"),
     "airflow": ("pipelines.airflow_api", "trigger a DAG run through the REST API (and wait)"),
 }
 
@@ -32,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # Expected failures (bad data, missing partitions, bad config) end in one clear message and
         # exit 1; anything else is a bug and keeps its traceback.
-        if type(exc).__module__.startswith("pipelines.") or isinstance(exc, ValueError):
+        if type(exc).__module__.startswith("pipelines.") or isinstance(exc, (ValueError, LookupError)):
             print(f"ERROR {argv[0]}: {exc}", file=sys.stderr)
             return 1
         raise

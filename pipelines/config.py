@@ -213,6 +213,75 @@ class FeatureParams:
         )
 
 
+# --------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainParams:
+    """Time-based split and XGBoost settings. Windows count back from the last day whose labels
+    have all landed (run end - label delay): [train][gap][valid][test]."""
+
+    test_days: int
+    valid_days: int
+    gap_days: int
+    train_days: int | None
+    min_train_positives: int
+    device: str
+    seed: int
+    nthread: int
+    num_boost_round: int
+    early_stopping_rounds: int
+    eval_metric: str
+    base: dict[str, Any]
+    search: dict[str, list[Any]]
+    operating_threshold: Any = "auto"
+    exclude_features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device: {self.device!r} is not one of auto, cpu, cuda")
+        for k in ("test_days", "valid_days"):
+            if int(getattr(self, k)) < 1:
+                raise ConfigError(f"train.{k}: must be >= 1")
+        thr = self.operating_threshold
+        if thr != "auto" and not (isinstance(thr, (int, float)) and 0 < thr < 1):
+            raise ConfigError(f"train.operating_threshold: {thr!r} is neither 'auto' nor a number in (0, 1)")
+        if not self.search or any(not isinstance(v, list) or not v for v in self.search.values()):
+            raise ConfigError("train.search: each key needs a non-empty list of values")
+
+
+@dataclass(frozen=True)
+class BaselineRule:
+    feature: str
+    threshold: float
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    precision_at_k: tuple[int, ...]
+    entity: str
+    slices: tuple[str, ...]
+    slice_min_positives: int
+    calibration_bins: int
+    profile_bins: int
+    score_bins: int
+    baseline_rule: BaselineRule
+
+
+@dataclass(frozen=True)
+class GateParams:
+    headline_metric: str
+    minimums: dict[str, float]
+    max_drop_vs_champion: float
+    max_slice_drop_vs_champion: float
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    model_name: str
+    experiment: str
+    gate: GateParams
+    pip_requirements: tuple[str, ...]
+
+
 # --------------------------------------------------------------------------- the file
 @dataclass(frozen=True)
 class Params:
@@ -262,6 +331,27 @@ class Params:
     def features(self) -> FeatureParams:
         delay = self.dataset("labels").delay_days if "labels" in self.section("datasets") else 0
         return FeatureParams.from_dict(self.section("features"), delay)
+
+    @property
+    def train(self) -> TrainParams:
+        d = dict(self.section("train"))
+        d["exclude_features"] = tuple(d.get("exclude_features") or ())
+        return _build(TrainParams, d, "train")
+
+    @property
+    def evaluate(self) -> EvaluateParams:
+        d = dict(self.section("evaluate"))
+        d["baseline_rule"] = _build(BaselineRule, d.get("baseline_rule"), "evaluate.baseline_rule")
+        d["precision_at_k"] = tuple(int(k) for k in d.get("precision_at_k") or ())
+        d["slices"] = tuple(d.get("slices") or ())
+        return _build(EvaluateParams, d, "evaluate")
+
+    @property
+    def register(self) -> RegisterParams:
+        d = dict(self.section("register"))
+        d["gate"] = _build(GateParams, d.get("gate"), "register.gate")
+        d["pip_requirements"] = tuple(d.get("pip_requirements") or ())
+        return _build(RegisterParams, d, "register")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

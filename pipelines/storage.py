@@ -150,7 +150,10 @@ def parquet_bytes(df: pl.DataFrame | pa.Table) -> bytes:
 
 
 def read_parquet(uri: str) -> pl.DataFrame:
-    data = read_bytes(uri)
+    return read_parquet_bytes(read_bytes(uri), uri)
+
+
+def read_parquet_bytes(data: bytes, uri: str) -> pl.DataFrame:
     try:
         return pl.read_parquet(io.BytesIO(data))
     except Exception as exc:

@@ -1,0 +1,220 @@
+"""The model registry (MLflow): aliases, their history, lineage; `python -m pipelines models ...`.
+
+  list                     versions, aliases, gate outcome and key test metrics
+  history                  every alias move: when, alias, from, to, reason, by what
+  promote VERSION          champion <- VERSION (the old champion keeps the alias `previous`)
+  rollback                 champion <- the champion before the current one
+  lineage VERSION          version -> run -> data and feature hashes -> git commit -> params
+
+MLflow keeps no history of aliases (mlflow/mlflow#2169), so every move made through this module
+is also appended to the registered model's tags as `alias_history.<ms>.<n>` = JSON record. The
+tags live in MLflow's backend store, so the log survives restarts and travels with the registry
+(SQLite here, PostgreSQL in production); entries are only ever added. Moves are safe to re-run:
+moving an alias to where it already points changes and records nothing; `--dry-run` says what
+would happen.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass
+
+HISTORY_PREFIX = "alias_history."
+
+
+class RegistryError(RuntimeError):
+    """The registry refused or cannot do what was asked; the message says why."""
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def actor() -> str:
+    """Who moves an alias: the Airflow task (from its context variables) or the person at a shell."""
+    dag, run, task = (os.environ.get(k) for k in ("AIRFLOW_CTX_DAG_ID", "AIRFLOW_CTX_DAG_RUN_ID", "AIRFLOW_CTX_TASK_ID"))
+    if dag:
+        return f"airflow:{dag}/{run}/{task}"
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def get_alias(c, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(c.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower() or "INVALID_PARAMETER" in str(exc.error_code):
+            return None
+        raise
+
+
+def aliases(c, name: str) -> dict[str, str]:
+    return {a: str(v) for a, v in (c.get_registered_model(name).aliases or {}).items()}
+
+
+def history(c, name: str) -> list[dict]:
+    tags = c.get_registered_model(name).tags or {}
+    return [json.loads(tags[k]) for k in sorted(t for t in tags if t.startswith(HISTORY_PREFIX))]
+
+
+def _append(c, name: str, record: dict) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    taken = set((c.get_registered_model(name).tags or {}))
+    n = 0
+    while (key := f"{HISTORY_PREFIX}{int(now.timestamp() * 1000):013d}.{n}") in taken:
+        n += 1
+    c.set_registered_model_tag(name, key, json.dumps(record, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class Move:
+    alias: str
+    frm: str | None
+    to: str | None
+    reason: str
+
+    def record(self, by: str) -> dict:
+        return {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "alias": self.alias,
+                "from": self.frm, "to": self.to, "reason": self.reason, "by": by}
+
+
+def move_alias(c, name: str, alias: str, version: str | None, reason: str, dry_run: bool = False,
+               by: str | None = None) -> dict | None:
+    """Point `alias` at `version` (None removes it) and append the move to the history. Returns
+    the record, or None when the alias already points there (nothing changed, nothing recorded)."""
+    current = get_alias(c, name, alias)
+    version = None if version is None else str(version)
+    if current == version:
+        return None
+    rec = Move(alias, current, version, reason).record(by or actor())
+    if dry_run:
+        return {**rec, "dry_run": True}
+    if version is None:
+        c.delete_registered_model_alias(name, alias)
+    else:
+        c.set_registered_model_alias(name, alias, version)
+    _append(c, name, rec)
+    return rec
+
+
+def promote(c, name: str, version: str, reason: str, dry_run: bool = False) -> list[dict]:
+    """champion <- version; the old champion keeps `previous`; a challenger alias on it is dropped."""
+    c.get_model_version(name, str(version))            # raises if the version does not exist
+    old = get_alias(c, name, "champion")
+    if old == str(version):
+        return []
+    moves = []
+    if old is not None:
+        moves.append(move_alias(c, name, "previous", old, f"replaced as champion by v{version}: {reason}", dry_run))
+    if get_alias(c, name, "challenger") == str(version):
+        moves.append(move_alias(c, name, "challenger", None, f"promoted to champion: {reason}", dry_run))
+    moves.append(move_alias(c, name, "champion", str(version), reason, dry_run))
+    return [m for m in moves if m]
+
+
+def rollback_target(c, name: str) -> str | None:
+    """The champion before the current one: the `from` of the move that made the current champion
+    (else the `previous` alias)."""
+    current = get_alias(c, name, "champion")
+    for rec in reversed(history(c, name)):
+        if rec["alias"] == "champion" and rec["to"] == current:
+            if rec["from"]:
+                return rec["from"]
+            break
+    prev = get_alias(c, name, "previous")
+    return prev if prev != current else None
+
+
+def rollback(c, name: str, reason: str, dry_run: bool = False) -> list[dict]:
+    current = get_alias(c, name, "champion")
+    target = rollback_target(c, name)
+    if target is None:
+        raise RegistryError(f"{name}: no previous champion to roll back to (champion is v{current}); nothing changed")
+    moves = [move_alias(c, name, "champion", target, f"rollback from v{current}: {reason}", dry_run)]
+    if get_alias(c, name, "previous") == target:
+        moves.append(move_alias(c, name, "previous", None, f"v{target} is champion again (rollback)", dry_run))
+    if not dry_run and current:
+        c.set_model_version_tag(name, current, "rolled_back", reason)
+    return [m for m in moves if m]
+
+
+def lineage(c, name: str, version: str) -> dict:
+    mv = c.get_model_version(name, str(version))
+    run = c.get_run(mv.run_id)
+    tags = run.data.tags
+    pick = lambda prefix: {k: v for k, v in sorted(tags.items()) if k.startswith(prefix)}  # noqa: E731
+    return {
+        "model": name, "version": str(mv.version), "aliases": [a for a, v in aliases(c, name).items() if v == str(mv.version)],
+        "run_id": mv.run_id, "experiment_id": run.info.experiment_id, "model_sha256": mv.tags.get("model_sha256"),
+        "gate": mv.tags.get("gate"), "data": pick("data."), "dvc": pick("dvc."), "features": pick("features."),
+        "git": pick("git."), "device": {k: tags.get(k) for k in ("device_requested", "device_used")},
+        "params": dict(sorted(run.data.params.items())),
+    }
+
+
+def versions(c, name: str) -> list[dict]:
+    al = aliases(c, name)
+    out = []
+    for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
+        m = c.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        out.append({"version": str(mv.version), "aliases": sorted(a for a, v in al.items() if v == str(mv.version)),
+                    "gate": mv.tags.get("gate"), "run_id": mv.run_id,
+                    "test_ap": m.get("test.average_precision"), "test_recall": m.get("test.recall"),
+                    "test_roc_auc": m.get("test.roc_auc"), "range": mv.tags.get("data.range")})
+    return out
+
+
+def main(argv: list[str]) -> int:
+    from pipelines.config import load_params
+
+    ap = argparse.ArgumentParser(prog="python -m pipelines models", description=__doc__.split("\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--json", action="store_true", help="print JSON")
+    sub = ap.add_subparsers(dest="action", required=True)
+    sub.add_parser("list")
+    sub.add_parser("history")
+    pr = sub.add_parser("promote")
+    pr.add_argument("version")
+    rb = sub.add_parser("rollback")
+    for p in (pr, rb):
+        p.add_argument("--reason", default="manual")
+        p.add_argument("--dry-run", action="store_true")
+    ln = sub.add_parser("lineage")
+    ln.add_argument("version")
+    args = ap.parse_args(argv)
+    name = load_params(args.params).register.model_name
+    c = client()
+    if args.action == "list":
+        out = versions(c, name)
+        if not args.json:
+            print(f"{'ver':>4} {'aliases':22s} {'gate':8s} {'test AP':>8} {'recall':>7} {'ROC AUC':>8}  range")
+            for v in out:
+                f = lambda x: "—" if x is None else f"{x:.4f}"  # noqa: E731
+                print(f"{v['version']:>4} {','.join(v['aliases']):22s} {str(v['gate']):8s} {f(v['test_ap']):>8} "
+                      f"{f(v['test_recall']):>7} {f(v['test_roc_auc']):>8}  {v['range']}")
+            return 0
+    elif args.action == "history":
+        out = history(c, name)
+        if not args.json:
+            for r in out:
+                print(f"{r['at']}  {r['alias']:10s} {str(r['from']):>4} -> {str(r['to']):4s} by {r['by']}: {r['reason']}")
+            return 0
+    elif args.action == "promote":
+        out = promote(c, name, args.version, args.reason, args.dry_run)
+    elif args.action == "rollback":
+        out = rollback(c, name, args.reason, args.dry_run)
+    else:
+        out = lineage(c, name, args.version)
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0

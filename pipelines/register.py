@@ -1,0 +1,258 @@
+"""Stage `register`: one MLflow run per training, a registered model version, the champion gate.
+
+In: <training>/train/ and <training>/evaluate/ (what train and evaluate published), the feature
+partitions of the test window (to score the current champion on the same rows), the validation
+results of the training range. Out: an MLflow run (params, metrics, plots, report, manifest,
+validation results, lineage tags; the model with the XGBoost flavor, signature, input example)
+and a new version of `register.model_name`, and <training>/register/registration.json.
+
+Gate (register.gate): absolute minimums on the test window, and, when a champion exists, no worse
+than the champion on the same rows by more than max_drop_vs_champion on the headline metric and
+max_slice_drop_vs_champion on each slice with enough frauds. Cold start (no champion): minimums
+only, then it becomes `champion`. Otherwise a passing model becomes `challenger`; a failing one stays
+registered without an alias, with the reasons in its description and tags.
+
+Idempotent: the version carries the model's sha256; registering the same model again finds it,
+creates nothing and moves no alias.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from pipelines import evaluate as E
+from pipelines import model as M
+from pipelines import models as R
+from pipelines import storage
+from pipelines.cli import resolve, stage_parser
+from pipelines.config import GateParams, date_range
+
+log = logging.getLogger("pipelines.register")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    alias: str | None
+    reasons: list[str] = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)
+
+
+def gate(candidate: dict, champion: dict | None, g: GateParams, slice_min_positives: int) -> GateDecision:
+    """Decide on a candidate from its test-window evaluation and the champion's on the same rows
+    (None at cold start). Pure: returns the decision with every check and the failing reasons."""
+    checks = []
+
+    def check(name: str, value, bound, ok: bool) -> None:
+        checks.append({"check": name, "value": value, "bound": bound, "passed": bool(ok)})
+
+    for metric, minimum in sorted(g.minimums.items()):
+        v = candidate.get(metric)
+        check(f"{metric} >= {minimum}", v, minimum, v is not None and v >= minimum)
+    if champion is not None:
+        h = g.headline_metric
+        c, b = candidate.get(h), champion.get(h)
+        if b is not None:
+            bound = b - g.max_drop_vs_champion
+            check(f"{h} >= champion {b:.4f} - {g.max_drop_vs_champion}", c, bound, c is not None and c >= bound)
+        for key, s in sorted(candidate.get("slices", {}).items()):
+            ch = champion.get("slices", {}).get(key)
+            if not ch or s["positives"] < slice_min_positives or ch.get("average_precision") is None:
+                continue
+            bound = ch["average_precision"] - g.max_slice_drop_vs_champion
+            v = s.get("average_precision")
+            check(f"slice {key} AP >= champion {ch['average_precision']:.4f} - {g.max_slice_drop_vs_champion}",
+                  v, bound, v is not None and v >= bound)
+    reasons = [f"failed: {c['check']} (got {_f(c['value'])})" for c in checks if not c["passed"]]
+    passed = not reasons
+    alias = None if not passed else ("champion" if champion is None else "challenger")
+    return GateDecision(passed, alias, reasons, checks)
+
+
+def _f(v) -> str:
+    return "none" if v is None else f"{v:.4f}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}".replace("=", ".").replace("@", "_at_")
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def git_tags() -> dict[str, str]:
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=20).stdout.strip()
+        except OSError:
+            return ""
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def dvc_tags() -> dict[str, str]:
+    """The dvc.lock hashes of the data and feature outputs (when the repo has a dvc.lock)."""
+    import yaml
+
+    lock = REPO / "dvc.lock"
+    if not lock.exists():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    out = {}
+    for stage in ("ingest", "validate", "features", "train", "evaluate"):
+        for o in stages.get(stage, {}).get("outs", []):
+            out[f"dvc.{stage}.md5"] = o.get("md5", "")
+    return out
+
+
+def _champion_eval(c, name: str, version: str, test: pl.DataFrame, manifest: dict, p) -> tuple[dict | None, str]:
+    """The champion scored by the same code on the same test rows; or its logged evaluation when
+    its feature spec differs (then the windows differ too, and the note says so)."""
+    mv = c.get_model_version(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        import mlflow
+
+        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="train", dst_path=tmp)
+        ch_manifest = json.loads((Path(tmp) / "train" / "feature_manifest.json").read_text())
+        ch_summary = json.loads((Path(tmp) / "train" / "summary.json").read_text())
+        booster = M.load_booster((Path(tmp) / "train" / "model.ubj").read_bytes())
+        if ch_manifest["spec_hash"] == manifest["spec_hash"]:
+            scored = E.score_frame(booster, test, ch_manifest, f"champion v{version}")
+            return E.evaluate_scores(scored, float(ch_summary["operating_threshold"]), p), "same rows"
+        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="evaluate/evaluation.json", dst_path=tmp)
+        logged = json.loads((Path(tmp) / "evaluation.json").read_text())["test"]
+        return logged, f"feature spec differs ({ch_manifest['spec_hash']} vs {manifest['spec_hash']}): its logged test metrics"
+
+
+def main(argv: list[str]) -> int:
+    import mlflow
+    import mlflow.xgboost
+    from mlflow.models import infer_signature
+
+    args = stage_parser("register", __doc__).parse_args(argv)
+    params, days = resolve(args)
+    rp, ep, store, labels = params.register, params.evaluate, params.storage, params.dataset("labels")
+    start, end = min(days), max(days)
+    base = M.training_uri(store, start, end)
+    summary = storage.read_json(f"{base}/train/summary.json")
+    manifest = storage.read_json(f"{base}/train/feature_manifest.json")
+    raw = storage.read_bytes(f"{base}/train/model.ubj")
+    evaluation = storage.read_json(f"{base}/evaluate/evaluation.json")
+    metrics = storage.read_json(f"{base}/evaluate/metrics.json")
+    sha = M.sha256(raw)
+    if sha != summary["model_sha256"] or evaluation["model_sha256"] != sha:
+        raise M.TrainingDataError(f"{base}: model.ubj, summary.json and evaluation.json disagree on the model "
+                                  f"(sha256 {sha[:12]}); re-run train and evaluate")
+    out = M.StageOutput(base, "register", args.snapshot)
+    c = R.client()
+    name = rp.model_name
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name, description="Fraud model (XGBoost). Aliases: champion scores, challenger "
+                                                    "shadows, previous is the last champion. See tags alias_history.*")
+    for mv in c.search_model_versions(f"name='{name}'"):
+        if mv.tags.get("model_sha256") == sha:
+            rec = {"model_name": name, "version": str(mv.version), "run_id": mv.run_id, "model_sha256": sha,
+                   "gate": mv.tags.get("gate"), "alias": mv.tags.get("gate_alias") or None,
+                   "reasons": [r for r in (mv.tags.get("gate_reasons") or "").split("; ") if r]}
+            log.info("register: model %s is already version %s of %s; nothing created, no alias moved",
+                     sha[:12], mv.version, name)
+            out.put_json("registration.json", rec)
+            return 0
+
+    win = evaluation["windows"]
+    test, _ = M.load_labelled(store, date_range(E.storage_date(win["test"][0]), E.storage_date(win["test"][1])),
+                              labels.delay_days, labels.first_date)
+    champion = R.get_alias(c, name, "champion")
+    champ_eval, how = (None, "cold start: no champion")
+    if champion:
+        champ_eval, how = _champion_eval(c, name, champion, test, manifest, ep)
+    decision = gate(evaluation["test"], champ_eval, rp.gate, ep.slice_min_positives)
+    log.info("gate: %s (%s) %s", "PASSED" if decision.passed else "FAILED", how, "; ".join(decision.reasons))
+
+    val_summary = {}
+    for day in date_range(E.storage_date(win["train"][0]), E.storage_date(win["test"][1])):
+        try:
+            r = storage.read_json(store.uri("validation_results", dataset="transactions", date=day.isoformat()))
+            val_summary[day.isoformat()] = {k: r.get(k) for k in ("rows_in", "rows_validated", "rows_quarantined",
+                                                                   "blocked", "success", "reasons") if k in r}
+        except storage.MissingObject:
+            val_summary[day.isoformat()] = {"missing": True}
+    booster = M.load_booster(raw)
+    x = M.feature_matrix(test.head(200), manifest, "input example")
+    example = pl.DataFrame(x[:5], schema=manifest["feature_names"], orient="row").to_pandas()
+    signature = infer_signature(pl.DataFrame(x, schema=manifest["feature_names"], orient="row").to_pandas(),
+                                M.predict(booster, x))
+    tags = {"model_sha256": sha, "data.range": f"{start}..{end}", "data.train_window": "..".join(win["train"]),
+            "data.valid_window": "..".join(win["valid"]), "data.test_window": "..".join(win["test"]),
+            "data.features_sha256": M.sha256(json.dumps(summary["inputs_sha256"], sort_keys=True).encode()),
+            "features.spec_hash": manifest["spec_hash"], "features.code_version": str(manifest.get("code_version")),
+            "train.code_version": summary["code_version"], "device_requested": summary["device_requested"],
+            "device_used": summary["device_used"], "xgboost.version": summary["xgboost"]["version"],
+            "xgboost.use_cuda": str(summary["xgboost"]["use_cuda"]).lower(), "gate": "passed" if decision.passed else "failed",
+            "gate.compared_with": f"v{champion} ({how})" if champion else how, "registered_by": R.actor(),
+            **git_tags(), **dvc_tags()}
+    mlflow.set_experiment(rp.experiment)
+    with mlflow.start_run(run_name=f"train {start}..{end} {sha[:8]}") as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params({**{f"xgb.{k}": v for k, v in summary["chosen_params"].items()},
+                           "best_iteration": summary["best_iteration"], "operating_threshold": summary["operating_threshold"],
+                           **{f"window.{k}": "..".join(v) for k, v in win.items()},
+                           **{f"train.{k}": v for k, v in asdict(params.train).items() if k not in ("base",)},
+                           **{f"evaluate.{k}": v for k, v in asdict(ep).items()},
+                           **{f"gate.{k}": v for k, v in asdict(rp.gate).items()}})
+        flat = _flatten(metrics)
+        flat.update(_flatten({k: v for k, v in evaluation["test"]["slices"].items()}, "slice."))
+        if champ_eval:
+            flat.update(_flatten({k: champ_eval.get(k) for k in ("average_precision", "roc_auc", "recall", "precision")},
+                                 "champion."))
+        mlflow.log_metrics(flat)
+        with tempfile.TemporaryDirectory() as tmp:
+            for stage in ("train", "evaluate"):
+                for uri in storage.list_uris(f"{base}/{stage}"):
+                    dst = Path(tmp) / stage / uri[len(base) + len(stage) + 2:]
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    dst.write_bytes(storage.read_bytes(uri))
+            (Path(tmp) / "gate.json").write_text(json.dumps({**asdict(decision), "champion": champion, "compared": how,
+                                                             "champion_eval": champ_eval}, indent=2, default=str))
+            (Path(tmp) / "validation_results.json").write_text(json.dumps(val_summary, indent=2, sort_keys=True))
+            mlflow.log_artifacts(tmp)
+        info = mlflow.xgboost.log_model(booster, name="model", signature=signature, input_example=example,
+                                        pip_requirements=list(rp.pip_requirements), model_format="ubj")
+        run_id = run.info.run_id
+    desc = (f"Trained on {win['train'][0]}..{win['train'][1]}, tested on {win['test'][0]}..{win['test'][1]}: "
+            f"AP {_f(evaluation['test']['average_precision'])}, recall {_f(evaluation['test']['recall'])} at "
+            f"{summary['operating_threshold']:.4f}. Gate {'passed' if decision.passed else 'FAILED'} ({how})")
+    if decision.reasons:
+        desc += ": " + "; ".join(decision.reasons)
+    mv = mlflow.register_model(info.model_uri, name, tags={**{k: tags[k] for k in ("model_sha256", "data.range", "gate",
+                                                                                   "features.spec_hash", "device_used")},
+                                                           "gate_alias": decision.alias or "",
+                                                           "gate_reasons": "; ".join(decision.reasons)[:4000]})
+    version = str(mv.version)
+    c.update_model_version(name, version, description=desc)
+    if decision.alias == "champion":
+        R.promote(c, name, version, f"cold start: gate passed ({'; '.join(ch['check'] for ch in decision.checks)})")
+    elif decision.alias == "challenger":
+        R.move_alias(c, name, "challenger", version, f"gate passed against champion v{champion} ({how})")
+    rec = {"model_name": name, "version": version, "run_id": run_id, "model_sha256": sha,
+           "gate": tags["gate"], "alias": decision.alias, "reasons": decision.reasons}
+    out.put_json("registration.json", rec)
+    log.info("registered %s v%s (run %s): gate %s -> %s", name, version, run_id, tags["gate"], decision.alias or "no alias")
+    print(f"{name} v{version}: gate {tags['gate']}, alias {decision.alias or 'none'}; MLflow run {run_id}")
+    return 0

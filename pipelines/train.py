@@ -1,0 +1,182 @@
+"""Stage `train`: XGBoost on a time-based split of the feature partitions.
+
+Data contract: in = feature partitions of the train and validation windows (see
+`model.split_windows`) joined with their labels; the test window is never read here. Out, under
+<storage.layout.training>/train/ (and --snapshot for DVC):
+  * model.ubj            XGBoost's own UBJSON (no pickle), trimmed to the best iteration
+  * feature_manifest.json  the model's input columns, order, dtypes, spec hash
+  * summary.json         windows, row accounting, the search table, chosen settings, operating
+                         threshold, device requested/used, XGBoost build, input sha256s, fingerprint
+
+Settings are chosen by a grid (train.search) with early stopping on the validation window; the
+operating threshold is the best-F1 threshold on validation unless params fix it. Deterministic for
+a seed: same inputs, same model bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipelines import model as M
+from pipelines import storage
+from pipelines.cli import resolve, stage_parser
+from pipelines.config import TrainParams, date_range
+
+log = logging.getLogger("pipelines.train")
+CODE_FILES = ("pipelines/train.py", "pipelines/model.py")
+
+
+@dataclass
+class TrainResult:
+    booster: object
+    params: dict                 # the chosen XGBoost params (device included)
+    best_iteration: int
+    valid_score: float
+    threshold: float
+    search: list[dict] = field(default_factory=list)
+    device_requested: str = "auto"
+    device_used: str = "cpu"
+    seconds: float = 0.0
+
+
+def _grid(search: dict[str, list]) -> list[dict]:
+    keys = sorted(search)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(search[k] for k in keys))]
+
+
+def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
+    """The score threshold with the highest F1 (ties: the higher threshold)."""
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, thresholds = precision_recall_curve(y, score)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    best = np.flatnonzero(f1 == f1.max())[-1]
+    return float(thresholds[best])
+
+
+def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
+                p: TrainParams, device: str) -> TrainResult:
+    """Grid search with early stopping on the validation window; returns the best booster, trimmed
+    to its best iteration. Pure: no I/O."""
+    import xgboost as xgb
+
+    t0 = time.perf_counter()
+    pos = int(y_train.sum())
+    if pos < p.min_train_positives:
+        raise M.TrainingDataError(f"train window has {pos} positives (< train.min_train_positives="
+                                  f"{p.min_train_positives}): no sound model can be trained; run fails")
+    if y_valid.sum() == 0:
+        raise M.TrainingDataError("validation window has no positives: early stopping and threshold choice "
+                                  "are impossible; widen train.valid_days")
+    auto_spw = float((len(y_train) - pos) / pos)
+    max_bin = int(p.base.get("max_bin", 256))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dtrain = xgb.QuantileDMatrix(x_train, label=y_train, max_bin=max_bin)
+        dvalid = xgb.QuantileDMatrix(x_valid, label=y_valid, ref=dtrain)
+        best: tuple[float, int, dict, object] | None = None
+        table = []
+        for combo in _grid(p.search):
+            combo = {k: (auto_spw if v == "auto" else v) for k, v in combo.items()}
+            params = {**p.base, **combo, "eval_metric": p.eval_metric, "seed": p.seed, "device": device,
+                      "nthread": p.nthread or None, "verbosity": 1}
+            params = {k: v for k, v in params.items() if v is not None}
+            booster = xgb.train(params, dtrain, num_boost_round=p.num_boost_round, evals=[(dvalid, "valid")],
+                                early_stopping_rounds=p.early_stopping_rounds, verbose_eval=False)
+            score, it = float(booster.best_score), int(booster.best_iteration)
+            table.append({**{k: combo[k] for k in sorted(combo)}, "valid_" + p.eval_metric: score, "best_iteration": it})
+            log.info("search %s -> valid %s %.4f at iteration %d", combo, p.eval_metric, score, it)
+            if best is None or score > best[0]:
+                best = (score, it, params, booster)
+    score, it, params, booster = best
+    final = booster[: it + 1]
+    used = "cpu" if device == "cpu" or M.device_fell_back(caught) else "cuda"
+    valid_scores = M.predict(final, x_valid)
+    thr = best_f1_threshold(y_valid, valid_scores) if p.operating_threshold == "auto" else float(p.operating_threshold)
+    return TrainResult(final, params, it, score, thr, table, p.device, used, time.perf_counter() - t0)
+
+
+def code_version(root: Path | None = None) -> str:
+    root = root or Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for f in CODE_FILES:
+        h.update((root / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def main(argv: list[str]) -> int:
+    import xgboost as xgb
+
+    ap = stage_parser("train", __doc__)
+    ap.add_argument("--force", action="store_true", help="train even if this range already has a model from the same inputs")
+    args = ap.parse_args(argv)
+    params, days = resolve(args)
+    p, store = params.train, params.storage
+    labels = params.dataset("labels")
+    start, end = min(days), max(days)
+    win = M.split_windows(start, end, p, labels.delay_days)
+    log.info("windows: %s", win.as_dict())
+    frame, stats = M.load_labelled(store, date_range(win.train[0], win.valid[1]), labels.delay_days, labels.first_date)
+    manifest = M.feature_manifest(stats["manifest"], p.exclude_features)
+    fingerprint = hashlib.sha256(json.dumps({"inputs": stats["partitions"], "labelled": stats["rows_labelled"],
+                                             "positives": stats["positives"], "params": str(p),
+                                             "code": code_version(), "xgboost": xgb.__version__},
+                                            sort_keys=True).encode()).hexdigest()
+    out = M.StageOutput(M.training_uri(store, start, end), "train", args.snapshot)
+    if not args.force and _reuse(out, fingerprint):
+        return 0
+    train_df, valid_df = M.in_window(frame, win.train), M.in_window(frame, win.valid)
+    device = M.choose_device(p.device)
+    res = train_model(M.feature_matrix(train_df, manifest, "train window"), train_df["label"].to_numpy(),
+                      M.feature_matrix(valid_df, manifest, "valid window"), valid_df["label"].to_numpy(), p, device)
+    res.booster.feature_names = manifest["feature_names"]     # the model file names its inputs
+    raw = bytes(res.booster.save_raw("ubj"))
+    summary = {
+        "range": [start.isoformat(), end.isoformat()], "windows": win.as_dict(),
+        "rows": {"train": train_df.height, "valid": valid_df.height, "train_positives": int(train_df["label"].sum()),
+                 "valid_positives": int(valid_df["label"].sum()),
+                 **{k: stats[k] for k in ("rows_in", "rows_labelled", "rows_unlabeled")}},
+        "search": res.search, "chosen_params": res.params, "best_iteration": res.best_iteration,
+        "valid_score": {p.eval_metric: res.valid_score}, "operating_threshold": res.threshold,
+        "device_requested": res.device_requested, "device_used": res.device_used,
+        "xgboost": {"version": xgb.__version__, "use_cuda": bool(xgb.build_info().get("USE_CUDA"))},
+        "inputs_sha256": stats["partitions"], "spec_hash": manifest["spec_hash"], "code_version": code_version(),
+        "model_sha256": M.sha256(raw), "fingerprint": fingerprint,
+    }
+    out.put("model.ubj", raw)
+    out.put_json("feature_manifest.json", manifest)
+    out.put_json("summary.json", summary)      # last: its presence means the folder is complete
+    log.info("train %s..%s: %d rows (%d frauds), valid %s=%.4f, threshold %.4f, device %s, %.1fs -> %s",
+             *win.train, train_df.height, summary["rows"]["train_positives"], p.eval_metric, res.valid_score,
+             res.threshold, res.device_used, res.seconds, out.base)
+    return 0
+
+
+def _reuse(out: M.StageOutput, fingerprint: str) -> bool:
+    """Same inputs, params and code as the model already published: mirror it instead of retraining."""
+    try:
+        summary = storage.read_json(f"{out.base}/summary.json")
+        if summary.get("fingerprint") != fingerprint:
+            return False
+        files = {n: storage.read_bytes(f"{out.base}/{n}") for n in ("model.ubj", "feature_manifest.json")}
+    except storage.MissingObject:
+        return False
+    if M.sha256(files["model.ubj"]) != summary["model_sha256"]:
+        return False
+    for name, data in files.items():
+        out.put(name, data)
+    out.put_json("summary.json", summary)
+    log.info("train: %s already holds a model from the same inputs, params and code; reused (--force retrains)", out.base)
+    return True
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main(__import__("sys").argv[1:]))
