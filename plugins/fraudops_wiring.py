@@ -2,12 +2,35 @@
 task calls a stage. Light imports only: DAG files import this at parse time."""
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from airflow.sdk import Asset
+
 REPO = Path(__file__).resolve().parent.parent
+# Emitted when `register` succeeds: a new model version exists (with or without an alias).
+MODEL_ASSET = Asset(name="model", uri="fraudops://registry/model")
+
+
+def alerts_file() -> Path:
+    return Path(os.environ.get("FRAUDOPS_HOME") or REPO / ".state") / "alerts" / "airflow.jsonl"
+
+
+def record_alert(context) -> None:
+    """on_failure_callback: append an alert record (dag, task, run, try, error) to the alerts log."""
+    ti = context.get("ti") or context.get("task_instance")
+    rec = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "kind": "task_failed",
+           "dag_id": getattr(ti, "dag_id", None), "task_id": getattr(ti, "task_id", None),
+           "run_id": getattr(ti, "run_id", None), "try_number": getattr(ti, "try_number", None),
+           "error": str(context.get("exception"))[:2000]}
+    path = alerts_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(rec, sort_keys=True) + "\n")
 
 
 def default_args() -> dict:
@@ -18,6 +41,7 @@ def default_args() -> dict:
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(hours=1),
+        "on_failure_callback": record_alert,
     }
 
 

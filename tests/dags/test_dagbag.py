@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "features": set()}}
+EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "features": {"train"}, "train": {"evaluate"},
+                         "evaluate": {"register"}, "register": set()}}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,34 @@ def test_task_graphs(dagbag):
             assert f"-m pipelines {t.task_id}" in t.bash_command      # one task = one stage command
 
 
-def test_training_has_a_date_range_form(dagbag):
+def test_training_has_a_date_range_and_force_form(dagbag):
     params = dagbag.dags["training"].params
-    assert {"start_date", "end_date"} <= set(params.keys())
+    assert {"start_date", "end_date", "force"} <= set(params.keys())
+    assert params["force"] is False
+
+
+def test_register_emits_the_model_asset_and_failures_record_alerts(dagbag):
+    dag = dagbag.dags["training"]
+    outlets = {t.task_id: [a.name for a in t.outlets] for t in dag.tasks}
+    assert outlets["register"] == ["model"] and all(not v for k, v in outlets.items() if k != "register")
+    for t in dag.tasks:
+        assert t.on_failure_callback, t.task_id
+    assert "--force" in dag.get_task("train").bash_command
+
+
+def test_failure_callback_appends_an_alert_record(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    import fraudops_wiring
+
+    monkeypatch.setenv("FRAUDOPS_HOME", str(tmp_path))
+    ti = SimpleNamespace(dag_id="training", task_id="train", run_id="manual__1", try_number=3)
+    fraudops_wiring.record_alert({"ti": ti, "exception": ValueError("features 2026-02-01: missing")})
+    fraudops_wiring.record_alert({"ti": ti, "exception": None})
+    lines = [json.loads(x) for x in fraudops_wiring.alerts_file().read_text().splitlines()]
+    assert [r["task_id"] for r in lines] == ["train", "train"]
+    assert lines[0]["error"] == "features 2026-02-01: missing" and lines[0]["try_number"] == 3
 
 
 def test_each_dag_file_parses_in_under_a_second(dagbag):
