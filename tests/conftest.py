@@ -10,6 +10,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+# The range the training tests use: [train 01-20..01-31][gap][valid 02-08..02-14][test 02-15..02-21]
+# (+7 days for the labels of the test window to land).
+TRAIN_RANGE = ("2026-01-20", "2026-02-28")
 TEST_ENV = {
     "FRAUDOPS_HOME": str(REPO / ".state-test"),
     "FRAUDOPS_S3_PORT": os.environ.get("FRAUDOPS_TEST_S3_PORT", "5401"),
@@ -90,3 +93,60 @@ def demo_raw(stack):
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     write_demo(p, tx.partition_uri, lb.partition_uri, p.start_date, params.run.end_date)
     return params
+
+
+@pytest.fixture(scope="session")
+def training_features(stack, demo_raw):
+    """Validated feature partitions of TRAIN_RANGE (and the labels they need) in the default lake.
+    Built in-process only when missing (whoever built them first made the same bytes)."""
+    from pipelines import features, ingest, storage, validate
+    from pipelines.config import date_range, parse_date
+
+    params = demo_raw
+    days = date_range(parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
+    if not all(storage.exists(params.storage.uri("features_manifest", date=d.isoformat())) for d in days):
+        rng = ["--params", str(REPO / "params.yaml"), "--start", TRAIN_RANGE[0], "--end", TRAIN_RANGE[1]]
+        ingest.main([*rng, "--with-lookback"])
+        validate.main([*rng, "--with-lookback"])
+        features.main(rng)
+    return params
+
+
+def sh(cmd: list[str], cwd: Path, timeout: float = 900) -> str:
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="session")
+def dvc_workspace(stack, demo_raw, tmp_path_factory):
+    """A git repo holding the project's files (as in a clean clone) with run = TRAIN_RANGE and a
+    model name of its own; `dvc repro` has been run once in it (its output is returned too)."""
+    import subprocess
+
+    from pipelines.stack import dvc_local_config
+
+    ws = tmp_path_factory.mktemp("dvc") / "project"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    import shutil
+
+    for f in files:
+        if (REPO / f).is_file():
+            (ws / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, ws / f)
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["run"] = {"start_date": TRAIN_RANGE[0], "end_date": TRAIN_RANGE[1]}
+    params["register"]["model_name"] = "fraud-xgb-dvc"
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (ws / ".dvc" / "config.local").write_text(dvc_local_config(stack.s3_url))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"]):
+        sh(cmd, ws)
+    out = sh(["dvc", "repro"], ws, timeout=1500)
+    return ws, out
