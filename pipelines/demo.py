@@ -1,8 +1,8 @@
 """`python -m pipelines demo`: the main job on the embedded default, end to end.
 
-stack up -> simulated raw data into S3 -> `dvc repro` (ingest -> validate -> features) -> `dvc
-push` -> a fail-closed showcase (a day with an injected data bug is blocked and quarantined) ->
-a summary of what is where.
+stack up -> simulated raw data into S3 -> `dvc repro` (ingest -> validate -> features -> train ->
+evaluate -> register) -> `dvc push` -> a fail-closed showcase (a day with an injected data bug is
+blocked and quarantined) -> a summary of what is where, ending with the registered champion.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines import demo_data, ingest, stack, storage, validate
+from pipelines import demo_data, ingest, models, stack, storage, validate
+from pipelines.model import training_uri
 from pipelines.cli import StageFailed
 from pipelines.config import date_range, load_params
 
@@ -39,7 +40,8 @@ def main(argv: list[str]) -> int:
     last = run.end_date.isoformat()
     in_lake = all(storage.exists(u) for u in (store.uri("canonical", dataset="transactions", date=last),
                                               store.uri("validated", dataset="transactions", date=last),
-                                              store.uri("features", date=last)))
+                                              store.uri("features", date=last),
+                                              f"{training_uri(store, run.start_date, run.end_date)}/register/registration.json"))
     _dvc("repro", *([] if in_lake else ["--force"]))
     _dvc("push")
 
@@ -74,7 +76,23 @@ def main(argv: list[str]) -> int:
     print(f"DVC: `dvc repro` is up to date now; outputs pushed to the remote {stack.BUCKETS[2]}")
     print(f"Airflow UI: {lay.airflow_url}  (user admin, password: {stack.airflow_password(lay)}; "
           f"file {lay.password_file})")
-    print("  trigger the training DAG: python -m pipelines airflow trigger training --wait")
-    print(f"MLflow UI:  {lay.mlflow_url}")
+    print("  trigger the training DAG: python -m pipelines airflow trigger training --wait "
+          "(or from the UI, Params form: dates, force)")
+    name = params.register.model_name
+    reg = storage.read_json(f"{training_uri(store, run.start_date, run.end_date)}/register/registration.json")
+    c = models.client()
+    champion = models.get_alias(c, name, "champion")
+    if champion is None:
+        raise StageFailed(f"demo: {name} has no champion after the training pipeline (gate: {reg.get('reasons')})")
+    mv = c.get_model_version(name, champion)
+    m = c.get_run(mv.run_id).data.metrics
+    print(f"Model: {name} v{reg['version']} registered (gate {reg['gate']}); champion = v{champion}: "
+          f"test AP {m.get('test.average_precision', float('nan')):.4f} vs rule baseline "
+          f"{m.get('baseline.average_precision', float('nan')):.4f}, ROC AUC {m.get('test.roc_auc', float('nan')):.4f}, "
+          f"recall {m.get('test.recall', float('nan')):.3f}")
+    print(f"  evaluation report (self-contained HTML): {REPO / 'data' / 'evaluate' / 'report.html'}")
+    print(f"  registry: python -m pipelines models list | history | lineage {champion} | promote V | rollback")
+    print(f"MLflow UI:  {lay.mlflow_url}/#/models/{name}/versions/{champion}   "
+          f"(run: {lay.mlflow_url}/#/experiments/{c.get_run(mv.run_id).info.experiment_id}/runs/{mv.run_id})")
     print("Stop everything: python -m pipelines stack down   (or make down)")
     return 0

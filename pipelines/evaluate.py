@@ -174,9 +174,11 @@ def plots(test: pl.DataFrame, baseline_score: np.ndarray, importance: dict[str, 
     y, s = test["label"].to_numpy(), test["score"].to_numpy()
     out = {}
     fig, ax = plt.subplots(figsize=(5, 4))
-    for name, sc in (("model", s), ("rule baseline", baseline_score)):
-        pr, rc, _ = precision_recall_curve(y, sc)
-        ax.plot(rc, pr, label=name)
+    pr, rc, _ = precision_recall_curve(y, s)
+    ax.plot(rc, pr, label="model", drawstyle="steps-post")
+    hit = baseline_score >= 0.5          # the rule is a yes/no decision: one operating point, not a curve
+    ax.plot([(hit & (y == 1)).sum() / max(y.sum(), 1)], [(hit & (y == 1)).sum() / max(hit.sum(), 1)], "o",
+            label="rule baseline")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test window)")
     ax.legend()
     out["pr.png"] = _png(fig)
