@@ -25,6 +25,15 @@ def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
         storage.delete(uri)
     assert not storage.exists(f"{base}/train/model.ubj")
 
+    c = models.client()
+    name = params.register.model_name
+    from mlflow.exceptions import MlflowException
+
+    try:                                        # a reused test state may already hold this model
+        before = {mv.tags.get("model_sha256"): str(mv.version) for mv in c.search_model_versions(f"name='{name}'")}
+    except MlflowException:
+        before = {}
+
     client = AirflowClient()
     client.wait_for_dag("training", timeout=180)
     run = client.trigger("training", {"start_date": TRAIN_RANGE[0], "end_date": TRAIN_RANGE[1], "force": True})
@@ -42,10 +51,16 @@ def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
 
     # registered under the project's model name, by this Airflow run, and the model Asset was emitted
     reg = storage.read_json(f"{base}/register/registration.json")
-    c = models.client()
-    mv = c.get_model_version(params.register.model_name, reg["version"])
-    assert mv.tags["model_sha256"] == hashlib.sha256(model).hexdigest()
-    assert c.get_run(mv.run_id).data.tags["registered_by"].startswith(f"airflow:training/{run['dag_run_id']}/register")
+    sha = hashlib.sha256(model).hexdigest()
+    mv = c.get_model_version(name, reg["version"])
+    assert mv.tags["model_sha256"] == sha
+    after = c.search_model_versions(f"name='{name}'")
+    if sha in before:                           # idempotent: the same version, no new one
+        assert reg["version"] == before[sha] and len(after) == len(before)
+    else:
+        assert len(after) == len(before) + 1
+        assert c.get_run(mv.run_id).data.tags["registered_by"].startswith(
+            f"airflow:training/{run['dag_run_id']}/register")
     events = client._request("GET", "/api/v2/assets/events?limit=100")["asset_events"]
     assert any(e.get("uri") == "fraudops://registry/model" and e.get("source_run_id") == run["dag_run_id"]
                for e in events), events[-3:]
