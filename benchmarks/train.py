@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import resource
 import sys
@@ -98,7 +99,7 @@ def main() -> int:
     print(f"ratio stage / bare : {s / b:.3f}  (best of two each; target <= 1.1)")
     print(f"same predictions   : {same}")
     print(f"peak RSS           : {rss:,.0f} MiB")
-    print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} cores, xgboost {xgb.__version__}, "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, xgboost {xgb.__version__}, "
           f"python {platform.python_version()}")
     return 0 if same else 1
 

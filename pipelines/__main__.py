@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # Expected failures (bad data, missing partitions, bad config) end in one clear message and
         # exit 1; anything else is a bug and keeps its traceback.
-        if type(exc).__module__.startswith("pipelines.") or isinstance(exc, (ValueError, LookupError)):
+        if type(exc).__module__.startswith("pipelines.") or isinstance(exc, ValueError):
             print(f"ERROR {argv[0]}: {exc}", file=sys.stderr)
             return 1
         raise

@@ -29,7 +29,7 @@ import polars as pl
 from pipelines import model as M
 from pipelines import storage
 from pipelines.cli import resolve, stage_parser
-from pipelines.config import EvaluateParams, date_range
+from pipelines.config import EvaluateParams
 
 log = logging.getLogger("pipelines.evaluate")
 
@@ -273,9 +273,8 @@ def main(argv: list[str]) -> int:
         raise M.TrainingDataError(f"{base}/train/model.ubj does not match its summary.json sha256: re-run train")
     booster = M.load_booster(raw)
     win = summary["windows"]
-    as_dates = lambda w: date_range(*(storage_date(x) for x in w))  # noqa: E731
-    test, _ = M.load_labelled(store, as_dates(win["test"]), labels.delay_days, labels.first_date)
-    train, _ = M.load_labelled(store, as_dates(win["train"]), labels.delay_days, labels.first_date)
+    test, _ = M.load_labelled(store, M.window_days(win["test"]), labels.delay_days, labels.first_date)
+    train, _ = M.load_labelled(store, M.window_days(win["train"]), labels.delay_days, labels.first_date)
     test = score_frame(booster, test, manifest, "test window")
     train = score_frame(booster, train, manifest, "train window")
     thr = float(summary["operating_threshold"])
@@ -318,9 +317,3 @@ def main(argv: list[str]) -> int:
              model_eval["average_precision"] or 0, baseline_eval["average_precision"] or 0, model_eval["roc_auc"] or 0,
              model_eval["recall"], thr, out.base)
     return 0
-
-
-def storage_date(value: str):
-    import datetime as dt
-
-    return dt.date.fromisoformat(value)

@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 
 from pipelines import storage
-from pipelines.config import StorageParams, TrainParams, date_range
+from pipelines.config import StorageParams, TrainParams, date_range, parse_date
 
 log = logging.getLogger("pipelines.model")
 
@@ -43,6 +43,11 @@ class Windows:
     def as_dict(self) -> dict[str, list[str]]:
         return {k: [a.isoformat(), b.isoformat()] for k, (a, b) in
                 (("train", self.train), ("valid", self.valid), ("test", self.test))}
+
+
+def window_days(window: list[str]) -> list[dt.date]:
+    """Every date of a window as written in summary.json: ["YYYY-MM-DD", "YYYY-MM-DD"] (inclusive)."""
+    return date_range(parse_date(window[0]), parse_date(window[1]))
 
 
 def split_windows(start: dt.date, end: dt.date, p: TrainParams, label_delay_days: int) -> Windows:
@@ -101,12 +106,16 @@ def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: i
             raise TrainingDataError(f"{uri}: label partition missing (labels of {day - dt.timedelta(days=label_delay_days)} "
                                     f"have not landed or were not ingested); the training run fails") from None
     feats = pl.concat(frames, how="vertical")
-    labels = pl.concat(label_frames).unique("event_id", keep="first", maintain_order=True) if label_frames else \
-        pl.DataFrame(schema={"event_id": pl.String, "label": pl.Int8})
+    labels = pl.concat(label_frames) if label_frames else pl.DataFrame(schema={"event_id": pl.String, "label": pl.Int8})
+    dup_labels = labels.height - labels["event_id"].n_unique()
+    if dup_labels:   # a label re-sent in a later partition: the first one to land is the one used
+        log.warning("%d label(s) for %s..%s arrived more than once; the earliest partition's label is used",
+                    dup_labels, days[0], days[-1])
+        labels = labels.unique("event_id", keep="first", maintain_order=True)
     out = feats.join(labels, on="event_id", how="left", maintain_order="left")
     unlabeled = out["label"].null_count()
     out = out.filter(pl.col("label").is_not_null()).with_columns(pl.col("label").cast(pl.Int8))
-    stats = {"rows_in": feats.height, "rows_labelled": out.height, "rows_unlabeled": unlabeled,
+    stats = {"rows_in": feats.height, "rows_labelled": out.height, "rows_unlabeled": unlabeled, "labels_repeated": dup_labels,
              "positives": int(out["label"].sum() or 0), "partitions": digests, "spec_hash": hashes.pop() if hashes else None,
              "manifest": manifests[0] if manifests else None}
     assert stats["rows_in"] == stats["rows_labelled"] + stats["rows_unlabeled"]

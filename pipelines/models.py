@@ -54,7 +54,10 @@ def get_alias(c, name: str, alias: str) -> str | None:
     try:
         return str(c.get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
-        if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower() or "INVALID_PARAMETER" in str(exc.error_code):
+        # MLflow answers an unset alias with INVALID_PARAMETER_VALUE "... alias X not found", an
+        # unknown model with RESOURCE_DOES_NOT_EXIST; anything else (server down, auth) propagates.
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+                exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message):
             return None
         raise
 

@@ -31,7 +31,7 @@ from pipelines import model as M
 from pipelines import models as R
 from pipelines import storage
 from pipelines.cli import resolve, stage_parser
-from pipelines.config import GateParams, date_range
+from pipelines.config import GateParams
 
 log = logging.getLogger("pipelines.register")
 REPO = Path(__file__).resolve().parent.parent
@@ -117,6 +117,20 @@ def dvc_tags() -> dict[str, str]:
     return out
 
 
+def validation_summary(store, days) -> dict[str, dict]:
+    """Per date of the training range: the transactions validation outcome and its row accounting."""
+    out = {}
+    for day in days:
+        try:
+            r = storage.read_json(store.uri("validation_results", dataset="transactions", date=day.isoformat()))
+        except storage.MissingObject:
+            out[day.isoformat()] = {"status": "missing"}
+            continue
+        out[day.isoformat()] = {k: r[k] for k in ("status", "reasons", "rows_in", "rows_validated", "rows_quarantined",
+                                                  "rows_held") if k in r}
+    return out
+
+
 def _champion_eval(c, name: str, version: str, test: pl.DataFrame, manifest: dict, p) -> tuple[dict | None, str]:
     """The champion scored by the same code on the same test rows; or its logged evaluation when
     its feature spec differs (then the windows differ too, and the note says so)."""
@@ -176,8 +190,7 @@ def main(argv: list[str]) -> int:
             return 0
 
     win = evaluation["windows"]
-    test, _ = M.load_labelled(store, date_range(E.storage_date(win["test"][0]), E.storage_date(win["test"][1])),
-                              labels.delay_days, labels.first_date)
+    test, _ = M.load_labelled(store, M.window_days(win["test"]), labels.delay_days, labels.first_date)
     champion = R.get_alias(c, name, "champion")
     champ_eval, how = (None, "cold start: no champion")
     if champion:
@@ -185,14 +198,7 @@ def main(argv: list[str]) -> int:
     decision = gate(evaluation["test"], champ_eval, rp.gate, ep.slice_min_positives)
     log.info("gate: %s (%s) %s", "PASSED" if decision.passed else "FAILED", how, "; ".join(decision.reasons))
 
-    val_summary = {}
-    for day in date_range(E.storage_date(win["train"][0]), E.storage_date(win["test"][1])):
-        try:
-            r = storage.read_json(store.uri("validation_results", dataset="transactions", date=day.isoformat()))
-            val_summary[day.isoformat()] = {k: r.get(k) for k in ("rows_in", "rows_validated", "rows_quarantined",
-                                                                   "blocked", "success", "reasons") if k in r}
-        except storage.MissingObject:
-            val_summary[day.isoformat()] = {"missing": True}
+    val_summary = validation_summary(store, M.window_days([win["train"][0], win["test"][1]]))
     booster = M.load_booster(raw)
     x = M.feature_matrix(test.head(200), manifest, "input example")
     example = pl.DataFrame(x[:5], schema=manifest["feature_names"], orient="row").to_pandas()

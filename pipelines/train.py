@@ -176,7 +176,3 @@ def _reuse(out: M.StageOutput, fingerprint: str) -> bool:
     out.put_json("summary.json", summary)
     log.info("train: %s already holds a model from the same inputs, params and code; reused (--force retrains)", out.base)
     return True
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main(__import__("sys").argv[1:]))

@@ -158,3 +158,64 @@ def test_feature_matrix_refuses_a_mismatch():
         M.feature_matrix(ok.drop("b"), man)
     with pytest.raises(M.ManifestMismatch, match="dtype mismatch"):
         M.feature_matrix(ok.with_columns(pl.col("b").cast(pl.Float64)), man)
+
+
+def _local_lake(tmp_path, params):
+    import dataclasses
+
+    return dataclasses.replace(params.storage, lake=str(tmp_path / "lake"))
+
+
+def test_labelled_frames_account_for_every_row_and_name_what_is_missing(tmp_path, params):
+    from pipelines import storage
+
+    store = _local_lake(tmp_path, params)
+    day, land = D(2026, 2, 1), D(2026, 2, 8)
+    feats = pl.DataFrame({"event_id": ["a", "b", "c"], "amount": pl.Series([1.0, 2.0, 3.0], dtype=pl.Float64)})
+    storage.write_bytes(store.uri("features", date=day.isoformat()), storage.parquet_bytes(feats))
+    storage.write_bytes(store.uri("features_manifest", date=day.isoformat()), storage.json_bytes(
+        {"feature_columns": ["amount"], "dtypes": {"amount": "Float64"}, "spec_hash": "s1"}))
+    lab = pl.DataFrame({"event_id": ["a", "b"], "label": pl.Series([0, 1], dtype=pl.Int8)})   # c: never labelled
+    storage.write_bytes(store.uri("canonical", dataset="labels", date=land.isoformat()), storage.parquet_bytes(lab))
+    out, stats = M.load_labelled(store, [day], 7, D(2026, 1, 8))
+    assert stats["rows_in"] == 3 == stats["rows_labelled"] + stats["rows_unlabeled"]
+    assert stats["rows_unlabeled"] == 1 and stats["labels_repeated"] == 0 and stats["positives"] == 1
+    assert out["event_id"].to_list() == ["a", "b"] and out["label"].to_list() == [0, 1]
+    (tmp_path / "lake" / "canonical" / "labels" / f"date={land}" / "part-0.parquet").unlink()
+    with pytest.raises(M.TrainingDataError, match=r"labels/date=2026-02-08/part-0.parquet: label partition missing"):
+        M.load_labelled(store, [day], 7, D(2026, 1, 8))
+
+
+def test_label_repeated_across_partitions_is_counted_and_the_first_kept(tmp_path, params):
+    from pipelines import storage
+
+    store = _local_lake(tmp_path, params)
+    days = [D(2026, 2, 1), D(2026, 2, 2)]
+    for i, d in enumerate(days):
+        f = pl.DataFrame({"event_id": [f"e{i}"], "amount": pl.Series([1.0], dtype=pl.Float64)})
+        storage.write_bytes(store.uri("features", date=d.isoformat()), storage.parquet_bytes(f))
+        storage.write_bytes(store.uri("features_manifest", date=d.isoformat()), storage.json_bytes(
+            {"feature_columns": ["amount"], "dtypes": {"amount": "Float64"}, "spec_hash": "s1"}))
+    for d, ids, ys in ((D(2026, 2, 8), ["e0"], [1]), (D(2026, 2, 9), ["e1", "e0"], [0, 0])):
+        lab = pl.DataFrame({"event_id": ids, "label": pl.Series(ys, dtype=pl.Int8)})
+        storage.write_bytes(store.uri("canonical", dataset="labels", date=d.isoformat()), storage.parquet_bytes(lab))
+    out, stats = M.load_labelled(store, days, 7, D(2026, 1, 8))
+    assert stats["labels_repeated"] == 1 and out["label"].to_list() == [1, 0]
+    missing = tmp_path / "lake" / "features" / "date=2026-02-02" / "part-0.parquet"
+    missing.unlink()
+    with pytest.raises(M.TrainingDataError, match="date=2026-02-02/part-0.parquet: feature partition missing"):
+        M.load_labelled(store, days, 7, D(2026, 1, 8))
+
+
+def test_validation_summary_keeps_status_and_row_accounting(tmp_path, params):
+    from pipelines import storage
+    from pipelines.register import validation_summary
+
+    store = _local_lake(tmp_path, params)
+    storage.write_bytes(store.uri("validation_results", dataset="transactions", date="2026-02-01"), storage.json_bytes(
+        {"status": "blocked", "reasons": ["r1"], "rows_in": 10, "rows_validated": 0, "rows_quarantined": 3,
+         "rows_held": 7, "outcomes": ["..."]}))
+    out = validation_summary(store, [D(2026, 2, 1), D(2026, 2, 2)])
+    assert out == {"2026-02-01": {"status": "blocked", "reasons": ["r1"], "rows_in": 10, "rows_validated": 0,
+                                  "rows_quarantined": 3, "rows_held": 7},
+                   "2026-02-02": {"status": "missing"}}
