@@ -3,9 +3,10 @@
 Wiring only. Each task runs the command of the DVC stage of the same name,
 `python -m pipelines <stage>`, in the project root; nothing heavy is imported here and nothing is
 read at parse time. Trigger it from the UI (Params form) or the REST API with
-conf {"start_date": "YYYY-MM-DD", "end_date": "YYYY-MM-DD", "force": false}; empty dates mean
-run.start_date / run.end_date from params.yaml; force retrains even when the range already holds a
-model made from the same inputs. A successful registration emits the Asset `model` (other DAGs
+conf {"start_date": "YYYY-MM-DD", "end_date": "YYYY-MM-DD", "force": false, "params_file": "params.yaml",
+"reason": "..."}; empty dates mean run.start_date / run.end_date from the params file; force retrains
+even when the range already holds a model made from the same inputs. The nightly DAG triggers it
+(run id retrain__<ds>) when drift calls for a retrain, with the reason and the data window. A successful registration emits the Asset `model` (other DAGs
 can be scheduled on it); a failed task records an alert (see plugins/fraudops_wiring.py).
 """
 from __future__ import annotations
@@ -15,9 +16,9 @@ from datetime import timedelta
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
-from fraudops_wiring import MODEL_ASSET, default_args, stage_command  # plugins/ is on sys.path
+from fraudops_wiring import MODEL_ASSET, PARAMS_FILE, default_args, stage_command  # plugins/ is on sys.path
 
-RANGE = "{% if params.start_date %} --start {{ params.start_date }}{% endif %}" \
+RANGE = PARAMS_FILE + "{% if params.start_date %} --start {{ params.start_date }}{% endif %}" \
         "{% if params.end_date %} --end {{ params.end_date }}{% endif %}"
 
 with DAG(
@@ -34,6 +35,10 @@ with DAG(
                           description="YYYY-MM-DD; empty = run.end_date in params.yaml"),
         "force": Param(False, type="boolean", title="Force retraining",
                        description="retrain even if this range already has a model from the same inputs"),
+        "params_file": Param("params.yaml", type="string", title="Params file",
+                             description="relative to the project root (or absolute)"),
+        "reason": Param("manual", type="string", title="Why this training",
+                        description="recorded with the run; drift-triggered runs say which days drifted"),
     },
     tags=["fraudops", "training"],
     doc_md=__doc__,

@@ -15,6 +15,11 @@ COMMANDS = {
     "train": ("pipelines.train", "XGBoost on a time-based split (search + early stopping on validation)"),
     "evaluate": ("pipelines.evaluate", "test-window metrics, baseline, plots, reference profile, report"),
     "register": ("pipelines.register", "MLflow run + model version, champion gate, aliases"),
+    "score": ("pipelines.score", "the champion scores one date's features (flagged fallbacks: cache, rules, defaults)"),
+    "decide": ("pipelines.decide", "scores -> approve/review/block with reasons; review queue; human overrides"),
+    "monitor": ("pipelines.monitor", "drift, quality, decisions, fallbacks vs the reference; report; alerts"),
+    "retrain": ("pipelines.retrain", "drift-triggered retraining decision (N of M days, cooldown, budget)"),
+    "nightly": ("pipelines.nightly", "the nightly chain for a date range in one process (no scheduler)"),
     "models": ("pipelines.models", "the registry: list | history | promote | rollback | lineage"),
     "airflow": ("pipelines.airflow_api", "trigger a DAG run through the REST API (and wait)"),
 }

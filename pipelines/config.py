@@ -282,6 +282,110 @@ class RegisterParams:
     pip_requirements: tuple[str, ...]
 
 
+# --------------------------------------------------------------------------- nightly
+OPS = (">", ">=", "<", "<=", "==", "!=", "in", "not_in")
+
+
+def _rule(r: dict, where: str, extra: tuple[str, ...]) -> dict:
+    r = dict(r or {})
+    need = ("feature", "op", "value", *extra)
+    missing = [k for k in need if k not in r]
+    if missing:
+        raise ConfigError(f"{where}: rule {r} lacks {missing}")
+    if r["op"] not in OPS:
+        raise ConfigError(f"{where}: rule {r}: op must be one of {OPS}")
+    return r
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    model_name: str | None            # None = register.model_name
+    alias: str
+    chunk_rows: int
+    cache_dir: str | None             # None = $FRAUDOPS_HOME/model-cache
+    registry_timeout_s: float
+    feature_defaults: dict[str, Any]  # feature -> number | "reference_median"
+    rules: dict[str, Any]             # {default_score, threshold, when: [{feature, op, value, score}]}
+
+    @classmethod
+    def from_dict(cls, d: dict, model_name: str) -> "ScoreParams":
+        s = _build(cls, d, "score")
+        rules = dict(s.rules or {})
+        for k in ("default_score", "threshold", "when"):
+            if k not in rules:
+                raise ConfigError(f"score.rules: missing {k!r}")
+        rules["when"] = [_rule(r, "score.rules.when", ("score",)) for r in rules["when"]]
+        for f, v in s.feature_defaults.items():
+            if not (isinstance(v, (int, float)) or v == "reference_median"):
+                raise ConfigError(f"score.feature_defaults.{f}: {v!r} is neither a number nor 'reference_median'")
+        return dataclasses.replace(s, model_name=s.model_name or model_name, rules=rules)
+
+
+@dataclass(frozen=True)
+class DecideParams:
+    block_threshold: float
+    review_threshold: Any             # "operating" (the model's operating threshold) or a number
+    review_capacity: int
+    over_capacity: str                # approve | block
+    rules: tuple[dict, ...]
+    allow_list: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DecideParams":
+        d = dict(d)
+        d["rules"] = tuple(_rule(r, "decide.rules", ("name", "decision")) for r in d.get("rules") or ())
+        for r in d["rules"]:
+            if r["decision"] not in ("review", "block", "approve"):
+                raise ConfigError(f"decide.rules: {r['name']}: decision must be review | block | approve")
+        d["allow_list"] = {k: tuple(str(x) for x in (v or ())) for k, v in (d.get("allow_list") or {}).items()}
+        p = _build(cls, d, "decide")
+        if p.over_capacity not in ("approve", "block"):
+            raise ConfigError("decide.over_capacity must be approve | block")
+        if p.review_threshold != "operating" and not isinstance(p.review_threshold, (int, float)):
+            raise ConfigError("decide.review_threshold must be 'operating' or a number")
+        return p
+
+
+@dataclass(frozen=True)
+class MonitorParams:
+    exclude_features: tuple[str, ...]
+    psi: dict[str, float]             # {warn, alert}
+    ks: dict[str, float]
+    score_psi: dict[str, float]
+    drift_min_features: int
+    null_share_increase: dict[str, float]
+    out_of_range_share: dict[str, float]
+    volume_ratio: dict[str, float]    # {low, high}: rows vs the reference's rows per day
+    fallback_share: dict[str, float]
+    review_rate: dict[str, float]     # {low, high}: share of rows sent to review
+    rolling_days: int
+    webhook_url: str | None
+    webhook_timeout_s: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MonitorParams":
+        d = dict(d)
+        d["exclude_features"] = tuple(d.get("exclude_features") or ())
+        return _build(cls, d, "monitor")
+
+
+@dataclass(frozen=True)
+class RetrainParams:
+    drift_days: int                   # N: drifted days needed ...
+    of_last_days: int                 # ... among the last M (the latest included)
+    cooldown_days: int
+    max_per_30_days: int
+    window_days: int
+    dag_id: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RetrainParams":
+        p = _build(cls, d, "retrain")
+        if not 1 <= p.drift_days <= p.of_last_days:
+            raise ConfigError("retrain: need 1 <= drift_days <= of_last_days")
+        return p
+
+
 # --------------------------------------------------------------------------- the file
 @dataclass(frozen=True)
 class Params:
@@ -352,6 +456,22 @@ class Params:
         d["gate"] = _build(GateParams, d.get("gate"), "register.gate")
         d["pip_requirements"] = tuple(d.get("pip_requirements") or ())
         return _build(RegisterParams, d, "register")
+
+    @property
+    def score(self) -> ScoreParams:
+        return ScoreParams.from_dict(self.section("score"), self.register.model_name)
+
+    @property
+    def decide(self) -> DecideParams:
+        return DecideParams.from_dict(self.section("decide"))
+
+    @property
+    def monitor(self) -> MonitorParams:
+        return MonitorParams.from_dict(self.section("monitor"))
+
+    @property
+    def retrain(self) -> RetrainParams:
+        return RetrainParams.from_dict(self.section("retrain"))
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

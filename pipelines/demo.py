@@ -2,17 +2,21 @@
 
 stack up -> simulated raw data into S3 -> `dvc repro` (ingest -> validate -> features -> train ->
 evaluate -> register) -> `dvc push` -> a fail-closed showcase (a day with an injected data bug is
-blocked and quarantined) -> a summary of what is where, ending with the registered champion.
+blocked and quarantined) -> the nightly job (score, decide, monitor, retrain decision) over
+demo_data.nightly, with drift injected from demo_data.drift.start_date: the drift is flagged, the
+training DAG is triggered once (through the Airflow REST API, as the nightly DAG would) and its
+model goes through the gate -> a summary of what is where.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from pipelines import demo_data, ingest, models, stack, storage, validate
+from pipelines import demo_data, ingest, models, nightly, stack, storage, validate
 from pipelines.model import training_uri
 from pipelines.cli import StageFailed
 from pipelines.config import date_range, load_params
@@ -94,5 +98,50 @@ def main(argv: list[str]) -> int:
     print(f"  registry: python -m pipelines models list | history | lineage {champion} | promote V | rollback")
     print(f"MLflow UI:  {lay.mlflow_url}/#/models/{name}/versions/{champion}   "
           f"(run: {lay.mlflow_url}/#/experiments/{c.get_run(mv.run_id).info.experiment_id}/runs/{mv.run_id})")
+
+    # the nightly job over demo_data.nightly (drift from demo_data.drift.start_date)
+    dp = demo_data.DemoParams.from_dict(params.section("demo_data"))
+    if dp.nightly:
+        print("\n" + "=" * 78 + f"\nNightly scoring {dp.nightly[0]}..{dp.nightly[1]} (drift injected from "
+              f"{dp.drift.start_date}): ingest -> validate -> features -> score -> decide -> monitor -> retrain", flush=True)
+        triggered = []
+        for day in date_range(*dp.nightly):
+            out = nightly.run_day(args.params, day)
+            d = out["decision"]
+            mon = storage.read_json(store.uri("alerts", date=day.isoformat()))
+            summ = storage.read_json(store.uri("decision_summary", date=day.isoformat()))
+            print(f"  {day}  {'DRIFT ' if mon['drifted'] else 'stable'} alerts={len(mon['alerts']):2d}  "
+                  f"review={summ['decisions']['review']:4d} block={summ['decisions']['block']:3d}  "
+                  f"retrain={'YES' if d['retrain'] else 'no '}  ({sum(out['seconds'].values()):.1f}s) {d['reason'][:90]}",
+                  flush=True)
+            if d["retrain"]:
+                triggered.append((day, nightly.trigger(d)))
+        from pipelines.airflow_api import AirflowClient
+
+        client = AirflowClient()
+        for day, run_id in triggered:
+            print(f"Drift-triggered retraining: training DAG run {run_id}; waiting for it ...", flush=True)
+            run = client.wait("training", run_id, timeout=2400)
+            rc = run["conf"]
+            reg = None
+            if run["state"] == "success":
+                base = training_uri(store, dt.date.fromisoformat(rc["start_date"]), dt.date.fromisoformat(rc["end_date"]))
+                reg = storage.read_json(f"{base}/register/registration.json")
+            print(f"  training {rc['start_date']}..{rc['end_date']}: {run['state']}" + (
+                f"; {reg['model_name']} v{reg['version']} gate {reg['gate']} -> alias {reg['alias'] or 'none'}"
+                f"{' (' + '; '.join(reg['reasons']) + ')' if reg['reasons'] else ''}" if reg else ""), flush=True)
+        print(f"  aliases now: {models.aliases(c, name)}")
+        index = REPO / ".state" / "reports" / "monitor"
+        index.mkdir(parents=True, exist_ok=True)
+        for day in date_range(*dp.nightly):
+            rel = f"date={day.isoformat()}/report.html"
+            (index / rel).parent.mkdir(parents=True, exist_ok=True)
+            (index / rel).write_bytes(storage.read_bytes(store.uri("monitor_report", date=day.isoformat())))
+        (index / "index.html").write_bytes(storage.read_bytes(store.uri("monitor_index")))
+        print(f"Monitoring report (self-contained HTML): {index / 'index.html'}  (in the lake: {store.uri('monitor_index')})")
+        print(f"  review queue of a day: {store.uri('review_queue', date='YYYY-MM-DD')}; overrides: "
+              f"python -m pipelines decide override --date D --event-id ID --decision block --reviewer you")
+        print("  the same job under the scheduler: DAG nightly_scoring (backfill: airflow backfill create --dag-id "
+              "nightly_scoring --from-date D --to-date D)")
     print("Stop everything: python -m pipelines stack down   (or make down)")
     return 0

@@ -78,6 +78,7 @@ class DemoParams:
     fraud: FraudParams = FraudParams()
     drift: DriftParams = DriftParams()
     bugs: tuple[Bug, ...] = ()
+    nightly: tuple[dt.date, dt.date] | None = None   # the dates `make demo` runs the nightly job for
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "DemoParams":
@@ -99,6 +100,8 @@ class DemoParams:
             bugs.append(bug)
         for k in ("start_date", "end_date"):
             d[k] = _date(d[k], f"demo_data.{k}")
+        if d.get("nightly"):
+            d["nightly"] = tuple(_date(x, "demo_data.nightly") for x in d["nightly"])
         if "tx_per_customer_day" in d:
             d["tx_per_customer_day"] = tuple(d["tx_per_customer_day"])
         return _build(DemoParams, {**d, "fraud": fraud, "drift": drift, "bugs": tuple(bugs)}, "demo_data")

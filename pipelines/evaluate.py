@@ -2,14 +2,15 @@
 reference profile that monitoring compares against.
 
 Data contract: in = <training>/train/ (model, feature manifest, summary) and the feature partitions
-of the train window (profile) and the test window (metrics), joined with their labels. Out, under
+of the valid and test windows (profile) and the test window (metrics), joined with their labels. Out, under
 <training>/evaluate/ (and --snapshot for DVC):
   * metrics.json           headline metrics for `dvc metrics show/diff` (test window, baseline, lift)
   * evaluation.json        everything: per class, confusion matrix, precision@k per day (events and
                            entities), slices, calibration table
   * plots/{pr,roc,calibration}.json   DVC plot data; plots/*.png the same as pictures
   * reference_profile.json  per-feature quantile bins / category frequencies and the score
-                           distribution of the train window
+                           distribution of the most recent labelled days (valid + test windows,
+                           whose features have their full look-back): monitoring's reference
   * report.html            self-contained (images embedded, no CDN)
 
 The champion comparison happens in `register` (it needs the registry); it calls `score_frame`
@@ -274,9 +275,7 @@ def main(argv: list[str]) -> int:
     booster = M.load_booster(raw)
     win = summary["windows"]
     test, _ = M.load_labelled(store, M.window_days(win["test"]), labels.delay_days, labels.first_date)
-    train, _ = M.load_labelled(store, M.window_days(win["train"]), labels.delay_days, labels.first_date)
     test = score_frame(booster, test, manifest, "test window")
-    train = score_frame(booster, train, manifest, "train window")
     thr = float(summary["operating_threshold"])
     model_eval = evaluate_scores(test, thr, p)
     rule = p.baseline_rule
@@ -298,8 +297,14 @@ def main(argv: list[str]) -> int:
         "lift_over_baseline": {"average_precision": (model_eval["average_precision"] or 0) - (baseline_eval["average_precision"] or 0)},
         "valid": summary["valid_score"], "threshold": thr, "rows": {"test": test.height, "test_positives": model_eval["positives"]},
     }
-    profile = reference_profile(train, manifest, p) | {"window": win["train"], "spec_hash": manifest["spec_hash"],
-                                                       "model_sha256": summary["model_sha256"]}
+    # The monitoring reference: the most recent labelled days (valid + test windows), whose rolling
+    # features have their full look-back (early train days do not: their 30-day windows are young).
+    valid, _ = M.load_labelled(store, M.window_days(win["valid"]), labels.delay_days, labels.first_date)
+    recent = pl.concat([score_frame(booster, valid, manifest, "valid window").select(test.columns), test])
+    ref_days = M.window_days([win["valid"][0], win["test"][1]])
+    profile = reference_profile(recent, manifest, p) | {
+        "window": [win["valid"][0], win["test"][1]], "days": len(ref_days), "spec_hash": manifest["spec_hash"],
+        "model_sha256": summary["model_sha256"]}
     pr_points, roc_points = _curve_points(test["label"].to_numpy(), test["score"].to_numpy())
     pngs = plots(test, base_test["score"].to_numpy(), importance, cal)
     out = M.StageOutput(base, "evaluate", args.snapshot)

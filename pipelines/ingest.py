@@ -187,12 +187,35 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
     return stats
 
 
+NOT_LANDED = 99     # the nightly DAG's sensor pokes again on this exit code
+
+
+def check_landed(params, names: list[str], days) -> int:
+    """Exit code for a sensor: 0 when every source partition of `days` holds at least one file."""
+    missing = []
+    for name in names:
+        ds = params.dataset(name)
+        ext = ".parquet" if ds.format == "parquet" else ".csv"
+        for day in days:
+            if day >= ds.first_date and not [u for u in storage.list_uris(ds.partition_uri(day)) if u.endswith(ext)]:
+                missing.append(f"{ds.partition_uri(day)}/*{ext}")
+    if missing:
+        print(f"not landed yet: {', '.join(missing)}")
+        return NOT_LANDED
+    print(f"landed: {', '.join(names)} for {days[0]}..{days[-1]}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = stage_parser("ingest", __doc__)
     ap.add_argument("--dataset", action="append", help="dataset name(s) (default: all configured)")
+    ap.add_argument("--check", action="store_true",
+                    help=f"only check that the source partitions have landed: exit 0 if so, {NOT_LANDED} if not")
     args = ap.parse_args(argv)
     params, days = resolve(args)
     store, ing = params.storage, params.ingest
+    if args.check:
+        return check_landed(params, args.dataset or params.dataset_names, days)
     pub = storage.Publisher(store.lake, args.snapshot)
     failures = []
     for name in args.dataset or params.dataset_names:

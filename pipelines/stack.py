@@ -245,6 +245,7 @@ def up(timeout: float = 240.0) -> Layout:
     # S3
     if not lay.external_s3:
         if _read_pid(lay, "s3") is None:
+            _forget_registry_without_artifacts(lay)
             _start(lay, "s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(lay.s3_port)], env)
         _wait("S3 (moto)", lambda: _http_ok(f"{lay.s3_url}/moto-api/data.json"), timeout, lay, "s3")
     _ensure_buckets(lay)
@@ -280,6 +281,20 @@ def up(timeout: float = 240.0) -> Layout:
                       for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")),
           timeout, lay)
     return lay
+
+
+def _forget_registry_without_artifacts(lay: Layout) -> None:
+    """The embedded S3 keeps objects in memory: when it (re)starts empty, the embedded registry's
+    model files are gone, and a registry pointing at them would serve models that cannot load. Its
+    database is set aside (kept, renamed) so registry and artifacts start empty together."""
+    db = lay.home / "mlflow" / "mlflow.db"
+    if lay.external_mlflow or os.environ.get("FRAUDOPS_MLFLOW_BACKEND_URI") or not db.exists() \
+            or _read_pid(lay, "mlflow") is not None:
+        return
+    stale = db.with_name(f"mlflow.db.without-artifacts-{int(time.time())}")
+    db.rename(stale)
+    print(f"embedded S3 starts empty: the embedded MLflow registry's artifacts were lost with it; its database "
+          f"was set aside as {stale}", file=sys.stderr)
 
 
 def _ensure_buckets(lay: Layout) -> None:

@@ -45,6 +45,19 @@ def default_args() -> dict:
     }
 
 
+PARAMS_FILE = " --params {{ params.params_file }}"
+
+
+def retrain_requested(ti) -> dict | bool:
+    """ShortCircuit callable: the `training` part of the retrain decision (pushed by the `retrain`
+    task as its last stdout line), or False to skip the trigger."""
+    raw = ti.xcom_pull(task_ids="retrain")
+    rec = json.loads(raw) if isinstance(raw, str) else raw
+    if not rec or not rec.get("retrain"):
+        return False
+    return rec["training"]
+
+
 def stage_command(stage: str, args: str = "") -> str:
     """`cd <repo> && <python> -m pipelines <stage> <args>`: the DVC stage's own command line."""
     return f"cd {shlex.quote(str(REPO))} && {shlex.quote(sys.executable)} -m pipelines {stage}{args}"

@@ -150,3 +150,42 @@ def dvc_workspace(stack, demo_raw, tmp_path_factory):
         sh(cmd, ws)
     out = sh(["dvc", "repro"], ws, timeout=1500)
     return ws, out
+
+
+ONE_GRID = {"max_depth": [4], "learning_rate": [0.1], "scale_pos_weight": [1.0]}
+
+
+def nightly_params(name: str, root: Path, mutate=None) -> Path:
+    """params.yaml for the nightly tests: the default lake (TRAIN_RANGE's features), a model name and
+    training artifacts of their own, a small search grid, a retrain window that fits the demo data."""
+    data = copy.deepcopy(base_params())
+    data["validate"]["suites"] = {k: str(REPO / v) for k, v in data["validate"]["suites"].items()}
+    data["storage"]["layout"]["training"] = f"test-nightly/{name}/{{run}}"
+    data["train"]["search"] = ONE_GRID
+    data["register"]["model_name"] = name
+    data["score"]["cache_dir"] = str(root / "model-cache")
+    data["retrain"].update({"window_days": 40, "drift_days": 2, "of_last_days": 3, "cooldown_days": 7})
+    if mutate:
+        mutate(data)
+    return write_params(root / "params.yaml", data)
+
+
+@pytest.fixture(scope="session")
+def nightly_champion(training_features, tmp_path_factory):
+    """A champion of its own (trained, evaluated, registered on TRAIN_RANGE) for the nightly tests."""
+    import io
+    import uuid
+    from contextlib import redirect_stdout
+
+    from pipelines import evaluate, models, register, train
+
+    name = f"fraud-xgb-nightly-{uuid.uuid4().hex[:6]}"
+    root = tmp_path_factory.mktemp("nightly")
+    path = nightly_params(name, root)
+    p = ["--params", str(path), "--start", TRAIN_RANGE[0], "--end", TRAIN_RANGE[1]]
+    assert train.main(p) == 0 and evaluate.main(p) == 0
+    with redirect_stdout(io.StringIO()):
+        assert register.main(p) == 0
+    version = models.get_alias(models.client(), name, "champion")
+    assert version is not None
+    return {"name": name, "version": version, "params": path, "root": root}

@@ -10,7 +10,13 @@ import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "features": {"train"}, "train": {"evaluate"},
-                         "evaluate": {"register"}, "register": set()}}
+                         "evaluate": {"register"}, "register": set()},
+            "nightly_scoring": {"wait_for_data": {"ingest"}, "ingest": {"validate"}, "validate": {"features"},
+                                "features": {"score"}, "score": {"decide"}, "decide": {"monitor"},
+                                "monitor": {"retrain"}, "retrain": {"should_retrain"},
+                                "should_retrain": {"trigger_training"}, "trigger_training": set()}}
+# tasks that wire stages together rather than run one: (task, what its command must contain or None)
+NOT_A_STAGE = {"wait_for_data": "-m pipelines ingest", "should_retrain": None, "trigger_training": None}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,39 @@ def test_task_graphs(dagbag):
         assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == edges
         for t in dag.tasks:
             assert t.retries >= 1 and t.retry_exponential_backoff
-            assert f"-m pipelines {t.task_id}" in t.bash_command      # one task = one stage command
+            if t.task_id not in NOT_A_STAGE:
+                assert f"-m pipelines {t.task_id}" in t.bash_command      # one task = one stage command
+                assert "--params {{ params.params_file }}" in t.bash_command
+            elif NOT_A_STAGE[t.task_id]:
+                assert NOT_A_STAGE[t.task_id] in t.bash_command
+
+
+def test_nightly_works_on_ds_only_and_decides_retraining_in_date_order(dagbag):
+    dag = dagbag.dags["nightly_scoring"]
+    for t in dag.tasks:
+        if hasattr(t, "bash_command"):
+            assert "--date {{ ds }}" in t.bash_command and "--start" not in t.bash_command, t.task_id
+        assert t.on_failure_callback, t.task_id
+    assert dag.get_task("retrain").depends_on_past
+    assert not dag.get_task("score").depends_on_past          # dates score side by side
+    assert dag.max_active_runs > 1
+    sensor = dag.get_task("wait_for_data")
+    assert sensor.mode == "reschedule" and sensor.retry_exit_code == 99 and sensor.timeout <= 24 * 3600
+    trig = dag.get_task("trigger_training")
+    assert trig.skip_when_already_exists and "run_id" in trig.trigger_run_id
+
+
+def test_retrain_requested_reads_the_decision_record():
+    import json
+    from types import SimpleNamespace
+
+    import fraudops_wiring
+
+    training = {"dag_id": "training", "run_id": "retrain__2026-03-04", "conf": {"end_date": "2026-03-04"}}
+    yes = SimpleNamespace(xcom_pull=lambda task_ids: json.dumps({"retrain": True, "training": training}))
+    no = SimpleNamespace(xcom_pull=lambda task_ids: json.dumps({"retrain": False, "training": None}))
+    assert fraudops_wiring.retrain_requested(yes) == training
+    assert fraudops_wiring.retrain_requested(no) is False
 
 
 def test_training_has_a_date_range_and_force_form(dagbag):

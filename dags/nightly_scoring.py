@@ -1,0 +1,62 @@
+"""nightly_scoring: wait_for_data -> ingest -> validate -> features -> score -> decide -> monitor ->
+retrain (decision) -> should_retrain -> trigger_training, for the logical date `ds`.
+
+Wiring only: every stage task runs `python -m pipelines <stage> --date {{ ds }}` (the same command a
+person or DVC runs) on the ds partition alone; re-running a date republishes the same bytes, and
+dates run side by side (max_active_runs) without sharing a partition. The retrain decision runs
+with depends_on_past, so dates decide in order (cooldown and budget count earlier decisions).
+
+Schedule: daily at 00:00 UTC for the day before (ds = the interval's start). `wait_for_data` waits
+(reschedule mode, up to 12 h) for the raw partitions to land, then fails with an alert. Backfill:
+`airflow backfill create --dag-id nightly_scoring --from-date 2026-03-01 --to-date 2026-03-05`
+(or the REST API / the UI). Set FRAUDOPS_NIGHTLY_CATCHUP=true to let the scheduler catch up by itself.
+Conf: {"params_file": "params.yaml"}.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.providers.standard.operators.python import ShortCircuitOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.providers.standard.sensors.bash import BashSensor
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+
+from fraudops_wiring import PARAMS_FILE, default_args, retrain_requested, stage_command  # plugins/ on sys.path
+
+DS = PARAMS_FILE + " --date {{ ds }}"
+NOT_LANDED = 99      # pipelines.ingest.NOT_LANDED (not imported: no pipelines import at parse time)
+
+with DAG(
+    dag_id="nightly_scoring",
+    description="score the day with the champion, decide, monitor drift, decide on retraining",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=os.environ.get("FRAUDOPS_NIGHTLY_CATCHUP", "false").lower() == "true",
+    max_active_runs=3,
+    default_args=default_args(),
+    params={"params_file": Param("params.yaml", type="string", title="Params file",
+                                 description="relative to the project root (or absolute)")},
+    tags=["fraudops", "nightly"],
+    doc_md=__doc__,
+) as dag:
+    wait = BashSensor(task_id="wait_for_data", bash_command=stage_command("ingest", DS + " --check"),
+                      retry_exit_code=NOT_LANDED, mode="reschedule", poke_interval=300,
+                      timeout=timedelta(hours=12).total_seconds())
+    ingest = BashOperator(task_id="ingest", bash_command=stage_command("ingest", DS))
+    validate = BashOperator(task_id="validate", bash_command=stage_command("validate", DS))
+    features = BashOperator(task_id="features", bash_command=stage_command("features", DS))
+    score = BashOperator(task_id="score", bash_command=stage_command("score", DS))
+    decide = BashOperator(task_id="decide", bash_command=stage_command("decide", DS))
+    monitor = BashOperator(task_id="monitor", bash_command=stage_command("monitor", DS))
+    retrain = BashOperator(task_id="retrain", bash_command=stage_command("retrain", DS), depends_on_past=True)
+    should = ShortCircuitOperator(task_id="should_retrain", python_callable=retrain_requested)
+    trigger = TriggerDagRunOperator(
+        task_id="trigger_training",
+        trigger_dag_id="{{ ti.xcom_pull(task_ids='should_retrain')['dag_id'] }}",
+        trigger_run_id="{{ ti.xcom_pull(task_ids='should_retrain')['run_id'] }}",
+        conf="{{ ti.xcom_pull(task_ids='should_retrain')['conf'] | tojson }}",
+        skip_when_already_exists=True,       # re-running a date never triggers a second training
+    )
+    wait >> ingest >> validate >> features >> score >> decide >> monitor >> retrain >> should >> trigger

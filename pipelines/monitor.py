@@ -1,0 +1,410 @@
+"""Stage `monitor`: one date's inputs, outputs and decisions against the champion's reference profile.
+
+`python -m pipelines monitor --date YYYY-MM-DD`
+
+Compared with the reference profile saved at training time (the most recent labelled windows of the
+served model, carried in predictions/date=ds/_model.json):
+  * input drift per feature: PSI on the reference's quantile bins plus a null bin (categoricals on
+    their values), KS for numerics against the reference's percentiles;
+  * output drift: PSI of the score histogram; score quantiles; the confidence histogram;
+  * decision rates (approve/review/block, over capacity, overrides), fallback rows by kind;
+  * data quality: null share over the reference's, share outside the reference's [min, max], volume
+    against the reference's rows per day;
+  * scoring throughput and per-chunk latency p50/p95/p99 (a separate `perf` table: timings differ
+    between re-runs, everything else is byte-identical).
+A day is *drifted* when at least `drift_min_features` features (or the score) cross their alert
+threshold; `retrain` reads that flag.
+
+Out: monitoring/metrics/date=ds (one row per metric: value, thresholds, status, rolling mean over
+the last `rolling_days` dates present), monitoring/perf/date=ds, monitoring/alerts/date=ds/alerts.json
+(also POSTed to the webhook when one is configured), a self-contained HTML report per day and an
+index page over all days (reports/monitor/).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import logging
+import os
+import re
+import urllib.request
+
+import numpy as np
+import polars as pl
+
+from pipelines import storage
+from pipelines.cli import resolve, stage_parser
+from pipelines.config import MonitorParams, StorageParams
+from pipelines.report import CSS
+
+log = logging.getLogger("pipelines.monitor")
+EPS = 1e-4
+DRIFT_BADGE = '<span class="badge fail">drift</span>'
+SCHEMA = {"date": pl.Date, "group": pl.String, "metric": pl.String, "feature": pl.String, "value": pl.Float64,
+          "warn": pl.Float64, "alert": pl.Float64, "status": pl.String}
+
+
+class MonitorError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- statistics
+def psi(current: np.ndarray, reference: np.ndarray) -> float:
+    """Population stability index of two share vectors over the same buckets."""
+    c = np.clip(np.asarray(current, float), EPS, None)
+    r = np.clip(np.asarray(reference, float), EPS, None)
+    return float(np.sum((c - r) * np.log(c / r)))
+
+
+def numeric_drift(col: pl.Series, ref: dict) -> dict:
+    """PSI (reference quantile bins + null bin), KS against the reference percentiles, null share
+    and out-of-range share of one numeric feature."""
+    n = col.len()
+    v = col.cast(pl.Float64).drop_nulls().to_numpy()
+    nulls = (n - len(v)) / n if n else 0.0
+    v = v[np.isfinite(v)]
+    edges = np.asarray(ref["edges"], float)
+    counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
+    cur = np.append(counts / n if n else counts * 0.0, nulls)
+    refv = np.append(np.asarray(ref["shares"], float), ref["null_share"])
+    out = {"psi": psi(cur, refv), "null_share": nulls, "null_share_increase": nulls - ref["null_share"]}
+    sample = np.asarray(ref.get("sample") or [], float)
+    if len(sample) and len(v):
+        # the reference CDF is known at its percentiles; ties (e.g. a zero-inflated feature) take
+        # the highest percentile they reach: F_ref(x) = (last index of x in the sample) / 100
+        points = np.unique(sample)
+        f_ref = np.clip((np.searchsorted(sample, points, side="right") - 1) / (len(sample) - 1), 0, 1)
+        f_cur = np.searchsorted(np.sort(v), points, side="right") / len(v)
+        out["ks"] = float(np.max(np.abs(f_cur - f_ref)))
+    if ref.get("min") is not None and len(v):
+        out["out_of_range_share"] = float(((v < ref["min"]) | (v > ref["max"])).mean())
+    return out
+
+
+def categorical_drift(col: pl.Series, ref: dict) -> dict:
+    n = col.len()
+    vals = col.drop_nulls()
+    nulls = (n - vals.len()) / n if n else 0.0
+    counts = {str(k): c / n for k, c in zip(*vals.value_counts(sort=False).to_dict(as_series=False).values())} if n else {}
+    keys = sorted(set(counts) | set(ref["frequencies"]))
+    cur = [counts.get(k, 0.0) for k in keys] + [nulls]
+    refv = [ref["frequencies"].get(k, 0.0) for k in keys] + [ref["null_share"]]
+    unseen = sum(counts.get(k, 0.0) for k in keys if k not in ref["frequencies"])
+    return {"psi": psi(cur, refv), "null_share": nulls, "null_share_increase": nulls - ref["null_share"],
+            "out_of_range_share": unseen}
+
+
+def score_drift(score: np.ndarray, ref: dict) -> dict:
+    edges = np.asarray(ref["edges"], float)
+    hist = np.histogram(score, bins=edges)[0] / max(len(score), 1)
+    q = np.quantile(score, [0.5, 0.95, 0.99]) if len(score) else [np.nan] * 3
+    return {"psi": psi(hist, ref["shares"]), "hist": hist.tolist(), "mean": float(score.mean()) if len(score) else None,
+            "p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2])}
+
+
+def _status(value: float | None, warn: float | None, alert: float | None) -> str:
+    if value is None or not np.isfinite(value):
+        return "info"
+    if alert is not None and value > alert:
+        return "alert"
+    if warn is not None and value > warn:
+        return "warn"
+    return "ok"
+
+
+def _status_badge(status: str) -> str:
+    cls = {"alert": "fail", "warn": "warn"}.get(status, "pass")
+    return f'<span class="badge {cls}">{status}</span>'
+
+
+def _band(value: float, low: float, high: float) -> str:
+    return "alert" if value < low or value > high else "ok"
+
+
+# --------------------------------------------------------------------------- the day's metrics
+def day_metrics(ds: dt.date, feats: pl.DataFrame, pred: pl.DataFrame, dec_summary: dict, model_doc: dict,
+                p: MonitorParams) -> tuple[list[dict], dict]:
+    """Metric rows (SCHEMA) for one day, plus details for the report (histograms, per-feature table)."""
+    rows: list[dict] = []
+
+    def add(group, metric, value, feature="", warn=None, alert=None, status=None):
+        v = None if value is None else float(value)
+        rows.append({"date": ds, "group": group, "metric": metric, "feature": feature, "value": v,
+                     "warn": warn, "alert": alert, "status": status or _status(v, warn, alert)})
+
+    profile = model_doc.get("reference_profile")
+    n = pred.height
+    details: dict = {"features": [], "score_hist": None, "score_edges": None, "ref_hist": None}
+    add("volume", "rows", n)
+    drifted: list[str] = []
+    if profile is None:
+        add("drift", "reference_missing", 1, status="alert")
+    else:
+        ref_days = profile.get("days") or 7
+        per_day = profile["rows"] / ref_days
+        add("volume", "rows_vs_reference", n / per_day if per_day else None,
+            status=_band(n / per_day, p.volume_ratio["low"], p.volume_ratio["high"]) if per_day else "info")
+        for f, ref in sorted(profile["features"].items()):
+            if f in p.exclude_features or f not in feats.columns:
+                continue
+            d = numeric_drift(feats[f], ref) if ref["kind"] == "numeric" else categorical_drift(feats[f], ref)
+            add("drift", "psi", d["psi"], f, p.psi["warn"], p.psi["alert"])
+            st = rows[-1]["status"]
+            if "ks" in d:
+                add("drift", "ks", d["ks"], f, p.ks["warn"], p.ks["alert"])
+                st = "alert" if rows[-1]["status"] == "alert" else st
+            add("quality", "null_share_increase", d["null_share_increase"], f, p.null_share_increase["warn"],
+                p.null_share_increase["alert"])
+            if "out_of_range_share" in d:
+                add("quality", "out_of_range_share", d["out_of_range_share"], f, p.out_of_range_share["warn"],
+                    p.out_of_range_share["alert"])
+            if st == "alert":
+                drifted.append(f)
+            details["features"].append({"feature": f, **{k: d.get(k) for k in ("psi", "ks", "null_share",
+                                                                               "out_of_range_share")}})
+        sd = score_drift(pred["score"].to_numpy().astype(float), profile["score"])
+        add("output", "score_psi", sd["psi"], "score", p.score_psi["warn"], p.score_psi["alert"])
+        score_alert = rows[-1]["status"] == "alert"
+        details.update(score_hist=sd["hist"], score_edges=profile["score"]["edges"], ref_hist=profile["score"]["shares"])
+        for k in ("mean", "p50", "p95", "p99"):
+            add("output", f"score_{k}", sd[k], "score")
+        day_drift = len(drifted) >= p.drift_min_features or score_alert
+        add("drift", "drifted_features", len(drifted))
+        add("drift", "day_drifted", int(day_drift), status="alert" if day_drift else "ok")
+    add("output", "above_threshold_share", float((pred["score"] >= pred["threshold"]).mean()) if n else 0.0)
+    rates = dec_summary.get("rates", {})
+    for d in ("approve", "review", "block"):
+        add("decision", f"{d}_rate", rates.get(d, 0.0),
+            status=_band(rates.get(d, 0.0), p.review_rate["low"], p.review_rate["high"]) if d == "review" else None)
+    for k in ("over_capacity", "overrides_applied", "model_disagrees", "review_queue"):
+        add("decision", k, dec_summary.get(k, 0))
+    fb = pred.select(pl.col("fallback").explode()).drop_nulls()["fallback"].value_counts()
+    fb = dict(zip(fb["fallback"].to_list(), fb["count"].to_list()))
+    any_fb = int(pred.filter(pl.col("fallback").list.len() > 0).height)
+    add("fallback", "fallback_share", any_fb / n if n else 0.0, "", p.fallback_share["warn"], p.fallback_share["alert"])
+    for kind in ("registry_cache", "rules", "feature_default"):
+        add("fallback", kind, fb.get(kind, 0))
+    details["drifted_features"] = drifted
+    return rows, details
+
+
+def perf_rows(ds: dt.date, stats: dict) -> list[dict]:
+    lat = stats.get("chunk_latency_ms", {})
+    vals = {"rows_per_s": stats.get("rows_per_s"), "seconds": stats.get("seconds"), "chunks": stats.get("chunks"),
+            **{f"chunk_latency_{k}_ms": v for k, v in lat.items()}}
+    return [{"date": ds, "group": "perf", "metric": k, "feature": "", "value": None if v is None else float(v),
+             "warn": None, "alert": None, "status": "info"} for k, v in vals.items()]
+
+
+def _prefix(store: StorageParams, kind: str) -> str:
+    return store.uri(kind, date="@").split("date=@")[0]
+
+
+def dates_present(store: StorageParams, kind: str) -> list[dt.date]:
+    out = set()
+    for u in storage.list_uris(_prefix(store, kind)):
+        m = re.search(r"date=(\d{4}-\d{2}-\d{2})", u)
+        if m:
+            out.add(dt.date.fromisoformat(m.group(1)))
+    return sorted(out)
+
+
+def read_metrics(store: StorageParams, kind: str, days: list[dt.date]) -> pl.DataFrame:
+    frames = []
+    for d in days:
+        try:
+            frames.append(storage.read_parquet(store.uri(kind, date=d.isoformat())))
+        except storage.MissingObject:
+            pass
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(schema=SCHEMA)
+
+
+def with_rolling(today: pl.DataFrame, history: pl.DataFrame, days: int) -> pl.DataFrame:
+    """Add rolling_mean / rolling_days: the mean of each metric over the dates present in the window."""
+    both = pl.concat([history.select(list(SCHEMA)), today.select(list(SCHEMA))], how="vertical")
+    roll = both.group_by("group", "metric", "feature").agg(pl.col("value").mean().alias("rolling_mean"),
+                                                           pl.col("date").n_unique().cast(pl.Int32).alias("rolling_days"))
+    return today.join(roll, on=["group", "metric", "feature"], how="left", maintain_order="left").with_columns(
+        pl.lit(days, pl.Int32).alias("window_days"))
+
+
+def alerts_of(metrics: pl.DataFrame, ds: dt.date, drifted: list[str]) -> list[dict]:
+    out = []
+    for r in metrics.filter(pl.col("status") == "alert").iter_rows(named=True):
+        what = f"{r['metric']}" + (f"[{r['feature']}]" if r["feature"] else "")
+        if r["metric"] == "day_drifted":
+            msg = f"{ds}: the day is drifted: feature(s) at alert {drifted or '[]'} (or the score)"
+        elif r["alert"] is None:
+            msg = f"{ds}: {what} = {r['value']:.4g} is outside its configured band"
+        else:
+            msg = f"{ds}: {what} = {r['value']:.4g} crossed its alert threshold ({r['alert']:.4g})"
+        out.append({"date": ds.isoformat(), "group": r["group"], "metric": r["metric"], "feature": r["feature"],
+                    "value": r["value"], "threshold": r["alert"], "message": msg})
+    return out
+
+
+def send_webhook(url: str, payload: dict, timeout: float) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(payload, default=str).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return {"url": url, "delivered": 200 <= r.status < 300, "status": r.status}
+    except Exception as exc:     # an alert channel being down must not hide the stored record
+        log.warning("alert webhook %s failed: %s", url, exc)
+        return {"url": url, "delivered": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
+# --------------------------------------------------------------------------- reports
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def report_html(ds: dt.date, metrics: pl.DataFrame, perf: pl.DataFrame, details: dict, alerts: list[dict],
+                model_doc: dict, history: pl.DataFrame, summary: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imgs = []
+    feats = sorted(details["features"], key=lambda r: -(r["psi"] or 0))
+    if feats:
+        fig, ax = plt.subplots(figsize=(7, max(3, 0.22 * len(feats))))
+        ax.barh([f["feature"] for f in feats][::-1], [f["psi"] for f in feats][::-1])
+        warn = metrics.filter(pl.col("metric") == "psi")["warn"].max()
+        alert = metrics.filter(pl.col("metric") == "psi")["alert"].max()
+        for x, c in ((warn, "orange"), (alert, "red")):
+            if x is not None:
+                ax.axvline(x, color=c, ls="--")
+        ax.set(title="Input drift: PSI per feature", xlabel="PSI")
+        fig.tight_layout()
+        imgs.append(("PSI per feature", _png(fig)))
+    if details.get("score_hist") is not None:
+        e = np.asarray(details["score_edges"])
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        w = np.diff(e)
+        ax.bar(e[:-1], details["ref_hist"], width=w, align="edge", alpha=0.5, label="reference")
+        ax.bar(e[:-1], details["score_hist"], width=w, align="edge", alpha=0.5, label=str(ds))
+        ax.set_yscale("log")
+        ax.set(title="Confidence histogram (score), share of rows", xlabel="score")
+        ax.legend()
+        fig.tight_layout()
+        imgs.append(("Confidence histogram", _png(fig)))
+    if history.height:
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+        for ax, (metric, title) in zip(axes, (("review_rate", "review rate"), ("score_psi", "score PSI"),
+                                              ("drifted_features", "features at alert"))):
+            h = history.filter(pl.col("metric") == metric).sort("date")
+            ax.plot(h["date"].to_list(), h["value"].to_list(), marker="o")
+            ax.set_title(title)
+            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        fig.tight_layout()
+        imgs.append(("Recent days", _png(fig)))
+    st = {r["metric"]: r for r in metrics.filter(pl.col("feature") == "").iter_rows(named=True)}
+    drift = st.get("day_drifted", {}).get("value")
+    kpi = lambda label, v: f'<div class="kpi"><b>{html.escape(str(v))}</b>{label}</div>'  # noqa: E731
+    fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    kpis = "".join([kpi("rows", int(st["rows"]["value"])), kpi("drifted", "yes" if drift else "no"),
+                    kpi("features at alert", int(st.get("drifted_features", {}).get("value") or 0)),
+                    kpi("review rate", f"{summary.get('rates', {}).get('review', 0):.2%}"),
+                    kpi("block rate", f"{summary.get('rates', {}).get('block', 0):.2%}"),
+                    kpi("fallback rows", f"{st['fallback_share']['value']:.2%}"), kpi("alerts", len(alerts))])
+    al = "".join(f"<li>{html.escape(a['message'])}</li>" for a in alerts) or "<li>none</li>"
+    frows = "".join(
+        f"<tr><td>{html.escape(f['feature'])}</td><td>{fmt(f['psi'])}</td><td>{fmt(f['ks'])}</td>"
+        f"<td>{fmt(f['null_share'])}</td><td>{fmt(f['out_of_range_share'])}</td></tr>" for f in feats)
+    mrows = "".join(
+        f"<tr><td>{html.escape(r['group'])}</td><td>{html.escape(r['metric'])}</td><td>{html.escape(r['feature'])}</td>"
+        f"<td>{fmt(r['value'])}</td><td>{fmt(r['rolling_mean'])} ({r['rolling_days']}d)</td><td>{fmt(r['warn'])}</td>"
+        f"<td>{fmt(r['alert'])}</td><td>{_status_badge(r['status'])}</td></tr>"
+        for r in metrics.filter(pl.col("group") != "drift").iter_rows(named=True))
+    prow = "".join(f"<tr><td>{html.escape(r['metric'])}</td><td>{fmt(r['value'])}</td></tr>" for r in perf.iter_rows(named=True))
+    model = {k: model_doc.get(k) for k in ("scored_by", "fallback", "model_name", "model_version", "run_id",
+                                           "model_sha256", "threshold", "spec_hash", "reason")}
+    ref = model_doc.get("reference_profile") or {}
+    figs = "".join(f"<h2>{html.escape(t)}</h2><img alt=\"{html.escape(t)}\" src=\"{src}\">" for t, src in imgs)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Monitoring {ds}</title><style>{CSS}</style></head>
+<body><h1>Monitoring · {ds} <span class="badge {'fail' if drift else 'pass'}">{'drift' if drift else 'stable'}</span></h1>
+<div class="muted">reference: {html.escape(str(ref.get('window')))} ({ref.get('rows')} rows) ·
+<a href="../index.html">all days</a></div><div class="kpis">{kpis}</div>
+<h2>Alerts</h2><ul>{al}</ul>{figs}
+<h2>Features</h2><table><tr><th>feature</th><th>PSI</th><th>KS</th><th>null share</th><th>out of range</th></tr>{frows}</table>
+<h2>Outputs, decisions, quality, fallbacks</h2><table><tr><th>group</th><th>metric</th><th>feature</th><th>value</th>
+<th>rolling mean</th><th>warn</th><th>alert</th><th>status</th></tr>{mrows}</table>
+<h2>Scoring performance</h2><table>{prow}</table>
+<h2>Model served</h2><pre>{html.escape(json.dumps(model, indent=2, default=str))}</pre></body></html>"""
+
+
+def index_html(store: StorageParams, days: list[dt.date]) -> str:
+    metrics = read_metrics(store, "monitoring", days)
+    rows = []
+    for d in sorted(days, reverse=True):
+        m = {r["metric"]: r["value"] for r in metrics.filter((pl.col("date") == d) & (pl.col("feature") == "")).iter_rows(named=True)}
+        n_alerts = metrics.filter((pl.col("date") == d) & (pl.col("status") == "alert")).height
+        link = f"date={d.isoformat()}/report.html"
+        rows.append(f"<tr><td><a href=\"{link}\">{d}</a></td><td>{int(m.get('rows') or 0)}</td>"
+                    f"<td>{DRIFT_BADGE if m.get('day_drifted') else 'stable'}</td>"
+                    f"<td>{int(m.get('drifted_features') or 0)}</td><td>{(m.get('review_rate') or 0):.2%}</td>"
+                    f"<td>{(m.get('block_rate') or 0):.2%}</td><td>{(m.get('fallback_share') or 0):.2%}</td><td>{n_alerts}</td></tr>")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Monitoring</title><style>{CSS}</style></head>
+<body><h1>Nightly monitoring</h1><div class="muted">{len(days)} day(s); reports are self-contained HTML</div>
+<table><tr><th>date</th><th>rows</th><th>drift</th><th>features at alert</th><th>review rate</th><th>block rate</th>
+<th>fallback rows</th><th>alerts</th></tr>{''.join(rows)}</table></body></html>"""
+
+
+# --------------------------------------------------------------------------- entry point
+def monitor_day(params, ds: dt.date, snapshot: str | None = None) -> dict:
+    p, store = params.monitor, params.storage
+    d = ds.isoformat()
+    try:
+        pred = storage.read_parquet(store.uri("predictions", date=d))
+        model_doc = storage.read_json(store.uri("scored_model", date=d))
+        stats = storage.read_json(store.uri("scoring_stats", date=d))
+        dec_summary = storage.read_json(store.uri("decision_summary", date=d))
+        feats = storage.read_parquet(store.uri("features", date=d))
+    except storage.MissingObject as exc:
+        raise MonitorError(f"monitor {d}: {exc} (run score and decide for {d} first)") from None
+    rows, details = day_metrics(ds, feats, pred, dec_summary, model_doc, p)
+    today = pl.DataFrame(rows, schema=SCHEMA)
+    window = [ds - dt.timedelta(days=i) for i in range(p.rolling_days - 1, 0, -1)]
+    metrics = with_rolling(today, read_metrics(store, "monitoring", window), p.rolling_days)
+    perf = with_rolling(pl.DataFrame(perf_rows(ds, stats), schema=SCHEMA),
+                        read_metrics(store, "monitoring_perf", window), p.rolling_days)
+    alerts = alerts_of(metrics, ds, details["drifted_features"])
+    pub = storage.Publisher(store.lake, snapshot)
+    pub.put_parquet(store.uri("monitoring", date=d), metrics)
+    pub.put_parquet(store.uri("monitoring_perf", date=d), perf)
+    report_uri = store.uri("monitor_report", date=d)
+    record = {"date": d, "alerts": alerts, "drifted": bool(metrics.filter(pl.col("metric") == "day_drifted")["value"].sum()),
+              "drifted_features": details["drifted_features"], "report": report_uri}
+    url = os.environ.get("FRAUDOPS_ALERT_WEBHOOK") or p.webhook_url
+    if alerts and url:
+        record["webhook"] = send_webhook(url, {"source": "fraudops.monitor", **record}, p.webhook_timeout_s)
+    pub.put_json(store.uri("alerts", date=d), record)
+    recent = read_metrics(store, "monitoring", [ds - dt.timedelta(days=i) for i in range(29, 0, -1)])
+    history = pl.concat([recent.select(list(SCHEMA)), metrics.select(list(SCHEMA))])
+    pub.put(report_uri, report_html(ds, metrics, perf, details, alerts, model_doc, history, dec_summary).encode(),
+            "text/html")
+    pub.put(store.uri("monitor_index"), index_html(store, dates_present(store, "monitoring")).encode(), "text/html")
+    return record
+
+
+def main(argv: list[str]) -> int:
+    args = stage_parser("monitor", __doc__).parse_args(argv)
+    params, days = resolve(args)
+    for ds in days:
+        rec = monitor_day(params, ds, args.snapshot)
+        (log.warning if rec["alerts"] else log.info)(
+            "monitor %s: %s, %d alert(s)%s -> %s", ds, "DRIFT" if rec["drifted"] else "stable", len(rec["alerts"]),
+            f" (features {rec['drifted_features']})" if rec["drifted_features"] else "", rec["report"])
+        print(json.dumps({"date": rec["date"], "drifted": rec["drifted"], "alerts": len(rec["alerts"]),
+                          "report": rec["report"]}, sort_keys=True))
+    return 0

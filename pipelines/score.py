@@ -1,0 +1,337 @@
+"""Stage `score`: the champion scores one date's feature partition, with flagged fallbacks.
+
+`python -m pipelines score --date YYYY-MM-DD`
+
+Which scorer, in order (every row says which one scored it, `scored_by`, and which fallbacks
+touched it, `fallback`):
+  1. `models:/<name>@<alias>` from the registry. Its files (model.ubj, feature manifest, training
+     summary with the operating threshold, reference profile) come from its MLflow run, are checked
+     against the version's `model_sha256` tag and are kept in a local cache by version.
+  2. Registry unreachable -> the last champion served from the cache (`fallback=registry_cache`).
+  3. No model under the alias, a model that fails to download/verify/load, or no registry and no
+     cache -> the rule scorer of params `score.rules` (`fallback=rules`).
+Per row, a null in a feature listed in `score.feature_defaults` is filled with its default
+(`fallback=feature_default`, the names in `defaulted_features`).
+
+The feature manifest of the model must match the partition (spec hash, names, order, dtypes): a
+mismatch stops the stage with ManifestMismatch, nothing is scored (a silent mis-score is worse than
+a late one). Scoring is chunked `inplace_predict`; per-chunk latency goes to `_stats.json`.
+
+Out (one partition per date, rows in = rows out): predictions/date=ds/part-0.parquet with the key
+columns, ds, score, threshold, model name/version, MLflow run id, feature spec hash, scored_by,
+fallback, defaulted_features; `_model.json` (the model served and its reference profile, for
+`monitor`); `_stats.json` (timings: the only output that differs between re-runs).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipelines import model as M
+from pipelines import storage
+from pipelines.cli import resolve, stage_parser
+from pipelines.config import ScoreParams
+
+log = logging.getLogger("pipelines.score")
+FILES = {"model.ubj": "train/model.ubj", "feature_manifest.json": "train/feature_manifest.json",
+         "summary.json": "train/summary.json", "reference_profile.json": "evaluate/reference_profile.json"}
+OPS = {">": lambda c, v: c > v, ">=": lambda c, v: c >= v, "<": lambda c, v: c < v, "<=": lambda c, v: c <= v,
+       "==": lambda c, v: c == v, "!=": lambda c, v: c != v, "in": lambda c, v: c.is_in(list(v)),
+       "not_in": lambda c, v: ~c.is_in(list(v))}
+
+
+class ScoringError(RuntimeError):
+    """The partition cannot be scored (features missing); nothing is published."""
+
+
+class RegistryUnreachable(RuntimeError):
+    pass
+
+
+@dataclass
+class Served:
+    """What scores the partition: a model (from the registry or the cache) or the rules."""
+    scored_by: str                         # model | rules
+    fallback: list[str] = field(default_factory=list)    # registry_cache | rules
+    reason: str = ""
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+    sha256: str | None = None
+    booster: object = None
+    manifest: dict | None = None
+    threshold: float | None = None
+    profile: dict | None = None
+
+    def meta(self) -> dict:
+        return {"scored_by": self.scored_by, "fallback": self.fallback, "reason": self.reason, "model_name": self.name,
+                "model_version": self.version, "run_id": self.run_id, "model_sha256": self.sha256,
+                "threshold": self.threshold, "spec_hash": (self.manifest or {}).get("spec_hash")}
+
+
+# --------------------------------------------------------------------------- rules
+def rule_mask(frame: pl.DataFrame, rule: dict) -> pl.Expr:
+    """A rule {feature, op, value} as a boolean expression (null feature -> the rule does not match)."""
+    if rule["feature"] not in frame.columns:
+        raise ScoringError(f"rule {rule}: feature {rule['feature']!r} is not in the feature partition")
+    return OPS[rule["op"]](pl.col(rule["feature"]), rule["value"]).fill_null(False)
+
+
+def rule_scores(frame: pl.DataFrame, rules: dict) -> np.ndarray:
+    """First matching rule's score, else the default score."""
+    expr = pl.lit(float(rules["default_score"]))
+    for r in reversed(rules["when"]):
+        expr = pl.when(rule_mask(frame, r)).then(pl.lit(float(r["score"]))).otherwise(expr)
+    return frame.select(expr.cast(pl.Float32).alias("s"))["s"].to_numpy()
+
+
+# --------------------------------------------------------------------------- the model and its cache
+def cache_root(p: ScoreParams) -> Path:
+    if p.cache_dir:
+        return Path(p.cache_dir)
+    home = os.environ.get("FRAUDOPS_HOME") or str(Path(__file__).resolve().parent.parent / ".state")
+    return Path(home) / "model-cache"
+
+
+def _registry_up(timeout: float) -> bool:
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith("http"):
+        return True                    # a local file/sqlite store: no server to be down
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _verify(files: dict[str, bytes], sha: str | None, where: str) -> None:
+    if sha and M.sha256(files["model.ubj"]) != sha:
+        raise ValueError(f"{where}: model.ubj sha256 {M.sha256(files['model.ubj'])[:12]} != registered {sha[:12]}")
+
+
+def _served(files: dict[str, bytes], meta: dict, fallback: list[str], reason: str) -> Served:
+    booster = M.load_booster(files["model.ubj"])
+    summary = json.loads(files["summary.json"])
+    return Served("model", fallback, reason, meta["name"], meta["version"], meta["run_id"], meta["sha256"], booster,
+                  json.loads(files["feature_manifest.json"]), float(summary["operating_threshold"]),
+                  json.loads(files["reference_profile.json"]))
+
+
+def _cache_dir(root: Path, meta: dict) -> Path:
+    # by version *and* run: a registry rebuilt from scratch reuses version numbers
+    return root / meta["name"] / f"v{meta['version']}-{meta['run_id']}"
+
+
+def _write_cache(root: Path, meta: dict, files: dict[str, bytes]) -> None:
+    """<root>/<name>/v<version>-<run>/ written whole then renamed; <root>/<name>/current.json (the
+    last model served) replaced atomically."""
+    final = _cache_dir(root, meta)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+        for n, data in files.items():
+            (tmp / n).write_bytes(data)
+        (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+        try:
+            tmp.rename(final)
+        except OSError:                # another process cached the same version first
+            shutil.rmtree(tmp, ignore_errors=True)
+    ptr = final.parent / f".current-{os.getpid()}.json"
+    ptr.write_text(json.dumps(meta, sort_keys=True))
+    os.replace(ptr, final.parent / "current.json")
+
+
+def _read_cache(root: Path, meta: dict | None = None, name: str | None = None) -> tuple[dict, dict[str, bytes]] | None:
+    """The cached files of `meta` (name, version, run_id), or of the last model served for `name`."""
+    try:
+        if meta is None:
+            meta = json.loads((root / name / "current.json").read_text())
+        d = _cache_dir(root, meta)
+        return meta, {n: (d / n).read_bytes() for n in FILES}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _download(run_id: str) -> dict[str, bytes]:
+    import mlflow.artifacts
+
+    files = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, path in FILES.items():
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
+            files[n] = Path(local).read_bytes()
+    return files
+
+
+def resolve_model(p: ScoreParams) -> Served:
+    """The scorer for this run (see the module doc for the order)."""
+    root = cache_root(p)
+    try:
+        if not _registry_up(p.registry_timeout_s):
+            raise RegistryUnreachable(f"{os.environ.get('MLFLOW_TRACKING_URI')}/health did not answer "
+                                      f"within {p.registry_timeout_s}s")
+        from pipelines import models as R
+
+        c = R.client()
+        try:
+            version = R.get_alias(c, p.model_name, p.alias)
+            mv = c.get_model_version(p.model_name, version) if version else None
+        except Exception as exc:       # the server went away between the probe and the call
+            raise RegistryUnreachable(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    except RegistryUnreachable as exc:
+        cached = _read_cache(root, name=p.model_name)
+        if cached is None:
+            return Served("rules", ["rules"], f"registry unreachable ({exc}) and no cached model in {root}")
+        meta, files = cached
+        try:
+            _verify(files, meta.get("sha256"), f"cache {_cache_dir(root, meta)}")
+            s = _served(files, meta, ["registry_cache"], f"registry unreachable ({exc}): cached "
+                                                         f"{p.model_name} v{meta['version']} used")
+        except Exception as err:
+            return Served("rules", ["rules"], f"registry unreachable ({exc}); cached model unusable: {err}")
+        log.warning("%s", s.reason)
+        return s
+    if version is None:
+        return Served("rules", ["rules"], f"no model {p.model_name}@{p.alias} in the registry")
+    meta = {"name": p.model_name, "version": str(mv.version), "run_id": mv.run_id, "sha256": mv.tags.get("model_sha256")}
+    try:
+        cached = _read_cache(root, meta)
+        files = cached[1] if cached else _download(mv.run_id)
+        _verify(files, meta["sha256"], f"{p.model_name} v{version}")
+        s = _served(files, meta, [], f"{p.model_name}@{p.alias} = v{version}" + (" (cached)" if cached else ""))
+    except Exception as exc:
+        return Served("rules", ["rules"], f"{p.model_name}@{p.alias} v{version} failed to load: "
+                                          f"{type(exc).__name__}: {str(exc)[:300]}")
+    _write_cache(root, meta, files)
+    return s
+
+
+# --------------------------------------------------------------------------- scoring
+def fill_defaults(frame: pl.DataFrame, defaults: dict, features: list[str], profile: dict | None
+                  ) -> tuple[pl.DataFrame, pl.Series]:
+    """Fill nulls of the configured features; return the frame and, per row, the features filled."""
+    filled, flags = [], []
+    for f, v in defaults.items():
+        if f not in features or f not in frame.columns:
+            continue
+        if v == "reference_median":
+            sample = ((profile or {}).get("features", {}).get(f) or {}).get("sample") or []
+            if not sample:
+                raise ScoringError(f"score.feature_defaults.{f}: reference_median but the reference profile has "
+                                   f"no sample for {f}")
+            v = sample[50]
+        flags.append(pl.when(pl.col(f).is_null()).then(pl.lit(f)).otherwise(None))
+        filled.append(pl.col(f).fill_null(pl.lit(v).cast(frame.schema[f])))
+    if flags:
+        names = frame.select(pl.concat_list(flags).list.drop_nulls().alias("d"))["d"]
+    else:
+        names = pl.Series("d", [[]] * frame.height, dtype=pl.List(pl.String))
+    return (frame.with_columns(filled) if filled else frame), names
+
+
+def score_partition(frame: pl.DataFrame, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.date,
+                    where: str) -> tuple[pl.DataFrame, dict]:
+    """Predictions for one feature partition (rows in = rows out) and timing stats."""
+    keys = [c for c in fmanifest.get("key_columns", ["event_id"]) if c in frame.columns]
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+    if served.scored_by == "model":
+        m = served.manifest
+        if m["spec_hash"] != fmanifest["spec_hash"]:
+            raise M.ManifestMismatch(f"{where}: features built with spec {fmanifest['spec_hash']} but "
+                                     f"{served.name} v{served.version} was trained on spec {m['spec_hash']}; "
+                                     f"nothing scored (rebuild the features or register a model for this spec)")
+        M.check_features(frame, m, where)
+        frame, defaulted = fill_defaults(frame, p.feature_defaults, m["feature_names"], served.profile)
+        x = M.feature_matrix(frame, m, where)
+        parts = []
+        for i in range(0, max(x.shape[0], 1), p.chunk_rows):
+            c0 = time.perf_counter()
+            parts.append(M.predict(served.booster, x[i:i + p.chunk_rows], chunk_rows=p.chunk_rows))
+            latencies.append((time.perf_counter() - c0) * 1000)
+        score = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        threshold = served.threshold
+    else:
+        defaulted = pl.Series("d", [[]] * frame.height, dtype=pl.List(pl.String))
+        c0 = time.perf_counter()
+        score = rule_scores(frame, p.rules)
+        latencies.append((time.perf_counter() - c0) * 1000)
+        threshold = float(p.rules["threshold"])
+    seconds = time.perf_counter() - t0
+    n = frame.height
+    base_flags = pl.lit(served.fallback, dtype=pl.List(pl.String))
+    out = frame.select(keys).with_columns(
+        pl.lit(ds).alias("ds"),
+        pl.Series("score", score, dtype=pl.Float32),
+        pl.lit(threshold, dtype=pl.Float32).alias("threshold"),
+        pl.lit(served.name or p.model_name, dtype=pl.String).alias("model_name"),
+        pl.lit(served.version, dtype=pl.String).alias("model_version"),
+        pl.lit(served.run_id, dtype=pl.String).alias("run_id"),
+        pl.lit(fmanifest["spec_hash"], dtype=pl.String).alias("spec_hash"),
+        pl.lit(served.scored_by).alias("scored_by"),
+        defaulted.alias("defaulted_features"),
+    ).with_columns(
+        pl.when(pl.col("defaulted_features").list.len() > 0)
+        .then(pl.concat_list(base_flags, pl.lit(["feature_default"], dtype=pl.List(pl.String))))
+        .otherwise(base_flags).alias("fallback"))
+    out = out.select(*keys, "ds", "score", "threshold", "model_name", "model_version", "run_id", "spec_hash",
+                     "scored_by", "fallback", "defaulted_features")
+    assert out.height == n
+    lat = np.array(latencies) if latencies else np.zeros(1)
+    stats = {"rows": n, "chunks": len(latencies), "chunk_rows": p.chunk_rows, "seconds": seconds,
+             "rows_per_s": n / seconds if seconds > 0 else None,
+             "chunk_latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                                  "p99": float(np.percentile(lat, 99)), "max": float(lat.max())},
+             "fallback_rows": fallback_counts(out)}
+    return out, stats
+
+
+def fallback_counts(pred: pl.DataFrame) -> dict[str, int]:
+    counts = pred.select(pl.col("fallback").explode()).drop_nulls()["fallback"].value_counts()
+    return {k: int(v) for k, v in sorted(zip(counts["fallback"], counts["count"]))}
+
+
+def load_features(store, ds: dt.date) -> tuple[pl.DataFrame, dict, str]:
+    uri = store.uri("features", date=ds.isoformat())
+    try:
+        frame = storage.read_parquet(uri)
+        fman = storage.read_json(store.uri("features_manifest", date=ds.isoformat()))
+    except storage.MissingObject:
+        raise ScoringError(f"{uri}: feature partition missing (features not built or blocked by validation); "
+                           f"nothing scored") from None
+    return frame, fman, uri
+
+
+def main(argv: list[str]) -> int:
+    args = stage_parser("score", __doc__).parse_args(argv)
+    params, days = resolve(args)
+    p, store = params.score, params.storage
+    served = resolve_model(p)
+    (log.info if not served.fallback else log.warning)("scorer: %s (%s)", served.scored_by, served.reason)
+    for ds in days:
+        frame, fman, uri = load_features(store, ds)
+        pred, stats = score_partition(frame, fman, served, p, ds, uri)
+        pub = storage.Publisher(store.lake, args.snapshot)
+        d = ds.isoformat()
+        model_doc = {**served.meta(), "reference_profile": served.profile}
+        pub.put_json(store.uri("scored_model", date=d), model_doc)
+        pub.put_json(store.uri("scoring_stats", date=d), {**stats, "model": served.meta(), "features": uri})
+        pub.put_parquet(store.uri("predictions", date=d), pred)
+        log.info("score %s: %d rows by %s%s in %.2fs (%.0f rows/s), chunk p95 %.1f ms -> %s", d, stats["rows"],
+                 served.scored_by, f" v{served.version}" if served.version else "",
+                 stats["seconds"], stats["rows_per_s"] or 0, stats["chunk_latency_ms"]["p95"],
+                 store.uri("predictions", date=d))
+        print(json.dumps({"date": d, "rows": stats["rows"], **served.meta(), "fallback_rows": stats["fallback_rows"]},
+                         sort_keys=True))
+    return 0

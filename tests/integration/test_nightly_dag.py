@@ -1,0 +1,110 @@
+"""The nightly_scoring DAG on the running scheduler: a backfill over 5 dates with drift injected on
+the third; drift is flagged from that day, retraining is triggered exactly once (N=2 of M=3, then
+cooldown), the triggered training DAG registers a model that becomes challenger if it passes the
+gate; nothing is triggered before the injected day; a re-run date gives byte-identical predictions."""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import time
+from contextlib import redirect_stdout
+
+import pytest
+
+from pipelines import models, score, storage
+from pipelines.airflow_api import AirflowClient
+from pipelines.config import date_range, load_params, parse_date
+from pipelines.model import training_uri
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+FIRST, LAST, DRIFT_FROM = "2026-03-01", "2026-03-05", "2026-03-03"
+DAYS = [d.isoformat() for d in date_range(parse_date(FIRST), parse_date(LAST))]
+
+
+@pytest.fixture(scope="module")
+def backfill(nightly_champion):
+    from pipelines.demo_data import DemoParams, write_demo
+
+    params = load_params(nightly_champion["params"])
+    demo = {**params.section("demo_data"), "bugs": [], "nightly": None,
+            "drift": {"start_date": DRIFT_FROM, "amount_scale": 2.0, "category_weights": {"online": 4.0},
+                      "new_fraud_pattern": True}}
+    tx, lb = params.dataset("transactions"), params.dataset("labels")
+    # from 02-22 so the label partitions of 03-01..03-05 are written too (days before the drift are unchanged)
+    write_demo(DemoParams.from_dict(demo), tx.partition_uri, lb.partition_uri, parse_date("2026-02-22"), parse_date(LAST))
+
+    client = AirflowClient()
+    client.wait_for_dag("training")
+    client.wait_for_dag("nightly_scoring")
+    started = time.monotonic()
+    bf = client._request("POST", "/api/v2/backfills", {
+        "dag_id": "nightly_scoring", "from_date": f"{FIRST}T00:00:00Z", "to_date": f"{LAST}T00:00:00Z",
+        "dag_run_conf": {"params_file": str(nightly_champion["params"])}, "max_active_runs": 2,
+        "reprocess_behavior": "completed"})
+    deadline = time.monotonic() + 1200
+    while True:
+        runs = client._request("GET", f"/api/v2/dags/nightly_scoring/dagRuns?limit=100&"
+                                      f"logical_date_gte={FIRST}T00:00:00Z&logical_date_lte={LAST}T00:00:00Z")["dag_runs"]
+        mine = {r["logical_date"][:10]: r for r in runs if r.get("conf", {}).get("params_file") == str(nightly_champion["params"])}
+        if len(mine) == len(DAYS) and all(r["state"] in ("success", "failed") for r in mine.values()):
+            break
+        assert time.monotonic() < deadline, f"backfill {bf['id']} not done: {[(k, r['state']) for k, r in mine.items()]}"
+        time.sleep(5)
+    return {"client": client, "runs": mine, "params": params, "seconds": time.monotonic() - started, **nightly_champion}
+
+
+def test_backfill_over_five_dates_succeeds(backfill):
+    client, runs = backfill["client"], backfill["runs"]
+    failed = {d: [(t["task_id"], t["state"]) for t in client.task_instances("nightly_scoring", r["dag_run_id"])]
+              for d, r in runs.items() if r["state"] != "success"}
+    assert not failed, failed
+    assert sorted(runs) == DAYS
+    store = backfill["params"].storage
+    for d in DAYS:          # every date has its own partitions: predictions, decisions, queue, monitoring
+        for kind in ("predictions", "decisions", "review_queue", "monitoring", "monitor_report", "retrain_decision"):
+            assert storage.exists(store.uri(kind, date=d)), (kind, d)
+        pred = storage.read_parquet(store.uri("predictions", date=d))
+        assert pred.height == storage.read_json(store.uri("features_manifest", date=d))["rows"]   # rows in = rows out
+        assert set(pred["model_version"]) == {backfill["version"]} and set(pred["scored_by"]) == {"model"}
+        assert pred["fallback"].list.len().max() == 0 and pred["ds"].unique().to_list() == [parse_date(d)]
+
+
+def test_drift_flagged_from_the_injected_day_and_retraining_triggered_exactly_once(backfill):
+    store, client = backfill["params"].storage, backfill["client"]
+    drifted = {d: storage.read_json(store.uri("alerts", date=d))["drifted"] for d in DAYS}
+    assert drifted == {d: d >= DRIFT_FROM for d in DAYS}, drifted
+    decisions = {d: storage.read_json(store.uri("retrain_decision", date=d)) for d in DAYS}
+    assert {d: r["retrain"] for d, r in decisions.items()} == {d: d == "2026-03-04" for d in DAYS}
+    assert "cooldown" in decisions["2026-03-05"]["reason"] and "2 needed" in decisions["2026-03-03"]["reason"]
+    trig = {d: {t["task_id"]: t["state"] for t in client.task_instances("nightly_scoring", r["dag_run_id"])}["trigger_training"]
+            for d, r in backfill["runs"].items()}
+    assert trig == {d: "success" if d == "2026-03-04" else "skipped" for d in DAYS}, trig
+    runs = client._request("GET", "/api/v2/dags/training/dagRuns?limit=100")["dag_runs"]
+    mine = [r for r in runs if r.get("conf", {}).get("params_file") == str(backfill["params"].path)]
+    assert [r["dag_run_id"] for r in mine] == ["retrain__2026-03-04"]          # once, and not before the drift
+    conf = mine[0]["conf"]
+    assert conf["end_date"] == "2026-03-04" and "drift on 2 of the last 3 days" in conf["reason"]
+
+
+def test_triggered_training_registers_a_model_through_the_gate(backfill):
+    client, name = backfill["client"], backfill["name"]
+    run = client.wait("training", "retrain__2026-03-04", timeout=1500)
+    assert run["state"] == "success", [(t["task_id"], t["state"]) for t in client.task_instances("training", run["dag_run_id"])]
+    base = training_uri(backfill["params"].storage, parse_date(run["conf"]["start_date"]), parse_date("2026-03-04"))
+    reg = storage.read_json(f"{base}/register/registration.json")
+    aliases = models.aliases(models.client(), name)
+    assert aliases["champion"] == backfill["version"] and reg["version"] != backfill["version"]
+    if reg["gate"] == "passed":
+        assert reg["alias"] == "challenger" and aliases.get("challenger") == reg["version"]
+    else:
+        assert reg["alias"] is None and aliases.get("challenger") != reg["version"] and reg["reasons"]
+
+
+def test_rerunning_a_date_republishes_identical_predictions(backfill):
+    store = backfill["params"].storage
+    uri = store.uri("predictions", date="2026-03-02")
+    before = storage.read_bytes(uri)
+    with redirect_stdout(io.StringIO()):
+        assert score.main(["--params", str(backfill["params"].path), "--date", "2026-03-02"]) == 0
+    assert storage.read_bytes(uri) == before
