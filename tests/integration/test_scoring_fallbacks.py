@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,8 +38,11 @@ def champion(nightly_champion, tmp_path_factory):
     root = tmp_path_factory.mktemp("fallbacks")
 
     def params(cache: str = "cache", name: str | None = None, **monitor_over):
+        sub = root / uuid.uuid4().hex[:6]          # outputs of each call under a prefix of their own
+        sub.mkdir()
+
         def mutate(d):
-            d["storage"]["layout"] = {k: (f"test-fallbacks/{root.name}/{v}" if k not in
+            d["storage"]["layout"] = {k: (f"test-fallbacks/{root.name}/{sub.name}/{v}" if k not in
                                           ("canonical", "validated", "features", "features_manifest", "training",
                                            "rejects", "ingest_stats", "quarantine", "validation_results",
                                            "validation_report") else v) for k, v in d["storage"]["layout"].items()}
@@ -46,8 +50,6 @@ def champion(nightly_champion, tmp_path_factory):
             d["register"]["model_name"] = name or nightly_champion["name"]
             d["score"]["cache_dir"] = str(root / cache)
             d["monitor"].update(monitor_over)
-        sub = root / uuid.uuid4().hex[:6]
-        sub.mkdir()
         return nightly_params(name or nightly_champion["name"], sub, mutate)
 
     return {**nightly_champion, "params_for": params, "root": root}
@@ -85,7 +87,9 @@ def test_no_model_or_a_corrupt_model_falls_back_to_rules(champion):
     garbage = b"not an xgboost model"
     with tempfile.TemporaryDirectory() as tmp:
         for path in score.FILES.values():
-            local = mlflow.artifacts.download_artifacts(run_id=good.run_id, artifact_path=path, dst_path=tmp)
+            (Path(tmp) / path).parent.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(run_id=good.run_id, artifact_path=path,
+                                                dst_path=str((Path(tmp) / path).parent))
         (Path(tmp) / "train" / "model.ubj").write_bytes(garbage)
         with mlflow.start_run() as run:
             mlflow.log_artifacts(tmp)
@@ -96,7 +100,7 @@ def test_no_model_or_a_corrupt_model_falls_back_to_rules(champion):
     corrupt = _score(p)
     assert set(corrupt["scored_by"]) == {"rules"} and corrupt["fallback"].to_list() == [["rules"]] * corrupt.height
     reason = storage.read_json(load_params(p).storage.uri("scoring_stats", date=DAY))["model"]["reason"]
-    assert "failed to load" in reason and local
+    assert "failed to load" in reason
 
 
 def test_manifest_mismatch_is_a_clear_error_and_publishes_nothing(champion):
@@ -105,7 +109,6 @@ def test_manifest_mismatch_is_a_clear_error_and_publishes_nothing(champion):
     store = params.storage
     part = storage.read_parquet(store.uri("features", date=DAY)).with_columns(pl.col("amount").cast(pl.Float32))
     man = storage.read_json(store.uri("features_manifest", date=DAY))
-    data = json.loads(Path(p).read_text()) if p.suffix == ".json" else None
     import yaml
 
     raw = yaml.safe_load(Path(p).read_text())
@@ -118,7 +121,7 @@ def test_manifest_mismatch_is_a_clear_error_and_publishes_nothing(champion):
     r = subprocess.run([sys.executable, "-m", "pipelines", "score", "--params", str(p), "--date", DAY], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "ERROR score:" in r.stderr and "dtype mismatch" in r.stderr and "amount" in r.stderr
-    assert not storage.exists(store.uri("predictions", date=DAY)) and data is None
+    assert not storage.exists(store.uri("predictions", date=DAY))
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -148,13 +151,14 @@ def test_monitoring_alerts_are_stored_and_sent_to_the_webhook(champion, monkeypa
         assert rec["drifted"] and rec["alerts"] and rec["webhook"]["delivered"] is True
         assert len(_Hook.received) == 1 and _Hook.received[0]["alerts"] == rec["alerts"]
         html = storage.read_bytes(store.uri("monitor_report", date=DAY)).decode()
-        assert "data:image/png;base64," in html and "<script" not in html and "http" not in html.replace(
-            'href="../index.html"', "")
+        assert "data:image/png;base64," in html and "<script" not in html and "<link" not in html
+        assert not re.search(r'(src|href)="(https?:)?//', html) and "url(http" not in html   # nothing from a CDN
         index = storage.read_bytes(store.uri("monitor_index")).decode()
         assert f"date={DAY}/report.html" in index
         metrics = storage.read_parquet(store.uri("monitoring", date=DAY))
         assert {"psi", "ks", "score_psi", "review_rate", "fallback_share", "null_share_increase", "rows"} <= set(metrics["metric"])
-        assert metrics.filter(pl.col("metric") == "psi")["status"].unique().to_list() == ["alert"]
+        psi = metrics.filter(pl.col("metric") == "psi")
+        assert psi.filter(pl.col("status") == "alert").height == psi.filter(pl.col("value") > 0).height > 10
         perf = storage.read_parquet(store.uri("monitoring_perf", date=DAY))
         assert {"rows_per_s", "chunk_latency_p95_ms"} <= set(perf["metric"])
         assert parse_date(DAY) in set(metrics["date"])
