@@ -25,6 +25,7 @@ import datetime as dt
 import getpass
 import json
 import logging
+import tempfile
 
 import polars as pl
 
@@ -49,16 +50,22 @@ def _rule_expr(rule: dict, columns: list[str]) -> pl.Expr:
     return OPS[rule["op"]](pl.col(rule["feature"]), rule["value"]).fill_null(False)
 
 
-def decide_frame(pred: pl.DataFrame, feats: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
-    """The pure core: one decision and reason per prediction row, in the predictions' order."""
-    rule_cols = sorted({r["feature"] for r in p.rules} | set(p.allow_list))
-    need = [c for c in rule_cols if c not in pred.columns]
-    frame = pred.with_row_index("_row")
+def feature_columns_needed(pred_columns: list[str], p: DecideParams) -> list[str]:
+    """Columns the rules and allow-lists read that the predictions do not carry (taken from the features)."""
+    return [c for c in sorted({r["feature"] for r in p.rules} | set(p.allow_list)) if c not in pred_columns]
+
+
+def base_decisions(pred: pl.DataFrame, feats: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
+    """Model thresholds, then rules, then allow-lists, for rows of `pred` and the same rows of `feats`."""
+    need = feature_columns_needed(pred.columns, p)
+    frame = pred
     if need:
         missing = [c for c in need if c not in feats.columns]
         if missing:
             raise DecideError(f"decide: rule/allow-list column(s) {missing} in neither predictions nor features")
-        frame = frame.join(feats.select("event_id", *need), on="event_id", how="left", maintain_order="left")
+        if not feats["event_id"].equals(pred["event_id"]):
+            raise DecideError("decide: features and predictions are not in the same row order (re-run score)")
+        frame = pred.with_columns(feats.select(need))
     review_at = pl.col("threshold") if p.review_threshold == "operating" else pl.lit(float(p.review_threshold))
     model = (pl.when(pl.col("score") >= p.block_threshold).then(pl.lit("block"))
              .when(pl.col("score") >= review_at).then(pl.lit("review")).otherwise(pl.lit("approve")))
@@ -73,59 +80,100 @@ def decide_frame(pred: pl.DataFrame, feats: pl.DataFrame, overrides: pl.DataFram
             m = pl.col(ent).cast(pl.String).is_in(list(ids)).fill_null(False)
             dec, why = pl.when(m).then(pl.lit("approve")).otherwise(dec), \
                 pl.when(m).then(pl.lit(f"allow_list:{ent}")).otherwise(why)
-    frame = frame.with_columns(dec.alias("decision"), why.alias("reason_code"))
+    return frame.with_columns(dec.alias("decision"), why.alias("reason_code"))
 
-    # human overrides: looked up first, so events a reviewer already decided use no review capacity
-    latest = overrides.sort("at").unique("event_id", keep="last", maintain_order=True)
-    frame = frame.join(latest.select("event_id", pl.col("decision").alias("_od"), pl.col("reviewer").alias("overridden_by"),
-                                     pl.col("note").alias("override_note")), on="event_id", how="left",
-                       maintain_order="left")
-    free = pl.col("_od").is_null()
 
-    # capacity: forced (rule) reviews first, then the model's reviews by score
+def review_candidates(frame: pl.DataFrame, overridden: pl.Series) -> pl.DataFrame:
+    """Rows that want the review queue (events a reviewer already decided use no capacity):
+    priority 0 = forced by a rule, 1 = the model's."""
+    free = ~pl.col("event_id").is_in(overridden.implode())
     forced = free & (pl.col("decision") == "review") & pl.col("reason_code").str.starts_with("rule:")
     modeled = free & (pl.col("decision") == "review") & (pl.col("reason_code") == "model_review")
-    frame = frame.with_columns(
-        pl.when(forced).then(0).when(modeled).then(1).otherwise(None).alias("_prio"))
-    ranked = (frame.filter(pl.col("_prio").is_not_null()).sort(["_prio", "score", "event_id"],
-                                                               descending=[False, True, False])
-              .with_row_index("queue_rank", offset=1).select("_row", "queue_rank"))
-    frame = frame.join(ranked, on="_row", how="left", maintain_order="left")
-    n_forced = frame.filter(forced).height
-    keep = max(p.review_capacity, n_forced)
-    over = modeled & (pl.col("queue_rank") > keep)
+    return (frame.with_columns(pl.when(forced).then(0).when(modeled).then(1).otherwise(None).alias("_prio"))
+            .filter(pl.col("_prio").is_not_null()).select("event_id", "_prio", "score"))
+
+
+def queue_ranks(cands: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
+    """The day's queue: forced reviews first, then the highest model scores, up to capacity (forced
+    reviews are never dropped); model reviews beyond it are `over` (they become over_capacity)."""
+    ranked = cands.sort(["_prio", "score", "event_id"], descending=[False, True, False]).with_row_index(
+        "queue_rank", offset=1)
+    keep = max(p.review_capacity, int((cands["_prio"] == 0).sum()))
+    return ranked.select("event_id", pl.col("queue_rank").cast(pl.Int32), (pl.col("queue_rank") > keep).alias("_over"))
+
+
+def final_decisions(frame: pl.DataFrame, ranks: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
+    frame = frame.join(ranks, on="event_id", how="left", maintain_order="left")
+    over = pl.col("_over").fill_null(False)
     frame = frame.with_columns(
         pl.when(over).then(pl.lit(p.over_capacity)).otherwise(pl.col("decision")).alias("decision"),
         pl.when(over).then(pl.lit("over_capacity")).otherwise(pl.col("reason_code")).alias("reason_code"),
         pl.when(over).then(None).otherwise(pl.col("queue_rank")).alias("queue_rank"))
-    hit = ~free
+    frame = frame.join(overrides.select("event_id", pl.col("decision").alias("_od"), pl.col("reviewer").alias("overridden_by"),
+                                        pl.col("note").alias("override_note")), on="event_id", how="left",
+                       maintain_order="left")
+    hit = pl.col("_od").is_not_null()
     frame = frame.with_columns(
         pl.when(hit).then(pl.col("_od")).otherwise(pl.col("decision")).alias("decision"),
-        pl.when(hit).then(pl.lit("human_override")).otherwise(pl.col("reason_code")).alias("reason_code")).drop("_od")
-    keys = [c for c in ("event_id", "event_ts", "customer", "terminal") if c in pred.columns]
-    out = frame.sort("_row").select(
-        *keys, "ds", "decision", "reason_code", "model_decision", "score", "threshold",
-        pl.col("queue_rank").cast(pl.Int32), "overridden_by", "override_note", "model_name", "model_version",
-        "scored_by", "fallback")
-    assert out.height == pred.height, "decide: rows in != rows out"
+        pl.when(hit).then(pl.lit("human_override")).otherwise(pl.col("reason_code")).alias("reason_code"))
+    keys = [c for c in ("event_id", "event_ts", "customer", "terminal") if c in frame.columns]
+    out = frame.select(
+        *keys, "ds", "decision", "reason_code", "model_decision", "score", "threshold", "queue_rank",
+        "overridden_by", "override_note", "model_name", "model_version", "scored_by", "fallback")
     bad = out.filter(~pl.col("decision").is_in(DECISIONS) | pl.col("reason_code").is_null())
     if bad.height:
         raise DecideError(f"decide: {bad.height} row(s) without a valid decision/reason, e.g. {bad.head(3).to_dicts()}")
     return out
 
 
+def latest_overrides(overrides: pl.DataFrame) -> pl.DataFrame:
+    return overrides.sort("at").unique("event_id", keep="last", maintain_order=True)
+
+
+def decide_frame(pred: pl.DataFrame, feats: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
+    """The whole day in memory (the stage streams the same steps in two passes)."""
+    ov = latest_overrides(overrides)
+    base = base_decisions(pred, feats, p)
+    out = final_decisions(base, queue_ranks(review_candidates(base, ov["event_id"]), p), ov, p)
+    assert out.height == pred.height, "decide: rows in != rows out"
+    return out
+
+
+class Tally:
+    """The day's summary, accumulated batch by batch."""
+
+    def __init__(self) -> None:
+        self.rows, self.disagree = 0, 0
+        self.decisions: dict[str, int] = {d: 0 for d in DECISIONS}
+        self.reasons: dict[str, int] = {}
+        self.matched: set[str] = set()
+        self.queue: list[pl.DataFrame] = []
+
+    def add(self, dec: pl.DataFrame) -> None:
+        self.rows += dec.height
+        for k, v in zip(*dec["decision"].value_counts().to_dict(as_series=False).values()):
+            self.decisions[k] += v
+        for k, v in zip(*dec["reason_code"].value_counts().to_dict(as_series=False).values()):
+            self.reasons[k] = self.reasons.get(k, 0) + v
+        self.disagree += int((dec["decision"] != dec["model_decision"]).sum())
+        self.matched |= set(dec.filter(pl.col("reason_code") == "human_override")["event_id"].to_list())
+        self.queue.append(dec.filter(pl.col("queue_rank").is_not_null()))
+
+    def summary(self, overrides: pl.DataFrame, p: DecideParams) -> dict:
+        n = self.rows
+        unmatched = sorted(set(overrides["event_id"].to_list()) - self.matched) if overrides.height else []
+        return {"rows": n, "decisions": self.decisions,
+                "rates": {d: (c / n if n else 0.0) for d, c in self.decisions.items()},
+                "reasons": dict(sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+                "review_queue": sum(q.height for q in self.queue), "review_capacity": p.review_capacity,
+                "over_capacity": self.reasons.get("over_capacity", 0), "overrides_applied": len(self.matched),
+                "overrides_unmatched": unmatched, "model_disagrees": self.disagree}
+
+
 def summary(dec: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams) -> dict:
-    n = dec.height
-    by_dec = {d: int(dec.filter(pl.col("decision") == d).height) for d in DECISIONS}
-    reasons = dec["reason_code"].value_counts(sort=True)
-    matched = set(dec.filter(pl.col("reason_code") == "human_override")["event_id"].to_list())
-    unmatched = sorted(set(overrides["event_id"].to_list()) - matched) if overrides.height else []
-    return {"rows": n, "decisions": by_dec, "rates": {d: (c / n if n else 0.0) for d, c in by_dec.items()},
-            "reasons": {r: int(c) for r, c in zip(reasons["reason_code"], reasons["count"])},
-            "review_queue": int(dec["queue_rank"].is_not_null().sum()), "review_capacity": p.review_capacity,
-            "over_capacity": int((dec["reason_code"] == "over_capacity").sum()),
-            "overrides_applied": len(matched), "overrides_unmatched": unmatched,
-            "model_disagrees": int((dec["decision"] != dec["model_decision"]).sum())}
+    t = Tally()
+    t.add(dec)
+    return t.summary(overrides, p)
 
 
 def read_overrides(store, ds: dt.date) -> pl.DataFrame:
@@ -169,25 +217,50 @@ def main(argv: list[str]) -> int:
     p, store = params.decide, params.storage
     for ds in days:
         d = ds.isoformat()
-        try:
-            pred = storage.read_parquet(store.uri("predictions", date=d))
-        except storage.MissingObject:
-            raise DecideError(f"{store.uri('predictions', date=d)}: no predictions for {d} (run score first)") from None
-        feats = storage.read_parquet(store.uri("features", date=d))
-        overrides = read_overrides(store, ds)
-        dec = decide_frame(pred, feats, overrides, p)
-        summ = summary(dec, overrides, p)
-        for row in dec.filter(pl.col("reason_code") == "human_override").iter_rows(named=True):
-            log.info("human override %s: %s (model said %s, score %.3f) by %s: %s", row["event_id"], row["decision"],
-                     row["model_decision"], row["score"], row["overridden_by"], row["override_note"])
+        pub = storage.Publisher(store.lake, args.snapshot)
+        with tempfile.TemporaryDirectory(prefix="decide-") as tmp:
+            try:
+                pred_path = storage.fetch(store.uri("predictions", date=d), tmp)
+            except storage.MissingObject:
+                raise DecideError(f"{store.uri('predictions', date=d)}: no predictions for {d} (run score first)") from None
+            import pyarrow.parquet as pq
+
+            need = feature_columns_needed(pq.ParquetFile(str(pred_path)).schema_arrow.names, p)
+            feat_path = storage.fetch(store.uri("features", date=d), tmp) if need else None
+            overrides = read_overrides(store, ds)
+            ov = latest_overrides(overrides)
+
+            def batches():
+                preds = storage.iter_parquet(pred_path)
+                if feat_path is None:
+                    for pb in preds:
+                        yield pb, pb.select("event_id")
+                else:
+                    yield from storage.aligned(preds, storage.iter_parquet(feat_path, ["event_id", *need]))
+
+            # pass 1: who wants the review queue; pass 2: decisions with the day's queue ranks
+            cands = [review_candidates(base_decisions(pb, fb, p), ov["event_id"]) for pb, fb in batches()]
+            ranks = queue_ranks(pl.concat(cands) if cands else
+                                pl.DataFrame(schema={"event_id": pl.String, "_prio": pl.Int32, "score": pl.Float32}), p)
+            sink, tally = storage.ParquetSink(store.uri("decisions", date=d), tmp, pub), Tally()
+            for pb, fb in batches():
+                dec = final_decisions(base_decisions(pb, fb, p), ranks, ov, p)
+                sink.write(dec)
+                tally.add(dec)
+            summ = tally.summary(overrides, p)
+            if summ["rows"] != pq.ParquetFile(str(pred_path)).metadata.num_rows:
+                raise DecideError(f"decide {d}: {summ['rows']} decisions for "
+                                  f"{pq.ParquetFile(str(pred_path)).metadata.num_rows} predictions")
+            queue = pl.concat(tally.queue).sort("queue_rank") if tally.queue else pl.DataFrame()
+            pub.put_parquet(store.uri("review_queue", date=d), queue)
+            pub.put_json(store.uri("decision_summary", date=d), summ)
+            sink.close()
+        if summ["overrides_applied"]:
+            log.info("%d human override(s) applied for %s (reason_code human_override, reviewer in overridden_by)",
+                     summ["overrides_applied"], d)
         if summ["overrides_unmatched"]:
             log.warning("%d override(s) for %s match no event of the day: %s", len(summ["overrides_unmatched"]), d,
                         summ["overrides_unmatched"][:10])
-        queue = dec.filter(pl.col("queue_rank").is_not_null()).sort("queue_rank")
-        pub = storage.Publisher(store.lake, args.snapshot)
-        pub.put_parquet(store.uri("review_queue", date=d), queue)
-        pub.put_json(store.uri("decision_summary", date=d), summ)
-        pub.put_parquet(store.uri("decisions", date=d), dec)
         log.info("decide %s: %s; review queue %d/%d (%d over capacity)", d, summ["decisions"], summ["review_queue"],
                  p.review_capacity, summ["over_capacity"])
         print(json.dumps({"date": d, **summ["decisions"], "review_queue": summ["review_queue"]}, sort_keys=True))

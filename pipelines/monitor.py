@@ -30,7 +30,9 @@ import json
 import logging
 import os
 import re
+import tempfile
 import urllib.request
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -59,50 +61,118 @@ def psi(current: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sum((c - r) * np.log(c / r)))
 
 
+class NumericDrift:
+    """Streaming PSI (reference quantile bins + a null bin), KS against the reference percentiles,
+    null share and out-of-range share of one numeric feature: counts only, batch by batch."""
+
+    def __init__(self, ref: dict) -> None:
+        self.ref = ref
+        self.edges = np.asarray(ref["edges"], float)
+        self.counts = np.zeros(len(self.edges) + 1, np.int64)
+        self.sample = np.asarray(ref.get("sample") or [], float)
+        self.points = np.unique(self.sample)
+        self.le = np.zeros(len(self.points), np.int64)       # values <= each point
+        self.n = self.nulls = self.finite = self.oor = 0
+
+    def update(self, col: pl.Series) -> "NumericDrift":
+        v = col.cast(pl.Float64).drop_nulls().to_numpy()
+        self.n += col.len()
+        self.nulls += col.len() - len(v)
+        v = v[np.isfinite(v)]
+        self.finite += len(v)
+        self.counts += np.bincount(np.searchsorted(self.edges, v, side="right"), minlength=len(self.edges) + 1)
+        if len(self.points):       # values <= point j: those with fewer than j+1 points below them
+            below = np.bincount(np.searchsorted(self.points, v, side="left"), minlength=len(self.points) + 1)
+            self.le += np.cumsum(below)[:len(self.points)]
+        if self.ref.get("min") is not None:
+            self.oor += int(((v < self.ref["min"]) | (v > self.ref["max"])).sum())
+        return self
+
+    def result(self) -> dict:
+        n, ref = self.n, self.ref
+        nulls = self.nulls / n if n else 0.0
+        cur = np.append(self.counts / n if n else self.counts * 0.0, nulls)
+        out = {"psi": psi(cur, np.append(np.asarray(ref["shares"], float), ref["null_share"])), "null_share": nulls,
+               "null_share_increase": nulls - ref["null_share"]}
+        if len(self.points) and self.finite:
+            # the reference CDF is known at its percentiles; ties (e.g. a zero-inflated feature) take
+            # the highest percentile they reach: F_ref(x) = (last index of x in the sample) / 100
+            f_ref = np.clip((np.searchsorted(self.sample, self.points, side="right") - 1) / (len(self.sample) - 1), 0, 1)
+            out["ks"] = float(np.max(np.abs(self.le / self.finite - f_ref)))
+        if ref.get("min") is not None and self.finite:
+            out["out_of_range_share"] = self.oor / self.finite
+        return out
+
+
+class CategoricalDrift:
+    def __init__(self, ref: dict) -> None:
+        self.ref, self.counts, self.n, self.nulls = ref, {}, 0, 0
+
+    def update(self, col: pl.Series) -> "CategoricalDrift":
+        self.n += col.len()
+        self.nulls += col.null_count()
+        vc = col.drop_nulls().value_counts(sort=False)
+        for k, c in zip(vc[:, 0].to_list(), vc[:, 1].to_list()):
+            self.counts[str(k)] = self.counts.get(str(k), 0) + c
+        return self
+
+    def result(self) -> dict:
+        n, ref = self.n, self.ref
+        nulls = self.nulls / n if n else 0.0
+        shares = {k: c / n for k, c in self.counts.items()} if n else {}
+        keys = sorted(set(shares) | set(ref["frequencies"]))
+        cur = [shares.get(k, 0.0) for k in keys] + [nulls]
+        refv = [ref["frequencies"].get(k, 0.0) for k in keys] + [ref["null_share"]]
+        return {"psi": psi(cur, refv), "null_share": nulls, "null_share_increase": nulls - ref["null_share"],
+                "out_of_range_share": sum(shares.get(k, 0.0) for k in keys if k not in ref["frequencies"])}
+
+
+class ScoreDrift:
+    """Score histogram on the reference's bins (PSI) and on 1000 fine bins (quantiles to 0.001)."""
+
+    FINE = 1000
+
+    def __init__(self, ref: dict | None) -> None:
+        self.ref = ref
+        self.edges = np.asarray(ref["edges"], float) if ref else np.linspace(0, 1, 21)
+        self.hist = np.zeros(len(self.edges) - 1, np.int64)
+        self.fine = np.zeros(self.FINE, np.int64)
+        self.n, self.total = 0, 0.0
+
+    def update(self, score: np.ndarray) -> "ScoreDrift":
+        score = np.asarray(score, float)
+        self.hist += np.histogram(score, bins=self.edges)[0]
+        self.fine += np.bincount(np.clip((score * self.FINE).astype(np.int64), 0, self.FINE - 1), minlength=self.FINE)
+        self.n += len(score)
+        self.total += float(score.sum())
+        return self
+
+    def quantile(self, q: float) -> float | None:
+        if not self.n:
+            return None
+        return float((np.searchsorted(np.cumsum(self.fine), q * self.n) + 0.5) / self.FINE)
+
+    def result(self) -> dict:
+        hist = self.hist / max(self.n, 1)
+        return {"psi": psi(hist, self.ref["shares"]) if self.ref else None, "hist": hist.tolist(),
+                "mean": self.total / self.n if self.n else None,
+                "p50": self.quantile(0.5), "p95": self.quantile(0.95), "p99": self.quantile(0.99)}
+
+
+def drift_of(ref: dict):
+    return NumericDrift(ref) if ref["kind"] == "numeric" else CategoricalDrift(ref)
+
+
 def numeric_drift(col: pl.Series, ref: dict) -> dict:
-    """PSI (reference quantile bins + null bin), KS against the reference percentiles, null share
-    and out-of-range share of one numeric feature."""
-    n = col.len()
-    v = col.cast(pl.Float64).drop_nulls().to_numpy()
-    nulls = (n - len(v)) / n if n else 0.0
-    v = v[np.isfinite(v)]
-    edges = np.asarray(ref["edges"], float)
-    counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
-    cur = np.append(counts / n if n else counts * 0.0, nulls)
-    refv = np.append(np.asarray(ref["shares"], float), ref["null_share"])
-    out = {"psi": psi(cur, refv), "null_share": nulls, "null_share_increase": nulls - ref["null_share"]}
-    sample = np.asarray(ref.get("sample") or [], float)
-    if len(sample) and len(v):
-        # the reference CDF is known at its percentiles; ties (e.g. a zero-inflated feature) take
-        # the highest percentile they reach: F_ref(x) = (last index of x in the sample) / 100
-        points = np.unique(sample)
-        f_ref = np.clip((np.searchsorted(sample, points, side="right") - 1) / (len(sample) - 1), 0, 1)
-        f_cur = np.searchsorted(np.sort(v), points, side="right") / len(v)
-        out["ks"] = float(np.max(np.abs(f_cur - f_ref)))
-    if ref.get("min") is not None and len(v):
-        out["out_of_range_share"] = float(((v < ref["min"]) | (v > ref["max"])).mean())
-    return out
+    return NumericDrift(ref).update(col).result()
 
 
 def categorical_drift(col: pl.Series, ref: dict) -> dict:
-    n = col.len()
-    vals = col.drop_nulls()
-    nulls = (n - vals.len()) / n if n else 0.0
-    counts = {str(k): c / n for k, c in zip(*vals.value_counts(sort=False).to_dict(as_series=False).values())} if n else {}
-    keys = sorted(set(counts) | set(ref["frequencies"]))
-    cur = [counts.get(k, 0.0) for k in keys] + [nulls]
-    refv = [ref["frequencies"].get(k, 0.0) for k in keys] + [ref["null_share"]]
-    unseen = sum(counts.get(k, 0.0) for k in keys if k not in ref["frequencies"])
-    return {"psi": psi(cur, refv), "null_share": nulls, "null_share_increase": nulls - ref["null_share"],
-            "out_of_range_share": unseen}
+    return CategoricalDrift(ref).update(col).result()
 
 
 def score_drift(score: np.ndarray, ref: dict) -> dict:
-    edges = np.asarray(ref["edges"], float)
-    hist = np.histogram(score, bins=edges)[0] / max(len(score), 1)
-    q = np.quantile(score, [0.5, 0.95, 0.99]) if len(score) else [np.nan] * 3
-    return {"psi": psi(hist, ref["shares"]), "hist": hist.tolist(), "mean": float(score.mean()) if len(score) else None,
-            "p50": float(q[0]), "p95": float(q[1]), "p99": float(q[2])}
+    return ScoreDrift(ref).update(score).result()
 
 
 def _status(value: float | None, warn: float | None, alert: float | None) -> str:
@@ -125,8 +195,42 @@ def _band(value: float, low: float, high: float) -> str:
 
 
 # --------------------------------------------------------------------------- the day's metrics
-def day_metrics(ds: dt.date, feats: pl.DataFrame, pred: pl.DataFrame, dec_summary: dict, model_doc: dict,
-                p: MonitorParams) -> tuple[list[dict], dict]:
+@dataclass
+class Observed:
+    """What one day's files hold, accumulated batch by batch (see `observe`)."""
+    rows: int
+    features: dict[str, dict]          # feature -> drift result (psi, ks, null share, out of range)
+    score: dict | None                 # ScoreDrift result
+    above_threshold: int
+    fallback_any: int
+    fallback: dict[str, int]
+
+
+def observe(feat_batches, pred_batches, profile: dict | None, p: MonitorParams) -> Observed:
+    """One pass over the day's features and predictions, memory bounded by a batch."""
+    refs = {f: r for f, r in sorted((profile or {}).get("features", {}).items()) if f not in p.exclude_features}
+    accs = {}
+    for fb in feat_batches:
+        for f, r in refs.items():
+            if f in fb.columns:
+                accs.setdefault(f, drift_of(r)).update(fb[f])
+    sd = ScoreDrift((profile or {}).get("score"))
+    rows = above = any_fb = 0
+    fb_counts: dict[str, int] = {}
+    for pb in pred_batches:
+        rows += pb.height
+        sd.update(pb["score"].to_numpy())
+        above += int((pb["score"] >= pb["threshold"]).sum())
+        any_fb += int((pb["fallback"].list.len() > 0).sum())
+        ex = pb.select(pl.col("fallback").explode()).drop_nulls()["fallback"]
+        for k, c in zip(*ex.value_counts().to_dict(as_series=False).values()) if ex.len() else ():
+            fb_counts[k] = fb_counts.get(k, 0) + c
+    return Observed(rows, {f: a.result() for f, a in accs.items()}, sd.result() if profile else None, above, any_fb,
+                    fb_counts)
+
+
+def day_metrics(ds: dt.date, obs: Observed, dec_summary: dict, model_doc: dict, p: MonitorParams
+                ) -> tuple[list[dict], dict]:
     """Metric rows (SCHEMA) for one day, plus details for the report (histograms, per-feature table)."""
     rows: list[dict] = []
 
@@ -136,21 +240,17 @@ def day_metrics(ds: dt.date, feats: pl.DataFrame, pred: pl.DataFrame, dec_summar
                      "warn": warn, "alert": alert, "status": status or _status(v, warn, alert)})
 
     profile = model_doc.get("reference_profile")
-    n = pred.height
+    n = obs.rows
     details: dict = {"features": [], "score_hist": None, "score_edges": None, "ref_hist": None}
     add("volume", "rows", n)
     drifted: list[str] = []
     if profile is None:
         add("drift", "reference_missing", 1, status="alert")
     else:
-        ref_days = profile.get("days") or 7
-        per_day = profile["rows"] / ref_days
+        per_day = profile["rows"] / (profile.get("days") or 7)
         add("volume", "rows_vs_reference", n / per_day if per_day else None,
             status=_band(n / per_day, p.volume_ratio["low"], p.volume_ratio["high"]) if per_day else "info")
-        for f, ref in sorted(profile["features"].items()):
-            if f in p.exclude_features or f not in feats.columns:
-                continue
-            d = numeric_drift(feats[f], ref) if ref["kind"] == "numeric" else categorical_drift(feats[f], ref)
+        for f, d in obs.features.items():
             add("drift", "psi", d["psi"], f, p.psi["warn"], p.psi["alert"])
             st = rows[-1]["status"]
             if "ks" in d:
@@ -165,7 +265,7 @@ def day_metrics(ds: dt.date, feats: pl.DataFrame, pred: pl.DataFrame, dec_summar
                 drifted.append(f)
             details["features"].append({"feature": f, **{k: d.get(k) for k in ("psi", "ks", "null_share",
                                                                                "out_of_range_share")}})
-        sd = score_drift(pred["score"].to_numpy().astype(float), profile["score"])
+        sd = obs.score
         add("output", "score_psi", sd["psi"], "score", p.score_psi["warn"], p.score_psi["alert"])
         score_alert = rows[-1]["status"] == "alert"
         details.update(score_hist=sd["hist"], score_edges=profile["score"]["edges"], ref_hist=profile["score"]["shares"])
@@ -174,19 +274,17 @@ def day_metrics(ds: dt.date, feats: pl.DataFrame, pred: pl.DataFrame, dec_summar
         day_drift = len(drifted) >= p.drift_min_features or score_alert
         add("drift", "drifted_features", len(drifted))
         add("drift", "day_drifted", int(day_drift), status="alert" if day_drift else "ok")
-    add("output", "above_threshold_share", float((pred["score"] >= pred["threshold"]).mean()) if n else 0.0)
+    add("output", "above_threshold_share", obs.above_threshold / n if n else 0.0)
     rates = dec_summary.get("rates", {})
     for d in ("approve", "review", "block"):
         add("decision", f"{d}_rate", rates.get(d, 0.0),
             status=_band(rates.get(d, 0.0), p.review_rate["low"], p.review_rate["high"]) if d == "review" else None)
     for k in ("over_capacity", "overrides_applied", "model_disagrees", "review_queue"):
         add("decision", k, dec_summary.get(k, 0))
-    fb = pred.select(pl.col("fallback").explode()).drop_nulls()["fallback"].value_counts()
-    fb = dict(zip(fb["fallback"].to_list(), fb["count"].to_list()))
-    any_fb = int(pred.filter(pl.col("fallback").list.len() > 0).height)
-    add("fallback", "fallback_share", any_fb / n if n else 0.0, "", p.fallback_share["warn"], p.fallback_share["alert"])
+    add("fallback", "fallback_share", obs.fallback_any / n if n else 0.0, "", p.fallback_share["warn"],
+        p.fallback_share["alert"])
     for kind in ("registry_cache", "rules", "feature_default"):
-        add("fallback", kind, fb.get(kind, 0))
+        add("fallback", kind, obs.fallback.get(kind, 0))
     details["drifted_features"] = drifted
     return rows, details
 
@@ -364,15 +462,23 @@ def index_html(store: StorageParams, days: list[dt.date]) -> str:
 def monitor_day(params, ds: dt.date, snapshot: str | None = None) -> dict:
     p, store = params.monitor, params.storage
     d = ds.isoformat()
-    try:
-        pred = storage.read_parquet(store.uri("predictions", date=d))
-        model_doc = storage.read_json(store.uri("scored_model", date=d))
-        stats = storage.read_json(store.uri("scoring_stats", date=d))
-        dec_summary = storage.read_json(store.uri("decision_summary", date=d))
-        feats = storage.read_parquet(store.uri("features", date=d))
-    except storage.MissingObject as exc:
-        raise MonitorError(f"monitor {d}: {exc} (run score and decide for {d} first)") from None
-    rows, details = day_metrics(ds, feats, pred, dec_summary, model_doc, p)
+    with tempfile.TemporaryDirectory(prefix="monitor-") as tmp:
+        try:
+            model_doc = storage.read_json(store.uri("scored_model", date=d))
+            stats = storage.read_json(store.uri("scoring_stats", date=d))
+            dec_summary = storage.read_json(store.uri("decision_summary", date=d))
+            pred_path = storage.fetch(store.uri("predictions", date=d), tmp)
+            feat_path = storage.fetch(store.uri("features", date=d), tmp)
+        except storage.MissingObject as exc:
+            raise MonitorError(f"monitor {d}: {exc} (run score and decide for {d} first)") from None
+        import pyarrow.parquet as pq
+
+        profile = model_doc.get("reference_profile")
+        names = set(pq.ParquetFile(str(feat_path)).schema_arrow.names)
+        cols = [f for f in (profile or {}).get("features", {}) if f in names and f not in p.exclude_features]
+        obs = observe(storage.iter_parquet(feat_path, cols) if cols else [],
+                      storage.iter_parquet(pred_path, ["score", "threshold", "fallback"]), profile, p)
+    rows, details = day_metrics(ds, obs, dec_summary, model_doc, p)
     today = pl.DataFrame(rows, schema=SCHEMA)
     window = [ds - dt.timedelta(days=i) for i in range(p.rolling_days - 1, 0, -1)]
     metrics = with_rolling(today, read_metrics(store, "monitoring", window), p.rolling_days)

@@ -220,7 +220,8 @@ def resolve_model(p: ScoreParams) -> Served:
 # --------------------------------------------------------------------------- scoring
 def fill_defaults(frame: pl.DataFrame, defaults: dict, features: list[str], profile: dict | None
                   ) -> tuple[pl.DataFrame, pl.Series]:
-    """Fill nulls of the configured features; return the frame and, per row, the features filled."""
+    """Fill nulls of the configured features; return the frame and, per row, the features filled
+    (None when no row needed a default)."""
     filled, flags = [], []
     for f, v in defaults.items():
         if f not in features or f not in frame.columns:
@@ -231,13 +232,13 @@ def fill_defaults(frame: pl.DataFrame, defaults: dict, features: list[str], prof
                 raise ScoringError(f"score.feature_defaults.{f}: reference_median but the reference profile has "
                                    f"no sample for {f}")
             v = sample[50]
-        flags.append(pl.when(pl.col(f).is_null()).then(pl.lit(f)).otherwise(None))
-        filled.append(pl.col(f).fill_null(pl.lit(v).cast(frame.schema[f])))
-    if flags:
-        names = frame.select(pl.concat_list(flags).list.drop_nulls().alias("d"))["d"]
-    else:
-        names = pl.Series("d", [[]] * frame.height, dtype=pl.List(pl.String))
-    return (frame.with_columns(filled) if filled else frame), names
+        if frame[f].null_count():
+            flags.append(pl.when(pl.col(f).is_null()).then(pl.lit(f)).otherwise(None))
+            filled.append(pl.col(f).fill_null(pl.lit(v).cast(frame.schema[f])))
+    if not flags:                      # the usual case: nothing to fill, no per-row list to build
+        return frame, None
+    names = frame.select(pl.concat_list(flags).list.drop_nulls().alias("d"))["d"]
+    return frame.with_columns(filled), names
 
 
 def score_partition(frame: pl.DataFrame, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.date,
@@ -263,7 +264,7 @@ def score_partition(frame: pl.DataFrame, fmanifest: dict, served: Served, p: Sco
         score = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         threshold = served.threshold
     else:
-        defaulted = pl.Series("d", [[]] * frame.height, dtype=pl.List(pl.String))
+        defaulted = None
         c0 = time.perf_counter()
         score = rule_scores(frame, p.rules)
         latencies.append((time.perf_counter() - c0) * 1000)
@@ -280,20 +281,22 @@ def score_partition(frame: pl.DataFrame, fmanifest: dict, served: Served, p: Sco
         pl.lit(served.run_id, dtype=pl.String).alias("run_id"),
         pl.lit(fmanifest["spec_hash"], dtype=pl.String).alias("spec_hash"),
         pl.lit(served.scored_by).alias("scored_by"),
-        defaulted.alias("defaulted_features"),
-    ).with_columns(
-        pl.when(pl.col("defaulted_features").list.len() > 0)
-        .then(pl.concat_list(base_flags, pl.lit(["feature_default"], dtype=pl.List(pl.String))))
-        .otherwise(base_flags).alias("fallback"))
+        (pl.lit([], dtype=pl.List(pl.String)) if defaulted is None else defaulted).alias("defaulted_features"),
+    )
+    out = out.with_columns(base_flags.alias("fallback") if defaulted is None else
+                           pl.when(pl.col("defaulted_features").list.len() > 0)
+                           .then(pl.concat_list(base_flags, pl.lit(["feature_default"], dtype=pl.List(pl.String))))
+                           .otherwise(base_flags).alias("fallback"))
     out = out.select(*keys, "ds", "score", "threshold", "model_name", "model_version", "run_id", "spec_hash",
                      "scored_by", "fallback", "defaulted_features")
     assert out.height == n
     lat = np.array(latencies) if latencies else np.zeros(1)
-    stats = {"rows": n, "chunks": len(latencies), "chunk_rows": p.chunk_rows, "seconds": seconds,
+    stats = {"rows": n, "chunks": len(latencies), "chunk_rows": p.chunk_rows, "seconds": seconds, "latencies_ms": latencies,
              "rows_per_s": n / seconds if seconds > 0 else None,
              "chunk_latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
                                   "p99": float(np.percentile(lat, 99)), "max": float(lat.max())},
-             "fallback_rows": fallback_counts(out)}
+             "fallback_rows": ({k: n for k in served.fallback} if defaulted is None else fallback_counts(out))
+             if n else {}}
     return out, stats
 
 
@@ -302,36 +305,76 @@ def fallback_counts(pred: pl.DataFrame) -> dict[str, int]:
     return {k: int(v) for k, v in sorted(zip(counts["fallback"], counts["count"]))}
 
 
-def load_features(store, ds: dt.date) -> tuple[pl.DataFrame, dict, str]:
+def merge_stats(parts: list[dict], seconds: float, chunk_rows: int) -> dict:
+    lat = np.array([x for s in parts for x in s["latencies_ms"]] or [0.0])
+    rows = sum(s["rows"] for s in parts)
+    fb: dict[str, int] = {}
+    for s in parts:
+        for k, v in s["fallback_rows"].items():
+            fb[k] = fb.get(k, 0) + v
+    return {"rows": rows, "chunks": int(sum(s["chunks"] for s in parts)), "chunk_rows": chunk_rows, "seconds": seconds,
+            "predict_seconds": float(sum(s["seconds"] for s in parts)),
+            "rows_per_s": rows / seconds if seconds > 0 else None,
+            "chunk_latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                                 "p99": float(np.percentile(lat, 99)), "max": float(lat.max())},
+            "fallback_rows": dict(sorted(fb.items()))}
+
+
+def score_file(path, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.date, where: str,
+               sink: storage.ParquetSink) -> dict:
+    """Stream a feature partition file through `score_partition`, batch by batch (memory: one batch)."""
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    parts = []
+    for batch in storage.iter_parquet(path, batch_rows=p.chunk_rows):
+        out, st = score_partition(batch, fmanifest, served, p, ds, where)
+        sink.write(out)
+        parts.append(st)
+    if not parts:                      # an empty partition still gets an (empty) predictions file
+        out, st = score_partition(pl.from_arrow(pq.ParquetFile(str(path)).schema_arrow.empty_table()), fmanifest,
+                                  served, p, ds, where)
+        sink.write(out)
+        parts.append(st)
+    return merge_stats(parts, time.perf_counter() - t0, p.chunk_rows)
+
+
+def load_features(store, ds: dt.date, workdir) -> tuple[Path, dict, str]:
     uri = store.uri("features", date=ds.isoformat())
     try:
-        frame = storage.read_parquet(uri)
         fman = storage.read_json(store.uri("features_manifest", date=ds.isoformat()))
+        path = storage.fetch(uri, workdir)
     except storage.MissingObject:
         raise ScoringError(f"{uri}: feature partition missing (features not built or blocked by validation); "
                            f"nothing scored") from None
-    return frame, fman, uri
+    return path, fman, uri
+
+
+def score_day(params, ds: dt.date, served: Served, snapshot: str | None = None) -> dict:
+    """Score the ds partition with `served`; publish predictions, _model.json and _stats.json."""
+    p, store = params.score, params.storage
+    d = ds.isoformat()
+    pub = storage.Publisher(store.lake, snapshot)
+    with tempfile.TemporaryDirectory(prefix="score-") as tmp:
+        path, fman, uri = load_features(store, ds, tmp)
+        sink = storage.ParquetSink(store.uri("predictions", date=d), tmp, pub)
+        stats = score_file(path, fman, served, p, ds, uri, sink)
+        pub.put_json(store.uri("scored_model", date=d), {**served.meta(), "reference_profile": served.profile})
+        pub.put_json(store.uri("scoring_stats", date=d), {**stats, "model": served.meta(), "features": uri})
+        sink.close()                   # the predictions last: their presence means the date is scored
+    log.info("score %s: %d rows by %s%s in %.2fs (%.0f rows/s), chunk p95 %.1f ms -> %s", d, stats["rows"],
+             served.scored_by, f" v{served.version}" if served.version else "",
+             stats["seconds"], stats["rows_per_s"] or 0, stats["chunk_latency_ms"]["p95"], store.uri("predictions", date=d))
+    return stats
 
 
 def main(argv: list[str]) -> int:
     args = stage_parser("score", __doc__).parse_args(argv)
     params, days = resolve(args)
-    p, store = params.score, params.storage
-    served = resolve_model(p)
+    served = resolve_model(params.score)
     (log.info if not served.fallback else log.warning)("scorer: %s (%s)", served.scored_by, served.reason)
     for ds in days:
-        frame, fman, uri = load_features(store, ds)
-        pred, stats = score_partition(frame, fman, served, p, ds, uri)
-        pub = storage.Publisher(store.lake, args.snapshot)
-        d = ds.isoformat()
-        model_doc = {**served.meta(), "reference_profile": served.profile}
-        pub.put_json(store.uri("scored_model", date=d), model_doc)
-        pub.put_json(store.uri("scoring_stats", date=d), {**stats, "model": served.meta(), "features": uri})
-        pub.put_parquet(store.uri("predictions", date=d), pred)
-        log.info("score %s: %d rows by %s%s in %.2fs (%.0f rows/s), chunk p95 %.1f ms -> %s", d, stats["rows"],
-                 served.scored_by, f" v{served.version}" if served.version else "",
-                 stats["seconds"], stats["rows_per_s"] or 0, stats["chunk_latency_ms"]["p95"],
-                 store.uri("predictions", date=d))
-        print(json.dumps({"date": d, "rows": stats["rows"], **served.meta(), "fallback_rows": stats["fallback_rows"]},
-                         sort_keys=True))
+        stats = score_day(params, ds, served, args.snapshot)
+        print(json.dumps({"date": ds.isoformat(), "rows": stats["rows"], **served.meta(),
+                          "fallback_rows": stats["fallback_rows"]}, sort_keys=True))
     return 0

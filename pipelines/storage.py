@@ -14,6 +14,7 @@ import functools
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,106 @@ def delete(uri: str) -> None:
         Path(uri).unlink(missing_ok=True)
 
 
+# --------------------------------------------------------------------------- files (large objects)
+def fetch(uri: str, workdir: str | Path) -> Path:
+    """A local, seekable copy of `uri` for streaming reads (S3: a streamed download into `workdir`;
+    a local path is used in place)."""
+    if not is_s3(uri):
+        if not Path(uri).exists():
+            raise MissingObject(f"{uri}: not found")
+        return Path(uri)
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    dst = Path(workdir) / f"{abs(hash(uri)):x}-{Path(key).name}"
+    try:
+        s3_client().download_file(bucket, key, str(dst))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+            raise MissingObject(f"{uri}: not found") from None
+        raise StorageError(f"{uri}: read failed: {exc}") from exc
+    return dst
+
+
+def put_file(uri: str, local: str | Path, content_type: str = "application/octet-stream") -> None:
+    """Publish a local file at `uri` atomically (S3: one streamed, multipart-capable upload)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().upload_file(str(local), bucket, key, ExtraArgs={"ContentType": content_type})
+        except Exception as exc:
+            raise StorageError(f"{uri}: write failed: {exc}") from exc
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def iter_parquet(path: str | Path, columns: list[str] | None = None, batch_rows: int = 262_144):
+    """Polars frames of at most `batch_rows` rows, in file order (memory: one batch)."""
+    f = pq.ParquetFile(str(path))
+    for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
+        yield pl.from_arrow(batch)
+
+
+def aligned(*streams):
+    """Zip frame streams of the same rows (in the same order) into equal-length slices, whatever
+    their batch boundaries; raises if one ends before the others."""
+    its = [iter(s) for s in streams]
+    bufs: list = [None] * len(its)
+    while True:
+        for i, it in enumerate(its):
+            while bufs[i] is None or bufs[i].height == 0:
+                nxt = next(it, None)
+                if nxt is None:
+                    bufs[i] = None
+                    break
+                bufs[i] = nxt
+        if all(b is None for b in bufs):
+            return
+        if any(b is None for b in bufs):
+            raise StorageError("aligned streams: one input has fewer rows than the others")
+        n = min(b.height for b in bufs)
+        yield [b.slice(0, n) for b in bufs]
+        bufs = [b.slice(n) for b in bufs]
+
+
+class ParquetSink:
+    """Batches -> one Parquet file (same settings as parquet_bytes, one row group per batch), written
+    locally and published at `uri` on close: memory stays at one batch; same batches, same bytes."""
+
+    def __init__(self, uri: str, workdir: str | Path, publisher: "Publisher | None" = None) -> None:
+        self.uri, self.publisher = uri, publisher
+        self.path = Path(workdir) / f"sink-{abs(hash(uri)):x}.parquet"
+        self.writer = None
+        self.rows = 0
+
+    def write(self, df: pl.DataFrame) -> None:
+        table = df.to_arrow()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(str(self.path), table.schema, compression="zstd", compression_level=3,
+                                           write_statistics=True)
+        self.writer.write_table(table, row_group_size=1_000_000)
+        self.rows += df.height
+
+    def close(self, empty_schema: dict | None = None) -> None:
+        if self.writer is None:                       # no rows at all: an empty file with the schema
+            pq.write_table(pl.DataFrame(schema=empty_schema or {}).to_arrow(), str(self.path), compression="zstd")
+        else:
+            self.writer.close()
+        if self.publisher is not None:
+            self.publisher.put_path(self.uri, self.path)
+        else:
+            put_file(self.uri, self.path)
+
+
 # --------------------------------------------------------------------------- tables
 def parquet_bytes(df: pl.DataFrame | pa.Table) -> bytes:
     """Serialize with fixed settings: same frame, same bytes."""
@@ -184,6 +285,12 @@ class Publisher:
         self.published.append(uri)
         if self.snapshot is not None and uri.startswith(self.lake + "/"):
             write_bytes(str(self.snapshot / uri[len(self.lake) + 1:]), data)
+
+    def put_path(self, uri: str, local: str | Path) -> None:
+        put_file(uri, local)
+        self.published.append(uri)
+        if self.snapshot is not None and uri.startswith(self.lake + "/"):
+            put_file(str(self.snapshot / uri[len(self.lake) + 1:]), local)
 
     def put_parquet(self, uri: str, df: pl.DataFrame) -> None:
         self.put(uri, parquet_bytes(df))
