@@ -68,10 +68,13 @@ class NumericDrift:
     def __init__(self, ref: dict) -> None:
         self.ref = ref
         self.edges = np.asarray(ref["edges"], float)
-        self.counts = np.zeros(len(self.edges) + 1, np.int64)
         self.sample = np.asarray(ref.get("sample") or [], float)
         self.points = np.unique(self.sample)
-        self.le = np.zeros(len(self.points), np.int64)       # values <= each point
+        # one sorted grid holding the PSI edges and the KS points: a single binary search per value
+        # gives, per grid point u, how many values fall in (u_prev, u] and how many equal u
+        self.grid = np.union1d(self.edges, self.points)
+        self.upto = np.zeros(len(self.grid) + 1, np.int64)   # values v with grid[j-1] < v <= grid[j]
+        self.equal = np.zeros(len(self.grid), np.int64)      # values v == grid[j]
         self.n = self.nulls = self.finite = self.oor = 0
 
     def update(self, col: pl.Series) -> "NumericDrift":
@@ -80,13 +83,28 @@ class NumericDrift:
         self.nulls += col.len() - len(v)
         v = v[np.isfinite(v)]
         self.finite += len(v)
-        self.counts += np.bincount(np.searchsorted(self.edges, v, side="right"), minlength=len(self.edges) + 1)
-        if len(self.points):       # values <= point j: those with fewer than j+1 points below them
-            below = np.bincount(np.searchsorted(self.points, v, side="left"), minlength=len(self.points) + 1)
-            self.le += np.cumsum(below)[:len(self.points)]
+        if len(self.grid):
+            idx = np.searchsorted(self.grid, v, side="left")
+            self.upto += np.bincount(idx, minlength=len(self.grid) + 1)
+            hit = idx < len(self.grid)
+            eq = np.zeros(len(v), bool)
+            eq[hit] = self.grid[idx[hit]] == v[hit]
+            self.equal += np.bincount(idx[eq], minlength=len(self.grid))
         if self.ref.get("min") is not None:
             self.oor += int(((v < self.ref["min"]) | (v > self.ref["max"])).sum())
         return self
+
+    @property
+    def le(self) -> np.ndarray:
+        """Values <= each KS point."""
+        return np.cumsum(self.upto)[np.searchsorted(self.grid, self.points)]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Values per PSI bin: below edges[0], [edges[i-1], edges[i]), ..., at or above edges[-1]."""
+        at = np.searchsorted(self.grid, self.edges)
+        lt = np.cumsum(self.upto)[at] - self.equal[at]                # values < each edge
+        return np.diff(np.concatenate([[0], lt, [self.finite]]))
 
     def result(self) -> dict:
         n, ref = self.n, self.ref

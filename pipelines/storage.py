@@ -183,8 +183,10 @@ def put_file(uri: str, local: str | Path, content_type: str = "application/octet
 
 
 def iter_parquet(path: str | Path, columns: list[str] | None = None, batch_rows: int = 262_144):
-    """Polars frames of at most `batch_rows` rows, in file order (memory: one batch)."""
-    f = pq.ParquetFile(str(path))
+    """Polars frames of at most `batch_rows` rows, in file order (memory: one row group). No
+    pre-buffering: with it, pyarrow keeps the column chunks it read ahead and memory grows with
+    the file (10M rows: 1.2 GB of Arrow buffers instead of one row group's 0.26 GB)."""
+    f = pq.ParquetFile(str(path), pre_buffer=False)
     for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
         yield pl.from_arrow(batch)
 
