@@ -1,5 +1,6 @@
 """nightly_scoring: wait_for_data -> ingest -> validate -> features -> score -> decide -> monitor ->
-retrain (decision) -> should_retrain -> trigger_training, for the logical date `ds`.
+retrain (decision) -> should_retrain -> trigger_training, for the logical date `ds`; after score, in
+parallel with decide, `shadow` (the challenger, when there is one, scores the same partition).
 
 Wiring only: every stage task runs `python -m pipelines <stage> --date {{ ds }}` (the same command a
 person or DVC runs) on the ds partition alone; re-running a date republishes the same bytes, and
@@ -48,6 +49,7 @@ with DAG(
     validate = BashOperator(task_id="validate", bash_command=stage_command("validate", DS))
     features = BashOperator(task_id="features", bash_command=stage_command("features", DS))
     score = BashOperator(task_id="score", bash_command=stage_command("score", DS))
+    shadow = BashOperator(task_id="shadow", bash_command=stage_command("shadow", DS))
     decide = BashOperator(task_id="decide", bash_command=stage_command("decide", DS))
     monitor = BashOperator(task_id="monitor", bash_command=stage_command("monitor", DS))
     retrain = BashOperator(task_id="retrain", bash_command=stage_command("retrain", DS), depends_on_past=True)
@@ -60,3 +62,4 @@ with DAG(
         skip_when_already_exists=True,       # re-running a date never triggers a second training
     )
     wait >> ingest >> validate >> features >> score >> decide >> monitor >> retrain >> should >> trigger
+    score >> shadow          # the challenger scores next to the champion; its scores never reach decide

@@ -386,6 +386,70 @@ class RetrainParams:
         return p
 
 
+@dataclass(frozen=True)
+class FeedbackParams:
+    precision_at_k: tuple[int, ...]   # realized precision among the k highest scores of the day
+    slices: tuple[str, ...]           # feature columns to slice realized metrics and the shadow comparison by
+    review_verdicts: dict[str, int]   # human decision -> label (block: 1 = fraud, approve: 0 = legit)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeedbackParams":
+        d = dict(d)
+        d["precision_at_k"] = tuple(d.get("precision_at_k") or ())
+        d["slices"] = tuple(d.get("slices") or ())
+        p = _build(cls, d, "feedback")
+        for k, v in p.review_verdicts.items():
+            if k not in ("block", "review", "approve") or v not in (0, 1):
+                raise ConfigError(f"feedback.review_verdicts: {k}: {v} (decisions block|review|approve -> 0|1)")
+        return p
+
+
+@dataclass(frozen=True)
+class ShadowParams:
+    enabled: bool
+    alias: str                        # the registry alias that shadows the champion
+
+
+@dataclass(frozen=True)
+class PromotionParams:
+    mode: str                         # auto | manual
+    metric: str                       # compared per labelled shadow day (higher is better)
+    shadow_days: int                  # S: labelled shadow days before deciding
+    min_wins: int                     # W: days the challenger must be ahead on
+    min_margin: float                 # ahead = challenger - champion > this
+    max_slice_drop: float             # delta: no slice worse by more than this (pooled over the S days)
+    slice_min_positives: int
+    lookback_days: int                # how far back shadow days are looked for
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PromotionParams":
+        p = _build(cls, d, "promotion")
+        if p.mode not in ("auto", "manual"):
+            raise ConfigError("promotion.mode must be auto | manual")
+        if not 1 <= p.min_wins <= p.shadow_days:
+            raise ConfigError("promotion: need 1 <= min_wins <= shadow_days")
+        return p
+
+
+@dataclass(frozen=True)
+class RollbackParams:
+    auto: bool
+    metric: str                       # error_rate (lower is better) at the model's operating threshold
+    factor: float                     # roll back when realized > factor x the evaluation baseline
+    window_days: int                  # the latest labelled window (days of predictions)
+    min_rows: int                     # fewer labelled rows in the window: no judgement
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RollbackParams":
+        p = _build(cls, d, "rollback")
+        if p.metric not in ROLLBACK_METRICS:
+            raise ConfigError(f"rollback.metric must be one of {sorted(ROLLBACK_METRICS)}")
+        return p
+
+
+ROLLBACK_METRICS = {"error_rate", "false_positive_rate", "miss_rate"}
+
+
 # --------------------------------------------------------------------------- the file
 @dataclass(frozen=True)
 class Params:
@@ -472,6 +536,22 @@ class Params:
     @property
     def retrain(self) -> RetrainParams:
         return RetrainParams.from_dict(self.section("retrain"))
+
+    @property
+    def feedback(self) -> FeedbackParams:
+        return FeedbackParams.from_dict(self.section("feedback"))
+
+    @property
+    def shadow(self) -> ShadowParams:
+        return _build(ShadowParams, self.section("shadow"), "shadow")
+
+    @property
+    def promotion(self) -> PromotionParams:
+        return PromotionParams.from_dict(self.section("promotion"))
+
+    @property
+    def rollback(self) -> RollbackParams:
+        return RollbackParams.from_dict(self.section("rollback"))
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -5,7 +5,9 @@ evaluate -> register) -> `dvc push` -> a fail-closed showcase (a day with an inj
 blocked and quarantined) -> the nightly job (score, decide, monitor, retrain decision) over
 demo_data.nightly, with drift injected from demo_data.drift.start_date: the drift is flagged, the
 training DAG is triggered once (through the Airflow REST API, as the nightly DAG would) and its
-model goes through the gate -> a summary of what is where.
+model goes through the gate -> when it became challenger, demo_data.shadow_nights more nights with
+it in shadow -> the labels of every night fed back as they land (realized metrics, shadow
+comparison, automatic rollback check, promotion or retirement) -> a summary of what is where.
 """
 from __future__ import annotations
 
@@ -115,7 +117,7 @@ def main(argv: list[str]) -> int:
                   f"retrain={'YES' if d['retrain'] else 'no '}  ({sum(out['seconds'].values()):.1f}s) {d['reason'][:90]}",
                   flush=True)
             if d["retrain"]:
-                triggered.append((day, nightly.trigger(d)))
+                triggered.append((day, nightly.trigger(d, replace=True)))
         from pipelines.airflow_api import AirflowClient
 
         client = AirflowClient()
@@ -131,13 +133,50 @@ def main(argv: list[str]) -> int:
                 f"; {reg['model_name']} v{reg['version']} gate {reg['gate']} -> alias {reg['alias'] or 'none'}"
                 f"{' (' + '; '.join(reg['reasons']) + ')' if reg['reasons'] else ''}" if reg else ""), flush=True)
         print(f"  aliases now: {models.aliases(c, name)}")
+        last = dp.nightly[1]
+        if dp.shadow_nights and models.get_alias(c, name, params.shadow.alias):
+            more = date_range(last + dt.timedelta(days=1), last + dt.timedelta(days=dp.shadow_nights))
+            print(f"\nShadow nights {more[0]}..{more[-1]}: the challenger scores next to the champion", flush=True)
+            for day in more:
+                out = nightly.run_day(args.params, day)
+                sh = storage.read_json(store.uri("shadow_model", date=day.isoformat()))
+                print(f"  {day}  champion v{champion} scored, shadow: "
+                      f"{'v' + str(sh['model_version']) if sh.get('scored_by') == 'model' else 'none (' + sh['reason'] + ')'}"
+                      f"  ({sum(out['seconds'].values()):.1f}s)", flush=True)
+            last = more[-1]
+        delay = params.dataset("labels").delay_days
+        lab = date_range(dp.nightly[0] + dt.timedelta(days=delay), last + dt.timedelta(days=delay))
+        print(f"\nLabels landing {lab[0]}..{lab[-1]} (for {dp.nightly[0]}..{last}): validate -> feedback -> lifecycle",
+              flush=True)
+        for day in lab:
+            out = nightly.run_labels_day(args.params, day)
+            r = out["lifecycle"]
+            fb = storage.read_json(store.uri("feedback_summary", date=(day - dt.timedelta(days=delay)).isoformat()))
+            real = fb["realized"]["champion"]
+            cmp_ = fb.get("comparison")
+            print(f"  {day}  labels of {fb['date']}: " + ", ".join(
+                f"v{v} AP {m['average_precision']:.3f} error rate {m['error_rate']:.4f}" for v, m in real.items())
+                + (f"; shadow v{cmp_['challenger_version']} AP {cmp_['challenger']:.3f}" if cmp_ else "")
+                + "  -> rollback " + ("done" if any(m["alias"] == "champion" for m in r["moves"]) else
+                                      "NEEDED (no previous champion: alert)" if "rollback_impossible" in r["alerts"] else
+                                      "advised (alert)" if r["rollback"] else "no")
+                + f", promotion: {r['promotion']}"
+                + "".join(f"\n      {m['alias']}: {m['from']} -> {m['to']} ({m['reason'][:110]})" for m in r["moves"]),
+                flush=True)
+        print(f"  aliases now: {models.aliases(c, name)}; history: python -m pipelines models history")
+        print(f"  realized metrics and shadow comparison (self-contained HTML): "
+              f"{store.uri('feedback_report', date=(lab[-1] - dt.timedelta(days=delay)).isoformat())}")
         index = REPO / ".state" / "reports" / "monitor"
         index.mkdir(parents=True, exist_ok=True)
-        for day in date_range(*dp.nightly):
+        for day in date_range(dp.nightly[0], last):
             rel = f"date={day.isoformat()}/report.html"
             (index / rel).parent.mkdir(parents=True, exist_ok=True)
             (index / rel).write_bytes(storage.read_bytes(store.uri("monitor_report", date=day.isoformat())))
         (index / "index.html").write_bytes(storage.read_bytes(store.uri("monitor_index")))
+        for uri in storage.list_uris(store.uri("feedback_report", date="@").split("date=@")[0]):
+            dst = index.parent / "feedback" / uri.rsplit("/", 2)[-2] / "report.html"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(storage.read_bytes(uri))
         print(f"Monitoring report (self-contained HTML): {index / 'index.html'}  (in the lake: {store.uri('monitor_index')})")
         print(f"  review queue of a day: {store.uri('review_queue', date='YYYY-MM-DD')}; overrides: "
               f"python -m pipelines decide override --date D --event-id ID --decision block --reviewer you")

@@ -73,13 +73,18 @@ def split_windows(start: dt.date, end: dt.date, p: TrainParams, label_delay_days
 
 # --------------------------------------------------------------------------- data
 def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: int,
-                  labels_first_date: dt.date) -> tuple[pl.DataFrame, dict]:
+                  labels_first_date: dt.date, review_verdicts: dict[str, int] | None = None) -> tuple[pl.DataFrame, dict]:
     """Feature partitions of `days` joined with their labels (which land `label_delay_days` later).
 
     Out: the feature partition columns plus `label` (Int8) and `date` (Date), sorted as stored.
     Rows whose label never arrived are dropped and counted (`rows_unlabeled`); the accounting
     rows_in = rows_labelled + rows_unlabeled is returned with the partitions' manifests and the
-    sha256 of every partition read (lineage)."""
+    sha256 of every partition read (lineage).
+
+    With `review_verdicts` (human decision -> label), the reviewers' verdicts of each day (the
+    overrides table) are labels too: the feed label wins where both exist; a verdict alone labels
+    its row. Provenance columns: label_source (feed | review), review_label, reviewer,
+    review_agrees; the counts are in stats["labels"] and the overrides' sha256 in stats["reviews"]."""
     frames, manifests, digests = [], [], {}
     for day in days:
         uri = store.uri("features", date=day.isoformat())
@@ -113,16 +118,53 @@ def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: i
                     dup_labels, days[0], days[-1])
         labels = labels.unique("event_id", keep="first", maintain_order=True)
     out = feats.join(labels, on="event_id", how="left", maintain_order="left")
+    extra: dict = {}
+    if review_verdicts is not None:
+        out, extra = _with_reviews(out, store, days, review_verdicts)
     unlabeled = out["label"].null_count()
     out = out.filter(pl.col("label").is_not_null()).with_columns(pl.col("label").cast(pl.Int8))
     stats = {"rows_in": feats.height, "rows_labelled": out.height, "rows_unlabeled": unlabeled, "labels_repeated": dup_labels,
              "positives": int(out["label"].sum() or 0), "partitions": digests, "spec_hash": hashes.pop() if hashes else None,
-             "manifest": manifests[0] if manifests else None}
+             "manifest": manifests[0] if manifests else None, **extra}
     assert stats["rows_in"] == stats["rows_labelled"] + stats["rows_unlabeled"]
     if unlabeled:
         log.warning("%d of %d rows in %s..%s have no label yet: left out of training/evaluation",
                     unlabeled, feats.height, days[0], days[-1])
     return out, stats
+
+
+def _with_reviews(frame: pl.DataFrame, store: StorageParams, days: list[dt.date], verdicts: dict[str, int]
+                  ) -> tuple[pl.DataFrame, dict]:
+    """Feed labels + the reviewers' verdicts of `days` (see load_labelled)."""
+    from pipelines.feedback import review_labels
+
+    parts, digests = [], {}
+    for day in days:
+        uri = store.uri("overrides", date=day.isoformat())
+        try:
+            data = storage.read_bytes(uri)
+        except storage.MissingObject:
+            continue
+        digests[day.isoformat()] = hashlib.sha256(data).hexdigest()
+        parts.append(storage.read_parquet_bytes(data, uri))
+    reviews = review_labels(pl.concat(parts) if parts else pl.DataFrame(), verdicts)
+    out = (frame.rename({"label": "feed_label"}).join(reviews.drop("reviewed_at"), on="event_id", how="left",
+                                                      maintain_order="left")
+           .with_columns(pl.coalesce(pl.col("feed_label").cast(pl.Int8), "review_label").alias("label"),
+                         pl.when(pl.col("feed_label").is_not_null()).then(pl.lit("feed"))
+                         .when(pl.col("review_label").is_not_null()).then(pl.lit("review")).alias("label_source"),
+                         pl.when(pl.col("feed_label").is_not_null() & pl.col("review_label").is_not_null())
+                         .then(pl.col("feed_label") == pl.col("review_label")).alias("review_agrees"))
+           .drop("feed_label"))
+    counts = {"feed": int((out["label_source"] == "feed").sum()), "review": int((out["label_source"] == "review").sum()),
+              "review_verdicts": int(out["review_label"].is_not_null().sum()),
+              "review_agrees": int(out["review_agrees"].fill_null(False).sum()),
+              "review_disagrees": int((out["review_agrees"] == False).sum())}  # noqa: E712
+    if counts["review"] or counts["review_verdicts"]:
+        log.info("labels: %d from the feed, %d from reviews only; %d verdicts on feed-labelled rows (%d disagree: the "
+                 "feed wins)", counts["feed"], counts["review"], counts["review_verdicts"] - counts["review"],
+                 counts["review_disagrees"])
+    return out, {"labels": counts, "reviews": digests}
 
 
 def in_window(frame: pl.DataFrame, window: tuple[dt.date, dt.date]) -> pl.DataFrame:

@@ -461,18 +461,22 @@ def report_html(ds: dt.date, metrics: pl.DataFrame, perf: pl.DataFrame, details:
 
 def index_html(store: StorageParams, days: list[dt.date]) -> str:
     metrics = read_metrics(store, "monitoring", days)
+    realized = set(dates_present(store, "feedback_report")) if "feedback_report" in store.layout else set()
+    here = os.path.dirname(store.layout["monitor_index"])
     rows = []
     for d in sorted(days, reverse=True):
         m = {r["metric"]: r["value"] for r in metrics.filter((pl.col("date") == d) & (pl.col("feature") == "")).iter_rows(named=True)}
         n_alerts = metrics.filter((pl.col("date") == d) & (pl.col("status") == "alert")).height
         link = f"date={d.isoformat()}/report.html"
-        rows.append(f"<tr><td><a href=\"{link}\">{d}</a></td><td>{int(m.get('rows') or 0)}</td>"
+        fb = (f"<a href=\"{os.path.relpath(store.layout['feedback_report'].format(date=d.isoformat()), here)}\">labels</a>"
+              if d in realized else "")
+        rows.append(f"<tr><td><a href=\"{link}\">{d}</a></td><td>{fb}</td><td>{int(m.get('rows') or 0)}</td>"
                     f"<td>{DRIFT_BADGE if m.get('day_drifted') else 'stable'}</td>"
                     f"<td>{int(m.get('drifted_features') or 0)}</td><td>{(m.get('review_rate') or 0):.2%}</td>"
                     f"<td>{(m.get('block_rate') or 0):.2%}</td><td>{(m.get('fallback_share') or 0):.2%}</td><td>{n_alerts}</td></tr>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Monitoring</title><style>{CSS}</style></head>
 <body><h1>Nightly monitoring</h1><div class="muted">{len(days)} day(s); reports are self-contained HTML</div>
-<table><tr><th>date</th><th>rows</th><th>drift</th><th>features at alert</th><th>review rate</th><th>block rate</th>
+<table><tr><th>date</th><th>realized (once labelled)</th><th>rows</th><th>drift</th><th>features at alert</th><th>review rate</th><th>block rate</th>
 <th>fallback rows</th><th>alerts</th></tr>{''.join(rows)}</table></body></html>"""
 
 

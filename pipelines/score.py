@@ -133,7 +133,7 @@ def _cache_dir(root: Path, meta: dict) -> Path:
     return root / meta["name"] / f"v{meta['version']}-{meta['run_id']}"
 
 
-def _write_cache(root: Path, meta: dict, files: dict[str, bytes]) -> None:
+def _write_cache(root: Path, meta: dict, files: dict[str, bytes], remember: bool = True) -> None:
     """<root>/<name>/v<version>-<run>/ written whole then renamed; <root>/<name>/current.json (the
     last model served) replaced atomically."""
     final = _cache_dir(root, meta)
@@ -147,6 +147,8 @@ def _write_cache(root: Path, meta: dict, files: dict[str, bytes]) -> None:
             tmp.rename(final)
         except OSError:                # another process cached the same version first
             shutil.rmtree(tmp, ignore_errors=True)
+    if not remember:                   # a shadow model is cached, never the champion's fallback
+        return
     ptr = final.parent / f".current-{os.getpid()}.json"
     ptr.write_text(json.dumps(meta, sort_keys=True))
     os.replace(ptr, final.parent / "current.json")
@@ -174,21 +176,19 @@ def _download(run_id: str) -> dict[str, bytes]:
     return files
 
 
-def resolve_model(p: ScoreParams) -> Served:
-    """The scorer for this run (see the module doc for the order)."""
+def resolve_model(p: ScoreParams, shadow: bool = False) -> Served:
+    """The scorer for this run (see the module doc for the order). `shadow`: the model under
+    `p.alias` or nothing (scored_by "none", with the reason): no fallback, and the cache pointer
+    to the last champion served is left alone."""
     root = cache_root(p)
-    try:
-        if not _registry_up(p.registry_timeout_s):
-            raise RegistryUnreachable(f"{os.environ.get('MLFLOW_TRACKING_URI')}/health did not answer "
-                                      f"within {p.registry_timeout_s}s")
-        from pipelines import models as R
-
-        c = R.client()
+    if shadow:
         try:
-            version = R.get_alias(c, p.model_name, p.alias)
-            mv = c.get_model_version(p.model_name, version) if version else None
-        except Exception as exc:       # the server went away between the probe and the call
-            raise RegistryUnreachable(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+            s = _resolve_registered(p, root, remember=False)
+        except RegistryUnreachable as exc:
+            return Served("none", [], f"registry unreachable ({exc})")
+        return s if s.scored_by == "model" else Served("none", [], s.reason)
+    try:
+        return _resolve_registered(p, root, remember=True)
     except RegistryUnreachable as exc:
         cached = _read_cache(root, name=p.model_name)
         if cached is None:
@@ -202,6 +202,25 @@ def resolve_model(p: ScoreParams) -> Served:
             return Served("rules", ["rules"], f"registry unreachable ({exc}); cached model unusable: {err}")
         log.warning("%s", s.reason)
         return s
+
+
+def _resolve_registered(p: ScoreParams, root: Path, remember: bool) -> Served:
+    """The model under p.alias, from the registry (RegistryUnreachable when it does not answer)."""
+    if not _registry_up(p.registry_timeout_s):
+        raise RegistryUnreachable(f"{os.environ.get('MLFLOW_TRACKING_URI')}/health did not answer "
+                                  f"within {p.registry_timeout_s}s")
+    from pipelines import models as R
+
+    c = R.client()
+    try:
+        version = R.get_alias(c, p.model_name, p.alias)
+        mv = c.get_model_version(p.model_name, version) if version else None
+    except Exception as exc:           # the server went away between the probe and the call
+        raise RegistryUnreachable(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    return _load_version(p, root, version, mv, remember)
+
+
+def _load_version(p: ScoreParams, root: Path, version: str | None, mv, remember: bool = True) -> Served:
     if version is None:
         return Served("rules", ["rules"], f"no model {p.model_name}@{p.alias} in the registry")
     meta = {"name": p.model_name, "version": str(mv.version), "run_id": mv.run_id, "sha256": mv.tags.get("model_sha256")}
@@ -213,7 +232,7 @@ def resolve_model(p: ScoreParams) -> Served:
     except Exception as exc:
         return Served("rules", ["rules"], f"{p.model_name}@{p.alias} v{version} failed to load: "
                                           f"{type(exc).__name__}: {str(exc)[:300]}")
-    _write_cache(root, meta, files)
+    _write_cache(root, meta, files, remember)
     return s
 
 
@@ -350,21 +369,27 @@ def load_features(store, ds: dt.date, workdir) -> tuple[Path, dict, str]:
     return path, fman, uri
 
 
-def score_day(params, ds: dt.date, served: Served, snapshot: str | None = None) -> dict:
-    """Score the ds partition with `served`; publish predictions, _model.json and _stats.json."""
+OUTPUTS = {"champion": ("predictions", "scored_model", "scoring_stats"),
+           "shadow": ("shadow_predictions", "shadow_model", "shadow_stats")}
+
+
+def score_day(params, ds: dt.date, served: Served, snapshot: str | None = None, role: str = "champion") -> dict:
+    """Score the ds partition with `served`; publish predictions, _model.json and _stats.json (for
+    role "shadow": the shadow partition, the same code and columns)."""
     p, store = params.score, params.storage
     d = ds.isoformat()
+    kind, model_kind, stats_kind = OUTPUTS[role]
     pub = storage.Publisher(store.lake, snapshot)
     with tempfile.TemporaryDirectory(prefix="score-") as tmp:
         path, fman, uri = load_features(store, ds, tmp)
-        sink = storage.ParquetSink(store.uri("predictions", date=d), tmp, pub)
+        sink = storage.ParquetSink(store.uri(kind, date=d), tmp, pub)
         stats = score_file(path, fman, served, p, ds, uri, sink)
-        pub.put_json(store.uri("scored_model", date=d), {**served.meta(), "reference_profile": served.profile})
-        pub.put_json(store.uri("scoring_stats", date=d), {**stats, "model": served.meta(), "features": uri})
+        pub.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role, "reference_profile": served.profile})
+        pub.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri})
         sink.close()                   # the predictions last: their presence means the date is scored
-    log.info("score %s: %d rows by %s%s in %.2fs (%.0f rows/s), chunk p95 %.1f ms -> %s", d, stats["rows"],
+    log.info("score %s (%s): %d rows by %s%s in %.2fs (%.0f rows/s), chunk p95 %.1f ms -> %s", d, role, stats["rows"],
              served.scored_by, f" v{served.version}" if served.version else "",
-             stats["seconds"], stats["rows_per_s"] or 0, stats["chunk_latency_ms"]["p95"], store.uri("predictions", date=d))
+             stats["seconds"], stats["rows_per_s"] or 0, stats["chunk_latency_ms"]["p95"], store.uri(kind, date=d))
     return stats
 
 

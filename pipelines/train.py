@@ -124,9 +124,11 @@ def main(argv: list[str]) -> int:
     start, end = min(days), max(days)
     win = M.split_windows(start, end, p, labels.delay_days)
     log.info("windows: %s", win.as_dict())
-    frame, stats = M.load_labelled(store, date_range(win.train[0], win.valid[1]), labels.delay_days, labels.first_date)
+    frame, stats = M.load_labelled(store, date_range(win.train[0], win.valid[1]), labels.delay_days, labels.first_date,
+                                   review_verdicts=params.feedback.review_verdicts)
     manifest = M.feature_manifest(stats["manifest"], p.exclude_features)
-    fingerprint = hashlib.sha256(json.dumps({"inputs": stats["partitions"], "labelled": stats["rows_labelled"],
+    fingerprint = hashlib.sha256(json.dumps({"inputs": stats["partitions"], "reviews": stats["reviews"],
+                                             "labelled": stats["rows_labelled"],
                                              "positives": stats["positives"], "params": str(p),
                                              "code": code_version(), "xgboost": xgb.__version__},
                                             sort_keys=True).encode()).hexdigest()
@@ -148,10 +150,14 @@ def main(argv: list[str]) -> int:
         "valid_score": {p.eval_metric: res.valid_score}, "operating_threshold": res.threshold,
         "device_requested": res.device_requested, "device_used": res.device_used,
         "xgboost": {"version": xgb.__version__, "use_cuda": bool(xgb.build_info().get("USE_CUDA"))},
+        "labels": stats["labels"], "reviews_sha256": stats["reviews"],
         "inputs_sha256": stats["partitions"], "spec_hash": manifest["spec_hash"], "code_version": code_version(),
         "model_sha256": M.sha256(raw), "fingerprint": fingerprint,
     }
     out.put("model.ubj", raw)
+    # the labels this model learned from, with their provenance (feed | review, reviewer)
+    out.put("labels.parquet", storage.parquet_bytes(frame.select(
+        "event_id", "date", "label", "label_source", "review_label", "reviewer", "review_agrees")))
     out.put_json("feature_manifest.json", manifest)
     out.put_json("summary.json", summary)      # last: its presence means the folder is complete
     log.info("train %s..%s: %d rows (%d frauds), valid %s=%.4f, threshold %.4f, device %s, %.1fs -> %s",
@@ -166,7 +172,7 @@ def _reuse(out: M.StageOutput, fingerprint: str) -> bool:
         summary = storage.read_json(f"{out.base}/summary.json")
         if summary.get("fingerprint") != fingerprint:
             return False
-        files = {n: storage.read_bytes(f"{out.base}/{n}") for n in ("model.ubj", "feature_manifest.json")}
+        files = {n: storage.read_bytes(f"{out.base}/{n}") for n in ("model.ubj", "labels.parquet", "feature_manifest.json")}
     except storage.MissingObject:
         return False
     if M.sha256(files["model.ubj"]) != summary["model_sha256"]:

@@ -61,3 +61,12 @@ def retrain_requested(ti) -> dict | bool:
 def stage_command(stage: str, args: str = "") -> str:
     """`cd <repo> && <python> -m pipelines <stage> <args>`: the DVC stage's own command line."""
     return f"cd {shlex.quote(str(REPO))} && {shlex.quote(sys.executable)} -m pipelines {stage}{args}"
+
+
+def guarded_command(action: str) -> str:
+    """`python -m pipelines models <action>` from a Params form: refused unless CONFIRM is True; the
+    version, reason and params file come from the environment (quoted), so form input is never
+    shell text."""
+    return (f'if [ "$CONFIRM" != "True" ]; then echo "not confirmed: tick confirm in the form to move the alias; '
+            f'nothing changed" >&2; exit 1; fi; '
+            + stage_command("models", f' --params "$PARAMS_FILE" {action} --reason "$REASON"'))

@@ -12,11 +12,15 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "features": {"train"}, "train": {"evaluate"},
                          "evaluate": {"register"}, "register": set()},
             "nightly_scoring": {"wait_for_data": {"ingest"}, "ingest": {"validate"}, "validate": {"features"},
-                                "features": {"score"}, "score": {"decide"}, "decide": {"monitor"},
-                                "monitor": {"retrain"}, "retrain": {"should_retrain"},
-                                "should_retrain": {"trigger_training"}, "trigger_training": set()}}
+                                "features": {"score"}, "score": {"decide", "shadow"}, "shadow": set(),
+                                "decide": {"monitor"}, "monitor": {"retrain"}, "retrain": {"should_retrain"},
+                                "should_retrain": {"trigger_training"}, "trigger_training": set()},
+            "labels": {"wait_for_labels": {"ingest_labels"}, "ingest_labels": {"validate_labels"},
+                       "validate_labels": {"feedback"}, "feedback": {"lifecycle"}, "lifecycle": set()}}
 # tasks that wire stages together rather than run one: (task, what its command must contain or None)
-NOT_A_STAGE = {"wait_for_data": "-m pipelines ingest", "should_retrain": None, "trigger_training": None}
+NOT_A_STAGE = {"wait_for_data": "-m pipelines ingest", "should_retrain": None, "trigger_training": None,
+               "wait_for_labels": "-m pipelines ingest", "ingest_labels": "-m pipelines ingest",
+               "validate_labels": "-m pipelines validate"}
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +124,36 @@ def test_dag_files_import_nothing_heavy():
     files = [str(f) for f in DAGS.glob("*.py")]
     r = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, cwd=DAGS.parent, timeout=120)
     assert r.returncode == 0, r.stdout[-500:] + r.stderr[-2000:]
+
+
+def test_labels_dag_works_on_ds_labels_and_moves_models_in_date_order(dagbag):
+    dag = dagbag.dags["labels"]
+    for t in dag.tasks:
+        assert "--date {{ ds }}" in t.bash_command and "--start" not in t.bash_command, t.task_id
+        assert "--params {{ params.params_file }}" in t.bash_command
+    for tid in ("wait_for_labels", "ingest_labels", "validate_labels"):
+        assert "--dataset labels" in dag.get_task(tid).bash_command
+    assert dag.get_task("lifecycle").depends_on_past and dag.max_active_runs > 1     # a late day does not block the rest
+    sensor = dag.get_task("wait_for_labels")
+    assert sensor.mode == "reschedule" and sensor.retry_exit_code == 99
+
+
+@pytest.mark.parametrize("dag_id,action", [("promote", ' promote "$VERSION" '), ("rollback", " rollback ")])
+def test_promote_and_rollback_need_confirm_and_keep_form_input_out_of_the_shell(dagbag, dag_id, action):
+    dag = dagbag.dags[dag_id]
+    assert dag.schedule is None if hasattr(dag, "schedule") else True
+    params = dag.params
+    assert params["confirm"] is False and "reason" in params
+    (task,) = dag.tasks
+    assert "-m pipelines models" in task.bash_command and action in task.bash_command
+    assert "{{" not in task.bash_command                                      # no template in the shell text
+    assert task.env["CONFIRM"] == "{{ params.confirm }}" and task.env["REASON"] == "{{ params.reason }}"
+    # the guard, run for real: unconfirmed -> exit 1, nothing called; a hostile reason stays a string
+    env = {"CONFIRM": "False", "REASON": "x; touch /tmp/pwned", "VERSION": "1", "PARAMS_FILE": "params.yaml",
+           "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(["bash", "-c", task.bash_command], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "not confirmed" in r.stderr and "nothing changed" in r.stderr
+    # confirmed: the models CLI parses the command line and gets as far as the params file
+    r = subprocess.run(["bash", "-c", task.bash_command], env={**env, "CONFIRM": "True", "PARAMS_FILE": "/nonexistent.yaml"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "ERROR models:" in r.stderr and "/nonexistent.yaml" in r.stderr, r.stderr

@@ -1,0 +1,34 @@
+"""rollback: champion <- the champion before it, on demand (the automatic rollback lives in the
+`labels` DAG's `lifecycle` task).
+
+Trigger from the UI with the Params form: confirm (must be ticked) and reason. The move is
+`python -m pipelines models rollback --reason ...`, recorded in the alias history; the rolled-back
+version is tagged `rolled_back`. Without confirm the run fails and nothing moves.
+"""
+from __future__ import annotations
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, Param
+
+from fraudops_wiring import default_args, guarded_command  # plugins/ on sys.path
+
+with DAG(
+    dag_id="rollback",
+    description="roll the champion back to the one it replaced (manual; confirm required)",
+    schedule=None,
+    catchup=False,
+    max_active_runs=1,
+    default_args={**default_args(), "retries": 0},
+    params={
+        "confirm": Param(False, type="boolean", title="Confirm", description="tick to really move the alias"),
+        "reason": Param("manual rollback", type="string", minLength=1, title="Reason",
+                        description="recorded in the alias history"),
+        "params_file": Param("params.yaml", type="string", title="Params file"),
+    },
+    tags=["fraudops", "registry"],
+    doc_md=__doc__,
+) as dag:
+    BashOperator(task_id="rollback", bash_command=guarded_command("rollback"),
+                 env={"CONFIRM": "{{ params.confirm }}", "REASON": "{{ params.reason }}",
+                      "PARAMS_FILE": "{{ params.params_file }}"},
+                 append_env=True)
