@@ -19,36 +19,35 @@ from pipelines import decide, feedback, features, ingest, lifecycle, monitor, re
 from pipelines.config import date_range, parse_date
 
 log = logging.getLogger("pipelines.nightly")
-STAGES = (("ingest", ingest), ("validate", validate), ("features", features), ("score", score), ("shadow", shadow),
-          ("decide", decide), ("monitor", monitor), ("retrain", retrain))
-# the labels DAG: (stage, module, extra args)
+STAGES = (("ingest", ingest, []), ("validate", validate, []), ("features", features, []), ("score", score, []),
+          ("shadow", shadow, []), ("decide", decide, []), ("monitor", monitor, []), ("retrain", retrain, []))
+# the labels DAG's tasks
 LABEL_STAGES = (("ingest_labels", ingest, ["--dataset", "labels"]), ("validate_labels", validate, ["--dataset", "labels"]),
                 ("feedback", feedback, []), ("lifecycle", lifecycle, []))
 
 
-def run_day(params_file: str, day: dt.date) -> dict:
-    """Run the chain for one date; return the retrain decision record and per-stage seconds."""
+def _chain(stages, params_file: str, day: dt.date) -> tuple[dict, str]:
+    """Run the stages' entry points for one date; per-stage seconds and the last stage's last line."""
     took, last = {}, ""
-    for name, mod in STAGES:
-        t = time.perf_counter()
-        buf = io.StringIO()
-        with redirect_stdout(buf):
-            mod.main(["--params", params_file, "--date", day.isoformat()])
-        took[name] = round(time.perf_counter() - t, 2)
-        last = buf.getvalue().strip().splitlines()[-1] if buf.getvalue().strip() else ""
-    return {"decision": json.loads(last), "seconds": took}
-
-
-def run_labels_day(params_file: str, day: dt.date) -> dict:
-    """The labels DAG's chain for the labels landing on `day`; the lifecycle record (moves, alerts)."""
-    took, last = {}, ""
-    for name, mod, extra in LABEL_STAGES:
+    for name, mod, extra in stages:
         t = time.perf_counter()
         buf = io.StringIO()
         with redirect_stdout(buf):
             mod.main(["--params", params_file, "--date", day.isoformat(), *extra])
         took[name] = round(time.perf_counter() - t, 2)
         last = buf.getvalue().strip().splitlines()[-1] if buf.getvalue().strip() else ""
+    return took, last
+
+
+def run_day(params_file: str, day: dt.date) -> dict:
+    """The nightly chain for one date; the retrain decision record and per-stage seconds."""
+    took, last = _chain(STAGES, params_file, day)
+    return {"decision": json.loads(last), "seconds": took}
+
+
+def run_labels_day(params_file: str, day: dt.date) -> dict:
+    """The labels chain for the labels landing on `day`; the lifecycle record (moves, alerts)."""
+    took, last = _chain(LABEL_STAGES, params_file, day)
     return {"lifecycle": json.loads(last), "seconds": took}
 
 
