@@ -383,8 +383,23 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def realized_table(realized: pl.DataFrame | None) -> str:
+    """Realized metrics per scored day, role and model version (from the labels fed back so far)."""
+    cols = ("rows", "positives", "average_precision", "recall", "precision", "error_rate", "frauds_approved_share")
+    if realized is None or not realized.height:
+        return "<p>No labels fed back for these days yet (they land datasets.labels.delay_days later).</p>"
+    wide = (realized.filter(pl.col("metric").is_in(cols) & (pl.col("slice") == "") & (pl.col("role") != "review"))
+            .pivot(on="metric", index=["date", "role", "model_version"], values="value")
+            .sort(["date", "role"], descending=[True, False]))
+    fmt = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
+    body = "".join(f"<tr><td>{r['date']}</td><td>{html.escape(r['role'])}</td><td>v{html.escape(str(r['model_version']))}</td>"
+                   + "".join(f"<td>{fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in wide.iter_rows(named=True))
+    return (f"<table><tr><th>scored day</th><th>role</th><th>version</th>{''.join(f'<th>{c}</th>' for c in cols)}</tr>"
+            f"{body}</table>")
+
+
 def report_html(ds: dt.date, metrics: pl.DataFrame, perf: pl.DataFrame, details: dict, alerts: list[dict],
-                model_doc: dict, history: pl.DataFrame, summary: dict) -> str:
+                model_doc: dict, history: pl.DataFrame, summary: dict, realized: pl.DataFrame | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -455,6 +470,7 @@ def report_html(ds: dt.date, metrics: pl.DataFrame, perf: pl.DataFrame, details:
 <h2>Features</h2><table><tr><th>feature</th><th>PSI</th><th>KS</th><th>null share</th><th>out of range</th></tr>{frows}</table>
 <h2>Outputs, decisions, quality, fallbacks</h2><table><tr><th>group</th><th>metric</th><th>feature</th><th>value</th>
 <th>rolling mean</th><th>warn</th><th>alert</th><th>status</th></tr>{mrows}</table>
+<h2>Realized performance (labels fed back so far, last 30 days; challenger = shadow)</h2>{realized_table(realized)}
 <h2>Scoring performance</h2><table>{prow}</table>
 <h2>Model served</h2><pre>{html.escape(json.dumps(model, indent=2, default=str))}</pre></body></html>"""
 
@@ -519,7 +535,12 @@ def monitor_day(params, ds: dt.date, snapshot: str | None = None) -> dict:
     pub.put_json(store.uri("alerts", date=d), record)
     recent = read_metrics(store, "monitoring", [ds - dt.timedelta(days=i) for i in range(29, 0, -1)])
     history = pl.concat([recent.select(list(SCHEMA)), metrics.select(list(SCHEMA))])
-    pub.put(report_uri, report_html(ds, metrics, perf, details, alerts, model_doc, history, dec_summary).encode(),
+    from pipelines.feedback import read_realized
+
+    realized = read_realized(store, [ds - dt.timedelta(days=i) for i in range(29, -1, -1)]) \
+        if "realized" in store.layout else None
+    pub.put(report_uri, report_html(ds, metrics, perf, details, alerts, model_doc, history, dec_summary,
+                                    realized).encode(),
             "text/html")
     pub.put(store.uri("monitor_index"), index_html(store, dates_present(store, "monitoring")).encode(), "text/html")
     return record

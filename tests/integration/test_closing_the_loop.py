@@ -18,7 +18,7 @@ from contextlib import redirect_stdout
 import polars as pl
 import pytest
 
-from pipelines import decide, evaluate, feedback, lifecycle, models, register, score, shadow, storage, train, validate
+from pipelines import decide, evaluate, feedback, lifecycle, models, monitor, register, score, shadow, storage, train, validate
 from pipelines.config import load_params
 from tests.conftest import REPO, TRAIN_RANGE, nightly_params
 
@@ -135,6 +135,11 @@ def test_better_challenger_shadows_wins_and_is_promoted_automatically(models_aw)
     page = storage.read_bytes(store.uri("feedback_report", date=D2)).decode()
     assert f"v{w}" in page and f"v{a}" in page and "Shadow comparison" in page and "challenger ahead" in page
     assert "<script" not in page and "http://" not in page and "https://" not in page
+    # the nightly monitoring report of a later run shows them too, and the index links the day's report
+    _quiet(monitor.main, ["--params", str(path), "--date", D2])
+    page = storage.read_bytes(store.uri("monitor_report", date=D2)).decode()
+    assert "Realized performance" in page and f"<td>challenger</td><td>v{a}</td>" in page and f"<td>champion</td><td>v{w}</td>" in page
+    assert f"../feedback/date={D2}/report.html" in storage.read_bytes(store.uri("monitor_index")).decode()
     realized = storage.read_parquet(store.uri("realized", date=D2))
     assert {"error_rate", "average_precision", "decision.block.fraud", "precision_at_20"} <= set(realized["metric"])
     assert set(realized.filter(pl.col("role") != "review")["model_version"]) == {a, w}

@@ -142,3 +142,17 @@ def test_the_in_process_chains_run_the_dag_tasks_in_order_with_their_arguments()
     assert calls == [("a", ["--params", "p.yaml", "--date", "2026-03-08", "--dataset", "labels"]),
                      ("b", ["--params", "p.yaml", "--date", "2026-03-08"])]
     assert set(took) == {"a", "b"} and last == '{"stage": "b"}'
+
+
+def test_monitor_report_shows_realized_metrics_per_version():
+    from pipelines.feedback import REALIZED_SCHEMA
+    from pipelines.monitor import realized_table
+
+    d = dt.date(2026, 3, 1)
+    rows = [(d, d, "m", "1", "champion", "average_precision", "", 0.61), (d, d, "m", "1", "champion", "error_rate", "", 0.002),
+            (d, d, "m", "2", "challenger", "average_precision", "", 0.72), (d, d, "m", "1", "champion", "slice.recall", "x=1", 0.5),
+            (d, d, "m", "", "review", "reviews.verdicts", "", 3.0)]
+    page = realized_table(pl.DataFrame(rows, schema=REALIZED_SCHEMA, orient="row"))
+    assert "<td>champion</td><td>v1</td>" in page and "<td>challenger</td><td>v2</td>" in page
+    assert "0.61" in page and "0.72" in page and "review" not in page.split("</tr>", 1)[1]
+    assert "No labels" in realized_table(None)
