@@ -140,6 +140,28 @@ def review_labels(overrides: pl.DataFrame, verdicts: dict[str, int]) -> pl.DataF
             .select("event_id", "review_label", "reviewer", pl.col("at").cast(OVERRIDE_SCHEMA["at"]).alias("reviewed_at")))
 
 
+def with_provenance(frame: pl.DataFrame) -> pl.DataFrame:
+    """feed_label + review_label -> label (the feed first, else the verdict), label_source
+    (feed | review | null) and review_agrees (both present: do they agree). The one rule, used by
+    the feedback join and by training (model.load_labelled)."""
+    return frame.with_columns(
+        pl.coalesce(pl.col("feed_label").cast(pl.Int8), pl.col("review_label").cast(pl.Int8)).alias("label"),
+        pl.when(pl.col("feed_label").is_not_null()).then(pl.lit("feed"))
+        .when(pl.col("review_label").is_not_null()).then(pl.lit("review")).otherwise(None).alias("label_source"),
+        pl.when(pl.col("feed_label").is_not_null() & pl.col("review_label").is_not_null())
+        .then(pl.col("feed_label") == pl.col("review_label")).otherwise(None).alias("review_agrees"))
+
+
+def review_counts(frame: pl.DataFrame) -> dict:
+    """The reviewers' verdicts among `frame`'s rows (after with_provenance)."""
+    rev = frame.filter(pl.col("review_label").is_not_null())
+    return {"verdicts": rev.height, "fraud_verdicts": int(rev["review_label"].sum() or 0),
+            "with_feed_label": int(rev["feed_label"].is_not_null().sum()),
+            "agree": int(rev["review_agrees"].fill_null(False).sum()),
+            "disagree": int((rev["review_agrees"] == False).sum()),  # noqa: E712
+            "review_only": int(rev["feed_label"].is_null().sum())}
+
+
 def join_feedback(pred: pl.DataFrame, decisions: pl.DataFrame | None, shadow: pl.DataFrame | None,
                   labels: pl.DataFrame, reviews: pl.DataFrame, feats: pl.DataFrame | None) -> tuple[pl.DataFrame, dict]:
     """One row per prediction, with its decision, challenger score, feed label and review verdict."""
@@ -166,12 +188,7 @@ def join_feedback(pred: pl.DataFrame, decisions: pl.DataFrame | None, shadow: pl
            .join(reviews, on="event_id", how="left", maintain_order="left"))
     if feats is not None:
         out = out.join(feats, on="event_id", how="left", maintain_order="left")
-    out = out.with_columns(
-        pl.coalesce("feed_label", "review_label").alias("label"),
-        pl.when(pl.col("feed_label").is_not_null()).then(pl.lit("feed"))
-        .when(pl.col("review_label").is_not_null()).then(pl.lit("review")).otherwise(None).alias("label_source"),
-        pl.when(pl.col("feed_label").is_not_null() & pl.col("review_label").is_not_null())
-        .then(pl.col("feed_label") == pl.col("review_label")).otherwise(None).alias("review_agrees"))
+    out = with_provenance(out)
     matched = int(out["feed_label"].is_not_null().sum())
     unmatched = dedup.join(pred.select("event_id"), on="event_id", how="anti")
     acc = {"predictions": pred.height, "rows_out": out.height, "labels_in": labels_in, "labels_matched": matched,
@@ -205,12 +222,7 @@ def realized(frame: pl.DataFrame, d: dt.date, label_date: dt.date, ks: tuple[int
             for sl, per in slice_table(g, slices, {"m": (scol, tcol)}).items():
                 rows += [(d, label_date, name, version, role, f"slice.{k}", sl, None if v is None else float(v))
                          for k, v in per["m"].items()]
-    rev = frame.filter(pl.col("review_label").is_not_null())
-    reviews = {"verdicts": rev.height, "fraud_verdicts": int(rev["review_label"].sum() or 0),
-               "with_feed_label": int(rev["feed_label"].is_not_null().sum()),
-               "agree": int(rev["review_agrees"].fill_null(False).sum()),
-               "disagree": int((rev["review_agrees"] == False).sum()),  # noqa: E712
-               "review_only": int(rev["feed_label"].is_null().sum())}
+    reviews = review_counts(frame)
     rows += [(d, label_date, frame["model_name"][0] if frame.height else None, "", "review", f"reviews.{k}", "", float(v))
              for k, v in reviews.items()]
     table = pl.DataFrame(rows, schema=REALIZED_SCHEMA, orient="row")
@@ -266,7 +278,7 @@ label ({rv['agree']} agree, {rv['disagree']} disagree); {rv['review_only']} only
 
 
 # --------------------------------------------------------------------------- entry point
-def _maybe(uri: str) -> pl.DataFrame | None:
+def read_optional(uri: str) -> pl.DataFrame | None:
     try:
         return storage.read_parquet(uri)
     except storage.MissingObject:
@@ -274,8 +286,9 @@ def _maybe(uri: str) -> pl.DataFrame | None:
 
 
 def read_realized(store, days: list[dt.date]) -> pl.DataFrame:
-    frames = [f for d in days if (f := _maybe(store.uri("realized", date=d.isoformat()))) is not None]
-    return pl.concat(frames) if frames else pl.DataFrame(schema=REALIZED_SCHEMA)
+    from pipelines.monitor import read_metrics
+
+    return read_metrics(store, "realized", days, REALIZED_SCHEMA)
 
 
 def feedback_day(params, label_date: dt.date, snapshot: str | None = None) -> dict:
@@ -286,18 +299,21 @@ def feedback_day(params, label_date: dt.date, snapshot: str | None = None) -> di
     d = label_date - dt.timedelta(days=delay)
     ds_ = d.isoformat()
     luri = store.uri("validated", dataset="labels", date=label_date.isoformat())
-    labels = _maybe(luri)
+    labels = read_optional(luri)
     if labels is None:
         raise FeedbackError(f"{luri}: no validated labels for {label_date} (ingest and validate --dataset labels first; "
                             f"a blocked partition is never fed back)")
-    pred = _maybe(store.uri("predictions", date=ds_))
+    pred = read_optional(store.uri("predictions", date=ds_))
     if pred is None:
         log.warning("feedback %s: no predictions for %s (nothing was scored that day): %d label(s) only recorded",
                     label_date, ds_, labels.height)
-        return {"date": ds_, "label_date": label_date.isoformat(), "status": "no_predictions", "labels_in": labels.height}
-    feats = _maybe(store.uri("features", date=ds_))
+        rec = {"date": ds_, "label_date": label_date.isoformat(), "status": "no_predictions", "labels_in": labels.height,
+               "labels": luri}
+        storage.Publisher(store.lake, snapshot).put_json(store.uri("feedback_summary", date=ds_), rec)
+        return rec
+    feats = read_optional(store.uri("features", date=ds_))
     feats = feats.select("event_id", *[c for c in fp.slices if c in feats.columns]) if feats is not None else None
-    frame, acc = join_feedback(pred, _maybe(store.uri("decisions", date=ds_)), _maybe(store.uri("shadow_predictions", date=ds_)),
+    frame, acc = join_feedback(pred, read_optional(store.uri("decisions", date=ds_)), read_optional(store.uri("shadow_predictions", date=ds_)),
                                labels.select("event_id", "label"), review_labels(read_overrides(store, d), fp.review_verdicts),
                                feats)
     table, res = realized(frame, d, label_date, fp.precision_at_k, fp.slices)

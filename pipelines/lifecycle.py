@@ -37,7 +37,7 @@ import polars as pl
 
 from pipelines import storage
 from pipelines.config import PromotionParams, RollbackParams, date_range, load_params, parse_date
-from pipelines.feedback import rates, slice_table
+from pipelines.feedback import model_metrics, rates, read_optional, slice_table
 
 log = logging.getLogger("pipelines.lifecycle")
 
@@ -76,9 +76,9 @@ def promotion_verdict(days: list[dict], worst_slice: tuple[str, float] | None, p
 
 
 # --------------------------------------------------------------------------- evidence
-def _read(uri: str):
+def _summary(uri: str) -> dict | None:
     try:
-        return storage.read_parquet(uri) if uri.endswith(".parquet") else storage.read_json(uri)
+        return storage.read_json(uri)
     except storage.MissingObject:
         return None
 
@@ -101,25 +101,20 @@ def baseline(c, name: str, version: str, metric: str) -> float | None:
 def champion_window(store, d: dt.date, window_days: int, version: str, metric: str) -> tuple[float | None, int, list[str]]:
     """The champion's realized metric over the scored days d - window + 1 .. d (its rows, feed labels)."""
     days = date_range(d - dt.timedelta(days=window_days - 1), d)
-    frames = [f for x in days if (f := _read(store.uri("feedback", date=x.isoformat()))) is not None]
-    if not frames:
-        return None, 0, []
+    frames = [f for x in days if (f := read_optional(store.uri("feedback", date=x.isoformat()))) is not None]
     f = pl.concat(frames, how="diagonal_relaxed").filter(
-        (pl.col("model_version") == version) & (pl.col("label_source") == "feed"))
-    if not f.height:
+        (pl.col("model_version") == version) & (pl.col("label_source") == "feed")) if frames else None
+    if f is None or not f.height:
         return None, 0, [x.isoformat() for x in days]
-    pred = f["score"] >= f["threshold"]
-    y = f["label"] == 1
-    cm = {"tp": int((pred & y).sum()), "fp": int((pred & ~y).sum()), "fn": int((~pred & y).sum()),
-          "tn": int((~pred & ~y).sum())}
-    return rates(cm)[metric], f.height, [x.isoformat() for x in days]
+    value = model_metrics(f["label"].to_numpy(), f["score"].to_numpy(), float(f["threshold"][0]))[metric]
+    return value, f.height, [x.isoformat() for x in days]
 
 
 def shadow_days(store, d: dt.date, lookback: int, champion: str, challenger: str) -> list[dict]:
     """The labelled shadow days of this challenger against this champion, oldest first."""
     out = []
     for x in date_range(d - dt.timedelta(days=lookback - 1), d):
-        s = _read(store.uri("feedback_summary", date=x.isoformat()))
+        s = _summary(store.uri("feedback_summary", date=x.isoformat()))
         c = (s or {}).get("comparison")
         if c and str(c["challenger_version"]) == challenger and str(c["champion_version"]) == champion:
             out.append({"date": x.isoformat(), **{k: c[k] for k in ("metric", "champion", "challenger", "delta", "rows", "positives")}})
@@ -128,7 +123,7 @@ def shadow_days(store, d: dt.date, lookback: int, champion: str, challenger: str
 
 def worst_slice(store, days: list[str], slices: tuple[str, ...], min_pos: int) -> tuple[tuple[str, float] | None, dict]:
     """AP per slice pooled over the days, champion and challenger on the same rows; the worst drop."""
-    frames = [f for x in days if (f := _read(store.uri("feedback", date=x))) is not None]
+    frames = [f for x in days if (f := read_optional(store.uri("feedback", date=x))) is not None]
     if not frames:
         return None, {}
     both = pl.concat(frames, how="diagonal_relaxed").filter(

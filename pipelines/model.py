@@ -135,8 +135,8 @@ def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: i
 
 def _with_reviews(frame: pl.DataFrame, store: StorageParams, days: list[dt.date], verdicts: dict[str, int]
                   ) -> tuple[pl.DataFrame, dict]:
-    """Feed labels + the reviewers' verdicts of `days` (see load_labelled)."""
-    from pipelines.feedback import review_labels
+    """Feed labels + the reviewers' verdicts of `days`, by the feedback stage's rule (see load_labelled)."""
+    from pipelines.feedback import review_counts, review_labels, with_provenance
 
     parts, digests = [], {}
     for day in days:
@@ -148,23 +148,13 @@ def _with_reviews(frame: pl.DataFrame, store: StorageParams, days: list[dt.date]
         digests[day.isoformat()] = hashlib.sha256(data).hexdigest()
         parts.append(storage.read_parquet_bytes(data, uri))
     reviews = review_labels(pl.concat(parts) if parts else pl.DataFrame(), verdicts)
-    out = (frame.rename({"label": "feed_label"}).join(reviews.drop("reviewed_at"), on="event_id", how="left",
-                                                      maintain_order="left")
-           .with_columns(pl.coalesce(pl.col("feed_label").cast(pl.Int8), "review_label").alias("label"),
-                         pl.when(pl.col("feed_label").is_not_null()).then(pl.lit("feed"))
-                         .when(pl.col("review_label").is_not_null()).then(pl.lit("review")).alias("label_source"),
-                         pl.when(pl.col("feed_label").is_not_null() & pl.col("review_label").is_not_null())
-                         .then(pl.col("feed_label") == pl.col("review_label")).alias("review_agrees"))
-           .drop("feed_label"))
-    counts = {"feed": int((out["label_source"] == "feed").sum()), "review": int((out["label_source"] == "review").sum()),
-              "review_verdicts": int(out["review_label"].is_not_null().sum()),
-              "review_agrees": int(out["review_agrees"].fill_null(False).sum()),
-              "review_disagrees": int((out["review_agrees"] == False).sum())}  # noqa: E712
-    if counts["review"] or counts["review_verdicts"]:
-        log.info("labels: %d from the feed, %d from reviews only; %d verdicts on feed-labelled rows (%d disagree: the "
-                 "feed wins)", counts["feed"], counts["review"], counts["review_verdicts"] - counts["review"],
-                 counts["review_disagrees"])
-    return out, {"labels": counts, "reviews": digests}
+    out = with_provenance(frame.rename({"label": "feed_label"})
+                          .join(reviews.drop("reviewed_at"), on="event_id", how="left", maintain_order="left"))
+    counts = {"feed": int((out["label_source"] == "feed").sum()), **review_counts(out)}
+    if counts["verdicts"]:
+        log.info("labels: %d from the feed, %d from reviews only; %d verdict(s) on feed-labelled rows (%d disagree: "
+                 "the feed wins)", counts["feed"], counts["review_only"], counts["with_feed_label"], counts["disagree"])
+    return out.drop("feed_label"), {"labels": counts, "reviews": digests}
 
 
 def in_window(frame: pl.DataFrame, window: tuple[dt.date, dt.date]) -> pl.DataFrame:

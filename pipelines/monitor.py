@@ -328,14 +328,15 @@ def dates_present(store: StorageParams, kind: str) -> list[dt.date]:
     return sorted(out)
 
 
-def read_metrics(store: StorageParams, kind: str, days: list[dt.date]) -> pl.DataFrame:
+def read_metrics(store: StorageParams, kind: str, days: list[dt.date], schema: dict | None = None) -> pl.DataFrame:
+    """The `kind` partitions of `days` that exist, stacked (empty with `schema`, default SCHEMA)."""
     frames = []
     for d in days:
         try:
             frames.append(storage.read_parquet(store.uri(kind, date=d.isoformat())))
         except storage.MissingObject:
             pass
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(schema=SCHEMA)
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(schema=schema or SCHEMA)
 
 
 def with_rolling(today: pl.DataFrame, history: pl.DataFrame, days: int) -> pl.DataFrame:

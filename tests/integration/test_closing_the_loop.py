@@ -279,5 +279,5 @@ def test_review_verdicts_are_labels_of_the_next_training_with_provenance(models_
     assert row["label"] == feed_kept and row["label_source"] == "feed" and row["review_label"] == 1 - feed_kept
     assert row["review_agrees"] is False and row["reviewer"] == "ana"
     summary = storage.read_json(f"{base}/train/summary.json")
-    assert summary["labels"]["review"] == 1 and summary["labels"]["review_disagrees"] == 1
+    assert summary["labels"]["review_only"] == 1 and summary["labels"]["disagree"] == 1 and summary["labels"]["verdicts"] == 2
     assert summary["rows"]["rows_labelled"] == lab.height
