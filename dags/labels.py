@@ -1,15 +1,15 @@
 """labels: wait_for_labels -> ingest_labels -> validate_labels -> feedback -> lifecycle, for the
 logical date `ds` = the day the labels landed.
 
-Wiring only; every task runs `python -m pipelines <stage> --date {{ ds }}`. The labels landing on
-ds belong to the predictions of ds - datasets.labels.delay_days: `feedback` joins them (with the
-reviewers' verdicts and the challenger's shadow scores) and writes the realized metrics per model
-version and the shadow comparison; `lifecycle` then rolls the champion back when its realized
-error rate is over 2x its evaluation baseline, and promotes (mode auto) or retires the challenger
-after its shadow days. `lifecycle` runs with depends_on_past: label dates decide in order (a date whose labels never land
-fails its sensor and holds the later decisions until someone looks: clear or mark it).
-A partition that fails its expectation suite (expectations/labels.json) stops the run there:
-blocked labels are never fed back.
+Wiring only; every task runs `python -m pipelines <stage> --date=<ds>` as an argument vector. The
+labels landing on ds belong to the predictions of ds - datasets.labels.delay_days: `feedback`
+joins them (with the reviewers' verdicts and the challenger's shadow scores) and writes the
+realized metrics per model version and the shadow comparison; `lifecycle` then rolls the champion
+back when its realized error rate is over 2x its evaluation baseline, and promotes (mode auto) or
+retires the challenger after its shadow days. `lifecycle` runs with depends_on_past: label dates
+decide in order (a date whose labels never land fails its sensor and holds the later decisions
+until someone looks: clear or mark it). A partition that fails its expectation suite
+(expectations/labels.json) stops the run there: blocked labels are never fed back.
 
 Schedule: daily at 00:00 UTC for the day before. FRAUDOPS_LABELS_CATCHUP=true lets the scheduler
 catch up; backfill as for nightly_scoring. Conf: {"params_file": "params.yaml"}.
@@ -19,15 +19,11 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta, timezone
 
-from airflow.providers.standard.operators.bash import BashOperator
-from airflow.providers.standard.sensors.bash import BashSensor
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, CronDataIntervalTimetable
 
-from fraudops_wiring import PARAMS_FILE, default_args, stage_command  # plugins/ on sys.path
+from fraudops_wiring import StageOperator, StageSensor, default_args, params_file_param  # plugins/ on sys.path
 
-DS = PARAMS_FILE + " --date {{ ds }}"
-LABELS = DS + " --dataset labels"
-NOT_LANDED = 99      # pipelines.ingest.NOT_LANDED
+LABELS = ("--dataset=labels",)
 
 with DAG(
     dag_id="labels",
@@ -37,17 +33,18 @@ with DAG(
     catchup=os.environ.get("FRAUDOPS_LABELS_CATCHUP", "false").lower() == "true",
     max_active_runs=3,          # a day whose labels are late holds a run (its sensor): others may still go
     default_args=default_args(),
-    params={"params_file": Param("params.yaml", type="string", title="Params file",
-                                 description="relative to the project root (or absolute)")},
+    params={"params_file": params_file_param()},
     tags=["fraudops", "labels"],
     doc_md=__doc__,
 ) as dag:
-    wait = BashSensor(task_id="wait_for_labels", bash_command=stage_command("ingest", LABELS + " --check"),
-                      retry_exit_code=NOT_LANDED, mode="reschedule", poke_interval=600,
-                      timeout=timedelta(hours=20).total_seconds())
-    ingest = BashOperator(task_id="ingest_labels", bash_command=stage_command("ingest", LABELS))
-    validate = BashOperator(task_id="validate_labels", bash_command=stage_command("validate", LABELS))
-    feedback = BashOperator(task_id="feedback", bash_command=stage_command("feedback", DS))
-    lifecycle = BashOperator(task_id="lifecycle", bash_command=stage_command("lifecycle", DS),
-                             depends_on_past=True)      # moves are idempotent: a retry never moves twice
+    wait = StageSensor(task_id="wait_for_labels", stage="ingest", args=LABELS, mode="reschedule", poke_interval=600,
+                       timeout=timedelta(hours=20).total_seconds())
+    ingest = StageOperator(task_id="ingest_labels", stage="ingest", date=True, args=LABELS)
+    validate = StageOperator(task_id="validate_labels", stage="validate", date=True, args=LABELS)
+    feedback = StageOperator(task_id="feedback", stage="feedback", date=True)
+    lifecycle = StageOperator(task_id="lifecycle", stage="lifecycle", date=True,
+                              depends_on_past=True)      # moves are idempotent: a retry never moves twice
     wait >> ingest >> validate >> feedback >> lifecycle
+
+if __name__ == "__main__":
+    dag.test()

@@ -2,32 +2,34 @@
 retrain (decision) -> should_retrain -> trigger_training, for the logical date `ds`; after score, in
 parallel with decide, `shadow` (the challenger, when there is one, scores the same partition).
 
-Wiring only: every stage task runs `python -m pipelines <stage> --date {{ ds }}` (the same command a
-person or DVC runs) on the ds partition alone; re-running a date republishes the same bytes, and
-dates run side by side (max_active_runs) without sharing a partition. The retrain decision runs
-with depends_on_past, so dates decide in order (cooldown and budget count earlier decisions).
+Wiring only: every stage task runs `python -m pipelines <stage> --date=<ds>` (the same command a
+person or DVC runs) as an argument vector, on the ds partition alone; re-running a date republishes
+the same bytes, and dates run side by side (max_active_runs) without sharing a partition. The
+retrain decision runs with depends_on_past, so dates decide in order (cooldown and budget count
+earlier decisions).
 
 Schedule: daily at 00:00 UTC for the day before (ds = the interval's start). `wait_for_data` waits
 (reschedule mode, up to 12 h) for the raw partitions to land, then fails with an alert. Backfill:
 `airflow backfill create --dag-id nightly_scoring --from-date 2026-03-01 --to-date 2026-03-05`
 (or the REST API / the UI). Set FRAUDOPS_NIGHTLY_CATCHUP=true to let the scheduler catch up by itself.
-Conf: {"params_file": "params.yaml"}.
+Conf: {"params_file": "params.yaml"} (checked: a .yaml file inside the project or its state folder).
 """
 from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta, timezone
 
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.providers.standard.sensors.bash import BashSensor
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+from airflow.sdk import DAG, CronDataIntervalTimetable
 
-from fraudops_wiring import PARAMS_FILE, default_args, retrain_requested, stage_command  # plugins/ on sys.path
+from fraudops_wiring import (StageOperator, StageSensor, default_args, params_file_param,  # plugins/ on sys.path
+                             retrain_requested)
 
-DS = PARAMS_FILE + " --date {{ ds }}"
-NOT_LANDED = 99      # pipelines.ingest.NOT_LANDED (not imported: no pipelines import at parse time)
+
+def stage(task_id: str, **kwargs) -> StageOperator:
+    return StageOperator(task_id=task_id, stage=task_id, date=True, **kwargs)
+
 
 with DAG(
     dag_id="nightly_scoring",
@@ -37,22 +39,15 @@ with DAG(
     catchup=os.environ.get("FRAUDOPS_NIGHTLY_CATCHUP", "false").lower() == "true",
     max_active_runs=3,
     default_args=default_args(),
-    params={"params_file": Param("params.yaml", type="string", title="Params file",
-                                 description="relative to the project root (or absolute)")},
+    params={"params_file": params_file_param()},
     tags=["fraudops", "nightly"],
     doc_md=__doc__,
 ) as dag:
-    wait = BashSensor(task_id="wait_for_data", bash_command=stage_command("ingest", DS + " --check"),
-                      retry_exit_code=NOT_LANDED, mode="reschedule", poke_interval=300,
-                      timeout=timedelta(hours=12).total_seconds())
-    ingest = BashOperator(task_id="ingest", bash_command=stage_command("ingest", DS))
-    validate = BashOperator(task_id="validate", bash_command=stage_command("validate", DS))
-    features = BashOperator(task_id="features", bash_command=stage_command("features", DS))
-    score = BashOperator(task_id="score", bash_command=stage_command("score", DS))
-    shadow = BashOperator(task_id="shadow", bash_command=stage_command("shadow", DS))
-    decide = BashOperator(task_id="decide", bash_command=stage_command("decide", DS))
-    monitor = BashOperator(task_id="monitor", bash_command=stage_command("monitor", DS))
-    retrain = BashOperator(task_id="retrain", bash_command=stage_command("retrain", DS), depends_on_past=True)
+    wait = StageSensor(task_id="wait_for_data", stage="ingest", mode="reschedule", poke_interval=300,
+                       timeout=timedelta(hours=12).total_seconds())
+    ingest, validate, features, score, shadow, decide, monitor = (
+        stage(t) for t in ("ingest", "validate", "features", "score", "shadow", "decide", "monitor"))
+    retrain = stage("retrain", depends_on_past=True)
     should = ShortCircuitOperator(task_id="should_retrain", python_callable=retrain_requested)
     trigger = TriggerDagRunOperator(
         task_id="trigger_training",
@@ -63,3 +58,6 @@ with DAG(
     )
     wait >> ingest >> validate >> features >> score >> decide >> monitor >> retrain >> should >> trigger
     score >> shadow          # the challenger scores next to the champion; its scores never reach decide
+
+if __name__ == "__main__":
+    dag.test()

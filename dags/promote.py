@@ -1,18 +1,18 @@
 """promote: champion <- a model version, by hand (promotion.mode: manual, or an override).
 
 Trigger from the UI with the Params form: version, confirm (must be ticked), reason. The move is
-`python -m pipelines models promote <version> --reason ...` (the same command a person runs): the
+`python -m pipelines models promote <version> --reason=...` (the same command a person runs): the
 old champion keeps the alias `previous`, a challenger alias on the version is dropped, and every
 move lands in the registry's alias history with the reason and the Airflow run that made it.
-Without confirm the run fails and nothing moves. Form values reach the command as environment
-variables, never as shell text.
+Without confirm the run fails and nothing moves. Form values are checked (the version is a
+number) and reach the command as arguments of their own, never as shell text.
 """
 from __future__ import annotations
 
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
-from fraudops_wiring import default_args, guarded_command  # plugins/ on sys.path
+from fraudops_wiring import (VERSION_PATTERN, ConfirmedModelsOperator, default_args,  # plugins/ on sys.path
+                             params_file_param)
 
 with DAG(
     dag_id="promote",
@@ -22,17 +22,17 @@ with DAG(
     max_active_runs=1,
     default_args={**default_args(), "retries": 0},
     params={
-        "version": Param("", type="string", title="Model version",
+        "version": Param("", type="string", pattern=VERSION_PATTERN, title="Model version",
                          description="the registered version to make champion (usually the challenger)"),
         "confirm": Param(False, type="boolean", title="Confirm", description="tick to really move the alias"),
-        "reason": Param("manual promotion", type="string", minLength=1, title="Reason",
+        "reason": Param("manual promotion", type="string", minLength=1, maxLength=2000, title="Reason",
                         description="recorded in the alias history"),
-        "params_file": Param("params.yaml", type="string", title="Params file"),
+        "params_file": params_file_param(),
     },
     tags=["fraudops", "registry"],
     doc_md=__doc__,
 ) as dag:
-    BashOperator(task_id="promote", bash_command=guarded_command('promote "$VERSION"'),
-                 env={"VERSION": "{{ params.version }}", "CONFIRM": "{{ params.confirm }}",
-                      "REASON": "{{ params.reason }}", "PARAMS_FILE": "{{ params.params_file }}"},
-                 append_env=True)
+    ConfirmedModelsOperator(task_id="promote", action="promote")
+
+if __name__ == "__main__":
+    dag.test()

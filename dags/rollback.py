@@ -2,15 +2,15 @@
 `labels` DAG's `lifecycle` task).
 
 Trigger from the UI with the Params form: confirm (must be ticked) and reason. The move is
-`python -m pipelines models rollback --reason ...`, recorded in the alias history; the rolled-back
-version is tagged `rolled_back`. Without confirm the run fails and nothing moves.
+`python -m pipelines models rollback --reason=...`, recorded in the alias history; the rolled-back
+version is tagged `rolled_back`. Without confirm the run fails and nothing moves. The reason
+reaches the command as an argument of its own, never as shell text.
 """
 from __future__ import annotations
 
-from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param
 
-from fraudops_wiring import default_args, guarded_command  # plugins/ on sys.path
+from fraudops_wiring import ConfirmedModelsOperator, default_args, params_file_param  # plugins/ on sys.path
 
 with DAG(
     dag_id="rollback",
@@ -21,14 +21,14 @@ with DAG(
     default_args={**default_args(), "retries": 0},
     params={
         "confirm": Param(False, type="boolean", title="Confirm", description="tick to really move the alias"),
-        "reason": Param("manual rollback", type="string", minLength=1, title="Reason",
+        "reason": Param("manual rollback", type="string", minLength=1, maxLength=2000, title="Reason",
                         description="recorded in the alias history"),
-        "params_file": Param("params.yaml", type="string", title="Params file"),
+        "params_file": params_file_param(),
     },
     tags=["fraudops", "registry"],
     doc_md=__doc__,
 ) as dag:
-    BashOperator(task_id="rollback", bash_command=guarded_command("rollback"),
-                 env={"CONFIRM": "{{ params.confirm }}", "REASON": "{{ params.reason }}",
-                      "PARAMS_FILE": "{{ params.params_file }}"},
-                 append_env=True)
+    ConfirmedModelsOperator(task_id="rollback", action="rollback")
+
+if __name__ == "__main__":
+    dag.test()

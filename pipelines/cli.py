@@ -31,6 +31,9 @@ def resolve(args: argparse.Namespace) -> tuple[Params, list[dt.date]]:
     for noisy in ("great_expectations", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     params = load_params(args.params)
+    from pipelines import services
+
+    services.configure(params.services.timeout_s)
     if args.date:
         return params, [args.date]
     run = params.run

@@ -117,10 +117,22 @@ class RunParams:
 @dataclass(frozen=True)
 class IngestParams:
     dedupe_keep: str = "first"    # the earliest (timestamp, source order) of duplicate ids is kept
+    duplicate_window_days: int = 45   # an id ingested for one of these earlier days is rejected again
 
     def __post_init__(self) -> None:
         if self.dedupe_keep != "first":
             raise ConfigError(f"ingest.dedupe_keep: {self.dedupe_keep!r} is not supported (only 'first')")
+        if not isinstance(self.duplicate_window_days, int) or self.duplicate_window_days < 0:
+            raise ConfigError(f"ingest.duplicate_window_days: {self.duplicate_window_days!r} is not a whole number >= 0")
+
+
+@dataclass(frozen=True)
+class ServiceParams:
+    timeout_s: float = 60.0       # the longest a command waits on S3 or MLflow before failing with one line
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.timeout_s, (int, float)) or not 5 <= self.timeout_s <= 3600:
+            raise ConfigError(f"services.timeout_s: {self.timeout_s!r} is not a number of seconds in [5, 3600]")
 
 
 @dataclass(frozen=True)
@@ -130,13 +142,30 @@ class SuggestParams:
     mean_tolerance: float = 0.25
     quantile_tolerance: float = 0.35
     row_count_slack: float = 0.5
+    hard_limits: dict[str, tuple[float, float]] = field(default_factory=dict)   # column -> [min, max], block
+
+    def __post_init__(self) -> None:
+        for col, lim in self.hard_limits.items():
+            if not (isinstance(lim, (list, tuple)) and len(lim) == 2 and all(isinstance(x, (int, float)) for x in lim)
+                    and lim[0] < lim[1]):
+                raise ConfigError(f"validate.suggest.hard_limits.{col}: {lim!r} is not [min, max] with min < max")
 
 
 @dataclass(frozen=True)
 class ValidateParams:
-    suites: dict[str, str]
+    suites: dict[str, str | bool]     # dataset -> suite path, or false: explicitly no suite
     max_quarantine_fraction: float
     suggest: SuggestParams
+
+    def __post_init__(self) -> None:
+        for name, path in self.suites.items():
+            if path is False:
+                continue
+            if not isinstance(path, str) or not path:
+                raise ConfigError(f"validate.suites.{name}: {path!r} is neither a suite path nor false (no suite)")
+            if not Path(path).is_file():
+                raise ConfigError(f"validate.suites.{name}: {path} does not exist (run from the project root; set "
+                                  f"it to false to run without a {name} suite)")
 
 
 @dataclass(frozen=True)
@@ -484,7 +513,16 @@ class Params:
 
     @property
     def ingest(self) -> IngestParams:
-        return _build(IngestParams, self.raw.get("ingest"), "ingest")
+        p = _build(IngestParams, self.raw.get("ingest"), "ingest")
+        lookback = self.features.lookback_days if "features" in self.raw else 0
+        if p.duplicate_window_days < lookback:
+            raise ConfigError(f"ingest.duplicate_window_days: {p.duplicate_window_days} is shorter than the features' "
+                              f"look-back ({lookback} days): a re-sent id could reach the features twice")
+        return p
+
+    @property
+    def services(self) -> ServiceParams:
+        return _build(ServiceParams, self.raw.get("services"), "services")
 
     @property
     def validate(self) -> ValidateParams:

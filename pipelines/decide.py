@@ -29,7 +29,7 @@ import tempfile
 
 import polars as pl
 
-from pipelines import storage
+from pipelines import lineage, storage
 from pipelines.cli import resolve, stage_parser
 from pipelines.config import DecideParams, load_params, parse_date
 from pipelines.score import OPS
@@ -217,16 +217,18 @@ def main(argv: list[str]) -> int:
     p, store = params.decide, params.storage
     for ds in days:
         d = ds.isoformat()
-        pub = storage.Publisher(store.lake, args.snapshot)
-        with tempfile.TemporaryDirectory(prefix="decide-") as tmp:
+        reader = lineage.Reader()
+        with tempfile.TemporaryDirectory(prefix="decide-") as tmp, storage.Publisher(store.lake, args.snapshot) as pub:
             try:
-                pred_path = storage.fetch(store.uri("predictions", date=d), tmp)
-            except storage.MissingObject:
-                raise DecideError(f"{store.uri('predictions', date=d)}: no predictions for {d} (run score first)") from None
-            import pyarrow.parquet as pq
+                pred_path = reader.fetch(store.uri("predictions", date=d), tmp)
+                import pyarrow.parquet as pq
 
-            need = feature_columns_needed(pq.ParquetFile(str(pred_path)).schema_arrow.names, p)
-            feat_path = storage.fetch(store.uri("features", date=d), tmp) if need else None
+                need = feature_columns_needed(pq.ParquetFile(str(pred_path)).schema_arrow.names, p)
+                feat_path = reader.fetch(store.uri("features", date=d), tmp) if need else None
+            except lineage.NotCommitted as exc:
+                raise DecideError(f"decide {d}: {exc}; nothing decided (run features and score for {d} first)") from None
+            except lineage.StaleInput as exc:
+                raise DecideError(f"decide {d}: {exc}; nothing decided") from None
             overrides = read_overrides(store, ds)
             ov = latest_overrides(overrides)
 
@@ -242,7 +244,10 @@ def main(argv: list[str]) -> int:
             cands = [review_candidates(base_decisions(pb, fb, p), ov["event_id"]) for pb, fb in batches()]
             ranks = queue_ranks(pl.concat(cands) if cands else
                                 pl.DataFrame(schema={"event_id": pl.String, "_prio": pl.Int32, "score": pl.Float32}), p)
-            sink, tally = storage.ParquetSink(store.uri("decisions", date=d), tmp, pub), Tally()
+            ov_uri = store.uri("overrides", date=d)
+            part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed,
+                                 sources={ov_uri: storage.sha256(storage.parquet_bytes(overrides))} if overrides.height else {})
+            sink, tally = storage.ParquetSink(store.uri("decisions", date=d), tmp, part), Tally()
             for pb, fb in batches():
                 dec = final_decisions(base_decisions(pb, fb, p), ranks, ov, p)
                 sink.write(dec)
@@ -252,9 +257,10 @@ def main(argv: list[str]) -> int:
                 raise DecideError(f"decide {d}: {summ['rows']} decisions for "
                                   f"{pq.ParquetFile(str(pred_path)).metadata.num_rows} predictions")
             queue = pl.concat(tally.queue).sort("queue_rank") if tally.queue else pl.DataFrame()
-            pub.put_parquet(store.uri("review_queue", date=d), queue)
-            pub.put_json(store.uri("decision_summary", date=d), summ)
+            part.put_parquet(store.uri("review_queue", date=d), queue)
+            part.put_json(store.uri("decision_summary", date=d), summ)
             sink.close()
+            part.commit()
         if summ["overrides_applied"]:
             log.info("%d human override(s) applied for %s (reason_code human_override, reviewer in overridden_by)",
                      summ["overrides_applied"], d)

@@ -307,18 +307,18 @@ def main(argv: list[str]) -> int:
         "model_sha256": summary["model_sha256"]}
     pr_points, roc_points = _curve_points(test["label"].to_numpy(), test["score"].to_numpy())
     pngs = plots(test, base_test["score"].to_numpy(), importance, cal)
-    out = M.StageOutput(base, "evaluate", args.snapshot)
-    for name, data in sorted(pngs.items()):
-        out.put(f"images/{name}", data, "image/png")
-    out.put_json("plots/pr.json", pr_points)
-    out.put_json("plots/roc.json", roc_points)
-    out.put_json("plots/calibration.json", cal)
-    out.put_json("reference_profile.json", profile)
-    out.put_json("evaluation.json", evaluation)
-    out.put("report.html", report_html(f"Evaluation of model {summary['model_sha256'][:12]}", metrics, evaluation,
-                                       pngs).encode(), "text/html")
-    out.put_json("metrics.json", metrics)
-    log.info("evaluate %s..%s: AP %.4f (baseline %.4f), ROC AUC %.4f, recall %.3f @ %.4f -> %s", *win["test"],
-             model_eval["average_precision"] or 0, baseline_eval["average_precision"] or 0, model_eval["roc_auc"] or 0,
-             model_eval["recall"], thr, out.base)
-    return 0
+    with M.StageOutput(base, "evaluate", args.snapshot) as out:
+        for name, data in sorted(pngs.items()):
+            out.put(f"images/{name}", data, "image/png")
+        out.put_json("plots/pr.json", pr_points)
+        out.put_json("plots/roc.json", roc_points)
+        out.put_json("plots/calibration.json", cal)
+        out.put_json("reference_profile.json", profile)
+        out.put_json("evaluation.json", evaluation)
+        out.put("report.html", report_html(f"Evaluation of model {summary['model_sha256'][:12]}", metrics, evaluation,
+                                           pngs).encode(), "text/html")
+        out.put_json("metrics.json", metrics)
+        log.info("evaluate %s..%s: AP %.4f (baseline %.4f), ROC AUC %.4f, recall %.3f @ %.4f -> %s", *win["test"],
+                 model_eval["average_precision"] or 0, baseline_eval["average_precision"] or 0, model_eval["roc_auc"] or 0,
+                 model_eval["recall"], thr, out.base)
+        return 0

@@ -7,7 +7,9 @@ written; an expectation that fails there is dropped and reported.
 
 Severity policy of the draft (edit it in review):
   block: columns and order, types, not-null (where the reference has no nulls), unique id,
-         timestamps inside the partition's day, non-negative numerics (where the reference is),
+         timestamps inside the partition's day, the hard limits of validate.suggest.hard_limits (a
+         finite, plausible range: quarantines inf and absurd values), else non-negative numerics
+         (where the reference is),
          known category values, row-count bounds
   warn:  upper value bounds, means and quantiles (distribution drift is watched, not blocked)
 """
@@ -67,7 +69,11 @@ def suggest_suite(name: str, ref: pl.DataFrame, day_counts: list[int], p: Sugges
         if profile == "features" and "_rate_" in col:
             ex.append(_e("expect_column_values_to_be_between", "block", f"rate:{col}", column=col, min_value=0, max_value=1))
             continue
-        if lo >= 0:
+        if col in p.hard_limits:     # finite and plausible: +-inf and absurd values are quarantined
+            h_lo, h_hi = p.hard_limits[col]
+            ex.append(_e("expect_column_values_to_be_between", "block", f"plausible_range:{col}", column=col,
+                         min_value=h_lo, max_value=h_hi))
+        elif lo >= 0:
             ex.append(_e("expect_column_values_to_be_between", "block", f"non_negative:{col}", column=col, min_value=0))
         if profile == "features":
             continue

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines import storage
+from pipelines import lineage, storage
 from pipelines.cli import StageFailed, resolve, stage_parser
 from pipelines.config import FeatureParams, date_range
 
@@ -278,27 +278,44 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
 
 
 # --------------------------------------------------------------------------- I/O
-def load_inputs(params, start: dt.date, end: dt.date) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+class Inputs:
+    """The validated transactions and labels a range of feature days reads, each partition verified
+    (pipelines/lineage.py) and remembered with its sha256 by date, so each day's record names
+    exactly the partitions of its own look-back."""
+
+    def __init__(self, events: pl.DataFrame, labels: pl.DataFrame, missing: list[str],
+                 read: dict[dt.date, dict[str, str]]) -> None:
+        self.events, self.labels, self.missing, self.read = events, labels, missing, read
+
+    def for_day(self, day: dt.date, lookback_days: int) -> dict[str, str]:
+        """The partitions the features of `day` were computed from: its look-back and itself (labels
+        up to the day before: a label that lands on `day` is usable from the next day only)."""
+        first = day - dt.timedelta(days=lookback_days)
+        return {u: sha for d, parts in self.read.items() if first <= d <= day for u, sha in parts.items()}
+
+
+def load_inputs(params, start: dt.date, end: dt.date) -> Inputs:
     """Validated transactions for [start - lookback, end] and labels landed in that range.
     A missing partition inside the range (after the dataset's first date) is an error unless
-    features.missing_history is warn; returns the list of missing partitions too."""
+    features.missing_history is warn; a partition that changed or was withdrawn after something
+    was built from it is always an error (lineage.StaleInput)."""
     spec, store = params.features, params.storage
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     first = start - dt.timedelta(days=spec.lookback_days)
     frames, label_frames, missing = [], [], []
+    read: dict[dt.date, dict[str, str]] = {}
     for day in date_range(first, end):
-        if day >= tx.first_date:
-            uri = store.uri("validated", dataset="transactions", date=day.isoformat())
+        for ds, kind, out in ((tx, "validated", frames), (lb, "canonical", label_frames)):
+            if day < ds.first_date or (ds is lb and day == end):   # labels landing on `end` serve later days
+                continue
+            uri = store.uri(kind, dataset=ds.name, date=day.isoformat())
+            reader = lineage.Reader()
             try:
-                frames.append(storage.read_parquet(uri))
-            except storage.MissingObject:
+                out.append(reader.read_parquet(uri))
+            except lineage.NotCommitted:
                 missing.append(uri)
-        if day >= lb.first_date:
-            uri = store.uri("canonical", dataset="labels", date=day.isoformat())
-            try:
-                label_frames.append(storage.read_parquet(uri))
-            except storage.MissingObject:
-                missing.append(uri)
+                continue
+            read.setdefault(day, {}).update(reader.consumed)
     target_missing = [u for u in missing if any(f"date={d.isoformat()}" in u and "/transactions/" in u
                                                 for d in date_range(start, end))]
     if target_missing:
@@ -315,7 +332,23 @@ def load_inputs(params, start: dt.date, end: dt.date) -> tuple[pl.DataFrame, pl.
         raise MissingHistory(f"features {start}..{end}: no validated transactions at all")
     labels = pl.concat(label_frames) if label_frames else pl.DataFrame(
         schema={"event_id": pl.String, "label": pl.Int8, "label_date": pl.Date, "available_at": pl.Datetime("us")})
-    return pl.concat(frames), labels, missing
+    events = pl.concat(frames)
+    _check_unique(events, "event_ts", "validated transactions", start, end)
+    _check_unique(labels, "label_date", "labels", start, end)
+    return Inputs(events, labels, missing, read)
+
+
+def _check_unique(frame: pl.DataFrame, date_col: str, what: str, start: dt.date, end: dt.date) -> None:
+    """Ingest lets an id in once (first arrival wins); an id twice here means an older date was
+    re-ingested after a newer one: fail with the dates to re-run, never crash in a join."""
+    dup = frame.filter(pl.col("event_id").is_duplicated())
+    if dup.height:
+        ids = dup["event_id"].unique().sort().head(3).to_list()
+        dates = sorted(set(dup[date_col].cast(pl.Date).cast(pl.String).to_list()))
+        raise MissingHistory(f"features {start}..{end}: {dup['event_id'].n_unique()} id(s) appear in more than one "
+                             f"partition of the {what} read (e.g. {ids}; dates {dates[:6]}): an older date was "
+                             f"re-ingested after a newer one; re-run ingest and validate for the later of those "
+                             f"dates; nothing published")
 
 
 def _shorten(uris: list[str]) -> list[str]:
@@ -340,26 +373,35 @@ def main(argv: list[str]) -> int:
     cols = params.dataset("transactions").columns
     entities, numerics = list(cols.entities), list(cols.numerics)
     suite_path = params.validate.suites.get("features")
-    suite = load_suite(suite_path) if suite_path and Path(suite_path).exists() else None
-    if suite is None:
-        log.warning("no features suite at %s: feature partitions are published unvalidated", suite_path)
+    if suite_path:                      # configured: it must load (checked when params.yaml is loaded)
+        suite = load_suite(suite_path)
+    elif suite_path is False:
+        suite = None
+        log.warning("validate.suites.features is false: feature partitions are published without a suite")
+    else:
+        raise StageFailed("validate.suites has no features entry: give a suite path, or false to run without one")
     start, end = min(days), max(days)
-    events, labels, missing = load_inputs(params, start, end)
-    feats = compute_features(events, labels, spec, start, end, entities, numerics)
-    pub = storage.Publisher(store.lake, args.snapshot)
+    inputs = load_inputs(params, start, end)
+    feats = compute_features(inputs.events, inputs.labels, spec, start, end, entities, numerics)
     failures = []
-    for day in days:
-        part = feats.filter(pl.col("event_ts").dt.date() == day)
-        if suite is not None:
-            v = validate_frame(part, suite, "features", day, 0.0, allow_quarantine=False)
-            if v.blocked:
-                pub.remove(store.uri("features", date=day.isoformat()))
-                failures.append(f"features {day}: blocked by {suite_path}: " + "; ".join(v.results["reasons"]))
-                continue
-        pub.put_parquet(store.uri("features", date=day.isoformat()), part)
-        pub.put_json(store.uri("features_manifest", date=day.isoformat()),
-                     manifest(part, spec, numerics, entities, day, missing))
-        log.info("features %s: %d rows, %d features", day, part.height, len(feature_names(spec, numerics)))
-    if failures:
-        raise StageFailed("\n  ".join(failures))
+    with storage.Publisher(store.lake, args.snapshot) as pub:
+        for day in days:
+            part_uri = store.uri("features", date=day.isoformat())
+            part = feats.filter(pl.col("event_ts").dt.date() == day)
+            if suite is not None:
+                v = validate_frame(part, suite, "features", day, 0.0, allow_quarantine=False)
+                if v.blocked:
+                    pub.remove(part_uri)
+                    failures.append(f"features {day}: blocked by {suite_path}: " + "; ".join(v.results["reasons"]))
+                    continue
+            out = pub.partition(part_uri, "features", inputs=inputs.for_day(day, spec.lookback_days),
+                                extra={"spec_hash": spec_hash(spec), "code_version": code_version(),
+                                       "suite": str(suite_path) if suite is not None else None})
+            out.put_parquet(part_uri, part)
+            out.put_json(store.uri("features_manifest", date=day.isoformat()),
+                         manifest(part, spec, numerics, entities, day, inputs.missing))
+            out.commit()
+            log.info("features %s: %d rows, %d features", day, part.height, len(feature_names(spec, numerics)))
+        if failures:
+            raise StageFailed("\n  ".join(failures))
     return 0

@@ -32,7 +32,7 @@ import logging
 import numpy as np
 import polars as pl
 
-from pipelines import storage
+from pipelines import lineage, storage
 from pipelines.cli import StageFailed, resolve, stage_parser
 from pipelines.report import CSS
 
@@ -278,9 +278,12 @@ label ({rv['agree']} agree, {rv['disagree']} disagree); {rv['review_only']} only
 
 
 # --------------------------------------------------------------------------- entry point
-def read_optional(uri: str) -> pl.DataFrame | None:
+def read_optional(uri: str, reader: lineage.Reader | None = None) -> pl.DataFrame | None:
+    """A committed partition, verified (None when there is none); a stale one is an error."""
     try:
-        return storage.read_parquet(uri)
+        return (reader or lineage.Reader()).read_parquet(uri)
+    except lineage.StaleInput as exc:
+        raise FeedbackError(f"{exc}; nothing fed back") from None
     except storage.MissingObject:
         return None
 
@@ -299,11 +302,12 @@ def feedback_day(params, label_date: dt.date, snapshot: str | None = None) -> di
     d = label_date - dt.timedelta(days=delay)
     ds_ = d.isoformat()
     luri = store.uri("validated", dataset="labels", date=label_date.isoformat())
-    labels = read_optional(luri)
+    reader = lineage.Reader()
+    labels = read_optional(luri, reader)
     if labels is None:
         raise FeedbackError(f"{luri}: no validated labels for {label_date} (ingest and validate --dataset labels first; "
                             f"a blocked partition is never fed back)")
-    pred = read_optional(store.uri("predictions", date=ds_))
+    pred = read_optional(store.uri("predictions", date=ds_), reader)
     if pred is None:
         log.warning("feedback %s: no predictions for %s (nothing was scored that day): %d label(s) only recorded",
                     label_date, ds_, labels.height)
@@ -311,25 +315,28 @@ def feedback_day(params, label_date: dt.date, snapshot: str | None = None) -> di
                "labels": luri}
         storage.Publisher(store.lake, snapshot).put_json(store.uri("feedback_summary", date=ds_), rec)
         return rec
-    feats = read_optional(store.uri("features", date=ds_))
+    feats = read_optional(store.uri("features", date=ds_), reader)
     feats = feats.select("event_id", *[c for c in fp.slices if c in feats.columns]) if feats is not None else None
-    frame, acc = join_feedback(pred, read_optional(store.uri("decisions", date=ds_)), read_optional(store.uri("shadow_predictions", date=ds_)),
+    frame, acc = join_feedback(pred, read_optional(store.uri("decisions", date=ds_), reader),
+                               read_optional(store.uri("shadow_predictions", date=ds_), reader),
                                labels.select("event_id", "label"), review_labels(read_overrides(store, d), fp.review_verdicts),
                                feats)
     table, res = realized(frame, d, label_date, fp.precision_at_k, fp.slices)
     prom = params.promotion
     summary = {"date": ds_, "label_date": label_date.isoformat(), "status": "joined", "accounting": acc, **res,
                "comparison": compare(frame, prom.metric, fp.slices, prom.slice_min_positives)}
-    pub = storage.Publisher(store.lake, snapshot)
-    pub.put_parquet(store.uri("feedback", date=ds_), frame)
-    pub.put_parquet(store.uri("realized", date=ds_), table)
-    pub.put_json(store.uri("feedback_summary", date=ds_), summary)
-    history = read_realized(store, [d - dt.timedelta(days=i) for i in range(29, -1, -1)])
-    pub.put(store.uri("feedback_report", date=ds_), report_html(summary, history).encode(), "text/html")
-    from pipelines import monitor           # the monitoring index links the day's realized report
+    with storage.Publisher(store.lake, snapshot) as pub:
+        part = pub.partition(store.uri("feedback", date=ds_), "feedback", inputs=reader.consumed)
+        part.put_parquet(store.uri("realized", date=ds_), table)
+        part.put_json(store.uri("feedback_summary", date=ds_), summary)
+        part.put_parquet(store.uri("feedback", date=ds_), frame)
+        part.commit()
+        history = read_realized(store, [d - dt.timedelta(days=i) for i in range(29, -1, -1)])
+        pub.put(store.uri("feedback_report", date=ds_), report_html(summary, history).encode(), "text/html")
+        from pipelines import monitor           # the monitoring index links the day's realized report
 
-    pub.put(store.uri("monitor_index"), monitor.index_html(store, monitor.dates_present(store, "monitoring")).encode(),
-            "text/html")
+        pub.put(store.uri("monitor_index"), monitor.index_html(store, monitor.dates_present(store, "monitoring")).encode(),
+                "text/html")
     c = summary["comparison"]
     log.info("feedback %s (labels of %s): %d/%d predictions labelled, %d review-only, %d unmatched label(s)%s", ds_,
              label_date, acc["labels_matched"], acc["predictions"], acc["rows_labelled_review_only"], acc["labels_unmatched"],

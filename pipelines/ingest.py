@@ -1,16 +1,31 @@
 """Stage `ingest`: raw partition -> canonical partition + rejects, for one dataset and date.
 
 Data contract (canonical schema, names from params.yaml `datasets.<name>.columns` keys):
-  event_id str, [event_ts datetime[us] (naive UTC)], [label int8], <entities> str,
+  event_id str, [event_ts datetime[us] (naive UTC)], [label int8: 0 | 1], <entities> str,
   <numerics> float64, <categoricals> str; labels also get label_date date and available_at
   datetime[us] (= label_date + 1 day: a label is usable after the day it landed).
 Rows are sorted by (event_ts, event_id) (labels: event_id).
 
-Nothing is dropped silently. A row is rejected, with a reason code, when its id or timestamp is
-null (`null_id`, `null_timestamp`, `null_label`), when a value cannot be cast to its canonical type
-(`cast_failed:<column>`), or when its id was already seen in the partition (`duplicate_id`; the
-earliest by (timestamp, source order) is kept). A partition whose schema lacks a mapped column is
-rejected whole (`missing_column:<column>`) and the run fails. Always rows_in = rows_out + rows_rejected.
+Each source file is read and cast on its own (its own column types; a tz-aware timestamp is
+converted to UTC, a naive one is UTC already), so files of one partition may differ in types.
+A CSV is read as UTF-8 (a byte-order mark is dropped); any other encoding is an error naming the file.
+
+Nothing is dropped silently. A row is rejected, with a reason code (the first that applies), when
+  null_id / null_timestamp / null_label      its id, timestamp or label is null
+  cast_failed:<column>                       a value cannot be cast to its canonical type
+  invalid_label                              a label that is not exactly 0 or 1 (0.5 is not truncated)
+  duplicate_id                               its id was already seen in the partition (the earliest by
+                                             (timestamp, file, row) is kept)
+  conflicting_label                          a duplicate label whose value differs from the kept one
+  duplicate_id_across_days                   its id was already ingested for one of the previous
+                                             `ingest.duplicate_window_days` days (first arrival wins)
+A file that lacks a mapped column has all its rows rejected (`missing_column:<columns>`) and the
+partition fails. Always rows_in = rows_out + rows_rejected. Conflicting labels (within the day and
+across days) are counted in the stats and logged.
+
+A partition that cannot be ingested (no files, an unreadable file, a missing column) withdraws its
+previous canonical partition, so a bad re-delivery never leaves stale data behind: everything
+derived from it is refused from then on (pipelines/lineage.py).
 """
 from __future__ import annotations
 
@@ -21,13 +36,14 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipelines import storage
+from pipelines import lineage, storage
 from pipelines.cli import StageFailed, resolve, stage_parser
 from pipelines.config import DatasetParams, IngestParams, StorageParams
 
 log = logging.getLogger("pipelines.ingest")
 ROW = "_source_row"
 FILE = "_source_file"
+NOT_LANDED = 99     # the nightly DAG's sensor pokes again on this exit code
 
 
 class IngestError(RuntimeError):
@@ -61,41 +77,67 @@ def _cast(name: str, src: pl.Expr, dtype: pl.DataType, src_dtype: pl.DataType, d
         if src_dtype == pl.String:
             if ds.timestamp_format:
                 return src.str.strptime(pl.Datetime("us"), ds.timestamp_format, strict=False)
-            return src.str.to_datetime(time_unit="us", strict=False)
+            return (src.str.to_datetime(time_unit="us", strict=False, time_zone="UTC")
+                    .dt.replace_time_zone(None))
         if src_dtype.is_numeric():
             return pl.from_epoch(src.cast(pl.Int64, strict=False), time_unit=ds.timestamp_unit or "s").cast(pl.Datetime("us"))
         if isinstance(src_dtype, pl.Datetime) and src_dtype.time_zone:
             return src.dt.convert_time_zone("UTC").dt.replace_time_zone(None).cast(pl.Datetime("us"))
         return src.cast(pl.Datetime("us"), strict=False)
+    if name == "label":        # as a number first: a label that is not exactly 0 or 1 is rejected, never truncated
+        if src_dtype == pl.String:
+            return src.str.strip_chars().cast(pl.Float64, strict=False)
+        return src.cast(pl.Float64, strict=False)
     if dtype == pl.Float64 and src_dtype == pl.String:
         return src.str.strip_chars().cast(pl.Float64, strict=False)
-    if dtype == pl.Int8 and src_dtype == pl.String:
-        return src.str.strip_chars().cast(pl.Int64, strict=False).cast(pl.Int8, strict=False)
     return src.cast(dtype, strict=False)
 
 
-def normalize(raw: pl.DataFrame, ds: DatasetParams, day: dt.date, params: IngestParams) -> IngestResult:
-    """Pure core: a raw partition (with _source_file/_source_row columns) -> canonical + rejects."""
-    mapping = ds.columns.mapping()
-    schema = canonical_schema(ds)
-    rows_in = raw.height
-    missing = [src for src in mapping.values() if src not in raw.columns]
-
-    if missing:
-        rejects = raw.select(
-            *[(pl.col(src).cast(pl.String) if src in raw.columns else pl.lit(None, pl.String)).alias(canon)
-              for canon, src in mapping.items()],
-            pl.lit(f"missing_column:{','.join(missing)}").alias("reject_reason"), FILE, ROW)
-        stats = _stats(ds, day, rows_in, 0, rejects, {}, missing)
-        return IngestResult(pl.DataFrame(schema=schema), rejects, stats)
-
-    src_types = raw.schema
-    joined = raw.select(
-        *[_cast(canon, pl.col(src), schema[canon], src_types[src], ds).alias(canon) for canon, src in mapping.items()],
+def _cast_file(raw: pl.DataFrame, mapping: dict[str, str], schema: dict[str, pl.DataType], ds: DatasetParams
+               ) -> tuple[pl.DataFrame, dict]:
+    """One source file -> canonical columns (label as Float64 still) + their source text."""
+    types = raw.schema
+    casts = {canon: f"{types[src]}->{schema[canon]}" for canon, src in mapping.items() if types[src] != schema[canon]}
+    out = raw.select(
+        *[_cast(canon, pl.col(src), schema[canon], types[src], ds).alias(canon) for canon, src in mapping.items()],
         *[pl.col(src).cast(pl.String).alias(f"__text_{canon}") for canon, src in mapping.items()],
         FILE, ROW)
-    casts = {canon: f"{src_types[src]}->{schema[canon]}" for canon, src in mapping.items()
-             if src_types[src] != schema[canon]}
+    return out, casts
+
+
+def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt.date, params: IngestParams,
+              seen: pl.DataFrame | None = None) -> IngestResult:
+    """Pure core: the raw files of a partition (each with _source_file/_source_row columns) ->
+    canonical + rejects. `seen`: event_id (and label) of the ids ingested for the previous days."""
+    files = raw if isinstance(raw, list) else [raw]
+    mapping = ds.columns.mapping()
+    schema = canonical_schema(ds)
+    rows_in = sum(f.height for f in files)
+    work_schema = {**schema, "label": pl.Float64()} if "label" in schema else schema
+
+    casted, casts, rejected_files, missing = [], {}, [], []
+    for f in files:
+        absent = [src for src in mapping.values() if src not in f.columns]
+        if absent:
+            missing += [c for c in absent if c not in missing]
+            rejected_files.append(f.select(
+                *[(pl.col(src).cast(pl.String) if src in f.columns else pl.lit(None, pl.String)).alias(canon)
+                  for canon, src in mapping.items()],
+                pl.lit(f"missing_column:{','.join(absent)}").alias("reject_reason"), FILE, ROW))
+            continue
+        out, c = _cast_file(f, mapping, work_schema, ds)
+        casted.append(out)
+        for k, v in c.items():
+            casts.setdefault(k, v)
+
+    if missing:                  # a file without a mapped column: the partition fails, every row is evidence
+        good = [c.select([pl.col(f"__text_{k}").alias(k) for k in mapping],
+                         pl.lit("partition_failed:missing_column").alias("reject_reason"), FILE, ROW) for c in casted]
+        rejects = pl.concat([*rejected_files, *good]).sort([FILE, ROW])
+        return IngestResult(pl.DataFrame(schema=schema), rejects, _stats(ds, day, rows_in, 0, rejects, casts, missing))
+
+    joined = pl.concat(casted, how="vertical") if casted else pl.DataFrame(
+        schema={**work_schema, **{f"__text_{k}": pl.String for k in mapping}, FILE: pl.String, ROW: pl.Int64})
 
     # the first failing check names the row's reason code
     checks: list[tuple[str, pl.Expr]] = [("null_id", pl.col("__text_event_id").is_null())]
@@ -105,6 +147,8 @@ def normalize(raw: pl.DataFrame, ds: DatasetParams, day: dt.date, params: Ingest
         checks.append(("null_label", pl.col("__text_label").is_null()))
     for canon in mapping:   # a value present in the source that did not survive the cast
         checks.append((f"cast_failed:{canon}", pl.col(canon).is_null() & pl.col(f"__text_{canon}").is_not_null()))
+    if "label" in schema:
+        checks.append(("invalid_label", ~pl.col("label").is_in([0.0, 1.0])))
     reason = pl.lit(None, pl.String)
     for code, cond in reversed(checks):
         reason = pl.when(cond).then(pl.lit(code)).otherwise(reason)
@@ -114,8 +158,29 @@ def normalize(raw: pl.DataFrame, ds: DatasetParams, day: dt.date, params: Ingest
     sort_keys = (["event_ts"] if "event_ts" in schema else []) + [FILE, ROW]
     ok = joined.filter(pl.col("reject_reason").is_null()).sort(sort_keys)
     dup = ok.select(pl.col("event_id").is_duplicated() & ~pl.col("event_id").is_first_distinct()).to_series()
-    kept = ok.filter(~dup)
-    dups = ok.filter(dup).with_columns(pl.lit("duplicate_id").alias("reject_reason"))
+    kept, dups = ok.filter(~dup), ok.filter(dup)
+    conflicts = 0
+    if "label" in schema and dups.height:
+        first = kept.select("event_id", pl.col("label").alias("__kept"))
+        dups = dups.join(first, on="event_id", how="left", maintain_order="left")
+        conflicting = dups["label"] != dups["__kept"]
+        conflicts = int(conflicting.sum())
+        dups = dups.with_columns(pl.when(conflicting).then(pl.lit("conflicting_label")).otherwise(pl.lit("duplicate_id"))
+                                 .alias("reject_reason")).drop("__kept")
+    else:
+        dups = dups.with_columns(pl.lit("duplicate_id").alias("reject_reason"))
+
+    # first arrival wins across days: an id ingested for an earlier date is not ingested again
+    cross_conflicts = 0
+    if seen is not None and seen.height and kept.height:
+        again = kept["event_id"].is_in(seen["event_id"].implode())
+        repeats = kept.filter(again).with_columns(pl.lit("duplicate_id_across_days").alias("reject_reason"))
+        kept = kept.filter(~again)
+        if "label" in schema and "label" in seen.columns and repeats.height:
+            cmp = repeats.join(seen.select("event_id", pl.col("label").cast(pl.Float64).alias("__first")),
+                               on="event_id", how="left")
+            cross_conflicts = int((cmp["label"] != cmp["__first"]).sum())
+        dups = pl.concat([dups, repeats])
     bad = pl.concat([joined.filter(pl.col("reject_reason").is_not_null()), dups])
 
     rejects = bad.select([pl.col(f"__text_{c}").alias(c) for c in mapping] + ["reject_reason", FILE, ROW]) \
@@ -127,6 +192,8 @@ def normalize(raw: pl.DataFrame, ds: DatasetParams, day: dt.date, params: Ingest
             pl.lit(day).alias("label_date"),
             pl.lit(dt.datetime.combine(day + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us")).alias("available_at"))
     stats = _stats(ds, day, rows_in, canonical.height, rejects, casts, [])
+    if "label" in schema:
+        stats["label_conflicts"] = {"within_day": conflicts, "across_days": cross_conflicts}
     return IngestResult(canonical, rejects, stats)
 
 
@@ -141,8 +208,28 @@ def _stats(ds: DatasetParams, day: dt.date, rows_in: int, rows_out: int, rejects
     return stats
 
 
-def read_source(ds: DatasetParams, day: dt.date) -> tuple[pl.DataFrame, list[dict]]:
-    """All files of the source partition of `day`, concatenated, with _source_file/_source_row."""
+def _read_file(ds: DatasetParams, day: dt.date, uri: str, data: bytes) -> pl.DataFrame:
+    where = f"{ds.name} {day}: source file {uri}"
+    if not data:
+        raise IngestError(f"{where} is empty (0 bytes); nothing published, the run fails")
+    try:
+        if ds.format == "parquet":
+            return pl.read_parquet(io.BytesIO(data))
+        try:
+            text = data.decode("utf-8-sig")           # a byte-order mark is not part of the first column's name
+        except UnicodeDecodeError as exc:
+            raise IngestError(f"{where} is not UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 4]!r}); "
+                              f"re-deliver it as UTF-8; nothing published, the run fails") from None
+        return pl.read_csv(io.StringIO(text), infer_schema=False)
+    except IngestError:
+        raise
+    except Exception as exc:
+        raise IngestError(f"{where} is unreadable as {ds.format} ({type(exc).__name__}: {str(exc)[:200]}); "
+                          f"nothing published, the run fails") from None
+
+
+def read_source(ds: DatasetParams, day: dt.date) -> tuple[list[pl.DataFrame], list[dict]]:
+    """Each file of the source partition of `day`, with _source_file/_source_row columns."""
     prefix = ds.partition_uri(day)
     ext = ".parquet" if ds.format == "parquet" else ".csv"
     files = [u for u in storage.list_uris(prefix) if u.endswith(ext)]
@@ -152,42 +239,75 @@ def read_source(ds: DatasetParams, day: dt.date) -> tuple[pl.DataFrame, list[dic
     frames, sources = [], []
     for uri in files:
         data = storage.read_bytes(uri)
-        try:
-            if ds.format == "parquet":
-                df = pl.read_parquet(io.BytesIO(data))
-            else:
-                df = pl.read_csv(io.BytesIO(data), infer_schema=False)
-        except Exception as exc:
-            raise IngestError(f"{ds.name} {day}: source file {uri} is unreadable as {ds.format} "
-                              f"({type(exc).__name__}: {str(exc)[:200]}); nothing published, the run fails") from None
+        df = _read_file(ds, day, uri, data)
         frames.append(df.with_columns(pl.lit(uri.rsplit("/", 1)[-1]).alias(FILE),
                                       pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW)))
-        sources.append({"uri": uri, "bytes": len(data), "rows": df.height})
-    return pl.concat(frames, how="diagonal_relaxed"), sources
+        sources.append({"uri": uri, "bytes": len(data), "rows": df.height, "sha256": storage.sha256(data),
+                        "columns": [c for c in df.columns if c not in (FILE, ROW)]})
+    return frames, sources
+
+
+def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_days: int, reader: lineage.Reader
+                ) -> pl.DataFrame:
+    """event_id (and label) of every row ingested for the `window_days` days before `day`. Those
+    partitions become inputs of this one: re-ingesting one of them with other ids makes it stale."""
+    cols = ["event_id", "label"] if ds.columns.label else ["event_id"]
+    frames = []
+    for i in range(window_days, 0, -1):
+        d = day - dt.timedelta(days=i)
+        if d < ds.first_date:
+            continue
+        uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
+        try:
+            frames.append(reader.read_parquet(uri).select(cols))
+        except lineage.NotCommitted:            # a day that was never ingested or was withdrawn
+            continue
+        except lineage.StaleInput as exc:
+            raise IngestError(f"{ds.name} {day}: the ids of an earlier day cannot be trusted ({exc}); re-run ingest "
+                              f"for the earlier dates first; nothing published, the run fails") from None
+    return pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String if c == "event_id" else pl.Int8 for c in cols})
 
 
 def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, params: IngestParams,
                      pub: storage.Publisher) -> dict:
-    """Read, normalize and publish one partition; return its stats. Raises IngestError on a schema
-    failure after publishing the rejects and stats (so the evidence is kept)."""
-    raw, sources = read_source(ds, day)
-    result = normalize(raw, ds, day, params)
-    stats = {**result.stats, "sources": sources}
+    """Read, normalize and publish one partition; return its stats. Raises IngestError when the
+    partition cannot be ingested, after withdrawing its previous canonical partition and publishing
+    the evidence (rejects, stats)."""
     fields = {"dataset": ds.name, "date": day.isoformat()}
-    pub.put_parquet(store.uri("rejects", **fields), result.rejects)
+    canonical_uri = store.uri("canonical", **fields)
+    try:
+        frames, sources = read_source(ds, day)
+    except (IngestError, storage.StorageError) as exc:
+        pub.remove(canonical_uri)
+        pub.put_json(store.uri("ingest_stats", **fields), {"dataset": ds.name, "date": day.isoformat(),
+                                                           "status": "failed", "reason": str(exc)})
+        raise IngestError(str(exc)) from None
+    reader = lineage.Reader()
+    seen = seen_before(ds, day, store, params.duplicate_window_days, reader)
+    result = normalize(frames, ds, day, params, seen)
+    stats = {**result.stats, "status": "published", "sources": [{k: v for k, v in s.items() if k != "sha256"}
+                                                               for s in sources],
+             "duplicate_window": {"days": params.duplicate_window_days, "ids_seen": seen.height}}
     if result.stats["missing_columns"]:
-        pub.remove(store.uri("canonical", **fields))
-        pub.put_json(store.uri("ingest_stats", **fields), stats)
-        found = sorted(c for c in raw.columns if c not in (FILE, ROW))
+        pub.remove(canonical_uri)
+        pub.put_parquet(store.uri("rejects", **fields), result.rejects)
+        pub.put_json(store.uri("ingest_stats", **fields), {**stats, "status": "failed"})
+        found = {s["uri"].rsplit("/", 1)[-1]: s["columns"] for s in sources}
         raise IngestError(f"{ds.name} {day}: source column(s) {result.stats['missing_columns']} missing from "
-                          f"{ds.partition_uri(day)}/ (found {found}); all {raw.height} rows rejected to "
-                          f"{store.uri('rejects', **fields)}, the run fails")
-    pub.put_parquet(store.uri("canonical", **fields), result.canonical)
-    pub.put_json(store.uri("ingest_stats", **fields), stats)
+                          f"{ds.partition_uri(day)}/ (found {found}); all {stats['rows_in']} rows rejected to "
+                          f"{store.uri('rejects', **fields)}, nothing published, the run fails")
+    part = pub.partition(canonical_uri, "ingest", inputs=reader.consumed,
+                         sources={s["uri"]: s["sha256"] for s in sources})
+    part.put_parquet(store.uri("rejects", **fields), result.rejects)
+    part.put_parquet(canonical_uri, result.canonical)
+    part.put_json(store.uri("ingest_stats", **fields), stats)
+    part.commit()
+    conflicts = stats.get("label_conflicts") or {}
+    if any(conflicts.values()):
+        log.warning("%s %s: conflicting labels for the same id: %d within the day, %d against an earlier day "
+                    "(the first is kept; the others are in %s)", ds.name, day, conflicts["within_day"],
+                    conflicts["across_days"], store.uri("rejects", **fields))
     return stats
-
-
-NOT_LANDED = 99     # the nightly DAG's sensor pokes again on this exit code
 
 
 def check_landed(params, names: list[str], days) -> int:
@@ -216,21 +336,21 @@ def main(argv: list[str]) -> int:
     store, ing = params.storage, params.ingest
     if args.check:
         return check_landed(params, args.dataset or params.dataset_names, days)
-    pub = storage.Publisher(store.lake, args.snapshot)
     failures = []
-    for name in args.dataset or params.dataset_names:
-        ds = params.dataset(name)
-        for day in days:
-            if day < ds.first_date:
-                log.info("%s %s: before first_date %s, nothing to ingest", name, day, ds.first_date)
-                continue
-            try:
-                s = ingest_partition(ds, day, store, ing, pub)
-                log.info("%s %s: in=%d out=%d rejected=%d %s", name, day, s["rows_in"], s["rows_out"],
-                         s["rows_rejected"], s["rejected_by_reason"] or "")
-            except (IngestError, storage.StorageError) as exc:
-                log.error("%s", exc)
-                failures.append(str(exc))
-    if failures:
-        raise StageFailed(f"ingest failed for {len(failures)} partition(s):\n  " + "\n  ".join(failures))
+    with storage.Publisher(store.lake, args.snapshot) as pub:
+        for name in args.dataset or params.dataset_names:
+            ds = params.dataset(name)
+            for day in days:
+                if day < ds.first_date:
+                    log.info("%s %s: before first_date %s, nothing to ingest", name, day, ds.first_date)
+                    continue
+                try:
+                    s = ingest_partition(ds, day, store, ing, pub)
+                    log.info("%s %s: in=%d out=%d rejected=%d %s", name, day, s["rows_in"], s["rows_out"],
+                             s["rows_rejected"], s["rejected_by_reason"] or "")
+                except (IngestError, storage.StorageError) as exc:
+                    log.error("%s", exc)
+                    failures.append(str(exc))
+        if failures:
+            raise StageFailed(f"ingest failed for {len(failures)} partition(s):\n  " + "\n  ".join(failures))
     return 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from pipelines import storage
+from pipelines import lineage, storage
 from pipelines.config import StorageParams, TrainParams, date_range, parse_date
 
 log = logging.getLogger("pipelines.model")
@@ -86,16 +86,19 @@ def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: i
     its row. Provenance columns: label_source (feed | review), review_label, reviewer,
     review_agrees; the counts are in stats["labels"] and the overrides' sha256 in stats["reviews"]."""
     frames, manifests, digests = [], [], {}
+    reader = lineage.Reader()
     for day in days:
         uri = store.uri("features", date=day.isoformat())
         try:
-            data = storage.read_bytes(uri)
-        except storage.MissingObject:
-            raise TrainingDataError(f"{uri}: feature partition missing (blocked by validation or not built); "
-                                    f"the training run fails, nothing is published") from None
+            data = reader.read_bytes(uri)
+            manifests.append(reader.read_json(store.uri("features_manifest", date=day.isoformat()), primary=uri))
+        except storage.MissingObject:       # not committed (lineage.NotCommitted), or its object is gone
+            raise TrainingDataError(f"{uri}: feature partition missing (blocked by validation, withdrawn or not "
+                                    f"built); the training run fails, nothing is published") from None
+        except lineage.StaleInput as exc:
+            raise TrainingDataError(f"{exc}; the training run fails, nothing is published") from None
         digests[day.isoformat()] = hashlib.sha256(data).hexdigest()
         frames.append(storage.read_parquet_bytes(data, uri).with_columns(pl.lit(day).alias("date")))
-        manifests.append(storage.read_json(store.uri("features_manifest", date=day.isoformat())))
     hashes = {m["spec_hash"] for m in manifests}
     if len(hashes) > 1:
         raise TrainingDataError(f"feature partitions {days[0]}..{days[-1]} mix feature specs {sorted(hashes)}: "
@@ -106,7 +109,9 @@ def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: i
             continue
         uri = store.uri("canonical", dataset="labels", date=day.isoformat())
         try:
-            label_frames.append(storage.read_parquet(uri).select("event_id", "label"))
+            label_frames.append(reader.read_parquet(uri).select("event_id", "label"))
+        except lineage.StaleInput as exc:
+            raise TrainingDataError(f"{exc}; the training run fails") from None
         except storage.MissingObject:
             raise TrainingDataError(f"{uri}: label partition missing (labels of {day - dt.timedelta(days=label_delay_days)} "
                                     f"have not landed or were not ingested); the training run fails") from None
@@ -253,17 +258,22 @@ def training_uri(store: StorageParams, start: dt.date, end: dt.date) -> str:
 
 class StageOutput:
     """Publishes a stage's files to <training uri>/<stage>/ and, when the DVC pipeline gives an
-    output folder, the same bytes to <out>/ (what DVC versions is what was published)."""
+    output folder, the same bytes to <out>/ (what DVC versions is what was published). A context
+    manager: the DVC output is staged and moved into place on a clean exit only."""
 
     def __init__(self, base: str, stage: str, out: str | None) -> None:
         self.base = f"{base.rstrip('/')}/{stage}"
-        self.out = out
+        self.pub = storage.Publisher(self.base, out)
+
+    def __enter__(self) -> "StageOutput":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self.pub.__exit__(kind, exc, tb)
 
     def put(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         uri = f"{self.base}/{name}"
-        storage.write_bytes(uri, data, content_type)
-        if self.out:
-            storage.write_bytes(f"{self.out.rstrip('/')}/{name}", data)
+        self.pub.put(uri, data, content_type)
         return uri
 
     def put_json(self, name: str, obj) -> str:

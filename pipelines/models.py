@@ -23,6 +23,8 @@ import os
 import socket
 from dataclasses import dataclass
 
+from pipelines import faults
+
 HISTORY_PREFIX = "alias_history."
 
 
@@ -93,20 +95,30 @@ class Move:
 
 
 def move_alias(c, name: str, alias: str, version: str | None, reason: str, dry_run: bool = False,
-               by: str | None = None) -> dict | None:
+               by: str | None = None, op: str | None = None, frm: str | None = None) -> dict | None:
     """Point `alias` at `version` (None removes it) and append the move to the history. Returns
-    the record, or None when the alias already points there (nothing changed, nothing recorded)."""
+    the record, or None when the alias already points there (nothing changed, nothing recorded).
+
+    `op` names a move that must happen once (e.g. the alias move of one registration): when the
+    history already holds it, nothing happens; when a crash left the alias moved but the move not
+    recorded, the record is written now (with `frm`, where the alias pointed when the move was planned)."""
+    if op is not None and any(r.get("op") == op for r in history(c, name)):
+        return None
     current = get_alias(c, name, alias)
     version = None if version is None else str(version)
-    if current == version:
+    if current == version and op is None:
         return None
-    rec = Move(alias, current, version, reason).record(by or actor())
+    rec = Move(alias, current if current != version else frm, version, reason).record(by or actor())
+    if op is not None:
+        rec["op"] = op
     if dry_run:
         return {**rec, "dry_run": True}
-    if version is None:
-        c.delete_registered_model_alias(name, alias)
-    else:
-        c.set_registered_model_alias(name, alias, version)
+    if current != version:
+        if version is None:
+            c.delete_registered_model_alias(name, alias)
+        else:
+            c.set_registered_model_alias(name, alias, version)
+    faults.point("models.after_alias_move")
     _append(c, name, rec)
     return rec
 
@@ -196,7 +208,11 @@ def main(argv: list[str]) -> int:
     ln = sub.add_parser("lineage")
     ln.add_argument("version")
     args = ap.parse_args(argv)
-    name = load_params(args.params).register.model_name
+    params = load_params(args.params)
+    from pipelines import services
+
+    services.configure(params.services.timeout_s)
+    name = params.register.model_name
     c = client()
     if args.action == "list":
         out = versions(c, name)

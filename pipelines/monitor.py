@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from pipelines import storage
+from pipelines import lineage, storage
 from pipelines.cli import resolve, stage_parser
 from pipelines.config import MonitorParams, StorageParams
 from pipelines.report import CSS
@@ -501,15 +501,19 @@ def index_html(store: StorageParams, days: list[dt.date]) -> str:
 def monitor_day(params, ds: dt.date, snapshot: str | None = None) -> dict:
     p, store = params.monitor, params.storage
     d = ds.isoformat()
+    reader = lineage.Reader()
     with tempfile.TemporaryDirectory(prefix="monitor-") as tmp:
+        pred_uri, dec_uri = store.uri("predictions", date=d), store.uri("decisions", date=d)
         try:
-            model_doc = storage.read_json(store.uri("scored_model", date=d))
-            stats = storage.read_json(store.uri("scoring_stats", date=d))
-            dec_summary = storage.read_json(store.uri("decision_summary", date=d))
-            pred_path = storage.fetch(store.uri("predictions", date=d), tmp)
-            feat_path = storage.fetch(store.uri("features", date=d), tmp)
-        except storage.MissingObject as exc:
+            model_doc = reader.read_json(store.uri("scored_model", date=d), primary=pred_uri)
+            dec_summary = reader.read_json(store.uri("decision_summary", date=d), primary=dec_uri)
+            pred_path = reader.fetch(pred_uri, tmp)
+            feat_path = reader.fetch(store.uri("features", date=d), tmp)
+            stats = storage.read_json(store.uri("scoring_stats", date=d))     # timings: not part of any record
+        except (lineage.NotCommitted, storage.MissingObject) as exc:
             raise MonitorError(f"monitor {d}: {exc} (run score and decide for {d} first)") from None
+        except lineage.StaleInput as exc:
+            raise MonitorError(f"monitor {d}: {exc}; nothing monitored") from None
         import pyarrow.parquet as pq
 
         profile = model_doc.get("reference_profile")
@@ -524,16 +528,23 @@ def monitor_day(params, ds: dt.date, snapshot: str | None = None) -> dict:
     perf = with_rolling(pl.DataFrame(perf_rows(ds, stats), schema=SCHEMA),
                         read_metrics(store, "monitoring_perf", window), p.rolling_days)
     alerts = alerts_of(metrics, ds, details["drifted_features"])
-    pub = storage.Publisher(store.lake, snapshot)
-    pub.put_parquet(store.uri("monitoring", date=d), metrics)
-    pub.put_parquet(store.uri("monitoring_perf", date=d), perf)
+    with storage.Publisher(store.lake, snapshot) as pub:
+        return _publish_day(pub, reader, params, ds, metrics, perf, alerts, details, model_doc, dec_summary)
+
+
+def _publish_day(pub: storage.Publisher, reader: lineage.Reader, params, ds: dt.date, metrics: pl.DataFrame,
+                 perf: pl.DataFrame, alerts: list[dict], details: dict, model_doc: dict, dec_summary: dict) -> dict:
+    p, store = params.monitor, params.storage
+    d = ds.isoformat()
+    part = pub.partition(store.uri("monitoring", date=d), "monitor", inputs=reader.consumed)
+    part.put(store.uri("monitoring_perf", date=d), storage.parquet_bytes(perf), volatile=True)   # timings
     report_uri = store.uri("monitor_report", date=d)
     record = {"date": d, "alerts": alerts, "drifted": bool(metrics.filter(pl.col("metric") == "day_drifted")["value"].sum()),
               "drifted_features": details["drifted_features"], "report": report_uri}
     url = os.environ.get("FRAUDOPS_ALERT_WEBHOOK") or p.webhook_url
     if alerts and url:
         record["webhook"] = send_webhook(url, {"source": "fraudops.monitor", **record}, p.webhook_timeout_s)
-    pub.put_json(store.uri("alerts", date=d), record)
+    part.put_json(store.uri("alerts", date=d), record, volatile=True)      # the webhook's answer varies
     recent = read_metrics(store, "monitoring", [ds - dt.timedelta(days=i) for i in range(29, 0, -1)])
     history = pl.concat([recent.select(list(SCHEMA)), metrics.select(list(SCHEMA))])
     from pipelines.feedback import read_realized
@@ -542,7 +553,9 @@ def monitor_day(params, ds: dt.date, snapshot: str | None = None) -> dict:
         if "realized" in store.layout else None
     pub.put(report_uri, report_html(ds, metrics, perf, details, alerts, model_doc, history, dec_summary,
                                     realized).encode(),
-            "text/html")
+            "text/html")              # a view: re-rendered as labels land, so not part of the record
+    part.put_parquet(store.uri("monitoring", date=d), metrics)
+    part.commit()
     pub.put(store.uri("monitor_index"), index_html(store, dates_present(store, "monitoring")).encode(), "text/html")
     return record
 

@@ -29,12 +29,14 @@ import polars as pl
 from pipelines import evaluate as E
 from pipelines import model as M
 from pipelines import models as R
-from pipelines import storage
+from pipelines import faults, storage
 from pipelines.cli import resolve, stage_parser
 from pipelines.config import GateParams
 
 log = logging.getLogger("pipelines.register")
 REPO = Path(__file__).resolve().parent.parent
+COMPLETE_TAG = "registration.complete"      # set last: every step of the registration is done
+PLAN_TAG = "registration.plan"              # the alias moves the gate decided, kept until they are made
 
 
 @dataclass
@@ -150,70 +152,29 @@ def _champion_eval(c, name: str, version: str, test: pl.DataFrame, manifest: dic
         return logged, f"feature spec differs ({ch_manifest['spec_hash']} vs {manifest['spec_hash']}): its logged test metrics"
 
 
-def main(argv: list[str]) -> int:
+def _reusable_run(c, experiment: str, sha: str) -> tuple[str | None, str | None]:
+    """A run of an earlier, interrupted registration of the same model that got as far as logging the
+    model (then it is reused: no second run); a run killed before that is marked FAILED."""
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None, None
+    for run in c.search_runs([exp.experiment_id], f"tags.model_sha256 = '{sha}'"):
+        if run.data.tags.get("model_uri"):
+            if run.info.status != "FINISHED":
+                c.set_terminated(run.info.run_id, "FINISHED")
+            return run.info.run_id, run.data.tags["model_uri"]
+        if run.info.status == "RUNNING":
+            c.set_tag(run.info.run_id, "abandoned", "an interrupted registration; a later run replaced it")
+            c.set_terminated(run.info.run_id, "FAILED")
+    return None, None
+
+
+def _log_run(start, end, sha, tags, summary, win, params, ep, rp, metrics, evaluation, champ_eval, base, decision,
+             champion, how, val_summary, booster, signature, example) -> tuple[str, str]:
+    """The training's MLflow run: params, metrics, artifacts and the model (XGBoost flavor)."""
     import mlflow
     import mlflow.xgboost
-    from mlflow.models import infer_signature
 
-    args = stage_parser("register", __doc__).parse_args(argv)
-    params, days = resolve(args)
-    rp, ep, store, labels = params.register, params.evaluate, params.storage, params.dataset("labels")
-    start, end = min(days), max(days)
-    base = M.training_uri(store, start, end)
-    summary = storage.read_json(f"{base}/train/summary.json")
-    manifest = storage.read_json(f"{base}/train/feature_manifest.json")
-    raw = storage.read_bytes(f"{base}/train/model.ubj")
-    evaluation = storage.read_json(f"{base}/evaluate/evaluation.json")
-    metrics = storage.read_json(f"{base}/evaluate/metrics.json")
-    sha = M.sha256(raw)
-    if sha != summary["model_sha256"] or evaluation["model_sha256"] != sha:
-        raise M.TrainingDataError(f"{base}: model.ubj, summary.json and evaluation.json disagree on the model "
-                                  f"(sha256 {sha[:12]}); re-run train and evaluate")
-    out = M.StageOutput(base, "register", args.snapshot)
-    c = R.client()
-    name = rp.model_name
-    from mlflow.exceptions import MlflowException
-
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(name, description="Fraud model (XGBoost). Aliases: champion scores, challenger "
-                                                    "shadows, previous is the last champion. See tags alias_history.*")
-    for mv in c.search_model_versions(f"name='{name}'"):
-        if mv.tags.get("model_sha256") == sha:
-            rec = {"model_name": name, "version": str(mv.version), "run_id": mv.run_id, "model_sha256": sha,
-                   "gate": mv.tags.get("gate"), "alias": mv.tags.get("gate_alias") or None,
-                   "reasons": [r for r in (mv.tags.get("gate_reasons") or "").split("; ") if r]}
-            log.info("register: model %s is already version %s of %s; nothing created, no alias moved",
-                     sha[:12], mv.version, name)
-            out.put_json("registration.json", rec)
-            return 0
-
-    win = evaluation["windows"]
-    test, _ = M.load_labelled(store, M.window_days(win["test"]), labels.delay_days, labels.first_date)
-    champion = R.get_alias(c, name, "champion")
-    champ_eval, how = (None, "cold start: no champion")
-    if champion:
-        champ_eval, how = _champion_eval(c, name, champion, test, manifest, ep)
-    decision = gate(evaluation["test"], champ_eval, rp.gate, ep.slice_min_positives)
-    log.info("gate: %s (%s) %s", "PASSED" if decision.passed else "FAILED", how, "; ".join(decision.reasons))
-
-    val_summary = validation_summary(store, M.window_days([win["train"][0], win["test"][1]]))
-    booster = M.load_booster(raw)
-    x = M.feature_matrix(test.head(200), manifest, "input example")
-    example = pl.DataFrame(x[:5], schema=manifest["feature_names"], orient="row").to_pandas()
-    signature = infer_signature(pl.DataFrame(x, schema=manifest["feature_names"], orient="row").to_pandas(),
-                                M.predict(booster, x))
-    tags = {"model_sha256": sha, "data.range": f"{start}..{end}", "data.train_window": "..".join(win["train"]),
-            "data.valid_window": "..".join(win["valid"]), "data.test_window": "..".join(win["test"]),
-            "data.features_sha256": M.sha256(json.dumps(summary["inputs_sha256"], sort_keys=True).encode()),
-            "features.spec_hash": manifest["spec_hash"], "features.code_version": str(manifest.get("code_version")),
-            "train.code_version": summary["code_version"], "device_requested": summary["device_requested"],
-            "device_used": summary["device_used"], "xgboost.version": summary["xgboost"]["version"],
-            "xgboost.use_cuda": str(summary["xgboost"]["use_cuda"]).lower(), "gate": "passed" if decision.passed else "failed",
-            "gate.compared_with": f"v{champion} ({how})" if champion else how, "registered_by": R.actor(),
-            **git_tags(), **dvc_tags()}
-    mlflow.set_experiment(rp.experiment)
     with mlflow.start_run(run_name=f"train {start}..{end} {sha[:8]}") as run:
         mlflow.set_tags(tags)
         mlflow.log_params({**{f"xgb.{k}": v for k, v in summary["chosen_params"].items()},
@@ -240,25 +201,132 @@ def main(argv: list[str]) -> int:
             mlflow.log_artifacts(tmp)
         info = mlflow.xgboost.log_model(booster, name="model", signature=signature, input_example=example,
                                         pip_requirements=list(rp.pip_requirements), model_format="ubj")
-        run_id = run.info.run_id
-    desc = (f"Trained on {win['train'][0]}..{win['train'][1]}, tested on {win['test'][0]}..{win['test'][1]}: "
-            f"AP {_f(evaluation['test']['average_precision'])}, recall {_f(evaluation['test']['recall'])} at "
-            f"{summary['operating_threshold']:.4f}. Gate {'passed' if decision.passed else 'FAILED'} ({how})")
-    if decision.reasons:
-        desc += ": " + "; ".join(decision.reasons)
-    mv = mlflow.register_model(info.model_uri, name, tags={**{k: tags[k] for k in ("model_sha256", "data.range", "gate",
-                                                                                   "features.spec_hash", "device_used")},
-                                                           "gate_alias": decision.alias or "",
-                                                           "gate_reasons": "; ".join(decision.reasons)[:4000]})
-    version = str(mv.version)
-    c.update_model_version(name, version, description=desc)
+        mlflow.set_tag("model_uri", info.model_uri)      # set last: the run is complete (a resume reuses it)
+        return run.info.run_id, info.model_uri
+
+
+def _plan(c, name: str, decision: GateDecision, champion: str | None, how: str) -> list[dict]:
+    """The alias move of this registration ({alias, from, reason}; to the new version), decided
+    before the version exists and kept on it until it is made."""
     if decision.alias == "champion":
-        R.promote(c, name, version, f"cold start: gate passed ({'; '.join(ch['check'] for ch in decision.checks)})")
+        reason = "cold start: gate passed (" + "; ".join(ch["check"] for ch in decision.checks) + ")"
     elif decision.alias == "challenger":
-        R.move_alias(c, name, "challenger", version, f"gate passed against champion v{champion} ({how})")
-    rec = {"model_name": name, "version": version, "run_id": run_id, "model_sha256": sha,
-           "gate": tags["gate"], "alias": decision.alias, "reasons": decision.reasons}
-    out.put_json("registration.json", rec)
-    log.info("registered %s v%s (run %s): gate %s -> %s", name, version, run_id, tags["gate"], decision.alias or "no alias")
-    print(f"{name} v{version}: gate {tags['gate']}, alias {decision.alias or 'none'}; MLflow run {run_id}")
+        reason = f"gate passed against champion v{champion} ({how})"
+    else:
+        return []
+    return [{"alias": decision.alias, "from": R.get_alias(c, name, decision.alias), "reason": reason}]
+
+
+def _complete(c, name: str, version: str) -> None:
+    """Finish a registration from what its version records (safe to repeat, and to run after a kill
+    at any point): the description, the planned alias moves (each recorded once in the alias history,
+    with the op that made it), then the completion tag."""
+    mv = c.get_model_version(name, version)
+    if mv.tags.get("description_pending"):
+        c.update_model_version(name, version, description=mv.tags["description_pending"])
+    for move in json.loads(mv.tags.get(PLAN_TAG) or "[]"):
+        R.move_alias(c, name, move["alias"], version, move["reason"], op=f"register:{name}:v{version}:{move['alias']}",
+                     frm=move["from"])
+    if mv.tags.get("description_pending"):
+        c.delete_model_version_tag(name, version, "description_pending")
+    c.set_model_version_tag(name, version, COMPLETE_TAG, "true")
+
+
+def _registration(c, name: str, version: str) -> dict:
+    mv = c.get_model_version(name, version)
+    return {"model_name": name, "version": version, "run_id": mv.run_id, "model_sha256": mv.tags.get("model_sha256"),
+            "gate": mv.tags.get("gate"), "alias": mv.tags.get("gate_alias") or None,
+            "reasons": [r for r in (mv.tags.get("gate_reasons") or "").split("; ") if r]}
+
+
+def main(argv: list[str]) -> int:
+    import mlflow
+    import mlflow.xgboost
+    from mlflow.models import infer_signature
+
+    args = stage_parser("register", __doc__).parse_args(argv)
+    params, days = resolve(args)
+    rp, ep, store, labels = params.register, params.evaluate, params.storage, params.dataset("labels")
+    start, end = min(days), max(days)
+    base = M.training_uri(store, start, end)
+    summary = storage.read_json(f"{base}/train/summary.json")
+    manifest = storage.read_json(f"{base}/train/feature_manifest.json")
+    raw = storage.read_bytes(f"{base}/train/model.ubj")
+    evaluation = storage.read_json(f"{base}/evaluate/evaluation.json")
+    metrics = storage.read_json(f"{base}/evaluate/metrics.json")
+    sha = M.sha256(raw)
+    if sha != summary["model_sha256"] or evaluation["model_sha256"] != sha:
+        raise M.TrainingDataError(f"{base}: model.ubj, summary.json and evaluation.json disagree on the model "
+                                  f"(sha256 {sha[:12]}); re-run train and evaluate")
+    with M.StageOutput(base, "register", args.snapshot) as out:
+        c = R.client()
+        name = rp.model_name
+        from mlflow.exceptions import MlflowException
+
+        try:
+            c.get_registered_model(name)
+        except MlflowException:
+            c.create_registered_model(name, description="Fraud model (XGBoost). Aliases: champion scores, challenger "
+                                                        "shadows, previous is the last champion. See tags alias_history.*")
+        existing = [mv for mv in c.search_model_versions(f"name='{name}'") if mv.tags.get("model_sha256") == sha]
+        if existing:
+            mv = min(existing, key=lambda m: int(m.version))
+            if mv.tags.get(COMPLETE_TAG) == "true":
+                log.info("register: model %s is already version %s of %s; nothing created, no alias moved",
+                         sha[:12], mv.version, name)
+            else:                       # a run killed after the version was created: finish its work
+                log.warning("register: version %s of %s (model %s) was left half-registered; completing it",
+                            mv.version, name, sha[:12])
+                _complete(c, name, str(mv.version))
+            out.put_json("registration.json", _registration(c, name, str(mv.version)))
+            return 0
+
+        win = evaluation["windows"]
+        test, _ = M.load_labelled(store, M.window_days(win["test"]), labels.delay_days, labels.first_date)
+        champion = R.get_alias(c, name, "champion")
+        champ_eval, how = (None, "cold start: no champion")
+        if champion:
+            champ_eval, how = _champion_eval(c, name, champion, test, manifest, ep)
+        decision = gate(evaluation["test"], champ_eval, rp.gate, ep.slice_min_positives)
+        log.info("gate: %s (%s) %s", "PASSED" if decision.passed else "FAILED", how, "; ".join(decision.reasons))
+
+        val_summary = validation_summary(store, M.window_days([win["train"][0], win["test"][1]]))
+        booster = M.load_booster(raw)
+        x = M.feature_matrix(test.head(200), manifest, "input example")
+        example = pl.DataFrame(x[:5], schema=manifest["feature_names"], orient="row").to_pandas()
+        signature = infer_signature(pl.DataFrame(x, schema=manifest["feature_names"], orient="row").to_pandas(),
+                                    M.predict(booster, x))
+        tags = {"model_sha256": sha, "data.range": f"{start}..{end}", "data.train_window": "..".join(win["train"]),
+                "data.valid_window": "..".join(win["valid"]), "data.test_window": "..".join(win["test"]),
+                "data.features_sha256": M.sha256(json.dumps(summary["inputs_sha256"], sort_keys=True).encode()),
+                "features.spec_hash": manifest["spec_hash"], "features.code_version": str(manifest.get("code_version")),
+                "train.code_version": summary["code_version"], "device_requested": summary["device_requested"],
+                "device_used": summary["device_used"], "xgboost.version": summary["xgboost"]["version"],
+                "xgboost.use_cuda": str(summary["xgboost"]["use_cuda"]).lower(), "gate": "passed" if decision.passed else "failed",
+                "gate.compared_with": f"v{champion} ({how})" if champion else how, "registered_by": R.actor(),
+                **git_tags(), **dvc_tags()}
+        mlflow.set_experiment(rp.experiment)
+        run_id, model_uri = _reusable_run(c, rp.experiment, sha)
+        if run_id is None:
+            run_id, model_uri = _log_run(start, end, sha, tags, summary, win, params, ep, rp, metrics, evaluation, champ_eval,
+                              base, decision, champion, how, val_summary, booster, signature, example)
+        faults.point("register.after_run")
+        desc = (f"Trained on {win['train'][0]}..{win['train'][1]}, tested on {win['test'][0]}..{win['test'][1]}: "
+                f"AP {_f(evaluation['test']['average_precision'])}, recall {_f(evaluation['test']['recall'])} at "
+                f"{summary['operating_threshold']:.4f}. Gate {'passed' if decision.passed else 'FAILED'} ({how})")
+        if decision.reasons:
+            desc += ": " + "; ".join(decision.reasons)
+        plan = _plan(c, name, decision, champion, how)
+        mv = mlflow.register_model(model_uri, name, tags={
+            **{k: tags[k] for k in ("model_sha256", "data.range", "gate", "features.spec_hash", "device_used")},
+            "gate_alias": decision.alias or "", "gate_reasons": "; ".join(decision.reasons)[:4000],
+            PLAN_TAG: json.dumps(plan, sort_keys=True), "description_pending": desc[:4000]})
+        version = str(mv.version)
+        faults.point("register.after_version")
+        _complete(c, name, version)
+        rec = _registration(c, name, version)
+        out.put_json("registration.json", rec)
+        log.info("registered %s v%s (run %s): gate %s -> %s", name, version, run_id, tags["gate"],
+                 decision.alias or "no alias")
+        print(f"{name} v{version}: gate {tags['gate']}, alias {decision.alias or 'none'}; MLflow run {run_id}")
     return 0

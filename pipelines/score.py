@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from pipelines import lineage, storage
 from pipelines import model as M
-from pipelines import storage
 from pipelines.cli import resolve, stage_parser
 from pipelines.config import ScoreParams
 
@@ -228,7 +228,8 @@ def _load_version(p: ScoreParams, root: Path, version: str | None, mv, remember:
         cached = _read_cache(root, meta)
         files = cached[1] if cached else _download(mv.run_id)
         _verify(files, meta["sha256"], f"{p.model_name} v{version}")
-        s = _served(files, meta, [], f"{p.model_name}@{p.alias} = v{version}" + (" (cached)" if cached else ""))
+        s = _served(files, meta, [], f"{p.model_name}@{p.alias} = v{version}")   # same record, cached or not
+        log.info("%s v%s: %s", p.model_name, version, "from the local cache" if cached else "downloaded")
     except Exception as exc:
         return Served("rules", ["rules"], f"{p.model_name}@{p.alias} v{version} failed to load: "
                                           f"{type(exc).__name__}: {str(exc)[:300]}")
@@ -358,14 +359,17 @@ def score_file(path, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.dat
     return merge_stats(parts, time.perf_counter() - t0, p.chunk_rows)
 
 
-def load_features(store, ds: dt.date, workdir) -> tuple[Path, dict, str]:
+def load_features(store, ds: dt.date, workdir, reader: lineage.Reader) -> tuple[Path, dict, str]:
+    """The ds feature partition (a verified local copy) and its manifest."""
     uri = store.uri("features", date=ds.isoformat())
     try:
-        fman = storage.read_json(store.uri("features_manifest", date=ds.isoformat()))
-        path = storage.fetch(uri, workdir)
-    except storage.MissingObject:
-        raise ScoringError(f"{uri}: feature partition missing (features not built or blocked by validation); "
-                           f"nothing scored") from None
+        fman = reader.read_json(store.uri("features_manifest", date=ds.isoformat()), primary=uri)
+        path = reader.fetch(uri, workdir)
+    except lineage.NotCommitted:
+        raise ScoringError(f"{uri}: feature partition missing (features not built, blocked by validation, or "
+                           f"withdrawn); nothing scored") from None
+    except lineage.StaleInput as exc:
+        raise ScoringError(f"{exc}; nothing scored") from None
     return path, fman, uri
 
 
@@ -379,14 +383,17 @@ def score_day(params, ds: dt.date, served: Served, snapshot: str | None = None, 
     p, store = params.score, params.storage
     d = ds.isoformat()
     kind, model_kind, stats_kind = OUTPUTS[role]
-    pub = storage.Publisher(store.lake, snapshot)
-    with tempfile.TemporaryDirectory(prefix="score-") as tmp:
-        path, fman, uri = load_features(store, ds, tmp)
-        sink = storage.ParquetSink(store.uri(kind, date=d), tmp, pub)
+    reader = lineage.Reader()
+    with tempfile.TemporaryDirectory(prefix="score-") as tmp, storage.Publisher(store.lake, snapshot) as pub:
+        path, fman, uri = load_features(store, ds, tmp, reader)
+        part = pub.partition(store.uri(kind, date=d), role if role == "shadow" else "score", inputs=reader.consumed,
+                             extra={"model": {k: v for k, v in served.meta().items() if k != "reason"}})
+        sink = storage.ParquetSink(store.uri(kind, date=d), tmp, part)
         stats = score_file(path, fman, served, p, ds, uri, sink)
-        pub.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role, "reference_profile": served.profile})
-        pub.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri})
-        sink.close()                   # the predictions last: their presence means the date is scored
+        part.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role, "reference_profile": served.profile})
+        part.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri}, volatile=True)
+        sink.close()
+        part.commit()                  # the record last: until it is written, the date is not scored
     log.info("score %s (%s): %d rows by %s%s in %.2fs (%.0f rows/s), chunk p95 %.1f ms -> %s", d, role, stats["rows"],
              served.scored_by, f" v{served.version}" if served.version else "",
              stats["seconds"], stats["rows_per_s"] or 0, stats["chunk_latency_ms"]["p95"], store.uri(kind, date=d))

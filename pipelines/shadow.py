@@ -31,7 +31,6 @@ def shadow_day(params, ds: dt.date, served: score.Served, snapshot: str | None =
     """Score ds with `served` into the shadow partition, or record why nothing was scored."""
     store = params.storage
     d = ds.isoformat()
-    pub = storage.Publisher(store.lake, snapshot)
     out = {"date": d, "alias": params.shadow.alias, **{k: served.meta()[k] for k in ("model_name", "model_version", "run_id")}}
     if served.scored_by == "model":
         try:
@@ -40,9 +39,10 @@ def shadow_day(params, ds: dt.date, served: score.Served, snapshot: str | None =
         except M.ManifestMismatch as exc:
             served = score.Served("none", [], f"{served.name} v{served.version} cannot score these features: {exc}")
             log.error("shadow %s: %s", d, served.reason)
-    pub.remove(store.uri("shadow_predictions", date=d))
-    pub.put_json(store.uri("shadow_model", date=d), {"role": "shadow", "scored_by": "none", "reason": served.reason,
-                                                     "model_name": served.name, "model_version": served.version})
+    with storage.Publisher(store.lake, snapshot) as pub:
+        pub.remove(store.uri("shadow_predictions", date=d))
+        pub.put_json(store.uri("shadow_model", date=d), {"role": "shadow", "scored_by": "none", "reason": served.reason,
+                                                         "model_name": served.name, "model_version": served.version})
     log.info("shadow %s: nothing scored (%s)", d, served.reason)
     return {**out, "shadowed": False, "rows": 0, "reason": served.reason}
 

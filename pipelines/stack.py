@@ -1,16 +1,23 @@
-"""The local stack (embedded default): S3 (moto server), MLflow tracking server, Airflow 3.
+"""The local stack (embedded default): the object store, an MLflow tracking server, Airflow 3.
 
 `python -m pipelines stack up|down|status|env`
 
-Every service runs in its own process group (session) and carries the environment marker
-FRAUDOPS_STACK_ID; `down` signals each group (TERM, then KILL after a grace period) and then sweeps
-every process that still carries the marker, so children that ignore SIGTERM (Airflow's workers)
-or escaped their group do not survive.
+Embedded default, on 127.0.0.1 only, state under $FRAUDOPS_HOME (default .state/, mode 0700):
+  * object store: files under .state/objects/<bucket>/<key> (FRAUDOPS_OBJECT_STORE=file://...): the
+    lake, MLflow's artifacts and the DVC remote survive `stack down` and a kill -9 of any service;
+  * MLflow with its basic-auth app: user admin, generated password in .state/secrets (0600), handed to
+    clients as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; a request without them gets 401;
+  * Airflow 3 (api-server, scheduler, dag-processor, triggerer), LocalExecutor, SQLite, auth on.
+Every service runs with umask 077 in its own process group (session) and carries the environment
+marker FRAUDOPS_STACK_ID; `down` signals each group (TERM, then KILL after a grace period) and then
+sweeps every process that still carries the marker, so children that ignore SIGTERM (Airflow's
+workers) or escaped their group do not survive.
 
 Production: set the variables below and the stack starts nothing of that kind:
-  AWS_ENDPOINT_URL / AWS_* credentials   -> a real S3 or MinIO; no moto is started
+  AWS_ENDPOINT_URL / AWS_* credentials, or FRAUDOPS_OBJECT_STORE=s3 -> S3 (or MinIO) through boto3
   FRAUDOPS_MLFLOW_TRACKING_URI           -> an existing MLflow server; none is started
   FRAUDOPS_MLFLOW_BACKEND_URI            -> MLflow's backend store (e.g. postgresql://...)
+  FRAUDOPS_MLFLOW_ARTIFACTS              -> MLflow's artifact root (e.g. s3://...)
   AIRFLOW__DATABASE__SQL_ALCHEMY_CONN    -> Airflow's metadata database (e.g. postgresql+psycopg2://...)
 """
 from __future__ import annotations
@@ -31,6 +38,8 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "FRAUDOPS_STACK_ID"
 BUCKETS = ("fraudops-lake", "fraudops-mlflow", "fraudops-dvc")
+SERVICES = ("airflow-api-server", "airflow-triggerer", "airflow-dag-processor", "airflow-scheduler", "mlflow")
+UMASK = 0o077          # databases, secrets, logs and objects: readable by their owner only
 
 
 class StackError(RuntimeError):
@@ -48,18 +57,21 @@ def _port(name: str, default: int) -> int:
 @dataclass(frozen=True)
 class Layout:
     home: Path
-    s3_port: int
     mlflow_port: int
     airflow_port: int
 
     @property
-    def external_s3(self) -> bool:
-        url = os.environ.get("AWS_ENDPOINT_URL")
-        return bool(url) and url.rstrip("/") != f"http://127.0.0.1:{self.s3_port}"
+    def s3(self) -> bool:
+        """Objects on S3 (an endpoint or AWS) rather than in the embedded file object store."""
+        return bool(os.environ.get("AWS_ENDPOINT_URL")) or os.environ.get("FRAUDOPS_OBJECT_STORE") == "s3"
 
     @property
-    def s3_url(self) -> str:
-        return os.environ["AWS_ENDPOINT_URL"] if self.external_s3 else f"http://127.0.0.1:{self.s3_port}"
+    def objects(self) -> Path:
+        return self.home / "objects"
+
+    @property
+    def object_store(self) -> str:
+        return "s3" if self.s3 else f"file://{self.objects}"
 
     @property
     def external_mlflow(self) -> bool:
@@ -81,18 +93,34 @@ class Layout:
     def password_file(self) -> Path:
         return self.airflow_home / "simple_auth_manager_passwords.json.generated"
 
+    @property
+    def mlflow_auth_config(self) -> Path:
+        return self.home / "mlflow" / "basic_auth.ini"
+
 
 def layout() -> Layout:
-    return Layout(state_dir(), _port("FRAUDOPS_S3_PORT", 5400), _port("FRAUDOPS_MLFLOW_PORT", 5500),
-                  _port("FRAUDOPS_AIRFLOW_PORT", 8080))
+    return Layout(state_dir(), _port("FRAUDOPS_MLFLOW_PORT", 5500), _port("FRAUDOPS_AIRFLOW_PORT", 8080))
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _private_file(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created 0600, never readable by others in between)."""
+    _private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    path.chmod(0o600)
 
 
 def _secret(home: Path, name: str) -> str:
     path = home / "secrets" / name
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
+        _private_file(path, secrets.token_urlsafe(32))
     return path.read_text().strip()
 
 
@@ -102,9 +130,8 @@ def stack_env(lay: Layout) -> dict[str, str]:
     env = {
         MARKER: str(home),
         "FRAUDOPS_HOME": str(home),
-        "AWS_ENDPOINT_URL": lay.s3_url,
+        "FRAUDOPS_OBJECT_STORE": lay.object_store,
         "MLFLOW_TRACKING_URI": lay.mlflow_url,
-        "MLFLOW_S3_ENDPOINT_URL": lay.s3_url,
         "AIRFLOW_HOME": str(lay.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
@@ -131,9 +158,11 @@ def stack_env(lay: Layout) -> dict[str, str]:
     }
     if not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{lay.airflow_home / 'airflow.db'}"
-    if not lay.external_s3:
-        env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1"})
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        env["MLFLOW_S3_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
+    if not lay.external_mlflow:     # the stack's own registry: its admin credentials, for every client
+        env.update({"FRAUDOPS_STACK_MLFLOW_URL": lay.mlflow_url, "MLFLOW_TRACKING_USERNAME": "admin",
+                    "MLFLOW_TRACKING_PASSWORD": _secret(home, "mlflow_admin_password")})
     return env
 
 
@@ -142,7 +171,7 @@ def write_env_file(lay: Layout, env: dict[str, str]) -> Path:
     path = lay.home / "stack.env"
     hidden = {MARKER, "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"}
     lines = [f"{k}={v}" for k, v in sorted(env.items()) if k not in hidden]
-    path.write_text("\n".join(lines) + "\n")
+    _private_file(path, "\n".join(lines) + "\n")       # holds the MLflow client password
     return path
 
 
@@ -181,13 +210,13 @@ def _read_pid(lay: Layout, name: str) -> int | None:
 
 
 def _start(lay: Layout, name: str, cmd: list[str], env: dict[str, str]) -> int:
-    logs = lay.home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log = open(logs / f"{name}.log", "ab")
+    logs = _private_dir(lay.home / "logs")
+    fd = os.open(logs / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = os.fdopen(fd, "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **env}, cwd=REPO, start_new_session=True)
+                            env={**os.environ, **env}, cwd=REPO, start_new_session=True, umask=UMASK)
     log.close()
-    _pidfile(lay, name).parent.mkdir(parents=True, exist_ok=True)
+    _private_dir(_pidfile(lay, name).parent)
     _pidfile(lay, name).write_text(json.dumps({"pid": proc.pid, "pgid": proc.pid, "cmd": cmd}))
     return proc.pid
 
@@ -234,41 +263,43 @@ AIRFLOW_SERVICES = {
 
 
 def up(timeout: float = 240.0) -> Layout:
-    """Start whatever is not running yet and wait until everything is healthy (idempotent)."""
+    """Start whatever is not running yet and wait until everything is healthy (idempotent; a
+    service that died, even by kill -9, is started again on the state it left)."""
     lay = layout()
-    lay.home.mkdir(parents=True, exist_ok=True)
-    lay.airflow_home.mkdir(parents=True, exist_ok=True)
+    _private_dir(lay.home)
+    _private_dir(lay.airflow_home)
     env = stack_env(lay)
     write_env_file(lay, env)
     os.environ.update({k: v for k, v in env.items() if k != MARKER})
 
-    # S3
-    if not lay.external_s3:
-        if _read_pid(lay, "s3") is None:
-            _forget_registry_without_artifacts(lay)
-            _start(lay, "s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(lay.s3_port)], env)
-        _wait("S3 (moto)", lambda: _http_ok(f"{lay.s3_url}/moto-api/data.json"), timeout, lay, "s3")
+    # the object store: buckets are folders of .state/objects (embedded) or S3 buckets
+    if not lay.s3:
+        _private_dir(lay.objects)
     _ensure_buckets(lay)
     _write_dvc_local_config(lay)
 
-    # MLflow
+    # MLflow, with its basic-auth app
     if not lay.external_mlflow:
         if _read_pid(lay, "mlflow") is None:
-            (lay.home / "mlflow").mkdir(exist_ok=True)
-            backend = os.environ.get("FRAUDOPS_MLFLOW_BACKEND_URI") or f"sqlite:///{lay.home / 'mlflow' / 'mlflow.db'}"
-            artifacts = os.environ.get("FRAUDOPS_MLFLOW_ARTIFACTS") or "s3://fraudops-mlflow/artifacts"
-            _start(lay, "mlflow", [_bin("mlflow"), "server", "--backend-store-uri", backend,
+            mdir = _private_dir(lay.home / "mlflow")
+            backend = os.environ.get("FRAUDOPS_MLFLOW_BACKEND_URI") or f"sqlite:///{mdir / 'mlflow.db'}"
+            artifacts = os.environ.get("FRAUDOPS_MLFLOW_ARTIFACTS") or (
+                "s3://fraudops-mlflow/artifacts" if lay.s3 else str(lay.objects / "fraudops-mlflow" / "artifacts"))
+            _write_mlflow_auth_config(lay, env["MLFLOW_TRACKING_PASSWORD"])
+            _start(lay, "mlflow", [_bin("mlflow"), "server", "--app-name", "basic-auth",
+                                   "--backend-store-uri", backend,
                                    "--artifacts-destination", artifacts, "--serve-artifacts",
-                                   "--host", "127.0.0.1", "--port", str(lay.mlflow_port), "--workers", "1"], env)
+                                   "--host", "127.0.0.1", "--port", str(lay.mlflow_port), "--workers", "1"],
+                   {**env, "MLFLOW_AUTH_CONFIG_PATH": str(lay.mlflow_auth_config),
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(lay.home, "mlflow_flask_secret_key")})
         _wait("MLflow", lambda: _http_ok(f"{lay.mlflow_url}/health"), timeout, lay, "mlflow")
 
     # Airflow
     if not lay.password_file.exists():
-        lay.password_file.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
-        lay.password_file.chmod(0o600)
+        _private_file(lay.password_file, json.dumps({"admin": secrets.token_urlsafe(12)}))
     if not all(_read_pid(lay, n) for n in AIRFLOW_SERVICES):
         migrate = subprocess.run([_bin("airflow"), "db", "migrate"], env={**os.environ, **env}, cwd=REPO,
-                                 capture_output=True, text=True, timeout=timeout)
+                                 capture_output=True, text=True, timeout=timeout, umask=UMASK)
         if migrate.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}\n{migrate.stderr[-2000:]}")
     for name, args in AIRFLOW_SERVICES.items():
@@ -280,44 +311,55 @@ def up(timeout: float = 240.0) -> Layout:
           lambda: all(_airflow_health(lay).get(k) == "healthy"
                       for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")),
           timeout, lay)
+    _restrict_state(lay)
     return lay
 
 
-def _forget_registry_without_artifacts(lay: Layout) -> None:
-    """The embedded S3 keeps objects in memory: when it (re)starts empty, the embedded registry's
-    model files are gone, and a registry pointing at them would serve models that cannot load. Its
-    database is set aside (kept, renamed) so registry and artifacts start empty together."""
-    db = lay.home / "mlflow" / "mlflow.db"
-    if lay.external_mlflow or os.environ.get("FRAUDOPS_MLFLOW_BACKEND_URI") or not db.exists() \
-            or _read_pid(lay, "mlflow") is not None:
-        return
-    stale = db.with_name(f"mlflow.db.without-artifacts-{int(time.time())}")
-    db.rename(stale)
-    print(f"embedded S3 starts empty: the embedded MLflow registry's artifacts were lost with it; its database "
-          f"was set aside as {stale}", file=sys.stderr)
+def _write_mlflow_auth_config(lay: Layout, password: str) -> None:
+    """MLflow's basic-auth app: its user database in .state/mlflow, the admin created on first start
+    with the generated password (the file is 0600: it holds the password)."""
+    db = lay.home / "mlflow" / "basic_auth.db"
+    _private_file(lay.mlflow_auth_config, "[mlflow]\n"
+                  "default_permission = READ\n"
+                  f"database_uri = sqlite:///{db}\n"
+                  "admin_username = admin\n"
+                  f"admin_password = {password}\n"
+                  "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+
+
+def _restrict_state(lay: Layout) -> None:
+    """Databases, secrets and the env file: owner only (also for a state folder made before umask 077)."""
+    for path in [lay.home / "stack.env", lay.password_file, lay.mlflow_auth_config,
+                 *lay.home.glob("secrets/*"), *lay.home.glob("**/*.db")]:
+        if path.is_file():
+            path.chmod(0o600)
+    for path in (lay.home, lay.home / "secrets", lay.home / "mlflow", lay.airflow_home):
+        if path.is_dir():
+            path.chmod(0o700)
 
 
 def _ensure_buckets(lay: Layout) -> None:
-    from pipelines.storage import s3_client
+    from pipelines import storage
 
-    client = s3_client()
-    have = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     for bucket in BUCKETS:
-        if bucket not in have:
-            client.create_bucket(Bucket=bucket)
+        storage.ensure_bucket(bucket)
 
 
 def _write_dvc_local_config(lay: Layout) -> None:
-    """Point the DVC remotes at the stack's S3 endpoint (.dvc/config.local is git-ignored).
-    In production leave it out and set AWS_ENDPOINT_URL / credentials, or `dvc remote modify --local`."""
-    if lay.external_s3 or not (REPO / ".dvc").is_dir() or lay.home != (REPO / ".state").resolve():
+    """Point the DVC remotes at the stack's object store (.dvc/config.local is git-ignored). In
+    production leave it out and set AWS_ENDPOINT_URL / credentials, or `dvc remote modify --local`."""
+    if not (REPO / ".dvc").is_dir() or lay.home != (REPO / ".state").resolve():
         return   # only the default stack owns the workspace's DVC config (tests use their own copies)
-    (REPO / ".dvc" / "config.local").write_text(dvc_local_config(lay.s3_url))
+    (REPO / ".dvc" / "config.local").write_text(dvc_local_config(lay))
 
 
-def dvc_local_config(s3_url: str) -> str:
-    return "".join(f"['remote \"{r}\"']\n    endpointurl = {s3_url}\n    access_key_id = testing\n"
-                   f"    secret_access_key = testing\n" for r in ("lake", "raw"))
+def dvc_local_config(lay: Layout) -> str:
+    """The DVC remotes `lake` (the cache) and `raw` (the raw deliveries) on this stack's object store."""
+    if not lay.s3:
+        return (f"['remote \"lake\"']\n    url = {lay.objects / 'fraudops-dvc' / 'cache'}\n"
+                f"['remote \"raw\"']\n    url = {lay.objects / 'fraudops-lake' / 'raw'}\n")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return "".join(f"['remote \"{r}\"']\n    endpointurl = {endpoint}\n" for r in ("lake", "raw")) if endpoint else ""
 
 
 def _marked_processes(home: Path) -> list:
@@ -340,8 +382,7 @@ def down(grace: float = 10.0) -> list[int]:
     import psutil
 
     lay = layout()
-    names = ["airflow-api-server", "airflow-triggerer", "airflow-dag-processor", "airflow-scheduler",
-             "mlflow", "s3"]
+    names = list(SERVICES)
     groups = []
     for name in names:
         f = _pidfile(lay, name)
@@ -385,10 +426,14 @@ def down(grace: float = 10.0) -> list[int]:
 def status() -> dict[str, dict[str, object]]:
     lay = layout()
     health = _airflow_health(lay)
+    if lay.s3:
+        objects = {"url": os.environ.get("AWS_ENDPOINT_URL") or "AWS S3", "pid": None, "kind": "s3",
+                   "healthy": _s3_ok()}
+    else:
+        objects = {"url": str(lay.objects), "pid": None, "kind": "files", "healthy": lay.objects.is_dir()}
     out: dict[str, dict[str, object]] = {
-        "s3": {"url": lay.s3_url, "pid": _read_pid(lay, "s3"),
-               "healthy": _http_ok(f"{lay.s3_url}/moto-api/data.json") if not lay.external_s3 else "external"},
-        "mlflow": {"url": lay.mlflow_url, "pid": _read_pid(lay, "mlflow"),
+        "objects": objects,
+        "mlflow": {"url": lay.mlflow_url, "pid": _read_pid(lay, "mlflow") if not lay.external_mlflow else None,
                    "healthy": _http_ok(f"{lay.mlflow_url}/health")},
     }
     keys = {"airflow-api-server": "metadatabase", "airflow-scheduler": "scheduler",
@@ -396,6 +441,16 @@ def status() -> dict[str, dict[str, object]]:
     for name, key in keys.items():
         out[name] = {"url": lay.airflow_url, "pid": _read_pid(lay, name), "healthy": health.get(key) == "healthy"}
     return out
+
+
+def _s3_ok() -> bool:
+    from pipelines import storage
+
+    try:
+        storage.list_uris(f"s3://{BUCKETS[0]}/_health")
+        return True
+    except storage.StorageError:
+        return False
 
 
 def airflow_password(lay: Layout | None = None) -> str:
@@ -413,7 +468,7 @@ def main(argv: list[str]) -> int:
     if args.action == "up":
         lay = up(args.timeout)
         for name, info in status().items():
-            print(f"{name:22s} {info['url']:28s} pid={info['pid']} healthy={info['healthy']}")
+            print(f"{name:22s} {info['url']:40s} pid={info['pid'] or '-'} healthy={info['healthy']}")
         print(f"Airflow UI: {lay.airflow_url}  (user admin, password in {lay.password_file})")
         print(f"MLflow UI:  {lay.mlflow_url}")
         return 0
@@ -429,5 +484,5 @@ def main(argv: list[str]) -> int:
         return 0
     st = status()
     for name, info in st.items():
-        print(f"{name:22s} {info['url']:28s} pid={info['pid']} healthy={info['healthy']}")
+        print(f"{name:22s} {info['url']:40s} pid={info['pid'] or '-'} healthy={info['healthy']}")
     return 0 if all(i["healthy"] for i in st.values()) else 1

@@ -132,38 +132,38 @@ def main(argv: list[str]) -> int:
                                              "positives": stats["positives"], "params": str(p),
                                              "code": code_version(), "xgboost": xgb.__version__},
                                             sort_keys=True).encode()).hexdigest()
-    out = M.StageOutput(M.training_uri(store, start, end), "train", args.snapshot)
-    if not args.force and _reuse(out, fingerprint):
+    with M.StageOutput(M.training_uri(store, start, end), "train", args.snapshot) as out:
+        if not args.force and _reuse(out, fingerprint):
+            return 0
+        train_df, valid_df = M.in_window(frame, win.train), M.in_window(frame, win.valid)
+        device = M.choose_device(p.device)
+        res = train_model(M.feature_matrix(train_df, manifest, "train window"), train_df["label"].to_numpy(),
+                          M.feature_matrix(valid_df, manifest, "valid window"), valid_df["label"].to_numpy(), p, device)
+        res.booster.feature_names = manifest["feature_names"]     # the model file names its inputs
+        raw = bytes(res.booster.save_raw("ubj"))
+        summary = {
+            "range": [start.isoformat(), end.isoformat()], "windows": win.as_dict(),
+            "rows": {"train": train_df.height, "valid": valid_df.height, "train_positives": int(train_df["label"].sum()),
+                     "valid_positives": int(valid_df["label"].sum()),
+                     **{k: stats[k] for k in ("rows_in", "rows_labelled", "rows_unlabeled")}},
+            "search": res.search, "chosen_params": res.params, "best_iteration": res.best_iteration,
+            "valid_score": {p.eval_metric: res.valid_score}, "operating_threshold": res.threshold,
+            "device_requested": res.device_requested, "device_used": res.device_used,
+            "xgboost": {"version": xgb.__version__, "use_cuda": bool(xgb.build_info().get("USE_CUDA"))},
+            "labels": stats["labels"], "reviews_sha256": stats["reviews"],
+            "inputs_sha256": stats["partitions"], "spec_hash": manifest["spec_hash"], "code_version": code_version(),
+            "model_sha256": M.sha256(raw), "fingerprint": fingerprint,
+        }
+        out.put("model.ubj", raw)
+        # the labels this model learned from, with their provenance (feed | review, reviewer)
+        out.put("labels.parquet", storage.parquet_bytes(frame.select(
+            "event_id", "date", "label", "label_source", "review_label", "reviewer", "review_agrees")))
+        out.put_json("feature_manifest.json", manifest)
+        out.put_json("summary.json", summary)      # last: its presence means the folder is complete
+        log.info("train %s..%s: %d rows (%d frauds), valid %s=%.4f, threshold %.4f, device %s, %.1fs -> %s",
+                 *win.train, train_df.height, summary["rows"]["train_positives"], p.eval_metric, res.valid_score,
+                 res.threshold, res.device_used, res.seconds, out.base)
         return 0
-    train_df, valid_df = M.in_window(frame, win.train), M.in_window(frame, win.valid)
-    device = M.choose_device(p.device)
-    res = train_model(M.feature_matrix(train_df, manifest, "train window"), train_df["label"].to_numpy(),
-                      M.feature_matrix(valid_df, manifest, "valid window"), valid_df["label"].to_numpy(), p, device)
-    res.booster.feature_names = manifest["feature_names"]     # the model file names its inputs
-    raw = bytes(res.booster.save_raw("ubj"))
-    summary = {
-        "range": [start.isoformat(), end.isoformat()], "windows": win.as_dict(),
-        "rows": {"train": train_df.height, "valid": valid_df.height, "train_positives": int(train_df["label"].sum()),
-                 "valid_positives": int(valid_df["label"].sum()),
-                 **{k: stats[k] for k in ("rows_in", "rows_labelled", "rows_unlabeled")}},
-        "search": res.search, "chosen_params": res.params, "best_iteration": res.best_iteration,
-        "valid_score": {p.eval_metric: res.valid_score}, "operating_threshold": res.threshold,
-        "device_requested": res.device_requested, "device_used": res.device_used,
-        "xgboost": {"version": xgb.__version__, "use_cuda": bool(xgb.build_info().get("USE_CUDA"))},
-        "labels": stats["labels"], "reviews_sha256": stats["reviews"],
-        "inputs_sha256": stats["partitions"], "spec_hash": manifest["spec_hash"], "code_version": code_version(),
-        "model_sha256": M.sha256(raw), "fingerprint": fingerprint,
-    }
-    out.put("model.ubj", raw)
-    # the labels this model learned from, with their provenance (feed | review, reviewer)
-    out.put("labels.parquet", storage.parquet_bytes(frame.select(
-        "event_id", "date", "label", "label_source", "review_label", "reviewer", "review_agrees")))
-    out.put_json("feature_manifest.json", manifest)
-    out.put_json("summary.json", summary)      # last: its presence means the folder is complete
-    log.info("train %s..%s: %d rows (%d frauds), valid %s=%.4f, threshold %.4f, device %s, %.1fs -> %s",
-             *win.train, train_df.height, summary["rows"]["train_positives"], p.eval_metric, res.valid_score,
-             res.threshold, res.device_used, res.seconds, out.base)
-    return 0
 
 
 def _reuse(out: M.StageOutput, fingerprint: str) -> bool:

@@ -28,8 +28,9 @@ from typing import Any
 
 import polars as pl
 
-from pipelines import storage
+from pipelines import lineage, storage
 from pipelines.cli import StageFailed, resolve, stage_parser
+from pipelines.config import ConfigError
 from pipelines.report import validation_html
 
 log = logging.getLogger("pipelines.validate")
@@ -77,11 +78,18 @@ def _jsonable(v: Any) -> Any:
 
 
 def load_suite(path: str | Path) -> dict:
+    """A reviewed suite (expectations/<dataset>.json); a suite that cannot be loaded is an error
+    (fail closed: nothing is ever published unvalidated because of a typo)."""
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"expectation suite {p} not found; generate one with "
-                                f"`python -m pipelines expectations suggest` and review it")
-    suite = json.loads(p.read_text())
+    if not p.is_file():
+        raise ConfigError(f"expectation suite {p} not found; nothing validated, the run fails (generate one with "
+                          f"`python -m pipelines expectations suggest` and review it)")
+    try:
+        suite = json.loads(p.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"expectation suite {p} is not valid JSON ({exc}); nothing validated, the run fails") from None
+    if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
+        raise ConfigError(f"expectation suite {p} has no 'expectations' list; nothing validated, the run fails")
     for i, e in enumerate(suite.get("expectations", [])):
         sev = e.get("meta", {}).get("severity")
         if sev not in SEVERITIES:
@@ -199,23 +207,32 @@ def validate_partition(dataset: str, day: dt.date, suite: dict, params, store, p
     Raises ValidationBlocked (after publishing the evidence) when the partition is blocked."""
     fields = {"dataset": dataset, "date": day.isoformat()}
     src = store.uri("canonical", **fields)
+    validated_uri = store.uri("validated", **fields)
+    reader = lineage.Reader()
     try:
-        df = storage.read_parquet(src)
-    except storage.MissingObject:
-        pub.remove(store.uri("validated", **fields))
-        raise ValidationBlocked(f"{dataset} {day}: canonical partition {src} does not exist (did ingest fail?); "
-                                f"nothing validated, the run fails") from None
+        df = reader.read_parquet(src)
+    except (lineage.NotCommitted, lineage.StaleInput) as exc:
+        pub.remove(validated_uri)
+        why = "does not exist (did ingest fail?)" if isinstance(exc, lineage.NotCommitted) else f"is not valid ({exc})"
+        raise ValidationBlocked(f"{dataset} {day}: canonical partition {src} {why}; nothing validated, any earlier "
+                                f"validated partition of the date withdrawn, the run fails") from None
     v = validate_frame(df, suite, dataset, day, params.max_quarantine_fraction)
     v.results["source"] = src
-    pub.put_parquet(store.uri("quarantine", **fields), v.quarantine)
-    pub.put_json(store.uri("validation_results", **fields), v.results)
-    pub.put(store.uri("validation_report", **fields), validation_html(v.results, v.quarantine).encode(), "text/html")
+    report = validation_html(v.results, v.quarantine).encode()
     if v.blocked:
-        pub.remove(store.uri("validated", **fields))
+        pub.remove(validated_uri)
+        pub.put_parquet(store.uri("quarantine", **fields), v.quarantine)
+        pub.put_json(store.uri("validation_results", **fields), v.results)
+        pub.put(store.uri("validation_report", **fields), report, "text/html")
         raise ValidationBlocked(f"{dataset} {day}: partition blocked ({src}): " + "; ".join(v.results["reasons"])
                                 + f". Quarantine: {store.uri('quarantine', **fields)}; report: "
                                 f"{store.uri('validation_report', **fields)}; nothing downstream reads this date")
-    pub.put_parquet(store.uri("validated", **fields), v.validated)
+    part = pub.partition(validated_uri, "validate", inputs=reader.consumed)
+    part.put_parquet(store.uri("quarantine", **fields), v.quarantine)
+    part.put_json(store.uri("validation_results", **fields), v.results)
+    part.put(store.uri("validation_report", **fields), report, "text/html")
+    part.put_parquet(validated_uri, v.validated)
+    part.commit()
     return v.results
 
 
@@ -227,20 +244,22 @@ def main(argv: list[str]) -> int:
     vp, store = params.validate, params.storage
     if args.dataset not in vp.suites:
         raise StageFailed(f"validate.suites has no suite for dataset {args.dataset!r}")
+    if not vp.suites[args.dataset]:
+        raise StageFailed(f"validate.suites.{args.dataset} is false: this dataset has no suite to run")
     suite = load_suite(vp.suites[args.dataset])
     first = params.dataset(args.dataset).first_date if args.dataset in params.dataset_names else None
-    pub = storage.Publisher(store.lake, args.snapshot)
     failures = []
-    for day in days:
-        if first and day < first:
-            continue
-        try:
-            r = validate_partition(args.dataset, day, suite, vp, store, pub)
-            log.info("%s %s: passed, %d validated, %d quarantined, warnings: %s", args.dataset, day,
-                     r["rows_validated"], r["rows_quarantined"], r["warnings"] or "none")
-        except ValidationBlocked as exc:
-            log.error("%s", exc)
-            failures.append(str(exc))
-    if failures:
-        raise StageFailed(f"validate blocked {len(failures)} partition(s):\n  " + "\n  ".join(failures))
+    with storage.Publisher(store.lake, args.snapshot) as pub:
+        for day in days:
+            if first and day < first:
+                continue
+            try:
+                r = validate_partition(args.dataset, day, suite, vp, store, pub)
+                log.info("%s %s: passed, %d validated, %d quarantined, warnings: %s", args.dataset, day,
+                         r["rows_validated"], r["rows_quarantined"], r["warnings"] or "none")
+            except ValidationBlocked as exc:
+                log.error("%s", exc)
+                failures.append(str(exc))
+        if failures:
+            raise StageFailed(f"validate blocked {len(failures)} partition(s):\n  " + "\n  ".join(failures))
     return 0

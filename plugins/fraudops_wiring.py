@@ -1,23 +1,42 @@
-"""Shared DAG wiring (plugins/ is on Airflow's sys.path): retries with back-off and the one way a
-task calls a stage. Light imports only: DAG files import this at parse time."""
+"""Shared DAG wiring (plugins/ is on Airflow's sys.path): retries with back-off, the Params every
+form shares, and the one way a task calls a stage. Light imports only: DAG files import this at
+parse time.
+
+No form or conf value ever reaches a shell: a task runs `python -m pipelines <stage> ...` as an
+argument vector (no shell at all), each value one `--option=value` element, after checking it
+(the Params' JSON schema refuses a bad value when the run is created; `checked_params_file` and
+the date check refuse it again here, so a run made some other way fails before anything runs).
+"""
 from __future__ import annotations
 
 import json
 import os
-import shlex
+import re
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, BaseOperator, BaseSensorOperator, Param
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 REPO = Path(__file__).resolve().parent.parent
 # Emitted when `register` succeeds: a new model version exists (with or without an alias).
 MODEL_ASSET = Asset(name="model", uri="fraudops://registry/model")
+NOT_LANDED = 99                     # pipelines.ingest.NOT_LANDED: the sensors poke again on it
+# a .yaml/.yml path of plain characters, no ".." (the file must also exist inside the project or
+# its state folder: checked_params_file)
+PARAMS_FILE_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9_/][A-Za-z0-9_./-]{0,300}\.ya?ml$"
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+VERSION_PATTERN = r"^[1-9][0-9]{0,8}$"
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("FRAUDOPS_HOME") or REPO / ".state").resolve()
 
 
 def alerts_file() -> Path:
-    return Path(os.environ.get("FRAUDOPS_HOME") or REPO / ".state") / "alerts" / "airflow.jsonl"
+    return state_dir() / "alerts" / "airflow.jsonl"
 
 
 def record_alert(context) -> None:
@@ -45,7 +64,140 @@ def default_args() -> dict:
     }
 
 
-PARAMS_FILE = " --params {{ params.params_file }}"
+def params_file_param() -> Param:
+    return Param("params.yaml", type="string", pattern=PARAMS_FILE_PATTERN, title="Params file",
+                 description="a .yaml file inside the project (relative to its root) or its state folder; "
+                             "letters, digits, _ . / - only")
+
+
+def checked_params_file(value: Any) -> str:
+    """The params file of a run, refused (the run fails, nothing runs) unless it is an existing
+    .yaml file inside the project or its state folder, named with plain characters only."""
+    text = value if isinstance(value, str) else ""
+    if not re.fullmatch(PARAMS_FILE_PATTERN, text):
+        raise AirflowFailException(f"params_file {str(value)[:80]!r} refused: only a .yaml path of letters, digits, "
+                                   f"_ . / - (no '..', spaces or shell characters); nothing ran")
+    path = (REPO / text).resolve()
+    roots = (REPO.resolve(), state_dir())
+    if not any(path.is_relative_to(r) for r in roots) or "secrets" in path.parts:
+        raise AirflowFailException(f"params_file {text!r} refused: not inside the project ({REPO}) or its state "
+                                   f"folder; nothing ran")
+    if not path.is_file():
+        raise AirflowFailException(f"params_file {text!r} refused: no such file ({path}); nothing ran")
+    return str(path)
+
+
+def _checked(value: Any, pattern: str, name: str) -> str:
+    text = str(value)
+    if not re.fullmatch(pattern, text):
+        raise AirflowFailException(f"{name} {text[:80]!r} refused: does not match {pattern}; nothing ran")
+    return text
+
+
+class StageOperator(BaseOperator):
+    """`python -m pipelines <stage> --params=<params_file> [--date=<ds>] <args> <form options>`,
+    run as an argument vector in the project root (no shell); its output goes to the task log and
+    its last line is the task's XCom.
+
+    `date`: pass the run's logical date (ds). `options`: form param -> CLI option, for dates
+    (checked as YYYY-MM-DD) and free text (passed as one `--option=value` element, never parsed);
+    `flags`: boolean form param -> CLI flag."""
+
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, stage: str, args: tuple[str, ...] = (), date: bool = False,
+                 options: dict[str, str] | None = None, dates: tuple[str, ...] = (),
+                 flags: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.stage, self.args, self.date = stage, tuple(args), date
+        self.options, self.dates, self.flags = dict(options or {}), tuple(dates), dict(flags or {})
+        self._hook = None
+
+    def argv(self, context) -> list[str]:
+        params = context["params"]
+        argv = [sys.executable, "-m", "pipelines", self.stage, f"--params={checked_params_file(params.get('params_file'))}"]
+        if self.date:
+            argv.append(f"--date={_checked(context['ds'], DATE_PATTERN, 'ds')}")
+        argv += self.args
+        for name, option in self.options.items():
+            value = params.get(name)
+            if value in (None, ""):
+                continue
+            if name in self.dates:
+                value = _checked(value, DATE_PATTERN, name)
+            argv.append(f"{option}={value}")
+        argv += [flag for name, flag in self.flags.items() if params.get(name) is True]
+        return argv
+
+    def run(self, context) -> tuple[int, str]:
+        return _run(self, self.argv(context), context)
+
+    def execute(self, context):
+        code, last = self.run(context)
+        if code != 0:
+            raise AirflowException(f"python -m pipelines {self.stage} exited with {code}: {last[-500:]}")
+        return last
+
+    def on_kill(self) -> None:
+        if self._hook is not None:
+            self._hook.send_sigterm()
+
+
+def _run(op, argv: list[str], context) -> tuple[int, str]:
+    """Run `argv` (no shell) in the project root with the task's Airflow context variables; its
+    output goes to the task log. Returns the exit code and the last line of output."""
+    from airflow.providers.standard.hooks.subprocess import SubprocessHook
+    from airflow.sdk.execution_time.context import context_to_airflow_vars
+
+    env = {**os.environ, **context_to_airflow_vars(context, in_env_var_format=True)}
+    op._hook = SubprocessHook()
+    result = op._hook.run_command(argv, env=env, cwd=str(REPO))
+    return result.exit_code, result.output
+
+
+class StageSensor(BaseSensorOperator):
+    """Pokes `python -m pipelines <stage> --check ...` (exit 0: ready; NOT_LANDED: poke again;
+    anything else: fail). Built like StageOperator: an argument vector, never a shell."""
+
+    def __init__(self, *, stage: str, args: tuple[str, ...] = (), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.stage, self.args = stage, tuple(args)
+        self._hook = None
+
+    def poke(self, context) -> bool:
+        argv = [sys.executable, "-m", "pipelines", self.stage,
+                f"--params={checked_params_file(context['params'].get('params_file'))}",
+                f"--date={_checked(context['ds'], DATE_PATTERN, 'ds')}", *self.args, "--check"]
+        code, last = _run(self, argv, context)
+        if code == NOT_LANDED:
+            return False
+        if code != 0:
+            raise AirflowFailException(f"python -m pipelines {self.stage} --check exited with {code}: {last[-500:]}")
+        return True
+
+    def on_kill(self) -> None:
+        if self._hook is not None:
+            self._hook.send_sigterm()
+
+
+class ConfirmedModelsOperator(StageOperator):
+    """`python -m pipelines models <action> [version] --reason=<reason>` from a Params form, refused
+    unless `confirm` is ticked (the run fails and nothing moves)."""
+
+    def __init__(self, *, action: str, **kwargs) -> None:
+        super().__init__(stage="models", **kwargs)
+        self.action = action
+
+    def argv(self, context) -> list[str]:
+        params = context["params"]
+        if params.get("confirm") is not True:
+            raise AirflowFailException("not confirmed: tick confirm in the form to move the alias; nothing changed")
+        argv = super().argv(context)
+        if self.action == "promote":
+            argv += ["promote", _checked(params.get("version"), VERSION_PATTERN, "version")]
+        else:
+            argv.append(self.action)
+        return argv + [f"--reason={params.get('reason') or 'manual'}"]
 
 
 def retrain_requested(ti) -> dict | bool:
@@ -56,17 +208,3 @@ def retrain_requested(ti) -> dict | bool:
     if not rec or not rec.get("retrain"):
         return False
     return rec["training"]
-
-
-def stage_command(stage: str, args: str = "") -> str:
-    """`cd <repo> && <python> -m pipelines <stage> <args>`: the DVC stage's own command line."""
-    return f"cd {shlex.quote(str(REPO))} && {shlex.quote(sys.executable)} -m pipelines {stage}{args}"
-
-
-def guarded_command(action: str) -> str:
-    """`python -m pipelines models <action>` from a Params form: refused unless CONFIRM is True; the
-    version, reason and params file come from the environment (quoted), so form input is never
-    shell text."""
-    return (f'if [ "$CONFIRM" != "True" ]; then echo "not confirmed: tick confirm in the form to move the alias; '
-            f'nothing changed" >&2; exit 1; fi; '
-            + stage_command("models", f' --params "$PARAMS_FILE" {action} --reason "$REASON"'))

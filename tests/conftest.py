@@ -15,10 +15,30 @@ REPO = Path(__file__).resolve().parent.parent
 TRAIN_RANGE = ("2026-01-20", "2026-02-28")
 TEST_ENV = {
     "FRAUDOPS_HOME": str(REPO / ".state-test"),
-    "FRAUDOPS_S3_PORT": os.environ.get("FRAUDOPS_TEST_S3_PORT", "5401"),
     "FRAUDOPS_MLFLOW_PORT": os.environ.get("FRAUDOPS_TEST_MLFLOW_PORT", "5501"),
     "FRAUDOPS_AIRFLOW_PORT": os.environ.get("FRAUDOPS_TEST_AIRFLOW_PORT", "8081"),
 }
+S3_TEST_PORT = int(os.environ.get("FRAUDOPS_TEST_S3_PORT", "5401"))     # the S3 endpoint of the boto3-path tests
+
+
+def publish(primary: str, data, companions: dict | None = None, stage: str = "test") -> None:
+    """Publish a committed partition as a stage would (objects, then its lineage record): `data` and
+    the companions' values are a frame, a dict (JSON) or bytes."""
+    import polars as pl
+
+    from pipelines import storage
+
+    def _bytes(v) -> bytes:
+        if isinstance(v, pl.DataFrame):
+            return storage.parquet_bytes(v)
+        return storage.json_bytes(v) if isinstance(v, (dict, list)) else v
+
+    with storage.Publisher("/nowhere") as pub:
+        part = pub.partition(primary, stage)
+        for uri, v in (companions or {}).items():
+            part.put(uri, _bytes(v))
+        part.put(primary, _bytes(data))
+        part.commit()
 
 
 def base_params() -> dict:
@@ -45,7 +65,8 @@ def params_with_lake(tmp_path: Path, lake: str, mutate=None) -> Path:
 @pytest.fixture(scope="session")
 def stack():
     """The whole local stack, started once for the session and stopped at its end."""
-    for key in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "FRAUDOPS_MLFLOW_TRACKING_URI", "AIRFLOW_HOME"):
+    for key in ("AWS_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "FRAUDOPS_MLFLOW_TRACKING_URI", "AIRFLOW_HOME",
+                "FRAUDOPS_OBJECT_STORE", "FRAUDOPS_S3_ENDPOINT_URL"):
         os.environ.pop(key, None)
     os.environ.update(TEST_ENV)
     from pipelines import stack as st
@@ -71,15 +92,9 @@ def stack_pids() -> set[int]:
 
 @pytest.fixture(scope="session")
 def make_bucket(stack):
-    from pipelines.storage import s3_client
+    from pipelines.storage import ensure_bucket
 
-    def _make(name: str) -> str:
-        client = s3_client()
-        if name not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
-            client.create_bucket(Bucket=name)
-        return f"s3://{name}"
-
-    return _make
+    return ensure_bucket
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +159,7 @@ def dvc_workspace(stack, demo_raw, tmp_path_factory):
     params["run"] = {"start_date": TRAIN_RANGE[0], "end_date": TRAIN_RANGE[1]}
     params["register"]["model_name"] = "fraud-xgb-dvc"
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (ws / ".dvc" / "config.local").write_text(dvc_local_config(stack.s3_url))
+    (ws / ".dvc" / "config.local").write_text(dvc_local_config(stack))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"]):
         sh(cmd, ws)
@@ -189,3 +204,39 @@ def nightly_champion(training_features, tmp_path_factory):
     version = models.get_alias(models.client(), name, "champion")
     assert version is not None
     return {"name": name, "version": version, "params": path, "root": root}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory):
+    """An S3 endpoint (moto's server) for the tests of the production path: boto3 against a real
+    HTTP endpoint with signed requests. The embedded default keeps its objects on disk instead."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    url = f"http://127.0.0.1:{S3_TEST_PORT}"
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_TEST_PORT)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
+            time.sleep(0.3)
+    env = {"FRAUDOPS_OBJECT_STORE": "s3", "AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    yield {"url": url, "env": env, "proc": proc}
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def on_s3(s3_endpoint, monkeypatch):
+    """This process's storage goes to the S3 endpoint (for the duration of one test)."""
+    for k, v in s3_endpoint["env"].items():
+        monkeypatch.setenv(k, v)
+    return s3_endpoint

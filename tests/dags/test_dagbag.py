@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-DAGS = Path(__file__).resolve().parents[2] / "dags"
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
 EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "features": {"train"}, "train": {"evaluate"},
                          "evaluate": {"register"}, "register": set()},
             "nightly_scoring": {"wait_for_data": {"ingest"}, "ingest": {"validate"}, "validate": {"features"},
@@ -18,9 +19,8 @@ EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "feat
             "labels": {"wait_for_labels": {"ingest_labels"}, "ingest_labels": {"validate_labels"},
                        "validate_labels": {"feedback"}, "feedback": {"lifecycle"}, "lifecycle": set()}}
 # tasks that wire stages together rather than run one: (task, what its command must contain or None)
-NOT_A_STAGE = {"wait_for_data": "-m pipelines ingest", "should_retrain": None, "trigger_training": None,
-               "wait_for_labels": "-m pipelines ingest", "ingest_labels": "-m pipelines ingest",
-               "validate_labels": "-m pipelines validate"}
+NOT_A_STAGE = {"wait_for_data": "ingest", "should_retrain": None, "trigger_training": None,
+               "wait_for_labels": "ingest", "ingest_labels": "ingest", "validate_labels": "validate"}
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,10 @@ def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
 
 
+def _ctx(**params):
+    return {"params": {"params_file": "params.yaml", **params}, "ds": "2026-03-01"}
+
+
 def test_task_graphs(dagbag):
     for dag_id, edges in EXPECTED.items():
         dag = dagbag.dags[dag_id]
@@ -41,23 +45,25 @@ def test_task_graphs(dagbag):
         for t in dag.tasks:
             assert t.retries >= 1 and t.retry_exponential_backoff
             if t.task_id not in NOT_A_STAGE:
-                assert f"-m pipelines {t.task_id}" in t.bash_command      # one task = one stage command
-                assert "--params {{ params.params_file }}" in t.bash_command
+                argv = t.argv(_ctx())                                     # one task = one stage command
+                assert argv[1:4] == ["-m", "pipelines", t.task_id], argv
+                assert argv[4] == f"--params={REPO / 'params.yaml'}"
             elif NOT_A_STAGE[t.task_id]:
-                assert NOT_A_STAGE[t.task_id] in t.bash_command
+                assert t.stage == NOT_A_STAGE[t.task_id]
 
 
 def test_nightly_works_on_ds_only_and_decides_retraining_in_date_order(dagbag):
     dag = dagbag.dags["nightly_scoring"]
     for t in dag.tasks:
-        if hasattr(t, "bash_command"):
-            assert "--date {{ ds }}" in t.bash_command and "--start" not in t.bash_command, t.task_id
+        if hasattr(t, "argv"):
+            argv = t.argv(_ctx())
+            assert "--date=2026-03-01" in argv and not any(a.startswith("--start") for a in argv), t.task_id
         assert t.on_failure_callback, t.task_id
     assert dag.get_task("retrain").depends_on_past
     assert not dag.get_task("score").depends_on_past          # dates score side by side
     assert dag.max_active_runs > 1
     sensor = dag.get_task("wait_for_data")
-    assert sensor.mode == "reschedule" and sensor.retry_exit_code == 99 and sensor.timeout <= 24 * 3600
+    assert sensor.mode == "reschedule" and sensor.timeout <= 24 * 3600 and sensor.stage == "ingest"
     trig = dag.get_task("trigger_training")
     assert trig.skip_when_already_exists and "run_id" in trig.trigger_run_id
 
@@ -87,7 +93,10 @@ def test_register_emits_the_model_asset_and_failures_record_alerts(dagbag):
     assert outlets["register"] == ["model"] and all(not v for k, v in outlets.items() if k != "register")
     for t in dag.tasks:
         assert t.on_failure_callback, t.task_id
-    assert "--force" in dag.get_task("train").bash_command
+    assert "--force" in dag.get_task("train").argv(_ctx(force=True))
+    assert "--force" not in dag.get_task("train").argv(_ctx(force=False))
+    argv = dag.get_task("features").argv(_ctx(start_date="2026-02-01", end_date="2026-02-03"))
+    assert argv[-2:] == ["--start=2026-02-01", "--end=2026-02-03"]
 
 
 def test_failure_callback_appends_an_alert_record(tmp_path, monkeypatch):
@@ -129,31 +138,73 @@ def test_dag_files_import_nothing_heavy():
 def test_labels_dag_works_on_ds_labels_and_moves_models_in_date_order(dagbag):
     dag = dagbag.dags["labels"]
     for t in dag.tasks:
-        assert "--date {{ ds }}" in t.bash_command and "--start" not in t.bash_command, t.task_id
-        assert "--params {{ params.params_file }}" in t.bash_command
-    for tid in ("wait_for_labels", "ingest_labels", "validate_labels"):
-        assert "--dataset labels" in dag.get_task(tid).bash_command
+        if hasattr(t, "argv"):
+            argv = t.argv(_ctx())
+            assert "--date=2026-03-01" in argv and not any(a.startswith("--start") for a in argv), t.task_id
+    for tid in ("ingest_labels", "validate_labels"):
+        assert "--dataset=labels" in dag.get_task(tid).argv(_ctx())
+    assert dag.get_task("wait_for_labels").args == ("--dataset=labels",)
     assert dag.get_task("lifecycle").depends_on_past and dag.max_active_runs > 1     # a late day does not block the rest
     sensor = dag.get_task("wait_for_labels")
-    assert sensor.mode == "reschedule" and sensor.retry_exit_code == 99
+    assert sensor.mode == "reschedule" and sensor.stage == "ingest"
 
 
-@pytest.mark.parametrize("dag_id,action", [("promote", ' promote "$VERSION" '), ("rollback", " rollback ")])
-def test_promote_and_rollback_need_confirm_and_keep_form_input_out_of_the_shell(dagbag, dag_id, action):
+HOSTILE_FILES = ["params.yaml; touch pwned; exit 1 #", "$(touch pwned).yaml", "`touch pwned`.yaml", "../../etc/passwd",
+                 "/etc/hosts", "params.yaml\nx.yaml", "nonexistent.yaml", "-h.yaml", ".state/secrets/x.yaml", "", None, 7]
+
+
+@pytest.mark.parametrize("value", HOSTILE_FILES)
+def test_a_hostile_params_file_is_refused_before_anything_runs(dagbag, value):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    for dag_id in ("training", "nightly_scoring", "labels"):
+        task = next(t for t in dagbag.dags[dag_id].tasks if hasattr(t, "argv"))
+        with pytest.raises(AirflowFailException, match="params_file .* refused.*nothing ran"):
+            task.argv({"params": {"params_file": value}, "ds": "2026-03-01"})
+
+
+@pytest.mark.parametrize("value", ["2026-02-01; touch pwned", "2026-02-01 --snapshot=/etc", "$(id)", "--force"])
+def test_a_hostile_date_is_refused(dagbag, value):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="start_date .* refused"):
+        dagbag.dags["training"].get_task("ingest").argv(_ctx(start_date=value))
+
+
+def test_the_form_schema_refuses_hostile_values_when_the_run_is_created(dagbag):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    for dag_id, bad in (("training", {"params_file": "params.yaml; touch pwned"}),
+                        ("training", {"start_date": "2026-01-01; touch pwned"}),
+                        ("nightly_scoring", {"params_file": "x.yaml`id`"}),
+                        ("promote", {"version": "1; touch pwned"})):
+        params = ParamsDict(dagbag.dags[dag_id].params)
+        for k, v in bad.items():
+            with pytest.raises(ParamValidationError, match=f"param {k}"):
+                params[k] = v
+
+
+@pytest.mark.parametrize("dag_id", ["promote", "rollback"])
+def test_promote_and_rollback_need_confirm_and_keep_form_input_out_of_the_shell(dagbag, dag_id, tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
     dag = dagbag.dags[dag_id]
     assert type(dag.timetable).__name__ == "NullTimetable"                  # manual only: no schedule
     params = dag.params
     assert params["confirm"] is False and "reason" in params
     (task,) = dag.tasks
-    assert "-m pipelines models" in task.bash_command and action in task.bash_command
-    assert "{{" not in task.bash_command                                      # no template in the shell text
-    assert task.env["CONFIRM"] == "{{ params.confirm }}" and task.env["REASON"] == "{{ params.reason }}"
-    # the guard, run for real: unconfirmed -> exit 1, nothing called; a hostile reason stays a string
-    env = {"CONFIRM": "False", "REASON": "x; touch /tmp/pwned", "VERSION": "1", "PARAMS_FILE": "params.yaml",
-           "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(["bash", "-c", task.bash_command], env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "not confirmed" in r.stderr and "nothing changed" in r.stderr
-    # confirmed: the models CLI parses the command line and gets as far as the params file
-    r = subprocess.run(["bash", "-c", task.bash_command], env={**env, "CONFIRM": "True", "PARAMS_FILE": "/nonexistent.yaml"},
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "ERROR models:" in r.stderr and "/nonexistent.yaml" in r.stderr, r.stderr
+    hostile = 'x"; touch pwned; echo "$(touch pwned2)`touch pwned3`'
+    with pytest.raises(AirflowFailException, match="not confirmed.*nothing changed"):
+        task.argv(_ctx(confirm=False, reason=hostile, version="1"))
+    argv = task.argv(_ctx(confirm=True, reason=hostile, version="1"))
+    assert argv[3] == "models" and argv[-1] == f"--reason={hostile}"           # one argument, never parsed
+    assert argv[-3:-1] == (["promote", "1"] if dag_id == "promote" else [argv[-3], "rollback"])[-2:]
+    if dag_id == "promote":
+        with pytest.raises(AirflowFailException, match="version .* refused"):
+            task.argv(_ctx(confirm=True, reason="r", version="1 --dry-run"))
+    # run for real (no stack here): the command fails on its own terms; nothing the reason says ran
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={"PATH": "/usr/bin:/bin", "FRAUDOPS_HOME": str(tmp_path)})
+    assert r.returncode == 1 and "ERROR models:" in r.stderr, r.stderr
+    assert not any(tmp_path.glob("pwned*")) and not any(REPO.glob("pwned*"))

@@ -20,7 +20,7 @@ import pytest
 
 from pipelines import decide, evaluate, feedback, lifecycle, models, monitor, register, score, shadow, storage, train, validate
 from pipelines.config import load_params
-from tests.conftest import REPO, TRAIN_RANGE, nightly_params
+from tests.conftest import REPO, TRAIN_RANGE, nightly_params, publish
 
 pytestmark = pytest.mark.integration
 D1, D2, D3 = "2026-02-15", "2026-02-16", "2026-02-17"
@@ -219,9 +219,9 @@ def test_champion_broken_upstream_is_rolled_back_the_day_its_labels_land(models_
         if day == D3:            # amounts in cents from today; the ratios divide them by a history in euros
             part = part.with_columns(pl.col(c) * 100 for c in ("amount", "amount_over_customer_mean_30d",
                                                               "amount_over_customer_max_7d"))
-        storage.write_bytes(params.storage.uri("features", date=day), storage.parquet_bytes(part))
-        storage.write_bytes(params.storage.uri("features_manifest", date=day),
-                            storage.read_bytes(shared.uri("features_manifest", date=day)))
+        publish(params.storage.uri("features", date=day), part,
+                {params.storage.uri("features_manifest", date=day): storage.read_bytes(shared.uri("features_manifest",
+                                                                                                 date=day))})
         night(path, day)
     healthy = labels_in(path, L2)
     assert not healthy["rollback"] and models.aliases(c, name)["champion"] == a
@@ -258,13 +258,12 @@ def test_review_verdicts_are_labels_of_the_next_training_with_provenance(models_
     # this training reads its labels from a copy; in the copy, one event's feed label never came
     for d in date_range(parse_date("2026-01-27"), parse_date("2026-02-28")):
         part = storage.read_parquet(shared.uri("canonical", dataset="labels", date=d.isoformat()))
-        storage.write_bytes(params.storage.uri("canonical", dataset="labels", date=d.isoformat()), storage.parquet_bytes(part))
+        publish(params.storage.uri("canonical", dataset="labels", date=d.isoformat()), part)
     feats = storage.read_parquet(shared.uri("features", date=day)).select("event_id")
     lost, kept = feats["event_id"][10], feats["event_id"][11]
     part = storage.read_parquet(params.storage.uri("canonical", dataset="labels", date=land))
     feed_kept = int(part.filter(pl.col("event_id") == kept)["label"][0])
-    storage.write_bytes(params.storage.uri("canonical", dataset="labels", date=land),
-                        storage.parquet_bytes(part.filter(pl.col("event_id") != lost)))
+    publish(params.storage.uri("canonical", dataset="labels", date=land), part.filter(pl.col("event_id") != lost))
     for ev, verdict in ((lost, "block"), (kept, "approve" if feed_kept else "block")):     # the second disagrees
         _quiet(decide.main, ["override", "--params", str(path), "--date", day, "--event-id", ev, "--decision", verdict,
                              "--reviewer", "ana", "--note", "called the customer"])

@@ -140,7 +140,7 @@ def test_duplicated_ids_are_rejected_and_the_rest_passes(lake):
     assert r["status"] == "passed"
 
 
-@pytest.mark.parametrize("kind,rule", [("out_of_range", "non_negative:amount"), ("ts_outside_day", "in_partition_day:event_ts")])
+@pytest.mark.parametrize("kind,rule", [("out_of_range", "plausible_range:amount"), ("ts_outside_day", "in_partition_day:event_ts")])
 def test_bad_values_are_quarantined_with_the_rule_name(lake, kind, rule):
     path, params, days = lake
     day, n = days[kind]

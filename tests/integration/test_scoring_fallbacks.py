@@ -20,7 +20,7 @@ import pytest
 
 from pipelines import decide, models, monitor, score, storage
 from pipelines.config import load_params, parse_date
-from tests.conftest import REPO, nightly_params
+from tests.conftest import REPO, nightly_params, publish
 
 pytestmark = pytest.mark.integration
 DAY = "2026-02-20"            # a TRAIN_RANGE day: its feature partition exists
@@ -116,8 +116,7 @@ def test_manifest_mismatch_is_a_clear_error_and_publishes_nothing(champion):
     raw["storage"]["layout"]["features_manifest"] = f"test-fallbacks/{champion['root'].name}/bad-features/date={{date}}/_manifest.json"
     Path(p).write_text(yaml.safe_dump(raw, sort_keys=False))
     store = load_params(p).storage
-    storage.write_bytes(store.uri("features", date=DAY), storage.parquet_bytes(part))
-    storage.write_bytes(store.uri("features_manifest", date=DAY), storage.json_bytes(man))
+    publish(store.uri("features", date=DAY), part, {store.uri("features_manifest", date=DAY): man})
     r = subprocess.run([sys.executable, "-m", "pipelines", "score", "--params", str(p), "--date", DAY], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "ERROR score:" in r.stderr and "dtype mismatch" in r.stderr and "amount" in r.stderr

@@ -42,12 +42,44 @@ def test_services_listen_on_loopback_only(stack):
     assert exposed == []
 
 
-def test_s3_is_reached_over_http_with_an_endpoint(stack):
+def test_the_embedded_object_store_is_files_that_outlive_the_services(stack):
     from pipelines import storage
 
-    assert storage.endpoint_url() == stack.s3_url
+    root = storage.object_root()
+    assert root == stack.objects and root.is_dir()
     storage.write_bytes("s3://fraudops-lake/_probe/x.json", b'{"ok": 1}')
     assert json.loads(storage.read_bytes("s3://fraudops-lake/_probe/x.json")) == {"ok": 1}
-    with pytest.raises(urllib.error.HTTPError) as err:       # unsigned requests are refused, as on real S3
-        urllib.request.urlopen(f"{stack.s3_url}/fraudops-lake/_probe/x.json", timeout=10)
-    assert err.value.code == 403
+    assert (root / "fraudops-lake" / "_probe" / "x.json").read_bytes() == b'{"ok": 1}'   # a plain file on disk
+    listening = {c.laddr.port for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert 5400 not in listening or stack_pids().isdisjoint(
+        {c.pid for c in psutil.net_connections(kind="inet") if c.laddr.port == 5400})   # no S3 server of ours
+
+
+def test_mlflow_refuses_requests_without_credentials(stack):
+    url = f"{stack.mlflow_url}/api/2.0/mlflow/registered-models/search?max_results=1"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url, timeout=10)
+    assert err.value.code == 401
+    req = urllib.request.Request(url, headers={"Authorization": "Basic " + __import__("base64").b64encode(
+        b"admin:wrong-password").decode()})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 401
+    from pipelines import models
+
+    assert isinstance(models.client().search_registered_models(max_results=1), list)   # the clients' credentials work
+    assert urllib.request.urlopen(f"{stack.mlflow_url}/health", timeout=10).status == 200   # health stays open
+
+
+def test_state_files_are_readable_by_their_owner_only(stack):
+    import stat
+
+    home = stack.home
+    private = [home / "stack.env", stack.password_file, stack.mlflow_auth_config, *home.glob("secrets/*"),
+               *home.glob("**/*.db")]
+    assert len([p for p in private if p.name.endswith(".db")]) >= 3          # airflow, mlflow, basic auth
+    for path in private:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path}: {oct(path.stat().st_mode)}"
+    for folder in (home, home / "secrets", home / "mlflow", stack.airflow_home, stack.objects):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, f"{folder}: {oct(folder.stat().st_mode)}"
+    assert "MLFLOW_TRACKING_PASSWORD=" in (home / "stack.env").read_text()

@@ -14,7 +14,7 @@ from pipelines.config import GateParams, load_params
 from pipelines.evaluate import classification_metrics, precision_at_k, reference_profile, slice_metrics
 from pipelines.register import gate
 from pipelines.train import best_f1_threshold, train_model
-from tests.conftest import REPO
+from tests.conftest import REPO, publish
 
 D = dt.date
 
@@ -172,11 +172,10 @@ def test_labelled_frames_account_for_every_row_and_name_what_is_missing(tmp_path
     store = _local_lake(tmp_path, params)
     day, land = D(2026, 2, 1), D(2026, 2, 8)
     feats = pl.DataFrame({"event_id": ["a", "b", "c"], "amount": pl.Series([1.0, 2.0, 3.0], dtype=pl.Float64)})
-    storage.write_bytes(store.uri("features", date=day.isoformat()), storage.parquet_bytes(feats))
-    storage.write_bytes(store.uri("features_manifest", date=day.isoformat()), storage.json_bytes(
-        {"feature_columns": ["amount"], "dtypes": {"amount": "Float64"}, "spec_hash": "s1"}))
+    publish(store.uri("features", date=day.isoformat()), feats, {store.uri("features_manifest", date=day.isoformat()):
+            {"feature_columns": ["amount"], "dtypes": {"amount": "Float64"}, "spec_hash": "s1"}})
     lab = pl.DataFrame({"event_id": ["a", "b"], "label": pl.Series([0, 1], dtype=pl.Int8)})   # c: never labelled
-    storage.write_bytes(store.uri("canonical", dataset="labels", date=land.isoformat()), storage.parquet_bytes(lab))
+    publish(store.uri("canonical", dataset="labels", date=land.isoformat()), lab)
     out, stats = M.load_labelled(store, [day], 7, D(2026, 1, 8))
     assert stats["rows_in"] == 3 == stats["rows_labelled"] + stats["rows_unlabeled"]
     assert stats["rows_unlabeled"] == 1 and stats["labels_repeated"] == 0 and stats["positives"] == 1
@@ -193,12 +192,11 @@ def test_label_repeated_across_partitions_is_counted_and_the_first_kept(tmp_path
     days = [D(2026, 2, 1), D(2026, 2, 2)]
     for i, d in enumerate(days):
         f = pl.DataFrame({"event_id": [f"e{i}"], "amount": pl.Series([1.0], dtype=pl.Float64)})
-        storage.write_bytes(store.uri("features", date=d.isoformat()), storage.parquet_bytes(f))
-        storage.write_bytes(store.uri("features_manifest", date=d.isoformat()), storage.json_bytes(
-            {"feature_columns": ["amount"], "dtypes": {"amount": "Float64"}, "spec_hash": "s1"}))
+        publish(store.uri("features", date=d.isoformat()), f, {store.uri("features_manifest", date=d.isoformat()):
+                {"feature_columns": ["amount"], "dtypes": {"amount": "Float64"}, "spec_hash": "s1"}})
     for d, ids, ys in ((D(2026, 2, 8), ["e0"], [1]), (D(2026, 2, 9), ["e1", "e0"], [0, 0])):
         lab = pl.DataFrame({"event_id": ids, "label": pl.Series(ys, dtype=pl.Int8)})
-        storage.write_bytes(store.uri("canonical", dataset="labels", date=d.isoformat()), storage.parquet_bytes(lab))
+        publish(store.uri("canonical", dataset="labels", date=d.isoformat()), lab)
     out, stats = M.load_labelled(store, days, 7, D(2026, 1, 8))
     assert stats["labels_repeated"] == 1 and out["label"].to_list() == [1, 0]
     missing = tmp_path / "lake" / "features" / "date=2026-02-02" / "part-0.parquet"

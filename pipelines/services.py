@@ -1,0 +1,134 @@
+"""The services a command needs (the object store, the MLflow registry): checked before the work
+starts, with bounded waits, and every failure to reach one turned into one line that names the
+service and what to do.
+
+Without a running local stack, a command that needs it fails in about a second with
+"the local stack is not running: python -m pipelines stack up" instead of waiting and printing a
+traceback, and creates no file (MLflow is never imported with no tracking URI, which would create
+./mlruns or ./mlflow.db).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+import urllib.request
+from urllib.parse import urlparse
+
+from pipelines import storage
+
+STACK_HINT = "the local stack is not running: python -m pipelines stack up"
+STACK_URL_VAR = "FRAUDOPS_STACK_MLFLOW_URL"     # set by the stack: the tracking URI is the stack's own
+
+
+class ServiceUnavailable(RuntimeError):
+    """A service the command needs cannot be reached; the message names it and what to do."""
+
+
+def _port_open(url: str, timeout: float = 1.0) -> bool:
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 80), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def configure(timeout_s: float) -> None:
+    """Bound waits on S3 and MLflow by about `timeout_s` seconds (params.yaml services.timeout_s).
+    MLflow's own defaults retry for minutes; the environment still wins where it is set."""
+    storage.configure(timeout_s)
+    per_try = max(2, int(timeout_s / 4))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(per_try))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
+
+
+def is_stack_registry(uri: str) -> bool:
+    return bool(uri) and uri.rstrip("/") == os.environ.get(STACK_URL_VAR, "").rstrip("/")
+
+
+def require_lake() -> None:
+    """Somewhere to read and write: the file object store (the local stack's) or an S3 endpoint."""
+    root = storage.object_root()
+    if root is not None:
+        if not root.is_dir():
+            raise ServiceUnavailable(f"{STACK_HINT} (the object store {root} does not exist yet)")
+        return
+    if not (storage.endpoint_url() or os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")
+            or os.environ.get("FRAUDOPS_OBJECT_STORE") == "s3"):
+        raise ServiceUnavailable(f"{STACK_HINT} (no object store configured: FRAUDOPS_OBJECT_STORE or "
+                                 f"AWS_ENDPOINT_URL / AWS credentials)")
+
+
+def require_registry(optional: bool = False) -> str | None:
+    """The MLflow tracking URI, checked. With the local stack's own registry down, the stack is not
+    running: fail at once. `optional` (scoring, which has a cached-model fallback): an external
+    registry that does not answer is left to the caller's fallback."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise ServiceUnavailable(f"{STACK_HINT} (MLFLOW_TRACKING_URI is not set; in production set "
+                                 f"FRAUDOPS_MLFLOW_TRACKING_URI)")
+    if not uri.startswith("http"):
+        return uri
+    if _port_open(uri):
+        return uri
+    if is_stack_registry(uri) and not stack_alive():
+        raise ServiceUnavailable(STACK_HINT)
+    if optional:
+        return None
+    raise ServiceUnavailable(f"MLflow at {uri} is not reachable (connection refused or timed out); nothing was "
+                             f"changed there; start it (python -m pipelines stack up) or fix MLFLOW_TRACKING_URI")
+
+
+def stack_alive() -> bool:
+    """Is any service of the local stack running (pid files of live processes)?"""
+    from pipelines import stack
+
+    lay = stack.layout()
+    return any(stack._read_pid(lay, name) for name in stack.SERVICES)
+
+
+def explain(exc: BaseException, command: str) -> str | None:
+    """One line for a failure to reach a service (or a full disk), else None (a bug: keep the traceback)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"disk full (ENOSPC) at {exc.filename or 'a local file'}; nothing more was published; free space and re-run"
+    name = type(exc).__name__
+    mod = type(exc).__module__
+    text = str(exc).splitlines()[0][:300] if str(exc) else name
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "?")
+    if mod.startswith("mlflow"):
+        code = getattr(exc, "error_code", "")
+        if "401" in text or "403" in text or code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            return (f"MLflow at {uri} refused the credentials (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD): "
+                    f"{text}; the {command} run failed, nothing more was changed")
+        if any(s in text for s in ("Max retries", "Connection", "timed out", "API request to")):
+            return (f"MLflow at {uri} is unreachable or too slow ({text}); the {command} run failed, "
+                    f"nothing more was changed; re-run when it answers")
+        return None
+    if mod.startswith(("requests", "urllib3")) or isinstance(exc, (urllib.error.URLError, TimeoutError,
+                                                                   ConnectionError)):
+        return (f"a service did not answer ({name}: {text}); the {command} run failed, nothing more was changed; "
+                f"check `python -m pipelines stack status`")
+    return None
+
+
+def preflight(needs: tuple[str, ...]) -> None:
+    """Check, in about a second, that what a command needs is there (see COMMANDS in __main__)."""
+    if "lake" in needs:
+        require_lake()
+    if "registry" in needs:
+        require_registry()
+    elif "registry?" in needs:
+        require_registry(optional=True)
+    if "airflow" in needs:
+        from pipelines import stack
+
+        url = os.environ.get("AIRFLOW__API__BASE_URL") or stack.layout().airflow_url
+        if not _port_open(url):
+            raise ServiceUnavailable(f"{STACK_HINT} (the Airflow api-server at {url} does not answer)"
+                                     if not stack_alive() else f"the Airflow api-server at {url} does not answer; "
+                                     f"check `python -m pipelines stack status`")
