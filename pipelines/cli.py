@@ -34,6 +34,7 @@ def resolve(args: argparse.Namespace) -> tuple[Params, list[dt.date]]:
     from pipelines import services
 
     services.configure(params.services.timeout_s)
+    services.require_lake(params.storage.lake)
     if args.date:
         return params, [args.date]
     run = params.run

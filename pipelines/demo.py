@@ -1,6 +1,6 @@
 """`python -m pipelines demo`: the main job on the embedded default, end to end.
 
-stack up -> simulated raw data into S3 -> `dvc repro` (ingest -> validate -> features -> train ->
+stack up -> simulated raw data into the object store -> `dvc repro` (ingest -> validate -> features -> train ->
 evaluate -> register) -> `dvc push` -> a fail-closed showcase (a day with an injected data bug is
 blocked and quarantined) -> the nightly job (score, decide, monitor, retrain decision) over
 demo_data.nightly, with drift injected from demo_data.drift.start_date: the drift is flagged, the
@@ -37,12 +37,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
     lay = stack.up()
-    print(f"stack up: S3 {lay.s3_url}, MLflow {lay.mlflow_url}, Airflow {lay.airflow_url}", flush=True)
+    print(f"stack up: objects {'S3' if lay.s3 else lay.objects}, MLflow {lay.mlflow_url}, Airflow {lay.airflow_url}",
+          flush=True)
     demo_data.main(["--params", args.params])
     params = load_params(args.params)
     store, run = params.storage, params.run
-    # DVC judges stages by data/ and dvc.lock; the lake can be empty while they are current (the
-    # embedded S3 is in memory and was restarted). Then re-run every stage: same bytes, same lock.
+    # DVC judges stages by data/ and dvc.lock; the lake can be empty while they are current (a new
+    # state folder, a wiped lake). Then re-run every stage: same bytes, same lock.
     last = run.end_date.isoformat()
     in_lake = all(storage.exists(u) for u in (store.uri("canonical", dataset="transactions", date=last),
                                               store.uri("validated", dataset="transactions", date=last),
@@ -79,7 +80,8 @@ def main(argv: list[str]) -> int:
     for line in showcase:
         print(f"Injected data bug on {line}")
     print(f"Validation report (self-contained HTML): {report}")
-    print(f"DVC: `dvc repro` is up to date now; outputs pushed to the remote {stack.BUCKETS[2]}")
+    print(f"DVC: `dvc repro` is up to date now; outputs pushed to the remote s3://{stack.BUCKETS[2]}/cache"
+          + ("" if lay.s3 else f" ({lay.objects / stack.BUCKETS[2] / 'cache'})"))
     print(f"Airflow UI: {lay.airflow_url}  (user admin, password: {stack.airflow_password(lay)}; "
           f"file {lay.password_file})")
     print("  trigger the training DAG: python -m pipelines airflow trigger training --wait "

@@ -24,7 +24,7 @@ def _actions(name: str, path: str) -> list[str]:
         return []
     out = []
     for item in spec.split(";"):
-        key, sep, action = item.strip().partition("=")
+        key, sep, action = item.strip().rpartition("=")     # a path may hold "=" (date=...): the action may not
         if not sep:
             continue
         point, _, match = key.partition("@")

@@ -131,7 +131,7 @@ def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt
             casts.setdefault(k, v)
 
     if missing:                  # a file without a mapped column: the partition fails, every row is evidence
-        good = [c.select([pl.col(f"__text_{k}").alias(k) for k in mapping],
+        good = [c.select(*[pl.col(f"__text_{k}").alias(k) for k in mapping],
                          pl.lit("partition_failed:missing_column").alias("reject_reason"), FILE, ROW) for c in casted]
         rejects = pl.concat([*rejected_files, *good]).sort([FILE, ROW])
         return IngestResult(pl.DataFrame(schema=schema), rejects, _stats(ds, day, rows_in, 0, rejects, casts, missing))
@@ -249,8 +249,8 @@ def read_source(ds: DatasetParams, day: dt.date) -> tuple[list[pl.DataFrame], li
 
 def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_days: int, reader: lineage.Reader
                 ) -> pl.DataFrame:
-    """event_id (and label) of every row ingested for the `window_days` days before `day`. Those
-    partitions become inputs of this one: re-ingesting one of them with other ids makes it stale."""
+    """event_id (and label) of every row ingested for the `window_days` days before `day` (read
+    through their records: a half-published partition is not trusted)."""
     cols = ["event_id", "label"] if ds.columns.label else ["event_id"]
     frames = []
     for i in range(window_days, 0, -1):
@@ -296,8 +296,10 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
         raise IngestError(f"{ds.name} {day}: source column(s) {result.stats['missing_columns']} missing from "
                           f"{ds.partition_uri(day)}/ (found {found}); all {stats['rows_in']} rows rejected to "
                           f"{store.uri('rejects', **fields)}, nothing published, the run fails")
-    part = pub.partition(canonical_uri, "ingest", inputs=reader.consumed,
-                         sources={s["uri"]: s["sha256"] for s in sources})
+    # the earlier days' ids are recorded, not chained as inputs: re-ingesting an old day does not
+    # invalidate every later one (an id that reaches two days anyway stops the features, by name)
+    part = pub.partition(canonical_uri, "ingest", sources={s["uri"]: s["sha256"] for s in sources},
+                         extra={"ids_seen_in": reader.consumed})
     part.put_parquet(store.uri("rejects", **fields), result.rejects)
     part.put_parquet(canonical_uri, result.canonical)
     part.put_json(store.uri("ingest_stats", **fields), stats)

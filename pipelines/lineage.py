@@ -40,32 +40,58 @@ class Reader:
 
     def __init__(self) -> None:
         self._verified: dict[str, dict] = {}
+        self._invalid: dict[str, str] = {}
+        self._missing: set[str] = set()
         self.consumed: dict[str, str] = {}
 
     # -- records
     def record(self, primary: str) -> dict:
         """The verified record of the partition whose primary object is `primary`."""
-        if primary in self._verified:
-            return self._verified[primary]
-        try:
-            rec = storage.read_json(storage.record_uri(primary))
-        except storage.MissingObject:
-            raise NotCommitted(f"{storage.where(primary)}: no committed partition (never published, withdrawn "
-                               f"after a failed run, or its publish did not finish)") from None
-        for uri, sha in sorted(rec.get("inputs", {}).items()):
-            try:
-                inner = self.record(uri)
-            except NotCommitted:
-                raise StaleInput(f"{primary}: built from {uri}, which has since been withdrawn; re-run "
-                                 f"{stage_of(rec)} for it once its inputs are valid") from None
-            except StaleInput as exc:
-                raise StaleInput(f"{primary}: built from {uri}, which is no longer valid ({exc})") from None
-            if inner["objects"].get(uri) != sha:
-                raise StaleInput(f"{primary}: built from {uri}, which has changed since (sha256 "
-                                 f"{str(inner['objects'].get(uri))[:12]} now, {sha[:12]} then); re-run "
-                                 f"{stage_of(rec)} for it")
-        self._verified[primary] = rec
-        return rec
+        if primary not in self._verified and primary not in self._invalid:
+            self._verify(primary)
+        if primary in self._invalid:
+            raise StaleInput(self._invalid[primary])
+        return self._verified[primary]
+
+    def _verify(self, primary: str) -> None:
+        """Depth first, inputs before what was made from them, without recursion (a chain of
+        partitions can be longer than Python's stack)."""
+        records: dict[str, dict] = {}
+        stack = [(primary, False)]
+        while stack:
+            uri, expanded = stack.pop()
+            if uri in self._verified or uri in self._invalid or uri in self._missing:
+                continue
+            if expanded:
+                self._judge(uri, records[uri])
+                continue
+            if uri not in records:
+                try:
+                    records[uri] = storage.read_json(storage.record_uri(uri))
+                except storage.MissingObject:
+                    if uri == primary:
+                        raise NotCommitted(f"{storage.where(uri)}: no committed partition (never published, "
+                                           f"withdrawn after a failed run, or its publish did not finish)") from None
+                    self._missing.add(uri)
+                    continue
+            stack.append((uri, True))
+            stack.extend((inp, False) for inp in records[uri].get("inputs", {}))
+
+    def _judge(self, uri: str, rec: dict) -> None:
+        """Trust `uri` when each input it was made from is trusted and unchanged."""
+        for inp, sha in sorted(rec.get("inputs", {}).items()):
+            if inp in self._missing:
+                why = "has since been withdrawn"
+            elif inp in self._invalid:
+                why = f"is no longer valid ({self._invalid[inp]})"
+            elif self._verified[inp]["objects"].get(inp) != sha:
+                why = (f"has changed since (sha256 {str(self._verified[inp]['objects'].get(inp))[:12]} now, "
+                       f"{sha[:12]} then)")
+            else:
+                continue
+            self._invalid[uri] = f"{uri}: built from {inp}, which {why}; re-run {stage_of(rec)} for it"
+            return
+        self._verified[uri] = rec
 
     def _expected(self, uri: str, primary: str | None) -> tuple[dict, str]:
         rec = self.record(primary or uri)

@@ -49,8 +49,11 @@ def is_stack_registry(uri: str) -> bool:
     return bool(uri) and uri.rstrip("/") == os.environ.get(STACK_URL_VAR, "").rstrip("/")
 
 
-def require_lake() -> None:
-    """Somewhere to read and write: the file object store (the local stack's) or an S3 endpoint."""
+def require_lake(lake: str) -> None:
+    """Somewhere to read and write `lake` (storage.lake): a local path, the file object store (the
+    local stack's) or S3."""
+    if not lake.startswith("s3://"):
+        return
     root = storage.object_root()
     if root is not None:
         if not root.is_dir():
@@ -108,7 +111,7 @@ def explain(exc: BaseException, command: str) -> str | None:
         if any(s in text for s in ("Max retries", "Connection", "timed out", "API request to")):
             return (f"MLflow at {uri} is unreachable or too slow ({text}); the {command} run failed, "
                     f"nothing more was changed; re-run when it answers")
-        return None
+        return f"MLflow at {uri} refused: {code + ': ' if code else ''}{text}; nothing more was changed"
     if mod.startswith(("requests", "urllib3")) or isinstance(exc, (urllib.error.URLError, TimeoutError,
                                                                    ConnectionError)):
         return (f"a service did not answer ({name}: {text}); the {command} run failed, nothing more was changed; "
@@ -117,9 +120,8 @@ def explain(exc: BaseException, command: str) -> str | None:
 
 
 def preflight(needs: tuple[str, ...]) -> None:
-    """Check, in about a second, that what a command needs is there (see COMMANDS in __main__)."""
-    if "lake" in needs:
-        require_lake()
+    """Check, in about a second, that the services a command needs answer (see COMMANDS in
+    __main__); the object store is checked once params.yaml says where the lake is (cli.resolve)."""
     if "registry" in needs:
         require_registry()
     elif "registry?" in needs:

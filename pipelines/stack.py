@@ -150,6 +150,9 @@ def stack_env(lay: Layout) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home, "jwt_secret"),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "15",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # a task whose process died with the scheduler (kill -9, a crash) is failed and retried after
+        # a minute, not five
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
@@ -324,7 +327,9 @@ def _write_mlflow_auth_config(lay: Layout, password: str) -> None:
                   f"database_uri = sqlite:///{db}\n"
                   "admin_username = admin\n"
                   f"admin_password = {password}\n"
-                  "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                  "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                  # one PBKDF2 check per (user, password) per 5 min, not per request (one worker: no staleness)
+                  "auth_cache_ttl_seconds = 300\n")
 
 
 def _restrict_state(lay: Layout) -> None:

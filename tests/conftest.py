@@ -185,6 +185,16 @@ def nightly_params(name: str, root: Path, mutate=None) -> Path:
     return write_params(root / "params.yaml", data)
 
 
+def state_dir(name: str) -> Path:
+    """A new folder inside the stack's state folder: a params file given to a DAG run must live in
+    the project or its state folder (the DAGs refuse any other path)."""
+    import uuid
+
+    path = Path(os.environ["FRAUDOPS_HOME"]) / "tmp" / f"{name}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def nightly_champion(training_features, tmp_path_factory):
     """A champion of its own (trained, evaluated, registered on TRAIN_RANGE) for the nightly tests."""
@@ -195,7 +205,7 @@ def nightly_champion(training_features, tmp_path_factory):
     from pipelines import evaluate, models, register, train
 
     name = f"fraud-xgb-nightly-{uuid.uuid4().hex[:6]}"
-    root = tmp_path_factory.mktemp("nightly")
+    root = state_dir("nightly")
     path = nightly_params(name, root)
     p = ["--params", str(path), "--start", TRAIN_RANGE[0], "--end", TRAIN_RANGE[1]]
     assert train.main(p) == 0 and evaluate.main(p) == 0

@@ -20,7 +20,7 @@ import pytest
 
 from pipelines import decide, evaluate, feedback, lifecycle, models, monitor, register, score, shadow, storage, train, validate
 from pipelines.config import load_params
-from tests.conftest import REPO, TRAIN_RANGE, nightly_params, publish
+from tests.conftest import REPO, TRAIN_RANGE, nightly_params, publish, state_dir
 
 pytestmark = pytest.mark.integration
 D1, D2, D3 = "2026-02-15", "2026-02-16", "2026-02-17"
@@ -41,7 +41,7 @@ def _quiet(fn, argv):
 def models_aw(nightly_champion, tmp_path_factory):
     """A registered model name holding A (cold start: champion) and W (fails the gate: no alias)."""
     name = f"fraud-xgb-loop-{uuid.uuid4().hex[:6]}"
-    root = tmp_path_factory.mktemp("loop")
+    root = state_dir("loop")
 
     def params_a(d):
         d["storage"]["layout"]["training"] = f"test-nightly/{nightly_champion['name']}/{{run}}"

@@ -4,7 +4,6 @@ cooldown), the triggered training DAG registers a model that becomes challenger 
 gate; nothing is triggered before the injected day; a re-run date gives byte-identical predictions."""
 from __future__ import annotations
 
-import datetime as dt
 import io
 import time
 from contextlib import redirect_stdout
@@ -15,7 +14,6 @@ from pipelines import models, score, storage
 from pipelines.airflow_api import AirflowClient
 from pipelines.config import date_range, load_params, parse_date
 from pipelines.model import training_uri
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 FIRST, LAST, DRIFT_FROM = "2026-03-01", "2026-03-05", "2026-03-03"

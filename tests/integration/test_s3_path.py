@@ -3,6 +3,7 @@ here), for the stages and for DVC's remote; and a dead or slow endpoint ends a c
 configured bound with one line naming the endpoint, publishing nothing."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -34,10 +35,25 @@ def small_spec(data: dict) -> None:
     data["ingest"]["duplicate_window_days"] = 14
 
 
+@contextlib.contextmanager
+def environ(env: dict):
+    """This process's environment with `env` on top, restored after (the session's stack keeps
+    its own object store)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="module")
 def s3_lake(stack, s3_endpoint, tmp_path_factory):
-    os.environ.update(s3_endpoint["env"])
-    try:
+    with environ(s3_endpoint["env"]):
         path = params_with_lake(tmp_path_factory.mktemp("s3path"), storage.ensure_bucket(BUCKET), small_spec)
         params = load_params(path)
         p = DemoParams.from_dict(params.section("demo_data"))
@@ -49,9 +65,6 @@ def s3_lake(stack, s3_endpoint, tmp_path_factory):
             if day + dt.timedelta(days=7) <= END:
                 storage.write_bytes(f"{params.dataset('labels').partition_uri(day + dt.timedelta(days=7))}/part-0.parquet",
                                     storage.parquet_bytes(labels))
-    finally:
-        for k in s3_endpoint["env"]:
-            os.environ.pop(k, None)
     return str(path), params
 
 
@@ -88,8 +101,7 @@ def test_the_nightly_chain_reads_and_writes_s3_through_boto3(s3_lake, s3_endpoin
 
 def test_dvc_pushes_and_pulls_through_an_s3_remote(s3_endpoint, tmp_path):
     env = {**s3_endpoint["env"], "DVC_NO_ANALYTICS": "1"}
-    os.environ.update(env)
-    try:
+    with environ(env):
         storage.ensure_bucket("fraudops-dvc-s3path")
         ws = tmp_path / "ws"
         ws.mkdir()
@@ -105,9 +117,6 @@ def test_dvc_pushes_and_pulls_through_an_s3_remote(s3_endpoint, tmp_path):
         sh(["git", "clone", "-q", str(ws), str(clone)], tmp_path)
         sh(["dvc", "pull"], clone)
         assert (clone / "data.txt").read_text() == "the same bytes on the other side\n"
-    finally:
-        for k in env:
-            os.environ.pop(k, None)
 
 
 def _closed_port() -> int:

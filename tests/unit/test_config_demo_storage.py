@@ -20,6 +20,32 @@ def test_unknown_key_in_params_is_an_error(tmp_path):
         load_params(tmp_path / "p.yaml").features
 
 
+def _params_with(tmp_path, mutate):
+    data = yaml.safe_load(open("params.yaml"))
+    mutate(data)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    return load_params(tmp_path / "p.yaml")
+
+
+def test_a_suite_that_does_not_exist_is_an_error_and_no_suite_must_be_said(tmp_path):
+    typo = _params_with(tmp_path, lambda d: d["validate"]["suites"].update(features="expectations/featres.json"))
+    with pytest.raises(ConfigError, match=r"validate.suites.features: expectations/featres.json does not exist .*false"):
+        typo.validate
+    assert _params_with(tmp_path, lambda d: d["validate"]["suites"].update(features=False)).validate.suites["features"] is False
+    with pytest.raises(ConfigError, match="neither a suite path nor false"):
+        _params_with(tmp_path, lambda d: d["validate"]["suites"].update(features=None)).validate
+
+
+def test_the_duplicate_window_must_cover_the_features_look_back(tmp_path):
+    with pytest.raises(ConfigError, match="duplicate_window_days: 10 is shorter than the features' look-back"):
+        _params_with(tmp_path, lambda d: d["ingest"].update(duplicate_window_days=10)).ingest
+    assert load_params().ingest.duplicate_window_days >= load_params().features.lookback_days
+    with pytest.raises(ConfigError, match="services.timeout_s"):
+        _params_with(tmp_path, lambda d: d.update(services={"timeout_s": 0})).services
+    with pytest.raises(ConfigError, match="hard_limits.amount"):
+        _params_with(tmp_path, lambda d: d["validate"]["suggest"]["hard_limits"].update(amount=[5, 1])).validate
+
+
 def test_lookback_covers_windows_and_label_delay():
     spec = load_params().features
     assert spec.lookback_days == max(30, 30 + 7)

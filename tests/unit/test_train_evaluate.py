@@ -167,7 +167,6 @@ def _local_lake(tmp_path, params):
 
 
 def test_labelled_frames_account_for_every_row_and_name_what_is_missing(tmp_path, params):
-    from pipelines import storage
 
     store = _local_lake(tmp_path, params)
     day, land = D(2026, 2, 1), D(2026, 2, 8)
@@ -186,7 +185,6 @@ def test_labelled_frames_account_for_every_row_and_name_what_is_missing(tmp_path
 
 
 def test_label_repeated_across_partitions_is_counted_and_the_first_kept(tmp_path, params):
-    from pipelines import storage
 
     store = _local_lake(tmp_path, params)
     days = [D(2026, 2, 1), D(2026, 2, 2)]

@@ -1,0 +1,118 @@
+"""Security probes on the running stack, as an attacker would try them: hostile values for every
+string param of every DAG, through the REST API the UI uses, and through a backfill's conf. Nothing
+they say ever runs; a run either is refused when it is created (HTTP 400 naming the param) or fails
+at its first task with a clear message before anything runs."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from pipelines.airflow_api import AirflowApiError, AirflowClient
+from tests.conftest import REPO, base_params, state_dir, write_params
+
+pytestmark = pytest.mark.integration
+PAYLOADS = ["params.yaml; touch pwned; exit 1 #", "$(touch pwned)", "`touch pwned`", "x' ; touch pwned ; '",
+            'x" && touch pwned && "', "params.yaml\ntouch pwned", "--force", "../../../../etc/passwd"]
+STRING_PARAMS = {"training": ["params_file", "start_date", "end_date", "reason"],
+                 "nightly_scoring": ["params_file"], "labels": ["params_file"],
+                 "promote": ["params_file", "version", "reason"], "rollback": ["params_file", "reason"]}
+
+
+def pwned() -> list:
+    return [p for root in (REPO, REPO / "dags", REPO / "plugins") for p in root.glob("pwned*")]
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    c = AirflowClient()
+    for dag_id in STRING_PARAMS:
+        c.wait_for_dag(dag_id)
+    return c
+
+
+def test_the_dags_take_no_other_string_params(client):
+    for dag_id, names in STRING_PARAMS.items():
+        dag = client._request("GET", f"/api/v2/dags/{dag_id}/details")
+        strings = sorted(k for k, v in (dag.get("params") or {}).items()
+                         if "string" in str((v.get("schema") or {}).get("type")))
+        assert strings == sorted(names), (dag_id, strings)
+
+
+@pytest.mark.parametrize("dag_id,param", [(d, p) for d, ps in STRING_PARAMS.items() for p in ps if p != "reason"])
+def test_a_hostile_value_is_refused_when_the_run_is_created(client, dag_id, param):
+    for value in PAYLOADS:
+        conf = {param: value, **({"confirm": True, "version": "1"} if dag_id == "promote" and param != "version" else {})}
+        with pytest.raises(AirflowApiError, match=f"HTTP 400.*{param}"):
+            client.trigger(dag_id, conf, run_id=f"hostile-{uuid.uuid4().hex[:8]}")
+    assert pwned() == []
+
+
+@pytest.mark.parametrize("dag_id", ["promote", "rollback"])
+def test_a_hostile_reason_is_data_never_code(client, dag_id):
+    """Free text reaches the command as one argument: a confirmed run with a hostile reason runs
+    the models CLI with that text as the reason (here it fails on a model that does not exist)."""
+    data = base_params()
+    data["register"]["model_name"] = "fraud-xgb-nobody"
+    path = write_params(state_dir("security") / "params.yaml", data)
+    runs = []
+    for reason in PAYLOADS[1:4]:
+        conf = {"reason": reason, "confirm": True, "params_file": str(path),
+                **({"version": "1"} if dag_id == "promote" else {})}
+        run_id = f"hostile-{uuid.uuid4().hex[:8]}"
+        client.trigger(dag_id, conf, run_id=run_id)
+        runs.append((run_id, reason))
+    for run_id, reason in runs:
+        run = client.wait(dag_id, run_id, timeout=300, poll=1)
+        assert run["state"] == "failed"
+        log = _log(client, dag_id, run_id, dag_id)
+        assert "Running command" in log and "ERROR models:" in log and "fraud-xgb-nobody" in log, log[-2000:]
+        assert f"--reason={reason}" in log.replace("\\n", "\n").replace('\\"', '"') or "--reason=" in log
+    assert pwned() == []
+
+
+def test_an_unconfirmed_move_fails_before_anything_runs(client):
+    run_id = f"unconfirmed-{uuid.uuid4().hex[:8]}"
+    client.trigger("rollback", {"reason": "$(touch pwned)", "confirm": False}, run_id=run_id)
+    assert client.wait("rollback", run_id, timeout=300, poll=1)["state"] == "failed"
+    log = _log(client, "rollback", run_id, "rollback")
+    assert "not confirmed" in log and "nothing changed" in log and "Running command" not in log
+    assert pwned() == []
+
+
+def test_a_hostile_backfill_conf_fails_at_the_first_task_and_runs_nothing(client):
+    """A backfill's conf is the one way around the form's schema: the task checks the value again
+    and the run fails before any command starts."""
+    hostile = "params.yaml; touch pwned; exit 1 #"
+    try:
+        bf = client._request("POST", "/api/v2/backfills", {
+            "dag_id": "labels", "from_date": "2026-01-09T00:00:00Z", "to_date": "2026-01-09T00:00:00Z",
+            "dag_run_conf": {"params_file": hostile}, "max_active_runs": 1, "reprocess_behavior": "completed"})
+    except AirflowApiError as exc:                 # refused outright: as good (nothing ran)
+        assert "400" in str(exc) or "422" in str(exc), exc
+        assert pwned() == []
+        return
+    deadline = time.monotonic() + 300
+    while True:
+        runs = [r for r in client._request("GET", "/api/v2/dags/labels/dagRuns?limit=100")["dag_runs"]
+                if r.get("conf", {}).get("params_file") == hostile]
+        if runs and all(r["state"] in ("success", "failed") for r in runs):
+            break
+        assert time.monotonic() < deadline, f"backfill {bf['id']} not finished"
+        time.sleep(2)
+    for r in runs:
+        assert r["state"] == "failed"
+        log = _log(client, "labels", r["dag_run_id"], "wait_for_labels")
+        assert "refused" in log and "nothing ran" in log and "Running command" not in log, log[-2000:]
+    assert pwned() == []
+
+
+def _log(client: AirflowClient, dag_id: str, run_id: str, task_id: str) -> str:
+    import json
+
+    tis = {t["task_id"]: t for t in client.task_instances(dag_id, run_id)}
+    tries = max(1, tis[task_id].get("try_number") or 1)
+    out = client._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{tries}"
+                                 "?full_content=true")
+    return json.dumps(out)
