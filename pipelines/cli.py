@@ -12,6 +12,11 @@ from pipelines.config import Params, date_range, load_params, parse_date
 class StageFailed(RuntimeError):
     """A stage could not complete one or more partitions; the message lists each and why."""
 
+    @classmethod
+    def of(cls, what: str, failures: list[str]) -> "StageFailed":
+        """One line for any number of failed partitions: "<what> N partition(s): a | b"."""
+        return cls(f"{what} {len(failures)} partition(s): " + " | ".join(failures))
+
 
 def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=f"python -m pipelines {prog}", description=(doc or "").split("\n\n")[0])

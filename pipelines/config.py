@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ class IngestParams:
     def __post_init__(self) -> None:
         if self.dedupe_keep != "first":
             raise ConfigError(f"ingest.dedupe_keep: {self.dedupe_keep!r} is not supported (only 'first')")
-        if not isinstance(self.duplicate_window_days, int) or self.duplicate_window_days < 0:
+        if type(self.duplicate_window_days) is not int or self.duplicate_window_days < 0:
             raise ConfigError(f"ingest.duplicate_window_days: {self.duplicate_window_days!r} is not a whole number >= 0")
 
 
@@ -131,7 +132,7 @@ class ServiceParams:
     timeout_s: float = 60.0       # the longest a command waits on S3 or MLflow before failing with one line
 
     def __post_init__(self) -> None:
-        if not isinstance(self.timeout_s, (int, float)) or not 5 <= self.timeout_s <= 3600:
+        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, (int, float)) or not 5 <= self.timeout_s <= 3600:
             raise ConfigError(f"services.timeout_s: {self.timeout_s!r} is not a number of seconds in [5, 3600]")
 
 
@@ -146,9 +147,10 @@ class SuggestParams:
 
     def __post_init__(self) -> None:
         for col, lim in self.hard_limits.items():
-            if not (isinstance(lim, (list, tuple)) and len(lim) == 2 and all(isinstance(x, (int, float)) for x in lim)
+            if not (isinstance(lim, (list, tuple)) and len(lim) == 2 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in lim)
                     and lim[0] < lim[1]):
-                raise ConfigError(f"validate.suggest.hard_limits.{col}: {lim!r} is not [min, max] with min < max")
+                raise ConfigError(f"validate.suggest.hard_limits.{col}: {lim!r} is not [min, max], finite, with min < max")
 
 
 @dataclass(frozen=True)

@@ -215,59 +215,60 @@ def main(argv: list[str]) -> int:
     args = stage_parser("decide", __doc__).parse_args(argv)
     params, days = resolve(args)
     p, store = params.decide, params.storage
-    for ds in days:
-        d = ds.isoformat()
-        reader = lineage.Reader()
-        with tempfile.TemporaryDirectory(prefix="decide-") as tmp, storage.Publisher(store.lake, args.snapshot) as pub:
-            try:
-                pred_path = reader.fetch(store.uri("predictions", date=d), tmp)
-                import pyarrow.parquet as pq
+    with storage.Publisher(store.lake, args.snapshot) as pub:
+        for ds in days:
+            d = ds.isoformat()
+            reader = lineage.Reader()
+            with tempfile.TemporaryDirectory(prefix="decide-") as tmp:
+                try:
+                    pred_path = reader.fetch(store.uri("predictions", date=d), tmp)
+                    import pyarrow.parquet as pq
 
-                need = feature_columns_needed(pq.ParquetFile(str(pred_path)).schema_arrow.names, p)
-                feat_path = reader.fetch(store.uri("features", date=d), tmp) if need else None
-            except lineage.NotCommitted as exc:
-                raise DecideError(f"decide {d}: {exc}; nothing decided (run features and score for {d} first)") from None
-            except lineage.StaleInput as exc:
-                raise DecideError(f"decide {d}: {exc}; nothing decided") from None
-            overrides = read_overrides(store, ds)
-            ov = latest_overrides(overrides)
+                    need = feature_columns_needed(pq.ParquetFile(str(pred_path)).schema_arrow.names, p)
+                    feat_path = reader.fetch(store.uri("features", date=d), tmp) if need else None
+                except lineage.NotCommitted as exc:
+                    raise DecideError(f"decide {d}: {exc}; nothing decided (run features and score for {d} first)") from None
+                except lineage.StaleInput as exc:
+                    raise DecideError(f"decide {d}: {exc}; nothing decided") from None
+                overrides = read_overrides(store, ds)
+                ov = latest_overrides(overrides)
 
-            def batches():
-                preds = storage.iter_parquet(pred_path)
-                if feat_path is None:
-                    for pb in preds:
-                        yield pb, pb.select("event_id")
-                else:
-                    yield from storage.aligned(preds, storage.iter_parquet(feat_path, ["event_id", *need]))
+                def batches():
+                    preds = storage.iter_parquet(pred_path)
+                    if feat_path is None:
+                        for pb in preds:
+                            yield pb, pb.select("event_id")
+                    else:
+                        yield from storage.aligned(preds, storage.iter_parquet(feat_path, ["event_id", *need]))
 
-            # pass 1: who wants the review queue; pass 2: decisions with the day's queue ranks
-            cands = [review_candidates(base_decisions(pb, fb, p), ov["event_id"]) for pb, fb in batches()]
-            ranks = queue_ranks(pl.concat(cands) if cands else
-                                pl.DataFrame(schema={"event_id": pl.String, "_prio": pl.Int32, "score": pl.Float32}), p)
-            ov_uri = store.uri("overrides", date=d)
-            part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed,
-                                 sources={ov_uri: storage.sha256(storage.parquet_bytes(overrides))} if overrides.height else {})
-            sink, tally = storage.ParquetSink(store.uri("decisions", date=d), tmp, part), Tally()
-            for pb, fb in batches():
-                dec = final_decisions(base_decisions(pb, fb, p), ranks, ov, p)
-                sink.write(dec)
-                tally.add(dec)
-            summ = tally.summary(overrides, p)
-            if summ["rows"] != pq.ParquetFile(str(pred_path)).metadata.num_rows:
-                raise DecideError(f"decide {d}: {summ['rows']} decisions for "
-                                  f"{pq.ParquetFile(str(pred_path)).metadata.num_rows} predictions")
-            queue = pl.concat(tally.queue).sort("queue_rank") if tally.queue else pl.DataFrame()
-            part.put_parquet(store.uri("review_queue", date=d), queue)
-            part.put_json(store.uri("decision_summary", date=d), summ)
-            sink.close()
-            part.commit()
-        if summ["overrides_applied"]:
-            log.info("%d human override(s) applied for %s (reason_code human_override, reviewer in overridden_by)",
-                     summ["overrides_applied"], d)
-        if summ["overrides_unmatched"]:
-            log.warning("%d override(s) for %s match no event of the day: %s", len(summ["overrides_unmatched"]), d,
-                        summ["overrides_unmatched"][:10])
-        log.info("decide %s: %s; review queue %d/%d (%d over capacity)", d, summ["decisions"], summ["review_queue"],
-                 p.review_capacity, summ["over_capacity"])
-        print(json.dumps({"date": d, **summ["decisions"], "review_queue": summ["review_queue"]}, sort_keys=True))
+                # pass 1: who wants the review queue; pass 2: decisions with the day's queue ranks
+                cands = [review_candidates(base_decisions(pb, fb, p), ov["event_id"]) for pb, fb in batches()]
+                ranks = queue_ranks(pl.concat(cands) if cands else
+                                    pl.DataFrame(schema={"event_id": pl.String, "_prio": pl.Int32, "score": pl.Float32}), p)
+                ov_uri = store.uri("overrides", date=d)
+                part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed,
+                                     sources={ov_uri: storage.sha256(storage.parquet_bytes(overrides))} if overrides.height else {})
+                sink, tally = storage.ParquetSink(store.uri("decisions", date=d), tmp, part), Tally()
+                for pb, fb in batches():
+                    dec = final_decisions(base_decisions(pb, fb, p), ranks, ov, p)
+                    sink.write(dec)
+                    tally.add(dec)
+                summ = tally.summary(overrides, p)
+                if summ["rows"] != pq.ParquetFile(str(pred_path)).metadata.num_rows:
+                    raise DecideError(f"decide {d}: {summ['rows']} decisions for "
+                                      f"{pq.ParquetFile(str(pred_path)).metadata.num_rows} predictions")
+                queue = pl.concat(tally.queue).sort("queue_rank") if tally.queue else pl.DataFrame()
+                part.put_parquet(store.uri("review_queue", date=d), queue)
+                part.put_json(store.uri("decision_summary", date=d), summ)
+                sink.close()
+                part.commit()
+            if summ["overrides_applied"]:
+                log.info("%d human override(s) applied for %s (reason_code human_override, reviewer in overridden_by)",
+                         summ["overrides_applied"], d)
+            if summ["overrides_unmatched"]:
+                log.warning("%d override(s) for %s match no event of the day: %s", len(summ["overrides_unmatched"]), d,
+                            summ["overrides_unmatched"][:10])
+            log.info("decide %s: %s; review queue %d/%d (%d over capacity)", d, summ["decisions"], summ["review_queue"],
+                     p.review_capacity, summ["over_capacity"])
+            print(json.dumps({"date": d, **summ["decisions"], "review_queue": summ["review_queue"]}, sort_keys=True))
     return 0

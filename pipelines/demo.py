@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
             validate.main(["--params", args.params, "--date", day])
             showcase.append(f"{day} ({bug.kind}): passed (no block rule caught it)")
         except StageFailed as exc:
-            first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+            first = str(exc).split(": ", 1)[-1]
             showcase.append(f"{day} ({bug.kind}): BLOCKED as it should be -> {first[:400]}")
 
     report = REPO / "data" / "validate" / store.layout["validation_report"].format(

@@ -16,6 +16,7 @@ Severity policy of the draft (edit it in review):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -28,6 +29,7 @@ from pipelines.config import SuggestParams, date_range, load_params, parse_date
 
 log = logging.getLogger("pipelines.expectations")
 QUANTILES = [0.05, 0.25, 0.5, 0.75, 0.95]
+FINITE = 1e300            # a bound every finite number meets and +-inf does not
 
 
 def _e(kind: str, severity: str, name: str, **kwargs) -> dict:
@@ -73,6 +75,9 @@ def suggest_suite(name: str, ref: pl.DataFrame, day_counts: list[int], p: Sugges
             h_lo, h_hi = p.hard_limits[col]
             ex.append(_e("expect_column_values_to_be_between", "block", f"plausible_range:{col}", column=col,
                          min_value=h_lo, max_value=h_hi))
+        elif col in numerics:        # no configured limits: at least finite (and non-negative where it was)
+            ex.append(_e("expect_column_values_to_be_between", "block", f"finite:{col}", column=col,
+                         min_value=0 if lo >= 0 else -FINITE, max_value=FINITE))
         elif lo >= 0:
             ex.append(_e("expect_column_values_to_be_between", "block", f"non_negative:{col}", column=col, min_value=0))
         if profile == "features":
@@ -125,7 +130,7 @@ def main(argv: list[str]) -> int:
     vp, store = params.validate, params.storage
     p = vp.suggest
     start, end = args.start or p.reference_start, args.end or p.reference_end
-    p = SuggestParams(start, end, p.mean_tolerance, p.quantile_tolerance, p.row_count_slack)
+    p = dataclasses.replace(p, reference_start=start, reference_end=end)
     frames = []
     for day in date_range(start, end):
         uri = (store.uri("features", date=day.isoformat()) if args.dataset == "features"

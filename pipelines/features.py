@@ -284,14 +284,17 @@ class Inputs:
     exactly the partitions of its own look-back."""
 
     def __init__(self, events: pl.DataFrame, labels: pl.DataFrame, missing: list[str],
-                 read: dict[dt.date, dict[str, str]]) -> None:
+                 read: dict[tuple[str, dt.date], dict[str, str]]) -> None:
         self.events, self.labels, self.missing, self.read = events, labels, missing, read
 
     def for_day(self, day: dt.date, lookback_days: int) -> dict[str, str]:
-        """The partitions the features of `day` were computed from: its look-back and itself (labels
-        up to the day before: a label that lands on `day` is usable from the next day only)."""
+        """The partitions the features of `day` were computed from: the transactions of its look-back
+        and of the day, the labels landed up to the day before (a label that lands on `day` is usable
+        from the next day only). The same whatever range the features were computed in."""
         first = day - dt.timedelta(days=lookback_days)
-        return {u: sha for d, parts in self.read.items() if first <= d <= day for u, sha in parts.items()}
+        last = {"transactions": day, "labels": day - dt.timedelta(days=1)}
+        return {u: sha for (name, d), parts in self.read.items() if first <= d <= last[name]
+                for u, sha in parts.items()}
 
 
 def load_inputs(params, start: dt.date, end: dt.date) -> Inputs:
@@ -303,7 +306,7 @@ def load_inputs(params, start: dt.date, end: dt.date) -> Inputs:
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     first = start - dt.timedelta(days=spec.lookback_days)
     frames, label_frames, missing = [], [], []
-    read: dict[dt.date, dict[str, str]] = {}
+    read: dict[tuple[str, dt.date], dict[str, str]] = {}
     for day in date_range(first, end):
         for ds, kind, out in ((tx, "validated", frames), (lb, "canonical", label_frames)):
             if day < ds.first_date or (ds is lb and day == end):   # labels landing on `end` serve later days
@@ -315,7 +318,7 @@ def load_inputs(params, start: dt.date, end: dt.date) -> Inputs:
             except lineage.NotCommitted:
                 missing.append(uri)
                 continue
-            read.setdefault(day, {}).update(reader.consumed)
+            read[(ds.name, day)] = dict(reader.consumed)
     target_missing = [u for u in missing if any(f"date={d.isoformat()}" in u and "/transactions/" in u
                                                 for d in date_range(start, end))]
     if target_missing:
@@ -403,5 +406,5 @@ def main(argv: list[str]) -> int:
             out.commit()
             log.info("features %s: %d rows, %d features", day, part.height, len(feature_names(spec, numerics)))
         if failures:
-            raise StageFailed("\n  ".join(failures))
+            raise StageFailed.of("features blocked", failures)
     return 0

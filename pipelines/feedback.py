@@ -313,7 +313,8 @@ def feedback_day(params, label_date: dt.date, snapshot: str | None = None) -> di
                     label_date, ds_, labels.height)
         rec = {"date": ds_, "label_date": label_date.isoformat(), "status": "no_predictions", "labels_in": labels.height,
                "labels": luri}
-        storage.Publisher(store.lake, snapshot).put_json(store.uri("feedback_summary", date=ds_), rec)
+        with storage.publishing(store.lake, snapshot) as pub:
+            pub.put_json(store.uri("feedback_summary", date=ds_), rec)
         return rec
     feats = read_optional(store.uri("features", date=ds_), reader)
     feats = feats.select("event_id", *[c for c in fp.slices if c in feats.columns]) if feats is not None else None
@@ -325,7 +326,7 @@ def feedback_day(params, label_date: dt.date, snapshot: str | None = None) -> di
     prom = params.promotion
     summary = {"date": ds_, "label_date": label_date.isoformat(), "status": "joined", "accounting": acc, **res,
                "comparison": compare(frame, prom.metric, fp.slices, prom.slice_min_positives)}
-    with storage.Publisher(store.lake, snapshot) as pub:
+    with storage.publishing(store.lake, snapshot) as pub:
         part = pub.partition(store.uri("feedback", date=ds_), "feedback", inputs=reader.consumed)
         part.put_parquet(store.uri("realized", date=ds_), table)
         part.put_json(store.uri("feedback_summary", date=ds_), summary)
@@ -351,12 +352,13 @@ def main(argv: list[str]) -> int:
     args = stage_parser("feedback", __doc__).parse_args(argv)
     params, days = resolve(args)
     failures = []
-    for day in days:
-        try:
-            print(json.dumps(feedback_day(params, day, args.snapshot), sort_keys=True))
-        except FeedbackError as exc:
-            log.error("%s", exc)
-            failures.append(str(exc))
-    if failures:
-        raise StageFailed("feedback failed for:\n  " + "\n  ".join(failures))
+    with storage.Publisher(params.storage.lake, args.snapshot) as pub:
+        for day in days:
+            try:
+                print(json.dumps(feedback_day(params, day, pub), sort_keys=True))
+            except FeedbackError as exc:
+                log.error("%s", exc)
+                failures.append(str(exc))
+        if failures:
+            raise StageFailed.of("feedback failed for", failures)
     return 0

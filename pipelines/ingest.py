@@ -19,8 +19,9 @@ Nothing is dropped silently. A row is rejected, with a reason code (the first th
   conflicting_label                          a duplicate label whose value differs from the kept one
   duplicate_id_across_days                   its id was already ingested for one of the previous
                                              `ingest.duplicate_window_days` days (first arrival wins)
-A file that lacks a mapped column has all its rows rejected (`missing_column:<columns>`) and the
-partition fails. Always rows_in = rows_out + rows_rejected. Conflicting labels (within the day and
+A file that lacks a mapped column, or holds one as a nested type (a list or struct), has all its
+rows rejected (`missing_column:<columns>`, `unsupported_type:<columns>`) and the partition fails
+(the rows of its other files too: `partition_failed:unusable_file`). Always rows_in = rows_out + rows_rejected. Conflicting labels (within the day and
 across days) are counted in the stats and logged.
 
 A partition that cannot be ingested (no files, an unreadable file, a missing column) withdraws its
@@ -118,12 +119,15 @@ def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt
     casted, casts, rejected_files, missing = [], {}, [], []
     for f in files:
         absent = [src for src in mapping.values() if src not in f.columns]
-        if absent:
+        nested = [src for src in mapping.values() if src in f.columns and f.schema[src].is_nested()]
+        if absent or nested:         # the whole file is unusable: its rows are evidence, the partition fails
             missing += [c for c in absent if c not in missing]
+            missing += [f"{c} (nested type {f.schema[c]})" for c in nested if c not in missing]
+            code = f"missing_column:{','.join(absent)}" if absent else f"unsupported_type:{','.join(nested)}"
             rejected_files.append(f.select(
-                *[(pl.col(src).cast(pl.String) if src in f.columns else pl.lit(None, pl.String)).alias(canon)
-                  for canon, src in mapping.items()],
-                pl.lit(f"missing_column:{','.join(absent)}").alias("reject_reason"), FILE, ROW))
+                *[(pl.col(src).cast(pl.String) if src in f.columns and src not in nested else pl.lit(None, pl.String))
+                  .alias(canon) for canon, src in mapping.items()],
+                pl.lit(code).alias("reject_reason"), FILE, ROW))
             continue
         out, c = _cast_file(f, mapping, work_schema, ds)
         casted.append(out)
@@ -132,7 +136,7 @@ def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt
 
     if missing:                  # a file without a mapped column: the partition fails, every row is evidence
         good = [c.select(*[pl.col(f"__text_{k}").alias(k) for k in mapping],
-                         pl.lit("partition_failed:missing_column").alias("reject_reason"), FILE, ROW) for c in casted]
+                         pl.lit("partition_failed:unusable_file").alias("reject_reason"), FILE, ROW) for c in casted]
         rejects = pl.concat([*rejected_files, *good]).sort([FILE, ROW])
         return IngestResult(pl.DataFrame(schema=schema), rejects, _stats(ds, day, rows_in, 0, rejects, casts, missing))
 
@@ -293,9 +297,9 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
         pub.put_parquet(store.uri("rejects", **fields), result.rejects)
         pub.put_json(store.uri("ingest_stats", **fields), {**stats, "status": "failed"})
         found = {s["uri"].rsplit("/", 1)[-1]: s["columns"] for s in sources}
-        raise IngestError(f"{ds.name} {day}: source column(s) {result.stats['missing_columns']} missing from "
-                          f"{ds.partition_uri(day)}/ (found {found}); all {stats['rows_in']} rows rejected to "
-                          f"{store.uri('rejects', **fields)}, nothing published, the run fails")
+        raise IngestError(f"{ds.name} {day}: source column(s) {result.stats['missing_columns']} missing from or "
+                          f"unusable in {ds.partition_uri(day)}/ (found {found}); all {stats['rows_in']} rows rejected "
+                          f"to {store.uri('rejects', **fields)}, nothing published, the run fails")
     # the earlier days' ids are recorded, not chained as inputs: re-ingesting an old day does not
     # invalidate every later one (an id that reaches two days anyway stops the features, by name)
     part = pub.partition(canonical_uri, "ingest", sources={s["uri"]: s["sha256"] for s in sources},
@@ -354,5 +358,5 @@ def main(argv: list[str]) -> int:
                     log.error("%s", exc)
                     failures.append(str(exc))
         if failures:
-            raise StageFailed(f"ingest failed for {len(failures)} partition(s):\n  " + "\n  ".join(failures))
+            raise StageFailed.of("ingest failed for", failures)
     return 0

@@ -37,7 +37,7 @@ import polars as pl
 
 from pipelines import storage
 from pipelines.config import PromotionParams, RollbackParams, date_range, load_params, parse_date
-from pipelines.feedback import model_metrics, rates, read_optional, slice_table
+from pipelines.feedback import FeedbackError, model_metrics, rates, read_optional, slice_table
 
 log = logging.getLogger("pipelines.lifecycle")
 
@@ -76,6 +76,16 @@ def promotion_verdict(days: list[dict], worst_slice: tuple[str, float] | None, p
 
 
 # --------------------------------------------------------------------------- evidence
+def _feedback(uri: str) -> pl.DataFrame | None:
+    """A day's feedback partition; one made stale by a later change upstream is left out with a
+    warning (re-run feedback for it), so one old day never holds every later decision."""
+    try:
+        return read_optional(uri)
+    except FeedbackError as exc:
+        log.warning("lifecycle: %s; that day is left out", exc)
+        return None
+
+
 def _summary(uri: str) -> dict | None:
     try:
         return storage.read_json(uri)
@@ -101,7 +111,7 @@ def baseline(c, name: str, version: str, metric: str) -> float | None:
 def champion_window(store, d: dt.date, window_days: int, version: str, metric: str) -> tuple[float | None, int, list[str]]:
     """The champion's realized metric over the scored days d - window + 1 .. d (its rows, feed labels)."""
     days = date_range(d - dt.timedelta(days=window_days - 1), d)
-    frames = [f for x in days if (f := read_optional(store.uri("feedback", date=x.isoformat()))) is not None]
+    frames = [f for x in days if (f := _feedback(store.uri("feedback", date=x.isoformat()))) is not None]
     f = pl.concat(frames, how="diagonal_relaxed").filter(
         (pl.col("model_version") == version) & (pl.col("label_source") == "feed")) if frames else None
     if f is None or not f.height:
@@ -123,7 +133,7 @@ def shadow_days(store, d: dt.date, lookback: int, champion: str, challenger: str
 
 def worst_slice(store, days: list[str], slices: tuple[str, ...], min_pos: int) -> tuple[tuple[str, float] | None, dict]:
     """AP per slice pooled over the days, champion and challenger on the same rows; the worst drop."""
-    frames = [f for x in days if (f := read_optional(store.uri("feedback", date=x))) is not None]
+    frames = [f for x in days if (f := _feedback(store.uri("feedback", date=x))) is not None]
     if not frames:
         return None, {}
     both = pl.concat(frames, how="diagonal_relaxed").filter(

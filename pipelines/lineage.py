@@ -47,6 +47,9 @@ class Reader:
     # -- records
     def record(self, primary: str) -> dict:
         """The verified record of the partition whose primary object is `primary`."""
+        if primary in self._missing:
+            raise NotCommitted(f"{storage.where(primary)}: no committed partition (never published, withdrawn "
+                               f"after a failed run, or its publish did not finish)")
         if primary not in self._verified and primary not in self._invalid:
             self._verify(primary)
         if primary in self._invalid:

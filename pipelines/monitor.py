@@ -528,7 +528,7 @@ def monitor_day(params, ds: dt.date, snapshot: str | None = None) -> dict:
     perf = with_rolling(pl.DataFrame(perf_rows(ds, stats), schema=SCHEMA),
                         read_metrics(store, "monitoring_perf", window), p.rolling_days)
     alerts = alerts_of(metrics, ds, details["drifted_features"])
-    with storage.Publisher(store.lake, snapshot) as pub:
+    with storage.publishing(store.lake, snapshot) as pub:
         return _publish_day(pub, reader, params, ds, metrics, perf, alerts, details, model_doc, dec_summary)
 
 
@@ -563,11 +563,13 @@ def _publish_day(pub: storage.Publisher, reader: lineage.Reader, params, ds: dt.
 def main(argv: list[str]) -> int:
     args = stage_parser("monitor", __doc__).parse_args(argv)
     params, days = resolve(args)
-    for ds in days:
-        rec = monitor_day(params, ds, args.snapshot)
-        (log.warning if rec["alerts"] else log.info)(
-            "monitor %s: %s, %d alert(s)%s -> %s", ds, "DRIFT" if rec["drifted"] else "stable", len(rec["alerts"]),
-            f" (features {rec['drifted_features']})" if rec["drifted_features"] else "", rec["report"])
-        print(json.dumps({"date": rec["date"], "drifted": rec["drifted"], "alerts": len(rec["alerts"]),
-                          "report": rec["report"]}, sort_keys=True))
+    with storage.Publisher(params.storage.lake, args.snapshot) as pub:
+        for ds in days:
+            rec = monitor_day(params, ds, pub)
+            (log.warning if rec["alerts"] else log.info)(
+                "monitor %s: %s, %d alert(s)%s -> %s", ds, "DRIFT" if rec["drifted"] else "stable",
+                len(rec["alerts"]), f" (features {rec['drifted_features']})" if rec["drifted_features"] else "",
+                rec["report"])
+            print(json.dumps({"date": rec["date"], "drifted": rec["drifted"], "alerts": len(rec["alerts"]),
+                              "report": rec["report"]}, sort_keys=True))
     return 0

@@ -152,13 +152,15 @@ def _champion_eval(c, name: str, version: str, test: pl.DataFrame, manifest: dic
         return logged, f"feature spec differs ({ch_manifest['spec_hash']} vs {manifest['spec_hash']}): its logged test metrics"
 
 
-def _reusable_run(c, experiment: str, sha: str) -> tuple[str | None, str | None]:
-    """A run of an earlier, interrupted registration of the same model that got as far as logging the
-    model (then it is reused: no second run); a run killed before that is marked FAILED."""
+def _reusable_run(c, experiment: str, sha: str, name: str, data_range: str) -> tuple[str | None, str | None]:
+    """A run of an earlier, interrupted registration of the same model (sha, registered model name
+    and date range) that got as far as logging the model: it is reused, no second run. A run of it
+    killed before that is marked FAILED."""
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         return None, None
-    for run in c.search_runs([exp.experiment_id], f"tags.model_sha256 = '{sha}'"):
+    query = f"tags.model_sha256 = '{sha}' and tags.registered_model = '{name}' and tags.`data.range` = '{data_range}'"
+    for run in c.search_runs([exp.experiment_id], query):
         if run.data.tags.get("model_uri"):
             if run.info.status != "FINISHED":
                 c.set_terminated(run.info.run_id, "FINISHED")
@@ -225,8 +227,16 @@ def _complete(c, name: str, version: str) -> None:
     if mv.tags.get("description_pending"):
         c.update_model_version(name, version, description=mv.tags["description_pending"])
     for move in json.loads(mv.tags.get(PLAN_TAG) or "[]"):
-        R.move_alias(c, name, move["alias"], version, move["reason"], op=f"register:{name}:v{version}:{move['alias']}",
-                     frm=move["from"])
+        op = f"register:{name}:v{version}:{move['alias']}"
+        current = R.get_alias(c, name, move["alias"])
+        if current not in (move["from"], version) and not any(h.get("op") == op for h in R.history(c, name)):
+            # someone moved the alias after this registration was planned: theirs stands
+            log.warning("register: %s is v%s now, not v%s as planned; v%s is not moved there (op %s)",
+                        move["alias"], current, move["from"], version, op)
+            c.set_model_version_tag(name, version, "registration.skipped_move",
+                                    f"{move['alias']} moved to v{current} meanwhile")
+            continue
+        R.move_alias(c, name, move["alias"], version, move["reason"], op=op, frm=move["from"])
     if mv.tags.get("description_pending"):
         c.delete_model_version_tag(name, version, "description_pending")
     c.set_model_version_tag(name, version, COMPLETE_TAG, "true")
@@ -265,7 +275,9 @@ def main(argv: list[str]) -> int:
 
         try:
             c.get_registered_model(name)
-        except MlflowException:
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise                   # down, too slow or refused: one line from __main__, nothing created
             c.create_registered_model(name, description="Fraud model (XGBoost). Aliases: champion scores, challenger "
                                                         "shadows, previous is the last champion. See tags alias_history.*")
         existing = [mv for mv in c.search_model_versions(f"name='{name}'") if mv.tags.get("model_sha256") == sha]
@@ -304,9 +316,10 @@ def main(argv: list[str]) -> int:
                 "device_used": summary["device_used"], "xgboost.version": summary["xgboost"]["version"],
                 "xgboost.use_cuda": str(summary["xgboost"]["use_cuda"]).lower(), "gate": "passed" if decision.passed else "failed",
                 "gate.compared_with": f"v{champion} ({how})" if champion else how, "registered_by": R.actor(),
+                "registered_model": name,
                 **git_tags(), **dvc_tags()}
         mlflow.set_experiment(rp.experiment)
-        run_id, model_uri = _reusable_run(c, rp.experiment, sha)
+        run_id, model_uri = _reusable_run(c, rp.experiment, sha, name, tags["data.range"])
         if run_id is None:
             run_id, model_uri = _log_run(start, end, sha, tags, summary, win, params, ep, rp, metrics, evaluation, champ_eval,
                               base, decision, champion, how, val_summary, booster, signature, example)

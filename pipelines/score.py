@@ -377,14 +377,15 @@ OUTPUTS = {"champion": ("predictions", "scored_model", "scoring_stats"),
            "shadow": ("shadow_predictions", "shadow_model", "shadow_stats")}
 
 
-def score_day(params, ds: dt.date, served: Served, snapshot: str | None = None, role: str = "champion") -> dict:
+def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publisher | None" = None,
+              role: str = "champion") -> dict:
     """Score the ds partition with `served`; publish predictions, _model.json and _stats.json (for
     role "shadow": the shadow partition, the same code and columns)."""
     p, store = params.score, params.storage
     d = ds.isoformat()
     kind, model_kind, stats_kind = OUTPUTS[role]
     reader = lineage.Reader()
-    with tempfile.TemporaryDirectory(prefix="score-") as tmp, storage.Publisher(store.lake, snapshot) as pub:
+    with tempfile.TemporaryDirectory(prefix="score-") as tmp, storage.publishing(store.lake, snapshot) as pub:
         path, fman, uri = load_features(store, ds, tmp, reader)
         part = pub.partition(store.uri(kind, date=d), role if role == "shadow" else "score", inputs=reader.consumed,
                              extra={"model": {k: v for k, v in served.meta().items() if k != "reason"}})
@@ -405,8 +406,9 @@ def main(argv: list[str]) -> int:
     params, days = resolve(args)
     served = resolve_model(params.score)
     (log.info if not served.fallback else log.warning)("scorer: %s (%s)", served.scored_by, served.reason)
-    for ds in days:
-        stats = score_day(params, ds, served, args.snapshot)
-        print(json.dumps({"date": ds.isoformat(), "rows": stats["rows"], **served.meta(),
-                          "fallback_rows": stats["fallback_rows"]}, sort_keys=True))
+    with storage.Publisher(params.storage.lake, args.snapshot) as pub:
+        for ds in days:
+            stats = score_day(params, ds, served, pub)
+            print(json.dumps({"date": ds.isoformat(), "rows": stats["rows"], **served.meta(),
+                              "fallback_rows": stats["fallback_rows"]}, sort_keys=True))
     return 0

@@ -10,6 +10,7 @@ traceback, and creates no file (MLflow is never imported with no tracking URI, w
 from __future__ import annotations
 
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -34,15 +35,22 @@ def _port_open(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+OURS = "FRAUDOPS_MLFLOW_BOUNDS"      # the MLflow variables set by `configure` (not by a person)
+
+
 def configure(timeout_s: float) -> None:
-    """Bound waits on S3 and MLflow by about `timeout_s` seconds (params.yaml services.timeout_s).
-    MLflow's own defaults retry for minutes; the environment still wins where it is set."""
+    """Bound waits on S3 and MLflow by about `timeout_s` seconds (params.yaml services.timeout_s):
+    MLflow's own defaults retry for minutes. A variable a person set wins; the ones set here are
+    named in FRAUDOPS_MLFLOW_BOUNDS, so a child process with other params sets its own."""
     storage.configure(timeout_s)
     per_try = max(2, int(timeout_s / 4))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(per_try))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
+    ours = set(filter(None, os.environ.get(OURS, "").split(",")))
+    for key, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", str(per_try)), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+                       ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")):
+        if key not in os.environ or key in ours:
+            os.environ[key] = value
+            ours.add(key)
+    os.environ[OURS] = ",".join(sorted(ours))
 
 
 def is_stack_registry(uri: str) -> bool:
@@ -104,11 +112,17 @@ def explain(exc: BaseException, command: str) -> str | None:
     text = str(exc).splitlines()[0][:300] if str(exc) else name
     uri = os.environ.get("MLFLOW_TRACKING_URI", "?")
     if mod.startswith("mlflow"):
-        code = getattr(exc, "error_code", "")
-        if "401" in text or "403" in text or code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        code = getattr(exc, "error_code", "") or ""
+        try:
+            status = exc.get_http_status_code()
+        except Exception:  # noqa: BLE001 - not every MLflow exception carries one
+            status = None
+        if status in (401, 403) or code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or \
+                re.search(r"error code 40[13]\b", text):
             return (f"MLflow at {uri} refused the credentials (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD): "
                     f"{text}; the {command} run failed, nothing more was changed")
-        if any(s in text for s in ("Max retries", "Connection", "timed out", "API request to")):
+        if any(s in text for s in ("Max retries", "failed with exception", "timed out", "Read timed out",
+                                   "Connection refused", "ConnectionError")):
             return (f"MLflow at {uri} is unreachable or too slow ({text}); the {command} run failed, "
                     f"nothing more was changed; re-run when it answers")
         return f"MLflow at {uri} refused: {code + ': ' if code else ''}{text}; nothing more was changed"

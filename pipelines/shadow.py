@@ -39,7 +39,7 @@ def shadow_day(params, ds: dt.date, served: score.Served, snapshot: str | None =
         except M.ManifestMismatch as exc:
             served = score.Served("none", [], f"{served.name} v{served.version} cannot score these features: {exc}")
             log.error("shadow %s: %s", d, served.reason)
-    with storage.Publisher(store.lake, snapshot) as pub:
+    with storage.publishing(store.lake, snapshot) as pub:
         pub.remove(store.uri("shadow_predictions", date=d))
         pub.put_json(store.uri("shadow_model", date=d), {"role": "shadow", "scored_by": "none", "reason": served.reason,
                                                          "model_name": served.name, "model_version": served.version})
@@ -54,6 +54,7 @@ def main(argv: list[str]) -> int:
         served = score.resolve_model(dataclasses.replace(params.score, alias=params.shadow.alias), shadow=True)
     else:
         served = score.Served("none", [], "shadow.enabled is false")
-    for ds in days:
-        print(json.dumps(shadow_day(params, ds, served, args.snapshot), sort_keys=True))
+    with storage.Publisher(params.storage.lake, args.snapshot) as pub:
+        for ds in days:
+            print(json.dumps(shadow_day(params, ds, served, pub), sort_keys=True))
     return 0

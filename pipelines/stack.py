@@ -183,8 +183,11 @@ def load_env_file(home: Path | None = None) -> None:
     path = (home or state_dir()) / "stack.env"
     if not path.exists():
         return
+    s3_chosen = bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("FRAUDOPS_S3_ENDPOINT_URL"))
     for line in path.read_text().splitlines():
         key, sep, value = line.partition("=")
+        if key == "FRAUDOPS_OBJECT_STORE" and s3_chosen:
+            continue                  # an endpoint set by hand means S3, not the stack's files
         if sep and key and key not in os.environ:
             os.environ[key] = value
 

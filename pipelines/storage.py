@@ -89,6 +89,8 @@ def local_path(uri: str) -> Path:
         if root is None:
             raise StorageError(f"{uri}: on S3, not a local file")
         bucket, key = split_s3(uri)
+        if ".." in Path(key).parts or not bucket or bucket in (".", ".."):
+            raise StorageError(f"{uri}: not a plain object key ('..' would leave the object store)")
         return root / bucket / key
     return Path(uri)
 
@@ -135,6 +137,7 @@ NOT_FOUND = ("NoSuchKey", "404", "NoSuchBucket", "NotFound")
 @contextlib.contextmanager
 def _s3_errors(uri: str, what: str) -> Iterator[None]:
     """botocore's exceptions -> one StorageError line naming the URI and the endpoint."""
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -144,7 +147,7 @@ def _s3_errors(uri: str, what: str) -> Iterator[None]:
         if code in NOT_FOUND:
             raise MissingObject(f"{uri}: not found ({code})") from None
         raise StorageError(f"{uri}: {what} failed: {code or exc}") from None
-    except (BotoCoreError, OSError) as exc:
+    except (BotoCoreError, Boto3Error, OSError) as exc:
         raise StorageError(f"{uri}: {what} failed: S3 endpoint {endpoint_url() or 'AWS'} unreachable or too slow "
                            f"({type(exc).__name__}: {str(exc)[:160]}); nothing was changed there") from None
 
@@ -186,6 +189,20 @@ def _write_local(path: Path, write, uri: str) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _sweep_temporaries(path)
+
+
+def _sweep_temporaries(path: Path, older_than_s: float = 3600.0) -> None:
+    """Temporary files of `path` left by a writer that was killed (kill -9 runs no cleanup)."""
+    import time
+
+    limit = time.time() - older_than_s
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < limit:
+                tmp.unlink()
+        except OSError:
+            pass
 
 
 def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
@@ -496,8 +513,9 @@ class Publisher:
     def partition(self, primary: str, stage: str, inputs: dict[str, str] | None = None,
                   sources: dict[str, str] | None = None, extra: dict | None = None) -> Partition:
         """Start publishing a partition; publish its objects through it, then `commit()`. The old
-        record is withdrawn first: while the objects change, readers see no partition, never a mix."""
-        self.withdraw_record(primary)
+        record stays until the new one replaces it: a re-run that writes the same bytes never makes
+        the partition disappear, and an object that changed before its new record is written (a
+        crash, or a reader in between) does not match the record and is refused, never mixed."""
         return Partition(self, primary, stage, inputs, sources, extra)
 
     def withdraw_record(self, primary: str) -> None:
@@ -512,3 +530,14 @@ class Publisher:
         delete(uri)
         if (snap := self._snap(uri)) is not None:
             snap.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def publishing(lake: str, out: "Publisher | str | Path | None") -> Iterator[Publisher]:
+    """`out` when it is a Publisher already (a command publishing several days through one: its DVC
+    output holds them all), else a Publisher of its own for `lake` and snapshot folder `out`."""
+    if isinstance(out, Publisher):
+        yield out
+        return
+    with Publisher(lake, out) as pub:
+        yield pub

@@ -261,5 +261,5 @@ def main(argv: list[str]) -> int:
                 log.error("%s", exc)
                 failures.append(str(exc))
         if failures:
-            raise StageFailed(f"validate blocked {len(failures)} partition(s):\n  " + "\n  ".join(failures))
+            raise StageFailed.of("validate blocked", failures)
     return 0

@@ -78,13 +78,33 @@ def checked_params_file(value: Any) -> str:
         raise AirflowFailException(f"params_file {str(value)[:80]!r} refused: only a .yaml path of letters, digits, "
                                    f"_ . / - (no '..', spaces or shell characters); nothing ran")
     path = (REPO / text).resolve()
-    roots = (REPO.resolve(), state_dir())
-    if not any(path.is_relative_to(r) for r in roots) or "secrets" in path.parts:
-        raise AirflowFailException(f"params_file {text!r} refused: not inside the project ({REPO}) or its state "
-                                   f"folder; nothing ran")
+    if not _allowed_params_path(path):
+        raise AirflowFailException(f"params_file {text!r} refused: not a file of the project ({REPO}, outside its "
+                                   f"state and data folders) or of {state_dir() / 'params'}; nothing ran")
     if not path.is_file():
         raise AirflowFailException(f"params_file {text!r} refused: no such file ({path}); nothing ran")
     return str(path)
+
+
+def _allowed_params_path(path: Path) -> bool:
+    """A params file is a project file (not under a hidden folder such as .state/.git/.venv, nor
+    data/) or a file under <state>/params/ (where operators and tests keep variants)."""
+    params_dir = state_dir() / "params"
+    if path.is_relative_to(params_dir):
+        return True
+    repo = REPO.resolve()
+    if not path.is_relative_to(repo):
+        return False
+    top = path.relative_to(repo).parts[0]
+    return not (top.startswith(".") or top == "data")
+
+
+def _ds(context) -> str:
+    """The run's logical date (YYYY-MM-DD); a run made without one has nothing to work on."""
+    ds = context.get("ds")
+    if not ds:
+        raise AirflowFailException("this DAG works on one date (ds): trigger it with a logical date; nothing ran")
+    return _checked(ds, DATE_PATTERN, "ds")
 
 
 def _checked(value: Any, pattern: str, name: str) -> str:
@@ -117,7 +137,7 @@ class StageOperator(BaseOperator):
         params = context["params"]
         argv = [sys.executable, "-m", "pipelines", self.stage, f"--params={checked_params_file(params.get('params_file'))}"]
         if self.date:
-            argv.append(f"--date={_checked(context['ds'], DATE_PATTERN, 'ds')}")
+            argv.append(f"--date={_ds(context)}")
         argv += self.args
         for name, option in self.options.items():
             value = params.get(name)
@@ -167,7 +187,7 @@ class StageSensor(BaseSensorOperator):
     def poke(self, context) -> bool:
         argv = [sys.executable, "-m", "pipelines", self.stage,
                 f"--params={checked_params_file(context['params'].get('params_file'))}",
-                f"--date={_checked(context['ds'], DATE_PATTERN, 'ds')}", *self.args, "--check"]
+                f"--date={_ds(context)}", *self.args, "--check"]
         code, last = _run(self, argv, context)
         if code == NOT_LANDED:
             return False

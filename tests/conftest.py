@@ -20,6 +20,15 @@ TEST_ENV = {
 }
 S3_TEST_PORT = int(os.environ.get("FRAUDOPS_TEST_S3_PORT", "5401"))     # the S3 endpoint of the boto3-path tests
 
+# Hermetic from the start: no setting of a demo stack or of production leaks into the tests (the
+# CLI fills unset variables from $FRAUDOPS_HOME/stack.env, so FRAUDOPS_HOME is the tests' own).
+for _key in [k for k in os.environ if k.startswith(("FRAUDOPS_", "MLFLOW_", "AIRFLOW__", "AWS_"))
+             or k in ("AIRFLOW_HOME", "AIRFLOW_API_USER", "AIRFLOW_API_PASSWORD")]:
+    if _key not in TEST_ENV and _key not in ("FRAUDOPS_TEST_S3_PORT", "FRAUDOPS_TEST_MLFLOW_PORT",
+                                             "FRAUDOPS_TEST_AIRFLOW_PORT"):
+        del os.environ[_key]
+os.environ.update(TEST_ENV)
+
 
 def publish(primary: str, data, companions: dict | None = None, stage: str = "test") -> None:
     """Publish a committed partition as a stage would (objects, then its lineage record): `data` and
@@ -186,11 +195,11 @@ def nightly_params(name: str, root: Path, mutate=None) -> Path:
 
 
 def state_dir(name: str) -> Path:
-    """A new folder inside the stack's state folder: a params file given to a DAG run must live in
-    the project or its state folder (the DAGs refuse any other path)."""
+    """A new folder under <state>/params/: a params file given to a DAG run must be a project file
+    or live there (the DAGs refuse any other path)."""
     import uuid
 
-    path = Path(os.environ["FRAUDOPS_HOME"]) / "tmp" / f"{name}-{uuid.uuid4().hex[:8]}"
+    path = Path(os.environ["FRAUDOPS_HOME"]) / "params" / f"{name}-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     return path
 

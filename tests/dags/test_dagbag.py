@@ -150,7 +150,9 @@ def test_labels_dag_works_on_ds_labels_and_moves_models_in_date_order(dagbag):
 
 
 HOSTILE_FILES = ["params.yaml; touch pwned; exit 1 #", "$(touch pwned).yaml", "`touch pwned`.yaml", "../../etc/passwd",
-                 "/etc/hosts", "params.yaml\nx.yaml", "nonexistent.yaml", "-h.yaml", ".state/secrets/x.yaml", "", None, 7]
+                 "/etc/hosts", "params.yaml\nx.yaml", "nonexistent.yaml", "-h.yaml", ".state/secrets/x.yaml", "", None, 7,
+                 "/etc/fraudops.yaml", f"{REPO}/.state/objects/fraudops-mlflow/python_env.yaml", f"{REPO}/.venv/x.yaml",
+                 "data/validate/x.yaml"]
 
 
 @pytest.mark.parametrize("value", HOSTILE_FILES)
@@ -161,6 +163,24 @@ def test_a_hostile_params_file_is_refused_before_anything_runs(dagbag, value):
         task = next(t for t in dagbag.dags[dag_id].tasks if hasattr(t, "argv"))
         with pytest.raises(AirflowFailException, match="params_file .* refused.*nothing ran"):
             task.argv({"params": {"params_file": value}, "ds": "2026-03-01"})
+
+
+def test_a_params_file_is_a_project_file_or_lives_under_the_state_params_folder(dagbag, tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    import fraudops_wiring
+
+    monkeypatch.setenv("FRAUDOPS_HOME", str(tmp_path))
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "p.yaml").write_text("{}")
+    (tmp_path / "objects").mkdir()
+    (tmp_path / "objects" / "p.yaml").write_text("{}")
+    assert fraudops_wiring.checked_params_file(str(tmp_path / "params" / "p.yaml")) == str(tmp_path / "params" / "p.yaml")
+    assert fraudops_wiring.checked_params_file("params.yaml") == str(REPO / "params.yaml")
+    with pytest.raises(AirflowFailException, match="refused: not a file of the project"):
+        fraudops_wiring.checked_params_file(str(tmp_path / "objects" / "p.yaml"))
+    with pytest.raises(AirflowFailException, match="trigger it with a logical date"):
+        dagbag.dags["nightly_scoring"].get_task("score").argv({"params": {"params_file": "params.yaml"}, "ds": None})
 
 
 @pytest.mark.parametrize("value", ["2026-02-01; touch pwned", "2026-02-01 --snapshot=/etc", "$(id)", "--force"])

@@ -206,7 +206,15 @@ def one_file_lacks_a_column(lake, d):
     lake.deliver("transactions", d, {"part-0.parquet": a, "part-1.parquet": b.drop("amount")})
     ingest_fails(lake, d, "['amount'] missing")
     reasons = lake.rejects(d)["reject_reason"].value_counts().sort("reject_reason").rows()
-    assert reasons == [("missing_column:amount", b.height), ("partition_failed:missing_column", a.height)]
+    assert reasons == [("missing_column:amount", b.height), ("partition_failed:unusable_file", a.height)]
+
+
+@case
+def a_nested_column(lake, d):
+    tx, _ = lake.day(d)
+    lake.deliver("transactions", d, {"part-0.parquet": tx.with_columns(pl.concat_list("amount", "amount").alias("amount"))})
+    ingest_fails(lake, d, "amount (nested type List(Float64))")
+    assert set(lake.rejects(d)["reject_reason"]) == {"unsupported_type:amount"}
 
 
 @case

@@ -68,8 +68,29 @@ def test_a_hostile_reason_is_data_never_code(client, dag_id):
         assert run["state"] == "failed"
         log = _log(client, dag_id, run_id, dag_id)
         assert "Running command" in log and "ERROR models:" in log and "fraud-xgb-nobody" in log, log[-2000:]
-        assert f"--reason={reason}" in log.replace("\\n", "\n").replace('\\"', '"') or "--reason=" in log
+        assert repr(f"--reason={reason}") in log, log[-2000:]                   # one argument, as given
     assert pwned() == []
+
+
+@pytest.mark.parametrize("day,value,message", [(1, "nonexistent/params.yaml", "no such file"),
+                                               (2, "/etc/fraudops.yaml", "not a file of the project"),
+                                               (3, ".state-test/objects/x.yaml", None)])
+def test_a_params_file_the_schema_lets_through_is_refused_before_anything_runs(client, day, value, message):
+    """A well-formed path that is not a params file of the project: the run is created, and its
+    first task fails before any command starts."""
+    run_id = f"hostile-{uuid.uuid4().hex[:8]}"
+    try:                                  # a date of its own (one run per logical date), after the start
+        client.trigger("nightly_scoring", {"params_file": value}, run_id=run_id,
+                       logical_date=f"2026-10-0{day}T00:00:00+00:00")
+    except AirflowApiError as exc:                            # a leading "." is not even a path the form takes
+        assert message is None and "HTTP 400" in str(exc)
+        return
+    assert client.wait("nightly_scoring", run_id, timeout=300, poll=1)["state"] == "failed"
+    log = _log(client, "nightly_scoring", run_id, "wait_for_data")
+    assert f"params_file {value!r} refused: {message}" in log and "nothing ran" in log, log[-2000:]
+    assert "Running command" not in log
+    tis = {t["task_id"]: t["state"] for t in client.task_instances("nightly_scoring", run_id)}
+    assert tis["wait_for_data"] == "failed" and tis["ingest"] == "upstream_failed"
 
 
 def test_an_unconfirmed_move_fails_before_anything_runs(client):
@@ -96,7 +117,7 @@ def test_a_hostile_backfill_conf_fails_at_the_first_task_and_runs_nothing(client
     deadline = time.monotonic() + 300
     while True:
         runs = [r for r in client._request("GET", "/api/v2/dags/labels/dagRuns?limit=100")["dag_runs"]
-                if r.get("conf", {}).get("params_file") == hostile]
+                if (r.get("conf") or {}).get("params_file") == hostile]
         if runs and all(r["state"] in ("success", "failed") for r in runs):
             break
         assert time.monotonic() < deadline, f"backfill {bf['id']} not finished"
@@ -109,10 +130,18 @@ def test_a_hostile_backfill_conf_fails_at_the_first_task_and_runs_nothing(client
 
 
 def _log(client: AirflowClient, dag_id: str, run_id: str, task_id: str) -> str:
+    """The task's log as text: each record's event and error details, one per line."""
     import json
 
     tis = {t["task_id"]: t for t in client.task_instances(dag_id, run_id)}
     tries = max(1, tis[task_id].get("try_number") or 1)
     out = client._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{tries}"
                                  "?full_content=true")
-    return json.dumps(out)
+    lines = []
+    for rec in out.get("content") or []:
+        if isinstance(rec, dict):
+            lines.append(str(rec.get("event", "")))
+            lines += [str(d.get("exc_value", "")) for d in rec.get("error_detail") or [] if isinstance(d, dict)]
+        else:
+            lines.append(str(rec))
+    return "\n".join(lines) or json.dumps(out)

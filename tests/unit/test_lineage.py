@@ -70,12 +70,15 @@ def test_a_long_chain_is_verified_without_recursion(tmp_path):
     assert lineage.Reader().record(prev)["stage"] == "test"
 
 
-def test_a_republish_withdraws_the_record_first(tmp_path):
-    a = commit(tmp_path, "a", b"A")
+def test_a_republish_keeps_the_partition_readable_and_never_mixed(tmp_path):
+    a = commit(tmp_path, "a", b"A", companions={"m.json": b"1"})
     with storage.Publisher(str(tmp_path)) as pub:
         part = pub.partition(a, "test")
-        assert not lineage.Reader().exists(a)                  # while objects change, nothing is trusted
-        part.put(a, b"A2")
+        part.put(f"{tmp_path}/a/m.json", b"1")                 # the same bytes: still the committed partition
+        assert lineage.Reader().read_bytes(a) == b"A"
+        part.put(a, b"A2")                                      # other bytes before the new record: refused
+        with pytest.raises(lineage.StaleInput, match="changed since it was committed"):
+            lineage.Reader().read_bytes(a)
         part.commit()
     assert lineage.Reader().read_bytes(a) == b"A2"
 
