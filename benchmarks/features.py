@@ -33,8 +33,8 @@ def generate(rows: int) -> tuple[Path, Path]:
     """~rows transactions over 56 days (+ labels), cached by size."""
     import polars as pl
 
-    from pipelines.config import load_params
-    from pipelines.demo_data import DemoParams, make_world, simulate_day
+    from pipelines.core.config import load_params
+    from pipelines.ops.demo_data import DemoParams, make_world, simulate_day
 
     ev_path, lab_path = OUT / f"events_{rows}.parquet", OUT / f"labels_{rows}.parquet"
     if ev_path.exists() and lab_path.exists():
@@ -66,7 +66,7 @@ def generate(rows: int) -> tuple[Path, Path]:
 def run_polars(ev_path: str, lab_path: str, out: str | None) -> dict:
     import polars as pl
 
-    from pipelines.config import load_params
+    from pipelines.core.config import load_params
     from pipelines.features import compute_features
 
     spec = load_params(ROOT / "params.yaml").features
@@ -153,7 +153,7 @@ def pandas_features(ev, lab, spec):
 def run_pandas(ev_path: str, lab_path: str, out: str | None) -> dict:
     import pandas as pd
 
-    from pipelines.config import load_params
+    from pipelines.core.config import load_params
 
     spec = load_params(ROOT / "params.yaml").features
     ev, lab = pd.read_parquet(ev_path), pd.read_parquet(lab_path)

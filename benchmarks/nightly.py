@@ -62,10 +62,10 @@ def generate(rows: int, work: Path, trees: int, depth: int) -> None:
     import pyarrow.parquet as pq
     import xgboost as xgb
 
-    from pipelines import model as M
-    from pipelines import storage
-    from pipelines.config import load_params
-    from pipelines.evaluate import reference_profile
+    from pipelines.core import modelio as M
+    from pipelines.core import storage
+    from pipelines.core.config import load_params
+    from pipelines.core.drift import reference_profile
     from pipelines.features import feature_names, spec_hash
 
     params = load_params(_params(work))
@@ -131,8 +131,8 @@ def _bare(served, path: str, chunk_rows: int) -> tuple[float, float]:
     """The same model on the same matrix, batch by batch; only inplace_predict is timed."""
     import numpy as np
 
-    from pipelines import model as M
-    from pipelines import storage
+    from pipelines.core import modelio as M
+    from pipelines.core import storage
 
     bare = checksum = 0.0
     for batch in storage.iter_parquet(path, batch_rows=chunk_rows):
@@ -149,16 +149,16 @@ def run(work: Path) -> dict:
     import io
     from contextlib import redirect_stdout
 
-    import numpy as np
-
-    from pipelines import decide, monitor, score, storage
-    from pipelines import model as M
-    from pipelines.config import load_params, parse_date
+    from pipelines import decide, monitor
+    from pipelines.core import lake, storage
+    from pipelines.core import modelio as M
+    from pipelines.core import scoring as score
+    from pipelines.core.config import load_params, parse_date
 
     params_path = _params(work)
     params = load_params(params_path)
     files = {k: (work / "model" / k).read_bytes() for k in score.FILES}
-    served = score._served(files, {"name": "bench", "version": "1", "run_id": "bench", "sha256": M.sha256(files["model.ubj"])},
+    served = score._served(files, {"name": "bench", "version": "1", "run_id": "bench", "sha256": M.sha256(files[lake.MODEL])},
                            [], "benchmark")
     day = parse_date(DAY)
     out: dict = {}

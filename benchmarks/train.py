@@ -51,8 +51,8 @@ def main() -> int:
     import numpy as np
     import xgboost as xgb
 
-    from pipelines import model as M
-    from pipelines.config import load_params
+    from pipelines.core import modelio as M
+    from pipelines.core.config import load_params
     from pipelines.train import train_model
 
     p = load_params(ROOT / "params.yaml").train

@@ -1,4 +1,4 @@
-"""labels: wait_for_labels -> ingest_labels -> validate_labels -> feedback -> lifecycle, for the
+"""Airflow DAG `labels`: wait_for_labels -> ingest_labels -> validate_labels -> feedback -> lifecycle, for the
 logical date `ds` = the day the labels landed.
 
 Wiring only; every task runs `python -m pipelines <stage> --date=<ds>` as an argument vector. The
@@ -16,27 +16,15 @@ catch up; backfill as for nightly_scoring. Conf: {"params_file": "params.yaml"}.
 """
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import DAG, CronDataIntervalTimetable
-
-from fraudops_wiring import StageOperator, StageSensor, default_args, params_file_param  # plugins/ on sys.path
+from fraudops_wiring import StageOperator, StageSensor, daily_dag  # plugins/ on sys.path
 
 LABELS = ("--dataset=labels",)
 
-with DAG(
-    dag_id="labels",
-    description="labels that landed on ds -> validated -> joined to their predictions -> realized metrics -> rollback/promotion",
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=datetime(2026, 1, 8, tzinfo=timezone.utc),
-    catchup=os.environ.get("FRAUDOPS_LABELS_CATCHUP", "false").lower() == "true",
-    max_active_runs=3,          # a day whose labels are late holds a run (its sensor): others may still go
-    default_args=default_args(),
-    params={"params_file": params_file_param()},
-    tags=["fraudops", "labels"],
-    doc_md=__doc__,
-) as dag:
+with daily_dag("labels", "labels that landed on ds -> validated -> joined to their predictions -> realized metrics "
+               "-> rollback/promotion", datetime(2026, 1, 8, tzinfo=timezone.utc), "FRAUDOPS_LABELS_CATCHUP", __doc__,
+               ["labels"]) as dag:
     wait = StageSensor(task_id="wait_for_labels", stage="ingest", args=LABELS, mode="reschedule", poke_interval=600,
                        timeout=timedelta(hours=20).total_seconds())
     ingest = StageOperator(task_id="ingest_labels", stage="ingest", date=True, args=LABELS)

@@ -1,4 +1,4 @@
-"""nightly_scoring: wait_for_data -> ingest -> validate -> features -> score -> decide -> monitor ->
+"""Airflow DAG `nightly_scoring`: wait_for_data -> ingest -> validate -> features -> score -> decide -> monitor ->
 retrain (decision) -> should_retrain -> trigger_training, for the logical date `ds`; after score, in
 parallel with decide, `shadow` (the challenger, when there is one, scores the same partition).
 
@@ -16,33 +16,20 @@ Conf: {"params_file": "params.yaml"} (checked: a .yaml file inside the project o
 """
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
 
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import DAG, CronDataIntervalTimetable
 
-from fraudops_wiring import (StageOperator, StageSensor, default_args, params_file_param,  # plugins/ on sys.path
-                             retrain_requested)
+from fraudops_wiring import StageOperator, StageSensor, daily_dag, retrain_requested  # plugins/ on sys.path
 
 
 def stage(task_id: str, **kwargs) -> StageOperator:
     return StageOperator(task_id=task_id, stage=task_id, date=True, **kwargs)
 
 
-with DAG(
-    dag_id="nightly_scoring",
-    description="score the day with the champion, decide, monitor drift, decide on retraining",
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
-    catchup=os.environ.get("FRAUDOPS_NIGHTLY_CATCHUP", "false").lower() == "true",
-    max_active_runs=3,
-    default_args=default_args(),
-    params={"params_file": params_file_param()},
-    tags=["fraudops", "nightly"],
-    doc_md=__doc__,
-) as dag:
+with daily_dag("nightly_scoring", "score the day with the champion, decide, monitor drift, decide on retraining",
+               datetime(2026, 1, 1, tzinfo=timezone.utc), "FRAUDOPS_NIGHTLY_CATCHUP", __doc__, ["nightly"]) as dag:
     wait = StageSensor(task_id="wait_for_data", stage="ingest", mode="reschedule", poke_interval=300,
                        timeout=timedelta(hours=12).total_seconds())
     ingest, validate, features, score, shadow, decide, monitor = (

@@ -1,4 +1,4 @@
-"""promote: champion <- a model version, by hand (promotion.mode: manual, or an override).
+"""Airflow DAG promote: champion <- a model version, by hand (promotion.mode: manual, or an override).
 
 Trigger from the UI with the Params form: version, confirm (must be ticked), reason. The move is
 `python -m pipelines models promote <version> --reason=...` (the same command a person runs): the
@@ -9,30 +9,14 @@ number) and reach the command as arguments of their own, never as shell text.
 """
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import Param
 
-from fraudops_wiring import (VERSION_PATTERN, ConfirmedModelsOperator, default_args,  # plugins/ on sys.path
-                             params_file_param)
+from fraudops_wiring import VERSION_PATTERN, registry_dag  # plugins/ on sys.path
 
-with DAG(
-    dag_id="promote",
-    description="promote a model version to champion (manual; confirm required)",
-    schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    default_args={**default_args(), "retries": 0},
-    params={
-        "version": Param("", type="string", pattern=VERSION_PATTERN, title="Model version",
-                         description="the registered version to make champion (usually the challenger)"),
-        "confirm": Param(False, type="boolean", title="Confirm", description="tick to really move the alias"),
-        "reason": Param("manual promotion", type="string", minLength=1, maxLength=2000, title="Reason",
-                        description="recorded in the alias history"),
-        "params_file": params_file_param(),
-    },
-    tags=["fraudops", "registry"],
-    doc_md=__doc__,
-) as dag:
-    ConfirmedModelsOperator(task_id="promote", action="promote")
+dag = registry_dag(
+    "promote", "promote a model version to champion (manual; confirm required)", __doc__, "manual promotion",
+    extra={"version": Param("", type="string", pattern=VERSION_PATTERN, title="Model version",
+                            description="the registered version to make champion (usually the challenger)")})
 
 if __name__ == "__main__":
     dag.test()

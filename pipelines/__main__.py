@@ -4,33 +4,35 @@ from __future__ import annotations
 import importlib
 import sys
 
-# command -> (module, what it does, the services it needs: lake | registry | registry? (optional) | airflow)
+# command -> (module, what it does, the services it needs before anything runs: registry | registry?
+# (optional: scoring has a cached-model fallback)); the object store is checked once params.yaml
+# says where the lake is (core.cli.resolve), the Airflow api-server by the airflow command itself
 COMMANDS = {
-    "stack": ("pipelines.stack", "the local stack: up | down | status | env", ()),
-    "demo": ("pipelines.demo", "the main job: stack up, demo data, dvc repro, summary", ()),
-    "demo-data": ("pipelines.demo_data", "write simulated raw transactions and labels", ("lake",)),
-    "ingest": ("pipelines.ingest", "raw partition(s) -> canonical partition(s) + rejects", ("lake",)),
-    "validate": ("pipelines.validate", "Great Expectations on canonical partition(s): validated + quarantine", ("lake",)),
-    "expectations": ("pipelines.expectations", "expectation suites: suggest from reference data", ("lake",)),
-    "features": ("pipelines.features", "point-in-time features from validated partitions", ("lake",)),
-    "train": ("pipelines.train", "XGBoost on a time-based split (search + early stopping on validation)", ("lake",)),
-    "evaluate": ("pipelines.evaluate", "test-window metrics, baseline, plots, reference profile, report", ("lake",)),
-    "register": ("pipelines.register", "MLflow run + model version, champion gate, aliases", ("lake", "registry")),
+    "stack": ("pipelines.ops.stack", "the local stack: up | down | status | env", ()),
+    "demo": ("pipelines.ops.demo", "the main job: stack up, demo data, dvc repro, summary", ()),
+    "demo-data": ("pipelines.ops.demo_data", "write simulated raw transactions and labels", ()),
+    "ingest": ("pipelines.ingest", "raw partition(s) -> canonical partition(s) + rejects", ()),
+    "validate": ("pipelines.validate", "Great Expectations on canonical partition(s): validated + quarantine", ()),
+    "expectations": ("pipelines.ops.expectations", "expectation suites: suggest from reference data", ()),
+    "features": ("pipelines.features", "point-in-time features from validated partitions", ()),
+    "train": ("pipelines.train", "XGBoost on a time-based split (search + early stopping on validation)", ()),
+    "evaluate": ("pipelines.evaluate", "test-window metrics, baseline, plots, reference profile, report", ()),
+    "register": ("pipelines.register", "MLflow run + model version, champion gate, aliases", ("registry",)),
     "score": ("pipelines.score", "the champion scores one date's features (flagged fallbacks: cache, rules, defaults)",
-              ("lake", "registry?")),
-    "decide": ("pipelines.decide", "scores -> approve/review/block with reasons; review queue; human overrides", ("lake",)),
-    "monitor": ("pipelines.monitor", "drift, quality, decisions, fallbacks vs the reference; report; alerts", ("lake",)),
-    "retrain": ("pipelines.retrain", "drift-triggered retraining decision (N of M days, cooldown, budget)", ("lake",)),
+              ("registry?",)),
+    "decide": ("pipelines.decide", "scores -> approve/review/block with reasons; review queue; human overrides", ()),
+    "monitor": ("pipelines.monitor", "drift, quality, decisions, fallbacks vs the reference; report; alerts", ()),
+    "retrain": ("pipelines.retrain", "drift-triggered retraining decision (N of M days, cooldown, budget)", ()),
     "shadow": ("pipelines.shadow", "the challenger scores the same partition next to the champion (never decides)",
-               ("lake", "registry?")),
+               ("registry?",)),
     "feedback": ("pipelines.feedback", "labels landed on D joined to the predictions of D - delay: realized metrics, "
-                                       "shadow comparison", ("lake",)),
+                                       "shadow comparison", ()),
     "lifecycle": ("pipelines.lifecycle", "after the labels: automatic rollback, challenger promotion or retirement",
-                  ("lake", "registry")),
-    "nightly": ("pipelines.nightly", "the nightly chain for a date range in one process (no scheduler)",
-                ("lake", "registry?")),
-    "models": ("pipelines.models", "the registry: list | history | promote | rollback | lineage", ("registry",)),
-    "airflow": ("pipelines.airflow_api", "trigger a DAG run through the REST API (and wait)", ("airflow",)),
+                  ("registry",)),
+    "nightly": ("pipelines.ops.nightly", "the nightly chain for a date range in one process (no scheduler)",
+                ("registry?",)),
+    "models": ("pipelines.ops.models", "the registry: list | history | promote | rollback | lineage", ("registry",)),
+    "airflow": ("pipelines.ops.airflow_api", "trigger a DAG run through the REST API (and wait)", ()),
 }
 
 
@@ -41,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, doc, _needs) in COMMANDS.items():
             print(f"  {name:14s} {doc}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from pipelines import services
-    from pipelines.stack import load_env_file
+    from pipelines.core import services
+    from pipelines.core.state import load_env_file
 
     load_env_file()
     command = argv[0]

@@ -29,25 +29,20 @@ import tempfile
 
 import polars as pl
 
-from pipelines import lineage, storage
-from pipelines.cli import resolve, stage_parser
-from pipelines.config import DecideParams, load_params, parse_date
-from pipelines.score import OPS
+from pipelines.core import lineage, storage
+from pipelines.core.cli import resolve, stage_parser
+from pipelines.core.config import DecideParams, load_params, parse_date
+from pipelines.core.reviews import (
+    DECISIONS,
+    add_override,
+    latest_overrides,
+    read_overrides,
+)
+from pipelines.core.rules import rule_mask
 
 log = logging.getLogger("pipelines.decide")
-DECISIONS = ("approve", "review", "block")
-OVERRIDE_SCHEMA = {"event_id": pl.String, "decision": pl.String, "reviewer": pl.String, "note": pl.String,
-                   "at": pl.Datetime("us", "UTC")}
-
-
 class DecideError(RuntimeError):
     pass
-
-
-def _rule_expr(rule: dict, columns: list[str]) -> pl.Expr:
-    if rule["feature"] not in columns:
-        raise DecideError(f"decide.rules {rule['name']}: column {rule['feature']!r} not in the predictions/features")
-    return OPS[rule["op"]](pl.col(rule["feature"]), rule["value"]).fill_null(False)
 
 
 def feature_columns_needed(pred_columns: list[str], p: DecideParams) -> list[str]:
@@ -72,7 +67,7 @@ def base_decisions(pred: pl.DataFrame, feats: pl.DataFrame, p: DecideParams) -> 
     frame = frame.with_columns(model.alias("model_decision"))
     dec, why = pl.col("model_decision"), pl.lit("model_") + pl.col("model_decision")
     for r in reversed(p.rules):     # first match wins: apply in reverse so earlier rules end on top
-        m = _rule_expr(r, frame.columns)
+        m = rule_mask(r, frame.columns, f"decide.rules {r['name']}")
         dec, why = pl.when(m).then(pl.lit(r["decision"])).otherwise(dec), \
             pl.when(m).then(pl.lit(f"rule:{r['name']}")).otherwise(why)
     for ent, ids in p.allow_list.items():
@@ -126,17 +121,16 @@ def final_decisions(frame: pl.DataFrame, ranks: pl.DataFrame, overrides: pl.Data
     return out
 
 
-def latest_overrides(overrides: pl.DataFrame) -> pl.DataFrame:
-    return overrides.sort("at").unique("event_id", keep="last", maintain_order=True)
-
-
-def decide_frame(pred: pl.DataFrame, feats: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
-    """The whole day in memory (the stage streams the same steps in two passes)."""
+def decisions(batches, overrides: pl.DataFrame, p: DecideParams):
+    """The day's decisions, batch by batch, in two passes over `batches()` (an iterable of aligned
+    (predictions, features) batches): first who wants the review queue and in which order, then
+    each row's decision with the day's queue ranks. Memory: one batch plus the review candidates."""
     ov = latest_overrides(overrides)
-    base = base_decisions(pred, feats, p)
-    out = final_decisions(base, queue_ranks(review_candidates(base, ov["event_id"]), p), ov, p)
-    assert out.height == pred.height, "decide: rows in != rows out"
-    return out
+    cands = [review_candidates(base_decisions(pb, fb, p), ov["event_id"]) for pb, fb in batches()]
+    ranks = queue_ranks(pl.concat(cands) if cands else
+                        pl.DataFrame(schema={"event_id": pl.String, "_prio": pl.Int32, "score": pl.Float32}), p)
+    for pb, fb in batches():
+        yield final_decisions(base_decisions(pb, fb, p), ranks, ov, p)
 
 
 class Tally:
@@ -168,31 +162,6 @@ class Tally:
                 "review_queue": sum(q.height for q in self.queue), "review_capacity": p.review_capacity,
                 "over_capacity": self.reasons.get("over_capacity", 0), "overrides_applied": len(self.matched),
                 "overrides_unmatched": unmatched, "model_disagrees": self.disagree}
-
-
-def summary(dec: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams) -> dict:
-    t = Tally()
-    t.add(dec)
-    return t.summary(overrides, p)
-
-
-def read_overrides(store, ds: dt.date) -> pl.DataFrame:
-    try:
-        return storage.read_parquet(store.uri("overrides", date=ds.isoformat())).cast(OVERRIDE_SCHEMA)
-    except storage.MissingObject:
-        return pl.DataFrame(schema=OVERRIDE_SCHEMA)
-
-
-def add_override(store, ds: dt.date, event_id: str, decision: str, reviewer: str, note: str,
-                 at: dt.datetime) -> pl.DataFrame:
-    if decision not in DECISIONS:
-        raise DecideError(f"override decision must be one of {DECISIONS}, not {decision!r}")
-    cur = read_overrides(store, ds)
-    row = pl.DataFrame({"event_id": [event_id], "decision": [decision], "reviewer": [reviewer], "note": [note],
-                        "at": [at]}, schema=OVERRIDE_SCHEMA)
-    out = pl.concat([cur, row])
-    storage.write_bytes(store.uri("overrides", date=ds.isoformat()), storage.parquet_bytes(out))
-    return out
 
 
 def main(argv: list[str]) -> int:
@@ -231,9 +200,8 @@ def main(argv: list[str]) -> int:
                 except lineage.StaleInput as exc:
                     raise DecideError(f"decide {d}: {exc}; nothing decided") from None
                 overrides = read_overrides(store, ds)
-                ov = latest_overrides(overrides)
 
-                def batches():
+                def batches(pred_path=pred_path, feat_path=feat_path, need=need):
                     preds = storage.iter_parquet(pred_path)
                     if feat_path is None:
                         for pb in preds:
@@ -241,16 +209,11 @@ def main(argv: list[str]) -> int:
                     else:
                         yield from storage.aligned(preds, storage.iter_parquet(feat_path, ["event_id", *need]))
 
-                # pass 1: who wants the review queue; pass 2: decisions with the day's queue ranks
-                cands = [review_candidates(base_decisions(pb, fb, p), ov["event_id"]) for pb, fb in batches()]
-                ranks = queue_ranks(pl.concat(cands) if cands else
-                                    pl.DataFrame(schema={"event_id": pl.String, "_prio": pl.Int32, "score": pl.Float32}), p)
                 ov_uri = store.uri("overrides", date=d)
                 part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed,
                                      sources={ov_uri: storage.sha256(storage.parquet_bytes(overrides))} if overrides.height else {})
                 sink, tally = storage.ParquetSink(store.uri("decisions", date=d), tmp, part), Tally()
-                for pb, fb in batches():
-                    dec = final_decisions(base_decisions(pb, fb, p), ranks, ov, p)
+                for dec in decisions(batches, overrides, p):
                     sink.write(dec)
                     tally.add(dec)
                 summ = tally.summary(overrides, p)

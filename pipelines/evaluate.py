@@ -18,153 +18,25 @@ and `evaluate_scores` from here, so both models are judged by the same code on t
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
 
 import numpy as np
 import polars as pl
 
-from pipelines import model as M
-from pipelines import storage
-from pipelines.cli import resolve, stage_parser
-from pipelines.config import EvaluateParams
+from pipelines.core import lake, storage
+from pipelines.core import modelio as M
+from pipelines.core.cli import resolve, stage_parser
+from pipelines.core.drift import reference_profile
+from pipelines.core.report import data_uri, fmt, png, render
+from pipelines.core.metrics import calibration_table, evaluate_scores, score_frame
 
 log = logging.getLogger("pipelines.evaluate")
 
 
 # --------------------------------------------------------------------------- metrics (pure)
-def classification_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict:
-    """ROC AUC, AP, Brier, per-class precision/recall/F1 and the confusion matrix at `threshold`
-    (predicted fraud when score >= threshold). AUC/AP are null when only one class is present."""
-    from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
-
-    y = np.asarray(y).astype(np.int8)
-    pred = (score >= threshold).astype(np.int8)
-    tp = int(((pred == 1) & (y == 1)).sum())
-    fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum())
-    tn = int(((pred == 0) & (y == 0)).sum())
-
-    def prf(tp_: int, fp_: int, fn_: int) -> dict:
-        p = tp_ / (tp_ + fp_) if tp_ + fp_ else 0.0
-        r = tp_ / (tp_ + fn_) if tp_ + fn_ else 0.0
-        return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
-
-    both = 0 < y.sum() < len(y)
-    fraud, legit = prf(tp, fp, fn), prf(tn, fn, fp)
-    return {
-        "rows": int(len(y)), "positives": int(y.sum()), "threshold": float(threshold),
-        "roc_auc": float(roc_auc_score(y, score)) if both else None,
-        "average_precision": float(average_precision_score(y, score)) if y.sum() else None,
-        "brier": float(brier_score_loss(y, score)) if len(y) else None,
-        "precision": fraud["precision"], "recall": fraud["recall"], "f1": fraud["f1"],
-        "per_class": {"fraud": fraud, "legit": legit},
-        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
-        "alert_rate": float(pred.mean()) if len(y) else 0.0,
-    }
-
-
-def precision_at_k(frame: pl.DataFrame, ks: tuple[int, ...], entity: str) -> dict:
-    """Per day: the share of frauds among the k highest-scored events, and among the k entities
-    with the highest score that day (an entity counts as fraud when any of its events that day is).
-    `frame` needs date, event_id, score, label and the entity column. Ties break by id."""
-    out: dict = {"events": {}, "entities": {}}
-    ents = (frame.group_by("date", entity).agg(pl.col("score").max(), pl.col("label").max())
-            .rename({entity: "event_id"}).with_columns(pl.col("event_id").cast(pl.String)))
-    for kind, f in (("events", frame.select("date", "event_id", "score", "label")), ("entities", ents)):
-        ranked = f.sort(["date", "score", "event_id"], descending=[False, True, False])
-        for k in ks:
-            per_day = ranked.group_by("date", maintain_order=True).agg(
-                pl.col("label").head(k).cast(pl.Float64).mean().alias("p"), pl.len().alias("n")).sort("date")
-            out[kind][f"p@{k}"] = {"mean": float(per_day["p"].mean()),
-                                   "per_day": {str(d): round(float(v), 6) for d, v in zip(per_day["date"], per_day["p"])}}
-    return out
-
-
-def slice_metrics(frame: pl.DataFrame, slices: tuple[str, ...], threshold: float) -> dict:
-    """Per value of each slice column: rows, positives, AP, recall and precision at the threshold."""
-    out = {}
-    for col in slices:
-        if col not in frame.columns:
-            raise M.ManifestMismatch(f"evaluate.slices: column {col!r} is not in the feature partitions")
-        for key, part in sorted(frame.group_by(col), key=lambda kv: (kv[0][0] is None, str(kv[0][0]))):
-            m = classification_metrics(part["label"].to_numpy(), part["score"].to_numpy(), threshold)
-            out[f"{col}={key[0]}"] = {k: m[k] for k in ("rows", "positives", "average_precision", "recall", "precision")}
-    return out
-
-
-def evaluate_scores(frame: pl.DataFrame, threshold: float, p: EvaluateParams) -> dict:
-    """Everything about one model's scores on one window (frame: date, event_id, entity, slice
-    columns, label, score)."""
-    y, s = frame["label"].to_numpy(), frame["score"].to_numpy()
-    return {**classification_metrics(y, s, threshold),
-            "precision_at_k": precision_at_k(frame, p.precision_at_k, p.entity),
-            "slices": slice_metrics(frame, p.slices, threshold)}
-
-
-def calibration_table(y: np.ndarray, score: np.ndarray, bins: int) -> list[dict]:
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(score, edges[1:-1]), 0, bins - 1)
-    rows = []
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            rows.append({"bin": b, "mean_predicted": float(score[m].mean()), "fraction_positive": float(y[m].mean()),
-                         "count": int(m.sum())})
-    return rows
-
-
-def score_frame(booster, frame: pl.DataFrame, manifest: dict, where: str) -> pl.DataFrame:
-    return frame.with_columns(pl.Series("score", M.predict(booster, M.feature_matrix(frame, manifest, where))))
-
-
 # --------------------------------------------------------------------------- reference profile (pure)
-def reference_profile(frame: pl.DataFrame, manifest: dict, p: EvaluateParams) -> dict:
-    """Per feature: quantile bin edges and the share of rows per bin (plus the null share); integer
-    codes and flags with few values get category frequencies instead. Plus the score distribution.
-    Bins are [edge_i, edge_i+1) with open ends, as monitoring will apply them."""
-    feats: dict = {}
-    n = frame.height
-    for c in manifest["feature_names"]:
-        col = frame[c]
-        nulls = col.null_count() / n if n else 0.0
-        vals = col.drop_nulls()
-        if col.dtype.is_integer() and vals.n_unique() <= 32:
-            counts = vals.value_counts(sort=False).sort(c)
-            feats[c] = {"kind": "categorical", "null_share": nulls,
-                        "frequencies": {str(v): cnt / n for v, cnt in zip(counts[c], counts["count"])}}
-            continue
-        v = vals.cast(pl.Float64).to_numpy()
-        v = v[np.isfinite(v)]
-        edges = np.unique(np.quantile(v, np.linspace(0, 1, p.profile_bins + 1)[1:-1])) if len(v) else np.array([])
-        idx = np.searchsorted(edges, v, side="right")
-        shares = np.bincount(idx, minlength=len(edges) + 1) / n if n else np.zeros(len(edges) + 1)
-        feats[c] = {"kind": "numeric", "null_share": nulls, "edges": [float(e) for e in edges],
-                    "shares": [float(s) for s in shares], "mean": float(v.mean()) if len(v) else None,
-                    "std": float(v.std()) if len(v) else None, "min": float(v.min()) if len(v) else None,
-                    "max": float(v.max()) if len(v) else None,
-                    "sample": [float(x) for x in np.quantile(v, np.linspace(0, 1, 101))] if len(v) else []}
-    s = frame["score"].to_numpy()
-    edges = np.linspace(0, 1, p.score_bins + 1)
-    hist = np.histogram(s, bins=edges)[0] / max(len(s), 1)
-    return {"rows": n, "features": feats,
-            "score": {"edges": [float(e) for e in edges], "shares": [float(h) for h in hist],
-                      "quantiles": [float(x) for x in np.quantile(s, np.linspace(0, 1, 101))] if len(s) else []}}
-
-
 # --------------------------------------------------------------------------- plots
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def plots(test: pl.DataFrame, baseline_score: np.ndarray, importance: dict[str, float], cal: list[dict]) -> dict[str, bytes]:
     import matplotlib
 
@@ -182,7 +54,7 @@ def plots(test: pl.DataFrame, baseline_score: np.ndarray, importance: dict[str, 
             label="rule baseline")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test window)")
     ax.legend()
-    out["pr.png"] = _png(fig)
+    out["pr.png"] = png(fig, dpi=90)
     fig, ax = plt.subplots(figsize=(5, 4))
     for name, sc in (("model", s), ("rule baseline", baseline_score)):
         fpr, tpr, _ = roc_curve(y, sc)
@@ -190,26 +62,26 @@ def plots(test: pl.DataFrame, baseline_score: np.ndarray, importance: dict[str, 
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test window)")
     ax.legend()
-    out["roc.png"] = _png(fig)
+    out["roc.png"] = png(fig, dpi=90)
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot([c["mean_predicted"] for c in cal], [c["fraction_positive"] for c in cal], "o-", label="model")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
     ax.set(xlabel="mean predicted", ylabel="fraction fraud", title="Calibration (test window)")
     ax.legend()
-    out["calibration.png"] = _png(fig)
+    out["calibration.png"] = png(fig, dpi=90)
     top = sorted(importance.items(), key=lambda kv: -kv[1])[:20][::-1]
     fig, ax = plt.subplots(figsize=(6, 5))
     ax.barh([k for k, _ in top], [v for _, v in top])
     ax.set(xlabel="total gain", title="Feature importance")
     fig.tight_layout()
-    out["importance.png"] = _png(fig)
+    out["importance.png"] = png(fig, dpi=90)
     fig, ax = plt.subplots(figsize=(5, 4))
     bins = np.linspace(0, 1, 41)
     ax.hist(s[y == 0], bins=bins, alpha=0.6, density=True, label="legit", log=True)
     ax.hist(s[y == 1], bins=bins, alpha=0.6, density=True, label="fraud", log=True)
     ax.set(xlabel="score", ylabel="density (log)", title="Score by class (test window)")
     ax.legend()
-    out["score_hist.png"] = _png(fig)
+    out["score_hist.png"] = png(fig, dpi=90)
     return out
 
 
@@ -224,40 +96,18 @@ def _curve_points(y: np.ndarray, s: np.ndarray, limit: int = 200) -> tuple[list[
 
 
 def report_html(title: str, metrics: dict, evaluation: dict, pngs: dict[str, bytes]) -> str:
-    """Self-contained HTML: tables and the PNGs inlined as data URIs; no script, no CDN."""
-    def table(rows: list[tuple], head: tuple) -> str:
-        th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
-        return f"<table><tr>{th}</tr>{body}</table>"
-
+    """The evaluation page (templates/evaluation.html.j2): tables, and the PNGs inlined."""
     t, b = evaluation["test"], evaluation["baseline"]
-    head = [(k, t.get(k), b.get(k)) for k in ("roc_auc", "average_precision", "brier", "precision", "recall", "f1",
-                                              "alert_rate", "rows", "positives")]
-    pak = [(f"{kind} {k}", v["mean"]) for kind in ("events", "entities") for k, v in t["precision_at_k"][kind].items()]
-    slices = [(k, v["rows"], v["positives"], v["average_precision"], v["recall"], v["precision"])
+    head = [(k, fmt(t.get(k)), fmt(b.get(k))) for k in ("roc_auc", "average_precision", "brier", "precision", "recall",
+                                                        "f1", "alert_rate", "rows", "positives")]
+    pak = [(f"{kind} {k}", fmt(v["mean"])) for kind in ("events", "entities") for k, v in t["precision_at_k"][kind].items()]
+    slices = [(k, v["rows"], v["positives"], fmt(v["average_precision"]), fmt(v["recall"]), fmt(v["precision"]))
               for k, v in t["slices"].items()]
     cm = t["confusion_matrix"]
-    cm_table = table([("legit", cm["tn"], cm["fp"]), ("fraud", cm["fn"], cm["tp"])], ("actual / predicted", "legit", "fraud"))
-    imgs = "".join(f'<figure><img alt="{html.escape(n)}" src="data:image/png;base64,{base64.b64encode(d).decode()}">'
-                   f"<figcaption>{html.escape(n)}</figcaption></figure>" for n, d in sorted(pngs.items()))
-    style = ("body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
-             "figure{display:inline-block;margin:0 1em 1em 0}img{max-width:480px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>Test window {html.escape(' .. '.join(evaluation['windows']['test']))}; operating threshold "
-            f"{evaluation['threshold']:.4f}; device {html.escape(str(evaluation.get('device_used')))}</p>"
-            f"<h2>Model vs rule baseline</h2>{table(head, ('metric', 'model', 'baseline'))}"
-            f"<h2>Confusion matrix at the threshold</h2>"
-            f"{cm_table}"
-            f"<h2>Precision@k per day (mean over test days)</h2>{table(pak, ('k', 'precision'))}"
-            f"<h2>Slices</h2>{table(slices, ('slice', 'rows', 'frauds', 'AP', 'recall', 'precision'))}"
-            f"<h2>Plots</h2>{imgs}<h2>metrics.json</h2><pre>{html.escape(json.dumps(metrics, indent=2))}</pre>"
-            f"</body></html>")
-
-
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else ("—" if v is None else str(v))
+    return render("evaluation.html.j2", title=title, ev=evaluation, head_rows=head,
+                  cm_rows=[("legit", cm["tn"], cm["fp"]), ("fraud", cm["fn"], cm["tp"])], pak_rows=pak,
+                  slice_rows=slices, images=[(n, data_uri(d)) for n, d in sorted(pngs.items())],
+                  metrics_json=json.dumps(metrics, indent=2))
 
 
 # --------------------------------------------------------------------------- entry point
@@ -266,10 +116,10 @@ def main(argv: list[str]) -> int:
     params, days = resolve(args)
     p, store, labels = params.evaluate, params.storage, params.dataset("labels")
     start, end = min(days), max(days)
-    base = M.training_uri(store, start, end)
-    summary = storage.read_json(f"{base}/train/summary.json")
-    manifest = storage.read_json(f"{base}/train/feature_manifest.json")
-    raw = storage.read_bytes(f"{base}/train/model.ubj")
+    base = lake.training_uri(store, start, end)
+    summary = storage.read_json(f"{base}/{lake.artifact(lake.TRAIN, lake.SUMMARY)}")
+    manifest = storage.read_json(f"{base}/{lake.artifact(lake.TRAIN, lake.MANIFEST)}")
+    raw = storage.read_bytes(f"{base}/{lake.artifact(lake.TRAIN, lake.MODEL)}")
     if M.sha256(raw) != summary["model_sha256"]:
         raise M.TrainingDataError(f"{base}/train/model.ubj does not match its summary.json sha256: re-run train")
     booster = M.load_booster(raw)
@@ -313,11 +163,11 @@ def main(argv: list[str]) -> int:
         out.put_json("plots/pr.json", pr_points)
         out.put_json("plots/roc.json", roc_points)
         out.put_json("plots/calibration.json", cal)
-        out.put_json("reference_profile.json", profile)
-        out.put_json("evaluation.json", evaluation)
+        out.put_json(lake.PROFILE, profile)
+        out.put_json(lake.EVALUATION, evaluation)
         out.put("report.html", report_html(f"Evaluation of model {summary['model_sha256'][:12]}", metrics, evaluation,
                                            pngs).encode(), "text/html")
-        out.put_json("metrics.json", metrics)
+        out.put_json(lake.METRICS, metrics)
         log.info("evaluate %s..%s: AP %.4f (baseline %.4f), ROC AUC %.4f, recall %.3f @ %.4f -> %s", *win["test"],
                  model_eval["average_precision"] or 0, baseline_eval["average_precision"] or 0, model_eval["roc_auc"] or 0,
                  model_eval["recall"], thr, out.base)

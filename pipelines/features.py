@@ -40,9 +40,9 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines import lineage, storage
-from pipelines.cli import StageFailed, resolve, stage_parser
-from pipelines.config import FeatureParams, date_range
+from pipelines.core import lineage, storage
+from pipelines.core.cli import StageFailed, resolve, stage_parser
+from pipelines.core.config import FeatureParams, date_range
 
 log = logging.getLogger("pipelines.features")
 US_PER_DAY = 86_400_000_000
@@ -368,7 +368,7 @@ def manifest(df: pl.DataFrame, spec: FeatureParams, numerics: list[str], entitie
 
 
 def main(argv: list[str]) -> int:
-    from pipelines.validate import load_suite, validate_frame
+    from pipelines.core.gx import load_suite, validate_frame
 
     args = stage_parser("features", __doc__).parse_args(argv)
     params, days = resolve(args)

@@ -25,21 +25,24 @@ With no predictions for d (nothing was scored that day) the labels are only reco
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 import logging
 
-import numpy as np
 import polars as pl
 
-from pipelines import lineage, storage
-from pipelines.cli import StageFailed, resolve, stage_parser
-from pipelines.report import CSS
+from pipelines.core import lake, lineage, storage
+from pipelines.core.cli import each_partition, resolve, stage_parser
+from pipelines.core.lake import REALIZED_SCHEMA, dates_present, read_realized
+from pipelines.core.metrics import model_metrics, slice_table
+from pipelines.core.report import fmt, index_html, link, render
+from pipelines.core.reviews import (
+    read_overrides,
+    review_counts,
+    review_labels,
+    with_provenance,
+)
 
 log = logging.getLogger("pipelines.feedback")
-REALIZED_SCHEMA = {"date": pl.Date, "label_date": pl.Date, "model_name": pl.String, "model_version": pl.String,
-                   "role": pl.String, "metric": pl.String, "slice": pl.String, "value": pl.Float64}
-RATES = ("error_rate", "false_positive_rate", "miss_rate")
 
 
 class FeedbackError(RuntimeError):
@@ -47,31 +50,6 @@ class FeedbackError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- metrics (pure)
-def rates(cm: dict) -> dict:
-    """Error rates from a confusion matrix {tn, fp, fn, tp}."""
-    tn, fp, fn, tp = (int(cm[k]) for k in ("tn", "fp", "fn", "tp"))
-    n = tn + fp + fn + tp
-    return {"error_rate": (fp + fn) / n if n else None, "false_positive_rate": fp / (fp + tn) if fp + tn else None,
-            "miss_rate": fn / (fn + tp) if fn + tp else None}
-
-
-def model_metrics(y: np.ndarray, score: np.ndarray, threshold: float, ks: tuple[int, ...] = ()) -> dict:
-    """Realized metrics of one model on labelled rows (flat: name -> number or None)."""
-    from pipelines.evaluate import classification_metrics
-
-    m = classification_metrics(y, score, threshold)
-    out = {k: m[k] for k in ("rows", "positives", "average_precision", "roc_auc", "precision", "recall", "f1",
-                             "alert_rate", "threshold")}
-    out.update({"legit_precision": m["per_class"]["legit"]["precision"], "legit_recall": m["per_class"]["legit"]["recall"]})
-    out.update(rates(m["confusion_matrix"]))
-    out.update({f"confusion.{k}": v for k, v in m["confusion_matrix"].items()})
-    order = np.argsort(-np.asarray(score, float), kind="stable")
-    for k in ks:
-        top = np.asarray(y)[order[:k]]
-        out[f"precision_at_{k}"] = float(top.mean()) if len(top) else None
-    return out
-
-
 def decision_outcomes(frame: pl.DataFrame) -> dict:
     """Per decision type: labelled rows, frauds, legit (feed labels); and the two rates ops watch."""
     out: dict = {}
@@ -85,26 +63,6 @@ def decision_outcomes(frame: pl.DataFrame) -> dict:
         out[f"decision.{dec}.fraud_share"] = fraud / part.height if part.height else None
     frauds = int(lab["label"].sum() or 0)
     out["frauds_approved_share"] = out["decision.approve.fraud"] / frauds if frauds else None   # frauds let through
-    return out
-
-
-def slice_table(frame: pl.DataFrame, slices: tuple[str, ...], cols: dict[str, tuple[str, str]], min_pos: int = 0) -> dict:
-    """{slice=value: {model: {rows, positives, average_precision, recall}}} on the same rows.
-    cols: model -> (score column, threshold column)."""
-    from pipelines.evaluate import classification_metrics
-
-    out: dict = {}
-    for col in slices:
-        if col not in frame.columns:
-            continue
-        for key, part in sorted(frame.group_by(col), key=lambda kv: (kv[0][0] is None, str(kv[0][0]))):
-            y = part["label"].to_numpy()
-            if int(y.sum()) < min_pos:
-                continue
-            out[f"{col}={key[0]}"] = {
-                m: {k: v for k, v in classification_metrics(y, part[s].to_numpy(), float(part[t][0])).items()
-                    if k in ("rows", "positives", "average_precision", "recall")}
-                for m, (s, t) in cols.items()}
     return out
 
 
@@ -126,42 +84,6 @@ def compare(frame: pl.DataFrame, metric: str, slices: tuple[str, ...], min_pos: 
 
 
 # --------------------------------------------------------------------------- the join
-def review_labels(overrides: pl.DataFrame, verdicts: dict[str, int]) -> pl.DataFrame:
-    """The latest reviewer decision per event as a label (decisions without a mapping give none)."""
-    from pipelines.decide import OVERRIDE_SCHEMA
-
-    if not overrides.height:
-        return pl.DataFrame(schema={"event_id": pl.String, "review_label": pl.Int8, "reviewer": pl.String,
-                                    "reviewed_at": OVERRIDE_SCHEMA["at"]})
-    latest = overrides.sort("at").unique("event_id", keep="last", maintain_order=True)
-    mapping = pl.DataFrame({"decision": list(verdicts), "review_label": list(verdicts.values())},
-                           schema={"decision": pl.String, "review_label": pl.Int8})
-    return (latest.join(mapping, on="decision", how="inner")
-            .select("event_id", "review_label", "reviewer", pl.col("at").cast(OVERRIDE_SCHEMA["at"]).alias("reviewed_at")))
-
-
-def with_provenance(frame: pl.DataFrame) -> pl.DataFrame:
-    """feed_label + review_label -> label (the feed first, else the verdict), label_source
-    (feed | review | null) and review_agrees (both present: do they agree). The one rule, used by
-    the feedback join and by training (model.load_labelled)."""
-    return frame.with_columns(
-        pl.coalesce(pl.col("feed_label").cast(pl.Int8), pl.col("review_label").cast(pl.Int8)).alias("label"),
-        pl.when(pl.col("feed_label").is_not_null()).then(pl.lit("feed"))
-        .when(pl.col("review_label").is_not_null()).then(pl.lit("review")).otherwise(None).alias("label_source"),
-        pl.when(pl.col("feed_label").is_not_null() & pl.col("review_label").is_not_null())
-        .then(pl.col("feed_label") == pl.col("review_label")).otherwise(None).alias("review_agrees"))
-
-
-def review_counts(frame: pl.DataFrame) -> dict:
-    """The reviewers' verdicts among `frame`'s rows (after with_provenance)."""
-    rev = frame.filter(pl.col("review_label").is_not_null())
-    return {"verdicts": rev.height, "fraud_verdicts": int(rev["review_label"].sum() or 0),
-            "with_feed_label": int(rev["feed_label"].is_not_null().sum()),
-            "agree": int(rev["review_agrees"].fill_null(False).sum()),
-            "disagree": int((rev["review_agrees"] == False).sum()),  # noqa: E712
-            "review_only": int(rev["feed_label"].is_null().sum())}
-
-
 def join_feedback(pred: pl.DataFrame, decisions: pl.DataFrame | None, shadow: pl.DataFrame | None,
                   labels: pl.DataFrame, reviews: pl.DataFrame, feats: pl.DataFrame | None) -> tuple[pl.DataFrame, dict]:
     """One row per prediction, with its decision, challenger score, feed label and review verdict."""
@@ -230,84 +152,52 @@ def realized(frame: pl.DataFrame, d: dt.date, label_date: dt.date, ks: tuple[int
 
 
 # --------------------------------------------------------------------------- report
-def report_html(summary: dict, history: pl.DataFrame) -> str:
-    fmt = lambda v: "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else html.escape(str(v)))  # noqa: E731
-    keys = ("rows", "positives", "average_precision", "roc_auc", "precision", "recall", "legit_precision",
+def report_html(summary: dict, history: pl.DataFrame, index_link: str) -> str:
+    """The day's realized-performance page (templates/feedback_day.html.j2)."""
+    keys = ["rows", "positives", "average_precision", "roc_auc", "precision", "recall", "legit_precision",
             "legit_recall", "error_rate", "false_positive_rate", "miss_rate", "alert_rate",
-            *(k for k in next(iter(next(iter(summary["realized"].values()), {}).values()), {}) if k.startswith("precision_at_")))
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    real = "".join(f"<tr><td>{role}</td><td>v{html.escape(str(v))}</td>" + "".join(f"<td>{fmt(m.get(k))}</td>" for k in keys)
-                   + "</tr>" for role, per in summary["realized"].items() for v, m in per.items())
+            *(k for k in next(iter(next(iter(summary["realized"].values()), {}).values()), {}) if k.startswith("precision_at_"))]
+    realized_rows = [[role, f"v{v}", *(fmt(m.get(k)) for k in keys)]
+                     for role, per in summary["realized"].items() for v, m in per.items()]
     champ = next(iter(summary["realized"].get("champion", {}).values()), {})
-    outcomes = "".join(f"<tr><td>{dec}</td><td>{champ.get(f'decision.{dec}.rows', 0)}</td>"
-                       f"<td>{champ.get(f'decision.{dec}.fraud', 0)}</td><td>{champ.get(f'decision.{dec}.legit', 0)}</td>"
-                       f"<td>{fmt(champ.get(f'decision.{dec}.fraud_share'))}</td></tr>" for dec in ("block", "review", "approve"))
+    outcome_rows = [[dec, champ.get(f"decision.{dec}.rows", 0), champ.get(f"decision.{dec}.fraud", 0),
+                     champ.get(f"decision.{dec}.legit", 0), fmt(champ.get(f"decision.{dec}.fraud_share"))]
+                    for dec in ("block", "review", "approve")]
     cmp_ = summary.get("comparison")
-    if cmp_:
-        srows = "".join(f"<tr><td>{html.escape(s)}</td><td>{v['champion']['positives']}</td>"
-                        f"<td>{fmt(v['champion']['average_precision'])}</td><td>{fmt(v['challenger']['average_precision'])}</td></tr>"
-                        for s, v in cmp_["slices"].items())
-        shadow = (f"<p>champion v{fmt(cmp_['champion_version'])} vs challenger v{fmt(cmp_['challenger_version'])} on the same "
-                  f"{cmp_['rows']} labelled rows ({cmp_['positives']} frauds): {html.escape(cmp_['metric'])} "
-                  f"{fmt(cmp_['champion'])} vs {fmt(cmp_['challenger'])} (delta {fmt(cmp_['delta'])}) "
-                  f"<span class=\"badge {'pass' if (cmp_['delta'] or 0) > 0 else 'warn'}\">"
-                  f"{'challenger ahead' if (cmp_['delta'] or 0) > 0 else 'champion ahead'}</span></p>"
-                  f"<table><tr><th>slice</th><th>frauds</th><th>champion AP</th><th>challenger AP</th></tr>{srows}</table>")
-    else:
-        shadow = "<p>No challenger shadowed this day.</p>"
-    trend = ""
+    slice_rows = [[s_, v["champion"]["positives"], fmt(v["champion"]["average_precision"]),
+                   fmt(v["challenger"]["average_precision"])] for s_, v in (cmp_ or {}).get("slices", {}).items()]
+    trend_rows = []
     if history.height:
         h = (history.filter(pl.col("metric").is_in(["average_precision", "error_rate", "recall"]) & (pl.col("slice") == ""))
              .sort("date", "role", "model_version", "metric"))
-        trend = "".join(f"<tr><td>{r['date']}</td><td>{r['role']}</td><td>v{html.escape(str(r['model_version']))}</td>"
-                        f"<td>{r['metric']}</td><td>{fmt(r['value'])}</td></tr>" for r in h.iter_rows(named=True))
-    rv = summary["reviews"]
-    acc = summary["accounting"]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Feedback {summary['date']}</title><style>{CSS}</style></head>
-<body><h1>Realized performance · {summary['date']}</h1>
-<div class="muted">labels landed {summary['label_date']}; {acc['labels_matched']} of {acc['predictions']} predictions labelled by
-the feed, {acc['rows_labelled_review_only']} by a reviewer only; {acc['labels_unmatched']} label(s) matched no prediction
-· <a href="../../monitor/index.html">monitoring</a></div>
-<h2>Per model version (feed labels, operating threshold)</h2><table><tr><th>role</th><th>version</th>{head}</tr>{real}</table>
-<h2>Outcome of each decision</h2><table><tr><th>decision</th><th>labelled</th><th>fraud</th><th>legit</th><th>fraud share</th></tr>{outcomes}</table>
-<h2>Shadow comparison</h2>{shadow}
-<h2>Human reviews (counted apart)</h2><p>{rv['verdicts']} verdict(s): {rv['fraud_verdicts']} fraud; {rv['with_feed_label']} with a feed
-label ({rv['agree']} agree, {rv['disagree']} disagree); {rv['review_only']} only labelled by the review.</p>
-<h2>Recent days</h2><table><tr><th>date</th><th>role</th><th>version</th><th>metric</th><th>value</th></tr>{trend}</table>
-</body></html>"""
+        trend_rows = [[r["date"], r["role"], f"v{r['model_version']}", r["metric"], fmt(r["value"])]
+                      for r in h.iter_rows(named=True)]
+    return render("feedback_day.html.j2", s=summary, acc=summary["accounting"], rv=summary["reviews"], keys=keys,
+                  realized_rows=realized_rows, outcome_rows=outcome_rows, cmp=cmp_,
+                  ahead=bool(cmp_ and (cmp_["delta"] or 0) > 0), slice_rows=slice_rows, trend_rows=trend_rows,
+                  index_link=index_link)
 
 
 # --------------------------------------------------------------------------- entry point
-def read_optional(uri: str, reader: lineage.Reader | None = None) -> pl.DataFrame | None:
-    """A committed partition, verified (None when there is none); a stale one is an error."""
+def _read(uri: str, reader: lineage.Reader) -> pl.DataFrame | None:
     try:
-        return (reader or lineage.Reader()).read_parquet(uri)
+        return lake.read_optional(uri, reader)
     except lineage.StaleInput as exc:
         raise FeedbackError(f"{exc}; nothing fed back") from None
-    except storage.MissingObject:
-        return None
-
-
-def read_realized(store, days: list[dt.date]) -> pl.DataFrame:
-    from pipelines.monitor import read_metrics
-
-    return read_metrics(store, "realized", days, REALIZED_SCHEMA)
 
 
 def feedback_day(params, label_date: dt.date, snapshot: str | None = None) -> dict:
-    from pipelines.decide import read_overrides
-
     store, fp = params.storage, params.feedback
     delay = params.dataset("labels").delay_days
     d = label_date - dt.timedelta(days=delay)
     ds_ = d.isoformat()
     luri = store.uri("validated", dataset="labels", date=label_date.isoformat())
     reader = lineage.Reader()
-    labels = read_optional(luri, reader)
+    labels = _read(luri, reader)
     if labels is None:
         raise FeedbackError(f"{luri}: no validated labels for {label_date} (ingest and validate --dataset labels first; "
                             f"a blocked partition is never fed back)")
-    pred = read_optional(store.uri("predictions", date=ds_), reader)
+    pred = _read(store.uri("predictions", date=ds_), reader)
     if pred is None:
         log.warning("feedback %s: no predictions for %s (nothing was scored that day): %d label(s) only recorded",
                     label_date, ds_, labels.height)
@@ -316,10 +206,10 @@ def feedback_day(params, label_date: dt.date, snapshot: str | None = None) -> di
         with storage.publishing(store.lake, snapshot) as pub:
             pub.put_json(store.uri("feedback_summary", date=ds_), rec)
         return rec
-    feats = read_optional(store.uri("features", date=ds_), reader)
+    feats = _read(store.uri("features", date=ds_), reader)
     feats = feats.select("event_id", *[c for c in fp.slices if c in feats.columns]) if feats is not None else None
-    frame, acc = join_feedback(pred, read_optional(store.uri("decisions", date=ds_), reader),
-                               read_optional(store.uri("shadow_predictions", date=ds_), reader),
+    frame, acc = join_feedback(pred, _read(store.uri("decisions", date=ds_), reader),
+                               _read(store.uri("shadow_predictions", date=ds_), reader),
                                labels.select("event_id", "label"), review_labels(read_overrides(store, d), fp.review_verdicts),
                                feats)
     table, res = realized(frame, d, label_date, fp.precision_at_k, fp.slices)
@@ -333,10 +223,10 @@ def feedback_day(params, label_date: dt.date, snapshot: str | None = None) -> di
         part.put_parquet(store.uri("feedback", date=ds_), frame)
         part.commit()
         history = read_realized(store, [d - dt.timedelta(days=i) for i in range(29, -1, -1)])
-        pub.put(store.uri("feedback_report", date=ds_), report_html(summary, history).encode(), "text/html")
-        from pipelines import monitor           # the monitoring index links the day's realized report
-
-        pub.put(store.uri("monitor_index"), monitor.index_html(store, monitor.dates_present(store, "monitoring")).encode(),
+        pub.put(store.uri("feedback_report", date=ds_),
+                report_html(summary, history, link(store, "feedback_report", "monitor_index", d)).encode(), "text/html")
+        # the monitoring index links the day's realized report
+        pub.put(store.uri("monitor_index"), index_html(store, dates_present(store, "monitoring")).encode(),
                 "text/html")
     c = summary["comparison"]
     log.info("feedback %s (labels of %s): %d/%d predictions labelled, %d review-only, %d unmatched label(s)%s", ds_,
@@ -351,14 +241,7 @@ def feedback_day(params, label_date: dt.date, snapshot: str | None = None) -> di
 def main(argv: list[str]) -> int:
     args = stage_parser("feedback", __doc__).parse_args(argv)
     params, days = resolve(args)
-    failures = []
     with storage.Publisher(params.storage.lake, args.snapshot) as pub:
-        for day in days:
-            try:
-                print(json.dumps(feedback_day(params, day, pub), sort_keys=True))
-            except FeedbackError as exc:
-                log.error("%s", exc)
-                failures.append(str(exc))
-        if failures:
-            raise StageFailed.of("feedback failed for", failures)
+        each_partition(days, lambda day: print(json.dumps(feedback_day(params, day, pub), sort_keys=True)),
+                       FeedbackError, "feedback failed for")
     return 0

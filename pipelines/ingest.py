@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipelines import lineage, storage
-from pipelines.cli import StageFailed, resolve, stage_parser
-from pipelines.config import DatasetParams, IngestParams, StorageParams
+from pipelines.core import lineage, storage
+from pipelines.core.cli import each_partition, resolve, stage_parser
+from pipelines.core.config import DatasetParams, IngestParams, StorageParams
 
 log = logging.getLogger("pipelines.ingest")
 ROW = "_source_row"
@@ -342,21 +342,20 @@ def main(argv: list[str]) -> int:
     store, ing = params.storage, params.ingest
     if args.check:
         return check_landed(params, args.dataset or params.dataset_names, days)
-    failures = []
     with storage.Publisher(store.lake, args.snapshot) as pub:
+        def one(item: tuple[DatasetParams, dt.date]) -> None:
+            ds, day = item
+            s = ingest_partition(ds, day, store, ing, pub)
+            log.info("%s %s: in=%d out=%d rejected=%d %s", ds.name, day, s["rows_in"], s["rows_out"],
+                     s["rows_rejected"], s["rejected_by_reason"] or "")
+
+        todo = []
         for name in args.dataset or params.dataset_names:
             ds = params.dataset(name)
             for day in days:
                 if day < ds.first_date:
                     log.info("%s %s: before first_date %s, nothing to ingest", name, day, ds.first_date)
-                    continue
-                try:
-                    s = ingest_partition(ds, day, store, ing, pub)
-                    log.info("%s %s: in=%d out=%d rejected=%d %s", name, day, s["rows_in"], s["rows_out"],
-                             s["rows_rejected"], s["rejected_by_reason"] or "")
-                except (IngestError, storage.StorageError) as exc:
-                    log.error("%s", exc)
-                    failures.append(str(exc))
-        if failures:
-            raise StageFailed.of("ingest failed for", failures)
+                else:
+                    todo.append((ds, day))
+        each_partition(todo, one, (IngestError, storage.StorageError), "ingest failed for")
     return 0

@@ -29,15 +29,21 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 
 import polars as pl
 
-from pipelines import storage
-from pipelines.config import PromotionParams, RollbackParams, date_range, load_params, parse_date
-from pipelines.feedback import FeedbackError, model_metrics, rates, read_optional, slice_table
+from pipelines.core import alerts, lake, lineage, storage
+from pipelines.core.config import (
+    PromotionParams,
+    RollbackParams,
+    date_range,
+    load_params,
+    parse_date,
+)
+from pipelines.core.lake import read_optional
+from pipelines.core.metrics import model_metrics, rates, slice_table
 
 log = logging.getLogger("pipelines.lifecycle")
 
@@ -81,8 +87,8 @@ def _feedback(uri: str) -> pl.DataFrame | None:
     warning (re-run feedback for it), so one old day never holds every later decision."""
     try:
         return read_optional(uri)
-    except FeedbackError as exc:
-        log.warning("lifecycle: %s; that day is left out", exc)
+    except lineage.StaleInput as exc:
+        log.warning("lifecycle: %s; that day is left out (re-run feedback for it)", exc)
         return None
 
 
@@ -100,11 +106,12 @@ def baseline(c, name: str, version: str, metric: str) -> float | None:
     mv = c.get_model_version(name, version)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="evaluate/evaluation.json", dst_path=tmp)
+            mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=lake.artifact(lake.EVALUATE, lake.EVALUATION),
+                                                dst_path=tmp)
         except Exception as exc:  # noqa: BLE001 - a model without an evaluation has no baseline
             log.warning("%s v%s: no evaluation.json (%s)", name, version, str(exc)[:200])
             return None
-        ev = json.loads((Path(tmp) / "evaluation.json").read_text())
+        ev = json.loads((Path(tmp) / lake.EVALUATION).read_text())
     return rates(ev["test"]["confusion_matrix"]).get(metric)
 
 
@@ -147,9 +154,7 @@ def worst_slice(store, days: list[str], slices: tuple[str, ...], min_pos: int) -
 
 # --------------------------------------------------------------------------- the day
 def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
-    from pipelines import models as R
-    from pipelines.monitor import send_webhook
-
+    from pipelines.core import registry as R
     store, name = params.storage, params.register.model_name
     rb, pr, alias = params.rollback, params.promotion, params.shadow.alias
     d = label_date - dt.timedelta(days=params.dataset("labels").delay_days)
@@ -218,9 +223,9 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
                     c.set_model_version_tag(name, challenger, "retired", reason[:4900])
             record["alerts"].append({"kind": "challenger_retired", "message": f"{name} v{challenger} {reason}"})
 
-    url = os.environ.get("FRAUDOPS_ALERT_WEBHOOK") or params.monitor.webhook_url
+    url = alerts.webhook_url(params.alerts.webhook_url)
     if record["alerts"] and url and not dry_run:
-        record["webhook"] = send_webhook(url, {"source": "fraudops.lifecycle", **record}, params.monitor.webhook_timeout_s)
+        record["webhook"] = alerts.send_webhook(url, {"source": "fraudops.lifecycle", **record}, params.alerts.timeout_s)
     if not dry_run:
         storage.write_bytes(store.uri("lifecycle_decision", date=label_date.isoformat()), storage.json_bytes(record))
     for a in record["alerts"]:

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines import evaluate as E
-from pipelines import model as M
-from pipelines import models as R
-from pipelines import faults, storage
-from pipelines.cli import resolve, stage_parser
-from pipelines.config import GateParams
+from pipelines.core import faults, lake, storage
+from pipelines.core import modelio as M
+from pipelines.core import registry as R
+from pipelines.core.cli import resolve, stage_parser
+from pipelines.core.config import GateParams
+from pipelines.core.metrics import evaluate_scores, score_frame
 
 log = logging.getLogger("pipelines.register")
 REPO = Path(__file__).resolve().parent.parent
@@ -141,14 +141,15 @@ def _champion_eval(c, name: str, version: str, test: pl.DataFrame, manifest: dic
         import mlflow
 
         mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="train", dst_path=tmp)
-        ch_manifest = json.loads((Path(tmp) / "train" / "feature_manifest.json").read_text())
-        ch_summary = json.loads((Path(tmp) / "train" / "summary.json").read_text())
-        booster = M.load_booster((Path(tmp) / "train" / "model.ubj").read_bytes())
+        ch_manifest = json.loads((Path(tmp) / lake.artifact(lake.TRAIN, lake.MANIFEST)).read_text())
+        ch_summary = json.loads((Path(tmp) / lake.artifact(lake.TRAIN, lake.SUMMARY)).read_text())
+        booster = M.load_booster((Path(tmp) / lake.artifact(lake.TRAIN, lake.MODEL)).read_bytes())
         if ch_manifest["spec_hash"] == manifest["spec_hash"]:
-            scored = E.score_frame(booster, test, ch_manifest, f"champion v{version}")
-            return E.evaluate_scores(scored, float(ch_summary["operating_threshold"]), p), "same rows"
-        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="evaluate/evaluation.json", dst_path=tmp)
-        logged = json.loads((Path(tmp) / "evaluation.json").read_text())["test"]
+            scored = score_frame(booster, test, ch_manifest, f"champion v{version}")
+            return evaluate_scores(scored, float(ch_summary["operating_threshold"]), p), "same rows"
+        mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=lake.artifact(lake.EVALUATE, lake.EVALUATION),
+                                            dst_path=tmp)
+        logged = json.loads((Path(tmp) / lake.EVALUATION).read_text())["test"]
         return logged, f"feature spec differs ({ch_manifest['spec_hash']} vs {manifest['spec_hash']}): its logged test metrics"
 
 
@@ -258,12 +259,13 @@ def main(argv: list[str]) -> int:
     params, days = resolve(args)
     rp, ep, store, labels = params.register, params.evaluate, params.storage, params.dataset("labels")
     start, end = min(days), max(days)
-    base = M.training_uri(store, start, end)
-    summary = storage.read_json(f"{base}/train/summary.json")
-    manifest = storage.read_json(f"{base}/train/feature_manifest.json")
-    raw = storage.read_bytes(f"{base}/train/model.ubj")
-    evaluation = storage.read_json(f"{base}/evaluate/evaluation.json")
-    metrics = storage.read_json(f"{base}/evaluate/metrics.json")
+    base = lake.training_uri(store, start, end)
+    art = lambda stage, name: f"{base}/{lake.artifact(stage, name)}"  # noqa: E731
+    summary = storage.read_json(art(lake.TRAIN, lake.SUMMARY))
+    manifest = storage.read_json(art(lake.TRAIN, lake.MANIFEST))
+    raw = storage.read_bytes(art(lake.TRAIN, lake.MODEL))
+    evaluation = storage.read_json(art(lake.EVALUATE, lake.EVALUATION))
+    metrics = storage.read_json(art(lake.EVALUATE, lake.METRICS))
     sha = M.sha256(raw)
     if sha != summary["model_sha256"] or evaluation["model_sha256"] != sha:
         raise M.TrainingDataError(f"{base}: model.ubj, summary.json and evaluation.json disagree on the model "
@@ -290,7 +292,7 @@ def main(argv: list[str]) -> int:
                 log.warning("register: version %s of %s (model %s) was left half-registered; completing it",
                             mv.version, name, sha[:12])
                 _complete(c, name, str(mv.version))
-            out.put_json("registration.json", _registration(c, name, str(mv.version)))
+            out.put_json(lake.REGISTRATION, _registration(c, name, str(mv.version)))
             return 0
 
         win = evaluation["windows"]
@@ -338,7 +340,7 @@ def main(argv: list[str]) -> int:
         faults.point("register.after_version")
         _complete(c, name, version)
         rec = _registration(c, name, version)
-        out.put_json("registration.json", rec)
+        out.put_json(lake.REGISTRATION, rec)
         log.info("registered %s v%s (run %s): gate %s -> %s", name, version, run_id, tags["gate"],
                  decision.alias or "no alias")
         print(f"{name} v{version}: gate {tags['gate']}, alias {decision.alias or 'none'}; MLflow run {run_id}")

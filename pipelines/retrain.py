@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipelines import storage
-from pipelines.cli import resolve, stage_parser
-from pipelines.config import RetrainParams, StorageParams
-from pipelines.monitor import read_metrics
+from pipelines.core import storage
+from pipelines.core.cli import resolve, stage_parser
+from pipelines.core.config import RetrainParams, StorageParams
+from pipelines.core.lake import read_metrics
 
 log = logging.getLogger("pipelines.retrain")
 

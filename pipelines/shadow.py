@@ -3,7 +3,7 @@
 `python -m pipelines shadow --date YYYY-MM-DD`
 
 The model under `models:/<name>@<shadow.alias>` (default `challenger`) scores the ds feature
-partition with the champion's own code path (`score.score_day`, role "shadow"), into
+partition with the champion's own code path (`scoring.score_day`, role "shadow"), into
 shadow/date=ds/. Shadow scores never drive a decision: `decide` reads only the champion's
 predictions. Once the labels of ds land, `feedback` compares both on the same rows and `lifecycle`
 decides on promotion.
@@ -20,24 +20,24 @@ import datetime as dt
 import json
 import logging
 
-from pipelines import model as M
-from pipelines import score, storage
-from pipelines.cli import resolve, stage_parser
+from pipelines.core import modelio as M
+from pipelines.core import scoring, storage
+from pipelines.core.cli import resolve, stage_parser
 
 log = logging.getLogger("pipelines.shadow")
 
 
-def shadow_day(params, ds: dt.date, served: score.Served, snapshot: str | None = None) -> dict:
+def shadow_day(params, ds: dt.date, served: scoring.Served, snapshot: str | None = None) -> dict:
     """Score ds with `served` into the shadow partition, or record why nothing was scored."""
     store = params.storage
     d = ds.isoformat()
     out = {"date": d, "alias": params.shadow.alias, **{k: served.meta()[k] for k in ("model_name", "model_version", "run_id")}}
     if served.scored_by == "model":
         try:
-            stats = score.score_day(params, ds, served, snapshot, role="shadow")
+            stats = scoring.score_day(params, ds, served, snapshot, role="shadow")
             return {**out, "shadowed": True, "rows": stats["rows"], "reason": served.reason}
         except M.ManifestMismatch as exc:
-            served = score.Served("none", [], f"{served.name} v{served.version} cannot score these features: {exc}")
+            served = scoring.Served("none", [], f"{served.name} v{served.version} cannot score these features: {exc}")
             log.error("shadow %s: %s", d, served.reason)
     with storage.publishing(store.lake, snapshot) as pub:
         pub.remove(store.uri("shadow_predictions", date=d))
@@ -51,9 +51,9 @@ def main(argv: list[str]) -> int:
     args = stage_parser("shadow", __doc__).parse_args(argv)
     params, days = resolve(args)
     if params.shadow.enabled:
-        served = score.resolve_model(dataclasses.replace(params.score, alias=params.shadow.alias), shadow=True)
+        served = scoring.resolve_model(dataclasses.replace(params.score, alias=params.shadow.alias), shadow=True)
     else:
-        served = score.Served("none", [], "shadow.enabled is false")
+        served = scoring.Served("none", [], "shadow.enabled is false")
     with storage.Publisher(params.storage.lake, args.snapshot) as pub:
         for ds in days:
             print(json.dumps(shadow_day(params, ds, served, pub), sort_keys=True))

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import model as M
-from pipelines import storage
-from pipelines.cli import resolve, stage_parser
-from pipelines.config import TrainParams, date_range
+from pipelines.core import lake, storage
+from pipelines.core import modelio as M
+from pipelines.core.cli import resolve, stage_parser
+from pipelines.core.config import TrainParams, date_range
 
 log = logging.getLogger("pipelines.train")
 CODE_FILES = ("pipelines/train.py", "pipelines/model.py")
@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
                                              "positives": stats["positives"], "params": str(p),
                                              "code": code_version(), "xgboost": xgb.__version__},
                                             sort_keys=True).encode()).hexdigest()
-    with M.StageOutput(M.training_uri(store, start, end), "train", args.snapshot) as out:
+    with M.StageOutput(lake.training_uri(store, start, end), lake.TRAIN, args.snapshot) as out:
         if not args.force and _reuse(out, fingerprint):
             return 0
         train_df, valid_df = M.in_window(frame, win.train), M.in_window(frame, win.valid)
@@ -154,12 +154,12 @@ def main(argv: list[str]) -> int:
             "inputs_sha256": stats["partitions"], "spec_hash": manifest["spec_hash"], "code_version": code_version(),
             "model_sha256": M.sha256(raw), "fingerprint": fingerprint,
         }
-        out.put("model.ubj", raw)
+        out.put(lake.MODEL, raw)
         # the labels this model learned from, with their provenance (feed | review, reviewer)
-        out.put("labels.parquet", storage.parquet_bytes(frame.select(
+        out.put(lake.LABELS, storage.parquet_bytes(frame.select(
             "event_id", "date", "label", "label_source", "review_label", "reviewer", "review_agrees")))
-        out.put_json("feature_manifest.json", manifest)
-        out.put_json("summary.json", summary)      # last: its presence means the folder is complete
+        out.put_json(lake.MANIFEST, manifest)
+        out.put_json(lake.SUMMARY, summary)      # last: its presence means the folder is complete
         log.info("train %s..%s: %d rows (%d frauds), valid %s=%.4f, threshold %.4f, device %s, %.1fs -> %s",
                  *win.train, train_df.height, summary["rows"]["train_positives"], p.eval_metric, res.valid_score,
                  res.threshold, res.device_used, res.seconds, out.base)
@@ -169,16 +169,16 @@ def main(argv: list[str]) -> int:
 def _reuse(out: M.StageOutput, fingerprint: str) -> bool:
     """Same inputs, params and code as the model already published: mirror it instead of retraining."""
     try:
-        summary = storage.read_json(f"{out.base}/summary.json")
+        summary = storage.read_json(f"{out.base}/{lake.SUMMARY}")
         if summary.get("fingerprint") != fingerprint:
             return False
-        files = {n: storage.read_bytes(f"{out.base}/{n}") for n in ("model.ubj", "labels.parquet", "feature_manifest.json")}
+        files = {n: storage.read_bytes(f"{out.base}/{n}") for n in (lake.MODEL, lake.LABELS, lake.MANIFEST)}
     except storage.MissingObject:
         return False
-    if M.sha256(files["model.ubj"]) != summary["model_sha256"]:
+    if M.sha256(files[lake.MODEL]) != summary["model_sha256"]:
         return False
     for name, data in files.items():
         out.put(name, data)
-    out.put_json("summary.json", summary)
+    out.put_json(lake.SUMMARY, summary)
     log.info("train: %s already holds a model from the same inputs, params and code; reused (--force retrains)", out.base)
     return True

@@ -114,7 +114,28 @@ def _checked(value: Any, pattern: str, name: str) -> str:
     return text
 
 
-class StageOperator(BaseOperator):
+class _Subprocess:
+    """Runs `argv` (no shell) in the project root with the task's Airflow context variables; its
+    output goes to the task log. A killed task sends SIGTERM to the child."""
+
+    _hook = None
+
+    def _run(self, argv: list[str], context) -> tuple[int, str]:
+        """The exit code and the last line of output."""
+        from airflow.providers.standard.hooks.subprocess import SubprocessHook
+        from airflow.sdk.execution_time.context import context_to_airflow_vars
+
+        env = {**os.environ, **context_to_airflow_vars(context, in_env_var_format=True)}
+        self._hook = SubprocessHook()
+        result = self._hook.run_command(argv, env=env, cwd=str(REPO))
+        return result.exit_code, result.output
+
+    def on_kill(self) -> None:
+        if self._hook is not None:
+            self._hook.send_sigterm()
+
+
+class StageOperator(_Subprocess, BaseOperator):
     """`python -m pipelines <stage> --params=<params_file> [--date=<ds>] <args> <form options>`,
     run as an argument vector in the project root (no shell); its output goes to the task log and
     its last line is the task's XCom.
@@ -131,7 +152,6 @@ class StageOperator(BaseOperator):
         super().__init__(**kwargs)
         self.stage, self.args, self.date = stage, tuple(args), date
         self.options, self.dates, self.flags = dict(options or {}), tuple(dates), dict(flags or {})
-        self._hook = None
 
     def argv(self, context) -> list[str]:
         params = context["params"]
@@ -150,7 +170,7 @@ class StageOperator(BaseOperator):
         return argv
 
     def run(self, context) -> tuple[int, str]:
-        return _run(self, self.argv(context), context)
+        return self._run(self.argv(context), context)
 
     def execute(self, context):
         code, last = self.run(context)
@@ -158,46 +178,26 @@ class StageOperator(BaseOperator):
             raise AirflowException(f"python -m pipelines {self.stage} exited with {code}: {last[-500:]}")
         return last
 
-    def on_kill(self) -> None:
-        if self._hook is not None:
-            self._hook.send_sigterm()
 
 
-def _run(op, argv: list[str], context) -> tuple[int, str]:
-    """Run `argv` (no shell) in the project root with the task's Airflow context variables; its
-    output goes to the task log. Returns the exit code and the last line of output."""
-    from airflow.providers.standard.hooks.subprocess import SubprocessHook
-    from airflow.sdk.execution_time.context import context_to_airflow_vars
-
-    env = {**os.environ, **context_to_airflow_vars(context, in_env_var_format=True)}
-    op._hook = SubprocessHook()
-    result = op._hook.run_command(argv, env=env, cwd=str(REPO))
-    return result.exit_code, result.output
-
-
-class StageSensor(BaseSensorOperator):
+class StageSensor(_Subprocess, BaseSensorOperator):
     """Pokes `python -m pipelines <stage> --check ...` (exit 0: ready; NOT_LANDED: poke again;
     anything else: fail). Built like StageOperator: an argument vector, never a shell."""
 
     def __init__(self, *, stage: str, args: tuple[str, ...] = (), **kwargs) -> None:
         super().__init__(**kwargs)
         self.stage, self.args = stage, tuple(args)
-        self._hook = None
 
     def poke(self, context) -> bool:
         argv = [sys.executable, "-m", "pipelines", self.stage,
                 f"--params={checked_params_file(context['params'].get('params_file'))}",
                 f"--date={_ds(context)}", *self.args, "--check"]
-        code, last = _run(self, argv, context)
+        code, last = self._run(argv, context)
         if code == NOT_LANDED:
             return False
         if code != 0:
             raise AirflowFailException(f"python -m pipelines {self.stage} --check exited with {code}: {last[-500:]}")
         return True
-
-    def on_kill(self) -> None:
-        if self._hook is not None:
-            self._hook.send_sigterm()
 
 
 class ConfirmedModelsOperator(StageOperator):
@@ -218,6 +218,38 @@ class ConfirmedModelsOperator(StageOperator):
         else:
             argv.append(self.action)
         return argv + [f"--reason={params.get('reason') or 'manual'}"]
+
+
+def daily_dag(dag_id: str, description: str, start: datetime, catchup_env: str, doc_md: str | None, tags: list[str]):
+    """A DAG run daily at 00:00 UTC for the day before (ds = the data interval's start), on one
+    date partition, with up to 3 dates side by side; it catches up only when `catchup_env`=true and
+    takes a `params_file` param. Used as `with daily_dag(...) as dag:`."""
+    from airflow.sdk import DAG, CronDataIntervalTimetable
+
+    return DAG(dag_id=dag_id, description=description,
+               schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"), start_date=start,
+               catchup=os.environ.get(catchup_env, "false").lower() == "true", max_active_runs=3,
+               default_args=default_args(), params={"params_file": params_file_param()},
+               tags=["fraudops", *tags], doc_md=doc_md)
+
+
+def registry_dag(dag_id: str, description: str, doc_md: str | None, reason: str, extra: dict | None = None):
+    """A DAG triggered by hand that moves a registry alias: one ConfirmedModelsOperator task named
+    `dag_id` (promote | rollback), a form with `confirm` (must be ticked), `reason` (recorded in the
+    alias history), `params_file` and `extra` params; no retries (a refused move is not retried)."""
+    from airflow.sdk import DAG
+
+    dag = DAG(dag_id=dag_id, description=description, schedule=None, catchup=False, max_active_runs=1,
+              default_args={**default_args(), "retries": 0},
+              params={**(extra or {}),
+                      "confirm": Param(False, type="boolean", title="Confirm", description="tick to really move the alias"),
+                      "reason": Param(reason, type="string", minLength=1, maxLength=2000, title="Reason",
+                                      description="recorded in the alias history"),
+                      "params_file": params_file_param()},
+              tags=["fraudops", "registry"], doc_md=doc_md)
+    with dag:
+        ConfirmedModelsOperator(task_id=dag_id, action=dag_id)
+    return dag
 
 
 def retrain_requested(ti) -> dict | bool:

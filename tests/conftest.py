@@ -35,7 +35,7 @@ def publish(primary: str, data, companions: dict | None = None, stage: str = "te
     the companions' values are a frame, a dict (JSON) or bytes."""
     import polars as pl
 
-    from pipelines import storage
+    from pipelines.core import storage
 
     def _bytes(v) -> bytes:
         if isinstance(v, pl.DataFrame):
@@ -78,18 +78,37 @@ def stack():
                 "FRAUDOPS_OBJECT_STORE", "FRAUDOPS_S3_ENDPOINT_URL"):
         os.environ.pop(key, None)
     os.environ.update(TEST_ENV)
-    from pipelines import stack as st
+    from pipelines.ops import stack as st
 
     lay = st.up(timeout=300)
     yield lay
+    stack_down_leaves_nothing(lay)
+
+
+def stack_down_leaves_nothing(lay) -> None:
+    """The session's finalizer, and a check: `stack down` stops every service and every child it
+    started (they ignore SIGTERM), leaves no marked process and frees every port."""
+    import socket
+
+    import psutil
+
+    from pipelines.ops import stack as st
+
+    tree = stack_pids()
     st.down()
+    alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"stack down left {[psutil.Process(p).cmdline() for p in alive]}"
+    assert st._marked_processes(st.layout().home) == []
+    for port in (lay.mlflow_port, lay.airflow_port):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"stack down left port {port} open"
 
 
 def stack_pids() -> set[int]:
     """Every process of the running stack: the services and all their children."""
     import psutil
 
-    from pipelines import stack as st
+    from pipelines.ops import stack as st
 
     pids: set[int] = set()
     for info in st.status().values():
@@ -101,7 +120,7 @@ def stack_pids() -> set[int]:
 
 @pytest.fixture(scope="session")
 def make_bucket(stack):
-    from pipelines.storage import ensure_bucket
+    from pipelines.core.storage import ensure_bucket
 
     return ensure_bucket
 
@@ -109,8 +128,8 @@ def make_bucket(stack):
 @pytest.fixture(scope="session")
 def demo_raw(stack):
     """Simulated raw data (params.yaml demo_data, Jan..Feb) in the stack's default lake bucket."""
-    from pipelines.config import load_params
-    from pipelines.demo_data import DemoParams, write_demo
+    from pipelines.core.config import load_params
+    from pipelines.ops.demo_data import DemoParams, write_demo
 
     params = load_params(REPO / "params.yaml")
     p = DemoParams.from_dict({**params.section("demo_data"), "bugs": []})
@@ -123,8 +142,9 @@ def demo_raw(stack):
 def training_features(stack, demo_raw):
     """Validated feature partitions of TRAIN_RANGE (and the labels they need) in the default lake.
     Built in-process only when missing (whoever built them first made the same bytes)."""
-    from pipelines import features, ingest, storage, validate
-    from pipelines.config import date_range, parse_date
+    from pipelines import features, ingest, validate
+    from pipelines.core import storage
+    from pipelines.core.config import date_range, parse_date
 
     params = demo_raw
     days = date_range(parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
@@ -136,12 +156,12 @@ def training_features(stack, demo_raw):
     return params
 
 
-def sh(cmd: list[str], cwd: Path, timeout: float = 900) -> str:
+def sh(cmd: list[str], cwd: Path, timeout: float = 900, env: dict | None = None) -> str:
     import subprocess
     import sys
 
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", **(env or {})}
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout + r.stderr
@@ -153,7 +173,7 @@ def dvc_workspace(stack, demo_raw, tmp_path_factory):
     model name of its own; `dvc repro` has been run once in it (its output is returned too)."""
     import subprocess
 
-    from pipelines.stack import dvc_local_config
+    from pipelines.ops.stack import dvc_local_config
 
     ws = tmp_path_factory.mktemp("dvc") / "project"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
@@ -172,7 +192,8 @@ def dvc_workspace(stack, demo_raw, tmp_path_factory):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"]):
         sh(cmd, ws)
-    out = sh(["dvc", "repro"], ws, timeout=1500)
+    trace = ws.parent / "params-read.jsonl"          # every stage process appends the params keys it read
+    out = sh(["dvc", "repro"], ws, timeout=1500, env={"FRAUDOPS_PARAMS_TRACE": str(trace)})
     return ws, out
 
 
@@ -211,7 +232,8 @@ def nightly_champion(training_features, tmp_path_factory):
     import uuid
     from contextlib import redirect_stdout
 
-    from pipelines import evaluate, models, register, train
+    from pipelines import evaluate, register, train
+    from pipelines.core import registry as models
 
     name = f"fraud-xgb-nightly-{uuid.uuid4().hex[:6]}"
     root = state_dir("nightly")

@@ -16,10 +16,10 @@ from typing import Callable
 import polars as pl
 import pytest
 
-from pipelines import lineage, storage
+from pipelines.core import lineage, storage
 from pipelines.__main__ import main as cli_main
-from pipelines.config import load_params
-from pipelines.demo_data import DemoParams, make_world, simulate_day, split_labels
+from pipelines.core.config import load_params
+from pipelines.ops.demo_data import DemoParams, make_world, simulate_day, split_labels
 from tests.conftest import params_with_lake, publish
 
 pytestmark = pytest.mark.integration
@@ -759,7 +759,7 @@ def an_all_null_feature_at_scoring(lake, d):
     import numpy as np
     import xgboost as xgb
 
-    from pipelines import model as M
+    from pipelines.core import modelio as M
     from pipelines import score as S
 
     names = ["amount", "customer_fraud_rate_30d"]

@@ -9,9 +9,9 @@ import io
 import polars as pl
 import pytest
 
-from pipelines import storage
-from pipelines.config import date_range, load_params
-from pipelines.demo_data import DemoParams, make_world, simulate_day, split_labels
+from pipelines.core import storage
+from pipelines.core.config import date_range, load_params
+from pipelines.ops.demo_data import DemoParams, make_world, simulate_day, split_labels
 from tests.conftest import params_with_lake
 
 pytestmark = pytest.mark.integration

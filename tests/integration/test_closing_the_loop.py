@@ -18,8 +18,9 @@ from contextlib import redirect_stdout
 import polars as pl
 import pytest
 
-from pipelines import decide, evaluate, feedback, lifecycle, models, monitor, register, score, shadow, storage, train, validate
-from pipelines.config import load_params
+from pipelines import decide, evaluate, feedback, lifecycle, monitor, register, score, shadow, train, validate
+from pipelines.core import registry as models, storage
+from pipelines.core.config import load_params
 from tests.conftest import REPO, TRAIN_RANGE, nightly_params, publish, state_dir
 
 pytestmark = pytest.mark.integration
@@ -146,7 +147,7 @@ def test_better_challenger_shadows_wins_and_is_promoted_automatically(models_aw)
 
 
 def test_manual_mode_waits_for_the_promote_dag_with_confirm(models_aw):
-    from pipelines.airflow_api import AirflowClient
+    from pipelines.ops.airflow_api import AirflowClient
 
     name, a, w, c = models_aw["name"], models_aw["a"], models_aw["w"], models_aw["client"]
     path = scenario(models_aw, "manual", champion=w, challenger=a,
@@ -253,7 +254,7 @@ def test_review_verdicts_are_labels_of_the_next_training_with_provenance(models_
     path = nightly_params(name, models_aw["root"] / tag, own)
     params = load_params(path)
     shared = load_params(REPO / "params.yaml").storage                          # the session's partitions
-    from pipelines.config import date_range, parse_date
+    from pipelines.core.config import date_range, parse_date
 
     # this training reads its labels from a copy; in the copy, one event's feed label never came
     for d in date_range(parse_date("2026-01-27"), parse_date("2026-02-28")):
@@ -268,7 +269,7 @@ def test_review_verdicts_are_labels_of_the_next_training_with_provenance(models_
         _quiet(decide.main, ["override", "--params", str(path), "--date", day, "--event-id", ev, "--decision", verdict,
                              "--reviewer", "ana", "--note", "called the customer"])
     assert train.main(["--params", str(path), "--start", TRAIN_RANGE[0], "--end", TRAIN_RANGE[1]]) == 0
-    from pipelines.model import training_uri
+    from pipelines.core.modelio import training_uri
 
     base = training_uri(params.storage, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
     lab = storage.read_parquet(f"{base}/train/labels.parquet")

@@ -8,10 +8,10 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from pipelines import storage
-from pipelines.cli import StageFailed
-from pipelines.config import load_params
-from pipelines.demo_data import Bug, DemoParams, _encode, apply_bug, make_world, simulate_day, split_labels
+from pipelines.core import storage
+from pipelines.core.cli import StageFailed
+from pipelines.core.config import load_params
+from pipelines.ops.demo_data import Bug, DemoParams, _encode, apply_bug, make_world, simulate_day, split_labels
 from tests.conftest import params_with_lake
 
 pytestmark = pytest.mark.integration

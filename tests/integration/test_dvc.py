@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
+
 from tests.conftest import sh
 
 pytestmark = pytest.mark.integration
@@ -52,3 +54,23 @@ def test_repro_twice_then_push_and_pull_into_a_fresh_clone(dvc_workspace, stack,
     assert tree_digest(clone / "data") == {k: v for k, v in data.items() if not k.startswith("register/")}
     status = sh(["dvc", "status"], clone)
     assert "up to date" in status
+
+
+OPERATIONAL = {"services"}        # how long to wait on a service: never a reason to re-run a stage
+
+
+def test_each_dvc_stage_lists_every_params_key_it_reads(dvc_workspace):
+    """What the stage processes of `dvc repro` actually read (pipelines/core/config.py traces it)
+    is covered by the stage's `params` in dvc.yaml: a change to any of it re-runs the stage."""
+    ws, _ = dvc_workspace
+    listed = {name: set(spec.get("params") or []) for name, spec in
+              yaml.safe_load((ws / "dvc.yaml").read_text())["stages"].items()}
+    seen = set()
+    for line in (ws.parent / "params-read.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        stage = rec["argv"][0]
+        seen.add(stage)
+        uncovered = [k for k in rec["read"] if k not in OPERATIONAL
+                     and not any(k == p or k.startswith(p + ".") for p in listed[stage])]
+        assert uncovered == [], f"dvc.yaml stage {stage} reads params {uncovered} it does not list"
+    assert seen == set(listed)

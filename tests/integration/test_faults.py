@@ -4,7 +4,7 @@ degraded mode; nothing committed is lost; a re-run gives the same bytes.
 
 Elsewhere in the suite: a dead and a hung S3 endpoint (test_s3_path), a corrupt registered model
 (test_scoring_fallbacks), the registry down -> cached champion (test_scoring_fallbacks), kill -9 of
-each service and `stack down`/`up` losing nothing (test_zz_stack_lifecycle).
+each service and `stack down`/`up` losing nothing (test_stack_lifecycle).
 
 Fail points (pipelines/faults.py) put a kill -9 exactly where a crash hurts most: while an object
 is written, between the objects and their lineage record, between a model version and its alias.
@@ -24,9 +24,9 @@ import uuid
 import polars as pl
 import pytest
 
-from pipelines import lineage, models, storage
-from pipelines.config import date_range, load_params
-from pipelines.demo_data import DemoParams, make_world, simulate_day, split_labels
+from pipelines.core import lineage, registry as models, storage
+from pipelines.core.config import date_range, load_params
+from pipelines.ops.demo_data import DemoParams, make_world, simulate_day, split_labels
 from tests.conftest import REPO, TRAIN_RANGE, nightly_params, params_with_lake, state_dir
 
 pytestmark = pytest.mark.integration
@@ -396,7 +396,7 @@ def test_without_a_running_stack_commands_fail_in_seconds_and_create_no_file(tmp
 def test_mlflow_killed_mid_night_scores_from_the_cache_flagged_then_comes_back_whole(stack, nightly_champion, tmp_path):
     """Documented degraded mode: the registry is down, the last champion served (local cache)
     scores, every row says so; `stack up` brings MLflow back with the registry and its history."""
-    from pipelines import stack as st
+    from pipelines.ops import stack as st
 
     name = nightly_champion["name"]
     c = models.client()
@@ -430,8 +430,8 @@ def test_a_killed_task_and_a_restarted_scheduler_still_finish_the_run(stack, nig
     run from the command line."""
     import psutil
 
-    from pipelines import stack as st
-    from pipelines.airflow_api import AirflowClient
+    from pipelines.ops import stack as st
+    from pipelines.ops.airflow_api import AirflowClient
 
     name = nightly_champion["name"]
     day = "2026-02-24"

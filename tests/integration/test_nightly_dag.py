@@ -10,10 +10,11 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from pipelines import models, score, storage
-from pipelines.airflow_api import AirflowClient
-from pipelines.config import date_range, load_params, parse_date
-from pipelines.model import training_uri
+from pipelines import score
+from pipelines.core import registry as models, storage
+from pipelines.ops.airflow_api import AirflowClient
+from pipelines.core.config import date_range, load_params, parse_date
+from pipelines.core.modelio import training_uri
 
 pytestmark = pytest.mark.integration
 FIRST, LAST, DRIFT_FROM = "2026-03-01", "2026-03-05", "2026-03-03"
@@ -22,7 +23,7 @@ DAYS = [d.isoformat() for d in date_range(parse_date(FIRST), parse_date(LAST))]
 
 @pytest.fixture(scope="module")
 def backfill(nightly_champion):
-    from pipelines.demo_data import DemoParams, write_demo
+    from pipelines.ops.demo_data import DemoParams, write_demo
 
     params = load_params(nightly_champion["params"])
     demo = {**params.section("demo_data"), "bugs": [], "nightly": None,

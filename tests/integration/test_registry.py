@@ -11,8 +11,10 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from pipelines import evaluate, models, register, storage, train
-from pipelines.config import load_params
+from pipelines import evaluate, register, train
+from pipelines.core import registry as models
+from pipelines.ops import models as models_cli, storage
+from pipelines.core.config import load_params
 from tests.conftest import REPO, TRAIN_RANGE, base_params, write_params
 
 pytestmark = pytest.mark.integration
@@ -46,8 +48,8 @@ def registry(training_features, tmp_path_factory):
         with redirect_stdout(io.StringIO()):
             assert register.main(p) == 0
         params = load_params(params_for(variant))
-        from pipelines.model import training_uri
-        from pipelines.config import parse_date
+        from pipelines.core.modelio import training_uri
+        from pipelines.core.config import parse_date
 
         base = training_uri(params.storage, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
         return {"registration": storage.read_json(f"{base}/register/registration.json"),
@@ -59,7 +61,7 @@ def registry(training_features, tmp_path_factory):
 def _cli(*args: str) -> str:
     buf = io.StringIO()
     with redirect_stdout(buf):
-        assert models.main(list(args)) == 0
+        assert models_cli.main(list(args)) == 0
     return buf.getvalue()
 
 

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from pipelines import storage
-from pipelines.config import date_range, load_params
-from pipelines.demo_data import DemoParams, make_world, simulate_day, split_labels
+from pipelines.core import storage
+from pipelines.core.config import date_range, load_params
+from pipelines.ops.demo_data import DemoParams, make_world, simulate_day, split_labels
 from tests.conftest import REPO, params_with_lake, sh
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipelines import decide, models, monitor, score, storage
-from pipelines.config import load_params, parse_date
+from pipelines import decide, monitor, score
+from pipelines.core import scoring
+from pipelines.core import registry as models, storage
+from pipelines.core.config import load_params, parse_date
 from tests.conftest import REPO, nightly_params, publish
 
 pytestmark = pytest.mark.integration
@@ -86,7 +88,7 @@ def test_no_model_or_a_corrupt_model_falls_back_to_rules(champion):
     c.create_registered_model(name)
     garbage = b"not an xgboost model"
     with tempfile.TemporaryDirectory() as tmp:
-        for path in score.FILES.values():
+        for path in scoring.FILES.values():
             (Path(tmp) / path).parent.mkdir(parents=True, exist_ok=True)
             mlflow.artifacts.download_artifacts(run_id=good.run_id, artifact_path=path,
                                                 dst_path=str((Path(tmp) / path).parent))
@@ -94,7 +96,7 @@ def test_no_model_or_a_corrupt_model_falls_back_to_rules(champion):
         with mlflow.start_run() as run:
             mlflow.log_artifacts(tmp)
     mv = c.create_model_version(name, f"runs:/{run.info.run_id}/train", run_id=run.info.run_id,
-                                tags={"model_sha256": score.M.sha256(garbage)})
+                                tags={"model_sha256": scoring.M.sha256(garbage)})
     c.set_registered_model_alias(name, "champion", mv.version)
     p = champion["params_for"](name=name)
     corrupt = _score(p)

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from pipelines.airflow_api import AirflowApiError, AirflowClient
+from pipelines.ops.airflow_api import AirflowApiError, AirflowClient
 from tests.conftest import REPO, base_params, state_dir, write_params
 
 pytestmark = pytest.mark.integration

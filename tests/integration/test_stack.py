@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_every_service_is_healthy_and_up_is_idempotent(stack):
-    from pipelines import stack as st
+    from pipelines.ops import stack as st
 
     before = {k: v["pid"] for k, v in st.status().items()}
     assert all(v["healthy"] is True for v in st.status().values()), st.status()
@@ -26,7 +26,7 @@ def test_airflow_requires_auth_and_issues_jwt(stack):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{stack.airflow_url}/api/v2/dags", timeout=10)
     assert err.value.code == 401
-    from pipelines.airflow_api import AirflowClient
+    from pipelines.ops.airflow_api import AirflowClient
 
     client = AirflowClient()
     assert client.token().count(".") == 2                  # a JWT
@@ -43,7 +43,7 @@ def test_services_listen_on_loopback_only(stack):
 
 
 def test_the_embedded_object_store_is_files_that_outlive_the_services(stack):
-    from pipelines import storage
+    from pipelines.core import storage
 
     root = storage.object_root()
     assert root == stack.objects and root.is_dir()
@@ -65,7 +65,7 @@ def test_mlflow_refuses_requests_without_credentials(stack):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=10)
     assert err.value.code == 401
-    from pipelines import models
+    from pipelines.core import registry as models
 
     assert isinstance(models.client().search_registered_models(max_results=1), list)   # the clients' credentials work
     assert urllib.request.urlopen(f"{stack.mlflow_url}/health", timeout=10).status == 200   # health stays open

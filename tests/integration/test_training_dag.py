@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from pipelines import models, storage
-from pipelines.config import load_params, parse_date
-from pipelines.model import training_uri
+from pipelines.core import registry as models, storage
+from pipelines.core.config import load_params, parse_date
+from pipelines.core.modelio import training_uri
 from tests.conftest import REPO, TRAIN_RANGE
 
 pytestmark = pytest.mark.integration
@@ -16,7 +16,7 @@ TASKS = ("ingest", "validate", "features", "train", "evaluate", "register")
 
 
 def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
-    from pipelines.airflow_api import AirflowClient
+    from pipelines.ops.airflow_api import AirflowClient
 
     ws, _ = dvc_workspace
     params = load_params(REPO / "params.yaml")

@@ -7,7 +7,7 @@ import random
 import polars as pl
 import pytest
 
-from pipelines.config import load_params
+from pipelines.core.config import load_params
 from pipelines.features import compute_features, feature_names, spec_hash
 from tests.unit.reference_features import close, reference_features
 

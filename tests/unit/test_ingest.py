@@ -6,9 +6,16 @@ import datetime as dt
 import polars as pl
 import pytest
 
-from pipelines.config import load_params
-from pipelines.demo_data import Bug, DemoParams, apply_bug, make_world, simulate_day, split_labels
+from pipelines.core.config import load_params
 from pipelines.ingest import FILE, ROW, normalize
+from pipelines.ops.demo_data import (
+    Bug,
+    DemoParams,
+    apply_bug,
+    make_world,
+    simulate_day,
+    split_labels,
+)
 
 DAY = dt.date(2026, 1, 12)
 

@@ -1,0 +1,62 @@
+"""Argument helpers shared by the stage entry points (thin: parse, load params, call the core)."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+
+from pipelines.core.config import Params, date_range, load_params, parse_date
+
+
+class StageFailed(RuntimeError):
+    """A stage could not complete one or more partitions; the message lists each and why."""
+
+    @classmethod
+    def of(cls, what: str, failures: list[str]) -> "StageFailed":
+        """One line for any number of failed partitions: "<what> N partition(s): a | b"."""
+        return cls(f"{what} {len(failures)} partition(s): " + " | ".join(failures))
+
+
+def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], ...], what: str) -> None:
+    """`one(item)` for every partition: one that fails with `errors` is logged and the others still
+    run (each is a transaction of its own); then one StageFailed names every failed partition."""
+    failures = []
+    for item in items:
+        try:
+            one(item)
+        except errors as exc:
+            logging.getLogger("pipelines").error("%s", exc)
+            failures.append(str(exc))
+    if failures:
+        raise StageFailed.of(what, failures)
+
+
+def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"python -m pipelines {prog}", description=(doc or "").split("\n\n")[0])
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    ap.add_argument("--date", type=parse_date, help="one logical date (YYYY-MM-DD)")
+    ap.add_argument("--start", type=parse_date, help="first date of a range (default: run.start_date)")
+    ap.add_argument("--end", type=parse_date, help="last date of a range (default: run.end_date)")
+    ap.add_argument("--snapshot", help="also write the published objects under this folder (DVC outs)")
+    ap.add_argument("--with-lookback", action="store_true",
+                    help="start features.lookback_days earlier: the history the features of the range need")
+    return ap
+
+
+def resolve(args: argparse.Namespace) -> tuple[Params, list[dt.date]]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("great_expectations", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    params = load_params(args.params)
+    from pipelines.core import services
+
+    services.configure(params.services.timeout_s)
+    services.require_lake(params.storage.lake)
+    if args.date:
+        return params, [args.date]
+    start = args.start or params.run.start_date         # params.run only when the range is not given
+    if getattr(args, "with_lookback", False):
+        start -= dt.timedelta(days=params.lookback_days)
+    return params, date_range(start, args.end or params.run.end_date)

@@ -1,0 +1,175 @@
+"""Drift: the reference profile saved at training time and the statistics monitoring computes
+against it. One bin convention for both: numeric bins are [edge_i, edge_i+1) with open ends (a
+value equal to an edge goes to the bin above it), plus a null bin; integer codes and flags with few
+values are categories. PSI compares shares over those bins; KS compares the current values with
+the reference's percentiles. The monitors count, batch by batch, so a day of any size streams.
+"""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from pipelines.core.config import EvaluateParams
+
+EPS = 1e-4               # shares are clipped to this before PSI's log
+MAX_CATEGORIES = 32      # an integer column with at most this many values is a category
+
+
+def reference_profile(frame: pl.DataFrame, manifest: dict, p: EvaluateParams) -> dict:
+    """Per feature: quantile bin edges and the share of rows per bin (plus the null share); integer
+    codes and flags with few values get category frequencies instead. Plus the score distribution.
+    Bins are [edge_i, edge_i+1) with open ends, as monitoring will apply them."""
+    feats: dict = {}
+    n = frame.height
+    for c in manifest["feature_names"]:
+        col = frame[c]
+        nulls = col.null_count() / n if n else 0.0
+        vals = col.drop_nulls()
+        if col.dtype.is_integer() and vals.n_unique() <= MAX_CATEGORIES:
+            counts = vals.value_counts(sort=False).sort(c)
+            feats[c] = {"kind": "categorical", "null_share": nulls,
+                        "frequencies": {str(v): cnt / n for v, cnt in zip(counts[c], counts["count"])}}
+            continue
+        v = vals.cast(pl.Float64).to_numpy()
+        v = v[np.isfinite(v)]
+        edges = np.unique(np.quantile(v, np.linspace(0, 1, p.profile_bins + 1)[1:-1])) if len(v) else np.array([])
+        idx = np.searchsorted(edges, v, side="right")
+        shares = np.bincount(idx, minlength=len(edges) + 1) / n if n else np.zeros(len(edges) + 1)
+        feats[c] = {"kind": "numeric", "null_share": nulls, "edges": [float(e) for e in edges],
+                    "shares": [float(s) for s in shares], "mean": float(v.mean()) if len(v) else None,
+                    "std": float(v.std()) if len(v) else None, "min": float(v.min()) if len(v) else None,
+                    "max": float(v.max()) if len(v) else None,
+                    "sample": [float(x) for x in np.quantile(v, np.linspace(0, 1, 101))] if len(v) else []}
+    s = frame["score"].to_numpy()
+    edges = np.linspace(0, 1, p.score_bins + 1)
+    hist = np.histogram(s, bins=edges)[0] / max(len(s), 1)
+    return {"rows": n, "features": feats,
+            "score": {"edges": [float(e) for e in edges], "shares": [float(h) for h in hist],
+                      "quantiles": [float(x) for x in np.quantile(s, np.linspace(0, 1, 101))] if len(s) else []}}
+
+
+def psi(current: np.ndarray, reference: np.ndarray) -> float:
+    """Population stability index of two share vectors over the same buckets."""
+    c = np.clip(np.asarray(current, float), EPS, None)
+    r = np.clip(np.asarray(reference, float), EPS, None)
+    return float(np.sum((c - r) * np.log(c / r)))
+
+
+class NumericDrift:
+    """Streaming PSI (reference quantile bins + a null bin), KS against the reference percentiles,
+    null share and out-of-range share of one numeric feature: counts only, batch by batch."""
+
+    def __init__(self, ref: dict) -> None:
+        self.ref = ref
+        self.edges = np.asarray(ref["edges"], float)
+        self.sample = np.asarray(ref.get("sample") or [], float)
+        self.points = np.unique(self.sample)
+        # one sorted grid holding the PSI edges and the KS points: a single binary search per value
+        # gives, per grid point u, how many values fall in (u_prev, u] and how many equal u
+        self.grid = np.union1d(self.edges, self.points)
+        self.upto = np.zeros(len(self.grid) + 1, np.int64)   # values v with grid[j-1] < v <= grid[j]
+        self.equal = np.zeros(len(self.grid), np.int64)      # values v == grid[j]
+        self.n = self.nulls = self.finite = self.oor = 0
+
+    def update(self, col: pl.Series) -> "NumericDrift":
+        v = col.cast(pl.Float64).drop_nulls().to_numpy()
+        self.n += col.len()
+        self.nulls += col.len() - len(v)
+        v = v[np.isfinite(v)]
+        self.finite += len(v)
+        if len(self.grid):
+            idx = np.searchsorted(self.grid, v, side="left")
+            self.upto += np.bincount(idx, minlength=len(self.grid) + 1)
+            hit = idx < len(self.grid)
+            eq = np.zeros(len(v), bool)
+            eq[hit] = self.grid[idx[hit]] == v[hit]
+            self.equal += np.bincount(idx[eq], minlength=len(self.grid))
+        if self.ref.get("min") is not None:
+            self.oor += int(((v < self.ref["min"]) | (v > self.ref["max"])).sum())
+        return self
+
+    @property
+    def le(self) -> np.ndarray:
+        """Values <= each KS point."""
+        return np.cumsum(self.upto)[np.searchsorted(self.grid, self.points)]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Values per PSI bin: below edges[0], [edges[i-1], edges[i]), ..., at or above edges[-1]."""
+        at = np.searchsorted(self.grid, self.edges)
+        lt = np.cumsum(self.upto)[at] - self.equal[at]                # values < each edge
+        return np.diff(np.concatenate([[0], lt, [self.finite]]))
+
+    def result(self) -> dict:
+        n, ref = self.n, self.ref
+        nulls = self.nulls / n if n else 0.0
+        cur = np.append(self.counts / n if n else self.counts * 0.0, nulls)
+        out = {"psi": psi(cur, np.append(np.asarray(ref["shares"], float), ref["null_share"])), "null_share": nulls,
+               "null_share_increase": nulls - ref["null_share"]}
+        if len(self.points) and self.finite:
+            # the reference CDF is known at its percentiles; ties (e.g. a zero-inflated feature) take
+            # the highest percentile they reach: F_ref(x) = (last index of x in the sample) / 100
+            f_ref = np.clip((np.searchsorted(self.sample, self.points, side="right") - 1) / (len(self.sample) - 1), 0, 1)
+            out["ks"] = float(np.max(np.abs(self.le / self.finite - f_ref)))
+        if ref.get("min") is not None and self.finite:
+            out["out_of_range_share"] = self.oor / self.finite
+        return out
+
+
+class CategoricalDrift:
+    def __init__(self, ref: dict) -> None:
+        self.ref, self.counts, self.n, self.nulls = ref, {}, 0, 0
+
+    def update(self, col: pl.Series) -> "CategoricalDrift":
+        self.n += col.len()
+        self.nulls += col.null_count()
+        vc = col.drop_nulls().value_counts(sort=False)
+        for k, c in zip(vc[:, 0].to_list(), vc[:, 1].to_list()):
+            self.counts[str(k)] = self.counts.get(str(k), 0) + c
+        return self
+
+    def result(self) -> dict:
+        n, ref = self.n, self.ref
+        nulls = self.nulls / n if n else 0.0
+        shares = {k: c / n for k, c in self.counts.items()} if n else {}
+        keys = sorted(set(shares) | set(ref["frequencies"]))
+        cur = [shares.get(k, 0.0) for k in keys] + [nulls]
+        refv = [ref["frequencies"].get(k, 0.0) for k in keys] + [ref["null_share"]]
+        return {"psi": psi(cur, refv), "null_share": nulls, "null_share_increase": nulls - ref["null_share"],
+                "out_of_range_share": sum(shares.get(k, 0.0) for k in keys if k not in ref["frequencies"])}
+
+
+class ScoreDrift:
+    """Score histogram on the reference's bins (PSI) and on 1000 fine bins (quantiles to 0.001)."""
+
+    FINE = 1000
+
+    def __init__(self, ref: dict | None) -> None:
+        self.ref = ref
+        self.edges = np.asarray(ref["edges"], float) if ref else np.linspace(0, 1, 21)
+        self.hist = np.zeros(len(self.edges) - 1, np.int64)
+        self.fine = np.zeros(self.FINE, np.int64)
+        self.n, self.total = 0, 0.0
+
+    def update(self, score: np.ndarray) -> "ScoreDrift":
+        score = np.asarray(score, float)
+        self.hist += np.histogram(score, bins=self.edges)[0]
+        self.fine += np.bincount(np.clip((score * self.FINE).astype(np.int64), 0, self.FINE - 1), minlength=self.FINE)
+        self.n += len(score)
+        self.total += float(score.sum())
+        return self
+
+    def quantile(self, q: float) -> float | None:
+        if not self.n:
+            return None
+        return float((np.searchsorted(np.cumsum(self.fine), q * self.n) + 0.5) / self.FINE)
+
+    def result(self) -> dict:
+        hist = self.hist / max(self.n, 1)
+        return {"psi": psi(hist, self.ref["shares"]) if self.ref else None, "hist": hist.tolist(),
+                "mean": self.total / self.n if self.n else None,
+                "p50": self.quantile(0.5), "p95": self.quantile(0.95), "p99": self.quantile(0.99)}
+
+
+def drift_of(ref: dict):
+    return NumericDrift(ref) if ref["kind"] == "numeric" else CategoricalDrift(ref)

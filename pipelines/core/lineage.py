@@ -1,0 +1,146 @@
+"""Lineage records: what a published partition was made from, checked before anyone reads it.
+
+Every partition a stage publishes for others to read is committed by a record written after its
+objects (storage.Partition): {stage, primary, objects: {uri: sha256}, inputs: {uri: sha256},
+sources: {uri: sha256}}. `inputs` are partitions of the lake (which have records of their own),
+`sources` external files (raw deliveries).
+
+A `Reader` trusts a partition only when
+  * its record exists (a withdrawn or half-published partition has none),
+  * the bytes it reads have the sha256 in the record (nothing changed it since), and
+  * every input in the record is itself trusted, with the sha256 it had when it was read
+    (recursively: predictions -> features -> validated -> canonical).
+So when a date's validated partition is withdrawn (a re-delivery that now fails validation) or
+replaced by other bytes, everything derived from it, including later dates' features whose
+look-back read it, is refused with one line naming what changed and what to re-run. Reading is
+memoized per process; the records are small JSON objects.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipelines.core import storage
+
+
+class NotCommitted(storage.MissingObject):
+    """No record: the partition was never published, was withdrawn, or its publish did not finish."""
+
+
+class StaleInput(RuntimeError):
+    """A partition is not trustworthy any more: it changed after its record, or an input did."""
+
+
+def stage_of(rec: dict) -> str:
+    return rec.get("stage") or "the stage that publishes it"
+
+
+class Reader:
+    """Reads committed partitions and remembers what it read (`consumed`, for the next record)."""
+
+    def __init__(self) -> None:
+        self._verified: dict[str, dict] = {}
+        self._invalid: dict[str, str] = {}
+        self._missing: set[str] = set()
+        self.consumed: dict[str, str] = {}
+
+    # -- records
+    def record(self, primary: str) -> dict:
+        """The verified record of the partition whose primary object is `primary`."""
+        if primary in self._missing:
+            raise NotCommitted(f"{storage.where(primary)}: no committed partition (never published, withdrawn "
+                               f"after a failed run, or its publish did not finish)")
+        if primary not in self._verified and primary not in self._invalid:
+            self._verify(primary)
+        if primary in self._invalid:
+            raise StaleInput(self._invalid[primary])
+        return self._verified[primary]
+
+    def _verify(self, primary: str) -> None:
+        """Depth first, inputs before what was made from them, without recursion (a chain of
+        partitions can be longer than Python's stack)."""
+        records: dict[str, dict] = {}
+        stack = [(primary, False)]
+        while stack:
+            uri, expanded = stack.pop()
+            if uri in self._verified or uri in self._invalid or uri in self._missing:
+                continue
+            if expanded:
+                self._judge(uri, records[uri])
+                continue
+            if uri not in records:
+                try:
+                    records[uri] = storage.read_json(storage.record_uri(uri))
+                except storage.MissingObject:
+                    if uri == primary:
+                        raise NotCommitted(f"{storage.where(uri)}: no committed partition (never published, "
+                                           f"withdrawn after a failed run, or its publish did not finish)") from None
+                    self._missing.add(uri)
+                    continue
+            stack.append((uri, True))
+            stack.extend((inp, False) for inp in records[uri].get("inputs", {}))
+
+    def _judge(self, uri: str, rec: dict) -> None:
+        """Trust `uri` when each input it was made from is trusted and unchanged."""
+        for inp, sha in sorted(rec.get("inputs", {}).items()):
+            if inp in self._missing:
+                why = "has since been withdrawn"
+            elif inp in self._invalid:
+                why = f"is no longer valid ({self._invalid[inp]})"
+            elif self._verified[inp]["objects"].get(inp) != sha:
+                why = (f"has changed since (sha256 {str(self._verified[inp]['objects'].get(inp))[:12]} now, "
+                       f"{sha[:12]} then)")
+            else:
+                continue
+            self._invalid[uri] = f"{uri}: built from {inp}, which {why}; re-run {stage_of(rec)} for it"
+            return
+        self._verified[uri] = rec
+
+    def _expected(self, uri: str, primary: str | None) -> tuple[dict, str]:
+        rec = self.record(primary or uri)
+        sha = rec["objects"].get(uri)
+        if sha is None:
+            raise StaleInput(f"{uri}: not part of the committed partition {primary or uri}; re-run {stage_of(rec)}")
+        return rec, sha
+
+    def _check(self, uri: str, rec: dict, want: str, got: str) -> None:
+        if got != want:
+            raise StaleInput(f"{storage.where(uri)}: changed since it was committed (sha256 {got[:12]}, record says "
+                             f"{want[:12]}): a publish was interrupted or the object was altered; re-run "
+                             f"{stage_of(rec)} for it")
+
+    # -- objects
+    def read_bytes(self, uri: str, primary: str | None = None) -> bytes:
+        rec, want = self._expected(uri, primary)
+        data = storage.read_bytes(uri)
+        self._check(uri, rec, want, storage.sha256(data))
+        self._consume(primary or uri, rec)
+        return data
+
+    def read_parquet(self, uri: str, primary: str | None = None):
+        return storage.read_parquet_bytes(self.read_bytes(uri, primary), uri)
+
+    def read_json(self, uri: str, primary: str | None = None) -> Any:
+        import json
+
+        return json.loads(self.read_bytes(uri, primary))
+
+    def fetch(self, uri: str, workdir: str | Path, primary: str | None = None) -> Path:
+        """A local copy of a committed object (see storage.fetch), verified."""
+        rec, want = self._expected(uri, primary)
+        path = storage.fetch(uri, workdir)
+        self._check(uri, rec, want, storage.sha256_file(path))
+        self._consume(primary or uri, rec)
+        return path
+
+    def _consume(self, primary: str, rec: dict) -> None:
+        """Inputs are named by their partition's primary object (the key of its record)."""
+        self.consumed[primary] = rec["objects"][primary]
+
+    def exists(self, primary: str) -> bool:
+        """Is there a committed, valid partition at `primary`? (Stale ones raise.)"""
+        try:
+            self.record(primary)
+            return True
+        except NotCommitted:
+            return False

@@ -1,0 +1,184 @@
+"""The model registry (MLflow): aliases, their history, lineage (`pipelines/ops/models.py` is the
+command line over it: `python -m pipelines models ...`).
+
+MLflow keeps no history of aliases (mlflow/mlflow#2169), so every move made through this module
+is also appended to the registered model's tags as `alias_history.<ms>.<n>` = JSON record. The
+tags live in MLflow's backend store, so the log survives restarts and travels with the registry
+(SQLite here, PostgreSQL in production); entries are only ever added. Moves are safe to re-run:
+moving an alias to where it already points changes and records nothing; `--dry-run` says what
+would happen.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass
+
+from pipelines.core import faults
+
+HISTORY_PREFIX = "alias_history."
+
+
+class RegistryError(RuntimeError):
+    """The registry refused or cannot do what was asked; the message says why."""
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def actor() -> str:
+    """Who moves an alias: the Airflow task (from its context variables) or the person at a shell."""
+    dag, run, task = (os.environ.get(k) for k in ("AIRFLOW_CTX_DAG_ID", "AIRFLOW_CTX_DAG_RUN_ID", "AIRFLOW_CTX_TASK_ID"))
+    if dag:
+        return f"airflow:{dag}/{run}/{task}"
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def get_alias(c, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(c.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        # MLflow answers an unset alias with INVALID_PARAMETER_VALUE "... alias X not found", an
+        # unknown model with RESOURCE_DOES_NOT_EXIST; anything else (server down, auth) propagates.
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or (
+                exc.error_code == "INVALID_PARAMETER_VALUE" and "not found" in exc.message):
+            return None
+        raise
+
+
+def aliases(c, name: str) -> dict[str, str]:
+    return {a: str(v) for a, v in (c.get_registered_model(name).aliases or {}).items()}
+
+
+def history(c, name: str) -> list[dict]:
+    tags = c.get_registered_model(name).tags or {}
+    return [json.loads(tags[k]) for k in sorted(t for t in tags if t.startswith(HISTORY_PREFIX))]
+
+
+def _append(c, name: str, record: dict) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    taken = set((c.get_registered_model(name).tags or {}))
+    n = 0
+    while (key := f"{HISTORY_PREFIX}{int(now.timestamp() * 1000):013d}.{n}") in taken:
+        n += 1
+    c.set_registered_model_tag(name, key, json.dumps(record, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class Move:
+    alias: str
+    frm: str | None
+    to: str | None
+    reason: str
+
+    def record(self, by: str) -> dict:
+        return {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "alias": self.alias,
+                "from": self.frm, "to": self.to, "reason": self.reason, "by": by}
+
+
+def move_alias(c, name: str, alias: str, version: str | None, reason: str, dry_run: bool = False,
+               by: str | None = None, op: str | None = None, frm: str | None = None) -> dict | None:
+    """Point `alias` at `version` (None removes it) and append the move to the history. Returns
+    the record, or None when the alias already points there (nothing changed, nothing recorded).
+
+    `op` names a move that must happen once (e.g. the alias move of one registration): when the
+    history already holds it, nothing happens; when a crash left the alias moved but the move not
+    recorded, the record is written now (with `frm`, where the alias pointed when the move was planned)."""
+    if op is not None and any(r.get("op") == op for r in history(c, name)):
+        return None
+    current = get_alias(c, name, alias)
+    version = None if version is None else str(version)
+    if current == version and op is None:
+        return None
+    rec = Move(alias, current if current != version else frm, version, reason).record(by or actor())
+    if op is not None:
+        rec["op"] = op
+    if dry_run:
+        return {**rec, "dry_run": True}
+    if current != version:
+        if version is None:
+            c.delete_registered_model_alias(name, alias)
+        else:
+            c.set_registered_model_alias(name, alias, version)
+    faults.point("models.after_alias_move")
+    _append(c, name, rec)
+    return rec
+
+
+def promote(c, name: str, version: str, reason: str, dry_run: bool = False) -> list[dict]:
+    """champion <- version; the old champion keeps `previous`; a challenger alias on it is dropped."""
+    c.get_model_version(name, str(version))            # raises if the version does not exist
+    old = get_alias(c, name, "champion")
+    if old == str(version):
+        return []
+    moves = []
+    if old is not None:
+        moves.append(move_alias(c, name, "previous", old, f"replaced as champion by v{version}: {reason}", dry_run))
+    if get_alias(c, name, "challenger") == str(version):
+        moves.append(move_alias(c, name, "challenger", None, f"promoted to champion: {reason}", dry_run))
+    moves.append(move_alias(c, name, "champion", str(version), reason, dry_run))
+    return [m for m in moves if m]
+
+
+def rollback_target(c, name: str) -> str | None:
+    """The champion before the current one: the `from` of the move that made the current champion
+    (else the `previous` alias)."""
+    current = get_alias(c, name, "champion")
+    for rec in reversed(history(c, name)):
+        if rec["alias"] == "champion" and rec["to"] == current:
+            if rec["from"]:
+                return rec["from"]
+            break
+    prev = get_alias(c, name, "previous")
+    return prev if prev != current else None
+
+
+def rollback(c, name: str, reason: str, dry_run: bool = False) -> list[dict]:
+    current = get_alias(c, name, "champion")
+    target = rollback_target(c, name)
+    if target is None:
+        raise RegistryError(f"{name}: no previous champion to roll back to (champion is v{current}); nothing changed")
+    moves = [move_alias(c, name, "champion", target, f"rollback from v{current}: {reason}", dry_run)]
+    if get_alias(c, name, "previous") == target:
+        moves.append(move_alias(c, name, "previous", None, f"v{target} is champion again (rollback)", dry_run))
+    if not dry_run and current:
+        c.set_model_version_tag(name, current, "rolled_back", reason)
+    return [m for m in moves if m]
+
+
+def lineage(c, name: str, version: str) -> dict:
+    mv = c.get_model_version(name, str(version))
+    run = c.get_run(mv.run_id)
+    tags = run.data.tags
+    pick = lambda prefix: {k: v for k, v in sorted(tags.items()) if k.startswith(prefix)}  # noqa: E731
+    return {
+        "model": name, "version": str(mv.version), "aliases": [a for a, v in aliases(c, name).items() if v == str(mv.version)],
+        "run_id": mv.run_id, "experiment_id": run.info.experiment_id, "model_sha256": mv.tags.get("model_sha256"),
+        "gate": mv.tags.get("gate"), "data": pick("data."), "dvc": pick("dvc."), "features": pick("features."),
+        "git": pick("git."), "device": {k: tags.get(k) for k in ("device_requested", "device_used")},
+        "params": dict(sorted(run.data.params.items())),
+    }
+
+
+def versions(c, name: str) -> list[dict]:
+    al = aliases(c, name)
+    out = []
+    for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda m: int(m.version)):
+        m = c.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        out.append({"version": str(mv.version), "aliases": sorted(a for a, v in al.items() if v == str(mv.version)),
+                    "gate": mv.tags.get("gate"), "run_id": mv.run_id,
+                    "test_ap": m.get("test.average_precision"), "test_recall": m.get("test.recall"),
+                    "test_roc_auc": m.get("test.roc_auc"), "range": mv.tags.get("data.range")})
+    return out

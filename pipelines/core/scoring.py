@@ -1,0 +1,361 @@
+"""Scoring, shared by the `score` stage (the champion) and the `shadow` stage (the challenger):
+which model serves (registry, local cache, or the rule scorer: flagged fallbacks), the manifest
+check, chunked `inplace_predict` and the predictions partition (see pipelines/score.py).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipelines.core import lake, lineage, state, storage
+from pipelines.core import modelio as M
+from pipelines.core.config import ScoreParams
+from pipelines.core.rules import rule_scores
+
+log = logging.getLogger("pipelines.scoring")
+# what scoring needs of a model version, as they are in its MLflow run
+FILES = {lake.MODEL: lake.artifact(lake.TRAIN, lake.MODEL), lake.MANIFEST: lake.artifact(lake.TRAIN, lake.MANIFEST),
+         lake.SUMMARY: lake.artifact(lake.TRAIN, lake.SUMMARY), lake.PROFILE: lake.artifact(lake.EVALUATE, lake.PROFILE)}
+
+class ScoringError(RuntimeError):
+    """The partition cannot be scored (features missing); nothing is published."""
+
+
+class RegistryUnreachable(RuntimeError):
+    pass
+
+
+@dataclass
+class Served:
+    """What scores the partition: a model (from the registry or the cache) or the rules."""
+    scored_by: str                         # model | rules
+    fallback: list[str] = field(default_factory=list)    # registry_cache | rules
+    reason: str = ""
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+    sha256: str | None = None
+    booster: object = None
+    manifest: dict | None = None
+    threshold: float | None = None
+    profile: dict | None = None
+
+    def meta(self) -> dict:
+        return {"scored_by": self.scored_by, "fallback": self.fallback, "reason": self.reason, "model_name": self.name,
+                "model_version": self.version, "run_id": self.run_id, "model_sha256": self.sha256,
+                "threshold": self.threshold, "spec_hash": (self.manifest or {}).get("spec_hash")}
+
+
+# --------------------------------------------------------------------------- the model and its cache
+def cache_root(p: ScoreParams) -> Path:
+    if p.cache_dir:
+        return Path(p.cache_dir)
+    return state.state_dir() / "model-cache"
+
+
+def _registry_up(timeout: float) -> bool:
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith("http"):
+        return True                    # a local file/sqlite store: no server to be down
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _verify(files: dict[str, bytes], sha: str | None, where: str) -> None:
+    if sha and M.sha256(files[lake.MODEL]) != sha:
+        raise ValueError(f"{where}: model.ubj sha256 {M.sha256(files['model.ubj'])[:12]} != registered {sha[:12]}")
+
+
+def _served(files: dict[str, bytes], meta: dict, fallback: list[str], reason: str) -> Served:
+    booster = M.load_booster(files[lake.MODEL])
+    summary = json.loads(files[lake.SUMMARY])
+    return Served("model", fallback, reason, meta["name"], meta["version"], meta["run_id"], meta["sha256"], booster,
+                  json.loads(files[lake.MANIFEST]), float(summary["operating_threshold"]),
+                  json.loads(files[lake.PROFILE]))
+
+
+def _cache_dir(root: Path, meta: dict) -> Path:
+    # by version *and* run: a registry rebuilt from scratch reuses version numbers
+    return root / meta["name"] / f"v{meta['version']}-{meta['run_id']}"
+
+
+def _write_cache(root: Path, meta: dict, files: dict[str, bytes], remember: bool = True) -> None:
+    """<root>/<name>/v<version>-<run>/ written whole then renamed; <root>/<name>/current.json (the
+    last model served) replaced atomically."""
+    final = _cache_dir(root, meta)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-"))
+        for n, data in files.items():
+            (tmp / n).write_bytes(data)
+        (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True))
+        try:
+            tmp.rename(final)
+        except OSError:                # another process cached the same version first
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not remember:                   # a shadow model is cached, never the champion's fallback
+        return
+    ptr = final.parent / f".current-{os.getpid()}.json"
+    ptr.write_text(json.dumps(meta, sort_keys=True))
+    os.replace(ptr, final.parent / "current.json")
+
+
+def _read_cache(root: Path, meta: dict | None = None, name: str | None = None) -> tuple[dict, dict[str, bytes]] | None:
+    """The cached files of `meta` (name, version, run_id), or of the last model served for `name`."""
+    try:
+        if meta is None:
+            meta = json.loads((root / name / "current.json").read_text())
+        d = _cache_dir(root, meta)
+        return meta, {n: (d / n).read_bytes() for n in FILES}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _download(run_id: str) -> dict[str, bytes]:
+    import mlflow.artifacts
+
+    files = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, path in FILES.items():
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
+            files[n] = Path(local).read_bytes()
+    return files
+
+
+def resolve_model(p: ScoreParams, shadow: bool = False) -> Served:
+    """The scorer for this run (see the module doc for the order). `shadow`: the model under
+    `p.alias` or nothing (scored_by "none", with the reason): no fallback, and the cache pointer
+    to the last champion served is left alone."""
+    root = cache_root(p)
+    if shadow:
+        try:
+            s = _resolve_registered(p, root, remember=False)
+        except RegistryUnreachable as exc:
+            return Served("none", [], f"registry unreachable ({exc})")
+        return s if s.scored_by == "model" else Served("none", [], s.reason)
+    try:
+        return _resolve_registered(p, root, remember=True)
+    except RegistryUnreachable as exc:
+        cached = _read_cache(root, name=p.model_name)
+        if cached is None:
+            return Served("rules", ["rules"], f"registry unreachable ({exc}) and no cached model in {root}")
+        meta, files = cached
+        try:
+            _verify(files, meta.get("sha256"), f"cache {_cache_dir(root, meta)}")
+            s = _served(files, meta, ["registry_cache"], f"registry unreachable ({exc}): cached "
+                                                         f"{p.model_name} v{meta['version']} used")
+        except Exception as err:
+            return Served("rules", ["rules"], f"registry unreachable ({exc}); cached model unusable: {err}")
+        log.warning("%s", s.reason)
+        return s
+
+
+def _resolve_registered(p: ScoreParams, root: Path, remember: bool) -> Served:
+    """The model under p.alias, from the registry (RegistryUnreachable when it does not answer)."""
+    if not _registry_up(p.registry_timeout_s):
+        raise RegistryUnreachable(f"{os.environ.get('MLFLOW_TRACKING_URI')}/health did not answer "
+                                  f"within {p.registry_timeout_s}s")
+    from pipelines.core import registry as R
+
+    c = R.client()
+    try:
+        version = R.get_alias(c, p.model_name, p.alias)
+        mv = c.get_model_version(p.model_name, version) if version else None
+    except Exception as exc:           # the server went away between the probe and the call
+        raise RegistryUnreachable(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+    return _load_version(p, root, version, mv, remember)
+
+
+def _load_version(p: ScoreParams, root: Path, version: str | None, mv, remember: bool = True) -> Served:
+    if version is None:
+        return Served("rules", ["rules"], f"no model {p.model_name}@{p.alias} in the registry")
+    meta = {"name": p.model_name, "version": str(mv.version), "run_id": mv.run_id, "sha256": mv.tags.get("model_sha256")}
+    try:
+        cached = _read_cache(root, meta)
+        files = cached[1] if cached else _download(mv.run_id)
+        _verify(files, meta["sha256"], f"{p.model_name} v{version}")
+        s = _served(files, meta, [], f"{p.model_name}@{p.alias} = v{version}")   # same record, cached or not
+        log.info("%s v%s: %s", p.model_name, version, "from the local cache" if cached else "downloaded")
+    except Exception as exc:
+        return Served("rules", ["rules"], f"{p.model_name}@{p.alias} v{version} failed to load: "
+                                          f"{type(exc).__name__}: {str(exc)[:300]}")
+    _write_cache(root, meta, files, remember)
+    return s
+
+
+# --------------------------------------------------------------------------- scoring
+def fill_defaults(frame: pl.DataFrame, defaults: dict, features: list[str], profile: dict | None
+                  ) -> tuple[pl.DataFrame, pl.Series]:
+    """Fill nulls of the configured features; return the frame and, per row, the features filled
+    (None when no row needed a default)."""
+    filled, flags = [], []
+    for f, v in defaults.items():
+        if f not in features or f not in frame.columns:
+            continue
+        if v == "reference_median":
+            sample = ((profile or {}).get("features", {}).get(f) or {}).get("sample") or []
+            if not sample:
+                raise ScoringError(f"score.feature_defaults.{f}: reference_median but the reference profile has "
+                                   f"no sample for {f}")
+            v = sample[50]
+        if frame[f].null_count():
+            flags.append(pl.when(pl.col(f).is_null()).then(pl.lit(f)).otherwise(None))
+            filled.append(pl.col(f).fill_null(pl.lit(v).cast(frame.schema[f])))
+    if not flags:                      # the usual case: nothing to fill, no per-row list to build
+        return frame, None
+    names = frame.select(pl.concat_list(flags).list.drop_nulls().alias("d"))["d"]
+    return frame.with_columns(filled), names
+
+
+def score_partition(frame: pl.DataFrame, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.date,
+                    where: str) -> tuple[pl.DataFrame, dict]:
+    """Predictions for one feature partition (rows in = rows out) and timing stats."""
+    keys = [c for c in fmanifest.get("key_columns", ["event_id"]) if c in frame.columns]
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+    if served.scored_by == "model":
+        m = served.manifest
+        if m["spec_hash"] != fmanifest["spec_hash"]:
+            raise M.ManifestMismatch(f"{where}: features built with spec {fmanifest['spec_hash']} but "
+                                     f"{served.name} v{served.version} was trained on spec {m['spec_hash']}; "
+                                     f"nothing scored (rebuild the features or register a model for this spec)")
+        M.check_features(frame, m, where)
+        frame, defaulted = fill_defaults(frame, p.feature_defaults, m["feature_names"], served.profile)
+        x = M.feature_matrix(frame, m, where)
+        parts = []
+        for i in range(0, max(x.shape[0], 1), p.chunk_rows):
+            c0 = time.perf_counter()
+            parts.append(M.predict(served.booster, x[i:i + p.chunk_rows], chunk_rows=p.chunk_rows))
+            latencies.append((time.perf_counter() - c0) * 1000)
+        score = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        threshold = served.threshold
+    else:
+        defaulted = None
+        c0 = time.perf_counter()
+        score = rule_scores(frame, p.rules)
+        latencies.append((time.perf_counter() - c0) * 1000)
+        threshold = float(p.rules["threshold"])
+    seconds = time.perf_counter() - t0
+    n = frame.height
+    base_flags = pl.lit(served.fallback, dtype=pl.List(pl.String))
+    out = frame.select(keys).with_columns(
+        pl.lit(ds).alias("ds"),
+        pl.Series("score", score, dtype=pl.Float32),
+        pl.lit(threshold, dtype=pl.Float32).alias("threshold"),
+        pl.lit(served.name or p.model_name, dtype=pl.String).alias("model_name"),
+        pl.lit(served.version, dtype=pl.String).alias("model_version"),
+        pl.lit(served.run_id, dtype=pl.String).alias("run_id"),
+        pl.lit(fmanifest["spec_hash"], dtype=pl.String).alias("spec_hash"),
+        pl.lit(served.scored_by).alias("scored_by"),
+        (pl.lit([], dtype=pl.List(pl.String)) if defaulted is None else defaulted).alias("defaulted_features"),
+    )
+    out = out.with_columns(base_flags.alias("fallback") if defaulted is None else
+                           pl.when(pl.col("defaulted_features").list.len() > 0)
+                           .then(pl.concat_list(base_flags, pl.lit(["feature_default"], dtype=pl.List(pl.String))))
+                           .otherwise(base_flags).alias("fallback"))
+    out = out.select(*keys, "ds", "score", "threshold", "model_name", "model_version", "run_id", "spec_hash",
+                     "scored_by", "fallback", "defaulted_features")
+    assert out.height == n
+    lat = np.array(latencies) if latencies else np.zeros(1)
+    stats = {"rows": n, "chunks": len(latencies), "chunk_rows": p.chunk_rows, "seconds": seconds, "latencies_ms": latencies,
+             "rows_per_s": n / seconds if seconds > 0 else None,
+             "chunk_latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                                  "p99": float(np.percentile(lat, 99)), "max": float(lat.max())},
+             "fallback_rows": ({k: n for k in served.fallback} if defaulted is None else fallback_counts(out))
+             if n else {}}
+    return out, stats
+
+
+def fallback_counts(pred: pl.DataFrame) -> dict[str, int]:
+    counts = pred.select(pl.col("fallback").explode()).drop_nulls()["fallback"].value_counts()
+    return {k: int(v) for k, v in sorted(zip(counts["fallback"], counts["count"]))}
+
+
+def merge_stats(parts: list[dict], seconds: float, chunk_rows: int) -> dict:
+    lat = np.array([x for s in parts for x in s["latencies_ms"]] or [0.0])
+    rows = sum(s["rows"] for s in parts)
+    fb: dict[str, int] = {}
+    for s in parts:
+        for k, v in s["fallback_rows"].items():
+            fb[k] = fb.get(k, 0) + v
+    return {"rows": rows, "chunks": int(sum(s["chunks"] for s in parts)), "chunk_rows": chunk_rows, "seconds": seconds,
+            "predict_seconds": float(sum(s["seconds"] for s in parts)),
+            "rows_per_s": rows / seconds if seconds > 0 else None,
+            "chunk_latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                                 "p99": float(np.percentile(lat, 99)), "max": float(lat.max())},
+            "fallback_rows": dict(sorted(fb.items()))}
+
+
+def score_file(path, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.date, where: str,
+               sink: storage.ParquetSink) -> dict:
+    """Stream a feature partition file through `score_partition`, batch by batch (memory: one batch)."""
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    parts = []
+    for batch in storage.iter_parquet(path, batch_rows=p.chunk_rows):
+        out, st = score_partition(batch, fmanifest, served, p, ds, where)
+        sink.write(out)
+        parts.append(st)
+    if not parts:                      # an empty partition still gets an (empty) predictions file
+        out, st = score_partition(pl.from_arrow(pq.ParquetFile(str(path)).schema_arrow.empty_table()), fmanifest,
+                                  served, p, ds, where)
+        sink.write(out)
+        parts.append(st)
+    return merge_stats(parts, time.perf_counter() - t0, p.chunk_rows)
+
+
+def load_features(store, ds: dt.date, workdir, reader: lineage.Reader) -> tuple[Path, dict, str]:
+    """The ds feature partition (a verified local copy) and its manifest."""
+    uri = store.uri("features", date=ds.isoformat())
+    try:
+        fman = reader.read_json(store.uri("features_manifest", date=ds.isoformat()), primary=uri)
+        path = reader.fetch(uri, workdir)
+    except lineage.NotCommitted:
+        raise ScoringError(f"{uri}: feature partition missing (features not built, blocked by validation, or "
+                           f"withdrawn); nothing scored") from None
+    except lineage.StaleInput as exc:
+        raise ScoringError(f"{exc}; nothing scored") from None
+    return path, fman, uri
+
+
+OUTPUTS = {"champion": ("predictions", "scored_model", "scoring_stats"),
+           "shadow": ("shadow_predictions", "shadow_model", "shadow_stats")}
+
+
+def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publisher | None" = None,
+              role: str = "champion") -> dict:
+    """Score the ds partition with `served`; publish predictions, _model.json and _stats.json (for
+    role "shadow": the shadow partition, the same code and columns)."""
+    p, store = params.score, params.storage
+    d = ds.isoformat()
+    kind, model_kind, stats_kind = OUTPUTS[role]
+    reader = lineage.Reader()
+    with tempfile.TemporaryDirectory(prefix="score-") as tmp, storage.publishing(store.lake, snapshot) as pub:
+        path, fman, uri = load_features(store, ds, tmp, reader)
+        part = pub.partition(store.uri(kind, date=d), role if role == "shadow" else "score", inputs=reader.consumed,
+                             extra={"model": {k: v for k, v in served.meta().items() if k != "reason"}})
+        sink = storage.ParquetSink(store.uri(kind, date=d), tmp, part)
+        stats = score_file(path, fman, served, p, ds, uri, sink)
+        part.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role, "reference_profile": served.profile})
+        part.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri}, volatile=True)
+        sink.close()
+        part.commit()                  # the record last: until it is written, the date is not scored
+    log.info("score %s (%s): %d rows by %s%s in %.2fs (%.0f rows/s), chunk p95 %.1f ms -> %s", d, role, stats["rows"],
+             served.scored_by, f" v{served.version}" if served.version else "",
+             stats["seconds"], stats["rows_per_s"] or 0, stats["chunk_latency_ms"]["p95"], store.uri(kind, date=d))
+    return stats

@@ -1,0 +1,64 @@
+"""Where this installation keeps its state: $FRAUDOPS_HOME (default `.state/` in the project),
+the environment file the local stack writes there, and the pid files of the stack's services.
+
+Declared once here; the DAG wiring (plugins/fraudops_wiring.py) may not import pipelines at parse
+time and mirrors STATE_DEFAULT (a test checks that they agree).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STATE_DEFAULT = ".state"                 # relative to the project root
+ENV_FILE = "stack.env"
+# the stack's services, in the order `stack down` stops them
+SERVICES = ("airflow-api-server", "airflow-triggerer", "airflow-dag-processor", "airflow-scheduler", "mlflow")
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("FRAUDOPS_HOME") or REPO / STATE_DEFAULT).resolve()
+
+
+def load_env_file(home: Path | None = None) -> None:
+    """Fill unset variables from the stack's env file (the environment always wins; an S3 endpoint
+    set by hand means S3, so the stack's file object store is not taken from the file then)."""
+    path = (home or state_dir()) / ENV_FILE
+    if not path.exists():
+        return
+    s3_chosen = bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("FRAUDOPS_S3_ENDPOINT_URL"))
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if key == "FRAUDOPS_OBJECT_STORE" and s3_chosen:
+            continue
+        if sep and key and key not in os.environ:
+            os.environ[key] = value
+
+
+def pidfile(home: Path, name: str) -> Path:
+    return home / "pids" / f"{name}.json"
+
+
+def alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def read_pid(home: Path, name: str) -> int | None:
+    """The pid of a running service of the stack at `home`, or None."""
+    f = pidfile(home, name)
+    if not f.exists():
+        return None
+    pid = json.loads(f.read_text())["pid"]
+    return pid if alive(pid) else None
+
+
+def stack_alive(home: Path | None = None) -> bool:
+    """Is any service of the local stack running?"""
+    home = home or state_dir()
+    return any(read_pid(home, name) for name in SERVICES)

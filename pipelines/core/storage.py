@@ -1,0 +1,543 @@
+"""Object storage: every read and write of the project goes through here.
+
+URIs are `s3://bucket/key` or plain paths. Where an `s3://` object lives is chosen by the
+environment, never by params.yaml or the code:
+  * `FRAUDOPS_OBJECT_STORE=file:///abs/root` (the embedded default, set by the local stack): the
+    object is the file `<root>/<bucket>/<key>` (buckets are folders, as in MinIO's filesystem mode).
+    It survives `stack down` and a kill -9 of any service: nothing lives in a server's memory.
+  * otherwise S3 through boto3, exactly as real S3 or MinIO: `AWS_ENDPOINT_URL` (or
+    `FRAUDOPS_S3_ENDPOINT_URL`) selects the endpoint, credentials come from the usual AWS variables.
+
+Publishing is atomic per object: an S3 PUT is all-or-nothing; a file is written to a temporary name
+and renamed. Parquet is written with fixed settings so that the same frame gives the same bytes
+(re-running a partition is byte-identical). A partition is committed by its lineage record (see
+`Publisher.partition` and pipelines/lineage.py): objects first, the record last.
+
+Every failure is a StorageError naming the URI, the service or path, and what happens next; waits
+on S3 are bounded by `configure(timeout_s=...)` (params.yaml `services.timeout_s`).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.core import faults
+
+RECORD_PREFIX = "_lineage."       # <dir>/_lineage.<name>.json: the record that commits <dir>/<name>
+_TIMEOUT_S = 60.0                  # the bound on one S3 operation, retries included (services.timeout_s)
+
+
+class StorageError(RuntimeError):
+    """An object could not be read or written; the message names the URI and what happens next."""
+
+
+class MissingObject(StorageError):
+    """The object (or partition) does not exist."""
+
+
+def configure(timeout_s: float) -> None:
+    """Bound every S3 operation (connect, read, retries) by about `timeout_s` seconds."""
+    global _TIMEOUT_S
+    if float(timeout_s) != _TIMEOUT_S:
+        _TIMEOUT_S = float(timeout_s)
+        _client.cache_clear()
+
+
+# --------------------------------------------------------------------------- where objects live
+def object_root() -> Path | None:
+    """The local root of the file object store (FRAUDOPS_OBJECT_STORE=file:///...), or None for S3."""
+    spec = os.environ.get("FRAUDOPS_OBJECT_STORE", "").strip()
+    if not spec or spec == "s3":
+        return None
+    if not spec.startswith("file://"):
+        raise StorageError(f"FRAUDOPS_OBJECT_STORE={spec!r}: expected s3 or file:///absolute/path")
+    return Path(spec[len("file://"):])
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("FRAUDOPS_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    return bucket, key
+
+
+def is_s3(uri: str) -> bool:
+    """True when `uri` is served by S3 (an s3:// URI and no file object store)."""
+    return uri.startswith("s3://") and object_root() is None
+
+
+def local_path(uri: str) -> Path:
+    """The file behind `uri` when it is not on S3 (an s3:// URI in the file object store, or a path)."""
+    if uri.startswith("s3://"):
+        root = object_root()
+        if root is None:
+            raise StorageError(f"{uri}: on S3, not a local file")
+        bucket, key = split_s3(uri)
+        if ".." in Path(key).parts or not bucket or bucket in (".", ".."):
+            raise StorageError(f"{uri}: not a plain object key ('..' would leave the object store)")
+        return root / bucket / key
+    return Path(uri)
+
+
+def where(uri: str) -> str:
+    """A person-readable location: the URI, and the file behind it in the file object store."""
+    if uri.startswith("s3://") and object_root() is not None:
+        return f"{uri} (file {local_path(uri)})"
+    return uri
+
+
+def ensure_bucket(name: str) -> str:
+    """Create bucket `name` if it does not exist; return `s3://name`."""
+    if object_root() is not None:
+        (object_root() / name).mkdir(parents=True, exist_ok=True)
+        return f"s3://{name}"
+    with _s3_errors(f"s3://{name}", "create bucket"):
+        client = s3_client()
+        if name not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+            client.create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+# --------------------------------------------------------------------------- S3
+@functools.lru_cache(maxsize=4)
+def _client(endpoint: str | None, timeout_s: float):
+    import boto3
+    from botocore.config import Config
+
+    # 3 attempts of at most ~timeout/3 each: a dead or hung endpoint ends the operation within the bound
+    per_try = max(1.0, timeout_s / 3 - 1)
+    cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=min(5.0, per_try),
+                 read_timeout=per_try)
+    return boto3.client("s3", endpoint_url=endpoint, config=cfg)
+
+
+def s3_client():
+    return _client(endpoint_url(), _TIMEOUT_S)
+
+
+NOT_FOUND = ("NoSuchKey", "404", "NoSuchBucket", "NotFound")
+
+
+@contextlib.contextmanager
+def _s3_errors(uri: str, what: str) -> Iterator[None]:
+    """botocore's exceptions -> one StorageError line naming the URI and the endpoint."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in NOT_FOUND:
+            raise MissingObject(f"{uri}: not found ({code})") from None
+        raise StorageError(f"{uri}: {what} failed: {code or exc}") from None
+    except (BotoCoreError, Boto3Error, OSError) as exc:
+        raise StorageError(f"{uri}: {what} failed: S3 endpoint {endpoint_url() or 'AWS'} unreachable or too slow "
+                           f"({type(exc).__name__}: {str(exc)[:160]}); nothing was changed there") from None
+
+
+@contextlib.contextmanager
+def _disk_errors(uri: str, what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise StorageError(f"{where(uri)}: {what} failed: disk full (ENOSPC); nothing published there: "
+                               f"free space and re-run") from None
+        raise StorageError(f"{where(uri)}: {what} failed: {exc.strerror or exc}") from None
+
+
+# --------------------------------------------------------------------------- bytes
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri, "read"):
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    path = local_path(uri)
+    if not path.is_file():
+        raise MissingObject(f"{where(uri)}: not found")
+    with _disk_errors(uri, "read"):
+        return path.read_bytes()
+
+
+def _write_local(path: Path, write, uri: str) -> None:
+    """Write through `write(fh)` to a temporary file next to `path`, then rename (atomic)."""
+    with _disk_errors(uri, "write"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                faults.point("storage.write", path=str(path))
+                write(fh)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _sweep_temporaries(path)
+
+
+def _sweep_temporaries(path: Path, older_than_s: float = 3600.0) -> None:
+    """Temporary files of `path` left by a writer that was killed (kill -9 runs no cleanup)."""
+    import time
+
+    limit = time.time() - older_than_s
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < limit:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    """Publish `data` at `uri` atomically (readers see the old object or the new one, never a mix)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        faults.point("storage.write", path=uri)
+        with _s3_errors(uri, "write"):
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        return
+    _write_local(local_path(uri), lambda fh: fh.write(data), uri)
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            with _s3_errors(uri, "head"):
+                s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except MissingObject:
+            return False
+    return local_path(uri).is_file()
+
+
+def list_uris(prefix: str) -> list[str]:
+    """All object URIs under `prefix` (a folder), sorted; hidden/temporary files (. or _) excluded."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        out: list[str] = []
+        with _s3_errors(prefix, "list"):
+            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                out.extend(f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", []))
+        return sorted(u for u in out if not u.rsplit("/", 1)[-1].startswith((".", "_")))
+    root = local_path(prefix)
+    if not root.is_dir():
+        return []
+    base = prefix.rstrip("/")
+    return sorted(f"{base}/{p.relative_to(root).as_posix()}" for p in root.rglob("*")
+                  if p.is_file() and not p.name.startswith((".", "_")))
+
+
+def delete(uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri, "delete"):
+            s3_client().delete_object(Bucket=bucket, Key=key)
+        return
+    with _disk_errors(uri, "delete"):
+        local_path(uri).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- files (large objects)
+def fetch(uri: str, workdir: str | Path) -> Path:
+    """A local, seekable copy of `uri` for streaming reads (S3: a streamed download into `workdir`;
+    a file is used in place)."""
+    if not is_s3(uri):
+        path = local_path(uri)
+        if not path.is_file():
+            raise MissingObject(f"{where(uri)}: not found")
+        return path
+    bucket, key = split_s3(uri)
+    dst = Path(workdir) / f"{hashlib.sha1(uri.encode()).hexdigest()[:16]}-{Path(key).name}"
+    with _s3_errors(uri, "read"):
+        s3_client().download_file(bucket, key, str(dst))
+    return dst
+
+
+def put_file(uri: str, local: str | Path, content_type: str = "application/octet-stream") -> None:
+    """Publish a local file at `uri` atomically (S3: one streamed, multipart-capable upload)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        faults.point("storage.write", path=uri)
+        with _s3_errors(uri, "write"):
+            s3_client().upload_file(str(local), bucket, key, ExtraArgs={"ContentType": content_type})
+        return
+
+    def copy(fh) -> None:
+        with open(local, "rb") as src:
+            shutil.copyfileobj(src, fh, 1 << 20)
+    _write_local(local_path(uri), copy, uri)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def iter_parquet(path: str | Path, columns: list[str] | None = None, batch_rows: int = 262_144):
+    """Polars frames of at most `batch_rows` rows, in file order (memory: one row group). No
+    pre-buffering: with it, pyarrow keeps the column chunks it read ahead and memory grows with
+    the file (10M rows: 1.2 GB of Arrow buffers instead of one row group's 0.26 GB)."""
+    f = pq.ParquetFile(str(path), pre_buffer=False)
+    for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
+        yield pl.from_arrow(batch)
+
+
+def aligned(*streams):
+    """Zip frame streams of the same rows (in the same order) into equal-length slices, whatever
+    their batch boundaries; raises if one ends before the others."""
+    its = [iter(s) for s in streams]
+    bufs: list = [None] * len(its)
+    while True:
+        for i, it in enumerate(its):
+            while bufs[i] is None or bufs[i].height == 0:
+                nxt = next(it, None)
+                if nxt is None:
+                    bufs[i] = None
+                    break
+                bufs[i] = nxt
+        if all(b is None for b in bufs):
+            return
+        if any(b is None for b in bufs):
+            raise StorageError("aligned streams: one input has fewer rows than the others")
+        n = min(b.height for b in bufs)
+        yield [b.slice(0, n) for b in bufs]
+        bufs = [b.slice(n) for b in bufs]
+
+
+# --------------------------------------------------------------------------- tables
+def parquet_bytes(df: pl.DataFrame | pa.Table) -> bytes:
+    """Serialize with fixed settings: same frame, same bytes."""
+    table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", compression_level=3, write_statistics=True,
+                   row_group_size=1_000_000)
+    return buf.getvalue()
+
+
+def read_parquet(uri: str) -> pl.DataFrame:
+    return read_parquet_bytes(read_bytes(uri), uri)
+
+
+def read_parquet_bytes(data: bytes, uri: str) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(io.BytesIO(data))
+    except Exception as exc:
+        raise StorageError(f"{uri}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Canonical JSON (sorted keys, fixed separators): same object, same bytes."""
+    return (json.dumps(obj, sort_keys=True, indent=2, default=str) + "\n").encode()
+
+
+def read_json(uri: str) -> Any:
+    data = read_bytes(uri)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise StorageError(f"{where(uri)}: not valid JSON ({exc})") from None
+
+
+# --------------------------------------------------------------------------- publishing
+def record_uri(uri: str) -> str:
+    """Where the lineage record that commits the partition whose primary object is `uri` lives."""
+    head, _, name = uri.rpartition("/")
+    return f"{head}/{RECORD_PREFIX}{name}.json"
+
+
+class ParquetSink:
+    """Batches -> one Parquet file (same settings as parquet_bytes, one row group per batch), written
+    locally and published at `uri` on close: memory stays at one batch; same batches, same bytes."""
+
+    def __init__(self, uri: str, workdir: str | Path, publisher: "Publisher | Partition | None" = None) -> None:
+        self.uri, self.publisher = uri, publisher
+        self.path = Path(workdir) / f"sink-{hashlib.sha1(uri.encode()).hexdigest()[:16]}.parquet"
+        self.writer = None
+        self.rows = 0
+
+    def write(self, df: pl.DataFrame) -> None:
+        table = df.to_arrow()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(str(self.path), table.schema, compression="zstd", compression_level=3,
+                                           write_statistics=True)
+        self.writer.write_table(table, row_group_size=1_000_000)
+        self.rows += df.height
+
+    def close(self, empty_schema: dict | None = None) -> None:
+        if self.writer is None:                       # no rows at all: an empty file with the schema
+            pq.write_table(pl.DataFrame(schema=empty_schema or {}).to_arrow(), str(self.path), compression="zstd")
+        else:
+            self.writer.close()
+        if self.publisher is not None:
+            self.publisher.put_path(self.uri, self.path)
+        else:
+            put_file(self.uri, self.path)
+
+
+class Partition:
+    """The objects one stage publishes for one partition, committed together by a lineage record
+    written last (pipelines/lineage.py reads it): {stage, objects: {uri: sha256}, inputs: {uri:
+    sha256}, sources: {uri: sha256}}. Until the record is written (or when it is withdrawn), readers
+    that verify refuse the partition; an object changed after its record is caught by its sha256.
+
+    `volatile` objects (timings) are published but not in the record: they may differ on a re-run."""
+
+    def __init__(self, pub: "Publisher", primary: str, stage: str, inputs: dict[str, str] | None = None,
+                 sources: dict[str, str] | None = None, extra: dict | None = None) -> None:
+        self.pub, self.primary, self.stage = pub, primary, stage
+        self.inputs = dict(inputs or {})
+        self.sources = dict(sources or {})
+        self.extra = dict(extra or {})
+        self.objects: dict[str, str] = {}
+
+    def put(self, uri: str, data: bytes, content_type: str = "application/octet-stream", volatile: bool = False) -> None:
+        self.pub.put(uri, data, content_type)
+        if not volatile:
+            self.objects[uri] = sha256(data)
+
+    def put_path(self, uri: str, local: str | Path, volatile: bool = False) -> None:
+        self.pub.put_path(uri, local)
+        if not volatile:
+            self.objects[uri] = sha256_file(local)
+
+    def put_parquet(self, uri: str, df: pl.DataFrame) -> None:
+        self.put(uri, parquet_bytes(df))
+
+    def put_json(self, uri: str, obj: Any, volatile: bool = False) -> None:
+        self.put(uri, json_bytes(obj), "application/json", volatile)
+
+    def record(self) -> dict:
+        return {"stage": self.stage, "primary": self.primary, "objects": dict(sorted(self.objects.items())),
+                "inputs": dict(sorted(self.inputs.items())), "sources": dict(sorted(self.sources.items())),
+                **self.extra}
+
+    def commit(self) -> dict:
+        if self.primary not in self.objects:
+            raise StorageError(f"{self.primary}: partition committed without its primary object")
+        rec = self.record()
+        faults.point("publish.before_record", path=self.primary)
+        self.pub.put(record_uri(self.primary), json_bytes(rec), "application/json")
+        return rec
+
+
+class Publisher:
+    """Writes a stage's outputs to the lake and, when a snapshot folder is given (the DVC pipeline
+    gives one per stage), the same bytes under <snapshot>/<path relative to the lake>, so that DVC
+    versions exactly what was published. The snapshot is staged next to its folder and moved into
+    place by `close()`: a stage that fails leaves no partial DVC output.
+
+    Use as a context manager: on a clean exit the snapshot is committed, on an exception discarded."""
+
+    def __init__(self, lake: str, snapshot: str | Path | None = None) -> None:
+        self.lake = lake.rstrip("/")
+        self.final = Path(snapshot) if snapshot else None
+        self.snapshot = None
+        if self.final is not None:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.snapshot = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.staging-"))
+        self.published: list[str] = []
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
+
+    def close(self) -> None:
+        """Move the staged snapshot into place (replacing what was there)."""
+        if self.snapshot is None:
+            return
+        with _disk_errors(str(self.final), "commit DVC output"):
+            if self.final.exists():
+                shutil.rmtree(self.final)
+            os.replace(self.snapshot, self.final)
+        self.snapshot = None
+
+    def discard(self) -> None:
+        if self.snapshot is not None:
+            shutil.rmtree(self.snapshot, ignore_errors=True)
+            self.snapshot = None
+
+    def _snap(self, uri: str) -> Path | None:
+        if self.snapshot is not None and uri.startswith(self.lake + "/"):
+            return self.snapshot / uri[len(self.lake) + 1:]
+        return None
+
+    def put(self, uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        write_bytes(uri, data, content_type)
+        self.published.append(uri)
+        if (snap := self._snap(uri)) is not None:
+            _write_local(snap, lambda fh: fh.write(data), str(snap))
+
+    def put_path(self, uri: str, local: str | Path) -> None:
+        put_file(uri, local)
+        self.published.append(uri)
+        if (snap := self._snap(uri)) is not None:
+            put_file(str(snap), local)
+
+    def put_parquet(self, uri: str, df: pl.DataFrame) -> None:
+        self.put(uri, parquet_bytes(df))
+
+    def put_json(self, uri: str, obj: Any) -> None:
+        self.put(uri, json_bytes(obj), "application/json")
+
+    def partition(self, primary: str, stage: str, inputs: dict[str, str] | None = None,
+                  sources: dict[str, str] | None = None, extra: dict | None = None) -> Partition:
+        """Start publishing a partition; publish its objects through it, then `commit()`. The old
+        record stays until the new one replaces it: a re-run that writes the same bytes never makes
+        the partition disappear, and an object that changed before its new record is written (a
+        crash, or a reader in between) does not match the record and is refused, never mixed."""
+        return Partition(self, primary, stage, inputs, sources, extra)
+
+    def withdraw_record(self, primary: str) -> None:
+        delete(record_uri(primary))
+        if (snap := self._snap(record_uri(primary))) is not None:
+            snap.unlink(missing_ok=True)
+
+    def remove(self, uri: str) -> None:
+        """Withdraw a previously published object (e.g. a partition that now fails validation): its
+        record first (readers stop trusting it at once), then the object."""
+        self.withdraw_record(uri)
+        delete(uri)
+        if (snap := self._snap(uri)) is not None:
+            snap.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def publishing(lake: str, out: "Publisher | str | Path | None") -> Iterator[Publisher]:
+    """`out` when it is a Publisher already (a command publishing several days through one: its DVC
+    output holds them all), else a Publisher of its own for `lake` and snapshot folder `out`."""
+    if isinstance(out, Publisher):
+        yield out
+        return
+    with Publisher(lake, out) as pub:
+        yield pub

@@ -1,0 +1,135 @@
+"""A small client of the Airflow 3 REST API (JWT from /auth/token): trigger a DAG run and wait.
+
+`python -m pipelines airflow trigger training --conf '{"start_date": "2026-02-01"}' --wait`
+
+Plain HTTP: no Airflow import, so it works from anywhere that reaches the api-server.
+Credentials: AIRFLOW_API_USER / AIRFLOW_API_PASSWORD, else the local stack's admin password file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+TERMINAL = {"success", "failed"}
+
+
+class AirflowApiError(RuntimeError):
+    pass
+
+
+class AirflowClient:
+    def __init__(self, base_url: str | None = None, user: str | None = None, password: str | None = None,
+                 timeout: float = 30.0) -> None:
+        from pipelines.ops import stack
+
+        lay = stack.layout()
+        self.base = (base_url or os.environ.get("AIRFLOW__API__BASE_URL") or lay.airflow_url).rstrip("/")
+        self.user = user or os.environ.get("AIRFLOW_API_USER", "admin")
+        self.password = password or os.environ.get("AIRFLOW_API_PASSWORD") or stack.airflow_password(lay)
+        self.timeout = timeout
+        self._token: str | None = None
+
+    def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.base}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+        if auth:
+            req.add_header("Authorization", f"Bearer {self.token()}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
+
+    def token(self) -> str:
+        if self._token is None:
+            out = self._request("POST", "/auth/token", {"username": self.user, "password": self.password}, auth=False)
+            self._token = out["access_token"]
+        return self._token
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> dict:
+        """Wait until the dag-processor has parsed `dag_id`; unpause it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                dag = self._request("GET", f"/api/v2/dags/{dag_id}")
+                if dag.get("is_paused"):
+                    dag = self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+                return dag
+            except AirflowApiError as exc:
+                if "404" not in str(exc) or time.monotonic() > deadline:
+                    raise AirflowApiError(f"DAG {dag_id} not available after {timeout:.0f}s: {exc}") from None
+            time.sleep(2)
+
+    def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None,
+                logical_date: str | None = None) -> dict:
+        body: dict[str, Any] = {"conf": conf or {}, "logical_date": logical_date}
+        if run_id:
+            body["dag_run_id"] = run_id
+        return self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+    def wait(self, dag_id: str, run_id: str, timeout: float = 900.0, poll: float = 3.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.run(dag_id, run_id)
+            if run["state"] in TERMINAL:
+                return run
+            if time.monotonic() > deadline:
+                raise AirflowApiError(f"{dag_id} run {run_id} still {run['state']} after {timeout:.0f}s")
+            time.sleep(poll)
+
+
+def _require_api_server() -> None:
+    """Fail in about a second, with the command that starts it, when nothing answers."""
+    import socket
+    from urllib.parse import urlparse
+
+    from pipelines.core import state
+    from pipelines.core.services import STACK_HINT, ServiceUnavailable
+    from pipelines.ops import stack
+
+    url = urlparse(os.environ.get("AIRFLOW__API__BASE_URL") or stack.layout().airflow_url)
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80), timeout=1.0):
+            return
+    except OSError:
+        pass
+    if not state.stack_alive():
+        raise ServiceUnavailable(f"{STACK_HINT} (the Airflow api-server at {url.geturl()} does not answer)")
+    raise ServiceUnavailable(f"the Airflow api-server at {url.geturl()} does not answer; check "
+                             f"`python -m pipelines stack status`")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines airflow")
+    sub = ap.add_subparsers(dest="action", required=True)
+    t = sub.add_parser("trigger", help="trigger a DAG run through the REST API")
+    t.add_argument("dag_id")
+    t.add_argument("--conf", default="{}", help="JSON object for the run's params")
+    t.add_argument("--wait", action="store_true", help="wait until the run ends; exit 1 unless it succeeded")
+    t.add_argument("--timeout", type=float, default=1800)
+    args = ap.parse_args(argv)
+    _require_api_server()
+    client = AirflowClient()
+    client.wait_for_dag(args.dag_id)
+    run = client.trigger(args.dag_id, json.loads(args.conf))
+    print(f"triggered {args.dag_id} run {run['dag_run_id']} ({client.base}/dags/{args.dag_id})")
+    if not args.wait:
+        return 0
+    run = client.wait(args.dag_id, run["dag_run_id"], args.timeout)
+    for ti in client.task_instances(args.dag_id, run["dag_run_id"]):
+        print(f"  {ti['task_id']:12s} {ti['state']}  tries={ti.get('try_number')}")
+    print(f"{args.dag_id} run {run['dag_run_id']}: {run['state']}")
+    return 0 if run["state"] == "success" else 1

@@ -1,0 +1,465 @@
+"""The local stack (embedded default): the object store, an MLflow tracking server, Airflow 3.
+
+`python -m pipelines stack up|down|status|env`
+
+Embedded default, on 127.0.0.1 only, state under $FRAUDOPS_HOME (default .state/, mode 0700):
+  * object store: files under .state/objects/<bucket>/<key> (FRAUDOPS_OBJECT_STORE=file://...): the
+    lake, MLflow's artifacts and the DVC remote survive `stack down` and a kill -9 of any service;
+  * MLflow with its basic-auth app: user admin, generated password in .state/secrets (0600), handed to
+    clients as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; a request without them gets 401;
+  * Airflow 3 (api-server, scheduler, dag-processor, triggerer), LocalExecutor, SQLite, auth on.
+Every service runs with umask 077 in its own process group (session) and carries the environment
+marker FRAUDOPS_STACK_ID; `down` signals each group (TERM, then KILL after a grace period) and then
+sweeps every process that still carries the marker, so children that ignore SIGTERM (Airflow's
+workers) or escaped their group do not survive.
+
+Production: set the variables below and the stack starts nothing of that kind:
+  AWS_ENDPOINT_URL / AWS_* credentials, or FRAUDOPS_OBJECT_STORE=s3 -> S3 (or MinIO) through boto3
+  FRAUDOPS_MLFLOW_TRACKING_URI           -> an existing MLflow server; none is started
+  FRAUDOPS_MLFLOW_BACKEND_URI            -> MLflow's backend store (e.g. postgresql://...)
+  FRAUDOPS_MLFLOW_ARTIFACTS              -> MLflow's artifact root (e.g. s3://...)
+  AIRFLOW__DATABASE__SQL_ALCHEMY_CONN    -> Airflow's metadata database (e.g. postgresql+psycopg2://...)
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pipelines.core import state
+from pipelines.core.state import REPO, SERVICES, load_env_file, state_dir  # noqa: F401 - re-exported
+
+MARKER = "FRAUDOPS_STACK_ID"
+BUCKETS = ("fraudops-lake", "fraudops-mlflow", "fraudops-dvc")
+UMASK = 0o077          # databases, secrets, logs and objects: readable by their owner only
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _port(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Layout:
+    home: Path
+    mlflow_port: int
+    airflow_port: int
+
+    @property
+    def s3(self) -> bool:
+        """Objects on S3 (an endpoint or AWS) rather than in the embedded file object store."""
+        return bool(os.environ.get("AWS_ENDPOINT_URL")) or os.environ.get("FRAUDOPS_OBJECT_STORE") == "s3"
+
+    @property
+    def objects(self) -> Path:
+        return self.home / "objects"
+
+    @property
+    def object_store(self) -> str:
+        return "s3" if self.s3 else f"file://{self.objects}"
+
+    @property
+    def external_mlflow(self) -> bool:
+        return bool(os.environ.get("FRAUDOPS_MLFLOW_TRACKING_URI"))
+
+    @property
+    def mlflow_url(self) -> str:
+        return os.environ.get("FRAUDOPS_MLFLOW_TRACKING_URI") or f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow_port}"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def password_file(self) -> Path:
+        return self.airflow_home / "simple_auth_manager_passwords.json.generated"
+
+    @property
+    def mlflow_auth_config(self) -> Path:
+        return self.home / "mlflow" / "basic_auth.ini"
+
+
+def layout() -> Layout:
+    return Layout(state_dir(), _port("FRAUDOPS_MLFLOW_PORT", 5500), _port("FRAUDOPS_AIRFLOW_PORT", 8080))
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _private_file(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created 0600, never readable by others in between)."""
+    _private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    path.chmod(0o600)
+
+
+def _secret(home: Path, name: str) -> str:
+    path = home / "secrets" / name
+    if not path.exists():
+        _private_file(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def stack_env(lay: Layout) -> dict[str, str]:
+    """The variables every process of the stack (and every client) needs."""
+    home = lay.home
+    env = {
+        MARKER: str(home),
+        "FRAUDOPS_HOME": str(home),
+        "FRAUDOPS_OBJECT_STORE": lay.object_store,
+        "MLFLOW_TRACKING_URI": lay.mlflow_url,
+        "AIRFLOW_HOME": str(lay.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(lay.password_file),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{lay.airflow_url}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(lay.airflow_port),
+        "AIRFLOW__API__BASE_URL": lay.airflow_url,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__SECRET_KEY": _secret(home, "api_secret_key"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home, "jwt_secret"),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "15",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # a task whose process died with the scheduler (kill -9, a crash) is failed and retried after
+        # a minute, not five
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "PYTHONPATH": str(REPO),
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    if not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{lay.airflow_home / 'airflow.db'}"
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        env["MLFLOW_S3_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
+    if not lay.external_mlflow:     # the stack's own registry: its admin credentials, for every client
+        env.update({"FRAUDOPS_STACK_MLFLOW_URL": lay.mlflow_url, "MLFLOW_TRACKING_USERNAME": "admin",
+                    "MLFLOW_TRACKING_PASSWORD": _secret(home, "mlflow_admin_password")})
+    return env
+
+
+def write_env_file(lay: Layout, env: dict[str, str]) -> Path:
+    """.state/stack.env: sourced by make, read by `python -m pipelines` for unset variables."""
+    path = lay.home / state.ENV_FILE
+    hidden = {MARKER, "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"}
+    lines = [f"{k}={v}" for k, v in sorted(env.items()) if k not in hidden]
+    _private_file(path, "\n".join(lines) + "\n")       # holds the MLflow client password
+    return path
+
+
+# --------------------------------------------------------------------------- processes
+def _pidfile(lay: Layout, name: str) -> Path:
+    return state.pidfile(lay.home, name)
+
+
+def _read_pid(lay: Layout, name: str) -> int | None:
+    return state.read_pid(lay.home, name)
+
+
+def _start(lay: Layout, name: str, cmd: list[str], env: dict[str, str]) -> int:
+    logs = _private_dir(lay.home / "logs")
+    fd = os.open(logs / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = os.fdopen(fd, "ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **env}, cwd=REPO, start_new_session=True, umask=UMASK)
+    log.close()
+    _private_dir(_pidfile(lay, name).parent)
+    _pidfile(lay, name).write_text(json.dumps({"pid": proc.pid, "pgid": proc.pid, "cmd": cmd}))
+    return proc.pid
+
+
+def _http_ok(url: str, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, lay: Layout, name: str | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if name and _read_pid(lay, name) is None:
+            raise StackError(f"{what} exited during start-up; see {lay.home / 'logs' / (name + '.log')}")
+        time.sleep(0.5)
+    hint = f"; see {lay.home / 'logs' / (name + '.log')}" if name else ""
+    raise StackError(f"{what} not healthy after {timeout:.0f}s{hint}")
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _airflow_health(lay: Layout) -> dict[str, str]:
+    try:
+        with urllib.request.urlopen(f"{lay.airflow_url}/api/v2/monitor/health", timeout=3) as resp:
+            data = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return {k: (v or {}).get("status", "unknown") for k, v in data.items() if isinstance(v, dict)}
+
+
+AIRFLOW_SERVICES = {
+    "airflow-api-server": ["api-server", "--host", "127.0.0.1"],
+    "airflow-scheduler": ["scheduler", "--skip-serve-logs"],
+    "airflow-dag-processor": ["dag-processor"],
+    "airflow-triggerer": ["triggerer", "--skip-serve-logs"],
+}
+
+
+def up(timeout: float = 240.0) -> Layout:
+    """Start whatever is not running yet and wait until everything is healthy (idempotent; a
+    service that died, even by kill -9, is started again on the state it left)."""
+    lay = layout()
+    _private_dir(lay.home)
+    _private_dir(lay.airflow_home)
+    env = stack_env(lay)
+    write_env_file(lay, env)
+    os.environ.update({k: v for k, v in env.items() if k != MARKER})
+
+    # the object store: buckets are folders of .state/objects (embedded) or S3 buckets
+    if not lay.s3:
+        _private_dir(lay.objects)
+    _ensure_buckets(lay)
+    _write_dvc_local_config(lay)
+
+    # MLflow, with its basic-auth app
+    if not lay.external_mlflow:
+        if _read_pid(lay, "mlflow") is None:
+            mdir = _private_dir(lay.home / "mlflow")
+            backend = os.environ.get("FRAUDOPS_MLFLOW_BACKEND_URI") or f"sqlite:///{mdir / 'mlflow.db'}"
+            artifacts = os.environ.get("FRAUDOPS_MLFLOW_ARTIFACTS") or (
+                "s3://fraudops-mlflow/artifacts" if lay.s3 else str(lay.objects / "fraudops-mlflow" / "artifacts"))
+            _write_mlflow_auth_config(lay, env["MLFLOW_TRACKING_PASSWORD"])
+            _start(lay, "mlflow", [_bin("mlflow"), "server", "--app-name", "basic-auth",
+                                   "--backend-store-uri", backend,
+                                   "--artifacts-destination", artifacts, "--serve-artifacts",
+                                   "--host", "127.0.0.1", "--port", str(lay.mlflow_port), "--workers", "1"],
+                   {**env, "MLFLOW_AUTH_CONFIG_PATH": str(lay.mlflow_auth_config),
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(lay.home, "mlflow_flask_secret_key")})
+        _wait("MLflow", lambda: _http_ok(f"{lay.mlflow_url}/health"), timeout, lay, "mlflow")
+
+    # Airflow
+    if not lay.password_file.exists():
+        _private_file(lay.password_file, json.dumps({"admin": secrets.token_urlsafe(12)}))
+    if not all(_read_pid(lay, n) for n in AIRFLOW_SERVICES):
+        migrate = subprocess.run([_bin("airflow"), "db", "migrate"], env={**os.environ, **env}, cwd=REPO,
+                                 capture_output=True, text=True, timeout=timeout, umask=UMASK)
+        if migrate.returncode != 0:
+            raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}\n{migrate.stderr[-2000:]}")
+    for name, args in AIRFLOW_SERVICES.items():
+        if _read_pid(lay, name) is None:
+            _start(lay, name, [_bin("airflow"), *args], env)
+    _wait("Airflow api-server", lambda: _http_ok(f"{lay.airflow_url}/api/v2/monitor/health"), timeout, lay,
+          "airflow-api-server")
+    _wait("Airflow scheduler, dag-processor and triggerer",
+          lambda: all(_airflow_health(lay).get(k) == "healthy"
+                      for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")),
+          timeout, lay)
+    _restrict_state(lay)
+    return lay
+
+
+def _write_mlflow_auth_config(lay: Layout, password: str) -> None:
+    """MLflow's basic-auth app: its user database in .state/mlflow, the admin created on first start
+    with the generated password (the file is 0600: it holds the password)."""
+    db = lay.home / "mlflow" / "basic_auth.db"
+    _private_file(lay.mlflow_auth_config, "[mlflow]\n"
+                  "default_permission = READ\n"
+                  f"database_uri = sqlite:///{db}\n"
+                  "admin_username = admin\n"
+                  f"admin_password = {password}\n"
+                  "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                  # one PBKDF2 check per (user, password) per 5 min, not per request (one worker: no staleness)
+                  "auth_cache_ttl_seconds = 300\n")
+
+
+def _restrict_state(lay: Layout) -> None:
+    """Databases, secrets and the env file: owner only (also for a state folder made before umask 077)."""
+    for path in [lay.home / "stack.env", lay.password_file, lay.mlflow_auth_config,
+                 *lay.home.glob("secrets/*"), *lay.home.glob("**/*.db")]:
+        if path.is_file():
+            path.chmod(0o600)
+    for path in (lay.home, lay.home / "secrets", lay.home / "mlflow", lay.airflow_home):
+        if path.is_dir():
+            path.chmod(0o700)
+
+
+def _ensure_buckets(lay: Layout) -> None:
+    from pipelines.core import storage
+
+    for bucket in BUCKETS:
+        storage.ensure_bucket(bucket)
+
+
+def _write_dvc_local_config(lay: Layout) -> None:
+    """Point the DVC remotes at the stack's object store (.dvc/config.local is git-ignored). In
+    production leave it out and set AWS_ENDPOINT_URL / credentials, or `dvc remote modify --local`."""
+    if not (REPO / ".dvc").is_dir() or lay.home != (REPO / state.STATE_DEFAULT).resolve():
+        return   # only the default stack owns the workspace's DVC config (tests use their own copies)
+    (REPO / ".dvc" / "config.local").write_text(dvc_local_config(lay))
+
+
+def dvc_local_config(lay: Layout) -> str:
+    """The DVC remotes `lake` (the cache) and `raw` (the raw deliveries) on this stack's object store."""
+    if not lay.s3:
+        return (f"['remote \"lake\"']\n    url = {lay.objects / 'fraudops-dvc' / 'cache'}\n"
+                f"['remote \"raw\"']\n    url = {lay.objects / 'fraudops-lake' / 'raw'}\n")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return "".join(f"['remote \"{r}\"']\n    endpointurl = {endpoint}\n" for r in ("lake", "raw")) if endpoint else ""
+
+
+def _marked_processes(home: Path) -> list:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        if p.pid == os.getpid():
+            continue
+        try:
+            if p.environ().get(MARKER) == str(home):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def down(grace: float = 10.0) -> list[int]:
+    """Stop every process the stack started; return the pids that had to be SIGKILLed."""
+    import psutil
+
+    lay = layout()
+    names = list(SERVICES)
+    groups = []
+    for name in names:
+        f = _pidfile(lay, name)
+        if f.exists():
+            groups.append(json.loads(f.read_text())["pgid"])
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    procs = _marked_processes(lay.home)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    killed = []
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in alive + _marked_processes(lay.home):
+        try:
+            p.kill()
+            killed.append(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(_marked_processes(lay.home), timeout=5)
+    # killed children linger as zombies until init reaps them: wait a little so `ps` is clean
+    seen = {p.pid for p in procs} | set(groups)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(psutil.pid_exists(pid) for pid in seen):
+        time.sleep(0.2)
+    for name in names:
+        _pidfile(lay, name).unlink(missing_ok=True)
+    return killed
+
+
+def status() -> dict[str, dict[str, object]]:
+    lay = layout()
+    health = _airflow_health(lay)
+    if lay.s3:
+        objects = {"url": os.environ.get("AWS_ENDPOINT_URL") or "AWS S3", "pid": None, "kind": "s3",
+                   "healthy": _s3_ok()}
+    else:
+        objects = {"url": str(lay.objects), "pid": None, "kind": "files", "healthy": lay.objects.is_dir()}
+    out: dict[str, dict[str, object]] = {
+        "objects": objects,
+        "mlflow": {"url": lay.mlflow_url, "pid": _read_pid(lay, "mlflow") if not lay.external_mlflow else None,
+                   "healthy": _http_ok(f"{lay.mlflow_url}/health")},
+    }
+    keys = {"airflow-api-server": "metadatabase", "airflow-scheduler": "scheduler",
+            "airflow-dag-processor": "dag_processor", "airflow-triggerer": "triggerer"}
+    for name, key in keys.items():
+        out[name] = {"url": lay.airflow_url, "pid": _read_pid(lay, name), "healthy": health.get(key) == "healthy"}
+    return out
+
+
+def _s3_ok() -> bool:
+    from pipelines.core import storage
+
+    try:
+        storage.list_uris(f"s3://{BUCKETS[0]}/_health")
+        return True
+    except storage.StorageError:
+        return False
+
+
+def airflow_password(lay: Layout | None = None) -> str:
+    lay = lay or layout()
+    return json.loads(lay.password_file.read_text())["admin"]
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pipelines stack")
+    ap.add_argument("action", choices=["up", "down", "status", "env"])
+    ap.add_argument("--timeout", type=float, default=240.0)
+    args = ap.parse_args(argv)
+    if args.action == "up":
+        lay = up(args.timeout)
+        for name, info in status().items():
+            print(f"{name:22s} {info['url']:40s} pid={info['pid'] or '-'} healthy={info['healthy']}")
+        print(f"Airflow UI: {lay.airflow_url}  (user admin, password in {lay.password_file})")
+        print(f"MLflow UI:  {lay.mlflow_url}")
+        return 0
+    if args.action == "down":
+        killed = down()
+        left = _marked_processes(layout().home)
+        print(f"stack stopped ({len(killed)} process(es) needed SIGKILL); {len(left)} left")
+        return 1 if left else 0
+    if args.action == "env":
+        lay = layout()
+        for k, v in sorted(stack_env(lay).items()):
+            print(f"export {k}={v}")
+        return 0
+    st = status()
+    for name, info in st.items():
+        print(f"{name:22s} {info['url']:40s} pid={info['pid'] or '-'} healthy={info['healthy']}")
+    return 0 if all(i["healthy"] for i in st.values()) else 1

@@ -1,0 +1,63 @@
+"""params.yaml: strict keys, cross-field checks, suites and limits."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipelines.core.config import ConfigError, load_params
+
+
+def test_unknown_key_in_params_is_an_error(tmp_path):
+    data = yaml.safe_load(open("params.yaml"))
+    data["features"]["windws_days"] = [1]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="windws_days"):
+        load_params(tmp_path / "p.yaml").features
+
+
+def _params_with(tmp_path, mutate):
+    data = yaml.safe_load(open("params.yaml"))
+    mutate(data)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    return load_params(tmp_path / "p.yaml")
+
+
+def test_a_suite_that_does_not_exist_is_an_error_and_no_suite_must_be_said(tmp_path):
+    with pytest.raises(ConfigError, match=r"validate.suites.features: expectations/featres.json does not exist .*false"):
+        _params_with(tmp_path, lambda d: d["validate"]["suites"].update(features="expectations/featres.json"))
+    assert _params_with(tmp_path, lambda d: d["validate"]["suites"].update(features=False)).validate.suites["features"] is False
+    with pytest.raises(ConfigError, match="neither a suite path nor false"):
+        _params_with(tmp_path, lambda d: d["validate"]["suites"].update(features=None))
+
+
+def test_the_duplicate_window_must_cover_the_features_look_back(tmp_path):
+    with pytest.raises(ConfigError, match="duplicate_window_days: 10 is shorter than the features' look-back"):
+        _params_with(tmp_path, lambda d: d["ingest"].update(duplicate_window_days=10))
+    assert load_params().ingest.duplicate_window_days >= load_params().features.lookback_days
+    with pytest.raises(ConfigError, match="services.timeout_s"):
+        _params_with(tmp_path, lambda d: d.update(services={"timeout_s": 0}))
+    with pytest.raises(ConfigError, match="hard_limits.amount"):
+        _params_with(tmp_path, lambda d: d["validate"]["suggest"]["hard_limits"].update(amount=[5, 1]))
+
+
+def test_lookback_covers_windows_and_label_delay():
+    spec = load_params().features
+    assert spec.lookback_days == max(30, 30 + 7)
+
+
+def test_every_section_is_checked_when_the_file_is_loaded_with_the_key_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"monitor.psi: unknown key\(s\) \['alrt'\]"):
+        _params_with(tmp_path, lambda d: d["monitor"].update(psi={"warn": 0.1, "alrt": 0.2}))
+    with pytest.raises(ConfigError, match="monitor.ks: need numbers warn <= alert"):
+        _params_with(tmp_path, lambda d: d["monitor"].update(ks={"warn": 0.3, "alert": 0.2}))
+    with pytest.raises(ConfigError, match="decide.review_threshold: 0.97 must be below block_threshold 0.95"):
+        _params_with(tmp_path, lambda d: d["decide"].update(review_threshold=0.97))
+    with pytest.raises(ConfigError, match="train.gap_days: 3 is shorter than the label delay"):
+        _params_with(tmp_path, lambda d: d["train"].update(gap_days=3))
+    with pytest.raises(ConfigError, match="retrain.window_days: 20 cannot hold the split"):
+        _params_with(tmp_path, lambda d: d["retrain"].update(window_days=20))
+    with pytest.raises(ConfigError, match=r"features: entities \['merchant'\] are not columns"):
+        _params_with(tmp_path, lambda d: d["features"].update(time_since_last=["customer", "merchant"]))
+    p = load_params()
+    assert p.read == set()                               # the load-time check is not a read by a stage
+    assert p.monitor.psi.alert == 0.25 and p.monitor.volume_ratio.low == 0.5 and p.read == {"monitor"}

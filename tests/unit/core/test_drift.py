@@ -1,0 +1,66 @@
+"""Drift statistics and the reference profile: one bin convention."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines.core.drift import CategoricalDrift, NumericDrift, psi, reference_profile
+from pipelines.core.metrics import slice_metrics
+
+
+def numeric_drift(col: pl.Series, ref: dict) -> dict:
+    return NumericDrift(ref).update(col).result()
+
+
+def categorical_drift(col: pl.Series, ref: dict) -> dict:
+    return CategoricalDrift(ref).update(col).result()
+
+
+def _ref(values: np.ndarray, bins: int = 10) -> dict:
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    shares = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1) / len(values)
+    return {"kind": "numeric", "null_share": 0.0, "edges": edges.tolist(), "shares": shares.tolist(),
+            "min": float(values.min()), "max": float(values.max()),
+            "sample": np.quantile(values, np.linspace(0, 1, 101)).tolist()}
+
+
+def test_psi_and_ks_see_a_shift_and_not_noise():
+    rng = np.random.default_rng(0)
+    ref = _ref(rng.lognormal(3, 1, 50_000))
+    same = numeric_drift(pl.Series(rng.lognormal(3, 1, 5_000)), ref)
+    moved = numeric_drift(pl.Series(rng.lognormal(3, 1, 5_000) * 2.0), ref)
+    assert same["psi"] < 0.02 and same["ks"] < 0.04
+    assert moved["psi"] > 0.25 and moved["ks"] > 0.15
+    beyond = numeric_drift(pl.Series([ref["max"] * 2] * 10 + [ref["sample"][50]] * 90), ref)
+    assert beyond["out_of_range_share"] == pytest.approx(0.1)
+    zeros = np.where(rng.random(50_000) < 0.95, 0.0, rng.random(50_000))     # zero-inflated, like fraud rates
+    z = numeric_drift(pl.Series(np.where(rng.random(5_000) < 0.95, 0.0, rng.random(5_000))), _ref(zeros))
+    assert z["ks"] < 0.05 and z["psi"] < 0.05
+    nulls = numeric_drift(pl.Series([None] * 500 + list(rng.lognormal(3, 1, 4_500))), ref)
+    assert nulls["null_share_increase"] == pytest.approx(0.1) and nulls["psi"] > 0.25
+    assert psi([0.5, 0.5], [0.5, 0.5]) == 0.0
+
+
+def test_categorical_drift_counts_unseen_values():
+    ref = {"kind": "categorical", "null_share": 0.0, "frequencies": {"0": 0.5, "1": 0.5}}
+    same = categorical_drift(pl.Series([0, 1] * 500, dtype=pl.Int16), ref)
+    new = categorical_drift(pl.Series([0] * 500 + [7] * 500, dtype=pl.Int16), ref)
+    assert same["psi"] == pytest.approx(0.0, abs=1e-9) and new["psi"] > 1 and new["out_of_range_share"] == 0.5
+
+
+def test_slices_and_reference_profile(params):
+    rng = np.random.default_rng(0)
+    n = 1000
+    f = pl.DataFrame({"amount": rng.exponential(50, n), "is_night": rng.integers(0, 2, n).astype(np.int8),
+                      "label": (rng.random(n) < 0.1).astype(np.int8), "score": rng.random(n).astype(np.float32)})
+    f = f.with_columns(pl.when(pl.int_range(n) < 50).then(None).otherwise(pl.col("amount")).alias("amount"))
+    s = slice_metrics(f, ("is_night",), 0.5)
+    assert set(s) == {"is_night=0", "is_night=1"} and sum(v["rows"] for v in s.values()) == n
+    man = {"feature_names": ["amount", "is_night"]}
+    prof = reference_profile(f, man, params.evaluate)
+    a = prof["features"]["amount"]
+    assert a["kind"] == "numeric" and a["null_share"] == pytest.approx(0.05)
+    assert len(a["edges"]) == 9 and sum(a["shares"]) == pytest.approx(0.95)   # nulls are their own share
+    assert prof["features"]["is_night"]["kind"] == "categorical"
+    assert sum(prof["score"]["shares"]) == pytest.approx(1.0)

@@ -1,0 +1,83 @@
+"""The time split, labelled frames, the feature matrix and the device choice."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines.core import modelio as M
+from tests.conftest import publish
+from tests.unit.conftest import D, local_lake
+
+
+def test_windows_count_back_from_the_last_labelled_day(params):
+    w = M.split_windows(D(2026, 1, 1), D(2026, 2, 28), params.train, 7)
+    assert w.test == (D(2026, 2, 15), D(2026, 2, 21))          # 02-28 minus the 7-day label delay
+    assert w.valid == (D(2026, 2, 8), D(2026, 2, 14))
+    assert w.train == (D(2026, 1, 1), D(2026, 1, 31))          # 7-day gap: 02-01..02-07
+    assert (w.valid[0] - w.train[1]).days - 1 >= 7
+
+
+def test_split_refuses_a_gap_shorter_than_the_label_delay_and_a_short_range(params):
+    import dataclasses
+
+    with pytest.raises(M.TrainingDataError, match="gap_days=3 is shorter than the label delay"):
+        M.split_windows(D(2026, 1, 1), D(2026, 2, 28), dataclasses.replace(params.train, gap_days=3), 7)
+    with pytest.raises(M.TrainingDataError, match="too short"):
+        M.split_windows(D(2026, 2, 1), D(2026, 2, 28), params.train, 7)
+
+
+def test_device_choice_on_a_cpu_machine():
+    assert M.choose_device("auto", gpu=False) == "cpu"
+    assert M.choose_device("auto", gpu=True) == "cuda"
+    assert M.choose_device("cpu", gpu=True) == "cpu"
+    assert M.choose_device("cuda", gpu=False) == "cpu"          # recorded as cpu, not silently "cuda"
+    assert M.gpu_visible() is False                             # this machine and CI have no GPU
+
+
+def test_feature_matrix_refuses_a_mismatch():
+    man = {"feature_names": ["a", "b"], "dtypes": {"a": "Float32", "b": "Int32"}, "spec_hash": "x"}
+    ok = pl.DataFrame({"b": pl.Series([1, None], dtype=pl.Int32), "a": pl.Series([0.5, 1.5], dtype=pl.Float32)})
+    x = M.feature_matrix(ok, man)
+    assert x.dtype == np.float32 and x[0].tolist() == [0.5, 1.0] and np.isnan(x[1, 1])   # manifest order, nulls -> NaN
+    with pytest.raises(M.ManifestMismatch, match="missing feature"):
+        M.feature_matrix(ok.drop("b"), man)
+    with pytest.raises(M.ManifestMismatch, match="dtype mismatch"):
+        M.feature_matrix(ok.with_columns(pl.col("b").cast(pl.Float64)), man)
+
+
+def test_labelled_frames_account_for_every_row_and_name_what_is_missing(tmp_path, params):
+
+    store = local_lake(tmp_path, params)
+    day, land = D(2026, 2, 1), D(2026, 2, 8)
+    feats = pl.DataFrame({"event_id": ["a", "b", "c"], "amount": pl.Series([1.0, 2.0, 3.0], dtype=pl.Float64)})
+    publish(store.uri("features", date=day.isoformat()), feats, {store.uri("features_manifest", date=day.isoformat()):
+            {"feature_columns": ["amount"], "dtypes": {"amount": "Float64"}, "spec_hash": "s1"}})
+    lab = pl.DataFrame({"event_id": ["a", "b"], "label": pl.Series([0, 1], dtype=pl.Int8)})   # c: never labelled
+    publish(store.uri("canonical", dataset="labels", date=land.isoformat()), lab)
+    out, stats = M.load_labelled(store, [day], 7, D(2026, 1, 8))
+    assert stats["rows_in"] == 3 == stats["rows_labelled"] + stats["rows_unlabeled"]
+    assert stats["rows_unlabeled"] == 1 and stats["labels_repeated"] == 0 and stats["positives"] == 1
+    assert out["event_id"].to_list() == ["a", "b"] and out["label"].to_list() == [0, 1]
+    (tmp_path / "lake" / "canonical" / "labels" / f"date={land}" / "part-0.parquet").unlink()
+    with pytest.raises(M.TrainingDataError, match=r"labels/date=2026-02-08/part-0.parquet: label partition missing"):
+        M.load_labelled(store, [day], 7, D(2026, 1, 8))
+
+
+def test_label_repeated_across_partitions_is_counted_and_the_first_kept(tmp_path, params):
+
+    store = local_lake(tmp_path, params)
+    days = [D(2026, 2, 1), D(2026, 2, 2)]
+    for i, d in enumerate(days):
+        f = pl.DataFrame({"event_id": [f"e{i}"], "amount": pl.Series([1.0], dtype=pl.Float64)})
+        publish(store.uri("features", date=d.isoformat()), f, {store.uri("features_manifest", date=d.isoformat()):
+                {"feature_columns": ["amount"], "dtypes": {"amount": "Float64"}, "spec_hash": "s1"}})
+    for d, ids, ys in ((D(2026, 2, 8), ["e0"], [1]), (D(2026, 2, 9), ["e1", "e0"], [0, 0])):
+        lab = pl.DataFrame({"event_id": ids, "label": pl.Series(ys, dtype=pl.Int8)})
+        publish(store.uri("canonical", dataset="labels", date=d.isoformat()), lab)
+    out, stats = M.load_labelled(store, days, 7, D(2026, 1, 8))
+    assert stats["labels_repeated"] == 1 and out["label"].to_list() == [1, 0]
+    missing = tmp_path / "lake" / "features" / "date=2026-02-02" / "part-0.parquet"
+    missing.unlink()
+    with pytest.raises(M.TrainingDataError, match="date=2026-02-02/part-0.parquet: feature partition missing"):
+        M.load_labelled(store, days, 7, D(2026, 1, 8))

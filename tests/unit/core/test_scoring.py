@@ -1,0 +1,74 @@
+"""Scoring: the rule scorer, chunked model scoring with flagged defaults, manifest checks."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines.core.config import ScoreParams
+from pipelines.core.modelio import ManifestMismatch
+from pipelines.core.rules import rule_scores
+from pipelines.core.scoring import Served, fill_defaults, score_partition
+
+D = dt.date(2026, 3, 10)
+
+
+SP = ScoreParams(model_name="m", alias="champion", chunk_rows=4, cache_dir=None, registry_timeout_s=1,
+                 feature_defaults={"amount": "reference_median"},
+                 rules={"default_score": 0.02, "threshold": 0.5,
+                        "when": [{"feature": "amount", "op": ">", "value": 250.0, "score": 0.8}]})
+
+
+def _frame():
+    return pl.DataFrame({"event_id": [f"e{i}" for i in range(10)], "amount": [10.0, 300, None, 20, 5, 900, 1, 2, 3, None],
+                         "n": pl.Series([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], dtype=pl.Int32)})
+
+
+def _booster():
+    import xgboost as xgb
+
+    rng = np.random.default_rng(1)
+    x = rng.random((200, 2)).astype(np.float32) * [1000, 10]
+    return xgb.train({"objective": "binary:logistic", "nthread": 1}, xgb.DMatrix(x, label=(x[:, 0] > 500)), 5)
+
+
+MAN = {"feature_names": ["amount", "n"], "dtypes": {"amount": "Float64", "n": "Int32"}, "spec_hash": "s1",
+       "key_columns": ["event_id"]}
+
+
+FMAN = {"spec_hash": "s1", "key_columns": ["event_id"], "feature_columns": ["amount", "n"]}
+
+
+def test_rules_score_every_row_and_flag_it():
+    served = Served("rules", ["rules"], "no model")
+    out, stats = score_partition(_frame(), FMAN, served, SP, D, "t")
+    assert out["score"].to_list() == pytest.approx([0.02, 0.8, 0.02, 0.02, 0.02, 0.8, 0.02, 0.02, 0.02, 0.02])
+    assert out["scored_by"].unique().to_list() == ["rules"] and out["model_version"].null_count() == 10
+    assert all(f == ["rules"] for f in out["fallback"].to_list()) and stats["fallback_rows"] == {"rules": 10}
+    assert rule_scores(_frame(), SP.rules).dtype == np.float32
+
+
+def test_model_scores_in_chunks_and_flags_defaulted_features():
+    profile = {"features": {"amount": {"sample": list(range(101))}}}
+    served = Served("model", [], "ok", "m", "3", "run", "sha", _booster(), MAN, 0.4, profile)
+    out, stats = score_partition(_frame(), FMAN, served, SP, D, "t")
+    assert stats["chunks"] == 3 and out.height == 10                      # 10 rows in chunks of 4
+    assert out["defaulted_features"].to_list()[2] == ["amount"] and out["fallback"].to_list()[2] == ["feature_default"]
+    assert out["fallback"].to_list()[0] == [] and stats["fallback_rows"] == {"feature_default": 2}
+    assert set(out["model_version"]) == {"3"} and set(out["spec_hash"]) == {"s1"}
+    filled, names = fill_defaults(_frame(), SP.feature_defaults, ["amount"], profile)
+    assert filled["amount"][2] == 50 and names.to_list()[1] == []
+    again, _ = score_partition(_frame(), FMAN, served, SP, D, "t")
+    assert again.equals(out)
+
+
+def test_manifest_mismatch_is_an_error_never_a_silent_misscore():
+    served = Served("model", [], "ok", "m", "3", "run", "sha", _booster(), MAN, 0.4, {"features": {}})
+    with pytest.raises(ManifestMismatch, match="spec"):
+        score_partition(_frame(), {**FMAN, "spec_hash": "other"}, served, SP, D, "t")
+    with pytest.raises(ManifestMismatch, match="dtype"):
+        score_partition(_frame().with_columns(pl.col("n").cast(pl.Float64)), FMAN, served, SP, D, "t")
+    with pytest.raises(ManifestMismatch, match="missing"):
+        score_partition(_frame().drop("n"), FMAN, served, SP, D, "t")

@@ -1,0 +1,69 @@
+"""Decisions: precedence, review capacity, human overrides, rule columns."""
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+
+from pipelines.core.config import DecideParams
+from pipelines.core.reviews import OVERRIDE_SCHEMA
+from pipelines.decide import Tally, decisions
+
+D = dt.date(2026, 3, 10)
+
+
+def decide_all(pred: pl.DataFrame, feats: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams):
+    """The stage's own streaming path, in batches of 3 rows: the decisions and the day's summary."""
+    def batches():
+        for i in range(0, pred.height, 3):
+            yield pred.slice(i, 3), feats.slice(i, 3)
+    tally = Tally()
+    out = []
+    for dec in decisions(batches, overrides, p):
+        tally.add(dec)
+        out.append(dec)
+    return pl.concat(out), tally.summary(overrides, p)
+
+
+DP = DecideParams(block_threshold=0.9, review_threshold="operating", review_capacity=3, over_capacity="approve",
+                  rules=({"name": "huge", "feature": "amount", "op": ">", "value": 1000.0, "decision": "review"},),
+                  allow_list={"customer": ("vip",)})
+
+
+def _pred(scores, customers=None):
+    n = len(scores)
+    return pl.DataFrame({"event_id": [f"e{i}" for i in range(n)], "customer": customers or [f"c{i}" for i in range(n)],
+                         "ds": [D] * n, "score": pl.Series(scores, dtype=pl.Float32),
+                         "threshold": pl.Series([0.5] * n, dtype=pl.Float32), "model_name": ["m"] * n,
+                         "model_version": ["1"] * n, "scored_by": ["model"] * n,
+                         "fallback": pl.Series([[]] * n, dtype=pl.List(pl.String))})
+
+
+def test_decisions_precedence_capacity_and_overrides():
+    pred = _pred([0.95, 0.8, 0.7, 0.6, 0.55, 0.1, 0.2, 0.99], ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "vip"])
+    feats = pl.DataFrame({"event_id": pred["event_id"], "amount": [10.0, 10, 10, 10, 10, 5000, 10, 10]})
+    over = pl.DataFrame({"event_id": ["e1", "nope"], "decision": ["block", "approve"], "reviewer": ["ann", "bob"],
+                         "note": ["confirmed", ""], "at": [dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc)] * 2},
+                        schema=OVERRIDE_SCHEMA)
+    out, s = decide_all(pred, feats, over, DP)
+    got = dict(zip(out["event_id"], zip(out["decision"], out["reason_code"])))
+    assert got["e0"] == ("block", "model_block")
+    assert got["e7"] == ("approve", "allow_list:customer")          # allow-list beats the model's block
+    assert got["e5"] == ("review", "rule:huge")                      # the rule beats the model's approve
+    assert got["e1"] == ("block", "human_override")                  # the human wins
+    # capacity 3: the forced review first, then the highest model scores (e2, e3); e4 spills over
+    assert got["e2"] == ("review", "model_review") and got["e3"] == ("review", "model_review")
+    assert got["e4"] == ("approve", "over_capacity")
+    queue = out.filter(pl.col("queue_rank").is_not_null()).sort("queue_rank")["event_id"].to_list()
+    assert queue == ["e5", "e2", "e3"]
+    assert out.height == pred.height and out["decision"].null_count() == 0 and out["reason_code"].null_count() == 0
+    assert s["overrides_applied"] == 1 and s["overrides_unmatched"] == ["nope"] and s["over_capacity"] == 1
+    assert sum(s["decisions"].values()) == pred.height
+
+
+def test_rule_columns_must_exist():
+    bad = DecideParams(**{**DP.__dict__, "rules": ({"name": "x", "feature": "nope", "op": ">", "value": 1,
+                                                    "decision": "review"},)})
+    with pytest.raises(Exception, match="nope"):
+        decide_all(_pred([0.1]), pl.DataFrame({"event_id": ["e0"]}), pl.DataFrame(schema=OVERRIDE_SCHEMA), bad)
