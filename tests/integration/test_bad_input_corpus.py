@@ -760,7 +760,7 @@ def an_all_null_feature_at_scoring(lake, d):
     import xgboost as xgb
 
     from pipelines.core import modelio as M
-    from pipelines import score as S
+    from pipelines.core import scoring as S
 
     names = ["amount", "customer_fraud_rate_30d"]
     rng = np.random.default_rng(0)

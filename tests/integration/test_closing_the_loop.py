@@ -269,7 +269,7 @@ def test_review_verdicts_are_labels_of_the_next_training_with_provenance(models_
         _quiet(decide.main, ["override", "--params", str(path), "--date", day, "--event-id", ev, "--decision", verdict,
                              "--reviewer", "ana", "--note", "called the customer"])
     assert train.main(["--params", str(path), "--start", TRAIN_RANGE[0], "--end", TRAIN_RANGE[1]]) == 0
-    from pipelines.core.modelio import training_uri
+    from pipelines.core.lake import training_uri
 
     base = training_uri(params.storage, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
     lab = storage.read_parquet(f"{base}/train/labels.parquet")

@@ -14,7 +14,7 @@ from pipelines import score
 from pipelines.core import registry as models, storage
 from pipelines.ops.airflow_api import AirflowClient
 from pipelines.core.config import date_range, load_params, parse_date
-from pipelines.core.modelio import training_uri
+from pipelines.core.lake import training_uri
 
 pytestmark = pytest.mark.integration
 FIRST, LAST, DRIFT_FROM = "2026-03-01", "2026-03-05", "2026-03-03"

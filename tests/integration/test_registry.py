@@ -13,8 +13,9 @@ import pytest
 
 from pipelines import evaluate, register, train
 from pipelines.core import registry as models
-from pipelines.ops import models as models_cli, storage
+from pipelines.core import storage
 from pipelines.core.config import load_params
+from pipelines.ops import models as models_cli
 from tests.conftest import REPO, TRAIN_RANGE, base_params, write_params
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def registry(training_features, tmp_path_factory):
         with redirect_stdout(io.StringIO()):
             assert register.main(p) == 0
         params = load_params(params_for(variant))
-        from pipelines.core.modelio import training_uri
+        from pipelines.core.lake import training_uri
         from pipelines.core.config import parse_date
 
         base = training_uri(params.storage, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))

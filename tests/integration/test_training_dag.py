@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.core import registry as models, storage
 from pipelines.core.config import load_params, parse_date
-from pipelines.core.modelio import training_uri
+from pipelines.core.lake import training_uri
 from tests.conftest import REPO, TRAIN_RANGE
 
 pytestmark = pytest.mark.integration
