@@ -280,7 +280,7 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
 # --------------------------------------------------------------------------- I/O
 class Inputs:
     """The validated transactions and labels a range of feature days reads, each partition verified
-    (pipelines/lineage.py) and remembered with its sha256 by date, so each day's record names
+    (pipelines/core/lineage.py) and remembered with its sha256 by date, so each day's record names
     exactly the partitions of its own look-back."""
 
     def __init__(self, events: pl.DataFrame, labels: pl.DataFrame, missing: list[str],

@@ -26,7 +26,7 @@ across days) are counted in the stats and logged.
 
 A partition that cannot be ingested (no files, an unreadable file, a missing column) withdraws its
 previous canonical partition, so a bad re-delivery never leaves stale data behind: everything
-derived from it is refused from then on (pipelines/lineage.py).
+derived from it is refused from then on (pipelines/core/lineage.py).
 """
 from __future__ import annotations
 

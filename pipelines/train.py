@@ -21,17 +21,15 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from pipelines.core import lake, storage
+from pipelines.core import code, lake, storage
 from pipelines.core import modelio as M
 from pipelines.core.cli import resolve, stage_parser
 from pipelines.core.config import TrainParams, date_range
 
 log = logging.getLogger("pipelines.train")
-CODE_FILES = ("pipelines/train.py", "pipelines/model.py")
 
 
 @dataclass
@@ -104,12 +102,10 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
     return TrainResult(final, params, it, score, thr, table, p.device, used, time.perf_counter() - t0)
 
 
-def code_version(root: Path | None = None) -> str:
-    root = root or Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for f in CODE_FILES:
-        h.update((root / f).read_bytes())
-    return h.hexdigest()[:16]
+def code_version() -> str:
+    """The fingerprint of every project module training runs (pipelines/core/code.py): a change to
+    any of them (the review-label rule in core/reviews.py included) is a new training code version."""
+    return code.fingerprint("pipelines.train")
 
 
 def main(argv: list[str]) -> int:

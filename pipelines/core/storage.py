@@ -11,7 +11,7 @@ environment, never by params.yaml or the code:
 Publishing is atomic per object: an S3 PUT is all-or-nothing; a file is written to a temporary name
 and renamed. Parquet is written with fixed settings so that the same frame gives the same bytes
 (re-running a partition is byte-identical). A partition is committed by its lineage record (see
-`Publisher.partition` and pipelines/lineage.py): objects first, the record last.
+`Publisher.partition` and pipelines/core/lineage.py): objects first, the record last.
 
 Every failure is a StorageError naming the URI, the service or path, and what happens next; waits
 on S3 are bounded by `configure(timeout_s=...)` (params.yaml `services.timeout_s`).
@@ -402,7 +402,7 @@ class ParquetSink:
 
 class Partition:
     """The objects one stage publishes for one partition, committed together by a lineage record
-    written last (pipelines/lineage.py reads it): {stage, objects: {uri: sha256}, inputs: {uri:
+    written last (pipelines/core/lineage.py reads it): {stage, objects: {uri: sha256}, inputs: {uri:
     sha256}, sources: {uri: sha256}}. Until the record is written (or when it is withdrawn), readers
     that verify refuse the partition; an object changed after its record is caught by its sha256.
 

@@ -2,7 +2,7 @@
 stages (`python -m pipelines ...` in process) on a lake of local files. Each case asserts the exit
 code, the message, the row accounting (rows in = rows out + rejected at ingest; rows in =
 validated + quarantined + held at validation) and what was, and was not, published (a committed
-partition: pipelines/lineage.py)."""
+partition: pipelines/core/lineage.py)."""
 from __future__ import annotations
 
 import contextlib

@@ -6,7 +6,7 @@ Elsewhere in the suite: a dead and a hung S3 endpoint (test_s3_path), a corrupt 
 (test_scoring_fallbacks), the registry down -> cached champion (test_scoring_fallbacks), kill -9 of
 each service and `stack down`/`up` losing nothing (test_stack_lifecycle).
 
-Fail points (pipelines/faults.py) put a kill -9 exactly where a crash hurts most: while an object
+Fail points (pipelines/core/faults.py) put a kill -9 exactly where a crash hurts most: while an object
 is written, between the objects and their lineage record, between a model version and its alias.
 """
 from __future__ import annotations
