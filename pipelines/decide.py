@@ -10,8 +10,17 @@ Decision = model + rules + human judgment, all configured in params.yaml `decide
   4. the model: score >= block_threshold -> block                               model_block
                 score >= review threshold -> review                            model_review
                 else approve                                                    model_approve
-Review capacity: rule-forced reviews are always queued; the remaining capacity goes to the highest
-model scores; model reviews beyond it become `over_capacity` decisions (reason over_capacity).
+Review capacity: rule-forced reviews are queued first, then the highest model scores; every review
+beyond capacity (rule-forced ones too) becomes an `over_capacity` decision (decide.over_capacity), counted.
+
+Guardrails (params.yaml `guardrails`, pipelines/core/guardrails.py): before the day's decisions are
+published for action, its health is checked (holding validation warnings, PSI of the model's top
+features, block rate and review volume vs the median of earlier days not held, fallback rows). On a
+breach the day is held: every decision is published as `hold` (reason guardrail_hold; the would-be
+decision stays in proposed_decision; human overrides stand; no review queue), the breach is logged
+and alerted. A person releases or rejects the day:
+`python -m pipelines decide release --date D --action release|reject --reason TEXT` (DAG release_hold),
+recorded in holds/date=D and applied by re-deciding the day (released: the proposed decisions).
 
 Out, for date ds (rows in = rows out): decisions/date=ds (every row: decision, reason_code, the
 model's own decision, score, who scored it and its fallback flags), review_queue/date=ds (the
@@ -25,13 +34,16 @@ import datetime as dt
 import getpass
 import json
 import logging
+import os
 import tempfile
 
 import polars as pl
 
-from pipelines.core import lineage, storage
+from pipelines.core import guardrails as G
+from pipelines.core import lake, lineage, storage
+from pipelines.core.alerts import send_webhook, webhook_url
 from pipelines.core.cli import resolve, stage_parser
-from pipelines.core.config import DecideParams, load_params, parse_date
+from pipelines.core.config import DecideParams, GuardrailParams, StorageParams, load_params, parse_date
 from pipelines.core.reviews import (
     DECISIONS,
     add_override,
@@ -41,6 +53,9 @@ from pipelines.core.reviews import (
 from pipelines.core.rules import rule_mask
 
 log = logging.getLogger("pipelines.decide")
+ACTIONS = (*DECISIONS, G.HOLD)          # what a published decision can be
+
+
 class DecideError(RuntimeError):
     pass
 
@@ -89,12 +104,12 @@ def review_candidates(frame: pl.DataFrame, overridden: pl.Series) -> pl.DataFram
 
 
 def queue_ranks(cands: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
-    """The day's queue: forced reviews first, then the highest model scores, up to capacity (forced
-    reviews are never dropped); model reviews beyond it are `over` (they become over_capacity)."""
+    """The day's queue, up to capacity: rule-forced reviews first, then the model's, each by highest
+    score; every review beyond capacity (rule-forced too) is `over` (it becomes over_capacity, counted)."""
     ranked = cands.sort(["_prio", "score", "event_id"], descending=[False, True, False]).with_row_index(
         "queue_rank", offset=1)
-    keep = max(p.review_capacity, int((cands["_prio"] == 0).sum()))
-    return ranked.select("event_id", pl.col("queue_rank").cast(pl.Int32), (pl.col("queue_rank") > keep).alias("_over"))
+    return ranked.select("event_id", pl.col("queue_rank").cast(pl.Int32),
+                         (pl.col("queue_rank") > p.review_capacity).alias("_over"))
 
 
 def final_decisions(frame: pl.DataFrame, ranks: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
@@ -113,24 +128,85 @@ def final_decisions(frame: pl.DataFrame, ranks: pl.DataFrame, overrides: pl.Data
         pl.when(hit).then(pl.lit("human_override")).otherwise(pl.col("reason_code")).alias("reason_code"))
     keys = [c for c in ("event_id", "event_ts", "customer", "terminal") if c in frame.columns]
     out = frame.select(
-        *keys, "ds", "decision", "reason_code", "model_decision", "score", "threshold", "queue_rank",
+        *keys, "ds", "decision", "reason_code", pl.col("decision").alias("proposed_decision"), "model_decision", "score",
+        "threshold", "queue_rank",
         "overridden_by", "override_note", "model_name", "model_version", "scored_by", "fallback")
-    bad = out.filter(~pl.col("decision").is_in(DECISIONS) | pl.col("reason_code").is_null())
+    bad = out.filter(~pl.col("decision").is_in(ACTIONS) | pl.col("reason_code").is_null())
     if bad.height:
         raise DecideError(f"decide: {bad.height} row(s) without a valid decision/reason, e.g. {bad.head(3).to_dicts()}")
     return out
 
 
-def decisions(batches, overrides: pl.DataFrame, p: DecideParams):
-    """The day's decisions, batch by batch, in two passes over `batches()` (an iterable of aligned
-    (predictions, features) batches): first who wants the review queue and in which order, then
-    each row's decision with the day's queue ranks. Memory: one batch plus the review candidates."""
+def plan(batches, overrides: pl.DataFrame, p: DecideParams) -> tuple[pl.DataFrame, dict]:
+    """First pass over `batches()` (an iterable of aligned (predictions, features) batches): who wants
+    the review queue and in which order, and the proposed counts the guardrails check (rows, blocks,
+    review candidates before capacity). Memory: one batch plus the review candidates."""
     ov = latest_overrides(overrides)
-    cands = [review_candidates(base_decisions(pb, fb, p), ov["event_id"]) for pb, fb in batches()]
-    ranks = queue_ranks(pl.concat(cands) if cands else
-                        pl.DataFrame(schema={"event_id": pl.String, "_prio": pl.Int32, "score": pl.Float32}), p)
+    cands, rows, blocks = [], 0, 0
     for pb, fb in batches():
-        yield final_decisions(base_decisions(pb, fb, p), ranks, ov, p)
+        base = base_decisions(pb, fb, p)
+        rows += base.height
+        blocks += int((base["decision"] == "block").sum())
+        cands.append(review_candidates(base, ov["event_id"]))
+    cand = pl.concat(cands) if cands else pl.DataFrame(schema={"event_id": pl.String, "_prio": pl.Int32, "score": pl.Float32})
+    ranks = queue_ranks(cand, p)
+    if p.over_capacity == "block":
+        blocks += int(ranks["_over"].sum())
+    return ranks, {"rows": rows, "blocks": blocks, "review_volume": cand.height}
+
+
+def hold(dec: pl.DataFrame) -> pl.DataFrame:
+    """A held day: the model and the rules act on nothing (decision `hold`, no queue); a human
+    override stands. The would-be decision stays in proposed_decision."""
+    human = pl.col("reason_code") == "human_override"
+    return dec.with_columns(pl.when(human).then(pl.col("decision")).otherwise(pl.lit(G.HOLD)).alias("decision"),
+                            pl.when(human).then(pl.col("reason_code")).otherwise(pl.lit("guardrail_hold")).alias("reason_code"),
+                            pl.when(human).then(pl.col("queue_rank")).otherwise(None).alias("queue_rank"))
+
+
+def decisions(batches, overrides: pl.DataFrame, p: DecideParams, ranks: pl.DataFrame | None = None, held: bool = False):
+    """The day's decisions, batch by batch (second pass over `batches()`, with the day's queue
+    ranks from `plan`); every one `hold` when the day is held."""
+    if ranks is None:
+        ranks, _ = plan(batches, overrides, p)
+    ov = latest_overrides(overrides)
+    for pb, fb in batches():
+        dec = final_decisions(base_decisions(pb, fb, p), ranks, ov, p)
+        yield hold(dec) if held else dec
+
+
+# --------------------------------------------------------------------------- guardrails
+def trailing_days(store: StorageParams, ds: dt.date, n: int) -> list[dict]:
+    """Proposed counts of the latest `n` decided days before ds that were not held, newest first."""
+    out = []
+    for day in sorted((d for d in lake.dates_present(store, "decision_summary") if d < ds), reverse=True):
+        s = storage.read_json(store.uri("decision_summary", date=day.isoformat()))
+        g = s.get("guardrails") or {}
+        if g.get("status") in ("held", "rejected"):
+            continue
+        out.append({"date": day.isoformat(), **(g.get("proposed") or {
+            "rows": s["rows"], "blocks": s["decisions"].get("block", 0),
+            "review_volume": s.get("review_queue", 0) + s.get("over_capacity", 0)})})
+        if len(out) >= n:
+            break
+    return out
+
+
+def optional_json(uri: str) -> tuple[dict | None, str | None]:
+    """An input that may be absent: its content and sha256 (for the partition's record)."""
+    try:
+        raw = storage.read_bytes(uri)
+    except storage.MissingObject:
+        return None, None
+    return json.loads(raw), storage.sha256(raw)
+
+
+def guard_status(breached: list[str], release: dict | None) -> str:
+    if not breached:
+        return "passed"
+    if release is None:
+        return "held"
+    return "released" if release["action"] == "release" else "rejected"
 
 
 class Tally:
@@ -138,7 +214,7 @@ class Tally:
 
     def __init__(self) -> None:
         self.rows, self.disagree = 0, 0
-        self.decisions: dict[str, int] = {d: 0 for d in DECISIONS}
+        self.decisions: dict[str, int] = {d: 0 for d in ACTIONS}
         self.reasons: dict[str, int] = {}
         self.matched: set[str] = set()
         self.queue: list[pl.DataFrame] = []
@@ -149,7 +225,7 @@ class Tally:
             self.decisions[k] += v
         for k, v in zip(*dec["reason_code"].value_counts().to_dict(as_series=False).values()):
             self.reasons[k] = self.reasons.get(k, 0) + v
-        self.disagree += int((dec["decision"] != dec["model_decision"]).sum())
+        self.disagree += int((dec["proposed_decision"] != dec["model_decision"]).sum())
         self.matched |= set(dec.filter(pl.col("reason_code") == "human_override")["event_id"].to_list())
         self.queue.append(dec.filter(pl.col("queue_rank").is_not_null()))
 
@@ -164,7 +240,121 @@ class Tally:
                 "overrides_unmatched": unmatched, "model_disagrees": self.disagree}
 
 
+def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageParams, pub: storage.Publisher,
+               alerts) -> dict:
+    """Decide one date: plan, check the guardrails, publish decisions, queue and summary."""
+    import pyarrow.parquet as pq
+
+    d = ds.isoformat()
+    reader = lineage.Reader()
+    with tempfile.TemporaryDirectory(prefix="decide-") as tmp:
+        pred_uri = store.uri("predictions", date=d)
+        try:
+            pred_path = reader.fetch(pred_uri, tmp)
+            model_doc = reader.read_json(store.uri("scored_model", date=d), primary=pred_uri)
+            need = feature_columns_needed(pq.ParquetFile(str(pred_path)).schema_arrow.names, p)
+            top = G.top_features(model_doc.get("importance"), g.top_features)
+            feat_path = reader.fetch(store.uri("features", date=d), tmp) if need or top else None
+        except lineage.NotCommitted as exc:
+            raise DecideError(f"decide {d}: {exc}; nothing decided (run features and score for {d} first)") from None
+        except lineage.StaleInput as exc:
+            raise DecideError(f"decide {d}: {exc}; nothing decided") from None
+        top = [f for f in top if feat_path is not None and f in pq.ParquetFile(str(feat_path)).schema_arrow.names]
+        overrides = read_overrides(store, ds)
+
+        def batches(pred_path=pred_path, feat_path=feat_path, need=need):
+            preds = storage.iter_parquet(pred_path)
+            if not need:
+                for pb in preds:
+                    yield pb, pb.select("event_id")
+            else:
+                yield from storage.aligned(preds, storage.iter_parquet(feat_path, ["event_id", *need]))
+
+        # the day's health, before anything is published for action
+        health = G.DayHealth(model_doc.get("reference_profile"), top, g)
+        for fb in storage.iter_parquet(feat_path, top) if top else ():
+            health.add_features(fb)
+        for pb in storage.iter_parquet(pred_path, ["fallback"]):
+            health.add_predictions(pb)
+        val_uri = store.uri("validation_results", dataset="transactions", date=d)
+        validation, val_sha = optional_json(val_uri)
+        rel_uri = store.uri("hold_release", date=d)
+        release, rel_sha = optional_json(rel_uri)
+        ranks, proposed = plan(batches, overrides, p)
+        trailing = trailing_days(store, ds, g.trailing_days)
+        results = G.checks(g, warnings=(validation or {}).get("warnings", []), feature_psi=health.feature_psi(),
+                           rows=proposed["rows"], blocks=proposed["blocks"], review_volume=proposed["review_volume"],
+                           fallback_rows=health.fallback_rows, trailing=trailing)
+        breached = G.breaches(results)
+        status = guard_status(breached, release)
+        held = status in ("held", "rejected")
+
+        sources = {u: s for u, s in ((store.uri("overrides", date=d), storage.sha256(storage.parquet_bytes(overrides))
+                                      if overrides.height else None), (val_uri, val_sha), (rel_uri, rel_sha)) if s}
+        part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed, sources=sources)
+        sink, tally = storage.ParquetSink(store.uri("decisions", date=d), tmp, part), Tally()
+        for dec in decisions(batches, overrides, p, ranks, held):
+            sink.write(dec)
+            tally.add(dec)
+        summ = tally.summary(overrides, p)
+        summ["guardrails"] = {"status": status, "breaches": breached, "checks": results, "proposed": proposed,
+                              "top_features": top, "trailing_dates": [x["date"] for x in trailing], "release": release}
+        n_pred = pq.ParquetFile(str(pred_path)).metadata.num_rows
+        if summ["rows"] != n_pred:
+            raise DecideError(f"decide {d}: {summ['rows']} decisions for {n_pred} predictions")
+        queue = pl.concat(tally.queue).sort("queue_rank") if tally.queue else pl.DataFrame()
+        part.put_parquet(store.uri("review_queue", date=d), queue)
+        part.put_json(store.uri("decision_summary", date=d), summ)
+        sink.close()
+        part.commit()
+    if summ["overrides_applied"]:
+        log.info("%d human override(s) applied for %s (reason_code human_override, reviewer in overridden_by)",
+                 summ["overrides_applied"], d)
+    if summ["overrides_unmatched"]:
+        log.warning("%d override(s) for %s match no event of the day: %s", len(summ["overrides_unmatched"]), d,
+                    summ["overrides_unmatched"][:10])
+    if breached:
+        what = {"held": "HELD: nothing is acted on until a person releases it (DAG release_hold)",
+                "rejected": "held and REJECTED by a person", "released": f"released by {(release or {}).get('by')}"}[status]
+        log.error("decide %s: guardrails breached: %s; the day is %s", d, " | ".join(breached), what)
+        url = webhook_url(alerts.webhook_url)
+        if url and status == "held":
+            send_webhook(url, {"date": d, "kind": "guardrail_hold", "breaches": breached}, alerts.timeout_s)
+    log.info("decide %s: %s; review queue %d/%d (%d over capacity); guardrails %s", d, summ["decisions"],
+             summ["review_queue"], p.review_capacity, summ["over_capacity"], status)
+    print(json.dumps({"date": d, **summ["decisions"], "review_queue": summ["review_queue"], "guardrails": status},
+                     sort_keys=True))
+    return summ
+
+
+def release_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines decide release",
+                                 description="release (act on the proposed decisions) or reject a day held by the guardrails")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--date", type=parse_date, required=True)
+    ap.add_argument("--action", required=True, choices=("release", "reject"))
+    ap.add_argument("--reason", required=True)
+    ap.add_argument("--reviewer", default=None)
+    a = ap.parse_args(argv)
+    store = load_params(a.params).storage
+    d = a.date.isoformat()
+    summ, _ = optional_json(store.uri("decision_summary", date=d))
+    status = ((summ or {}).get("guardrails") or {}).get("status")
+    if status not in ("held", "released", "rejected"):
+        raise DecideError(f"decide release {d}: the day is not held by the guardrails (status {status or 'not decided'}); "
+                          f"nothing recorded")
+    rec = {"date": d, "action": a.action, "by": a.reviewer or os.environ.get("AIRFLOW_CTX_DAG_OWNER") or getpass.getuser(),
+           "reason": a.reason, "airflow_run": os.environ.get("AIRFLOW_CTX_DAG_RUN_ID"),
+           "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    storage.write_bytes(store.uri("hold_release", date=d), json.dumps(rec, sort_keys=True, indent=1).encode(),
+                        "application/json")
+    log.warning("decide %s: %s by %s (%s); re-deciding the day", d, a.action, rec["by"], a.reason)
+    return main(["--params", a.params, "--date", d])
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "release" or argv[1:2] == ["release"] and argv[0].startswith("--params="):
+        return release_main([a for a in argv if a != "release"])
     if argv and argv[0] == "override":
         ap = argparse.ArgumentParser(prog="python -m pipelines decide override",
                                      description="record a reviewer's decision for one event (it wins on the next decide run)")
@@ -183,55 +373,8 @@ def main(argv: list[str]) -> int:
         return 0
     args = stage_parser("decide", __doc__).parse_args(argv)
     params, days = resolve(args)
-    p, store = params.decide, params.storage
+    p, g, store = params.decide, params.guardrails, params.storage
     with storage.Publisher(store.lake, args.snapshot) as pub:
         for ds in days:
-            d = ds.isoformat()
-            reader = lineage.Reader()
-            with tempfile.TemporaryDirectory(prefix="decide-") as tmp:
-                try:
-                    pred_path = reader.fetch(store.uri("predictions", date=d), tmp)
-                    import pyarrow.parquet as pq
-
-                    need = feature_columns_needed(pq.ParquetFile(str(pred_path)).schema_arrow.names, p)
-                    feat_path = reader.fetch(store.uri("features", date=d), tmp) if need else None
-                except lineage.NotCommitted as exc:
-                    raise DecideError(f"decide {d}: {exc}; nothing decided (run features and score for {d} first)") from None
-                except lineage.StaleInput as exc:
-                    raise DecideError(f"decide {d}: {exc}; nothing decided") from None
-                overrides = read_overrides(store, ds)
-
-                def batches(pred_path=pred_path, feat_path=feat_path, need=need):
-                    preds = storage.iter_parquet(pred_path)
-                    if feat_path is None:
-                        for pb in preds:
-                            yield pb, pb.select("event_id")
-                    else:
-                        yield from storage.aligned(preds, storage.iter_parquet(feat_path, ["event_id", *need]))
-
-                ov_uri = store.uri("overrides", date=d)
-                part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed,
-                                     sources={ov_uri: storage.sha256(storage.parquet_bytes(overrides))} if overrides.height else {})
-                sink, tally = storage.ParquetSink(store.uri("decisions", date=d), tmp, part), Tally()
-                for dec in decisions(batches, overrides, p):
-                    sink.write(dec)
-                    tally.add(dec)
-                summ = tally.summary(overrides, p)
-                if summ["rows"] != pq.ParquetFile(str(pred_path)).metadata.num_rows:
-                    raise DecideError(f"decide {d}: {summ['rows']} decisions for "
-                                      f"{pq.ParquetFile(str(pred_path)).metadata.num_rows} predictions")
-                queue = pl.concat(tally.queue).sort("queue_rank") if tally.queue else pl.DataFrame()
-                part.put_parquet(store.uri("review_queue", date=d), queue)
-                part.put_json(store.uri("decision_summary", date=d), summ)
-                sink.close()
-                part.commit()
-            if summ["overrides_applied"]:
-                log.info("%d human override(s) applied for %s (reason_code human_override, reviewer in overridden_by)",
-                         summ["overrides_applied"], d)
-            if summ["overrides_unmatched"]:
-                log.warning("%d override(s) for %s match no event of the day: %s", len(summ["overrides_unmatched"]), d,
-                            summ["overrides_unmatched"][:10])
-            log.info("decide %s: %s; review queue %d/%d (%d over capacity)", d, summ["decisions"], summ["review_queue"],
-                     p.review_capacity, summ["over_capacity"])
-            print(json.dumps({"date": d, **summ["decisions"], "review_queue": summ["review_queue"]}, sort_keys=True))
+            decide_day(ds, p, g, store, pub, params.alerts)
     return 0

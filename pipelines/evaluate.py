@@ -132,9 +132,7 @@ def main(argv: list[str]) -> int:
     base_test = test.with_columns((pl.col(rule.feature) > rule.threshold).cast(pl.Float32).fill_null(0.0).alias("score"))
     baseline_eval = evaluate_scores(base_test, 0.5, p)
     cal = calibration_table(test["label"].to_numpy(), test["score"].to_numpy(), p.calibration_bins)
-    importance = {k: float(v) for k, v in sorted(booster.get_score(importance_type="total_gain").items())}
-    names = manifest["feature_names"]
-    importance = {names[int(k[1:])] if k.startswith("f") and k[1:].isdigit() else k: v for k, v in importance.items()}
+    importance = M.importance(booster, manifest["feature_names"])
     evaluation = {"windows": win, "threshold": thr, "device_used": summary["device_used"], "test": model_eval,
                   "baseline": baseline_eval, "baseline_rule": {"feature": rule.feature, "threshold": rule.threshold},
                   "calibration": cal, "feature_importance": importance, "model_sha256": summary["model_sha256"]}

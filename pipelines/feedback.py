@@ -54,7 +54,7 @@ def decision_outcomes(frame: pl.DataFrame) -> dict:
     """Per decision type: labelled rows, frauds, legit (feed labels); and the two rates ops watch."""
     out: dict = {}
     lab = frame.filter(pl.col("label_source") == "feed")
-    for dec in ("block", "review", "approve"):
+    for dec in ("block", "review", "approve", "hold"):
         part = lab.filter(pl.col("decision") == dec)
         fraud = int(part["label"].sum() or 0)
         out[f"decision.{dec}.rows"] = part.height

@@ -156,6 +156,10 @@ def day_metrics(ds: dt.date, obs: Observed, dec_summary: dict, model_doc: dict, 
             status=_band(rates.get(d, 0.0), p.review_rate.low, p.review_rate.high) if d == "review" else None)
     for k in ("over_capacity", "overrides_applied", "model_disagrees", "review_queue"):
         add("decision", k, dec_summary.get(k, 0))
+    guard = dec_summary.get("guardrails") or {}
+    add("decision", "hold_rate", rates.get("hold", 0.0))
+    add("decision", "day_held", int(guard.get("status") in ("held", "rejected")),
+        status="alert" if guard.get("status") in ("held", "rejected") else "ok")
     add("fallback", "fallback_share", obs.fallback_any / n if n else 0.0, "", p.fallback_share.warn,
         p.fallback_share.alert)
     for kind in ("registry_cache", "rules", "feature_default"):
@@ -181,11 +185,13 @@ def with_rolling(today: pl.DataFrame, history: pl.DataFrame, days: int) -> pl.Da
         pl.lit(days, pl.Int32).alias("window_days"))
 
 
-def alerts_of(metrics: pl.DataFrame, ds: dt.date, drifted: list[str]) -> list[dict]:
+def alerts_of(metrics: pl.DataFrame, ds: dt.date, drifted: list[str], held_why: list[str] = ()) -> list[dict]:
     out = []
     for r in metrics.filter(pl.col("status") == "alert").iter_rows(named=True):
         what = f"{r['metric']}" + (f"[{r['feature']}]" if r["feature"] else "")
-        if r["metric"] == "day_drifted":
+        if r["metric"] == "day_held":
+            msg = f"{ds}: the day is held by the guardrails (nothing acted on until released): " + "; ".join(held_why)
+        elif r["metric"] == "day_drifted":
             msg = f"{ds}: the day is drifted: feature(s) at alert {drifted or '[]'} (or the score)"
         elif r["alert"] is None:
             msg = f"{ds}: {what} = {r['value']:.4g} is outside its configured band"
@@ -314,7 +320,7 @@ def monitor_day(params, ds: dt.date, snapshot: str | None = None) -> dict:
     metrics = with_rolling(today, read_metrics(store, "monitoring", window), p.rolling_days)
     perf = with_rolling(pl.DataFrame(perf_rows(ds, stats), schema=METRIC_SCHEMA),
                         read_metrics(store, "monitoring_perf", window), p.rolling_days)
-    alerts = alerts_of(metrics, ds, details["drifted_features"])
+    alerts = alerts_of(metrics, ds, details["drifted_features"], (dec_summary.get("guardrails") or {}).get("breaches", []))
     with storage.publishing(store.lake, snapshot) as pub:
         return _publish_day(pub, reader, params, ds, metrics, perf, alerts, details, model_doc, dec_summary)
 

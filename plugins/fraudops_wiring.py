@@ -200,6 +200,11 @@ class StageSensor(_Subprocess, BaseSensorOperator):
         return True
 
 
+def _confirmed(params, what: str) -> None:
+    if params.get("confirm") is not True:
+        raise AirflowFailException(f"not confirmed: tick confirm in the form to {what}; nothing changed")
+
+
 class ConfirmedModelsOperator(StageOperator):
     """`python -m pipelines models <action> [version] --reason=<reason>` from a Params form, refused
     unless `confirm` is ticked (the run fails and nothing moves)."""
@@ -210,14 +215,30 @@ class ConfirmedModelsOperator(StageOperator):
 
     def argv(self, context) -> list[str]:
         params = context["params"]
-        if params.get("confirm") is not True:
-            raise AirflowFailException("not confirmed: tick confirm in the form to move the alias; nothing changed")
+        _confirmed(params, "move the alias")
         argv = super().argv(context)
         if self.action == "promote":
             argv += ["promote", _checked(params.get("version"), VERSION_PATTERN, "version")]
         else:
             argv.append(self.action)
         return argv + [f"--reason={params.get('reason') or 'manual'}"]
+
+
+class ReleaseHoldOperator(StageOperator):
+    """`python -m pipelines decide release --date=<date> --action=release|reject --reason=<reason>`
+    from the release_hold form, refused unless `confirm` is ticked."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(stage="decide", **kwargs)
+
+    def argv(self, context) -> list[str]:
+        params = context["params"]
+        _confirmed(params, "release or reject the held day")
+        action = params.get("action")
+        if action not in ("release", "reject"):
+            raise AirflowFailException(f"action {action!r} refused: release | reject")
+        return super().argv(context) + ["release", f"--date={_checked(params.get('date'), DATE_PATTERN, 'date')}",
+                                        f"--action={action}", f"--reason={params.get('reason') or 'manual'}"]
 
 
 def daily_dag(dag_id: str, description: str, start: datetime, catchup_env: str, doc_md: str | None, tags: list[str]):
@@ -233,23 +254,30 @@ def daily_dag(dag_id: str, description: str, start: datetime, catchup_env: str, 
                tags=["fraudops", *tags], doc_md=doc_md)
 
 
-def registry_dag(dag_id: str, description: str, doc_md: str | None, reason: str, extra: dict | None = None):
-    """A DAG triggered by hand that moves a registry alias: one ConfirmedModelsOperator task named
-    `dag_id` (promote | rollback), a form with `confirm` (must be ticked), `reason` (recorded in the
-    alias history), `params_file` and `extra` params; no retries (a refused move is not retried)."""
+def manual_dag(dag_id: str, description: str, doc_md: str | None, reason: str, task, extra: dict | None = None,
+               tags: tuple[str, ...] = ("registry",)):
+    """A DAG triggered by hand for an action a person confirms (promote, rollback, release_hold): one
+    task `task(dag_id)`, a form with the `extra` params, `confirm` (must be ticked), `reason` (recorded
+    with the action) and `params_file`; no retries (a refused action is not retried)."""
     from airflow.sdk import DAG
 
     dag = DAG(dag_id=dag_id, description=description, schedule=None, catchup=False, max_active_runs=1,
               default_args={**default_args(), "retries": 0},
               params={**(extra or {}),
-                      "confirm": Param(False, type="boolean", title="Confirm", description="tick to really move the alias"),
+                      "confirm": Param(False, type="boolean", title="Confirm", description="tick to really do it"),
                       "reason": Param(reason, type="string", minLength=1, maxLength=2000, title="Reason",
-                                      description="recorded in the alias history"),
+                                      description="recorded with the action"),
                       "params_file": params_file_param()},
-              tags=["fraudops", "registry"], doc_md=doc_md)
+              tags=["fraudops", *tags], doc_md=doc_md)
     with dag:
-        ConfirmedModelsOperator(task_id=dag_id, action=dag_id)
+        task(dag_id)
     return dag
+
+
+def registry_dag(dag_id: str, description: str, doc_md: str | None, reason: str, extra: dict | None = None):
+    """promote | rollback: a ConfirmedModelsOperator named after the action."""
+    return manual_dag(dag_id, description, doc_md, reason,
+                      lambda name: ConfirmedModelsOperator(task_id=name, action=name), extra)
 
 
 def retrain_requested(ti) -> dict | bool:

@@ -457,6 +457,39 @@ class MonitorParams:
 
 
 @dataclass(frozen=True)
+class GuardrailParams:
+    """Health limits checked before a day's decisions are acted on; a breach holds the day."""
+    on_breach: str = "hold"                        # hold: decisions published as `hold` until a person releases
+    validation_warning_kinds: tuple[str, ...] = ()  # a validation warning of these kinds (name before ':') holds
+    top_features: int = 5                          # the model's most important features (total gain) ...
+    max_feature_psi: float = 2.0                   # ... whose PSI above this holds the day
+    trailing_days: int = 7                         # the baseline: median of the last N days not held
+    min_trailing_days: int = 3                     # fewer earlier days: the ratio checks are skipped (said)
+    max_block_rate_ratio: float = 4.0              # block rate above k x the trailing median
+    max_review_volume_ratio: float = 4.0           # review candidates above k x the trailing median
+    fallback_kinds: tuple[str, ...] = ("feature_default",)
+    max_fallback_share: float = 0.2                # rows on those fallbacks
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "GuardrailParams":
+        d = dict(d or {})
+        for k in ("validation_warning_kinds", "fallback_kinds"):
+            if k in d:
+                d[k] = tuple(str(x) for x in d[k] or ())
+        g = _build(cls, d, "guardrails")
+        if g.on_breach != "hold":
+            raise ConfigError(f"guardrails.on_breach: {g.on_breach!r} is not supported (hold)")
+        for k in ("max_block_rate_ratio", "max_review_volume_ratio"):
+            if not (_number(getattr(g, k)) and getattr(g, k) > 1):
+                raise ConfigError(f"guardrails.{k}: need a number above 1 (got {getattr(g, k)!r})")
+        if not (_number(g.max_feature_psi) and g.max_feature_psi > 0 and 0 <= g.max_fallback_share <= 1):
+            raise ConfigError("guardrails: max_feature_psi must be > 0 and max_fallback_share in [0, 1]")
+        if not (0 <= g.min_trailing_days <= g.trailing_days and g.top_features >= 0):
+            raise ConfigError("guardrails: need 0 <= min_trailing_days <= trailing_days and top_features >= 0")
+        return g
+
+
+@dataclass(frozen=True)
 class AlertParams:
     webhook_url: str | None = None    # alerts are POSTed here too (FRAUDOPS_ALERT_WEBHOOK overrides)
     timeout_s: float = 5.0
@@ -590,6 +623,7 @@ class Params:
     storage = _Section(StorageParams)
     services = _Section(ServiceParams, optional=True)
     alerts = _Section(AlertParams, optional=True)
+    guardrails = _Section(GuardrailParams, optional=True)
     train = _Section(TrainParams)
     evaluate = _Section(EvaluateParams)
     register = _Section(RegisterParams)
@@ -655,7 +689,7 @@ class Params:
         for name in self.dataset_names:
             self.dataset(name)
         train, ev = self.train, self.evaluate
-        self.register, self.score, self.shadow, self.monitor, self.feedback  # noqa: B018
+        self.register, self.score, self.shadow, self.monitor, self.feedback, self.guardrails  # noqa: B018
         self.promotion, self.rollback  # noqa: B018
         decide, retrain = self.decide, self.retrain
         delay = labels.delay_days if labels else 0

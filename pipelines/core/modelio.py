@@ -273,3 +273,9 @@ class StageOutput:
 
     def put_json(self, name: str, obj) -> str:
         return self.put(name, storage.json_bytes(obj), "application/json")
+
+
+def importance(booster, names: list[str]) -> dict[str, float]:
+    """Total gain per feature, by feature name (XGBoost says f0, f1, ... when the matrix had no names)."""
+    raw = booster.get_score(importance_type="total_gain")
+    return {names[int(k[1:])] if k.startswith("f") and k[1:].isdigit() else k: float(v) for k, v in sorted(raw.items())}

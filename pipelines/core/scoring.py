@@ -351,7 +351,9 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
                              extra={"model": {k: v for k, v in served.meta().items() if k != "reason"}})
         sink = storage.ParquetSink(store.uri(kind, date=d), tmp, part)
         stats = score_file(path, fman, served, p, ds, uri, sink)
-        part.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role, "reference_profile": served.profile})
+        imp = M.importance(served.booster, served.manifest["feature_names"]) if served.booster is not None else {}
+        part.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role, "reference_profile": served.profile,
+                                                      "importance": imp})
         part.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri}, volatile=True)
         sink.close()
         part.commit()                  # the record last: until it is written, the date is not scored

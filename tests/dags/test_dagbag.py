@@ -228,3 +228,24 @@ def test_promote_and_rollback_need_confirm_and_keep_form_input_out_of_the_shell(
                        env={"PATH": "/usr/bin:/bin", "FRAUDOPS_HOME": str(tmp_path)})
     assert r.returncode == 1 and "ERROR models:" in r.stderr, r.stderr
     assert not any(tmp_path.glob("pwned*")) and not any(REPO.glob("pwned*"))
+
+
+def test_release_hold_needs_confirm_and_keeps_form_input_out_of_the_shell(dagbag):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import AirflowFailException, ParamValidationError
+
+    dag = dagbag.dags["release_hold"]
+    assert type(dag.timetable).__name__ == "NullTimetable"
+    (task,) = dag.tasks
+    hostile = 'x"; touch pwned; echo "$(touch pwned2)'
+    with pytest.raises(AirflowFailException, match="not confirmed.*nothing changed"):
+        task.argv(_ctx(confirm=False, reason=hostile, date="2026-03-01", action="release"))
+    argv = task.argv(_ctx(confirm=True, reason=hostile, date="2026-03-01", action="reject"))
+    assert argv[3] == "decide" and argv[-4:] == ["release", "--date=2026-03-01", "--action=reject", f"--reason={hostile}"]
+    for bad in ({"date": "2026-03-01; touch pwned"}, {"action": "release; touch pwned"}):
+        with pytest.raises(AirflowFailException, match="refused"):
+            task.argv(_ctx(confirm=True, reason="r", **{"date": "2026-03-01", "action": "release", **bad}))
+    params = ParamsDict(dag.params)
+    for k, v in (("date", "2026-03-01`id`"), ("action", "approve_all")):
+        with pytest.raises(ParamValidationError, match=f"param {k}"):
+            params[k] = v

@@ -17,7 +17,8 @@ PAYLOADS = ["params.yaml; touch pwned; exit 1 #", "$(touch pwned)", "`touch pwne
             'x" && touch pwned && "', "params.yaml\ntouch pwned", "--force", "../../../../etc/passwd"]
 STRING_PARAMS = {"training": ["params_file", "start_date", "end_date", "reason"],
                  "nightly_scoring": ["params_file"], "labels": ["params_file"],
-                 "promote": ["params_file", "version", "reason"], "rollback": ["params_file", "reason"]}
+                 "promote": ["params_file", "version", "reason"], "rollback": ["params_file", "reason"],
+                 "release_hold": ["params_file", "date", "action", "reason"]}
 
 
 def pwned() -> list:

@@ -67,3 +67,36 @@ def test_rule_columns_must_exist():
                                                     "decision": "review"},)})
     with pytest.raises(Exception, match="nope"):
         decide_all(_pred([0.1]), pl.DataFrame({"event_id": ["e0"]}), pl.DataFrame(schema=OVERRIDE_SCHEMA), bad)
+
+
+def test_rule_forced_reviews_respect_the_capacity_highest_risk_first():
+    """Five rule-forced reviews, capacity 3: the three with the highest scores are queued, the other
+    two are counted as over_capacity (never silently dropped)."""
+    pred = _pred([0.1, 0.6, 0.2, 0.4, 0.3])
+    feats = pl.DataFrame({"event_id": pred["event_id"], "amount": [5000.0] * 5})
+    out, s = decide_all(pred, feats, pl.DataFrame(schema=OVERRIDE_SCHEMA), DP)
+    got = {r["event_id"]: (r["decision"], r["reason_code"], r["queue_rank"]) for r in out.iter_rows(named=True)}
+    assert [e for e, v in sorted(got.items(), key=lambda kv: kv[1][2] or 99) if v[2]] == ["e1", "e3", "e4"]
+    assert got["e0"] == got["e2"] == ("approve", "over_capacity", None)
+    assert s["review_queue"] == 3 and s["over_capacity"] == 2 and s["rows"] == 5
+
+
+def test_a_held_day_acts_on_nothing_but_human_overrides_stand():
+    pred = _pred([0.95, 0.7, 0.1, 0.99])
+    feats = pl.DataFrame({"event_id": pred["event_id"], "amount": [1.0] * 4})
+    ov = pl.DataFrame({"event_id": ["e3"], "decision": ["approve"], "reviewer": ["ann"], "note": [""],
+                       "at": [dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc)]}, schema=OVERRIDE_SCHEMA)
+
+    def batches():
+        yield pred, feats
+
+    tally = Tally()
+    out = pl.concat(list(decisions(batches, ov, DP, held=True)))
+    for dec in decisions(batches, ov, DP, held=True):
+        tally.add(dec)
+    assert out["decision"].to_list() == ["hold", "hold", "hold", "approve"]
+    assert out["reason_code"].to_list() == ["guardrail_hold"] * 3 + ["human_override"]
+    assert out["proposed_decision"].to_list() == ["block", "review", "approve", "approve"]
+    assert out["queue_rank"].null_count() == 4
+    s = tally.summary(ov, DP)
+    assert s["decisions"]["hold"] == 3 and s["decisions"]["block"] == 0 and s["review_queue"] == 0
