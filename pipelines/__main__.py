@@ -32,6 +32,8 @@ COMMANDS = {
     "nightly": ("pipelines.ops.nightly", "the nightly chain for a date range in one process (no scheduler)",
                 ("registry?",)),
     "models": ("pipelines.ops.models", "the registry: list | history | promote | rollback | lineage", ("registry",)),
+    "audit": ("pipelines.ops.audit", "cross-check the lake's records, the registry and Airflow's runs for dates",
+              ("registry",)),
     "airflow": ("pipelines.ops.airflow_api", "trigger a DAG run through the REST API (and wait)", ()),
 }
 

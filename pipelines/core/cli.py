@@ -44,6 +44,15 @@ def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
+def range_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A tool over a date range (nightly, audit): --params, --start and --end (both required)."""
+    ap = argparse.ArgumentParser(prog=f"python -m pipelines {prog}", description=(doc or "").split("\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--start", type=parse_date, required=True)
+    ap.add_argument("--end", type=parse_date, required=True)
+    return ap
+
+
 def resolve(args: argparse.Namespace) -> tuple[Params, list[dt.date]]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

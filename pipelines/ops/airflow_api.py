@@ -77,6 +77,20 @@ class AirflowClient:
     def run(self, dag_id: str, run_id: str) -> dict:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
 
+    def run_ids(self, dag_id: str, page: int = 100) -> set[str]:
+        """Every run id of `dag_id` (paged); none for a DAG Airflow does not know."""
+        out: set[str] = set()
+        while True:
+            try:
+                got = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit={page}&offset={len(out)}")
+            except AirflowApiError as exc:
+                if "HTTP 404" in str(exc):
+                    return out
+                raise
+            out |= {r["dag_run_id"] for r in got["dag_runs"]}
+            if len(got["dag_runs"]) < page or len(out) >= got.get("total_entries", 0):
+                return out
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 

@@ -119,6 +119,8 @@ def main(argv: list[str]) -> int:
             summ = storage.read_json(store.uri("decision_summary", date=day.isoformat()))
             print(f"  {day}  {'DRIFT ' if mon['drifted'] else 'stable'} alerts={len(mon['alerts']):2d}  "
                   f"review={summ['decisions']['review']:4d} block={summ['decisions']['block']:3d}  "
+                  + (f"HELD ({summ['decisions'].get('hold', 0)} rows)  " if summ.get("guardrails", {}).get("status") == "held" else "")
+                  + 
                   f"retrain={'YES' if d['retrain'] else 'no '}  ({sum(out['seconds'].values()):.1f}s) {d['reason'][:90]}",
                   flush=True)
             if d["retrain"]:
@@ -187,5 +189,14 @@ def main(argv: list[str]) -> int:
               f"python -m pipelines decide override --date D --event-id ID --decision block --reviewer you")
         print("  the same job under the scheduler: DAG nightly_scoring (backfill: airflow backfill create --dag-id "
               "nightly_scoring --from-date D --to-date D)")
+        from pipelines.ops import audit
+
+        found = audit.contradictions(audit.gather(params, date_range(dp.nightly[0], last), c, client))
+        print(f"Audit {dp.nightly[0]}..{last} (lake records vs the registry vs Airflow's runs): "
+              + (f"{len(found)} contradiction(s)" if found else "no contradiction"), flush=True)
+        for line in found:
+            print(f"  CONTRADICTION {line}")
+        if found:
+            return 1
     print("Stop everything: python -m pipelines stack down   (or make down)")
     return 0

@@ -7,7 +7,6 @@ demo or a catch-up without the scheduler. A retrain decision is only recorded he
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import io
 import json
@@ -27,7 +26,8 @@ from pipelines import (
     shadow,
     validate,
 )
-from pipelines.core.config import date_range, parse_date
+from pipelines.core.cli import range_parser
+from pipelines.core.config import date_range
 
 log = logging.getLogger("pipelines.nightly")
 STAGES = (("ingest", ingest, []), ("validate", validate, []), ("features", features, []), ("score", score, []),
@@ -87,10 +87,7 @@ def trigger(decision: dict, replace: bool = False) -> str:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines nightly", description=__doc__.split("\n")[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--start", type=parse_date, required=True)
-    ap.add_argument("--end", type=parse_date, required=True)
+    ap = range_parser("nightly", __doc__)
     ap.add_argument("--trigger", action="store_true", help="trigger the training DAG when a decision says retrain")
     ap.add_argument("--labels", action="store_true",
                     help="run the labels chain instead (ingest/validate labels -> feedback -> lifecycle), dates = label dates")

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 import yaml
 
+from pipelines import __main__ as cli
 from pipelines import decide, monitor, score
 from pipelines.core import storage
 from pipelines.core.config import load_params
@@ -38,6 +39,8 @@ def guarded(nightly_champion, make_bucket):
         feats = storage.read_parquet(base.storage.uri("features", date=d))
         if day == BUG:
             feats = feats.with_columns(pl.col("amount") * 100)
+        val = params.storage.uri("validated", dataset="transactions", date=d)
+        publish(val, storage.read_parquet(base.storage.uri("validated", dataset="transactions", date=d)), stage="validate")
         publish(params.storage.uri("features", date=d), feats,
                 {params.storage.uri("features_manifest", date=d): storage.read_json(base.storage.uri("features_manifest", date=d))},
                 "features")
@@ -90,3 +93,31 @@ def test_a_release_through_the_dag_publishes_the_decisions(guarded, stack):
     dec = storage.read_parquet(store.uri("decisions", date=BUG.isoformat()))
     assert "hold" not in set(dec["decision"]) and dec["decision"].equals(dec["proposed_decision"])
     assert summ["decisions"]["hold"] == 0 and summ["review_queue"] > 0
+
+
+def _audit(path) -> tuple[int, str]:
+    with redirect_stdout(io.StringIO()) as buf:
+        rc = cli.main(["audit", "--params", str(path), "--start", DAYS[0].isoformat(), "--end", BUG.isoformat()])
+    return rc, buf.getvalue()
+
+
+def test_the_audit_finds_nothing_then_every_planted_contradiction(guarded, stack):
+    store, path = guarded["params"].storage, guarded["path"]
+    rc, out = _audit(path)
+    assert rc == 0 and "6 date(s), 0 contradiction(s)" in out, out
+    d0, d1, d2, d3 = (d.isoformat() for d in DAYS[:4])
+    storage.write_bytes(store.uri("retrain_decision", date=d0), storage.json_bytes(
+        {"retrain": True, "reason": "planted", "training": {"dag_id": "training", "run_id": f"retrain__{d0}-planted"}}))
+    doc = storage.read_json(store.uri("scored_model", date=d1))
+    storage.write_bytes(store.uri("scored_model", date=d1), storage.json_bytes({**doc, "model_version": "9999"}))
+    summ = storage.read_json(store.uri("decision_summary", date=d2))
+    summ["guardrails"]["status"] = "held"
+    storage.write_bytes(store.uri("decision_summary", date=d2), storage.json_bytes(summ))
+    dec = storage.read_parquet(store.uri("decisions", date=d3))
+    storage.write_bytes(store.uri("decisions", date=d3), storage.parquet_bytes(dec.head(10)))
+    rc, out = _audit(path)
+    assert rc == 1 and "4 contradiction(s)" in out, out
+    for needle in (f"{d0}: the retrain decision says YES but Airflow holds no run training/retrain__{d0}-planted",
+                   f"{d1}: predictions scored by {doc['model_name']} v9999, a version the registry does not hold",
+                   f"{d2}: the day is held by the guardrails but", f"{d3}: 10 decisions for {dec.height} predictions"):
+        assert f"CONTRADICTION {needle}" in out, (needle, out)
