@@ -1,15 +1,25 @@
-"""Stage `retrain`: the drift-triggered retraining decision for one date (it trains nothing itself).
+"""Stage `retrain`: the retraining decision for one date (it trains nothing itself).
 
 `python -m pipelines retrain --date YYYY-MM-DD`
 
-`should_retrain` is the rule, pure: retrain when the day is drifted and at least `drift_days` (N) of
-the last `of_last_days` (M) days are (the latest included); not within `cooldown_days` of the
-previous triggered retrain; at most `max_per_30_days` in any 30 days. A day without monitoring
-counts as not drifted (and is named in the reason). Every decision, yes or no, is recorded with its
-reason in monitoring/retrain/date=ds/decision.json; the last line printed is that record as JSON
-(the nightly DAG reads it from XCom and, on yes, triggers the training DAG with the `training`
-conf: range [ds - window_days + 1, ds], the reason, the params file, run id retrain__<ds>).
+A request opens when the day is drifted and at least `drift_days` (N) of the last `of_last_days` (M)
+days are (onset: the first of them), or when the champion's realized performance (the labels fed
+back, `performance`: average_precision below / error_rate above `limit`) is past its limit on the
+latest scored day whose labels landed (onset: the first of that run of days). A day without
+monitoring counts as not drifted (and is named in the reason).
 
+The request trains only once the validated labels of `min_labelled_days_after_onset` days from the
+onset have landed (labels of day x land on x + datasets.labels.delay_days): until then each night
+records `state: waiting` with the onset and the date the labels are due, and carries the request
+on. When they have landed, and not within `cooldown_days` of the previous triggered retrain, and at
+most `max_per_30_days` in any 30 days (a request held by cooldown or budget stays open), the
+decision is YES: the training range is [ds - window_days + 1, ds], so the training windows end at the
+latest fully labelled day and hold the changed days (with the defaults, the test and validation
+windows and the last 7 training days are all post-onset days). 0 turns the wait off (the rule before labels were awaited).
+
+Every decision, yes or no, is recorded with its reason in monitoring/retrain/date=ds/decision.json;
+the last line printed is that record as JSON (the nightly DAG reads it from XCom and, on yes,
+triggers the training DAG with the `training` conf: range, reason, params file, run id retrain__<ds>).
 Cooldown and budget count earlier *decisions* (by logical date), so a backfill decides exactly as
 the nightly runs did; the nightly DAG runs this task with depends_on_past so dates decide in order.
 """
@@ -25,7 +35,7 @@ import polars as pl
 from pipelines.core import storage
 from pipelines.core.cli import resolve, stage_parser
 from pipelines.core.config import RetrainParams, StorageParams
-from pipelines.core.lake import read_metrics
+from pipelines.core.lake import read_metrics, read_realized
 
 log = logging.getLogger("pipelines.retrain")
 
@@ -38,33 +48,78 @@ class RetrainError(RuntimeError):
 class Decision:
     retrain: bool
     reason: str
+    state: str = "no"                 # no | waiting (for labels) | cooldown | budget | trigger
+    onset: dt.date | None = None      # the first day of the change the request answers
+    due: dt.date | None = None        # when the labels the training needs are due
+    why: str = ""                     # what opened the request
 
 
-def should_retrain(today: dt.date, drifted: dict[dt.date, bool | None], previous: list[dt.date],
-                   p: RetrainParams) -> Decision:
-    """drifted: the day_drifted flag of each date (None = not monitored); previous: dates of earlier
-    decisions that triggered a retrain."""
+def wanted(today: dt.date, drifted: dict[dt.date, bool | None], degraded: dict[dt.date, float | None],
+           p: RetrainParams) -> tuple[dt.date, str] | Decision:
+    """Does today open a retrain request? (onset, why), or a no with its reason. Drift: today drifted
+    and N of the last M days (onset: the first of them). Performance: the champion's realized metric
+    past its limit on the latest scored day whose labels landed (onset: the first of the run of
+    such days ending there)."""
     window = [today - dt.timedelta(days=i) for i in range(p.of_last_days - 1, -1, -1)]
     flags = {d: drifted.get(d) for d in window}
     hits = [d for d, f in flags.items() if f]
     missing = [d.isoformat() for d, f in flags.items() if f is None]
     note = f" (no monitoring for {', '.join(missing)}: counted as not drifted)" if missing else ""
     span = f"{window[0]}..{window[-1]}"
+    found: list[tuple[dt.date, str]] = []
+    if flags[today] and len(hits) >= p.drift_days:
+        found.append((hits[0], f"drift on {len(hits)} of the last {p.of_last_days} days ({', '.join(d.isoformat() for d in hits)})"))
+    perf = p.performance
+    seen = sorted(d for d in degraded if d <= today)
+    if perf and seen and perf.degraded(degraded[seen[-1]]):
+        run = [seen[-1]]
+        for d in reversed(seen[:-1]):
+            if not perf.degraded(degraded[d]):
+                break
+            run.insert(0, d)
+        found.append((run[0], f"realized {perf.metric} {degraded[seen[-1]]:.4f} past its limit {perf.limit} on "
+                              f"{seen[-1]} ({len(run)} scored day(s) in a row)"))
+    if found:
+        return min(o for o, _ in found), "; ".join(w for _, w in found)
     if not flags[today]:
         return Decision(False, f"{today} is not drifted; {len(hits)} of the last {p.of_last_days} days ({span}) drifted{note}")
-    if len(hits) < p.drift_days:
-        return Decision(False, f"drift on {len(hits)} of the last {p.of_last_days} days ({span}), "
-                               f"{p.drift_days} needed{note}")
+    return Decision(False, f"drift on {len(hits)} of the last {p.of_last_days} days ({span}), {p.drift_days} needed{note}")
+
+
+def should_retrain(today: dt.date, drifted: dict[dt.date, bool | None], previous: list[dt.date], p: RetrainParams,
+                   degraded: dict[dt.date, float | None] | None = None, open_request: tuple[dt.date, str] | None = None,
+                   landed: set[dt.date] | None = None, delay: int = 0) -> Decision:
+    """The decision of `today`. drifted: the day_drifted flag of each date (None = not monitored);
+    previous: dates of earlier decisions that triggered a retrain; degraded: the champion's realized
+    metric per scored day; open_request: (onset, why) of a request still waiting; landed: the label
+    dates whose validated labels exist (None: trust the calendar); delay: the label delay in days.
+
+    A request trains only once the labels of `min_labelled_days_after_onset` days from its onset have
+    landed (the training window then ends at the latest fully labelled day, so it holds the changed
+    days); until then it waits, and the record says for what and until when."""
+    req = open_request or wanted(today, drifted, degraded or {}, p)
+    if isinstance(req, Decision):
+        return req
+    onset, why = req
+    k = p.min_labelled_days_after_onset
+    need = [onset + dt.timedelta(days=i + delay) for i in range(k)]       # the label dates of onset..onset+k-1
+    due = need[-1] if need else today
+    late = [d for d in need if d <= today and landed is not None and d not in landed]
+    if need and (due > today or late):
+        labels_of = f"{onset}..{onset + dt.timedelta(days=k - 1)}"
+        return Decision(False, f"{why}; waiting for the labels of {labels_of} (onset {onset}), due on {due}"
+                               + (f"; due but not landed: {', '.join(map(str, late[:5]))}" if late else ""),
+                        "waiting", onset, due, why)
     earlier = sorted(d for d in previous if d < today)
     if earlier and (today - earlier[-1]).days < p.cooldown_days:
-        return Decision(False, f"drift on {len(hits)} of the last {p.of_last_days} days, but in cooldown: a retrain was "
-                               f"triggered on {earlier[-1]} (< {p.cooldown_days} days ago)")
+        return Decision(False, f"{why}, but in cooldown: a retrain was triggered on {earlier[-1]} "
+                               f"(< {p.cooldown_days} days ago)", "cooldown", onset, due, why)
     month = [d for d in earlier if (today - d).days < 30]
     if len(month) >= p.max_per_30_days:
-        return Decision(False, f"drift on {len(hits)} of the last {p.of_last_days} days, but the budget of "
-                               f"{p.max_per_30_days} retrains per 30 days is spent ({', '.join(map(str, month))})")
-    return Decision(True, f"drift on {len(hits)} of the last {p.of_last_days} days "
-                          f"({', '.join(d.isoformat() for d in hits)}); cooldown and budget allow it")
+        return Decision(False, f"{why}, but the budget of {p.max_per_30_days} retrains per 30 days is spent "
+                               f"({', '.join(map(str, month))})", "budget", onset, due, why)
+    labelled = f"; the labels of {k} day(s) from the onset {onset} have landed" if k else ""
+    return Decision(True, f"{why}{labelled}; cooldown and budget allow it", "trigger", onset, due, why)
 
 
 def drift_flags(store: StorageParams, days: list[dt.date]) -> dict[dt.date, bool | None]:
@@ -95,6 +150,36 @@ def training_conf(today: dt.date, p: RetrainParams, reason: str, params_file: st
                      "params_file": params_file, "reason": f"drift-triggered retrain on {today}: {reason}"}}
 
 
+def realized_metric(store: StorageParams, today: dt.date, p: RetrainParams, days: int = 30) -> dict[dt.date, float | None]:
+    """The champion's realized `retrain.performance.metric` per scored day (the last `days` days)."""
+    if p.performance is None:
+        return {}
+    m = read_realized(store, [today - dt.timedelta(days=i) for i in range(days - 1, -1, -1)])
+    m = m.filter((pl.col("role") == "champion") & (pl.col("metric") == p.performance.metric) & (pl.col("slice") == ""))
+    return {r["date"]: r["value"] for r in m.sort("date").iter_rows(named=True)}
+
+
+def open_request(store: StorageParams, today: dt.date, lookback: int = 90) -> tuple[dt.date, str] | None:
+    """The request the latest earlier decision left open (waiting for labels, or held by cooldown or budget)."""
+    for i in range(1, lookback + 1):
+        try:
+            rec = storage.read_json(store.uri("retrain_decision", date=(today - dt.timedelta(days=i)).isoformat()))
+        except storage.MissingObject:
+            continue
+        if rec.get("state") in ("waiting", "cooldown", "budget") and rec.get("onset"):
+            return dt.date.fromisoformat(rec["onset"]), rec.get("request") or "an earlier request"
+        return None
+    return None
+
+
+def landed_labels(params, today: dt.date, onset: dt.date | None, k: int, delay: int) -> set[dt.date]:
+    if onset is None or not params.has_dataset("labels"):
+        return set()
+    dates = [onset + dt.timedelta(days=i + delay) for i in range(k)]
+    return {d for d in dates if d <= today and storage.exists(
+        params.storage.uri("validated", dataset="labels", date=d.isoformat()))}
+
+
 def decide_day(params, today: dt.date, params_file: str) -> dict:
     p, store = params.retrain, params.storage
     window = [today - dt.timedelta(days=i) for i in range(p.of_last_days - 1, -1, -1)]
@@ -103,11 +188,23 @@ def decide_day(params, today: dt.date, params_file: str) -> dict:
         raise RetrainError(f"retrain {today}: no monitoring for the day itself "
                            f"({store.uri('monitoring', date=today.isoformat())}); run monitor first")
     prev = previous_triggers(store, today, max(30, p.cooldown_days))
-    d = should_retrain(today, flags, prev, p)
-    rec = {"date": today.isoformat(), "retrain": d.retrain, "reason": d.reason,
-           "drifted": {k.isoformat(): v for k, v in flags.items()}, "previous_triggers": [x.isoformat() for x in prev],
+    delay = params.dataset("labels").delay_days if params.has_dataset("labels") else 0
+    degraded = realized_metric(store, today, p)
+    req = open_request(store, today)
+    onset = req[0] if req else None
+    if onset is None:
+        first = wanted(today, flags, degraded, p)
+        onset = None if isinstance(first, Decision) else first[0]
+    d = should_retrain(today, flags, prev, p, degraded, req,
+                       landed_labels(params, today, onset, p.min_labelled_days_after_onset, delay), delay)
+    rec = {"date": today.isoformat(), "retrain": d.retrain, "state": d.state, "reason": d.reason,
+           "request": d.why or None, "onset": d.onset.isoformat() if d.onset else None,
+           "labels_due": d.due.isoformat() if d.due else None,
+           "drifted": {k.isoformat(): v for k, v in flags.items()},
+           "realized": {k.isoformat(): v for k, v in degraded.items()}, "previous_triggers": [x.isoformat() for x in prev],
            "rule": {"drift_days": p.drift_days, "of_last_days": p.of_last_days, "cooldown_days": p.cooldown_days,
-                    "max_per_30_days": p.max_per_30_days},
+                    "max_per_30_days": p.max_per_30_days, "min_labelled_days_after_onset": p.min_labelled_days_after_onset,
+                    "performance": vars(p.performance) if p.performance else None, "label_delay_days": delay},
            "training": training_conf(today, p, d.reason, params_file) if d.retrain else None}
     storage.Publisher(store.lake).put_json(store.uri("retrain_decision", date=today.isoformat()), rec)
     return rec
@@ -119,7 +216,7 @@ def main(argv: list[str]) -> int:
     rec = None
     for today in days:
         rec = decide_day(params, today, args.params)
-        (log.warning if rec["retrain"] else log.info)("retrain %s: %s — %s", today, "YES" if rec["retrain"] else "no",
-                                                      rec["reason"])
+        (log.warning if rec["retrain"] else log.info)("retrain %s: %s — %s", today,
+                                                      "YES" if rec["retrain"] else rec["state"], rec["reason"])
     print(json.dumps(rec, sort_keys=True))    # last line: the XCom the nightly DAG reads
     return 0

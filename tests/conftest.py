@@ -209,7 +209,10 @@ def nightly_params(name: str, root: Path, mutate=None) -> Path:
     data["train"]["search"] = ONE_GRID
     data["register"]["model_name"] = name
     data["score"]["cache_dir"] = str(root / "model-cache")
-    data["retrain"].update({"window_days": 40, "drift_days": 2, "of_last_days": 3, "cooldown_days": 7})
+    # no wait for labels: the nightly tests cover the trigger chain on a 5-day backfill (the wait is
+    # covered by tests/unit/test_retrain.py and the demo)
+    data["retrain"].update({"window_days": 40, "drift_days": 2, "of_last_days": 3, "cooldown_days": 7,
+                            "min_labelled_days_after_onset": 0})
     if mutate:
         mutate(data)
     return write_params(root / "params.yaml", data)

@@ -496,6 +496,17 @@ class AlertParams:
 
 
 @dataclass(frozen=True)
+class RetrainPerformance:
+    metric: str                       # average_precision (lower is worse) | error_rate (higher is worse)
+    limit: float                      # the champion's realized metric past this on a scored day: a request
+
+    def degraded(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return value < self.limit if self.metric == "average_precision" else value > self.limit
+
+
+@dataclass(frozen=True)
 class RetrainParams:
     drift_days: int                   # N: drifted days needed ...
     of_last_days: int                 # ... among the last M (the latest included)
@@ -503,12 +514,22 @@ class RetrainParams:
     max_per_30_days: int
     window_days: int
     dag_id: str
+    min_labelled_days_after_onset: int = 0   # train once the labels of this many days from the onset landed
+    performance: RetrainPerformance | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "RetrainParams":
+        d = dict(d)
+        if d.get("performance") is not None:
+            perf = _build(RetrainPerformance, d["performance"], "retrain.performance")
+            if perf.metric not in ("average_precision", "error_rate") or not _number(perf.limit):
+                raise ConfigError("retrain.performance: metric must be average_precision | error_rate, limit a number")
+            d["performance"] = perf
         p = _build(cls, d, "retrain")
         if not 1 <= p.drift_days <= p.of_last_days:
             raise ConfigError("retrain: need 1 <= drift_days <= of_last_days")
+        if not (isinstance(p.min_labelled_days_after_onset, int) and p.min_labelled_days_after_onset >= 0):
+            raise ConfigError("retrain.min_labelled_days_after_onset: need an integer >= 0")
         return p
 
 
@@ -701,6 +722,12 @@ class Params:
             raise ConfigError(f"retrain.window_days: {retrain.window_days} cannot hold the split (label delay {delay} + "
                               f"test {train.test_days} + valid {train.valid_days} + gap {train.gap_days} + 1 train day "
                               f"= {need})")
+        k = retrain.min_labelled_days_after_onset
+        least = train.test_days + train.valid_days + train.gap_days + 1
+        if k and k < least:
+            raise ConfigError(f"retrain.min_labelled_days_after_onset: {k} labelled days after the onset leave the "
+                              f"training window without a changed day (test {train.test_days} + valid {train.valid_days} + "
+                              f"gap {train.gap_days} come first): at least {least}; 0 turns the wait off")
         if decide.review_threshold != "operating" and not decide.review_threshold < decide.block_threshold:
             raise ConfigError(f"decide.review_threshold: {decide.review_threshold} must be below block_threshold "
                               f"{decide.block_threshold}")

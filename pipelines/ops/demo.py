@@ -2,12 +2,14 @@
 
 stack up -> simulated raw data into the object store -> `dvc repro` (ingest -> validate -> features -> train ->
 evaluate -> register) -> `dvc push` -> a fail-closed showcase (a day with an injected data bug is
-blocked and quarantined) -> the nightly job (score, decide, monitor, retrain decision) over
-demo_data.nightly, with drift injected from demo_data.drift.start_date: the drift is flagged, the
-training DAG is triggered once (through the Airflow REST API, as the nightly DAG would) and its
-model goes through the gate -> when it became challenger, demo_data.shadow_nights more nights with
-it in shadow -> the labels of every night fed back as they land (realized metrics, shadow
-comparison, automatic rollback check, promotion or retirement) -> a summary of what is where.
+blocked and quarantined) -> the nights of demo_data.nightly, drift injected from
+demo_data.drift.start_date; each date runs the labels landing that day (validate -> feedback ->
+lifecycle: realized metrics, shadow comparison, promotion, rollback) and then the nightly chain
+(score, shadow, decide with its guardrails, monitor, the retrain decision). The drift is flagged, the
+retrain request waits for the labels of the changed days, then the training DAG is triggered
+(through the Airflow REST API, as the nightly DAG would), its model goes through the gate, shadows
+the champion and is promoted when it wins -> the champion's realized performance before, during
+and after -> the audit of the whole range -> a summary of what is where.
 """
 from __future__ import annotations
 
@@ -33,6 +35,70 @@ def _dvc(*args: str) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     print(f"$ dvc {' '.join(args)}", flush=True)
     subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=REPO, env=env, check=True, timeout=3600)
+
+
+def night_line(store, day: dt.date, out: dict, lab: dict | None, delay: int) -> str:
+    """One progress line per date: drift, decisions, guardrails, the retrain state, shadow, the
+    labels that landed (the champion's realized AP of the day they belong to) and model moves."""
+    d = out["decision"]
+    mon = storage.read_json(store.uri("alerts", date=day.isoformat()))
+    summ = storage.read_json(store.uri("decision_summary", date=day.isoformat()))
+    sh = storage.read_json(store.uri("shadow_model", date=day.isoformat()))
+    state = "YES" if d["retrain"] else (f"waiting for labels (onset {d['onset']}, due {d['labels_due']})"
+                                        if d.get("state") == "waiting" else d.get("state", "no"))
+    line = (f"  {day} {'DRIFT ' if mon['drifted'] else 'stable'} review={summ['decisions']['review']:4d} "
+            f"block={summ['decisions']['block']:3d}{' HELD' if summ.get('guardrails', {}).get('status') == 'held' else ''}"
+            f"{' shadow v' + str(sh['model_version']) if sh.get('scored_by') == 'model' else ''}  retrain: {state}")
+    if lab is not None:
+        fb = storage.read_json(store.uri("feedback_summary", date=(day - dt.timedelta(days=delay)).isoformat()))
+        real = fb["realized"].get("champion") or {}
+        line += "  | labels of " + fb["date"] + ": " + ", ".join(
+            f"v{v} AP {m['average_precision']:.3f} err {m['error_rate']:.4f}" for v, m in real.items())
+        r = lab["lifecycle"]
+        line += "".join(f"; {m['alias']}: {m['from']} -> {m['to']}" for m in r["moves"])
+        if r.get("promotion") not in (None, "none", "wait"):
+            line += f"; promotion: {r['promotion']}"
+    return line
+
+
+def training_line(store, run: dict) -> str:
+    rc, reg = run["conf"], None
+    if run["state"] == "success":
+        base = training_uri(store, dt.date.fromisoformat(rc["start_date"]), dt.date.fromisoformat(rc["end_date"]))
+        reg = storage.read_json(f"{base}/{artifact(REGISTER, REGISTRATION)}")
+    return (f"training {rc['start_date']}..{rc['end_date']}: {run['state']}" + (
+        f"; {reg['model_name']} v{reg['version']} gate {reg['gate']} -> alias {reg['alias'] or 'none'}"
+        f"{' (' + '; '.join(reg['reasons']) + ')' if reg['reasons'] else ''}" if reg else ""))
+
+
+def recovery(store, nights: list[dt.date], drift_from: dt.date | None, delay: int) -> str:
+    """The champion's realized AP and error rate before the drift, during it and after the promotion
+    of the retrained model (means over the scored days whose labels landed)."""
+    from pipelines.core.lake import read_realized
+
+    m = read_realized(store, nights)
+    m = m.filter((m["role"] == "champion") & (m["slice"] == "")) if m.height else m
+    if not m.height or drift_from is None:
+        return "Realized performance: no labels fed back yet"
+    by_day: dict = {}
+    for r in m.iter_rows(named=True):
+        by_day.setdefault(r["date"], {"version": r["model_version"]})[r["metric"]] = r["value"]
+    first_v = by_day[min(by_day)]["version"]
+    phases = {"before the drift": [x for d, x in by_day.items() if d < drift_from],
+              "during (old champion)": [x for d, x in by_day.items() if d >= drift_from and x["version"] == first_v],
+              "after the promotion": [x for d, x in by_day.items() if d >= drift_from and x["version"] != first_v]}
+
+    def mean(xs, k):
+        vals = [x[k] for x in xs if x.get(k) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    parts = []
+    for name, xs in phases.items():
+        ap, err = mean(xs, "average_precision"), mean(xs, "error_rate")
+        parts.append(f"{name}: " + (f"AP {ap:.3f}, error rate {err:.4f} ({len(xs)} days)" if ap is not None else "no labelled day"))
+    before, after = mean(phases["before the drift"], "average_precision"), mean(phases["after the promotion"], "average_precision")
+    verdict = (f"; after/before AP = {after / before:.2f} (target >= 0.90)" if before and after is not None else "")
+    return "Realized performance of the champion: " + " | ".join(parts) + verdict
 
 
 def main(argv: list[str]) -> int:
@@ -106,73 +172,34 @@ def main(argv: list[str]) -> int:
     print(f"MLflow UI:  {lay.mlflow_url}/#/models/{name}/versions/{champion}   "
           f"(run: {lay.mlflow_url}/#/experiments/{c.get_run(mv.run_id).info.experiment_id}/runs/{mv.run_id})")
 
-    # the nightly job over demo_data.nightly (drift from demo_data.drift.start_date)
+    # the nights of demo_data.nightly, each with the labels landing that day (drift from demo_data.drift.start_date)
     dp = demo_data.DemoParams.from_dict(params.section("demo_data"))
     if dp.nightly:
-        print("\n" + "=" * 78 + f"\nNightly scoring {dp.nightly[0]}..{dp.nightly[1]} (drift injected from "
-              f"{dp.drift.start_date}): ingest -> validate -> features -> score -> decide -> monitor -> retrain", flush=True)
-        triggered = []
-        for day in date_range(*dp.nightly):
-            out = nightly.run_day(args.params, day)
-            d = out["decision"]
-            mon = storage.read_json(store.uri("alerts", date=day.isoformat()))
-            summ = storage.read_json(store.uri("decision_summary", date=day.isoformat()))
-            print(f"  {day}  {'DRIFT ' if mon['drifted'] else 'stable'} alerts={len(mon['alerts']):2d}  "
-                  f"review={summ['decisions']['review']:4d} block={summ['decisions']['block']:3d}  "
-                  + (f"HELD ({summ['decisions'].get('hold', 0)} rows)  " if summ.get("guardrails", {}).get("status") == "held" else "")
-                  + 
-                  f"retrain={'YES' if d['retrain'] else 'no '}  ({sum(out['seconds'].values()):.1f}s) {d['reason'][:90]}",
-                  flush=True)
-            if d["retrain"]:
-                triggered.append((day, nightly.trigger(d, replace=True)))
         from pipelines.ops.airflow_api import AirflowClient
 
         client = AirflowClient()
-        for day, run_id in triggered:
-            print(f"Drift-triggered retraining: training DAG run {run_id}; waiting for it ...", flush=True)
-            run = client.wait("training", run_id, timeout=2400)
-            rc = run["conf"]
-            reg = None
-            if run["state"] == "success":
-                base = training_uri(store, dt.date.fromisoformat(rc["start_date"]), dt.date.fromisoformat(rc["end_date"]))
-                reg = storage.read_json(f"{base}/{artifact(REGISTER, REGISTRATION)}")
-            print(f"  training {rc['start_date']}..{rc['end_date']}: {run['state']}" + (
-                f"; {reg['model_name']} v{reg['version']} gate {reg['gate']} -> alias {reg['alias'] or 'none'}"
-                f"{' (' + '; '.join(reg['reasons']) + ')' if reg['reasons'] else ''}" if reg else ""), flush=True)
-        print(f"  aliases now: {models.aliases(c, name)}")
-        last = dp.nightly[1]
-        if dp.shadow_nights and models.get_alias(c, name, params.shadow.alias):
-            more = date_range(last + dt.timedelta(days=1), last + dt.timedelta(days=dp.shadow_nights))
-            print(f"\nShadow nights {more[0]}..{more[-1]}: the challenger scores next to the champion", flush=True)
-            for day in more:
-                out = nightly.run_day(args.params, day)
-                sh = storage.read_json(store.uri("shadow_model", date=day.isoformat()))
-                print(f"  {day}  champion v{champion} scored, shadow: "
-                      f"{'v' + str(sh['model_version']) if sh.get('scored_by') == 'model' else 'none (' + sh['reason'] + ')'}"
-                      f"  ({sum(out['seconds'].values()):.1f}s)", flush=True)
-            last = more[-1]
         delay = params.dataset("labels").delay_days
-        lab = date_range(dp.nightly[0] + dt.timedelta(days=delay), last + dt.timedelta(days=delay))
-        print(f"\nLabels landing {lab[0]}..{lab[-1]} (for {dp.nightly[0]}..{last}): validate -> feedback -> lifecycle",
-              flush=True)
-        for day in lab:
-            out = nightly.run_labels_day(args.params, day)
-            r = out["lifecycle"]
-            fb = storage.read_json(store.uri("feedback_summary", date=(day - dt.timedelta(days=delay)).isoformat()))
-            real = fb["realized"]["champion"]
-            cmp_ = fb.get("comparison")
-            print(f"  {day}  labels of {fb['date']}: " + ", ".join(
-                f"v{v} AP {m['average_precision']:.3f} error rate {m['error_rate']:.4f}" for v, m in real.items())
-                + (f"; shadow v{cmp_['challenger_version']} AP {cmp_['challenger']:.3f}" if cmp_ else "")
-                + "  -> rollback " + ("done" if any(m["alias"] == "champion" for m in r["moves"]) else
-                                      "NEEDED (no previous champion: alert)" if "rollback_impossible" in r["alerts"] else
-                                      "advised (alert)" if r["rollback"] else "no")
-                + f", promotion: {r['promotion']}"
-                + "".join(f"\n      {m['alias']}: {m['from']} -> {m['to']} ({m['reason'][:110]})" for m in r["moves"]),
-                flush=True)
+        nights = date_range(*dp.nightly)
+        k = params.retrain.min_labelled_days_after_onset
+        print("\n" + "=" * 78 + f"\nNights {nights[0]}..{nights[-1]} (drift injected from {dp.drift.start_date}): each date, "
+              f"the labels landing that day (validate -> feedback -> lifecycle), then the nightly chain (ingest -> "
+              f"validate -> features -> score -> shadow -> decide -> monitor -> retrain). A retrain waits for the "
+              f"labels of {k} days from the drift's onset ({delay} days late).", flush=True)
+        for day in nights:
+            lab = nightly.run_labels_day(args.params, day) if day >= nights[0] + dt.timedelta(days=delay) else None
+            out = nightly.run_day(args.params, day)
+            print(night_line(store, day, out, lab, delay), flush=True)
+            d = out["decision"]
+            if d["retrain"]:
+                run_id = nightly.trigger(d, replace=True)
+                print(f"  -> training DAG run {run_id} ({d['training']['conf']['start_date']}..{day}); waiting for it ...",
+                      flush=True)
+                print("  " + training_line(store, client.wait("training", run_id, timeout=2400)), flush=True)
+        last = nights[-1]
         print(f"  aliases now: {models.aliases(c, name)}; history: python -m pipelines models history")
+        print(recovery(store, nights, dp.drift.start_date, delay))
         print(f"  realized metrics and shadow comparison (self-contained HTML): "
-              f"{store.uri('feedback_report', date=(lab[-1] - dt.timedelta(days=delay)).isoformat())}")
+              f"{store.uri('feedback_report', date=(last - dt.timedelta(days=delay)).isoformat())}")
         index = REPO / ".state" / "reports" / "monitor"
         index.mkdir(parents=True, exist_ok=True)
         for day in date_range(dp.nightly[0], last):

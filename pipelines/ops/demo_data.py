@@ -79,7 +79,6 @@ class DemoParams:
     drift: DriftParams = DriftParams()
     bugs: tuple[Bug, ...] = ()
     nightly: tuple[dt.date, dt.date] | None = None   # the dates `make demo` runs the nightly job for
-    shadow_nights: int = 0            # then, with the retrained challenger, this many more nights (shadow)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "DemoParams":

@@ -249,3 +249,11 @@ def test_release_hold_needs_confirm_and_keeps_form_input_out_of_the_shell(dagbag
     for k, v in (("date", "2026-03-01`id`"), ("action", "approve_all")):
         with pytest.raises(ParamValidationError, match=f"param {k}"):
             params[k] = v
+
+
+def test_the_nightly_dag_waits_for_and_ingests_the_transactions_only(dagbag):
+    dag = dagbag.dags["nightly_scoring"]
+    wait, ingest = dag.get_task("wait_for_data"), dag.get_task("ingest")
+    assert wait.args == ("--dataset=transactions",)
+    argv = ingest.argv(_ctx())
+    assert argv[3] == "ingest" and argv[5:] == ["--date=2026-03-01", "--dataset=transactions"]

@@ -46,3 +46,54 @@ def test_retrain_fires_once_per_cooldown_over_a_drifting_fortnight():
     # a missing monitoring day counts as not drifted, and says so
     d = should_retrain(D, {D: True, D - dt.timedelta(days=1): None}, [], RP)
     assert not d.retrain and "no monitoring for" in d.reason
+
+
+WAIT = RetrainParams(drift_days=2, of_last_days=3, cooldown_days=7, max_per_30_days=2, window_days=59, dag_id="training",
+                     min_labelled_days_after_onset=14)     # shorter than params.yaml's 28: the rule is the same
+
+
+def test_a_request_waits_for_the_labels_of_the_changed_days_then_trains_once():
+    """Drift from day 5 on, labels 7 days late: the request opens on day 6 (onset day 5), waits,
+    and trains on day 5 + 14 - 1 + 7 = day 25, once; the record says what it waits for."""
+    start, delay = dt.date(2026, 3, 1), 7
+    flags, fired, req, states = {}, [], None, {}
+    for i in range(40):
+        day = start + dt.timedelta(days=i)
+        flags[day] = i >= 5
+        landed = {start + dt.timedelta(days=j) for j in range(i + 1)}          # every label day on time
+        d = should_retrain(day, flags, fired, WAIT, open_request=req, landed=landed, delay=delay)
+        states[i] = d.state
+        req = (d.onset, d.why) if d.state in ("waiting", "cooldown", "budget") else None
+        if d.retrain:
+            fired.append(day)
+        if i == 6:
+            assert d.state == "waiting" and d.onset == start + dt.timedelta(days=5)
+            assert d.due == start + dt.timedelta(days=5 + 13 + 7) and "waiting for the labels of 2026-03-06..2026-03-19" in d.reason
+    assert fired[0] == start + dt.timedelta(days=25) and states[25] == "trigger"
+    assert all(states[i] == "waiting" for i in range(6, 25))
+    # the drift goes on: a new request opens from the next day and waits for its own labels
+    assert fired == [start + dt.timedelta(days=25)] and states[26] == "waiting"
+
+
+def test_late_labels_keep_the_request_waiting_and_say_which():
+    onset, delay = dt.date(2026, 3, 6), 7
+    due = onset + dt.timedelta(days=13 + delay)
+    landed = {onset + dt.timedelta(days=i + delay) for i in range(14)} - {onset + dt.timedelta(days=9)}
+    d = should_retrain(due, {}, [], WAIT, open_request=(onset, "drift"), landed=landed, delay=delay)
+    assert d.state == "waiting" and "due but not landed: 2026-03-15" in d.reason
+    d = should_retrain(due, {}, [], WAIT, open_request=(onset, "drift"), landed=landed | {onset + dt.timedelta(days=9)},
+                       delay=delay)
+    assert d.retrain and d.state == "trigger"
+
+
+def test_realized_performance_opens_a_request_with_its_onset():
+    from pipelines.core.config import RetrainPerformance
+
+    p = RetrainParams(**{**vars(WAIT), "performance": RetrainPerformance("average_precision", 0.4)})
+    day = dt.date(2026, 3, 20)
+    ap = {dt.date(2026, 3, 10): 0.7, dt.date(2026, 3, 11): 0.35, dt.date(2026, 3, 12): 0.3, dt.date(2026, 3, 13): 0.2}
+    d = should_retrain(day, {day: False}, [], p, degraded=ap, delay=7)
+    assert d.state == "waiting" and d.onset == dt.date(2026, 3, 11) and "realized average_precision 0.2000" in d.reason
+    assert should_retrain(day, {day: False}, [], p, degraded={**ap, dt.date(2026, 3, 14): 0.6}, delay=7).state == "no"
+    err = RetrainParams(**{**vars(WAIT), "performance": RetrainPerformance("error_rate", 0.01)})
+    assert should_retrain(day, {day: False}, [], err, degraded={dt.date(2026, 3, 13): 0.02}, delay=7).onset == dt.date(2026, 3, 13)
