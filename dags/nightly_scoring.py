@@ -10,7 +10,8 @@ earlier decisions).
 
 Schedule: daily at 00:00 UTC for the day before (ds = the interval's start). `wait_for_data` waits
 (reschedule mode, up to 12 h) for the raw transactions partition to land, then fails with an alert;
-this DAG ingests transactions only (the labels landing on ds are the `labels` DAG's). Backfill:
+`ingest` takes the labels landing on ds too when they are there (the `labels` DAG ingests them
+when they land; the features of ds + 1 read them, and fail closed while they are missing). Backfill:
 `airflow backfill create --dag-id nightly_scoring --from-date 2026-03-01 --to-date 2026-03-05`
 (or the REST API / the UI). Set FRAUDOPS_NIGHTLY_CATCHUP=true to let the scheduler catch up by itself.
 Conf: {"params_file": "params.yaml"} (checked: a .yaml file inside the project or its state folder).
@@ -25,7 +26,7 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from fraudops_wiring import StageOperator, StageSensor, daily_dag, retrain_requested  # plugins/ on sys.path
 
 
-TRANSACTIONS = ("--dataset=transactions",)      # labels have their own DAG (labels)
+TRANSACTIONS = ("--dataset=transactions",)
 
 
 def stage(task_id: str, **kwargs) -> StageOperator:
@@ -36,7 +37,7 @@ with daily_dag("nightly_scoring", "score the day with the champion, decide, moni
                datetime(2026, 1, 1, tzinfo=timezone.utc), "FRAUDOPS_NIGHTLY_CATCHUP", __doc__, ["nightly"]) as dag:
     wait = StageSensor(task_id="wait_for_data", stage="ingest", args=TRANSACTIONS, mode="reschedule",
                        poke_interval=300, timeout=timedelta(hours=12).total_seconds())
-    ingest = stage("ingest", args=TRANSACTIONS)
+    ingest = stage("ingest", args=("--if-landed=labels",))     # the labels of ds only if they are there
     validate, features, score, shadow, decide, monitor = (
         stage(t) for t in ("validate", "features", "score", "shadow", "decide", "monitor"))
     retrain = stage("retrain", depends_on_past=True)

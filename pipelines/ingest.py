@@ -316,6 +316,12 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
     return stats
 
 
+def landed(ds: DatasetParams, day: dt.date) -> bool:
+    """Does the source partition of `day` hold at least one file of the dataset's format?"""
+    ext = ".parquet" if ds.format == "parquet" else ".csv"
+    return any(u.endswith(ext) for u in storage.list_uris(ds.partition_uri(day)))
+
+
 def check_landed(params, names: list[str], days) -> int:
     """Exit code for a sensor: 0 when every source partition of `days` holds at least one file."""
     missing = []
@@ -323,7 +329,7 @@ def check_landed(params, names: list[str], days) -> int:
         ds = params.dataset(name)
         ext = ".parquet" if ds.format == "parquet" else ".csv"
         for day in days:
-            if day >= ds.first_date and not [u for u in storage.list_uris(ds.partition_uri(day)) if u.endswith(ext)]:
+            if day >= ds.first_date and not landed(ds, day):
                 missing.append(f"{ds.partition_uri(day)}/*{ext}")
     if missing:
         print(f"not landed yet: {', '.join(missing)}")
@@ -337,6 +343,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--dataset", action="append", help="dataset name(s) (default: all configured)")
     ap.add_argument("--check", action="store_true",
                     help=f"only check that the source partitions have landed: exit 0 if so, {NOT_LANDED} if not")
+    ap.add_argument("--if-landed", action="append", default=[], metavar="DATASET",
+                    help="ingest this dataset only where its partition has landed (else skip it, said in the log): the "
+                         "nightly DAG waits for the transactions and takes the labels that are there")
     args = ap.parse_args(argv)
     params, days = resolve(args)
     store, ing = params.storage, params.ingest
@@ -355,6 +364,9 @@ def main(argv: list[str]) -> int:
             for day in days:
                 if day < ds.first_date:
                     log.info("%s %s: before first_date %s, nothing to ingest", name, day, ds.first_date)
+                elif name in args.if_landed and not landed(ds, day):
+                    log.warning("%s %s: not landed yet (%s), skipped (--if-landed); its own DAG ingests it when it lands",
+                                name, day, ds.partition_uri(day))
                 else:
                     todo.append((ds, day))
         each_partition(todo, one, (IngestError, storage.StorageError), "ingest failed for")

@@ -30,7 +30,7 @@ from pipelines.core.cli import range_parser
 from pipelines.core.config import date_range
 
 log = logging.getLogger("pipelines.nightly")
-STAGES = (("ingest", ingest, ["--dataset", "transactions"]), ("validate", validate, []), ("features", features, []), ("score", score, []),
+STAGES = (("ingest", ingest, ["--if-landed", "labels"]), ("validate", validate, []), ("features", features, []), ("score", score, []),
           ("shadow", shadow, []), ("decide", decide, []), ("monitor", monitor, []), ("retrain", retrain, []))
 # the labels DAG's tasks
 LABEL_STAGES = (("ingest_labels", ingest, ["--dataset", "labels"]), ("validate_labels", validate, ["--dataset", "labels"]),

@@ -251,9 +251,9 @@ def test_release_hold_needs_confirm_and_keeps_form_input_out_of_the_shell(dagbag
             params[k] = v
 
 
-def test_the_nightly_dag_waits_for_and_ingests_the_transactions_only(dagbag):
+def test_the_nightly_dag_waits_for_the_transactions_only(dagbag):
     dag = dagbag.dags["nightly_scoring"]
     wait, ingest = dag.get_task("wait_for_data"), dag.get_task("ingest")
     assert wait.args == ("--dataset=transactions",)
     argv = ingest.argv(_ctx())
-    assert argv[3] == "ingest" and argv[5:] == ["--date=2026-03-01", "--dataset=transactions"]
+    assert argv[3] == "ingest" and argv[5:] == ["--date=2026-03-01", "--if-landed=labels"]
