@@ -163,6 +163,8 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
                     "moves": [], "alerts": []}
     champion = R.get_alias(c, name, "champion")
     record["champion"] = champion
+    # every move names the decision that made it (its `by` names the Airflow run, see registry.actor)
+    made_by = f" [lifecycle decision {store.uri('lifecycle_decision', date=label_date.isoformat())}]"
 
     # 1. rollback
     rolled = False
@@ -184,7 +186,7 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
                 record["alerts"].append({"kind": "rollback_impossible", "message": f"{msg}; no previous champion to "
                                          f"roll back to: investigate (rules fallback is not automatic)"})
             else:
-                moves = R.rollback(c, name, f"automatic, labels of {d} (landed {label_date}): {why}", dry_run)
+                moves = R.rollback(c, name, f"automatic, labels of {d} (landed {label_date}): {why}{made_by}", dry_run)
                 record["moves"] += moves
                 rolled = bool(moves)
                 record["alerts"].append({"kind": "rolled_back", "message": f"{msg}; champion rolled back to v{target}"})
@@ -206,7 +208,7 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
         record["promotion"] = {"action": action, "reason": why, "challenger": challenger, "champion": champion,
                                "mode": pr.mode, "days": days, "slices": table}
         if action == "promote" and pr.mode == "auto":
-            record["moves"] += R.promote(c, name, challenger, f"automatic after shadow: {why}", dry_run)
+            record["moves"] += R.promote(c, name, challenger, f"automatic after shadow: {why}{made_by}", dry_run)
             record["alerts"].append({"kind": "promoted", "message": f"{name} v{challenger} promoted to champion "
                                      f"(v{champion} kept as previous): {why}"})
         elif action == "promote":
@@ -215,7 +217,7 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
                                      f"promotion.mode is manual: trigger the promote DAG with version {challenger} "
                                      f"and confirm, or run `python -m pipelines models promote {challenger}`"})
         elif action == "retire":
-            reason = f"retired after shadow: {why}"
+            reason = f"retired after shadow: {why}{made_by}"
             mv = R.move_alias(c, name, alias, None, reason, dry_run)
             if mv:
                 record["moves"].append(mv)

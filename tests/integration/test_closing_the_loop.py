@@ -124,6 +124,7 @@ def test_better_challenger_shadows_wins_and_is_promoted_automatically(models_aw)
     assert al["champion"] == a and al["previous"] == w and "challenger" not in al
     last = [h for h in models.history(c, name) if h["alias"] == "champion"][-1]
     assert last["from"] == w and last["to"] == a and last["reason"].startswith("automatic after shadow")
+    assert f"[lifecycle decision {store.uri('lifecycle_decision', date=L2)}]" in last["reason"]
 
     # the day's report: realized metrics per model version and the shadow comparison
     summ = storage.read_json(store.uri("feedback_summary", date=D2))
