@@ -15,7 +15,7 @@ $(UV):
 	$(TOOLS)/bin/pip install -q --disable-pip-version-check uv==$(UV_VER)
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen -p $(PY)
+	$(UV) sync --frozen --quiet -p $(PY)
 	touch $@
 
 install: $(VENV)/.synced

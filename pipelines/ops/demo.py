@@ -18,6 +18,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pipelines import ingest, validate
@@ -32,9 +33,36 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _dvc(*args: str) -> None:
+    """A DVC command; its output goes to the demo's log (stderr), one line here."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    print(f"$ dvc {' '.join(args)}", flush=True)
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=REPO, env=env, check=True, timeout=3600)
+    t = time.monotonic()
+    print(f"$ dvc {' '.join(args)} ...", end=" ", flush=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=REPO, env=env, check=True, timeout=3600,
+                   stdout=sys.stderr, stderr=sys.stderr)
+    print(f"done in {time.monotonic() - t:.0f} s", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    """The demo with its library output (stage logs, GX, DVC, tqdm) in a log file: the terminal gets
+    one line per step and per date; an error line is printed here too."""
+    from pipelines.core import state
+
+    log_path = state.state_dir() / "demo.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    real_stderr = os.dup(2)
+    sys.stderr.flush()
+    with open(log_path, "w") as fh:
+        os.dup2(fh.fileno(), 2)
+        print(f"full log: {log_path}", flush=True)
+        t = time.monotonic()
+        try:
+            code = _main(argv)
+        finally:
+            sys.stderr.flush()
+            os.dup2(real_stderr, 2)
+            os.close(real_stderr)
+    print(f"demo finished in {(time.monotonic() - t) / 60:.1f} min (exit {code})", flush=True)
+    return code
 
 
 def night_line(store, day: dt.date, out: dict, lab: dict | None, delay: int) -> str:
@@ -101,7 +129,7 @@ def recovery(store, nights: list[dt.date], drift_from: dt.date | None, delay: in
     return "Realized performance of the champion: " + " | ".join(parts) + verdict
 
 
-def main(argv: list[str]) -> int:
+def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines demo", description=__doc__.split("\n")[0])
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
