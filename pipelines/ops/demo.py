@@ -84,6 +84,9 @@ def night_line(store, day: dt.date, out: dict, lab: dict | None, delay: int) -> 
             f"v{v} AP {m['average_precision']:.3f} err {m['error_rate']:.4f}" for v, m in real.items())
         r = lab["lifecycle"]
         line += "".join(f"; {m['alias']}: {m['from']} -> {m['to']}" for m in r["moves"])
+        if r.get("rollback") and not any(m["alias"] == "champion" for m in r["moves"]):
+            line += "; rollback advised, no previous champion (alert)" if "rollback_impossible" in r["alerts"] else \
+                "; rollback advised (alert)"
         if r.get("promotion") not in (None, "none", "wait"):
             line += f"; promotion: {r['promotion']}"
     return line
