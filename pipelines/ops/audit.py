@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import sys
 
 from pipelines.core import storage
@@ -54,6 +55,15 @@ def day_facts(store, day: dt.date) -> dict:
     return f
 
 
+def _in_range(move: dict, days: list[dt.date]) -> bool:
+    """A move belongs to the range when the Airflow run that made it is for a date in it (its run id
+    holds the logical date: retrain__D, scheduled__D...), or else when it was made on such a date."""
+    lo, hi = days[0].isoformat(), days[-1].isoformat()
+    found = re.search(r"\d{4}-\d{2}-\d{2}", move.get("by", "").split("/", 1)[-1]) if move.get("by", "").startswith(
+        "airflow:") else None
+    return lo <= (found.group(0) if found else move.get("at", "")[:10]) <= hi
+
+
 def gather(params, days: list[dt.date], registry=None, airflow=None) -> dict:
     """Facts from the lake, the registry (`registry`: an MlflowClient) and Airflow (`airflow`: an
     AirflowClient); a source that is None is not consulted (and the audit says so)."""
@@ -72,8 +82,7 @@ def gather(params, days: list[dt.date], registry=None, airflow=None) -> dict:
                 facts["versions"][name] = {}
                 continue
             if facts["versions"][name]:
-                lo, hi = days[0].isoformat(), (days[-1] + dt.timedelta(days=1)).isoformat()
-                facts["moves"] += [{**m, "model": name} for m in models.history(registry, name) if lo <= m["at"][:10] <= hi]
+                facts["moves"] += [{**m, "model": name} for m in models.history(registry, name) if _in_range(m, days)]
     if airflow is not None:
         dags = {(f["retrain"]["training"] or {}).get("dag_id") for f in facts["days"]
                 if f["retrain"] and f["retrain"].get("training")}
