@@ -179,7 +179,7 @@ def decisions(batches, overrides: pl.DataFrame, p: DecideParams, ranks: pl.DataF
 def trailing_days(store: StorageParams, ds: dt.date, n: int) -> list[dict]:
     """Proposed counts of the latest `n` decided days before ds that were not held, newest first."""
     out = []
-    for day in sorted((d for d in lake.dates_present(store, "decision_summary") if d < ds), reverse=True):
+    for day in sorted((d for d in lake.dates_present(store, "decisions") if d < ds), reverse=True):
         s = storage.read_json(store.uri("decision_summary", date=day.isoformat()))
         g = s.get("guardrails") or {}
         if g.get("status") in ("held", "rejected"):

@@ -57,7 +57,8 @@ def _layout(store: StorageParams, kind: str) -> tuple[str, re.Pattern]:
 
 
 def dates_present(store: StorageParams, kind: str) -> list[dt.date]:
-    """The dates for which the `kind` object exists."""
+    """The dates for which the `kind` object exists (a data object: listing skips `_` and `.` names,
+    so ask for a partition's primary object, not its `_summary.json`)."""
     folder, pattern = _layout(store, kind)
     found = {m.group(1) for u in storage.list_uris(folder) if (m := pattern.match(u))}
     return sorted(dt.date.fromisoformat(d) for d in found)

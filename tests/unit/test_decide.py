@@ -100,3 +100,24 @@ def test_a_held_day_acts_on_nothing_but_human_overrides_stand():
     assert out["queue_rank"].null_count() == 4
     s = tally.summary(ov, DP)
     assert s["decisions"]["hold"] == 3 and s["decisions"]["block"] == 0 and s["review_queue"] == 0
+
+
+def test_the_guardrails_baseline_is_the_latest_days_not_held(tmp_path):
+    """trailing_days reads the earlier decided days (newest first) and skips held ones."""
+    from pipelines.core import storage
+    from pipelines.core.config import load_params
+    from pipelines.decide import trailing_days
+    from tests.conftest import REPO
+    from tests.unit.conftest import local_lake
+
+    store = local_lake(tmp_path, load_params(REPO / "params.yaml"))
+    for i, status in enumerate(["passed", "held", "passed", "released", "passed"]):
+        d = (D + dt.timedelta(days=i)).isoformat()
+        storage.write_bytes(store.uri("decisions", date=d), storage.parquet_bytes(_pred([0.1])))
+        storage.write_bytes(store.uri("decision_summary", date=d), storage.json_bytes(
+            {"rows": 10, "decisions": {"block": i}, "guardrails": {"status": status,
+                                                                   "proposed": {"rows": 10, "blocks": i, "review_volume": 1}}}))
+    got = trailing_days(store, D + dt.timedelta(days=5), 3)
+    assert [g["date"] for g in got] == [(D + dt.timedelta(days=i)).isoformat() for i in (4, 3, 2)]
+    assert [g["blocks"] for g in got] == [4, 3, 2]
+    assert trailing_days(store, D, 3) == []
