@@ -27,9 +27,8 @@ from pipelines.core import storage
 from pipelines.core.cli import StageFailed
 from pipelines.core.config import date_range, load_params
 from pipelines.core.lake import REGISTER, REGISTRATION, artifact, training_uri
+from pipelines.core.state import REPO, state_dir
 from pipelines.ops import demo_data, nightly, stack
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _dvc(*args: str) -> None:
@@ -231,7 +230,7 @@ def _main(argv: list[str]) -> int:
         print(recovery(store, nights, dp.drift.start_date, delay))
         print(f"  realized metrics and shadow comparison (self-contained HTML): "
               f"{store.uri('feedback_report', date=(last - dt.timedelta(days=delay)).isoformat())}")
-        index = REPO / ".state" / "reports" / "monitor"
+        index = state_dir() / "reports" / "monitor"
         index.mkdir(parents=True, exist_ok=True)
         for day in date_range(dp.nightly[0], last):
             rel = f"date={day.isoformat()}/report.html"

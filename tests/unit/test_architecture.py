@@ -167,3 +167,14 @@ if __name__ == "__main__":                      # rewrite the pipelines/ deps of
             continue
         out.append(line)
     (REPO / "dvc.yaml").write_text("\n".join(out) + "\n")
+
+
+def test_every_module_that_names_the_project_root_names_the_same_one():
+    """A module moved one level down keeps pointing at the project root (demo ran `dvc repro` in pipelines/)."""
+    import importlib
+
+    roots = {}
+    for name, f in module_files(REPO).items():
+        if "REPO =" in f.read_text():
+            roots[name] = getattr(importlib.import_module(name), "REPO")
+    assert roots and {k: v for k, v in roots.items() if v != REPO} == {}
