@@ -15,7 +15,7 @@ beyond capacity (rule-forced ones too) becomes an `over_capacity` decision (deci
 
 Guardrails (params.yaml `guardrails`, pipelines/core/guardrails.py): before the day's decisions are
 published for action, its health is checked (holding validation warnings, PSI of the model's top
-features, block rate and review volume vs the median of earlier days not held, fallback rows). On a
+features, block rate and review volume vs the median of earlier days not rejected, fallback rows). On a
 breach the day is held: every decision is published as `hold` (reason guardrail_hold; the would-be
 decision stays in proposed_decision; human overrides stand; no review queue), the breach is logged
 and alerted. A person releases or rejects the day:
@@ -177,12 +177,14 @@ def decisions(batches, overrides: pl.DataFrame, p: DecideParams, ranks: pl.DataF
 
 # --------------------------------------------------------------------------- guardrails
 def trailing_days(store: StorageParams, ds: dt.date, n: int) -> list[dict]:
-    """Proposed counts of the latest `n` decided days before ds that were not held, newest first."""
+    """Proposed counts of the latest `n` decided days before ds, newest first, except days a person
+    rejected. Held days count: the median shrugs off a few bad days, and a lasting new level (a
+    real drift) becomes the baseline after about n/2 days instead of holding every day after it."""
     out = []
     for day in sorted((d for d in lake.dates_present(store, "decisions") if d < ds), reverse=True):
         s = storage.read_json(store.uri("decision_summary", date=day.isoformat()))
         g = s.get("guardrails") or {}
-        if g.get("status") in ("held", "rejected"):
+        if g.get("status") == "rejected":
             continue
         out.append({"date": day.isoformat(), **(g.get("proposed") or {
             "rows": s["rows"], "blocks": s["decisions"].get("block", 0),

@@ -48,7 +48,7 @@ class RetrainError(RuntimeError):
 class Decision:
     retrain: bool
     reason: str
-    state: str = "no"                 # no | waiting (for labels) | cooldown | budget | trigger
+    state: str = "no"                 # no | waiting (for labels) | cooldown | budget | trigger | closed
     onset: dt.date | None = None      # the first day of the change the request answers
     due: dt.date | None = None        # when the labels the training needs are due
     why: str = ""                     # what opened the request
@@ -86,6 +86,16 @@ def wanted(today: dt.date, drifted: dict[dt.date, bool | None], degraded: dict[d
     return Decision(False, f"drift on {len(hits)} of the last {p.of_last_days} days ({span}), {p.drift_days} needed{note}")
 
 
+def settled(today: dt.date, drifted: dict[dt.date, bool | None], degraded: dict[dt.date, float | None],
+            p: RetrainParams) -> bool:
+    """The change is over: no drifted day in the last M and the latest realized metric within its limit
+    (e.g. a retrained model became champion: monitoring compares against its own reference)."""
+    window = [today - dt.timedelta(days=i) for i in range(p.of_last_days)]
+    seen = sorted(d for d in degraded if d <= today)
+    bad = bool(p.performance and seen and p.performance.degraded(degraded[seen[-1]]))
+    return not any(drifted.get(d) for d in window) and not bad
+
+
 def should_retrain(today: dt.date, drifted: dict[dt.date, bool | None], previous: list[dt.date], p: RetrainParams,
                    degraded: dict[dt.date, float | None] | None = None, open_request: tuple[dt.date, str] | None = None,
                    landed: set[dt.date] | None = None, delay: int = 0) -> Decision:
@@ -97,6 +107,10 @@ def should_retrain(today: dt.date, drifted: dict[dt.date, bool | None], previous
     A request trains only once the labels of `min_labelled_days_after_onset` days from its onset have
     landed (the training window then ends at the latest fully labelled day, so it holds the changed
     days); until then it waits, and the record says for what and until when."""
+    if open_request is not None and settled(today, drifted, degraded or {}, p):
+        return Decision(False, f"the request of onset {open_request[0]} is closed: no drifted day in the last "
+                               f"{p.of_last_days} days" + (f" and the champion's realized {p.performance.metric} within its "
+                                                          f"limit" if p.performance else ""), "closed")
     req = open_request or wanted(today, drifted, degraded or {}, p)
     if isinstance(req, Decision):
         return req

@@ -463,7 +463,7 @@ class GuardrailParams:
     validation_warning_kinds: tuple[str, ...] = ()  # a validation warning of these kinds (name before ':') holds
     top_features: int = 5                          # the model's most important features (total gain) ...
     max_feature_psi: float = 2.0                   # ... whose PSI above this holds the day
-    trailing_days: int = 7                         # the baseline: median of the last N days not held
+    trailing_days: int = 7                         # the baseline: median of the last N days not rejected
     min_trailing_days: int = 3                     # fewer earlier days: the ratio checks are skipped (said)
     max_block_rate_ratio: float = 4.0              # block rate above k x the trailing median
     max_review_volume_ratio: float = 4.0           # review candidates above k x the trailing median

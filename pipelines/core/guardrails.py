@@ -2,7 +2,7 @@
 
 Pure checks over what the day already produced (validation warnings, the features the model relies
 on most, the proposed decisions, fallbacks) against the limits in params.yaml `guardrails` and a
-trailing baseline of earlier days that were not held. Each check is recorded, passed or not; any
+trailing baseline (the median of the earlier days a person did not reject). Each check is recorded, passed or not; any
 breach holds the day (decide publishes every decision as `hold` until a person releases it).
 """
 from __future__ import annotations
@@ -45,8 +45,8 @@ class DayHealth:
 
 def checks(p: GuardrailParams, *, warnings: list[str], feature_psi: dict[str, float], rows: int, blocks: int,
            review_volume: int, fallback_rows: int, trailing: list[dict]) -> list[dict]:
-    """Every check of the day: {check, value, limit, breached, message}. `trailing`: the summaries
-    of earlier days not held ({"rows", "blocks", "review_volume"}), newest first."""
+    """Every check of the day: {check, value, limit, breached, message}. `trailing`: the proposed
+    counts of earlier days not rejected ({"rows", "blocks", "review_volume"}), newest first."""
     out = []
 
     def add(check: str, value, limit, breached: bool, message: str) -> None:

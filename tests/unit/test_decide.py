@@ -102,8 +102,8 @@ def test_a_held_day_acts_on_nothing_but_human_overrides_stand():
     assert s["decisions"]["hold"] == 3 and s["decisions"]["block"] == 0 and s["review_queue"] == 0
 
 
-def test_the_guardrails_baseline_is_the_latest_days_not_held(tmp_path):
-    """trailing_days reads the earlier decided days (newest first) and skips held ones."""
+def test_the_guardrails_baseline_is_the_latest_days_not_rejected(tmp_path):
+    """trailing_days reads the earlier decided days (newest first) and skips the rejected ones."""
     from pipelines.core import storage
     from pipelines.core.config import load_params
     from pipelines.decide import trailing_days
@@ -111,7 +111,7 @@ def test_the_guardrails_baseline_is_the_latest_days_not_held(tmp_path):
     from tests.unit.conftest import local_lake
 
     store = local_lake(tmp_path, load_params(REPO / "params.yaml"))
-    for i, status in enumerate(["passed", "held", "passed", "released", "passed"]):
+    for i, status in enumerate(["passed", "rejected", "held", "released", "passed"]):
         d = (D + dt.timedelta(days=i)).isoformat()
         storage.write_bytes(store.uri("decisions", date=d), storage.parquet_bytes(_pred([0.1])))
         storage.write_bytes(store.uri("decision_summary", date=d), storage.json_bytes(

@@ -79,9 +79,10 @@ def test_late_labels_keep_the_request_waiting_and_say_which():
     onset, delay = dt.date(2026, 3, 6), 7
     due = onset + dt.timedelta(days=13 + delay)
     landed = {onset + dt.timedelta(days=i + delay) for i in range(14)} - {onset + dt.timedelta(days=9)}
-    d = should_retrain(due, {}, [], WAIT, open_request=(onset, "drift"), landed=landed, delay=delay)
+    ongoing = {due - dt.timedelta(days=i): True for i in range(3)}
+    d = should_retrain(due, ongoing, [], WAIT, open_request=(onset, "drift"), landed=landed, delay=delay)
     assert d.state == "waiting" and "due but not landed: 2026-03-15" in d.reason
-    d = should_retrain(due, {}, [], WAIT, open_request=(onset, "drift"), landed=landed | {onset + dt.timedelta(days=9)},
+    d = should_retrain(due, ongoing, [], WAIT, open_request=(onset, "drift"), landed=landed | {onset + dt.timedelta(days=9)},
                        delay=delay)
     assert d.retrain and d.state == "trigger"
 
@@ -97,3 +98,18 @@ def test_realized_performance_opens_a_request_with_its_onset():
     assert should_retrain(day, {day: False}, [], p, degraded={**ap, dt.date(2026, 3, 14): 0.6}, delay=7).state == "no"
     err = RetrainParams(**{**vars(WAIT), "performance": RetrainPerformance("error_rate", 0.01)})
     assert should_retrain(day, {day: False}, [], err, degraded={dt.date(2026, 3, 13): 0.02}, delay=7).onset == dt.date(2026, 3, 13)
+
+
+def test_an_open_request_closes_when_the_change_is_over():
+    from pipelines.core.config import RetrainPerformance
+
+    p = RetrainParams(**{**vars(WAIT), "performance": RetrainPerformance("average_precision", 0.4)})
+    day, onset = dt.date(2026, 4, 25), dt.date(2026, 4, 10)
+    calm = {day - dt.timedelta(days=i): False for i in range(3)}
+    d = should_retrain(day, calm, [], p, degraded={dt.date(2026, 4, 18): 0.72}, open_request=(onset, "drift"), delay=7)
+    assert d.state == "closed" and not d.retrain and "2026-04-10 is closed" in d.reason
+    # still degraded (the old champion's labels), or one drifted day in the window: it stays open
+    assert should_retrain(day, calm, [], p, degraded={dt.date(2026, 4, 18): 0.3}, open_request=(onset, "drift"),
+                          delay=7).state == "waiting"
+    assert should_retrain(day, {**calm, day - dt.timedelta(days=2): True}, [], p, open_request=(onset, "drift"),
+                          delay=7).state == "waiting"
