@@ -134,12 +134,12 @@ def promote(c, name: str, version: str, reason: str, dry_run: bool = False) -> l
 
 def rollback_target(c, name: str) -> str | None:
     """The champion before the current one: the `from` of the move that made the current champion
-    (else the `previous` alias)."""
+    unless it was retired (else the `previous` alias)."""
     current = get_alias(c, name, "champion")
     for rec in reversed(history(c, name)):
         if rec["alias"] == "champion" and rec["to"] == current:
-            if rec["from"]:
-                return rec["from"]
+            if rec["from"] and "retired" not in (c.get_model_version(name, rec["from"]).tags or {}):
+                return rec["from"]              # never back to a version that was retired
             break
     prev = get_alias(c, name, "previous")
     return prev if prev != current else None

@@ -189,6 +189,18 @@ def _main(argv: list[str]) -> int:
     reg = storage.read_json(f"{training_uri(store, run.start_date, run.end_date)}/{artifact(REGISTER, REGISTRATION)}")
     c = models.client()
     champion = models.get_alias(c, name, "champion")
+    if champion is not None and reg.get("version") and champion != str(reg["version"]):
+        # an earlier demo promoted its retrained model: the scenario starts again from the model of the
+        # training range (recorded in the alias history like any move)
+        models.promote(c, name, str(reg["version"]), "demo: the scenario starts from the model of its training range")
+        models.move_alias(c, name, "challenger", None, "demo: a new scenario")
+        models.move_alias(c, name, "previous", None, "demo: a new scenario")
+        for mv in c.search_model_versions(f"name='{name}'"):
+            if str(mv.version) != str(reg["version"]):      # an earlier scenario's models: never rolled back to
+                c.set_model_version_tag(name, mv.version, "retired", "demo: a new scenario started")
+        print(f"  (an earlier demo left v{champion} as champion: back to v{reg['version']}, the model of "
+              f"{run.start_date}..{run.end_date}, recorded in the alias history)", flush=True)
+        champion = str(reg["version"])
     if champion is None:
         raise StageFailed(f"demo: {name} has no champion after the training pipeline (gate: {reg.get('reasons')})")
     mv = c.get_model_version(name, champion)
