@@ -133,13 +133,14 @@ def promote(c, name: str, version: str, reason: str, dry_run: bool = False) -> l
 
 
 def rollback_target(c, name: str) -> str | None:
-    """The champion before the current one: the `from` of the move that made the current champion
-    unless it was retired (else the `previous` alias)."""
+    """The champion before the current one: the `from` of the move that made the current champion,
+    unless that version was retired since (then the `previous` alias, which a promotion or a person
+    set on purpose)."""
     current = get_alias(c, name, "champion")
     for rec in reversed(history(c, name)):
         if rec["alias"] == "champion" and rec["to"] == current:
             if rec["from"] and "retired" not in (c.get_model_version(name, rec["from"]).tags or {}):
-                return rec["from"]              # never back to a version that was retired
+                return rec["from"]
             break
     prev = get_alias(c, name, "previous")
     return prev if prev != current else None
