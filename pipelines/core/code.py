@@ -18,7 +18,9 @@ def _file(module: str) -> Path | None:
     return None
 
 
-def _imports(f: Path, module: str) -> set[str]:
+def imported(f: Path, module: str) -> set[str]:
+    """Every module name `f` (module `module`) imports, at module level or inside functions, relative
+    imports resolved, `importlib.import_module("...")` with a literal name included."""
     pkg = module if f.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(f.read_text())):
@@ -30,7 +32,14 @@ def _imports(f: Path, module: str) -> set[str]:
                 parts = pkg.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             found |= {base, *(f"{base}.{a.name}" for a in node.names)}
-    return {m for m in found if m.split(".")[0] == "pipelines" and _file(m) is not None}
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args \
+                and isinstance(node.args[0], ast.Constant):
+            found.add(node.args[0].value)
+    return found
+
+
+def _imports(f: Path, module: str) -> set[str]:
+    return {m for m in imported(f, module) if m.split(".")[0] == "pipelines" and _file(m) is not None}
 
 
 @functools.lru_cache(maxsize=None)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.core.code import imported
 from tests.conftest import REPO
 
 STAGES = {"ingest", "validate", "features", "train", "evaluate", "register", "score", "shadow", "decide", "monitor",
@@ -27,23 +28,8 @@ def module_files(root: Path) -> dict[str, Path]:
 
 
 def imports(f: Path, name: str, known: set[str]) -> set[str]:
-    """The project modules `f` imports, at module level or inside functions."""
-    pkg = name if f.name == "__init__.py" else name.rsplit(".", 1)[0]
-    found = set()
-    for node in ast.walk(ast.parse(f.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = pkg.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args \
-                and isinstance(node.args[0], ast.Constant):
-            found.add(node.args[0].value)
-    return {m for m in found if m in known} - {name}
+    """The project modules `f` imports (core/code.py reads the imports; `known` are the modules of the tree under test)."""
+    return {m for m in imported(f, name) if m in known} - {name}
 
 
 def graph(root: Path) -> dict[str, set[str]]:
