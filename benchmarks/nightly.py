@@ -74,8 +74,7 @@ def generate(rows: int, work: Path, trees: int, depth: int) -> None:
     schema = {"event_id": pl.String, "event_ts": pl.Datetime("us"), "customer": pl.String, "terminal": pl.String,
               **{n: _dtype(n) for n in names}}
     store = params.storage
-    path = Path(store.uri("features", date=DAY))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = work / "features-staging.parquet"         # published below, with its lineage record
     rng = np.random.default_rng(7)
     writer = None
     sample = None
@@ -110,7 +109,12 @@ def generate(rows: int, work: Path, trees: int, depth: int) -> None:
     writer.close()
     man = {"date": DAY, "rows": rows, "feature_columns": names, "key_columns": ["event_id", "event_ts", "customer", "terminal"],
            "dtypes": {c: str(schema[c]) for c in schema}, "spec_hash": spec_hash(spec)}
-    storage.write_bytes(store.uri("features_manifest", date=DAY), storage.json_bytes(man))
+    with storage.Publisher(store.lake) as pub:      # a committed partition, as the features stage leaves it
+        part = pub.partition(store.uri("features", date=DAY), "features")
+        part.put_path(store.uri("features", date=DAY), path)
+        part.put_json(store.uri("features_manifest", date=DAY), man)
+        part.commit()
+    path.unlink()
     manifest = M.feature_manifest(man)
     x = M.feature_matrix(sample, manifest)
     logit = np.clip(0.02 * np.nan_to_num(x[:, 0]) - 0.3 * np.nan_to_num(x[:, 5]) - 3, -30, 30)
