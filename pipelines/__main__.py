@@ -59,13 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         # Expected failures (bad data, missing partitions, bad config, a service that does not answer)
         # end in one clear message and exit 1; anything else is a bug and keeps its traceback.
+        from pipelines.core.cli import EXIT_BLOCKED, DataBlocked
+
         line = services.explain(exc, command)
         if line is None and (type(exc).__module__.startswith("pipelines.") or isinstance(exc, ValueError)):
             line = str(exc)
         if line is None:
             raise
         print(f"ERROR {command}: {line}", file=sys.stderr)
-        return 1
+        return EXIT_BLOCKED if isinstance(exc, DataBlocked) else 1
 
 
 if __name__ == "__main__":

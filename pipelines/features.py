@@ -392,7 +392,8 @@ def main(argv: list[str]) -> int:
             part_uri = store.uri("features", date=day.isoformat())
             part = feats.filter(pl.col("event_ts").dt.date() == day)
             if suite is not None:
-                v = validate_frame(part, suite, "features", day, 0.0, allow_quarantine=False)
+                v = validate_frame(part, suite, "features", day, 0.0, allow_quarantine=False,
+                                   engine=params.validate.engine)
                 if v.blocked:
                     pub.remove(part_uri)
                     failures.append(f"features {day}: blocked by {suite_path}: " + "; ".join(v.results["reasons"]))

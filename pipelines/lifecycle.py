@@ -244,7 +244,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--dry-run", action="store_true", help="say what would move, move nothing")
     args = ap.parse_args(argv)
     rec = lifecycle_day(load_params(args.params), args.date, args.dry_run)
-    print(json.dumps({k: rec[k] for k in ("date", "scored_date", "champion", "moves")} |
-                     {"rollback": rec["rollback"]["rollback"], "promotion": rec["promotion"]["action"],
-                      "alerts": [a["kind"] for a in rec["alerts"]]}, sort_keys=True, default=str))
+    print(json.dumps(summary(rec), sort_keys=True, default=str))
     return 0
+
+
+def summary(rec: dict) -> dict:
+    """A lifecycle record in short (the task's XCom, the demo's progress line): the moves, whether
+    a rollback was advised, the promotion verdict and the alert kinds."""
+    return ({k: rec[k] for k in ("date", "scored_date", "champion", "moves")} |
+            {"rollback": rec["rollback"]["rollback"], "promotion": rec["promotion"]["action"],
+             "alerts": [a["kind"] for a in rec["alerts"]]})

@@ -164,11 +164,16 @@ def training_conf(today: dt.date, p: RetrainParams, reason: str, params_file: st
                      "params_file": params_file, "reason": f"drift-triggered retrain on {today}: {reason}"}}
 
 
-def realized_metric(store: StorageParams, today: dt.date, p: RetrainParams, days: int = 30) -> dict[dt.date, float | None]:
-    """The champion's realized `retrain.performance.metric` per scored day (the last `days` days)."""
+def realized_metric(store: StorageParams, today: dt.date, p: RetrainParams, delay: int = 0,
+                    days: int = 30) -> dict[dt.date, float | None]:
+    """The champion's realized `retrain.performance.metric` per scored day (the last `days` days) as
+    known on `today`: only the days whose labels had landed by then (scored on or before today -
+    delay), so a date decides the same whenever it runs (a re-run, a backfill, a labels run that
+    ran ahead)."""
     if p.performance is None:
         return {}
-    m = read_realized(store, [today - dt.timedelta(days=i) for i in range(days - 1, -1, -1)])
+    last = today - dt.timedelta(days=delay)
+    m = read_realized(store, [last - dt.timedelta(days=i) for i in range(days - 1, -1, -1)])
     m = m.filter((pl.col("role") == "champion") & (pl.col("metric") == p.performance.metric) & (pl.col("slice") == ""))
     return {r["date"]: r["value"] for r in m.sort("date").iter_rows(named=True)}
 
@@ -203,7 +208,7 @@ def decide_day(params, today: dt.date, params_file: str) -> dict:
                            f"({store.uri('monitoring', date=today.isoformat())}); run monitor first")
     prev = previous_triggers(store, today, max(30, p.cooldown_days))
     delay = params.dataset("labels").delay_days if params.has_dataset("labels") else 0
-    degraded = realized_metric(store, today, p)
+    degraded = realized_metric(store, today, p, delay)
     req = open_request(store, today)
     onset = req[0] if req else None
     if onset is None:

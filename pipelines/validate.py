@@ -22,7 +22,7 @@ import datetime as dt
 import logging
 
 from pipelines.core import lineage, storage
-from pipelines.core.cli import StageFailed, each_partition, resolve, stage_parser
+from pipelines.core.cli import DataBlocked, StageFailed, each_partition, resolve, stage_parser
 from pipelines.core.gx import load_suite, validate_frame
 from pipelines.core.report import validation_html
 
@@ -45,7 +45,7 @@ def validate_partition(dataset: str, day: dt.date, suite: dict, params, store, p
         why = "does not exist (did ingest fail?)" if isinstance(exc, lineage.NotCommitted) else f"is not valid ({exc})"
         raise ValidationBlocked(f"{dataset} {day}: canonical partition {src} {why}; nothing validated, any earlier "
                                 f"validated partition of the date withdrawn, the run fails") from None
-    v = validate_frame(df, suite, dataset, day, params.max_quarantine_fraction)
+    v = validate_frame(df, suite, dataset, day, params.max_quarantine_fraction, engine=params.engine)
     v.results["source"] = src
     report = validation_html(v.results, v.quarantine).encode()
     if v.blocked:
@@ -83,5 +83,6 @@ def main(argv: list[str]) -> int:
             log.info("%s %s: passed, %d validated, %d quarantined, warnings: %s", args.dataset, day,
                      r["rows_validated"], r["rows_quarantined"], r["warnings"] or "none")
 
-        each_partition([d for d in days if not (first and d < first)], one, ValidationBlocked, "validate blocked")
+        each_partition([d for d in days if not (first and d < first)], one, ValidationBlocked, "validate blocked",
+                       failure=DataBlocked)
     return 0

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Emitted when `register` succeeds: a new model version exists (with or without an alias).
 MODEL_ASSET = Asset(name="model", uri="fraudops://registry/model")
 NOT_LANDED = 99                     # pipelines.ingest.NOT_LANDED: the sensors poke again on it
+DATA_BLOCKED = 3                    # pipelines.core.cli.EXIT_BLOCKED: the data was refused; no retry
 # a .yaml/.yml path of plain characters, no ".." (the file must also exist inside the project or
 # its state folder: checked_params_file)
 PARAMS_FILE_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9_/][A-Za-z0-9_./-]{0,300}\.ya?ml$"
@@ -174,6 +175,9 @@ class StageOperator(_Subprocess, BaseOperator):
 
     def execute(self, context):
         code, last = self.run(context)
+        if code == DATA_BLOCKED:      # validation refused the data: the same input gives the same answer
+            raise AirflowFailException(f"python -m pipelines {self.stage}: the data was blocked (not retried): "
+                                       f"{last[-500:]}")
         if code != 0:
             raise AirflowException(f"python -m pipelines {self.stage} exited with {code}: {last[-500:]}")
         return last
@@ -241,14 +245,28 @@ class ReleaseHoldOperator(StageOperator):
                                         f"--action={action}", f"--reason={params.get('reason') or 'manual'}"]
 
 
+def schedule_end() -> datetime | None:
+    """The last day the daily DAGs are scheduled for: FRAUDOPS_SCHEDULE_END=YYYY-MM-DD (the local
+    stack sets it to the end of its simulated data, so that starting it creates no run that would
+    wait for data that never comes); unset or "none": open-ended, as in production."""
+    raw = os.environ.get("FRAUDOPS_SCHEDULE_END", "").strip()
+    if raw.lower() in ("", "none"):
+        return None
+    if not re.fullmatch(DATE_PATTERN, raw):
+        raise ValueError(f"FRAUDOPS_SCHEDULE_END={raw[:40]!r}: expected YYYY-MM-DD or none")
+    return datetime.fromisoformat(raw).replace(tzinfo=timezone.utc)
+
+
 def daily_dag(dag_id: str, description: str, start: datetime, catchup_env: str, doc_md: str | None, tags: list[str]):
     """A DAG run daily at 00:00 UTC for the day before (ds = the data interval's start), on one
-    date partition, with up to 3 dates side by side; it catches up only when `catchup_env`=true and
-    takes a `params_file` param. Used as `with daily_dag(...) as dag:`."""
+    date partition, with up to 3 dates side by side, from `start` to schedule_end() (the scheduler
+    creates no run past it); it catches up only when `catchup_env`=true and takes a `params_file`
+    param. Used as `with daily_dag(...) as dag:`."""
     from airflow.sdk import DAG, CronDataIntervalTimetable
 
     return DAG(dag_id=dag_id, description=description,
                schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"), start_date=start,
+               end_date=schedule_end(),
                catchup=os.environ.get(catchup_env, "false").lower() == "true", max_active_runs=3,
                default_args=default_args(), params={"params_file": params_file_param()},
                tags=["fraudops", *tags], doc_md=doc_md)

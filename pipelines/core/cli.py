@@ -18,9 +18,20 @@ class StageFailed(RuntimeError):
         return cls(f"{what} {len(failures)} partition(s): " + " | ".join(failures))
 
 
-def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], ...], what: str) -> None:
+class DataBlocked(StageFailed):
+    """The data itself was refused (a validation block): running the stage again on the same input
+    gives the same answer, so a scheduler must not retry it. `python -m pipelines` exits with
+    EXIT_BLOCKED for it."""
+
+
+EXIT_BLOCKED = 3        # plugins/fraudops_wiring.DATA_BLOCKED: the task fails without retries
+
+
+def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], ...], what: str,
+                   failure: type[StageFailed] = StageFailed) -> None:
     """`one(item)` for every partition: one that fails with `errors` is logged and the others still
-    run (each is a transaction of its own); then one StageFailed names every failed partition."""
+    run (each is a transaction of its own); then one `failure` (a StageFailed) names every failed
+    partition."""
     failures = []
     for item in items:
         try:
@@ -29,7 +40,7 @@ def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], 
             logging.getLogger("pipelines").error("%s", exc)
             failures.append(str(exc))
     if failures:
-        raise StageFailed.of(what, failures)
+        raise failure.of(what, failures)
 
 
 def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:

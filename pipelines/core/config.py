@@ -161,8 +161,11 @@ class ValidateParams:
     suites: dict[str, str | bool]     # dataset -> suite path, or false: explicitly no suite
     max_quarantine_fraction: float
     suggest: SuggestParams
+    engine: str = "polars"            # polars: core/suite_polars (GX's outcomes, checked equal); gx: GX itself
 
     def __post_init__(self) -> None:
+        if self.engine not in ("polars", "gx"):
+            raise ConfigError(f"validate.engine: {self.engine!r}; expected polars or gx")
         for name, path in self.suites.items():
             if path is False:
                 continue

@@ -5,46 +5,22 @@ Each expectation in a suite (expectations/<dataset>.json) carries `meta.severity
          offending rows to quarantine instead, and the partition is blocked only if more than
          `max_quarantine_fraction` of it is quarantined.
   warn   recorded; the run continues.
-GX has no polars engine: frames cross the boundary as Arrow -> pandas, here and nowhere else.
+GX has no polars engine: frames cross the boundary as Arrow -> pandas, here and nowhere else. With
+`validate.engine: polars` (the default) the suite is evaluated by core/suite_polars, which gives
+GX's own outcomes without importing GX; an expectation it does not reproduce runs in GX.
 """
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import polars as pl
 
-from pipelines.core.config import ConfigError
+from pipelines.core.suite import Outcome, expectation_name, fill, jsonable, load_suite  # noqa: F401 (load_suite: re-exported)
 
 log = logging.getLogger("pipelines.gx")
-
-
-SEVERITIES = ("block", "warn")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    name: str
-    type: str
-    column: str | None
-    severity: str
-    success: bool
-    row_level: bool
-    unexpected_count: int
-    observed: Any
-    kwargs: dict
-    error: str | None = None
-    unexpected_rows: tuple[int, ...] = field(default=(), repr=False)
-
-    def public(self) -> dict:
-        return {"name": self.name, "type": self.type, "column": self.column, "severity": self.severity,
-                "success": self.success, "row_level": self.row_level, "unexpected_count": self.unexpected_count,
-                "observed": _jsonable(self.observed), "kwargs": _jsonable(self.kwargs), "error": self.error}
 
 
 @dataclass(frozen=True)
@@ -58,54 +34,16 @@ class Validation:
         return self.results["status"] == "blocked"
 
 
-def _jsonable(v: Any) -> Any:
-    return json.loads(json.dumps(v, default=lambda o: o.isoformat() if hasattr(o, "isoformat") else
-                                 (o.item() if hasattr(o, "item") else str(o))))
+def run_suite(df: pl.DataFrame, suite: dict, day: dt.date, engine: str = "gx") -> list[Outcome]:
+    """Run every expectation of `suite` on `df`; one Outcome each. engine "polars": the polars
+    evaluator when it covers the whole suite, else GX; "gx": GX (pandas engine)."""
+    if engine == "polars":
+        from pipelines.core import suite_polars
 
-
-def load_suite(path: str | Path) -> dict:
-    """A reviewed suite (expectations/<dataset>.json); a suite that cannot be loaded is an error
-    (fail closed: nothing is ever published unvalidated because of a typo)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"expectation suite {p} not found; nothing validated, the run fails (generate one with "
-                          f"`python -m pipelines expectations suggest` and review it)")
-    try:
-        suite = json.loads(p.read_text())
-    except ValueError as exc:
-        raise ConfigError(f"expectation suite {p} is not valid JSON ({exc}); nothing validated, the run fails") from None
-    if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
-        raise ConfigError(f"expectation suite {p} has no 'expectations' list; nothing validated, the run fails")
-    for i, e in enumerate(suite.get("expectations", [])):
-        sev = e.get("meta", {}).get("severity")
-        if sev not in SEVERITIES:
-            raise ValueError(f"{p}: expectation #{i} ({e.get('type')}) has severity {sev!r}; expected block or warn")
-    return suite
-
-
-def expectation_name(e: dict) -> str:
-    meta = e.get("meta", {})
-    if meta.get("name"):
-        return meta["name"]
-    kw = e.get("kwargs", {})
-    return f"{e['type'].removeprefix('expect_')}:{kw['column']}" if "column" in kw else e["type"].removeprefix("expect_")
-
-
-def _fill(value: Any, day: dt.date) -> Any:
-    """Suites may say {day_start}/{day_end}: the partition's first and last microsecond."""
-    start = dt.datetime.combine(day, dt.time())
-    marks = {"{day_start}": start, "{day_end}": start + dt.timedelta(days=1, microseconds=-1)}
-    if isinstance(value, str) and value in marks:
-        return marks[value]
-    if isinstance(value, dict):
-        return {k: _fill(v, day) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill(v, day) for v in value]
-    return value
-
-
-def run_suite(df: pl.DataFrame, suite: dict, day: dt.date) -> list[Outcome]:
-    """Run every expectation of `suite` on `df` with GX (pandas engine); one Outcome each."""
+        got = suite_polars.run_suite(df, suite, day)
+        if got is not None:
+            return got
+        log.info("suite %s: an expectation outside the polars evaluator; running GX", suite.get("name"))
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -122,7 +60,7 @@ def run_suite(df: pl.DataFrame, suite: dict, day: dt.date) -> list[Outcome]:
     batch = (ctx.data_sources.add_pandas("frame").add_dataframe_asset("partition")
              .add_batch_definition_whole_dataframe("whole").get_batch(batch_parameters={"dataframe": df.to_pandas()}))
     specs = suite.get("expectations", [])
-    configs = [ExpectationConfiguration(type=e["type"], kwargs=_fill(e.get("kwargs", {}), day),
+    configs = [ExpectationConfiguration(type=e["type"], kwargs=fill(e.get("kwargs", {}), day),
                                         meta={**e.get("meta", {}), "_index": i}) for i, e in enumerate(specs)]
     gx_suite = gx.ExpectationSuite(name=suite.get("name", "suite"), expectations=[c.to_domain_obj() for c in configs])
     res = batch.validate(gx_suite, result_format={"result_format": "COMPLETE"})
@@ -159,7 +97,7 @@ def judge(df: pl.DataFrame, outcomes: list[Outcome], dataset: str, day: dt.date,
             for i in o.unexpected_rows:
                 failed_by_row.setdefault(i, []).append(o.name)
         else:
-            reasons.append(f"{o.name} ({o.type}) failed: observed {_jsonable(o.observed)!r}"
+            reasons.append(f"{o.name} ({o.type}) failed: observed {jsonable(o.observed)!r}"
                            + (f", error: {o.error}" if o.error else ""))
     bad = sorted(failed_by_row)
     frac = len(bad) / n if n else 0.0
@@ -186,5 +124,5 @@ def judge(df: pl.DataFrame, outcomes: list[Outcome], dataset: str, day: dt.date,
 
 
 def validate_frame(df: pl.DataFrame, suite: dict, dataset: str, day: dt.date, max_quarantine_fraction: float,
-                   allow_quarantine: bool = True) -> Validation:
-    return judge(df, run_suite(df, suite, day), dataset, day, max_quarantine_fraction, allow_quarantine)
+                   allow_quarantine: bool = True, engine: str = "gx") -> Validation:
+    return judge(df, run_suite(df, suite, day, engine), dataset, day, max_quarantine_fraction, allow_quarantine)

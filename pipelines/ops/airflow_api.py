@@ -91,6 +91,29 @@ class AirflowClient:
             if len(got["dag_runs"]) < page or len(out) >= got.get("total_entries", 0):
                 return out
 
+    def runs_between(self, dag_id: str, first: str, last: str, page: int = 100) -> list[dict]:
+        """The runs of `dag_id` whose logical date lies in [first, last] (YYYY-MM-DD), paged."""
+        out: list[dict] = []
+        while True:
+            got = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit={page}&offset={len(out)}"
+                                       f"&logical_date_gte={first}T00:00:00Z&logical_date_lte={last}T23:59:59Z")
+            out += got["dag_runs"]
+            if len(got["dag_runs"]) < page or len(out) >= got.get("total_entries", 0):
+                return out
+
+    def delete_run(self, dag_id: str, run_id: str) -> bool:
+        """Delete a run (a running one is marked failed first); False when there was none."""
+        try:
+            run = self.run(dag_id, run_id)
+        except AirflowApiError as exc:
+            if "HTTP 404" in str(exc):
+                return False
+            raise
+        if run["state"] not in TERMINAL:
+            self._request("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", {"state": "failed"})
+        self._request("DELETE", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        return True
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 

@@ -21,14 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines import ingest, validate
+from pipelines import lifecycle
 from pipelines.core import registry as models
 from pipelines.core import storage
 from pipelines.core.cli import StageFailed
 from pipelines.core.config import date_range, load_params
 from pipelines.core.lake import REGISTER, REGISTRATION, artifact, training_uri
 from pipelines.core.state import REPO, state_dir
-from pipelines.ops import demo_data, nightly, stack
+from pipelines.ops import demo_data, stack
 
 
 def _dvc(*args: str) -> None:
@@ -131,6 +131,62 @@ def recovery(store, nights: list[dt.date], drift_from: dt.date | None, delay: in
     return "Realized performance of the champion: " + " | ".join(parts) + verdict
 
 
+class DagRuns:
+    """The demo's runs on the scheduler: one run per DAG and logical date, run id `demo__<date>`,
+    triggered through the REST API with the demo's params file, waited for, and counted."""
+
+    DAGS = ("labels", "nightly_scoring")
+
+    def __init__(self, client, params_file: str) -> None:
+        self.client, self.params_file = client, params_file
+        self.seen: dict[str, dict[str, str]] = {}
+        for dag in (*self.DAGS, "training"):
+            client.wait_for_dag(dag)
+
+    def clear(self, first: dt.date, last: dt.date) -> None:
+        """Delete the runs an earlier demo left for these dates (the lake is rebuilt, so they describe
+        data that no longer exists), and any run of a date past the simulated data (it would wait for
+        data that never comes)."""
+        gone = 0
+        for dag in self.DAGS:
+            for r in self.client.runs_between(dag, first.isoformat(), "9999-12-31"):
+                gone += self.client.delete_run(dag, r["dag_run_id"])
+        for day in date_range(first, last):
+            gone += self.client.delete_run("training", f"retrain__{day.isoformat()}")
+        if gone:
+            print(f"  (deleted {gone} Airflow run(s) an earlier demo left for {first}..: the data is rebuilt)", flush=True)
+
+    def run(self, dag_id: str, day: dt.date, expect_failure: bool = False, timeout: float = 1800) -> dict:
+        """Trigger `dag_id` for logical date `day` and wait; a run that fails (or, with
+        expect_failure, one that succeeds) stops the demo with its failed tasks named."""
+        run_id = f"demo__{day.isoformat()}"
+        self.client.trigger(dag_id, {"params_file": self.params_file}, run_id=run_id,
+                            logical_date=f"{day.isoformat()}T00:00:00Z")
+        run = self.client.wait(dag_id, run_id, timeout=timeout, poll=1.0)
+        self.seen.setdefault(dag_id, {})[run_id] = run["state"]
+        if (run["state"] == "success") == expect_failure:
+            bad = [f"{t['task_id']}={t['state']}" for t in self.client.task_instances(dag_id, run_id)
+                   if t["state"] not in ("success", "skipped")]
+            raise StageFailed(f"demo: {dag_id} run {run_id} ended {run['state']}"
+                              f"{' (expected a block)' if expect_failure else ''}; tasks: {', '.join(bad) or 'none failed'}; "
+                              f"task logs in the Airflow UI ({self.client.base}/dags/{dag_id}/runs/{run_id})")
+        return run
+
+    def wait_triggered(self, dag_id: str, run_id: str) -> dict:
+        run = self.client.wait(dag_id, run_id, timeout=2400)
+        self.seen.setdefault(dag_id, {})[run_id] = run["state"]
+        return run
+
+    def counts(self) -> str:
+        out = []
+        for dag, runs in self.seen.items():
+            states: dict[str, int] = {}
+            for st in runs.values():
+                states[st] = states.get(st, 0) + 1
+            out.append(f"{dag}: " + ", ".join(f"{n} {st}" for st, n in sorted(states.items())))
+        return "; ".join(out)
+
+
 def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines demo", description=__doc__.split("\n")[0])
     ap.add_argument("--params", default="params.yaml")
@@ -157,27 +213,15 @@ def _main(argv: list[str]) -> int:
     quarantined = sum(storage.read_json(store.uri("validation_results", dataset="transactions", date=d.isoformat()))
                       ["rows_quarantined"] for d in days)
 
-    # fail closed, shown: a day with an injected bug is blocked, its bad rows quarantined
     bugs = demo_data.DemoParams.from_dict(params.section("demo_data")).bugs
-    showcase = []
-    for bug in bugs:
-        day = bug.date.isoformat()
-        try:
-            ingest.main(["--params", args.params, "--date", day, "--dataset", "transactions"])
-            validate.main(["--params", args.params, "--date", day])
-            showcase.append(f"{day} ({bug.kind}): passed (no block rule caught it)")
-        except StageFailed as exc:
-            first = str(exc).split(": ", 1)[-1]
-            showcase.append(f"{day} ({bug.kind}): BLOCKED as it should be -> {first[:400]}")
-
     report = REPO / "data" / "validate" / store.layout["validation_report"].format(
         dataset="transactions", date=run.end_date.isoformat())
     print("\n" + "=" * 78)
     print(f"Validated feature partitions: {len(feats)}/{len(days)} days ({run.start_date}..{run.end_date}), "
           f"{rows} rows, in {store.uri('features', date='YYYY-MM-DD')}")
     print(f"Rows quarantined by validation over the range: {quarantined}")
-    for line in showcase:
-        print(f"Injected data bug on {line}")
+    for bug in bugs:
+        print(f"Injected data bug on {bug.date} ({bug.kind}): run through nightly_scoring after the nights (it must be blocked)")
     print(f"Validation report (self-contained HTML): {report}")
     print(f"DVC: `dvc repro` is up to date now; outputs pushed to the remote s3://{stack.BUCKETS[2]}/cache"
           + ("" if lay.s3 else f" ({lay.objects / stack.BUCKETS[2] / 'cache'})"))
@@ -214,7 +258,8 @@ def _main(argv: list[str]) -> int:
     print(f"MLflow UI:  {lay.mlflow_url}/#/models/{name}/versions/{champion}   "
           f"(run: {lay.mlflow_url}/#/experiments/{c.get_run(mv.run_id).info.experiment_id}/runs/{mv.run_id})")
 
-    # the nights of demo_data.nightly, each with the labels landing that day (drift from demo_data.drift.start_date)
+    # the nights of demo_data.nightly, each with the labels landing that day (drift from
+    # demo_data.drift.start_date), as runs of the labels and nightly_scoring DAGs on the scheduler
     dp = demo_data.DemoParams.from_dict(params.section("demo_data"))
     if dp.nightly:
         from pipelines.ops.airflow_api import AirflowClient
@@ -223,20 +268,33 @@ def _main(argv: list[str]) -> int:
         delay = params.dataset("labels").delay_days
         nights = date_range(*dp.nightly)
         k = params.retrain.min_labelled_days_after_onset
-        print("\n" + "=" * 78 + f"\nNights {nights[0]}..{nights[-1]} (drift injected from {dp.drift.start_date}): each date, "
-              f"the labels landing that day (validate -> feedback -> lifecycle), then the nightly chain (ingest -> "
-              f"validate -> features -> score -> shadow -> decide -> monitor -> retrain). A retrain waits for the "
-              f"labels of {k} days from the drift's onset ({delay} days late).", flush=True)
+        print("\n" + "=" * 78 + f"\nNights {nights[0]}..{nights[-1]} on the Airflow scheduler (drift injected from "
+              f"{dp.drift.start_date}): each date, a run of the labels DAG for the labels landing that day (validate -> "
+              f"feedback -> lifecycle), then a run of nightly_scoring (ingest -> validate -> features -> score -> shadow "
+              f"-> decide -> monitor -> retrain). A retrain waits for the labels of {k} days from the drift's onset "
+              f"({delay} days late); the nightly DAG triggers the training DAG.", flush=True)
+        bug_days = [b.date for b in bugs]
+        runs = DagRuns(client, args.params)
+        runs.clear(nights[0], max([nights[-1], *bug_days]))
         for day in nights:
-            lab = nightly.run_labels_day(args.params, day) if day >= nights[0] + dt.timedelta(days=delay) else None
-            out = nightly.run_day(args.params, day)
-            print(night_line(store, day, out, lab, delay), flush=True)
-            d = out["decision"]
+            lab = None
+            if day >= nights[0] + dt.timedelta(days=delay):
+                runs.run("labels", day)
+                lab = {"lifecycle": lifecycle.summary(storage.read_json(store.uri("lifecycle_decision", date=day.isoformat())))}
+            runs.run("nightly_scoring", day)
+            d = storage.read_json(store.uri("retrain_decision", date=day.isoformat()))
+            print(night_line(store, day, {"decision": d}, lab, delay), flush=True)
             if d["retrain"]:
-                run_id = nightly.trigger(d, replace=True)
-                print(f"  -> training DAG run {run_id} ({d['training']['conf']['start_date']}..{day}); waiting for it ...",
-                      flush=True)
-                print("  " + training_line(store, client.wait("training", run_id, timeout=2400)), flush=True)
+                t = d["training"]
+                print(f"  -> nightly_scoring triggered training run {t['run_id']} ({t['conf']['start_date']}..{day}); "
+                      f"waiting for it ...", flush=True)
+                print("  " + training_line(store, runs.wait_triggered(t["dag_id"], t["run_id"])), flush=True)
+        for day in bug_days:            # fail closed, shown: a night whose data has a bug is blocked (a red run)
+            run = runs.run("nightly_scoring", day, expect_failure=True)
+            res = storage.read_json(store.uri("validation_results", dataset="transactions", date=day.isoformat()))
+            print(f"  {day} nightly_scoring run {run['dag_run_id']}: {run['state'].upper()} at validate, nothing scored "
+                  f"or decided -> {'; '.join(res['reasons'])[:300]}", flush=True)
+        print(f"  Airflow runs of the demo: {runs.counts()}  ({lay.airflow_url}/dags/nightly_scoring/runs)", flush=True)
         last = nights[-1]
         print(f"  aliases now: {models.aliases(c, name)}; history: python -m pipelines models history")
         print(recovery(store, nights, dp.drift.start_date, delay))
@@ -256,8 +314,7 @@ def _main(argv: list[str]) -> int:
         print(f"Monitoring report (self-contained HTML): {index / 'index.html'}  (in the lake: {store.uri('monitor_index')})")
         print(f"  review queue of a day: {store.uri('review_queue', date='YYYY-MM-DD')}; overrides: "
               f"python -m pipelines decide override --date D --event-id ID --decision block --reviewer you")
-        print("  the same job under the scheduler: DAG nightly_scoring (backfill: airflow backfill create --dag-id "
-              "nightly_scoring --from-date D --to-date D)")
+        print("  the same chain without the scheduler (a developer tool): python -m pipelines nightly --start D --end D")
         from pipelines.ops import audit
 
         found = audit.contradictions(audit.gather(params, date_range(dp.nightly[0], last), c, client))

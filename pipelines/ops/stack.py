@@ -121,6 +121,19 @@ def _secret(home: Path, name: str) -> str:
     return path.read_text().strip()
 
 
+def schedule_end() -> str:
+    """The last date the daily DAGs are scheduled for (plugins/fraudops_wiring.schedule_end): the
+    environment's FRAUDOPS_SCHEDULE_END when set ("none": open-ended, as in production), else the
+    last day of the embedded default's simulated data (params.yaml demo_data.end_date): the local
+    stack then creates no run for a date its data does not have."""
+    if "FRAUDOPS_SCHEDULE_END" in os.environ:
+        return os.environ["FRAUDOPS_SCHEDULE_END"]
+    import yaml
+
+    demo = (yaml.safe_load((REPO / "params.yaml").read_text()) or {}).get("demo_data") or {}
+    return str(demo.get("end_date") or "none")
+
+
 def stack_env(lay: Layout) -> dict[str, str]:
     """The variables every process of the stack (and every client) needs."""
     home = lay.home
@@ -155,6 +168,7 @@ def stack_env(lay: Layout) -> dict[str, str]:
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "PYTHONPATH": str(REPO),
         "GIT_PYTHON_REFRESH": "quiet",
+        "FRAUDOPS_SCHEDULE_END": schedule_end(),
     }
     if not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{lay.airflow_home / 'airflow.db'}"
