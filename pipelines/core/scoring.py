@@ -171,13 +171,11 @@ def _resolve_registered(p: ScoreParams, root: Path, remember: bool) -> Served:
                                   f"within {p.registry_timeout_s}s")
     from pipelines.core import registry as R
 
-    c = R.client()
     try:
-        version = R.get_alias(c, p.model_name, p.alias)
-        mv = c.get_model_version(p.model_name, version) if version else None
+        mv = R.version_by_alias(p.model_name, p.alias, p.registry_timeout_s)
     except Exception as exc:           # the server went away between the probe and the call
         raise RegistryUnreachable(f"{type(exc).__name__}: {str(exc)[:200]}") from None
-    return _load_version(p, root, version, mv, remember)
+    return _load_version(p, root, mv.version if mv else None, mv, remember)
 
 
 def _load_version(p: ScoreParams, root: Path, version: str | None, mv, remember: bool = True) -> Served:

@@ -1,15 +1,19 @@
-"""`python -m pipelines demo`: the main job on the embedded default, end to end.
+"""`python -m pipelines demo`: the main job on the embedded default, end to end, on the scheduler.
 
 stack up -> simulated raw data into the object store -> `dvc repro` (ingest -> validate -> features -> train ->
-evaluate -> register) -> `dvc push` -> a fail-closed showcase (a day with an injected data bug is
-blocked and quarantined) -> the nights of demo_data.nightly, drift injected from
-demo_data.drift.start_date; each date runs the labels landing that day (validate -> feedback ->
-lifecycle: realized metrics, shadow comparison, promotion, rollback) and then the nightly chain
-(score, shadow, decide with its guardrails, monitor, the retrain decision). The drift is flagged, the
-retrain request waits for the labels of the changed days, then the training DAG is triggered
-(through the Airflow REST API, as the nightly DAG would), its model goes through the gate, shadows
-the champion and is promoted when it wins -> the champion's realized performance before, during
-and after -> the audit of the whole range -> a summary of what is where.
+evaluate -> register) -> `dvc push` -> the nights of demo_data.nightly as Airflow runs (drift
+injected from demo_data.drift.start_date): for each date a run of the `labels` DAG (the labels
+landing that day: validate -> feedback -> lifecycle: realized metrics, shadow comparison,
+promotion, rollback), then a run of `nightly_scoring` (ingest -> validate -> features -> score ->
+shadow -> decide with its guardrails -> monitor -> the retrain decision), triggered through the REST
+API with logical date = the date (run id demo__<date>). The next date's labels run starts once
+tonight's champion and challenger have scored (the rest of the night does not read the registry).
+The drift is flagged, the retrain request waits for the labels of the changed days, then the
+nightly DAG triggers the training DAG; its model goes through the gate, shadows the champion and is
+promoted when it wins. A night with an injected data bug is then run: validation blocks it (a red
+run, not retried) -> the champion's realized performance before, during and after -> the audit of
+the whole range -> a summary of what is where. `python -m pipelines nightly` runs the same chain
+in one process, without the scheduler (a developer tool; the demo does not use it).
 """
 from __future__ import annotations
 
@@ -156,13 +160,35 @@ class DagRuns:
         if gone:
             print(f"  (deleted {gone} Airflow run(s) an earlier demo left for {first}..: the data is rebuilt)", flush=True)
 
-    def run(self, dag_id: str, day: dt.date, expect_failure: bool = False, timeout: float = 1800) -> dict:
-        """Trigger `dag_id` for logical date `day` and wait; a run that fails (or, with
-        expect_failure, one that succeeds) stops the demo with its failed tasks named."""
-        run_id = f"demo__{day.isoformat()}"
+    @staticmethod
+    def run_id(day: dt.date) -> str:
+        return f"demo__{day.isoformat()}"
+
+    def start(self, dag_id: str, day: dt.date) -> str:
+        """Trigger `dag_id` for logical date `day` with the demo's params file."""
+        run_id = self.run_id(day)
         self.client.trigger(dag_id, {"params_file": self.params_file}, run_id=run_id,
                             logical_date=f"{day.isoformat()}T00:00:00Z")
-        run = self.client.wait(dag_id, run_id, timeout=timeout, poll=1.0)
+        return run_id
+
+    def tasks_done(self, dag_id: str, day: dt.date, tasks: tuple[str, ...], timeout: float = 1800) -> bool:
+        """Wait until `tasks` of the run have ended (or the run has); True when they all succeeded."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            tis = {t["task_id"]: t["state"] for t in self.client.task_instances(dag_id, self.run_id(day))}
+            if all(tis.get(t) in ("success", "skipped") for t in tasks):
+                return True
+            if any(tis.get(t) in ("failed", "upstream_failed") for t in tasks) or \
+                    self.client.run(dag_id, self.run_id(day))["state"] in ("success", "failed"):
+                return False
+            time.sleep(0.5)
+        return False
+
+    def finish(self, dag_id: str, day: dt.date, expect_failure: bool = False, timeout: float = 1800) -> dict:
+        """Wait for the run of `day`; a run that fails (or, with expect_failure, one that succeeds)
+        stops the demo with its failed tasks named."""
+        run_id = self.run_id(day)
+        run = self.client.wait(dag_id, run_id, timeout=timeout, poll=0.5)
         self.seen.setdefault(dag_id, {})[run_id] = run["state"]
         if (run["state"] == "success") == expect_failure:
             bad = [f"{t['task_id']}={t['state']}" for t in self.client.task_instances(dag_id, run_id)
@@ -171,6 +197,10 @@ class DagRuns:
                               f"{' (expected a block)' if expect_failure else ''}; tasks: {', '.join(bad) or 'none failed'}; "
                               f"task logs in the Airflow UI ({self.client.base}/dags/{dag_id}/runs/{run_id})")
         return run
+
+    def run(self, dag_id: str, day: dt.date, expect_failure: bool = False) -> dict:
+        self.start(dag_id, day)
+        return self.finish(dag_id, day, expect_failure)
 
     def wait_triggered(self, dag_id: str, run_id: str) -> dict:
         run = self.client.wait(dag_id, run_id, timeout=2400)
@@ -276,12 +306,24 @@ def _main(argv: list[str]) -> int:
         bug_days = [b.date for b in bugs]
         runs = DagRuns(client, args.params)
         runs.clear(nights[0], max([nights[-1], *bug_days]))
-        for day in nights:
+        labelled = [d for d in nights if d >= nights[0] + dt.timedelta(days=delay)]
+        ahead = None            # the next date's labels run, started while this night decides and monitors
+        for i, day in enumerate(nights):
             lab = None
-            if day >= nights[0] + dt.timedelta(days=delay):
-                runs.run("labels", day)
+            if day in labelled:
+                if ahead != day:
+                    runs.start("labels", day)
+                runs.finish("labels", day)
                 lab = {"lifecycle": lifecycle.summary(storage.read_json(store.uri("lifecycle_decision", date=day.isoformat())))}
-            runs.run("nightly_scoring", day)
+            runs.start("nightly_scoring", day)
+            nxt = nights[i + 1] if i + 1 < len(nights) else None
+            ahead = None
+            # the labels landing tomorrow may move aliases: only once tonight's champion and challenger
+            # have scored (the rest of tonight's run does not read the registry)
+            if nxt in labelled and runs.tasks_done("nightly_scoring", day, ("score", "shadow")):
+                runs.start("labels", nxt)
+                ahead = nxt
+            runs.finish("nightly_scoring", day)
             d = storage.read_json(store.uri("retrain_decision", date=day.isoformat()))
             print(night_line(store, day, {"decision": d}, lab, delay), flush=True)
             if d["retrain"]:
