@@ -220,6 +220,42 @@ def _plan(c, name: str, decision: GateDecision, champion: str | None, how: str) 
     return [{"alias": decision.alias, "from": R.get_alias(c, name, decision.alias), "reason": reason}]
 
 
+ATTEMPT_TAG = "registration.attempt"        # the registrations of this version so far (absent: 1)
+RESET_TAG = "retired.reset"                 # retired by a scenario reset (the demo), not by its results
+
+
+def _proposable_again(c, name: str, mv) -> bool:
+    """A complete version registered again (a training that produced the very same model bytes) goes
+    through the gate again when no alias points at it and nothing retired it for its results (a
+    lost shadow, a rollback): e.g. the demo's scenario replayed after a reset, or a model whose
+    gate failed against an earlier champion. One that holds an alias, or was retired, stays as is."""
+    if str(mv.version) in R.aliases(c, name).values():
+        return False
+    return "retired" not in mv.tags or mv.tags.get(RESET_TAG) == "true"
+
+
+def _propose_again(c, name: str, mv, decision: GateDecision, champion: str | None, how: str) -> str:
+    """A new registration attempt of an existing version: the gate's verdict and planned moves on the
+    version (each move recorded once, under an op of this attempt), then the moves."""
+    version = str(mv.version)
+    attempt = int(mv.tags.get(ATTEMPT_TAG) or 1) + 1
+    plan = _plan(c, name, decision, champion, how)
+    c.delete_model_version_tag(name, version, COMPLETE_TAG)
+    for k, v in {"gate": "passed" if decision.passed else "failed", "gate_alias": decision.alias or "",
+                 "gate_reasons": "; ".join(decision.reasons)[:4000], "gate.compared_with": how,
+                 PLAN_TAG: json.dumps(plan, sort_keys=True), ATTEMPT_TAG: str(attempt)}.items():
+        c.set_model_version_tag(name, version, k, v)
+    if plan:                            # a candidate again: no longer retired
+        for k in ("retired", RESET_TAG):
+            if k in mv.tags:
+                c.delete_model_version_tag(name, version, k)
+    log.info("register: model %s is version %s of %s, free since; registration attempt %d: gate %s -> %s",
+             mv.tags.get("model_sha256", "")[:12], version, name, attempt, "passed" if decision.passed else "failed",
+             decision.alias or "no alias")
+    _complete(c, name, version)
+    return version
+
+
 def _complete(c, name: str, version: str) -> None:
     """Finish a registration from what its version records (safe to repeat, and to run after a kill
     at any point): the description, the planned alias moves (each recorded once in the alias history,
@@ -227,8 +263,9 @@ def _complete(c, name: str, version: str) -> None:
     mv = c.get_model_version(name, version)
     if mv.tags.get("description_pending"):
         c.update_model_version(name, version, description=mv.tags["description_pending"])
+    attempt = int(mv.tags.get(ATTEMPT_TAG) or 1)
     for move in json.loads(mv.tags.get(PLAN_TAG) or "[]"):
-        op = f"register:{name}:v{version}:{move['alias']}"
+        op = f"register:{name}:v{version}:{move['alias']}" + (f":{attempt}" if attempt > 1 else "")
         current = R.get_alias(c, name, move["alias"])
         if current not in (move["from"], version) and not any(h.get("op") == op for h in R.history(c, name)):
             # someone moved the alias after this registration was planned: theirs stands
@@ -283,17 +320,21 @@ def main(argv: list[str]) -> int:
             c.create_registered_model(name, description="Fraud model (XGBoost). Aliases: champion scores, challenger "
                                                         "shadows, previous is the last champion. See tags alias_history.*")
         existing = [mv for mv in c.search_model_versions(f"name='{name}'") if mv.tags.get("model_sha256") == sha]
+        again = None
         if existing:
             mv = min(existing, key=lambda m: int(m.version))
-            if mv.tags.get(COMPLETE_TAG) == "true":
-                log.info("register: model %s is already version %s of %s; nothing created, no alias moved",
-                         sha[:12], mv.version, name)
-            else:                       # a run killed after the version was created: finish its work
+            if mv.tags.get(COMPLETE_TAG) != "true":     # a run killed after the version was created: finish its work
                 log.warning("register: version %s of %s (model %s) was left half-registered; completing it",
                             mv.version, name, sha[:12])
                 _complete(c, name, str(mv.version))
-            out.put_json(lake.REGISTRATION, _registration(c, name, str(mv.version)))
-            return 0
+                out.put_json(lake.REGISTRATION, _registration(c, name, str(mv.version)))
+                return 0
+            if not _proposable_again(c, name, mv):
+                log.info("register: model %s is already version %s of %s; nothing created, no alias moved",
+                         sha[:12], mv.version, name)
+                out.put_json(lake.REGISTRATION, _registration(c, name, str(mv.version)))
+                return 0
+            again = mv                  # the same bytes, registered before, free now: the gate decides again
 
         win = evaluation["windows"]
         test, _ = M.load_labelled(store, M.window_days(win["test"]), labels.delay_days, labels.first_date)
@@ -303,6 +344,14 @@ def main(argv: list[str]) -> int:
             champ_eval, how = _champion_eval(c, name, champion, test, manifest, ep)
         decision = gate(evaluation["test"], champ_eval, rp.gate, ep.slice_min_positives)
         log.info("gate: %s (%s) %s", "PASSED" if decision.passed else "FAILED", how, "; ".join(decision.reasons))
+
+        if again is not None:
+            version = _propose_again(c, name, again, decision, champion, how)
+            rec = _registration(c, name, version)
+            out.put_json(lake.REGISTRATION, rec)
+            print(f"{name} v{version} (registered before, proposed again): gate {'passed' if decision.passed else 'failed'}, "
+                  f"alias {decision.alias or 'none'}")
+            return 0
 
         val_summary = validation_summary(store, M.window_days([win["train"][0], win["test"][1]]))
         booster = M.load_booster(raw)

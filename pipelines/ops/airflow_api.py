@@ -34,18 +34,24 @@ class AirflowClient:
         self.timeout = timeout
         self._token: str | None = None
 
+    RETRIES = (1.0, 2.0, 4.0, 8.0)       # an HTTP 5xx (e.g. SQLite busy under load) is tried again
+
     def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.base}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
-        if auth:
-            req.add_header("Authorization", f"Bearer {self.token()}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-                return json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            raise AirflowApiError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
+        for wait in (*self.RETRIES, None):
+            req = urllib.request.Request(f"{self.base}{path}", data=data, method=method,
+                                         headers={"Content-Type": "application/json", "Accept": "application/json"})
+            if auth:
+                req.add_header("Authorization", f"Bearer {self.token()}")
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    raw = resp.read()
+                    return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as exc:
+                err = AirflowApiError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}")
+                if exc.code < 500 or wait is None:
+                    raise err from None
+            time.sleep(wait)
 
     def token(self) -> str:
         if self._token is None:

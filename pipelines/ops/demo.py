@@ -166,9 +166,15 @@ class DagRuns:
 
     def start(self, dag_id: str, day: dt.date) -> str:
         """Trigger `dag_id` for logical date `day` with the demo's params file."""
+        from pipelines.ops.airflow_api import AirflowApiError
+
         run_id = self.run_id(day)
-        self.client.trigger(dag_id, {"params_file": self.params_file}, run_id=run_id,
-                            logical_date=f"{day.isoformat()}T00:00:00Z")
+        try:
+            self.client.trigger(dag_id, {"params_file": self.params_file}, run_id=run_id,
+                                logical_date=f"{day.isoformat()}T00:00:00Z")
+        except AirflowApiError as exc:     # a retried trigger whose first attempt was committed after all
+            if "HTTP 409" not in str(exc):
+                raise
         return run_id
 
     def tasks_done(self, dag_id: str, day: dt.date, tasks: tuple[str, ...], timeout: float = 1800) -> bool:
@@ -272,6 +278,7 @@ def _main(argv: list[str]) -> int:
         for mv in c.search_model_versions(f"name='{name}'"):
             if str(mv.version) != str(reg["version"]):      # an earlier scenario's models: never rolled back to
                 c.set_model_version_tag(name, mv.version, "retired", "demo: a new scenario started")
+                c.set_model_version_tag(name, mv.version, "retired.reset", "true")   # may be proposed again
         print(f"  (an earlier demo left v{champion} as champion: back to v{reg['version']}, the model of "
               f"{run.start_date}..{run.end_date}, recorded in the alias history)", flush=True)
         champion = str(reg["version"])

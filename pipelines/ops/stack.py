@@ -175,6 +175,8 @@ def stack_env(lay: Layout) -> dict[str, str]:
     }
     if not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{lay.airflow_home / 'airflow.db'}"
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS"
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"] = "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS_ASYNC"
     if os.environ.get("AWS_ENDPOINT_URL"):
         env["MLFLOW_S3_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
     if not lay.external_mlflow:     # the stack's own registry: its admin credentials, for every client

@@ -111,3 +111,40 @@ def test_rerunning_a_date_republishes_identical_predictions(backfill):
     with redirect_stdout(io.StringIO()):
         assert score.main(["--params", str(backfill["params"].path), "--date", "2026-03-02"]) == 0
     assert storage.read_bytes(uri) == before
+
+
+def test_demo_runs_labels_and_a_blocked_night_on_the_scheduler(backfill):
+    """The demo's way of running dates (one triggered run per DAG and logical date, run id
+    demo__<date>): a labels run feeds back the labels of 03-01 (scored by the backfill); a night
+    whose data has a bug is a red run, blocked at validate without retries, nothing downstream
+    runs, and the failure is alerted. Starting the stack created no scheduled run (schedule end)."""
+    import json
+
+    from pipelines.ops.demo import DagRuns
+    from pipelines.ops.demo_data import DemoParams, write_demo
+    from pipelines.core.state import state_dir as home
+
+    params, client = backfill["params"], backfill["client"]
+    demo = {**params.section("demo_data"), "nightly": None,
+            "drift": {"start_date": DRIFT_FROM, "amount_scale": 2.0, "category_weights": {"online": 4.0},
+                      "new_fraud_pattern": True},
+            "bugs": [{"date": "2026-03-06", "kind": "nulls", "column": "amount", "fraction": 0.3}]}
+    tx, lb = params.dataset("transactions"), params.dataset("labels")
+    write_demo(DemoParams.from_dict(demo), tx.partition_uri, lb.partition_uri, parse_date("2026-03-06"), parse_date("2026-03-08"))
+    runs = DagRuns(client, str(params.path))
+    runs.clear(parse_date("2026-03-06"), parse_date("2026-03-08"))
+    runs.run("labels", parse_date("2026-03-08"))
+    fb = storage.read_json(params.storage.uri("feedback_summary", date="2026-03-01"))
+    assert fb["realized"]["champion"][backfill["version"]]["average_precision"] is not None
+    runs.run("nightly_scoring", parse_date("2026-03-06"), expect_failure=True)
+    assert runs.seen == {"labels": {"demo__2026-03-08": "success"}, "nightly_scoring": {"demo__2026-03-06": "failed"}}
+    tis = {t["task_id"]: t for t in client.task_instances("nightly_scoring", "demo__2026-03-06")}
+    assert tis["ingest"]["state"] == "success"
+    assert tis["validate"]["state"] == "failed" and tis["validate"]["try_number"] == 1      # blocked: not retried
+    assert {tis[t]["state"] for t in ("features", "score", "decide", "monitor", "retrain")} == {"upstream_failed"}
+    assert not storage.exists(params.storage.uri("predictions", date="2026-03-06"))
+    alerts = [json.loads(x) for x in (home() / "alerts" / "airflow.jsonl").read_text().splitlines()]
+    assert any(a["run_id"] == "demo__2026-03-06" and a["task_id"] == "validate" and "blocked" in a["error"] for a in alerts)
+    for dag in ("nightly_scoring", "labels"):          # the stack's schedule ends with its data: nothing scheduled
+        got = client._request("GET", f"/api/v2/dags/{dag}/dagRuns?limit=100")["dag_runs"]
+        assert not [r["dag_run_id"] for r in got if r["run_type"] == "scheduled"], dag
