@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from pipelines.core import lineage, storage
+from pipelines.core.cli import EXIT_BLOCKED
 from pipelines.__main__ import main as cli_main
 from pipelines.core.config import load_params
 from pipelines.ops.demo_data import DemoParams, make_world, simulate_day, split_labels
@@ -160,7 +161,7 @@ def blocked(lake: Lake, d: dt.date, message: str, dataset: str = "transactions",
     r = lake.run("ingest", d, dataset, params)
     assert r.rc == 0, r.err
     r = lake.run("validate", d, dataset, params)
-    assert r.rc == 1 and "partition blocked" in r.err and message in r.err, r.err
+    assert r.rc == EXIT_BLOCKED and "partition blocked" in r.err and message in r.err, r.err     # no retry
     assert "Traceback" not in r.err
     v = lake.validated(d, dataset)
     assert v["status"] == "blocked" and not lake.committed("validated", d, dataset)
@@ -601,7 +602,7 @@ def redelivery_that_is_corrupt(lake, d):
     with pytest.raises(lineage.StaleInput, match="withdrawn"):          # derived data is refused from now on
         lineage.Reader().record(lake.uri("validated", d))
     r = lake.run("validate", d)
-    assert r.rc == 1 and "does not exist" in r.err and not lake.committed("validated", d)
+    assert r.rc == EXIT_BLOCKED and "does not exist" in r.err and not lake.committed("validated", d)
 
 
 # --------------------------------------------------------------------------- labels

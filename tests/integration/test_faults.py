@@ -24,6 +24,7 @@ import uuid
 import polars as pl
 import pytest
 
+from pipelines.core.cli import EXIT_BLOCKED
 from pipelines.core import lineage, registry as models, storage
 from pipelines.core.config import date_range, load_params
 from pipelines.ops.demo_data import DemoParams, make_world, simulate_day, split_labels
@@ -157,7 +158,7 @@ def test_a_stage_killed_mid_write_leaves_nothing_half_published(mini, stage, ext
                   "decide": "monitor"}.get(stage)
     if downstream:                                                          # the next stage refuses, one line
         rc, err, _ = cli(downstream, *mini["day"])
-        assert rc == 1, err[-1500:]
+        assert rc == (EXIT_BLOCKED if downstream == "validate" else 1), err[-1500:]
         line = one_line(err)
         assert ("no committed partition" in line or "does not exist" in line or "missing" in line), line
     rc, err, _ = cli(stage, *mini["day"], *extra)                           # the re-run repairs it
@@ -249,7 +250,7 @@ def test_a_blocked_redelivery_withdraws_everything_derived_from_it(mini):
         args = ["--params", mini["path"], "--date", bad_day]
         assert cli("ingest", *args, "--dataset", "transactions")[0] == 0
         rc, err, _ = cli("validate", *args)
-        assert rc == 1 and "partition blocked" in err
+        assert rc == EXIT_BLOCKED and "partition blocked" in err                # a block: Airflow does not retry it
         store = mini["store"]
         assert not committed(store, "validated", bad_day)
         for kind, d in (("features", mini["d"]), ("predictions", mini["d"]), ("decisions", mini["d"]),
