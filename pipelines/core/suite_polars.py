@@ -111,8 +111,20 @@ def _map(df, kw, unexpected: Callable[[pl.Series, pl.Series], pl.Series], skip_n
     bad = unexpected(s, nn).fill_null(False)
     if skip_nulls:
         bad = bad & nn
+    if isinstance(s.dtype, pl.Datetime) and _outside_python(s.filter(bad & nn)):
+        # GX lists the unexpected values as Python datetimes; one past year 9999 (an epoch read in the
+        # wrong unit) makes it fail the expectation without rows: the same here
+        raise _Fails("an unexpected timestamp outside Python's datetime range")
     rows = _rows(bad)
     return {"row_level": True, "success": not rows, "rows": rows, "observed": None}
+
+
+def _outside_python(s: pl.Series) -> bool:
+    """Any value outside datetime.min..datetime.max (year 1..9999)."""
+    if not s.len():
+        return False
+    lo, hi = dt.datetime.min, dt.datetime.max
+    return bool(((s < lo) | (s > hi)).any())
 
 
 def _between(df, kw):

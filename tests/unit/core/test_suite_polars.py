@@ -95,6 +95,11 @@ def tx_corpus() -> dict[str, pl.DataFrame]:
         "empty": t.head(0),
         "customer as numbers": t.with_columns(pl.col("customer").str.slice(1).cast(pl.Int64)),
         "timestamps as text": t.with_columns(pl.col("event_ts").dt.strftime("%Y-%m-%d %H:%M:%S")),
+        "epoch ms read as seconds (year 58000)": t.with_columns(
+            (pl.col("event_ts").dt.epoch("ms") * 1_000_000).cast(pl.Datetime("us")).alias("event_ts")),
+        "one timestamp in year 58000": t.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(
+            (pl.col("event_ts").dt.epoch("ms") * 1_000_000).cast(pl.Datetime("us"))).otherwise(pl.col("event_ts"))
+            .alias("event_ts")),
         "float32 amounts": t.with_columns(pl.col("amount").cast(pl.Float32)),
     }
 
