@@ -130,7 +130,8 @@ def test_demo_runs_labels_and_a_blocked_night_on_the_scheduler(backfill):
                       "new_fraud_pattern": True},
             "bugs": [{"date": "2026-03-06", "kind": "nulls", "column": "amount", "fraction": 0.3}]}
     tx, lb = params.dataset("transactions"), params.dataset("labels")
-    write_demo(DemoParams.from_dict(demo), tx.partition_uri, lb.partition_uri, parse_date("2026-03-06"), parse_date("2026-03-08"))
+    # from 03-01: the labels landing on 03-08 are those of 03-01 (03-01..05 are rewritten with the same bytes)
+    write_demo(DemoParams.from_dict(demo), tx.partition_uri, lb.partition_uri, parse_date("2026-03-01"), parse_date("2026-03-08"))
     runs = DagRuns(client, str(params.path))
     runs.clear(parse_date("2026-03-06"), parse_date("2026-03-08"))
     runs.run("labels", parse_date("2026-03-08"))
