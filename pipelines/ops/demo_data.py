@@ -277,8 +277,9 @@ def _encode(df: pl.DataFrame, fmt: str) -> bytes:
 # --------------------------------------------------------------------------- entry point
 def write_demo(p: DemoParams, tx_uri, label_uri, start: dt.date, end: dt.date) -> dict[str, int]:
     """Write raw partitions for [start, end]. `tx_uri(day)`/`label_uri(day)` give the partition
-    folder. Returns counts. Labels of days before `start` that land inside the range are written
-    too, so every label partition in the range is complete."""
+    folder. Returns counts. The labels of a day of the range are written to the partition of the
+    day they land (day + label_delay_days) when that day is in the range too: a label partition
+    landing on L needs the range to start on or before L - label_delay_days."""
     from pipelines.core.storage import write_bytes
 
     world = make_world(p)
