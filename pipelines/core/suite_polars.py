@@ -10,7 +10,8 @@ results on a corpus (tests/unit/core/test_suite_polars.py):
   * map expectations (not_be_null, between, in_set, unique, of_type on an object column) skip nulls
     (except not_be_null) and report every unexpected row by position;
   * aggregates (mean, quantiles with interpolation "nearest") ignore nulls; bounds of None are open;
-  * a missing column or a comparison that cannot be made is an error, never a pass.
+  * a missing column or a comparison that cannot be made fails the expectation, never passes it;
+  * a kwarg this module does not know (row_condition, mostly, ...) sends the suite to GX.
 An expectation type or a column type not covered here returns None from `run_suite`: the caller
 then runs GX itself (one GX import per process at most, none when nothing needs it).
 """
@@ -105,8 +106,6 @@ def _column(df: pl.DataFrame, kw: dict) -> pl.Series:
 
 def _map(df, kw, unexpected: Callable[[pl.Series, pl.Series], pl.Series], skip_nulls: bool = True) -> dict:
     s = _column(df, kw)
-    if kw.get("mostly") is not None:
-        raise Unsupported("mostly")
     nn = _nonnull(s)
     bad = unexpected(s, nn).fill_null(False)
     if skip_nulls:
@@ -132,16 +131,12 @@ def _between(df, kw):
     lo, hi = _bound(s, kw.get("min_value")), _bound(s, kw.get("max_value"))
     if lo is None and hi is None:
         raise _Error("min_value and max_value cannot both be None")
-    if kw.get("strict_min") or kw.get("strict_max") or kw.get("parse_strings_as_datetimes"):
-        raise Unsupported("strict or parsed bounds")
 
     def bad(c, _nn):
-        ok = pl.Series([True] * c.len(), dtype=pl.Boolean)
-        if lo is not None:
-            ok = ok & (c >= lo)
-        if hi is not None:
-            ok = ok & (c <= hi)
-        return ~ok
+        out = None
+        for b in ([c < lo] if lo is not None else []) + ([c > hi] if hi is not None else []):
+            out = b if out is None else out | b
+        return out
     return _map(df, kw, bad)
 
 
@@ -164,11 +159,8 @@ def _unique(df, kw):
     if s.dtype.is_float():
         raise Unsupported("unique on floats")       # NaN / -0.0 equality: leave it to GX
 
-    def bad(c, nn):
-        kept = c.filter(nn)
-        dup = kept.is_duplicated()
-        out = pl.Series([False] * c.len(), dtype=pl.Boolean)
-        return out.scatter(nn.arg_true(), dup) if kept.len() else out
+    def bad(c, _nn):        # nulls are duplicates of each other only, and _map leaves them out
+        return c.is_duplicated()
     return _map(df, kw, bad)
 
 
@@ -250,8 +242,15 @@ EVALUATORS: dict[str, Callable[[pl.DataFrame, dict], dict]] = {
 }
 
 
+KNOWN_KWARGS = {"column", "min_value", "max_value", "value_set", "type_", "column_list", "quantile_ranges",
+                "allow_relative_error"}
+
+
 def supports(suite: dict) -> bool:
-    return all(e.get("type") in EVALUATORS for e in suite.get("expectations", []))
+    """Every expectation is of a type evaluated here, with no kwarg outside KNOWN_KWARGS (anything
+    else, e.g. row_condition or mostly, changes GX's semantics: the suite then runs in GX)."""
+    return all(e.get("type") in EVALUATORS and set(e.get("kwargs", {})) <= KNOWN_KWARGS
+               for e in suite.get("expectations", []))
 
 
 def run_suite(df: pl.DataFrame, suite: dict, day: dt.date) -> list[Outcome] | None:

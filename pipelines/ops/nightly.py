@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import logging
 import time
 from contextlib import redirect_stdout
 
@@ -29,7 +28,6 @@ from pipelines import (
 from pipelines.core.cli import range_parser
 from pipelines.core.config import date_range
 
-log = logging.getLogger("pipelines.nightly")
 STAGES = (("ingest", ingest, ["--if-landed", "labels"]), ("validate", validate, []), ("features", features, []), ("score", score, []),
           ("shadow", shadow, []), ("decide", decide, []), ("monitor", monitor, []), ("retrain", retrain, []))
 # the labels DAG's tasks
@@ -62,22 +60,14 @@ def run_labels_day(params_file: str, day: dt.date) -> dict:
     return {"lifecycle": json.loads(last), "seconds": took}
 
 
-def trigger(decision: dict, replace: bool = False) -> str:
+def trigger(decision: dict) -> str:
     """Trigger the training run of a retrain decision (run id retrain__<ds>; an existing run is
-    kept, as the DAG's TriggerDagRunOperator does, unless `replace`: the demo rebuilds its data
-    from scratch, so a run left by an earlier demo describes data that no longer exists)."""
+    kept, as the DAG's TriggerDagRunOperator does)."""
     from pipelines.ops.airflow_api import AirflowApiError, AirflowClient
 
     t = decision["training"]
     client = AirflowClient()
     client.wait_for_dag(t["dag_id"])
-    if replace:
-        try:
-            client._request("DELETE", f"/api/v2/dags/{t['dag_id']}/dagRuns/{t['run_id']}")
-            log.info("deleted the earlier run %s of %s", t["run_id"], t["dag_id"])
-        except AirflowApiError as exc:
-            if "404" not in str(exc):
-                raise
     try:
         client.trigger(t["dag_id"], t["conf"], run_id=t["run_id"])
     except AirflowApiError as exc:

@@ -185,7 +185,10 @@ def test_options_the_suites_do_not_use_fall_back_to_gx():
                                              "kwargs": {"column": "amount", "mostly": 0.9}, "meta": {"severity": "warn"}}]}
     other = {"name": "o", "expectations": [{"type": "expect_column_values_to_match_regex",
                                             "kwargs": {"column": "event_id", "regex": "^e"}, "meta": {"severity": "warn"}}]}
-    assert suite_polars.run_suite(t, mostly, DAY) is None and suite_polars.run_suite(t, other, DAY) is None
+    cond = {"name": "c", "expectations": [{"type": "expect_column_values_to_be_between", "meta": {"severity": "warn"},
+                                           "kwargs": {"column": "amount", "max_value": 10, "row_condition": 'category=="fuel"',
+                                                      "condition_parser": "pandas"}}]}
+    assert all(suite_polars.run_suite(t, x, DAY) is None for x in (mostly, other, cond))
     # the dispatcher then runs GX itself, with GX's answer
     got = run_suite(t, other, DAY, engine="polars")
     assert len(got) == 1 and got[0].success
