@@ -17,8 +17,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from airflow.plugins_manager import AirflowPlugin
 from airflow.sdk import Asset, BaseOperator, BaseSensorOperator, Param
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 REPO = Path(__file__).resolve().parent.parent
 # Emitted when `register` succeeds: a new model version exists (with or without an alias).
@@ -257,16 +259,49 @@ def schedule_end() -> datetime | None:
     return datetime.fromisoformat(raw).replace(tzinfo=timezone.utc)
 
 
+class DailyUntil(CronDataIntervalTimetable):
+    """Daily at 00:00 UTC for the day before, like `schedule="@daily"`, but the scheduler creates no
+    run for a day after `until` (schedule_end()). Unlike a DAG end_date, it leaves manual and REST
+    runs alone: a run triggered for any date runs its tasks (Airflow creates no task instance past a
+    DAG's end_date, so such a run would end green having done nothing). Registered by
+    FraudopsPlugin, so the scheduler can read it back."""
+
+    def __init__(self, until: datetime | None = None):
+        super().__init__("0 0 * * *", timezone.utc)
+        self.until = until
+
+    @classmethod
+    def deserialize(cls, data: dict[str, Any]) -> DailyUntil:
+        return cls(datetime.fromisoformat(data["until"]) if data.get("until") else None)
+
+    def serialize(self) -> dict[str, Any]:
+        return {"until": self.until.isoformat() if self.until else None}
+
+    @property
+    def summary(self) -> str:
+        return "daily" + (f" until {self.until.date()}" if self.until else "")
+
+    def next_dagrun_info(self, *, last_automated_data_interval, restriction):
+        info = super().next_dagrun_info(last_automated_data_interval=last_automated_data_interval,
+                                        restriction=restriction)
+        if info is not None and self.until is not None and info.data_interval.start > self.until:
+            return None
+        return info
+
+
+class FraudopsPlugin(AirflowPlugin):
+    name = "fraudops"
+    timetables = [DailyUntil]
+
+
 def daily_dag(dag_id: str, description: str, start: datetime, catchup_env: str, doc_md: str | None, tags: list[str]):
     """A DAG run daily at 00:00 UTC for the day before (ds = the data interval's start), on one
     date partition, with up to 3 dates side by side, from `start` to schedule_end() (the scheduler
-    creates no run past it); it catches up only when `catchup_env`=true and takes a `params_file`
-    param. Used as `with daily_dag(...) as dag:`."""
-    from airflow.sdk import DAG, CronDataIntervalTimetable
+    creates no run past it; a run triggered by hand for a later date still runs); it catches up only
+    when `catchup_env`=true and takes a `params_file` param. Used as `with daily_dag(...) as dag:`."""
+    from airflow.sdk import DAG
 
-    return DAG(dag_id=dag_id, description=description,
-               schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"), start_date=start,
-               end_date=schedule_end(),
+    return DAG(dag_id=dag_id, description=description, schedule=DailyUntil(schedule_end()), start_date=start,
                catchup=os.environ.get(catchup_env, "false").lower() == "true", max_active_runs=3,
                default_args=default_args(), params={"params_file": params_file_param()},
                tags=["fraudops", *tags], doc_md=doc_md)

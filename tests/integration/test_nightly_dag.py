@@ -57,6 +57,19 @@ def backfill(nightly_champion):
     return {**nightly_champion, "client": client, "runs": mine, "params": params, "seconds": time.monotonic() - started}
 
 
+def test_the_local_stack_schedules_no_run_by_itself(stack):
+    """The daily DAGs' schedule ends with the simulated data (DailyUntil, from demo_data.end_date):
+    the scheduler plans no run for them, and none it made exists (every run is triggered or backfilled)."""
+    client = AirflowClient()
+    end = load_params("params.yaml").section("demo_data")["end_date"]
+    for dag_id in ("nightly_scoring", "labels"):
+        dag = client.wait_for_dag(dag_id)
+        assert dag["timetable_summary"] == f"daily until {end}", dag["timetable_summary"]
+        assert dag["next_dagrun_logical_date"] is None and dag["next_dagrun_run_after"] is None, dag
+        runs = client._request("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100&run_type=scheduled")
+        assert runs["total_entries"] == 0, [r["run_id"] for r in runs["dag_runs"]]
+
+
 def test_backfill_over_five_dates_succeeds(backfill):
     client, runs = backfill["client"], backfill["runs"]
     failed = {d: [(t["task_id"], t["state"]) for t in client.task_instances("nightly_scoring", r["dag_run_id"])]
