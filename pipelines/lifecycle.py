@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import logging
-import tempfile
-from pathlib import Path
 
 import polars as pl
 
@@ -99,20 +98,15 @@ def _summary(uri: str) -> dict | None:
         return None
 
 
-def baseline(c, name: str, version: str, metric: str) -> float | None:
-    """The metric on the version's test window, from its evaluation.json in the MLflow run."""
-    import mlflow.artifacts
+def baseline(run_id: str, metric: str) -> float | None:
+    """The metric on the version's test window, from its evaluation.json in the MLflow run (REST)."""
+    from pipelines.core import registry as R
 
-    mv = c.get_model_version(name, version)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=lake.artifact(lake.EVALUATE, lake.EVALUATION),
-                                                dst_path=tmp)
-        except Exception as exc:  # noqa: BLE001 - a model without an evaluation has no baseline
-            log.warning("%s v%s: no evaluation.json (%s)", name, version, str(exc)[:200])
-            return None
-        ev = json.loads((Path(tmp) / lake.EVALUATION).read_text())
-    return rates(ev["test"]["confusion_matrix"]).get(metric)
+    raw = R.run_artifact(run_id, lake.artifact(lake.EVALUATE, lake.EVALUATION))
+    if raw is None:         # a model without an evaluation has no baseline
+        log.warning("run %s: no %s", run_id, lake.artifact(lake.EVALUATE, lake.EVALUATION))
+        return None
+    return rates(json.loads(raw)["test"]["confusion_matrix"]).get(metric)
 
 
 def champion_window(store, d: dt.date, window_days: int, version: str, metric: str) -> tuple[float | None, int, list[str]]:
@@ -158,10 +152,17 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
     store, name = params.storage, params.register.model_name
     rb, pr, alias = params.rollback, params.promotion, params.shadow.alias
     d = label_date - dt.timedelta(days=params.dataset("labels").delay_days)
-    c = R.client()
+    # aliases and the baseline are read over REST; the MLflow client (its import alone is ~3 s of
+    # the task) is made only for a move
+    c = functools.cache(R.client)
+
+    def alias_version(a: str) -> R.VersionRef | None:
+        return R.version_by_alias(name, a)
+
     record: dict = {"date": label_date.isoformat(), "scored_date": d.isoformat(), "model": name, "dry_run": dry_run,
                     "moves": [], "alerts": []}
-    champion = R.get_alias(c, name, "champion")
+    champ_ref = alias_version("champion")
+    champion = champ_ref.version if champ_ref else None
     record["champion"] = champion
     # every move names the decision that made it (its `by` names the Airflow run, see registry.actor)
     made_by = f" [lifecycle decision {store.uri('lifecycle_decision', date=label_date.isoformat())}]"
@@ -172,12 +173,12 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
         record["rollback"] = {"rollback": False, "reason": "no champion"}
     else:
         value, rows, window = champion_window(store, d, rb.window_days, champion, rb.metric)
-        base = baseline(c, name, champion, rb.metric) if value is not None else None
+        base = baseline(champ_ref.run_id, rb.metric) if value is not None else None
         do, why = should_rollback(value, base, rows, rb)
         record["rollback"] = {"rollback": do, "reason": why, "metric": rb.metric, "realized": value, "baseline": base,
                               "rows": rows, "window": window, "version": champion}
         if do:
-            target = R.rollback_target(c, name)
+            target = R.rollback_target(c(), name)
             msg = f"{name} v{champion}: {why}"
             if not rb.auto:
                 record["alerts"].append({"kind": "rollback_advised", "message": f"{msg}; rollback.auto is off: "
@@ -186,14 +187,14 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
                 record["alerts"].append({"kind": "rollback_impossible", "message": f"{msg}; no previous champion to "
                                          f"roll back to: investigate (rules fallback is not automatic)"})
             else:
-                moves = R.rollback(c, name, f"automatic, labels of {d} (landed {label_date}): {why}{made_by}", dry_run)
+                moves = R.rollback(c(), name, f"automatic, labels of {d} (landed {label_date}): {why}{made_by}", dry_run)
                 record["moves"] += moves
                 rolled = bool(moves)
                 record["alerts"].append({"kind": "rolled_back", "message": f"{msg}; champion rolled back to v{target}"})
 
     # 2. promotion / retirement of the challenger
-    challenger = R.get_alias(c, name, alias)
-    champion = R.get_alias(c, name, "champion") if not dry_run else champion
+    challenger = getattr(alias_version(alias), "version", None)
+    champion = getattr(alias_version("champion"), "version", None) if rolled and not dry_run else champion
     if challenger is None:
         record["promotion"] = {"action": "none", "reason": f"no {alias}"}
     elif rolled:
@@ -208,7 +209,7 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
         record["promotion"] = {"action": action, "reason": why, "challenger": challenger, "champion": champion,
                                "mode": pr.mode, "days": days, "slices": table}
         if action == "promote" and pr.mode == "auto":
-            record["moves"] += R.promote(c, name, challenger, f"automatic after shadow: {why}{made_by}", dry_run)
+            record["moves"] += R.promote(c(), name, challenger, f"automatic after shadow: {why}{made_by}", dry_run)
             record["alerts"].append({"kind": "promoted", "message": f"{name} v{challenger} promoted to champion "
                                      f"(v{champion} kept as previous): {why}"})
         elif action == "promote":
@@ -218,11 +219,11 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
                                      f"and confirm, or run `python -m pipelines models promote {challenger}`"})
         elif action == "retire":
             reason = f"retired after shadow: {why}{made_by}"
-            mv = R.move_alias(c, name, alias, None, reason, dry_run)
+            mv = R.move_alias(c(), name, alias, None, reason, dry_run)
             if mv:
                 record["moves"].append(mv)
                 if not dry_run:
-                    c.set_model_version_tag(name, challenger, "retired", reason[:4900])
+                    c().set_model_version_tag(name, challenger, "retired", reason[:4900])
             record["alerts"].append({"kind": "challenger_retired", "message": f"{name} v{challenger} {reason}"})
 
     url = alerts.webhook_url(params.alerts.webhook_url)

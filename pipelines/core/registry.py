@@ -41,22 +41,18 @@ class VersionRef:
     tags: dict
 
 
-def version_by_alias(name: str, alias: str, timeout: float = 30.0) -> VersionRef | None:
-    """The version under `alias` (None when the alias or the model does not exist). Against an
-    HTTP tracking server it is one REST call with the client's credentials and no MLflow import
-    (a scoring task, a process of its own under Airflow, saves ~2.5 s); otherwise the client."""
-    import urllib.error
+def _http_uri() -> str | None:
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def _rest_get(path: str, query: dict, timeout: float) -> bytes:
+    """GET <tracking server><path>?<query> with the client's credentials (MLFLOW_TRACKING_TOKEN, or
+    _USERNAME/_PASSWORD), no MLflow import. HTTPError propagates."""
     import urllib.parse
     import urllib.request
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri.startswith(("http://", "https://")):
-        c = client()
-        v = get_alias(c, name, alias)
-        mv = c.get_model_version(name, v) if v else None
-        return VersionRef(name, str(mv.version), mv.run_id, dict(mv.tags)) if mv else None
-    query = urllib.parse.urlencode({"name": name, "alias": alias})
-    req = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias?{query}")
+    req = urllib.request.Request(f"{_http_uri()}{path}?{urllib.parse.urlencode(query)}")
     user, pw, token = (os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                                                    "MLFLOW_TRACKING_TOKEN"))
     if token:
@@ -65,9 +61,25 @@ def version_by_alias(name: str, alias: str, timeout: float = 30.0) -> VersionRef
         import base64
 
         req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw or ''}".encode()).decode())
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read()
+
+
+def version_by_alias(name: str, alias: str, timeout: float = 30.0) -> VersionRef | None:
+    """The version under `alias` (None when the alias or the model does not exist). Against an
+    HTTP tracking server it is one REST call with the client's credentials and no MLflow import
+    (a scoring task, a process of its own under Airflow, saves ~2.5 s); otherwise the client."""
+    import urllib.error
+
+    uri = _http_uri()
+    if uri is None:
+        c = client()
+        v = get_alias(c, name, alias)
+        mv = c.get_model_version(name, v) if v else None
+        return VersionRef(name, str(mv.version), mv.run_id, dict(mv.tags)) if mv else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            mv = json.loads(resp.read())["model_version"]
+        mv = json.loads(_rest_get("/api/2.0/mlflow/registered-models/alias", {"name": name, "alias": alias},
+                                  timeout))["model_version"]
     except urllib.error.HTTPError as exc:
         body = exc.read()[:500].decode(errors="replace")
         # an unset alias: INVALID_PARAMETER_VALUE "... not found"; an unknown model: RESOURCE_DOES_NOT_EXIST
@@ -76,6 +88,31 @@ def version_by_alias(name: str, alias: str, timeout: float = 30.0) -> VersionRef
         raise RegistryError(f"registry {uri}: {name}@{alias}: HTTP {exc.code}: {body[:200]}") from None
     return VersionRef(mv["name"], str(mv["version"]), mv.get("run_id", ""),
                       {t["key"]: t["value"] for t in mv.get("tags", [])})
+
+
+def run_artifact(run_id: str, path: str, timeout: float = 30.0) -> bytes | None:
+    """One artifact file of a run (None when it does not exist): over the tracking server's REST
+    API when it is HTTP (no MLflow import), else through MLflow."""
+    import urllib.error
+
+    if _http_uri() is None:
+        import tempfile
+        from pathlib import Path
+
+        import mlflow.artifacts
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)).read_bytes()
+            except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+                return None
+    try:
+        return _rest_get("/get-artifact", {"path": path, "run_uuid": run_id}, timeout)
+    except urllib.error.HTTPError as exc:
+        body = exc.read()[:500].decode(errors="replace")
+        if exc.code == 404 or "RESOURCE_DOES_NOT_EXIST" in body or "No such file" in body:
+            return None
+        raise RegistryError(f"registry {_http_uri()}: run {run_id} artifact {path}: HTTP {exc.code}: {body[:200]}") from None
 
 
 def actor() -> str:
