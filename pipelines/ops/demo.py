@@ -1,7 +1,9 @@
 """`python -m pipelines demo`: the main job on the embedded default, end to end, on the scheduler.
 
-stack up -> simulated raw data into the object store -> `dvc repro` (ingest -> validate -> features -> train ->
-evaluate -> register) -> `dvc push` -> the nights of demo_data.nightly as Airflow runs (drift
+stack up -> the demo's params (params.yaml with the short scenario params.demo.yaml over it: labels
+1 day late, 3-day windows, a lake prefix and a model name of its own) -> simulated raw data into the
+object store -> a run of the training DAG for the first champion (ingest -> validate -> features ->
+train -> evaluate -> register) -> the nights of demo_data.nightly as Airflow runs (drift
 injected from demo_data.drift.start_date): for each date a run of the `labels` DAG (the labels
 landing that day: validate -> feedback -> lifecycle: realized metrics, shadow comparison,
 promotion, rollback), then a run of `nightly_scoring` (ingest -> validate -> features -> score ->
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,19 +31,9 @@ from pipelines.core import registry as models
 from pipelines.core import storage
 from pipelines.core.cli import StageFailed
 from pipelines.core.config import date_range, load_params
-from pipelines.core.lake import REGISTER, REGISTRATION, artifact, training_uri
+from pipelines.core.lake import EVALUATE, REGISTER, REGISTRATION, REPORT, artifact, training_uri
 from pipelines.core.state import REPO, state_dir
 from pipelines.ops import demo_data, stack
-
-
-def _dvc(*args: str) -> None:
-    """A DVC command; its output goes to the demo's log (stderr), one line here."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    t = time.monotonic()
-    print(f"$ dvc {' '.join(args)} ...", end=" ", flush=True)
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=REPO, env=env, check=True, timeout=3600,
-                   stdout=sys.stderr, stderr=sys.stderr)
-    print(f"done in {time.monotonic() - t:.0f} s", flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -105,19 +96,18 @@ def training_line(store, run: dict) -> str:
         f"{' (' + '; '.join(reg['reasons']) + ')' if reg['reasons'] else ''}" if reg else ""))
 
 
-def recovery(store, nights: list[dt.date], drift_from: dt.date | None, delay: int) -> str:
-    """The champion's realized AP and error rate before the drift, during it and after the promotion
-    of the retrained model (means over the scored days whose labels landed)."""
+def recovery_phases(store, nights: list[dt.date], drift_from: dt.date) -> dict[str, dict]:
+    """The champion's realized AP and error rate (means over the scored days whose labels landed)
+    before the drift, during it (the first champion) and after the promotion of another model:
+    {phase: {"average_precision", "error_rate", "days"}}."""
     from pipelines.core.lake import read_realized
 
     m = read_realized(store, nights)
     m = m.filter((m["role"] == "champion") & (m["slice"] == "")) if m.height else m
-    if not m.height or drift_from is None:
-        return "Realized performance: no labels fed back yet"
     by_day: dict = {}
     for r in m.iter_rows(named=True):
         by_day.setdefault(r["date"], {"version": r["model_version"]})[r["metric"]] = r["value"]
-    first_v = by_day[min(by_day)]["version"]
+    first_v = by_day[min(by_day)]["version"] if by_day else None
     phases = {"before the drift": [x for d, x in by_day.items() if d < drift_from],
               "during (old champion)": [x for d, x in by_day.items() if d >= drift_from and x["version"] == first_v],
               "after the promotion": [x for d, x in by_day.items() if d >= drift_from and x["version"] != first_v]}
@@ -126,12 +116,20 @@ def recovery(store, nights: list[dt.date], drift_from: dt.date | None, delay: in
         vals = [x[k] for x in xs if x.get(k) is not None]
         return sum(vals) / len(vals) if vals else None
 
-    parts = []
-    for name, xs in phases.items():
-        ap, err = mean(xs, "average_precision"), mean(xs, "error_rate")
-        parts.append(f"{name}: " + (f"AP {ap:.3f}, error rate {err:.4f} ({len(xs)} days)" if ap is not None else "no labelled day"))
-    before, after = mean(phases["before the drift"], "average_precision"), mean(phases["after the promotion"], "average_precision")
-    verdict = (f"; after/before AP = {after / before:.2f} (target >= 0.90)" if before and after is not None else "")
+    return {name: {"average_precision": mean(xs, "average_precision"), "error_rate": mean(xs, "error_rate"),
+                   "days": len(xs)} for name, xs in phases.items()}
+
+
+def recovery(store, nights: list[dt.date], drift_from: dt.date | None, delay: int) -> str:
+    """One line: the champion's realized AP and error rate before the drift, during it and after the
+    promotion of the retrained model, and after/before."""
+    if drift_from is None:
+        return "Realized performance: no drift in this scenario"
+    phases = recovery_phases(store, nights, drift_from)
+    parts = [f"{name}: " + (f"AP {x['average_precision']:.3f}, error rate {x['error_rate']:.4f} ({x['days']} days)"
+                            if x["average_precision"] is not None else "no labelled day") for name, x in phases.items()]
+    before, after = (phases[k]["average_precision"] for k in ("before the drift", "after the promotion"))
+    verdict = f"; after/before AP = {after / before:.2f} (target >= 0.90)" if before and after is not None else ""
     return "Realized performance of the champion: " + " | ".join(parts) + verdict
 
 
@@ -208,6 +206,29 @@ class DagRuns:
         self.start(dag_id, day)
         return self.finish(dag_id, day, expect_failure)
 
+    def train(self, start: dt.date, end: dt.date, reason: str) -> dict:
+        """A run of the training DAG on start..end (run id demo__training__<start>_<end>), waited for;
+        a failed run stops the demo with its failed tasks named."""
+        from pipelines.ops.airflow_api import AirflowApiError
+
+        run_id = f"demo__training__{start.isoformat()}_{end.isoformat()}"
+        self.client.delete_run("training", run_id)
+        try:
+            self.client.trigger("training", {"start_date": start.isoformat(), "end_date": end.isoformat(),
+                                             "force": False, "params_file": self.params_file, "reason": reason},
+                                run_id=run_id)
+        except AirflowApiError as exc:
+            if "HTTP 409" not in str(exc):
+                raise
+        run = self.client.wait("training", run_id, timeout=2400, poll=1)
+        self.seen.setdefault("training", {})[run_id] = run["state"]
+        if run["state"] != "success":
+            bad = [f"{t['task_id']}={t['state']}" for t in self.client.task_instances("training", run_id)
+                   if t["state"] not in ("success", "skipped")]
+            raise StageFailed(f"demo: training run {run_id} ended {run['state']}; tasks: {', '.join(bad)}; task logs "
+                              f"in the Airflow UI ({self.client.base}/dags/training/runs/{run_id})")
+        return run
+
     def wait_triggered(self, dag_id: str, run_id: str) -> dict:
         run = self.client.wait(dag_id, run_id, timeout=2400)
         self.seen.setdefault(dag_id, {})[run_id] = run["state"]
@@ -223,44 +244,79 @@ class DagRuns:
         return "; ".join(out)
 
 
+def merged(base: dict, over: dict) -> dict:
+    """`base` with `over` laid on it key by key (nested mappings merged, anything else replaced)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def scenario_params(base: str | Path, overlay: str | Path, out: Path, extra: dict | None = None) -> Path:
+    """Write `base` (a params file) with the `overlay` file (and `extra`) over it to `out`, atomically;
+    the result is checked like any params file."""
+    import yaml
+
+    data = merged(merged(yaml.safe_load(Path(base).read_text()), yaml.safe_load(Path(overlay).read_text()) or {}),
+                  extra or {})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(f"# {base} with {overlay} over it (written by python -m pipelines demo; do not edit)\n"
+                   + yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, out)
+    load_params(out)
+    return out
+
+
 def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines demo", description=__doc__.split("\n")[0])
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--scenario", default="params.demo.yaml",
+                    help="settings laid over --params for the demo (default: the short scenario); '' = none")
     args = ap.parse_args(argv)
     lay = stack.up()
     print(f"stack up: objects {'S3' if lay.s3 else lay.objects}, MLflow {lay.mlflow_url}, Airflow {lay.airflow_url}",
           flush=True)
-    demo_data.main(["--params", args.params])
-    params = load_params(args.params)
+    params_file = str(scenario_params(REPO / args.params, REPO / args.scenario, state_dir() / "params" / "demo.yaml")
+                      if args.scenario else args.params)
+    if args.scenario:
+        print(f"params: {args.params} with the scenario {args.scenario} over it -> {params_file}", flush=True)
+    demo_data.main(["--params", params_file])
+    params = load_params(params_file)
     store, run = params.storage, params.run
-    # DVC judges stages by data/ and dvc.lock; the lake can be empty while they are current (a new
-    # state folder, a wiped lake). Then re-run every stage: same bytes, same lock.
-    last = run.end_date.isoformat()
-    in_lake = all(storage.exists(u) for u in (store.uri("canonical", dataset="transactions", date=last),
-                                              store.uri("validated", dataset="transactions", date=last),
-                                              store.uri("features", date=last),
-                                              f"{training_uri(store, run.start_date, run.end_date)}/{artifact(REGISTER, REGISTRATION)}"))
-    _dvc("repro", *([] if in_lake else ["--force"]))
-    _dvc("push")
+    dp = demo_data.DemoParams.from_dict(params.section("demo_data"))
+    bugs = dp.bugs
+
+    from pipelines.ops.airflow_api import AirflowClient
+
+    client = AirflowClient()
+    runs = DagRuns(client, params_file)
+    nights = date_range(*dp.nightly) if dp.nightly else []
+    bug_days = [b.date for b in bugs]
+    if nights or bug_days:
+        runs.clear(min([*nights, *bug_days]), max([*nights, *bug_days]))
+    # the first champion: the training DAG on run.start_date..run.end_date (ingest -> validate ->
+    # features -> train -> evaluate -> register), on the scheduler like every later training
+    t = time.monotonic()
+    print(f"training DAG on {run.start_date}..{run.end_date} (ingest -> validate -> features -> train -> evaluate -> "
+          f"register) ...", end=" ", flush=True)
+    trained = runs.train(run.start_date, run.end_date, "demo: the first champion")
+    print(f"{trained['state']} in {time.monotonic() - t:.0f} s (run {trained['dag_run_id']})", flush=True)
 
     days = date_range(run.start_date, run.end_date)
     feats = [d for d in days if storage.exists(store.uri("features", date=d.isoformat()))]
     rows = sum(storage.read_json(store.uri("features_manifest", date=d.isoformat()))["rows"] for d in feats)
     quarantined = sum(storage.read_json(store.uri("validation_results", dataset="transactions", date=d.isoformat()))
                       ["rows_quarantined"] for d in days)
-
-    bugs = demo_data.DemoParams.from_dict(params.section("demo_data")).bugs
-    report = REPO / "data" / "validate" / store.layout["validation_report"].format(
-        dataset="transactions", date=run.end_date.isoformat())
     print("\n" + "=" * 78)
     print(f"Validated feature partitions: {len(feats)}/{len(days)} days ({run.start_date}..{run.end_date}), "
           f"{rows} rows, in {store.uri('features', date='YYYY-MM-DD')}")
     print(f"Rows quarantined by validation over the range: {quarantined}")
     for bug in bugs:
         print(f"Injected data bug on {bug.date} ({bug.kind}): run through nightly_scoring after the nights (it must be blocked)")
-    print(f"Validation report (self-contained HTML): {report}")
-    print(f"DVC: `dvc repro` is up to date now; outputs pushed to the remote s3://{stack.BUCKETS[2]}/cache"
-          + ("" if lay.s3 else f" ({lay.objects / stack.BUCKETS[2] / 'cache'})"))
+    print(f"Validation report (self-contained HTML): "
+          f"{store.uri('validation_report', dataset='transactions', date=run.end_date.isoformat())}")
+    print("DVC: `dvc repro` runs the same stages on params.yaml (its own lake and model name; see the README)")
     print(f"Airflow UI: {lay.airflow_url}  (user admin, password: {stack.airflow_password(lay)}; "
           f"file {lay.password_file})")
     print("  trigger the training DAG: python -m pipelines airflow trigger training --wait "
@@ -283,36 +339,28 @@ def _main(argv: list[str]) -> int:
               f"{run.start_date}..{run.end_date}, recorded in the alias history)", flush=True)
         champion = str(reg["version"])
     if champion is None:
-        raise StageFailed(f"demo: {name} has no champion after the training pipeline (gate: {reg.get('reasons')})")
+        raise StageFailed(f"demo: {name} has no champion after the training run (gate: {reg.get('reasons')})")
     mv = c.get_model_version(name, champion)
     m = c.get_run(mv.run_id).data.metrics
     print(f"Model: {name} v{reg['version']} registered (gate {reg['gate']}); champion = v{champion}: "
           f"test AP {m.get('test.average_precision', float('nan')):.4f} vs rule baseline "
           f"{m.get('baseline.average_precision', float('nan')):.4f}, ROC AUC {m.get('test.roc_auc', float('nan')):.4f}, "
           f"recall {m.get('test.recall', float('nan')):.3f}")
-    print(f"  evaluation report (self-contained HTML): {REPO / 'data' / 'evaluate' / 'report.html'}")
+    print(f"  evaluation report (self-contained HTML): {training_uri(store, run.start_date, run.end_date)}/{artifact(EVALUATE, REPORT)}")
     print(f"  registry: python -m pipelines models list | history | lineage {champion} | promote V | rollback")
     print(f"MLflow UI:  {lay.mlflow_url}/#/models/{name}/versions/{champion}   "
           f"(run: {lay.mlflow_url}/#/experiments/{c.get_run(mv.run_id).info.experiment_id}/runs/{mv.run_id})")
 
     # the nights of demo_data.nightly, each with the labels landing that day (drift from
     # demo_data.drift.start_date), as runs of the labels and nightly_scoring DAGs on the scheduler
-    dp = demo_data.DemoParams.from_dict(params.section("demo_data"))
-    if dp.nightly:
-        from pipelines.ops.airflow_api import AirflowClient
-
-        client = AirflowClient()
+    if nights:
         delay = params.dataset("labels").delay_days
-        nights = date_range(*dp.nightly)
         k = params.retrain.min_labelled_days_after_onset
         print("\n" + "=" * 78 + f"\nNights {nights[0]}..{nights[-1]} on the Airflow scheduler (drift injected from "
               f"{dp.drift.start_date}): each date, a run of the labels DAG for the labels landing that day (validate -> "
               f"feedback -> lifecycle), then a run of nightly_scoring (ingest -> validate -> features -> score -> shadow "
               f"-> decide -> monitor -> retrain). A retrain waits for the labels of {k} days from the drift's onset "
               f"({delay} days late); the nightly DAG triggers the training DAG.", flush=True)
-        bug_days = [b.date for b in bugs]
-        runs = DagRuns(client, args.params)
-        runs.clear(nights[0], max([nights[-1], *bug_days]))
         labelled = [d for d in nights if d >= nights[0] + dt.timedelta(days=delay)]
         ahead = None            # the next date's labels run, started while this night decides and monitors
         for i, day in enumerate(nights):
