@@ -8,6 +8,7 @@ Credentials: AIRFLOW_API_USER / AIRFLOW_API_PASSWORD, else the local stack's adm
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import time
@@ -24,7 +25,7 @@ class AirflowApiError(RuntimeError):
 
 class AirflowClient:
     def __init__(self, base_url: str | None = None, user: str | None = None, password: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 60.0) -> None:
         from pipelines.ops import stack
 
         lay = stack.layout()
@@ -34,7 +35,7 @@ class AirflowClient:
         self.timeout = timeout
         self._token: str | None = None
 
-    RETRIES = (1.0, 2.0, 4.0, 8.0)       # an HTTP 5xx (e.g. SQLite busy under load) is tried again
+    RETRIES = (1.0, 2.0, 4.0, 8.0)       # an HTTP 5xx or no answer (e.g. SQLite busy under load) is tried again
 
     def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -51,6 +52,12 @@ class AirflowClient:
                 err = AirflowApiError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}")
                 if exc.code < 500 or wait is None:
                     raise err from None
+            except (TimeoutError, ConnectionError, urllib.error.URLError, http.client.HTTPException) as exc:
+                # a busy api-server (SQLite waits up to 30 s for a lock) or one restarting: tried again;
+                # a POST whose first try was committed after all comes back as HTTP 409 (callers expect it)
+                if wait is None:
+                    raise AirflowApiError(f"{method} {self.base}{path}: the Airflow api-server did not answer "
+                                          f"({type(exc).__name__}: {exc}) after {len(self.RETRIES) + 1} tries") from None
             time.sleep(wait)
 
     def token(self) -> str:
