@@ -172,6 +172,41 @@ def _reusable_run(c, experiment: str, sha: str, name: str, data_range: str) -> t
     return None, None
 
 
+def _log_inputs(store, summary: dict, win: dict) -> None:
+    """The feature partitions of each window as the run's inputs (MLflow datasets: the lake prefix,
+    the date range, a digest of the partitions' sha256 where training read them)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = resolve_dataset_source(store.uri("features", date="@").split("date=@")[0])
+    hashes = summary.get("inputs_sha256") or {}
+    for context, key in (("training", "train"), ("validation", "valid"), ("testing", "test")):
+        first, last = win[key]
+        days = {d: h for d, h in hashes.items() if first <= d <= last}
+        digest = M.sha256(json.dumps(days, sort_keys=True).encode())[:20] if days else None
+        mlflow.log_input(MetaDataset(source, name=f"features {first}..{last}", digest=digest), context=context)
+
+
+def _log_search(run_id: str, summary: dict) -> None:
+    """The grid search as a table artifact (one row per trial) and the chosen model's validation
+    metric per boosting round as a metric history (the learning curve in the run's charts)."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    trials = summary.get("search") or []
+    if trials:
+        keys = sorted({k for t in trials for k in t})
+        mlflow.log_table({k: [t.get(k) for t in trials] for k in keys}, artifact_file="train/search_trials.json")
+    curve = summary.get("learning_curve") or {}
+    points = [Metric(f"learning_curve.valid_{curve['metric']}", float(v), int(time.time() * 1000), i)
+              for i, v in enumerate(curve.get("valid") or [])]
+    for i in range(0, len(points), 1000):          # log_batch takes 1000 metrics a call
+        mlflow.MlflowClient().log_batch(run_id, metrics=points[i:i + 1000])
+
+
 def _log_run(start, end, sha, tags, summary, win, params, ep, rp, metrics, evaluation, champ_eval, base, decision,
              champion, how, val_summary, booster, signature, example) -> tuple[str, str]:
     """The training's MLflow run: params, metrics, artifacts and the model (XGBoost flavor)."""
@@ -180,6 +215,8 @@ def _log_run(start, end, sha, tags, summary, win, params, ep, rp, metrics, evalu
 
     with mlflow.start_run(run_name=f"train {start}..{end} {sha[:8]}") as run:
         mlflow.set_tags(tags)
+        _log_inputs(params.storage, summary, win)
+        _log_search(run.info.run_id, summary)
         mlflow.log_params({**{f"xgb.{k}": v for k, v in summary["chosen_params"].items()},
                            "best_iteration": summary["best_iteration"], "operating_threshold": summary["operating_threshold"],
                            **{f"window.{k}": "..".join(v) for k, v in win.items()},
@@ -355,10 +392,13 @@ def main(argv: list[str]) -> int:
 
         val_summary = validation_summary(store, M.window_days([win["train"][0], win["test"][1]]))
         booster = M.load_booster(raw)
-        x = M.feature_matrix(test.head(200), manifest, "input example")
-        example = pl.DataFrame(x[:5], schema=manifest["feature_names"], orient="row").to_pandas()
-        signature = infer_signature(pl.DataFrame(x, schema=manifest["feature_names"], orient="row").to_pandas(),
-                                    M.predict(booster, x))
+        # the signature declares every feature a double: a feature partition read as `score` reads it
+        # (Float32, Float64, Int8..Int32 columns, nulls) passes MLflow's schema enforcement as it is,
+        # and XGBoost casts to float32 as feature_matrix does, so pyfunc gives the stage's scores
+        sample = test.head(200)
+        doubles = sample.select(pl.col(c).cast(pl.Float64) for c in manifest["feature_names"]).to_pandas()
+        example = doubles.head(5)
+        signature = infer_signature(doubles, M.predict(booster, M.feature_matrix(sample, manifest, "input example")))
         tags = {"model_sha256": sha, "data.range": f"{start}..{end}", "data.train_window": "..".join(win["train"]),
                 "data.valid_window": "..".join(win["valid"]), "data.test_window": "..".join(win["test"]),
                 "data.features_sha256": M.sha256(json.dumps(summary["inputs_sha256"], sort_keys=True).encode()),
@@ -369,7 +409,9 @@ def main(argv: list[str]) -> int:
                 "gate.compared_with": f"v{champion} ({how})" if champion else how, "registered_by": R.actor(),
                 "registered_model": name,
                 **git_tags(), **dvc_tags()}
-        mlflow.set_experiment(rp.experiment)
+        exp = mlflow.set_experiment(rp.experiment)
+        if exp.tags.get("mlflow.experimentKind") != "custom_model_development":   # the UI opens it as classic ML
+            c.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "custom_model_development")
         run_id, model_uri = _reusable_run(c, rp.experiment, sha, name, tags["data.range"])
         if run_id is None:
             run_id, model_uri = _log_run(start, end, sha, tags, summary, win, params, ep, rp, metrics, evaluation, champ_eval,

@@ -43,6 +43,7 @@ class TrainResult:
     device_requested: str = "auto"
     device_used: str = "cpu"
     seconds: float = 0.0
+    learning_curve: list[float] = field(default_factory=list)   # the chosen model's validation metric per round
 
 
 def _grid(search: dict[str, list]) -> list[dict]:
@@ -87,19 +88,21 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
             params = {**p.base, **combo, "eval_metric": p.eval_metric, "seed": p.seed, "device": device,
                       "nthread": p.nthread or None, "verbosity": 1}
             params = {k: v for k, v in params.items() if v is not None}
+            curve: dict = {}
             booster = xgb.train(params, dtrain, num_boost_round=p.num_boost_round, evals=[(dvalid, "valid")],
-                                early_stopping_rounds=p.early_stopping_rounds, verbose_eval=False)
+                                early_stopping_rounds=p.early_stopping_rounds, verbose_eval=False, evals_result=curve)
             score, it = float(booster.best_score), int(booster.best_iteration)
-            table.append({**{k: combo[k] for k in sorted(combo)}, "valid_" + p.eval_metric: score, "best_iteration": it})
+            table.append({**{k: combo[k] for k in sorted(combo)}, "valid_" + p.eval_metric: score, "best_iteration": it,
+                          "rounds": len(curve["valid"][p.eval_metric])})
             log.info("search %s -> valid %s %.4f at iteration %d", combo, p.eval_metric, score, it)
             if best is None or score > best[0]:
-                best = (score, it, params, booster)
-    score, it, params, booster = best
+                best = (score, it, params, booster, [float(v) for v in curve["valid"][p.eval_metric]])
+    score, it, params, booster, curve = best
     final = booster[: it + 1]
     used = "cpu" if device == "cpu" or M.device_fell_back(caught) else "cuda"
     valid_scores = M.predict(final, x_valid)
     thr = best_f1_threshold(y_valid, valid_scores) if p.operating_threshold == "auto" else float(p.operating_threshold)
-    return TrainResult(final, params, it, score, thr, table, p.device, used, time.perf_counter() - t0)
+    return TrainResult(final, params, it, score, thr, table, p.device, used, time.perf_counter() - t0, curve)
 
 
 def code_version() -> str:
@@ -143,6 +146,8 @@ def main(argv: list[str]) -> int:
                      "valid_positives": int(valid_df["label"].sum()),
                      **{k: stats[k] for k in ("rows_in", "rows_labelled", "rows_unlabeled")}},
             "search": res.search, "chosen_params": res.params, "best_iteration": res.best_iteration,
+            # per boosting round until early stopping (the model keeps rounds 0..best_iteration)
+            "learning_curve": {"metric": p.eval_metric, "valid": res.learning_curve},
             "valid_score": {p.eval_metric: res.valid_score}, "operating_threshold": res.threshold,
             "device_requested": res.device_requested, "device_used": res.device_used,
             "xgboost": {"version": xgb.__version__, "use_cuda": bool(xgb.build_info().get("USE_CUDA"))},

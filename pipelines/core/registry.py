@@ -157,6 +157,25 @@ def _append(c, name: str, record: dict) -> None:
     while (key := f"{HISTORY_PREFIX}{int(now.timestamp() * 1000):013d}.{n}") in taken:
         n += 1
     c.set_registered_model_tag(name, key, json.dumps(record, sort_keys=True))
+    c.update_registered_model(name, description=history_markdown(history(c, name)))
+
+
+HISTORY_SHOWN = 40
+
+
+def history_markdown(records: list[dict]) -> str:
+    """The registered model's description: its alias history as a table, newest first (the UI renders
+    markdown); the full record stays in the `alias_history.*` tags."""
+    def cell(v) -> str:
+        return str("-" if v in (None, "") else v).replace("|", "\\|").replace("\n", " ")[:300]
+
+    rows = [f"| {cell(r.get('at'))} | {cell(r.get('alias'))} | {cell(r.get('from'))} | {cell(r.get('to'))} | "
+            f"{cell(r.get('reason'))} | {cell(r.get('by'))} |" for r in reversed(records[-HISTORY_SHOWN:])]
+    more = (f"\n\n{len(records) - HISTORY_SHOWN} earlier move(s): `python -m pipelines models history`"
+            if len(records) > HISTORY_SHOWN else "")
+    return ("Alias moves, newest first (written by fraudops at every move; do not edit: the record is the "
+            "`alias_history.*` tags).\n\n| when (UTC) | alias | from | to | reason | by |\n|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + more)
 
 
 @dataclass(frozen=True)
