@@ -17,6 +17,13 @@ decision is YES: the training range is [ds - window_days + 1, ds], so the traini
 latest fully labelled day and hold the changed days (with the defaults, the test and validation
 windows and the last 7 training days are all post-onset days). 0 turns the wait off (the rule before labels were awaited).
 
+After a YES, the days up to it were in that retrain's data: a new request counts only later days
+(drifted days, the realized metric's run), and while the model of that retrain is in shadow (the
+`challenger` its registration made, not yet promoted or retired by a lifecycle decision) no new
+request opens (state `shadow`): the drift against the old champion's reference goes on until the
+promotion, and it is the change that model answers. Likewise after a champion move (promotion or
+rollback on label date P), only days from P on count: the earlier ones judged another model.
+
 Every decision, yes or no, is recorded with its reason in monitoring/retrain/date=ds/decision.json;
 the last line printed is that record as JSON (the nightly DAG reads it from XCom and, on yes,
 triggers the training DAG with the `training` conf: range, reason, params file, run id retrain__<ds>).
@@ -35,7 +42,7 @@ import polars as pl
 from pipelines.core import storage
 from pipelines.core.cli import resolve, stage_parser
 from pipelines.core.config import RetrainParams, StorageParams
-from pipelines.core.lake import read_metrics, read_realized
+from pipelines.core.lake import REGISTER, REGISTRATION, artifact, read_metrics, read_realized, training_uri
 
 log = logging.getLogger("pipelines.retrain")
 
@@ -48,21 +55,22 @@ class RetrainError(RuntimeError):
 class Decision:
     retrain: bool
     reason: str
-    state: str = "no"                 # no | waiting (for labels) | cooldown | budget | trigger | closed
+    state: str = "no"                 # no | waiting (for labels) | cooldown | budget | trigger | closed | shadow
     onset: dt.date | None = None      # the first day of the change the request answers
     due: dt.date | None = None        # when the labels the training needs are due
     why: str = ""                     # what opened the request
 
 
 def wanted(today: dt.date, drifted: dict[dt.date, bool | None], degraded: dict[dt.date, float | None],
-           p: RetrainParams) -> tuple[dt.date, str] | Decision:
+           p: RetrainParams, since: dt.date | None = None) -> tuple[dt.date, str] | Decision:
     """Does today open a retrain request? (onset, why), or a no with its reason. Drift: today drifted
     and N of the last M days (onset: the first of them). Performance: the champion's realized metric
     past its limit on the latest scored day whose labels landed (onset: the first of the run of
-    such days ending there)."""
+    such days ending there). `since`: the last triggered retrain; the days up to it were in its data,
+    so only later days count."""
     window = [today - dt.timedelta(days=i) for i in range(p.of_last_days - 1, -1, -1)]
     flags = {d: drifted.get(d) for d in window}
-    hits = [d for d, f in flags.items() if f]
+    hits = [d for d, f in flags.items() if f and (since is None or d > since)]
     missing = [d.isoformat() for d, f in flags.items() if f is None]
     note = f" (no monitoring for {', '.join(missing)}: counted as not drifted)" if missing else ""
     span = f"{window[0]}..{window[-1]}"
@@ -70,7 +78,7 @@ def wanted(today: dt.date, drifted: dict[dt.date, bool | None], degraded: dict[d
     if flags[today] and len(hits) >= p.drift_days:
         found.append((hits[0], f"drift on {len(hits)} of the last {p.of_last_days} days ({', '.join(d.isoformat() for d in hits)})"))
     perf = p.performance
-    seen = sorted(d for d in degraded if d <= today)
+    seen = sorted(d for d in degraded if d <= today and (since is None or d > since))
     if perf and seen and perf.degraded(degraded[seen[-1]]):
         run = [seen[-1]]
         for d in reversed(seen[:-1]):
@@ -81,9 +89,12 @@ def wanted(today: dt.date, drifted: dict[dt.date, bool | None], degraded: dict[d
                               f"{seen[-1]} ({len(run)} scored day(s) in a row)"))
     if found:
         return min(o for o, _ in found), "; ".join(w for _, w in found)
+    after = f" after the retrain of {since}" if since is not None and since >= window[0] else ""
     if not flags[today]:
-        return Decision(False, f"{today} is not drifted; {len(hits)} of the last {p.of_last_days} days ({span}) drifted{note}")
-    return Decision(False, f"drift on {len(hits)} of the last {p.of_last_days} days ({span}), {p.drift_days} needed{note}")
+        return Decision(False, f"{today} is not drifted; {len(hits)} of the last {p.of_last_days} days ({span}) "
+                               f"drifted{after}{note}")
+    return Decision(False, f"drift on {len(hits)} of the last {p.of_last_days} days ({span}){after}, "
+                           f"{p.drift_days} needed{note}")
 
 
 def settled(today: dt.date, drifted: dict[dt.date, bool | None], degraded: dict[dt.date, float | None],
@@ -98,11 +109,14 @@ def settled(today: dt.date, drifted: dict[dt.date, bool | None], degraded: dict[
 
 def should_retrain(today: dt.date, drifted: dict[dt.date, bool | None], previous: list[dt.date], p: RetrainParams,
                    degraded: dict[dt.date, float | None] | None = None, open_request: tuple[dt.date, str] | None = None,
-                   landed: set[dt.date] | None = None, delay: int = 0) -> Decision:
+                   landed: set[dt.date] | None = None, delay: int = 0,
+                   pending: tuple[dt.date, str] | None = None, since: dt.date | None = None) -> Decision:
     """The decision of `today`. drifted: the day_drifted flag of each date (None = not monitored);
     previous: dates of earlier decisions that triggered a retrain; degraded: the champion's realized
     metric per scored day; open_request: (onset, why) of a request still waiting; landed: the label
-    dates whose validated labels exist (None: trust the calendar); delay: the label delay in days.
+    dates whose validated labels exist (None: trust the calendar); delay: the label delay in days;
+    pending: (date, version) of the last retrain's model while it is in shadow (it answers the change);
+    since: only later days are evidence for a new request (default: the last retrain).
 
     A request trains only once the labels of `min_labelled_days_after_onset` days from its onset have
     landed (the training window then ends at the latest fully labelled day, so it holds the changed
@@ -111,7 +125,13 @@ def should_retrain(today: dt.date, drifted: dict[dt.date, bool | None], previous
         return Decision(False, f"the request of onset {open_request[0]} is closed: no drifted day in the last "
                                f"{p.of_last_days} days" + (f" and the champion's realized {p.performance.metric} within its "
                                                           f"limit" if p.performance else ""), "closed")
-    req = open_request or wanted(today, drifted, degraded or {}, p)
+    if pending is not None and open_request is None:
+        return Decision(False, f"the retrain of {pending[0]} answers the change: its model v{pending[1]} is in shadow "
+                               f"(no new request until it is promoted or retired)", "shadow")
+    earlier = sorted(d for d in previous if d < today)
+    if since is None and earlier:
+        since = earlier[-1]
+    req = open_request or wanted(today, drifted, degraded or {}, p, since)
     if isinstance(req, Decision):
         return req
     onset, why = req
@@ -191,6 +211,46 @@ def open_request(store: StorageParams, today: dt.date, lookback: int = 90) -> tu
     return None
 
 
+def pending_challenger(params, today: dt.date, previous: list[dt.date]) -> tuple[dt.date, str] | None:
+    """(date, version) when the last triggered retrain registered a challenger that no lifecycle
+    decision since has promoted or retired (it is in shadow), else None."""
+    earlier = [d for d in previous if d < today]
+    if not earlier:
+        return None
+    last, store, alias = earlier[-1], params.storage, params.shadow.alias
+    conf = training_conf(last, params.retrain, "", "")["conf"]
+    try:
+        reg = storage.read_json(f"{training_uri(store, dt.date.fromisoformat(conf['start_date']), last)}/"
+                                f"{artifact(REGISTER, REGISTRATION)}")
+    except storage.MissingObject:       # no model (yet): the usual rules, cooldown included
+        return None
+    if reg.get("alias") != alias or reg.get("version") is None:
+        return None
+    version = str(reg["version"])
+    for i in range(1, (today - last).days + 1):
+        try:
+            rec = storage.read_json(store.uri("lifecycle_decision", date=(last + dt.timedelta(days=i)).isoformat()))
+        except storage.MissingObject:
+            continue
+        if any(m.get("alias") == alias and str(m.get("from")) == version for m in rec.get("moves", [])):
+            return None
+    return last, version
+
+
+def last_champion_move(params, today: dt.date, lookback: int = 30) -> dt.date | None:
+    """The latest label date (up to today) whose lifecycle decision moved the champion (a promotion
+    or a rollback): the days scored before it were scored, and drift measured, against another model."""
+    for i in range(lookback + 1):
+        day = today - dt.timedelta(days=i)
+        try:
+            rec = storage.read_json(params.storage.uri("lifecycle_decision", date=day.isoformat()))
+        except storage.MissingObject:
+            continue
+        if any(m.get("alias") == "champion" for m in rec.get("moves", [])):
+            return day
+    return None
+
+
 def landed_labels(params, today: dt.date, onset: dt.date | None, k: int, delay: int) -> set[dt.date]:
     if onset is None or not params.has_dataset("labels"):
         return set()
@@ -210,12 +270,18 @@ def decide_day(params, today: dt.date, params_file: str) -> dict:
     delay = params.dataset("labels").delay_days if params.has_dataset("labels") else 0
     degraded = realized_metric(store, today, p, delay)
     req = open_request(store, today)
+    # evidence counts from the last retrain (its data held the days before) or the last champion
+    # move (the days before it were scored, and drift measured, against another model)
+    moved = last_champion_move(params, today)
+    marks = [x for x in (prev[-1] if prev else None, moved - dt.timedelta(days=1) if moved else None) if x is not None]
+    since = max(marks) if marks else None
     onset = req[0] if req else None
     if onset is None:
-        first = wanted(today, flags, degraded, p)
+        first = wanted(today, flags, degraded, p, since)
         onset = None if isinstance(first, Decision) else first[0]
     d = should_retrain(today, flags, prev, p, degraded, req,
-                       landed_labels(params, today, onset, p.min_labelled_days_after_onset, delay), delay)
+                       landed_labels(params, today, onset, p.min_labelled_days_after_onset, delay), delay,
+                       pending_challenger(params, today, prev), since)
     rec = {"date": today.isoformat(), "retrain": d.retrain, "state": d.state, "reason": d.reason,
            "request": d.why or None, "onset": d.onset.isoformat() if d.onset else None,
            "labels_due": d.due.isoformat() if d.due else None,

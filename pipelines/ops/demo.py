@@ -67,7 +67,8 @@ def night_line(store, day: dt.date, out: dict, lab: dict | None, delay: int) -> 
     summ = storage.read_json(store.uri("decision_summary", date=day.isoformat()))
     sh = storage.read_json(store.uri("shadow_model", date=day.isoformat()))
     state = "YES" if d["retrain"] else (f"waiting for labels (onset {d['onset']}, due {d['labels_due']})"
-                                        if d.get("state") == "waiting" else d.get("state", "no"))
+                                        if d.get("state") == "waiting" else
+                                        "its challenger is in shadow" if d.get("state") == "shadow" else d.get("state", "no"))
     line = (f"  {day} {'DRIFT ' if mon['drifted'] else 'stable'} review={summ['decisions']['review']:4d} "
             f"block={summ['decisions']['block']:3d}{' HELD' if summ.get('guardrails', {}).get('status') == 'held' else ''}"
             f"{' shadow v' + str(sh['model_version']) if sh.get('scored_by') == 'model' else ''}  retrain: {state}")

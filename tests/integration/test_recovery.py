@@ -9,7 +9,7 @@ covered by test_nightly_dag and by `make demo`, which runs this scenario on Airf
 
 Asserted: the drift is flagged; the retrain request waits for the labels of 10 days from the onset,
 visibly; the retrained model learns from post-onset days, passes the gate, shadows the champion and
-is promoted by the labels; the realized AP of the champion drops during the drift and is back to at
+is promoted by the labels, and no new request opens meanwhile or after; the realized AP of the champion drops during the drift and is back to at
 least 90 % of its pre-drift level after the promotion."""
 from __future__ import annotations
 
@@ -97,6 +97,11 @@ def test_drift_waits_for_labels_retrains_promotes_and_recovers(stack):
     shadowed = [d for d in nights if storage.read_json(store.uri("shadow_model", date=d.isoformat())).get(
         "model_version") == move["to"]]
     assert len(shadowed) >= params.promotion.shadow_days and max(shadowed) < when, shadowed
+
+    # the retrained model answers the change: no new request while it shadows, none after its promotion
+    after_retrain = {d.isoformat(): decisions[d]["state"] for d in nights if d > due}
+    assert all(st == "shadow" for d, st in after_retrain.items() if d < when.isoformat()), after_retrain
+    assert all(st in ("no", "closed") for d, st in after_retrain.items() if d >= when.isoformat()), after_retrain
 
     phases = recovery_phases(store, nights, onset)
     print(recovery(store, nights, onset, delay))

@@ -1,11 +1,12 @@
 """The retraining rule: N drifted days of the last M, cooldown, budget."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
 
-from pipelines.core.config import RetrainParams
+from pipelines.core.config import RetrainParams, RetrainPerformance
 from pipelines.retrain import should_retrain
 
 D = dt.date(2026, 3, 10)
@@ -71,8 +72,9 @@ def test_a_request_waits_for_the_labels_of_the_changed_days_then_trains_once():
             assert d.due == start + dt.timedelta(days=5 + 13 + 7) and "waiting for the labels of 2026-03-06..2026-03-19" in d.reason
     assert fired[0] == start + dt.timedelta(days=25) and states[25] == "trigger"
     assert all(states[i] == "waiting" for i in range(6, 25))
-    # the drift goes on: a new request opens from the next day and waits for its own labels
-    assert fired == [start + dt.timedelta(days=25)] and states[26] == "waiting"
+    # the drift goes on: days up to the retrain were in its data; a new request needs N of the next
+    # days (onset day 26), then waits for its own labels
+    assert fired == [start + dt.timedelta(days=25)] and states[26] == "no" and states[27] == "waiting"
 
 
 def test_late_labels_keep_the_request_waiting_and_say_which():
@@ -113,3 +115,20 @@ def test_an_open_request_closes_when_the_change_is_over():
                           delay=7).state == "waiting"
     assert should_retrain(day, {**calm, day - dt.timedelta(days=2): True}, [], p, open_request=(onset, "drift"),
                           delay=7).state == "waiting"
+
+
+def test_no_new_request_while_the_retrained_model_is_in_shadow_then_only_fresh_evidence():
+    """After a retrain its challenger answers the change: drift against the old champion's reference
+    opens nothing (state shadow); after the promotion, days before it are no evidence."""
+    day, retrained = dt.date(2026, 3, 16), dt.date(2026, 3, 13)
+    drifting = {day - dt.timedelta(days=i): True for i in range(10)}
+    d = should_retrain(day, drifting, [retrained], WAIT, pending=(retrained, "2"))
+    assert d.state == "shadow" and not d.retrain and "v2 is in shadow" in d.reason
+    # promoted on 03-16: the old champion's bad AP of 03-15 and drift up to 03-15 are not evidence
+    p = dataclasses.replace(WAIT, performance=RetrainPerformance("average_precision", 0.4))
+    calm = {**drifting, day: False}
+    d = should_retrain(day, calm, [retrained], p, degraded={dt.date(2026, 3, 15): 0.3}, delay=1,
+                       since=dt.date(2026, 3, 15))
+    assert d.state == "no" and not d.retrain, d.reason
+    # without the reset the same evidence would open a request
+    assert should_retrain(day, calm, [retrained], p, degraded={dt.date(2026, 3, 15): 0.3}, delay=1).state == "waiting"
