@@ -197,6 +197,11 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
     champion = getattr(alias_version("champion"), "version", None) if rolled and not dry_run else champion
     if challenger is None:
         record["promotion"] = {"action": "none", "reason": f"no {alias}"}
+    elif challenger == champion:        # e.g. a rollback returned to it: nothing to compare, not retired
+        record["promotion"] = {"action": "clear", "reason": f"v{challenger} is the champion now", "challenger": challenger}
+        mv = R.move_alias(c(), name, alias, None, f"v{challenger} is the champion now{made_by}", dry_run)
+        if mv:
+            record["moves"].append(mv)
     elif rolled:
         record["promotion"] = {"action": "wait", "reason": "the champion was rolled back today: shadow days against it "
                                "no longer apply", "challenger": challenger}

@@ -236,16 +236,18 @@ def promote(c, name: str, version: str, reason: str, dry_run: bool = False) -> l
 
 def rollback_target(c, name: str) -> str | None:
     """The champion before the current one: the `from` of the move that made the current champion,
-    unless that version was retired since (then the `previous` alias, which a promotion or a person
-    set on purpose)."""
-    current = get_alias(c, name, "champion")
+    unless that version was retired since or is the challenger now (a candidate whose shadow decides
+    it, e.g. a model proposed again after a demo reset, is no fallback); then the `previous` alias,
+    which a promotion or a person set on purpose."""
+    current, challenger = get_alias(c, name, "champion"), get_alias(c, name, "challenger")
     for rec in reversed(history(c, name)):
         if rec["alias"] == "champion" and rec["to"] == current:
-            if rec["from"] and "retired" not in (c.get_model_version(name, rec["from"]).tags or {}):
+            if rec["from"] and rec["from"] != challenger and \
+                    "retired" not in (c.get_model_version(name, rec["from"]).tags or {}):
                 return rec["from"]
             break
     prev = get_alias(c, name, "previous")
-    return prev if prev != current else None
+    return prev if prev not in (current, challenger) else None
 
 
 def rollback(c, name: str, reason: str, dry_run: bool = False) -> list[dict]:

@@ -129,3 +129,11 @@ def test_gate_lifecycle_and_alias_history(registry, tmp_path):
     assert lineage["git"]["git.commit"] and lineage["data"]["data.test_window"] == "2026-02-15..2026-02-21"
     listing = _cli("--params", str(params_file), "list")
     assert f"{v_weak} champion" in " ".join(listing.split())
+
+    # the version a rollback would return to is no fallback while it is the challenger (its shadow
+    # decides it): e.g. a model proposed again after the demo's reset
+    assert models.rollback_target(c, name) == v_full
+    models.move_alias(c, name, "challenger", v_full, "test: proposed again")
+    assert models.rollback_target(c, name) is None
+    models.move_alias(c, name, "challenger", None, "test: retired")
+    assert models.rollback_target(c, name) == v_full
