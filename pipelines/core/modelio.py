@@ -94,7 +94,8 @@ def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: i
             manifests.append(reader.read_json(store.uri("features_manifest", date=day.isoformat()), primary=uri))
         except storage.MissingObject:       # not committed (lineage.NotCommitted), or its object is gone
             raise TrainingDataError(f"{uri}: feature partition missing (blocked by validation, withdrawn or not "
-                                    f"built); the training run fails, nothing is published") from None
+                                    f"built; under `dvc repro` after the lake was wiped: `dvc repro --force`); the "
+                                    f"training run fails, nothing is published") from None
         except lineage.StaleInput as exc:
             raise TrainingDataError(f"{exc}; the training run fails, nothing is published") from None
         digests[day.isoformat()] = hashlib.sha256(data).hexdigest()
