@@ -1,9 +1,10 @@
 """Benchmark: what one Airflow task pays for one stage process on one demo date (issue 13: "under a
 scheduler every task is a process: measure a task's fixed start-up cost and cut it").
 
-    python benchmarks/stage_startup.py [--date 2026-04-21] [--repeat 3]
+    python benchmarks/stage_startup.py [--date 2026-03-18] [--repeat 3] [--params .state/params/demo.yaml]
 
-Needs the local stack and a lake with the demo's nights (run `make demo` first). For each stage the
+Needs the local stack and a lake with the demo's nights (run `make demo` first; its params file,
+the scenario laid over params.yaml, is the default). For each stage the
 nightly_scoring and labels DAGs run, the command the task runs (`python -m pipelines <stage>
 --date D ...`) is started as a fresh process `repeat` times; the median wall time and peak RSS are
 printed, with two anchors measured in the same run:
@@ -45,7 +46,8 @@ def run(argv: list[str], repeat: int) -> tuple[float, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--date", default="2026-04-21")
+    ap.add_argument("--date", default="2026-03-18")
+    ap.add_argument("--params", help="default: <state>/params/demo.yaml (written by make demo)")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     py, d = sys.executable, args.date
@@ -55,14 +57,17 @@ def main() -> int:
     for line in env_file.read_text().splitlines():
         k, _, v = line.partition("=")
         os.environ.setdefault(k, v)
+    params = Path(args.params or env_file.parent / "params" / "demo.yaml")
+    if not params.exists():
+        raise SystemExit(f"{params} missing: run `make demo` first")
     gx_params = Path(tempfile.mkdtemp()) / "params.yaml"
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data = yaml.safe_load(params.read_text())
     data["validate"]["engine"] = "gx"
     gx_params.write_text(yaml.safe_dump(data, sort_keys=False))
 
     cases = [("bare interpreter + polars + pyarrow", [py, "-c", "import polars, pyarrow"])]
     stage = [py, "-m", "pipelines"]
-    cases += [(name, stage + cmd) for name, cmd in [
+    cases += [(name, stage + cmd + ([] if "--params" in cmd else ["--params", str(params)])) for name, cmd in [
         ("wait_for_data (ingest --check)", ["ingest", "--date", d, "--dataset", "transactions", "--check"]),
         ("ingest", ["ingest", "--date", d, "--if-landed", "labels"]),
         ("validate (polars evaluator)", ["validate", "--date", d]),
