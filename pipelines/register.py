@@ -104,15 +104,28 @@ def git_tags() -> dict[str, str]:
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
 
 
-def dvc_tags() -> dict[str, str]:
-    """The dvc.lock hashes of the data and feature outputs (when the repo has a dvc.lock)."""
+def dvc_tags(start, end, sha: str) -> dict[str, str]:
+    """The dvc.lock hashes of the data, feature, train and evaluate outputs, only when that lock
+    describes this model: its train stage ran this range, and its output (data/train) holds this
+    model (`dvc repro` writes each stage's entry as it finishes, before register runs). A model
+    trained elsewhere (the training DAG, a stage run by hand) gets `dvc.lineage` saying why it has
+    no DVC hashes, never another run's."""
     import yaml
 
     lock = REPO / "dvc.lock"
     if not lock.exists():
-        return {}
+        return {"dvc.lineage": "none: no dvc.lock in the project"}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    out = {}
+    cmd = str(stages.get("train", {}).get("cmd", ""))
+    try:
+        snap = json.loads((REPO / "data" / lake.TRAIN / lake.SUMMARY).read_text()).get("model_sha256")
+    except (OSError, ValueError):
+        snap = None
+    if f"--start {start} --end {end}" not in cmd or snap != sha:
+        locked = " ".join(cmd.split()[4:8]) or "no train stage"
+        return {"dvc.lineage": f"none: trained outside `dvc repro`; the project's dvc.lock describes another run "
+                               f"({locked})"[:500]}
+    out = {"dvc.lineage": "dvc.lock of this run (dvc repro)"}
     for stage in ("ingest", "validate", "features", "train", "evaluate"):
         for o in stages.get(stage, {}).get("outs", []):
             out[f"dvc.{stage}.md5"] = o.get("md5", "")
@@ -408,7 +421,7 @@ def main(argv: list[str]) -> int:
                 "xgboost.use_cuda": str(summary["xgboost"]["use_cuda"]).lower(), "gate": "passed" if decision.passed else "failed",
                 "gate.compared_with": f"v{champion} ({how})" if champion else how, "registered_by": R.actor(),
                 "registered_model": name,
-                **git_tags(), **dvc_tags()}
+                **git_tags(), **dvc_tags(start, end, sha)}
         exp = mlflow.set_experiment(rp.experiment)
         if exp.tags.get("mlflow.experimentKind") != "custom_model_development":   # the UI opens it as classic ML
             c.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "custom_model_development")

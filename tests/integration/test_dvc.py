@@ -32,6 +32,16 @@ def test_repro_twice_then_push_and_pull_into_a_fresh_clone(dvc_workspace, stack,
     shown = json.dumps(metrics)
     assert "average_precision" in shown and "precision_at_20" in shown
     lock = (ws / "dvc.lock").read_text()
+    # the model dvc repro registered carries this run's lock hashes
+    from pipelines.core import registry as models
+
+    c = models.client()
+    sha = hashlib.sha256((ws / "data/train/model.ubj").read_bytes()).hexdigest()
+    mv = next(v for v in c.search_model_versions("name='fraud-xgb-dvc'") if v.tags.get("model_sha256") == sha)
+    tags, locked = c.get_run(mv.run_id).data.tags, yaml.safe_load(lock)["stages"]
+    assert tags["dvc.lineage"] == "dvc.lock of this run (dvc repro)", tags.get("dvc.lineage")
+    for stage in ("features", "train", "evaluate"):
+        assert tags[f"dvc.{stage}.md5"] == locked[stage]["outs"][-1]["md5"], stage
 
     again = sh(["dvc", "repro"], ws)
     assert "Data and pipelines are up to date" in again and "Running stage" not in again

@@ -1,7 +1,8 @@
 """The nightly_scoring DAG on the running scheduler: a backfill over 5 dates with drift injected on
 the third; drift is flagged from that day, retraining is triggered exactly once (N=2 of M=3, then
-cooldown), the triggered training DAG registers a model that becomes challenger if it passes the
-gate; nothing is triggered before the injected day; a re-run date gives byte-identical predictions."""
+no new request from the days it trained on), the triggered training DAG registers a model that
+becomes challenger if it passes the gate; nothing is triggered before the injected day; a re-run
+date gives byte-identical predictions."""
 from __future__ import annotations
 
 import io
@@ -92,7 +93,12 @@ def test_drift_flagged_from_the_injected_day_and_retraining_triggered_exactly_on
     assert drifted == {d: d >= DRIFT_FROM for d in DAYS}, drifted
     decisions = {d: storage.read_json(store.uri("retrain_decision", date=d)) for d in DAYS}
     assert {d: r["retrain"] for d, r in decisions.items()} == {d: d == "2026-03-04" for d in DAYS}
-    assert "cooldown" in decisions["2026-03-05"]["reason"] and "2 needed" in decisions["2026-03-03"]["reason"]
+    assert "2 needed" in decisions["2026-03-03"]["reason"]
+    # the day after: the drifted days up to 03-04 were in that retrain's data (only 03-05 counts), or
+    # its model already shadows the champion (when the training registered before this date decided)
+    after = decisions["2026-03-05"]
+    assert (after["state"] == "no" and "after the retrain of 2026-03-04" in after["reason"]) or \
+        (after["state"] == "shadow" and "retrain of 2026-03-04 answers the change" in after["reason"]), after
     trig = {d: {t["task_id"]: t["state"] for t in client.task_instances("nightly_scoring", r["dag_run_id"])}["trigger_training"]
             for d, r in backfill["runs"].items()}
     assert trig == {d: "success" if d == "2026-03-04" else "skipped" for d in DAYS}, trig

@@ -59,8 +59,11 @@ def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
         assert reg["version"] == before[sha] and len(after) == len(before)
     else:
         assert len(after) == len(before) + 1
-        assert c.get_run(mv.run_id).data.tags["registered_by"].startswith(
-            f"airflow:training/{run['dag_run_id']}/register")
+        tags = c.get_run(mv.run_id).data.tags
+        assert tags["registered_by"].startswith(f"airflow:training/{run['dag_run_id']}/register")
+        # trained outside dvc repro: no DVC hashes of another run (the committed lock is 01-01..02-28)
+        assert not [k for k in tags if k.startswith("dvc.") and k.endswith(".md5")], tags
+        assert tags["dvc.lineage"].startswith("none: trained outside `dvc repro`"), tags["dvc.lineage"]
     events = client._request("GET", "/api/v2/assets/events?limit=100")["asset_events"]
     assert any(e.get("uri") == "fraudops://registry/model" and e.get("source_run_id") == run["dag_run_id"]
                for e in events), events[-3:]
