@@ -155,13 +155,9 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
     # aliases and the baseline are read over REST; the MLflow client (its import alone is ~3 s of
     # the task) is made only for a move
     c = functools.cache(R.client)
-
-    def alias_version(a: str) -> R.VersionRef | None:
-        return R.version_by_alias(name, a)
-
     record: dict = {"date": label_date.isoformat(), "scored_date": d.isoformat(), "model": name, "dry_run": dry_run,
                     "moves": [], "alerts": []}
-    champ_ref = alias_version("champion")
+    champ_ref = R.version_by_alias(name, "champion")
     champion = champ_ref.version if champ_ref else None
     record["champion"] = champion
     # every move names the decision that made it (its `by` names the Airflow run, see registry.actor)
@@ -193,8 +189,8 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
                 record["alerts"].append({"kind": "rolled_back", "message": f"{msg}; champion rolled back to v{target}"})
 
     # 2. promotion / retirement of the challenger
-    challenger = getattr(alias_version(alias), "version", None)
-    champion = getattr(alias_version("champion"), "version", None) if rolled and not dry_run else champion
+    challenger = getattr(R.version_by_alias(name, alias), "version", None)
+    champion = getattr(R.version_by_alias(name, "champion"), "version", None) if rolled and not dry_run else champion
     if challenger is None:
         record["promotion"] = {"action": "none", "reason": f"no {alias}"}
     elif challenger == champion:        # e.g. a rollback returned to it: nothing to compare, not retired

@@ -121,7 +121,7 @@ def recovery_phases(store, nights: list[dt.date], drift_from: dt.date) -> dict[s
                    "days": len(xs)} for name, xs in phases.items()}
 
 
-def recovery(store, nights: list[dt.date], drift_from: dt.date | None, delay: int) -> str:
+def recovery(store, nights: list[dt.date], drift_from: dt.date | None) -> str:
     """One line: the champion's realized AP and error rate before the drift, during it and after the
     promotion of the retrained model, and after/before."""
     if drift_from is None:
@@ -192,8 +192,12 @@ class DagRuns:
     def finish(self, dag_id: str, day: dt.date, expect_failure: bool = False, timeout: float = 1800) -> dict:
         """Wait for the run of `day`; a run that fails (or, with expect_failure, one that succeeds)
         stops the demo with its failed tasks named."""
-        run_id = self.run_id(day)
-        run = self.client.wait(dag_id, run_id, timeout=timeout, poll=0.5)
+        return self._ended(dag_id, self.run_id(day), timeout, poll=0.5, expect_failure=expect_failure)
+
+    def _ended(self, dag_id: str, run_id: str, timeout: float, poll: float, expect_failure: bool = False) -> dict:
+        """Wait for a run and count it; a run that fails (or, with expect_failure, one that succeeds)
+        stops the demo with its failed tasks named."""
+        run = self.client.wait(dag_id, run_id, timeout=timeout, poll=poll)
         self.seen.setdefault(dag_id, {})[run_id] = run["state"]
         if (run["state"] == "success") == expect_failure:
             bad = [f"{t['task_id']}={t['state']}" for t in self.client.task_instances(dag_id, run_id)
@@ -221,14 +225,7 @@ class DagRuns:
         except AirflowApiError as exc:
             if "HTTP 409" not in str(exc):
                 raise
-        run = self.client.wait("training", run_id, timeout=2400, poll=1)
-        self.seen.setdefault("training", {})[run_id] = run["state"]
-        if run["state"] != "success":
-            bad = [f"{t['task_id']}={t['state']}" for t in self.client.task_instances("training", run_id)
-                   if t["state"] not in ("success", "skipped")]
-            raise StageFailed(f"demo: training run {run_id} ended {run['state']}; tasks: {', '.join(bad)}; task logs "
-                              f"in the Airflow UI ({self.client.base}/dags/training/runs/{run_id})")
-        return run
+        return self._ended("training", run_id, timeout=2400, poll=1)
 
     def wait_triggered(self, dag_id: str, run_id: str) -> dict:
         run = self.client.wait(dag_id, run_id, timeout=2400)
@@ -395,7 +392,7 @@ def _main(argv: list[str]) -> int:
         print(f"  Airflow runs of the demo: {runs.counts()}  ({lay.airflow_url}/dags/nightly_scoring/runs)", flush=True)
         last = nights[-1]
         print(f"  aliases now: {models.aliases(c, name)}; history: python -m pipelines models history")
-        print(recovery(store, nights, dp.drift.start_date, delay))
+        print(recovery(store, nights, dp.drift.start_date))
         print(f"  realized metrics and shadow comparison (self-contained HTML): "
               f"{store.uri('feedback_report', date=(last - dt.timedelta(days=delay)).isoformat())}")
         index = state_dir() / "reports" / "monitor"

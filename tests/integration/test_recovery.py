@@ -104,7 +104,7 @@ def test_drift_waits_for_labels_retrains_promotes_and_recovers(stack):
     assert all(st in ("no", "closed") for d, st in after_retrain.items() if d >= when.isoformat()), after_retrain
 
     phases = recovery_phases(store, nights, onset)
-    print(recovery(store, nights, onset, delay))
+    print(recovery(store, nights, onset))
     before, during, after = (phases[p] for p in ("before the drift", "during (old champion)", "after the promotion"))
     assert before["days"] >= 2 and during["days"] >= 5 and after["days"] >= 3, phases
     assert during["average_precision"] < before["average_precision"], phases          # the drift hurt
