@@ -204,9 +204,26 @@ def predict(booster, x: np.ndarray, chunk_rows: int = 500_000) -> np.ndarray:
                            for i in range(0, x.shape[0], chunk_rows)])
 
 
-def load_booster(raw: bytes):
-    import xgboost as xgb
+def xgboost_module(sklearn: bool = True):
+    """xgboost; with sklearn=False imported without scikit-learn when nothing in this process has
+    imported either yet: xgboost imports scikit-learn for its estimator wrappers, 1.2-1.5 s of a
+    scoring process that only loads a Booster and predicts (a task's fixed start-up cost)."""
+    import sys
 
+    if sklearn or "xgboost" in sys.modules or "sklearn" in sys.modules:
+        import xgboost
+        return xgboost
+    sys.modules["sklearn"] = None           # type: ignore[assignment]  # `import sklearn` raises ImportError
+    try:
+        import xgboost
+    finally:
+        del sys.modules["sklearn"]
+    return xgboost
+
+
+def load_booster(raw: bytes, sklearn: bool = True):
+    """A Booster from its saved bytes (sklearn=False: see xgboost_module)."""
+    xgb = xgboost_module(sklearn)
     booster = xgb.Booster()
     booster.load_model(bytearray(raw))
     return booster

@@ -81,7 +81,7 @@ def _verify(files: dict[str, bytes], sha: str | None, where: str) -> None:
 
 
 def _served(files: dict[str, bytes], meta: dict, fallback: list[str], reason: str) -> Served:
-    booster = M.load_booster(files[lake.MODEL])
+    booster = M.load_booster(files[lake.MODEL], sklearn=False)   # scoring never needs it
     summary = json.loads(files[lake.SUMMARY])
     return Served("model", fallback, reason, meta["name"], meta["version"], meta["run_id"], meta["sha256"], booster,
                   json.loads(files[lake.MANIFEST]), float(summary["operating_threshold"]),
