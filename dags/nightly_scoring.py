@@ -2,6 +2,16 @@
 retrain (decision) -> should_retrain -> trigger_training, for the logical date `ds`; after score, in
 parallel with decide, `shadow` (the challenger, when there is one, scores the same partition).
 
+Two gates order the work across runs without making one run's failure block another (each waits
+until the other task has ended in any state, or has no run: then there is nothing to wait for):
+`wait_for_lifecycle` holds `score` until the `labels` run of ds has judged the labels landing on ds
+(`lifecycle`: a rollback or promotion they call for applies to tonight's scores); while the early
+tasks ingest, validate and build features. `wait_for_previous_night` holds `decide` until the run of
+ds - 1 has monitored (decide's guardrails and monitor's rolling windows read the earlier days), so
+dates that run side by side in a backfill still decide and monitor in date order. Past their
+timeout (2 h) they are skipped and the run goes on with what is there (the aliases as they are; the
+earlier days present).
+
 Wiring only: every stage task runs `python -m pipelines <stage> --date=<ds>` (the same command a
 person or DVC runs) as an argument vector, on the ds partition alone; re-running a date republishes
 the same bytes, and dates run side by side (max_active_runs) without sharing a partition. The
@@ -23,7 +33,7 @@ from datetime import datetime, timedelta, timezone
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
-from fraudops_wiring import StageOperator, StageSensor, daily_dag, retrain_requested  # plugins/ on sys.path
+from fraudops_wiring import SettledSensor, StageOperator, StageSensor, daily_dag, retrain_requested  # plugins/ on sys.path
 
 
 TRANSACTIONS = ("--dataset=transactions",)
@@ -38,8 +48,13 @@ with daily_dag("nightly_scoring", "score the day with the champion, decide, moni
     wait = StageSensor(task_id="wait_for_data", stage="ingest", args=TRANSACTIONS, mode="reschedule",
                        poke_interval=300, timeout=timedelta(hours=12).total_seconds())
     ingest = stage("ingest", args=("--if-landed=labels",))     # the labels of ds only if they are there
-    validate, features, score, shadow, decide, monitor = (
-        stage(t) for t in ("validate", "features", "score", "shadow", "decide", "monitor"))
+    validate, features, shadow, monitor = (stage(t) for t in ("validate", "features", "shadow", "monitor"))
+    # a skipped gate (timed out) lets these go on; a failed upstream stage still stops them
+    score, decide = (stage(t, trigger_rule="none_failed") for t in ("score", "decide"))
+    lifecycle = SettledSensor(task_id="wait_for_lifecycle", other_dag="labels", other_task="lifecycle",
+                              timeout=timedelta(hours=2).total_seconds())
+    previous = SettledSensor(task_id="wait_for_previous_night", other_dag="nightly_scoring", other_task="monitor", days=1,
+                             timeout=timedelta(hours=2).total_seconds())
     retrain = stage("retrain", depends_on_past=True)
     should = ShortCircuitOperator(task_id="should_retrain", python_callable=retrain_requested)
     trigger = TriggerDagRunOperator(
@@ -51,6 +66,8 @@ with daily_dag("nightly_scoring", "score the day with the champion, decide, moni
     )
     wait >> ingest >> validate >> features >> score >> decide >> monitor >> retrain >> should >> trigger
     score >> shadow          # the challenger scores next to the champion; its scores never reach decide
+    wait >> lifecycle >> score
+    wait >> previous >> decide
 
 if __name__ == "__main__":
     dag.test()

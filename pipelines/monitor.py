@@ -42,7 +42,7 @@ from pipelines.core.lake import (
     read_metrics,
     read_realized,
 )
-from pipelines.core.report import data_uri, fmt, index_html, link, png, render
+from pipelines.core.report import fmt, index_html, link, render
 
 log = logging.getLogger("pipelines.monitor")
 class MonitorError(RuntimeError):
@@ -218,47 +218,39 @@ def realized_rows(realized: pl.DataFrame | None) -> list[list]:
             for r in wide.iter_rows(named=True)]
 
 
-def _figures(ds: dt.date, metrics: pl.DataFrame, details: dict, history: pl.DataFrame) -> list[tuple[str, str]]:
-    import matplotlib
+def _figures(ds: dt.date, metrics: pl.DataFrame, details: dict, history: pl.DataFrame
+             ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The day's charts as inline SVG (pipelines.core.charts): PSI per feature sorted by drift with
+    the warn and alert thresholds, the score's distribution against the reference, and the trends
+    of the recent days (volume, decision rates, fallback share, score PSI, features at alert) with
+    their thresholds."""
+    from pipelines.core import charts
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    imgs = []
+    imgs, trends = [], []
     feats = sorted(details["features"], key=lambda r: -(r["psi"] or 0))
+    psi = metrics.filter(pl.col("metric") == "psi")
     if feats:
-        fig, ax = plt.subplots(figsize=(7, max(3, 0.22 * len(feats))))
-        ax.barh([f["feature"] for f in feats][::-1], [f["psi"] for f in feats][::-1])
-        warn = metrics.filter(pl.col("metric") == "psi")["warn"].max()
-        alert = metrics.filter(pl.col("metric") == "psi")["alert"].max()
-        for x, c in ((warn, "orange"), (alert, "red")):
-            if x is not None:
-                ax.axvline(x, color=c, ls="--")
-        ax.set(title="Input drift: PSI per feature", xlabel="PSI")
-        fig.tight_layout()
-        imgs.append(("PSI per feature", data_uri(png(fig))))
+        imgs.append(("PSI per feature", charts.svg_uri(charts.hbars(
+            [f["feature"] for f in feats], [f["psi"] for f in feats], "Input drift: PSI per feature (sorted)", "PSI",
+            [("warn", psi["warn"].max()), ("alert", psi["alert"].max())]))))
     if details.get("score_hist") is not None:
-        e = np.asarray(details["score_edges"])
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        w = np.diff(e)
-        ax.bar(e[:-1], details["ref_hist"], width=w, align="edge", alpha=0.5, label="reference")
-        ax.bar(e[:-1], details["score_hist"], width=w, align="edge", alpha=0.5, label=str(ds))
-        ax.set_yscale("log")
-        ax.set(title="Confidence histogram (score), share of rows", xlabel="score")
-        ax.legend()
-        fig.tight_layout()
-        imgs.append(("Confidence histogram", data_uri(png(fig))))
+        imgs.append(("Confidence histogram", charts.svg_uri(charts.histograms(
+            list(details["score_edges"]), [("reference", list(details["ref_hist"])), (str(ds), list(details["score_hist"]))],
+            "Score distribution, share of rows (log scale): reference vs the day", "score", log=True))))
     if history.height:
-        fig, axes = plt.subplots(1, 3, figsize=(11, 3))
-        for ax, (metric, title) in zip(axes, (("review_rate", "review rate"), ("score_psi", "score PSI"),
-                                              ("drifted_features", "features at alert"))):
-            h = history.filter(pl.col("metric") == metric).sort("date")
-            ax.plot(h["date"].to_list(), h["value"].to_list(), marker="o")
-            ax.set_title(title)
-            ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-        fig.tight_layout()
-        imgs.append(("Recent days", data_uri(png(fig))))
-    return imgs
+        days = sorted(history["date"].unique().to_list())
+        for metric, title, percent in (("rows", "volume (rows)", False), ("review_rate", "review rate", True),
+                                       ("block_rate", "block rate", True), ("fallback_share", "rows on a fallback", True),
+                                       ("score_psi", "score PSI", False), ("drifted_features", "features at alert", False)):
+            h = history.filter(pl.col("metric") == metric)
+            if not h.height:
+                continue
+            by_day = dict(zip(h["date"].to_list(), h["value"].to_list()))
+            today = metrics.filter(pl.col("metric") == metric)
+            marks = [(k, today[k][0] if today.height else None) for k in ("warn", "alert")]
+            trends.append((title, charts.svg_uri(charts.trend(
+                [(str(d), by_day.get(d)) for d in days], f"{title}, last {len(days)} days", marks, percent=percent))))
+    return imgs, trends
 
 
 def report_html(ds: dt.date, metrics: pl.DataFrame, perf: pl.DataFrame, details: dict, alerts: list[dict],
@@ -282,7 +274,7 @@ def report_html(ds: dt.date, metrics: pl.DataFrame, perf: pl.DataFrame, details:
     ref = model_doc.get("reference_profile") or {}
     return render("monitor_day.html.j2", ds=ds, drifted=bool(drift), reference={"window": ref.get("window"),
                   "rows": ref.get("rows")}, index_link=index_link, kpis=kpis, alerts=alerts,
-                  images=_figures(ds, metrics, details, history),
+                  **dict(zip(("images", "trends"), _figures(ds, metrics, details, history))),
                   feature_rows=[[x["feature"], f(x["psi"]), f(x["ks"]), f(x["null_share"]), f(x["out_of_range_share"])]
                                 for x in feats],
                   metric_rows=metric_rows, realized_cols=list(REALIZED_COLUMNS), realized_rows=realized_rows(realized),

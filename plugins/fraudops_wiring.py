@@ -206,6 +206,59 @@ class StageSensor(_Subprocess, BaseSensorOperator):
         return True
 
 
+SETTLED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+
+
+class SettledSensor(BaseSensorOperator):
+    """Waits until task `other_task` of DAG `other_dag`'s run for this run's logical date minus
+    `days` has ended, in any state (success, failed, skipped, ...), or there is no such run: nothing
+    to wait for. It orders work across runs without making one run's failure block another: a
+    failed or missing run lets this one go on (the failure alerts where it happened). Asks Airflow
+    (the task execution API), starts no process.
+
+    Each try polls every `every` seconds for up to `window` seconds (an answer within seconds when
+    the other run is nearly done, as in the demo), then gives its worker slot back and is tried
+    again `poke_interval` seconds later (reschedule mode; not a short reschedule interval: on the
+    local stack a task rescheduled within the few seconds its previous try takes to wind down was
+    failed by Airflow as "changed externally"). Past `timeout` it is skipped (soft_fail) and its
+    downstream task, with trigger_rule none_failed, goes on."""
+
+    ui_color = "#fff4e0"
+
+    def __init__(self, *, other_dag: str, other_task: str, days: int = 0, window: float = 60, every: float = 1,
+                 **kwargs) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        kwargs.setdefault("poke_interval", 60)
+        kwargs.setdefault("soft_fail", True)
+        super().__init__(**kwargs)
+        self.other_dag, self.other_task, self.days = other_dag, other_task, days
+        self.window, self.every = window, every
+
+    def poke(self, context) -> bool:
+        import time
+
+        deadline = time.monotonic() + self.window
+        while not self._settled(context):
+            if time.monotonic() + self.every > deadline:
+                return False
+            time.sleep(self.every)
+        return True
+
+    def _settled(self, context) -> bool:
+        when = context["logical_date"] - timedelta(days=self.days)
+        runs = context["ti"].get_task_states(dag_id=self.other_dag, task_ids=[self.other_task], logical_dates=[when])
+        what = f"{self.other_dag}.{self.other_task} of {when.date()}"
+        if not runs:
+            self.log.info("%s: no run, nothing to wait for", what)
+            return True
+        states = {run_id: tasks.get(self.other_task) for run_id, tasks in runs.items()}
+        if all(state in SETTLED for state in states.values()):
+            self.log.info("%s ended: %s", what, states)
+            return True
+        self.log.info("%s not ended yet: %s", what, states)
+        return False
+
+
 def _confirmed(params, what: str) -> None:
     if params.get("confirm") is not True:
         raise AirflowFailException(f"not confirmed: tick confirm in the form to {what}; nothing changed")

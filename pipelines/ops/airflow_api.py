@@ -53,7 +53,7 @@ class AirflowClient:
                 if exc.code < 500 or wait is None:
                     raise err from None
             except (TimeoutError, ConnectionError, urllib.error.URLError, http.client.HTTPException) as exc:
-                # a busy api-server (SQLite waits up to 30 s for a lock) or one restarting: tried again;
+                # a busy api-server (SQLite waits up to 10 s for a lock) or one restarting: tried again;
                 # a POST whose first try was committed after all comes back as HTTP 409 (callers expect it)
                 if wait is None:
                     raise AirflowApiError(f"{method} {self.base}{path}: the Airflow api-server did not answer "

@@ -8,8 +8,10 @@ injected from demo_data.drift.start_date): for each date a run of the `labels` D
 landing that day: validate -> feedback -> lifecycle: realized metrics, shadow comparison,
 promotion, rollback), then a run of `nightly_scoring` (ingest -> validate -> features -> score ->
 shadow -> decide with its guardrails -> monitor -> the retrain decision), triggered through the REST
-API with logical date = the date (run id demo__<date>). The next date's labels run starts once
-tonight's champion and challenger have scored (the rest of the night does not read the registry).
+API with logical date = the date (run id demo__<date>). A night's run starts with the labels run
+of its date (its score waits for their lifecycle); the next date's labels run starts once tonight's
+champion and challenger have scored (the rest of the night does not read the registry), the next
+night's run once tonight's retrain decision is made (a YES: once its training run has ended).
 The drift is flagged, the retrain request waits for the labels of the changed days, then the
 nightly DAG triggers the training DAG; its model goes through the gate, shadows the champion and is
 promoted when it wins. A night with an injected data bug is then run: validation blocks it (a red
@@ -360,23 +362,15 @@ def _main(argv: list[str]) -> int:
               f"-> decide -> monitor -> retrain). A retrain waits for the labels of {k} days from the drift's onset "
               f"({delay} days late); the nightly DAG triggers the training DAG.", flush=True)
         labelled = [d for d in nights if d >= nights[0] + dt.timedelta(days=delay)]
-        ahead = None            # the next date's labels run, started while this night decides and monitors
-        for i, day in enumerate(nights):
+        ahead = None            # the next date's labels run, started once tonight has scored
+        behind = None           # the last night, its run not yet waited to its end (only its trigger is left)
+
+        def night_done(day: dt.date) -> None:
+            runs.finish("nightly_scoring", day)
             lab = None
             if day in labelled:
-                if ahead != day:
-                    runs.start("labels", day)
                 runs.finish("labels", day)
                 lab = {"lifecycle": lifecycle.summary(storage.read_json(store.uri("lifecycle_decision", date=day.isoformat())))}
-            runs.start("nightly_scoring", day)
-            nxt = nights[i + 1] if i + 1 < len(nights) else None
-            ahead = None
-            # the labels landing tomorrow may move aliases: only once tonight's champion and challenger
-            # have scored (the rest of tonight's run does not read the registry)
-            if nxt in labelled and runs.tasks_done("nightly_scoring", day, ("score", "shadow")):
-                runs.start("labels", nxt)
-                ahead = nxt
-            runs.finish("nightly_scoring", day)
             d = storage.read_json(store.uri("retrain_decision", date=day.isoformat()))
             print(night_line(store, day, {"decision": d}, lab, delay), flush=True)
             if d["retrain"]:
@@ -384,6 +378,33 @@ def _main(argv: list[str]) -> int:
                 print(f"  -> nightly_scoring triggered training run {t['run_id']} ({t['conf']['start_date']}..{day}); "
                       f"waiting for it ...", flush=True)
                 print("  " + training_line(store, runs.wait_triggered(t["dag_id"], t["run_id"])), flush=True)
+
+        for i, day in enumerate(nights):
+            # tonight's run starts with the labels run of the same date: it ingests, validates and
+            # builds features while the labels are judged; its score waits for that lifecycle
+            # (wait_for_lifecycle), its decide for the last night's monitor (wait_for_previous_night)
+            if day in labelled and ahead != day:
+                runs.start("labels", day)
+            runs.start("nightly_scoring", day)
+            if behind is not None:
+                night_done(behind)
+                behind = None
+            nxt = nights[i + 1] if i + 1 < len(nights) else None
+            ahead = None
+            # the labels landing tomorrow may move aliases: only once tonight's champion and challenger
+            # have scored (the rest of tonight's run does not read the registry)
+            if nxt in labelled and runs.tasks_done("nightly_scoring", day, ("score", "shadow")):
+                runs.start("labels", nxt)
+                ahead = nxt
+            # tomorrow's run starts once tonight's retrain decision is made; a YES is waited for
+            # (its training run registers the challenger that shadows from tomorrow)
+            if runs.tasks_done("nightly_scoring", day, ("retrain",)) and not storage.read_json(
+                    store.uri("retrain_decision", date=day.isoformat()))["retrain"] and nxt is not None:
+                behind = day
+            else:
+                night_done(day)
+        if behind is not None:
+            night_done(behind)
         for day in bug_days:            # fail closed, shown: a night whose data has a bug is blocked (a red run)
             run = runs.run("nightly_scoring", day, expect_failure=True)
             res = storage.read_json(store.uri("validation_results", dataset="transactions", date=day.isoformat()))

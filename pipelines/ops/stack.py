@@ -22,6 +22,7 @@ Production: set the variables below and the stack starts nothing of that kind:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -290,7 +291,14 @@ def up(timeout: float = 240.0) -> Layout:
                     "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(lay.home, "mlflow_flask_secret_key")})
         _wait("MLflow", lambda: _http_ok(f"{lay.mlflow_url}/health"), timeout, lay, "mlflow")
 
-    # Airflow
+    # Airflow (restarted when plugins/ changed since it started: its processes import the wiring
+    # module once, so a DAG that needs a new operator would fail to parse until they restart)
+    wiring = plugins_fingerprint()
+    stamp = lay.airflow_home / "plugins.sha256"
+    if any(_read_pid(lay, n) for n in AIRFLOW_SERVICES) and (not stamp.exists() or stamp.read_text() != wiring):
+        print("stack: plugins/ changed since the stack started: restarting it", file=sys.stderr, flush=True)
+        down()
+        return up(timeout)
     if not lay.password_file.exists():
         _private_file(lay.password_file, json.dumps({"admin": secrets.token_urlsafe(12)}))
     if not all(_read_pid(lay, n) for n in AIRFLOW_SERVICES):
@@ -301,6 +309,7 @@ def up(timeout: float = 240.0) -> Layout:
     for name, args in AIRFLOW_SERVICES.items():
         if _read_pid(lay, name) is None:
             _start(lay, name, [_bin("airflow"), *args], env)
+    stamp.write_text(wiring)
     _wait("Airflow api-server", lambda: _http_ok(f"{lay.airflow_url}/api/v2/monitor/health"), timeout, lay,
           "airflow-api-server")
     _wait("Airflow scheduler, dag-processor and triggerer",
@@ -309,6 +318,14 @@ def up(timeout: float = 240.0) -> Layout:
           timeout, lay)
     _restrict_state(lay)
     return lay
+
+
+def plugins_fingerprint() -> str:
+    """sha256 over plugins/*.py (names and bytes): the DAG wiring the Airflow processes imported."""
+    h = hashlib.sha256()
+    for f in sorted((REPO / "plugins").glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def _write_mlflow_auth_config(lay: Layout, password: str) -> None:

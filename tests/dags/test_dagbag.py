@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "features": {"train"}, "train": {"evaluate"},
                          "evaluate": {"register"}, "register": set()},
-            "nightly_scoring": {"wait_for_data": {"ingest"}, "ingest": {"validate"}, "validate": {"features"},
+            "nightly_scoring": {"wait_for_data": {"ingest", "wait_for_lifecycle", "wait_for_previous_night"},
+                                "wait_for_lifecycle": {"score"}, "wait_for_previous_night": {"decide"},
+                                "ingest": {"validate"}, "validate": {"features"},
                                 "features": {"score"}, "score": {"decide", "shadow"}, "shadow": set(),
                                 "decide": {"monitor"}, "monitor": {"retrain"}, "retrain": {"should_retrain"},
                                 "should_retrain": {"trigger_training"}, "trigger_training": set()},
@@ -20,6 +22,7 @@ EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "feat
                        "validate_labels": {"feedback"}, "feedback": {"lifecycle"}, "lifecycle": set()}}
 # tasks that wire stages together rather than run one: (task, what its command must contain or None)
 NOT_A_STAGE = {"wait_for_data": "ingest", "should_retrain": None, "trigger_training": None,
+               "wait_for_lifecycle": None, "wait_for_previous_night": None,
                "wait_for_labels": "ingest", "ingest_labels": "ingest", "validate_labels": "validate"}
 
 
@@ -257,3 +260,46 @@ def test_the_nightly_dag_waits_for_the_transactions_only(dagbag):
     assert wait.args == ("--dataset=transactions",)
     argv = ingest.argv(_ctx())
     assert argv[3] == "ingest" and argv[5:] == ["--date=2026-03-01", "--if-landed=labels"]
+
+
+def test_nightly_gates_order_runs_without_blocking_on_a_failure(dagbag):
+    """score waits for the labels run's lifecycle of ds, decide for the previous night's monitor; a gate
+    that times out is skipped and the stage still runs (trigger rule none_failed)."""
+    dag = dagbag.dags["nightly_scoring"]
+    for gate, (other, task, days), stage in (("wait_for_lifecycle", ("labels", "lifecycle", 0), "score"),
+                                             ("wait_for_previous_night", ("nightly_scoring", "monitor", 1), "decide")):
+        g = dag.get_task(gate)
+        assert (g.other_dag, g.other_task, g.days) == (other, task, days)
+        assert g.mode == "reschedule" and g.soft_fail and g.timeout <= 2 * 3600
+        assert g.poke_interval >= 30 and g.window <= 120          # no short reschedule (see SettledSensor)
+        assert dag.get_task(stage).trigger_rule == "none_failed"
+
+
+def test_settled_sensor_poke():
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import fraudops_wiring
+
+    asked = []
+
+    def ctx(runs):
+        def states(dag_id, task_ids, logical_dates):
+            asked.append((dag_id, task_ids, logical_dates))
+            return runs
+        return {"logical_date": dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc),
+                "ti": SimpleNamespace(get_task_states=states)}
+
+    s = fraudops_wiring.SettledSensor(task_id="g", other_dag="nightly_scoring", other_task="monitor", days=1,
+                                      window=0.3, every=0.1)
+    assert s.poke(ctx({}))                                                  # no run: nothing to wait for
+    assert asked[-1] == ("nightly_scoring", ["monitor"], [dt.datetime(2026, 3, 9, tzinfo=dt.timezone.utc)])
+    assert not s.poke(ctx({"r": {"monitor": None}}))                        # created, not run yet
+    assert not s.poke(ctx({"r": {"monitor": "running"}}))
+    assert not s.poke(ctx({"r": {"monitor": "up_for_retry"}}))
+    for state in ("success", "failed", "upstream_failed", "skipped"):      # ended, whatever the outcome
+        assert s.poke(ctx({"r": {"monitor": state}}))
+    answers = iter([{"r": {"monitor": "running"}}, {"r": {"monitor": "success"}}])   # ends within the window
+    c = ctx({})
+    c["ti"] = SimpleNamespace(get_task_states=lambda **kw: next(answers))
+    assert s.poke(c)
