@@ -8,7 +8,11 @@ realized metrics per model version and the shadow comparison; `lifecycle` then r
 back when its realized error rate is over 2x its evaluation baseline, and promotes (mode auto) or
 retires the challenger after its shadow days. `lifecycle` runs with depends_on_past: label dates
 decide in order (a date whose labels never land fails its sensor and holds the later decisions
-until someone looks: clear or mark it). A partition that fails its expectation suite
+until someone looks: clear or mark it). `wait_for_last_night` holds `feedback` (and so `lifecycle`)
+until the nightly_scoring run of ds - 1 has scored with the champion and the challenger (its
+`shadow` ended, in any state, or there is no such run): the labels are joined to finished
+predictions, and no alias moves while a night is scoring (skipped past 2 h: the run goes on). A
+partition that fails its expectation suite
 (expectations/labels.json) stops the run there: blocked labels are never fed back.
 
 Schedule: daily at 00:00 UTC for the day before. FRAUDOPS_LABELS_CATCHUP=true lets the scheduler
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from fraudops_wiring import StageOperator, StageSensor, daily_dag  # plugins/ on sys.path
+from fraudops_wiring import SettledSensor, StageOperator, StageSensor, daily_dag  # plugins/ on sys.path
 
 LABELS = ("--dataset=labels",)
 
@@ -29,10 +33,13 @@ with daily_dag("labels", "labels that landed on ds -> validated -> joined to the
                        timeout=timedelta(hours=20).total_seconds())
     ingest = StageOperator(task_id="ingest_labels", stage="ingest", date=True, args=LABELS)
     validate = StageOperator(task_id="validate_labels", stage="validate", date=True, args=LABELS)
-    feedback = StageOperator(task_id="feedback", stage="feedback", date=True)
+    feedback = StageOperator(task_id="feedback", stage="feedback", date=True, trigger_rule="none_failed")
+    last_night = SettledSensor(task_id="wait_for_last_night", other_dag="nightly_scoring", other_task="shadow", days=1,
+                               timeout=timedelta(hours=2).total_seconds())
     lifecycle = StageOperator(task_id="lifecycle", stage="lifecycle", date=True,
                               depends_on_past=True)      # moves are idempotent: a retry never moves twice
     wait >> ingest >> validate >> feedback >> lifecycle
+    wait >> last_night >> feedback
 
 if __name__ == "__main__":
     dag.test()

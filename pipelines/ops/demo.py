@@ -9,9 +9,9 @@ landing that day: validate -> feedback -> lifecycle: realized metrics, shadow co
 promotion, rollback), then a run of `nightly_scoring` (ingest -> validate -> features -> score ->
 shadow -> decide with its guardrails -> monitor -> the retrain decision), triggered through the REST
 API with logical date = the date (run id demo__<date>). A night's run starts with the labels run
-of its date (its score waits for their lifecycle); the next date's labels run starts once tonight's
-champion and challenger have scored (the rest of the night does not read the registry), the next
-night's run once tonight's retrain decision is made (a YES: once its training run has ended).
+of the next date; the DAGs' gates order the rest (its score waits for the lifecycle of its date,
+the next labels' feedback for its shadow scores); the next night's run starts once tonight's retrain
+decision is made (a YES: once its training run has ended).
 The drift is flagged, the retrain request waits for the labels of the changed days, then the
 nightly DAG triggers the training DAG; its model goes through the gate, shadows the champion and is
 promoted when it wins. A night with an injected data bug is then run: validation blocks it (a red
@@ -281,6 +281,23 @@ def _main(argv: list[str]) -> int:
                       if args.scenario else args.params)
     if args.scenario:
         print(f"params: {args.params} with the scenario {args.scenario} over it -> {params_file}", flush=True)
+    out = play(params_file, lay, stack.airflow_password(lay))
+    if out["contradictions"]:
+        return 1
+    print("Stop everything: python -m pipelines stack down   (or make down)")
+    return 0
+
+
+def _say(*args, **kwargs) -> None:
+    print(*args, **{"flush": True, **kwargs})
+
+
+def play(params_file: str, lay, password: str, say=_say) -> dict:
+    """The scenario of `params_file` on the running stack's scheduler (see the module doc): simulated
+    raw data, the first champion from a training DAG run, the nights and label days as DAG runs,
+    the blocked bug days, the champion's realized performance before/during/after, the audit.
+    Returns {runs: {dag: {run_id: state}}, phases, contradictions, first_champion}; a failed run
+    raises StageFailed naming its failed tasks. `say` prints a progress line."""
     demo_data.main(["--params", params_file])
     params = load_params(params_file)
     store, run = params.storage, params.run
@@ -298,28 +315,28 @@ def _main(argv: list[str]) -> int:
     # the first champion: the training DAG on run.start_date..run.end_date (ingest -> validate ->
     # features -> train -> evaluate -> register), on the scheduler like every later training
     t = time.monotonic()
-    print(f"training DAG on {run.start_date}..{run.end_date} (ingest -> validate -> features -> train -> evaluate -> "
+    say(f"training DAG on {run.start_date}..{run.end_date} (ingest -> validate -> features -> train -> evaluate -> "
           f"register) ...", end=" ", flush=True)
     trained = runs.train(run.start_date, run.end_date, "demo: the first champion")
-    print(f"{trained['state']} in {time.monotonic() - t:.0f} s (run {trained['dag_run_id']})", flush=True)
+    say(f"{trained['state']} in {time.monotonic() - t:.0f} s (run {trained['dag_run_id']})", flush=True)
 
     days = date_range(run.start_date, run.end_date)
     feats = [d for d in days if storage.exists(store.uri("features", date=d.isoformat()))]
     rows = sum(storage.read_json(store.uri("features_manifest", date=d.isoformat()))["rows"] for d in feats)
     quarantined = sum(storage.read_json(store.uri("validation_results", dataset="transactions", date=d.isoformat()))
                       ["rows_quarantined"] for d in days)
-    print("\n" + "=" * 78)
-    print(f"Validated feature partitions: {len(feats)}/{len(days)} days ({run.start_date}..{run.end_date}), "
+    say("\n" + "=" * 78)
+    say(f"Validated feature partitions: {len(feats)}/{len(days)} days ({run.start_date}..{run.end_date}), "
           f"{rows} rows, in {store.uri('features', date='YYYY-MM-DD')}")
-    print(f"Rows quarantined by validation over the range: {quarantined}")
+    say(f"Rows quarantined by validation over the range: {quarantined}")
     for bug in bugs:
-        print(f"Injected data bug on {bug.date} ({bug.kind}): run through nightly_scoring after the nights (it must be blocked)")
-    print(f"Validation report (self-contained HTML): "
+        say(f"Injected data bug on {bug.date} ({bug.kind}): run through nightly_scoring after the nights (it must be blocked)")
+    say(f"Validation report (self-contained HTML): "
           f"{store.uri('validation_report', dataset='transactions', date=run.end_date.isoformat())}")
-    print("DVC: `dvc repro` runs the same stages on params.yaml (its own lake and model name; see the README)")
-    print(f"Airflow UI: {lay.airflow_url}  (user admin, password: {stack.airflow_password(lay)}; "
+    say("DVC: `dvc repro` runs the same stages on params.yaml (its own lake and model name; see the README)")
+    say(f"Airflow UI: {lay.airflow_url}  (user admin, password: {password}; "
           f"file {lay.password_file})")
-    print("  trigger the training DAG: python -m pipelines airflow trigger training --wait "
+    say("  trigger the training DAG: python -m pipelines airflow trigger training --wait "
           "(or from the UI, Params form: dates, force)")
     name = params.register.model_name
     reg = storage.read_json(f"{training_uri(store, run.start_date, run.end_date)}/{artifact(REGISTER, REGISTRATION)}")
@@ -335,20 +352,20 @@ def _main(argv: list[str]) -> int:
             if str(mv.version) != str(reg["version"]):      # an earlier scenario's models: never rolled back to
                 c.set_model_version_tag(name, mv.version, "retired", "demo: a new scenario started")
                 c.set_model_version_tag(name, mv.version, "retired.reset", "true")   # may be proposed again
-        print(f"  (an earlier demo left v{champion} as champion: back to v{reg['version']}, the model of "
+        say(f"  (an earlier demo left v{champion} as champion: back to v{reg['version']}, the model of "
               f"{run.start_date}..{run.end_date}, recorded in the alias history)", flush=True)
         champion = str(reg["version"])
     if champion is None:
         raise StageFailed(f"demo: {name} has no champion after the training run (gate: {reg.get('reasons')})")
     mv = c.get_model_version(name, champion)
     m = c.get_run(mv.run_id).data.metrics
-    print(f"Model: {name} v{reg['version']} registered (gate {reg['gate']}); champion = v{champion}: "
+    say(f"Model: {name} v{reg['version']} registered (gate {reg['gate']}); champion = v{champion}: "
           f"test AP {m.get('test.average_precision', float('nan')):.4f} vs rule baseline "
           f"{m.get('baseline.average_precision', float('nan')):.4f}, ROC AUC {m.get('test.roc_auc', float('nan')):.4f}, "
           f"recall {m.get('test.recall', float('nan')):.3f}")
-    print(f"  evaluation report (self-contained HTML): {training_uri(store, run.start_date, run.end_date)}/{artifact(EVALUATE, REPORT)}")
-    print(f"  registry: python -m pipelines models list | history | lineage {champion} | promote V | rollback")
-    print(f"MLflow UI:  {lay.mlflow_url}/#/models/{name}/versions/{champion}   "
+    say(f"  evaluation report (self-contained HTML): {training_uri(store, run.start_date, run.end_date)}/{artifact(EVALUATE, REPORT)}")
+    say(f"  registry: python -m pipelines models list | history | lineage {champion} | promote V | rollback")
+    say(f"MLflow UI:  {lay.mlflow_url}/#/models/{name}/versions/{champion}   "
           f"(run: {lay.mlflow_url}/#/experiments/{c.get_run(mv.run_id).info.experiment_id}/runs/{mv.run_id})")
 
     # the nights of demo_data.nightly, each with the labels landing that day (drift from
@@ -356,7 +373,7 @@ def _main(argv: list[str]) -> int:
     if nights:
         delay = params.dataset("labels").delay_days
         k = params.retrain.min_labelled_days_after_onset
-        print("\n" + "=" * 78 + f"\nNights {nights[0]}..{nights[-1]} on the Airflow scheduler (drift injected from "
+        say("\n" + "=" * 78 + f"\nNights {nights[0]}..{nights[-1]} on the Airflow scheduler (drift injected from "
               f"{dp.drift.start_date}): each date, a run of the labels DAG for the labels landing that day (validate -> "
               f"feedback -> lifecycle), then a run of nightly_scoring (ingest -> validate -> features -> score -> shadow "
               f"-> decide -> monitor -> retrain). A retrain waits for the labels of {k} days from the drift's onset "
@@ -372,12 +389,12 @@ def _main(argv: list[str]) -> int:
                 runs.finish("labels", day)
                 lab = {"lifecycle": lifecycle.summary(storage.read_json(store.uri("lifecycle_decision", date=day.isoformat())))}
             d = storage.read_json(store.uri("retrain_decision", date=day.isoformat()))
-            print(night_line(store, day, {"decision": d}, lab, delay), flush=True)
+            say(night_line(store, day, {"decision": d}, lab, delay), flush=True)
             if d["retrain"]:
                 t = d["training"]
-                print(f"  -> nightly_scoring triggered training run {t['run_id']} ({t['conf']['start_date']}..{day}); "
+                say(f"  -> nightly_scoring triggered training run {t['run_id']} ({t['conf']['start_date']}..{day}); "
                       f"waiting for it ...", flush=True)
-                print("  " + training_line(store, runs.wait_triggered(t["dag_id"], t["run_id"])), flush=True)
+                say("  " + training_line(store, runs.wait_triggered(t["dag_id"], t["run_id"])), flush=True)
 
         for i, day in enumerate(nights):
             # tonight's run starts with the labels run of the same date: it ingests, validates and
@@ -386,16 +403,16 @@ def _main(argv: list[str]) -> int:
             if day in labelled and ahead != day:
                 runs.start("labels", day)
             runs.start("nightly_scoring", day)
+            nxt = nights[i + 1] if i + 1 < len(nights) else None
+            ahead = None
+            # tomorrow's labels run starts now: it ingests and validates meanwhile; its feedback (and
+            # lifecycle, which may move aliases) waits until tonight has scored (wait_for_last_night)
+            if nxt in labelled:
+                runs.start("labels", nxt)
+                ahead = nxt
             if behind is not None:
                 night_done(behind)
                 behind = None
-            nxt = nights[i + 1] if i + 1 < len(nights) else None
-            ahead = None
-            # the labels landing tomorrow may move aliases: only once tonight's champion and challenger
-            # have scored (the rest of tonight's run does not read the registry)
-            if nxt in labelled and runs.tasks_done("nightly_scoring", day, ("score", "shadow")):
-                runs.start("labels", nxt)
-                ahead = nxt
             # tomorrow's run starts once tonight's retrain decision is made; a YES is waited for
             # (its training run registers the challenger that shadows from tomorrow)
             if runs.tasks_done("nightly_scoring", day, ("retrain",)) and not storage.read_json(
@@ -408,13 +425,13 @@ def _main(argv: list[str]) -> int:
         for day in bug_days:            # fail closed, shown: a night whose data has a bug is blocked (a red run)
             run = runs.run("nightly_scoring", day, expect_failure=True)
             res = storage.read_json(store.uri("validation_results", dataset="transactions", date=day.isoformat()))
-            print(f"  {day} nightly_scoring run {run['dag_run_id']}: {run['state'].upper()} at validate, nothing scored "
+            say(f"  {day} nightly_scoring run {run['dag_run_id']}: {run['state'].upper()} at validate, nothing scored "
                   f"or decided -> {'; '.join(res['reasons'])[:300]}", flush=True)
-        print(f"  Airflow runs of the demo: {runs.counts()}  ({lay.airflow_url}/dags/nightly_scoring/runs)", flush=True)
+        say(f"  Airflow runs of the demo: {runs.counts()}  ({lay.airflow_url}/dags/nightly_scoring/runs)", flush=True)
         last = nights[-1]
-        print(f"  aliases now: {models.aliases(c, name)}; history: python -m pipelines models history")
-        print(recovery(store, nights, dp.drift.start_date))
-        print(f"  realized metrics and shadow comparison (self-contained HTML): "
+        say(f"  aliases now: {models.aliases(c, name)}; history: python -m pipelines models history")
+        say(recovery(store, nights, dp.drift.start_date))
+        say(f"  realized metrics and shadow comparison (self-contained HTML): "
               f"{store.uri('feedback_report', date=(last - dt.timedelta(days=delay)).isoformat())}")
         index = state_dir() / "reports" / "monitor"
         index.mkdir(parents=True, exist_ok=True)
@@ -427,18 +444,16 @@ def _main(argv: list[str]) -> int:
             dst = index.parent / "feedback" / uri.rsplit("/", 2)[-2] / "report.html"
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(storage.read_bytes(uri))
-        print(f"Monitoring report (self-contained HTML): {index / 'index.html'}  (in the lake: {store.uri('monitor_index')})")
-        print(f"  review queue of a day: {store.uri('review_queue', date='YYYY-MM-DD')}; overrides: "
+        say(f"Monitoring report (self-contained HTML): {index / 'index.html'}  (in the lake: {store.uri('monitor_index')})")
+        say(f"  review queue of a day: {store.uri('review_queue', date='YYYY-MM-DD')}; overrides: "
               f"python -m pipelines decide override --date D --event-id ID --decision block --reviewer you")
-        print("  the same chain without the scheduler (a developer tool): python -m pipelines nightly --start D --end D")
+        say("  the same chain without the scheduler (a developer tool): python -m pipelines nightly --start D --end D")
         from pipelines.ops import audit
 
         found = audit.contradictions(audit.gather(params, date_range(dp.nightly[0], last), c, client))
-        print(f"Audit {dp.nightly[0]}..{last} (lake records vs the registry vs Airflow's runs): "
+        say(f"Audit {dp.nightly[0]}..{last} (lake records vs the registry vs Airflow's runs): "
               + (f"{len(found)} contradiction(s)" if found else "no contradiction"), flush=True)
         for line in found:
-            print(f"  CONTRADICTION {line}")
-        if found:
-            return 1
-    print("Stop everything: python -m pipelines stack down   (or make down)")
-    return 0
+            say(f"  CONTRADICTION {line}")
+    return {"runs": runs.seen, "phases": recovery_phases(store, nights, dp.drift.start_date) if nights else {},
+            "contradictions": found if nights else [], "first_champion": champion}

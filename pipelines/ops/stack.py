@@ -148,7 +148,9 @@ def stack_env(lay: Layout) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        # 6 task slots: a gate (SettledSensor) sleeps in its slot between polls, so up to two of the
+        # six wait while four stages run (two runs of a DAG side by side, and the labels run)
+        "AIRFLOW__CORE__PARALLELISM": "6",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(lay.password_file),
@@ -291,12 +293,14 @@ def up(timeout: float = 240.0) -> Layout:
                     "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(lay.home, "mlflow_flask_secret_key")})
         _wait("MLflow", lambda: _http_ok(f"{lay.mlflow_url}/health"), timeout, lay, "mlflow")
 
-    # Airflow (restarted when plugins/ changed since it started: its processes import the wiring
-    # module once, so a DAG that needs a new operator would fail to parse until they restart)
-    wiring = plugins_fingerprint()
+    # Airflow (restarted when plugins/ or its settings changed since it started: its processes
+    # import the wiring module once, so a DAG that needs a new operator would fail to parse until
+    # they restart, and they read their settings at start)
+    wiring = airflow_fingerprint(env)
     stamp = lay.airflow_home / "plugins.sha256"
     if any(_read_pid(lay, n) for n in AIRFLOW_SERVICES) and (not stamp.exists() or stamp.read_text() != wiring):
-        print("stack: plugins/ changed since the stack started: restarting it", file=sys.stderr, flush=True)
+        print("stack: plugins/ or Airflow's settings changed since the stack started: restarting it", file=sys.stderr,
+              flush=True)
         down()
         return up(timeout)
     if not lay.password_file.exists():
@@ -320,11 +324,14 @@ def up(timeout: float = 240.0) -> Layout:
     return lay
 
 
-def plugins_fingerprint() -> str:
-    """sha256 over plugins/*.py (names and bytes): the DAG wiring the Airflow processes imported."""
+def airflow_fingerprint(env: dict[str, str]) -> str:
+    """sha256 over plugins/*.py (names and bytes: the DAG wiring the Airflow processes imported) and
+    the AIRFLOW__* settings of `env` (what they read at start)."""
     h = hashlib.sha256()
     for f in sorted((REPO / "plugins").glob("*.py")):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    for key in sorted(k for k in env if k.startswith("AIRFLOW__")):
+        h.update(f"{key}={env[key]}\0".encode())
     return h.hexdigest()
 
 

@@ -18,11 +18,12 @@ EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "feat
                                 "features": {"score"}, "score": {"decide", "shadow"}, "shadow": set(),
                                 "decide": {"monitor"}, "monitor": {"retrain"}, "retrain": {"should_retrain"},
                                 "should_retrain": {"trigger_training"}, "trigger_training": set()},
-            "labels": {"wait_for_labels": {"ingest_labels"}, "ingest_labels": {"validate_labels"},
+            "labels": {"wait_for_labels": {"ingest_labels", "wait_for_last_night"}, "wait_for_last_night": {"feedback"},
+                       "ingest_labels": {"validate_labels"},
                        "validate_labels": {"feedback"}, "feedback": {"lifecycle"}, "lifecycle": set()}}
 # tasks that wire stages together rather than run one: (task, what its command must contain or None)
 NOT_A_STAGE = {"wait_for_data": "ingest", "should_retrain": None, "trigger_training": None,
-               "wait_for_lifecycle": None, "wait_for_previous_night": None,
+               "wait_for_lifecycle": None, "wait_for_previous_night": None, "wait_for_last_night": None,
                "wait_for_labels": "ingest", "ingest_labels": "ingest", "validate_labels": "validate"}
 
 
@@ -262,12 +263,15 @@ def test_the_nightly_dag_waits_for_the_transactions_only(dagbag):
     assert argv[3] == "ingest" and argv[5:] == ["--date=2026-03-01", "--if-landed=labels"]
 
 
-def test_nightly_gates_order_runs_without_blocking_on_a_failure(dagbag):
-    """score waits for the labels run's lifecycle of ds, decide for the previous night's monitor; a gate
-    that times out is skipped and the stage still runs (trigger rule none_failed)."""
+def test_gates_order_runs_without_blocking_on_a_failure(dagbag):
+    """score waits for the labels run's lifecycle of ds, decide for the previous night's monitor, the
+    labels' feedback for the previous night's shadow; a gate that times out is skipped and the stage
+    still runs (trigger rule none_failed)."""
     dag = dagbag.dags["nightly_scoring"]
-    for gate, (other, task, days), stage in (("wait_for_lifecycle", ("labels", "lifecycle", 0), "score"),
-                                             ("wait_for_previous_night", ("nightly_scoring", "monitor", 1), "decide")):
+    for dag, gate, (other, task, days), stage in (
+            (dag, "wait_for_lifecycle", ("labels", "lifecycle", 0), "score"),
+            (dag, "wait_for_previous_night", ("nightly_scoring", "monitor", 1), "decide"),
+            (dagbag.dags["labels"], "wait_for_last_night", ("nightly_scoring", "shadow", 1), "feedback")):
         g = dag.get_task(gate)
         assert (g.other_dag, g.other_task, g.days) == (other, task, days)
         assert g.mode == "reschedule" and g.soft_fail and g.timeout <= 2 * 3600

@@ -1,16 +1,17 @@
-"""The loop recovers, end to end on the real stack (object store, MLflow server and registry): the
-demo's short scenario (params.demo.yaml over params.yaml: labels 1 day late, 3-day windows, drift
-with a new fraud pattern from 03-03) in a lake and under a model name of its own.
+"""The loop recovers, end to end on the real stack and its scheduler: the demo's short scenario
+(params.demo.yaml over params.yaml: labels 1 day late, 3-day windows, drift with a new fraud pattern
+from 03-03, a data bug on 03-20) played as `make demo` plays it (`pipelines.ops.demo.play`), in a
+lake and under a model name of its own: the first champion from a training DAG run, every night a
+run of nightly_scoring and every label day a run of labels, triggered through the REST API; the
+nightly DAG triggers the training DAG when its retrain decision says so.
 
-The nights and label days run in one process with the same stage entry points the DAGs' tasks run
-(`pipelines.ops.nightly`), and a retrain decision runs the training stages for the window it names,
-as the training DAG would: the scheduler's part (triggered runs, their order, the blocked night) is
-covered by test_nightly_dag and by `make demo`, which runs this scenario on Airflow.
-
-Asserted: the drift is flagged; the retrain request waits for the labels of 10 days from the onset,
+Asserted: every night and label day is an Airflow run, with the states the scenario calls for
+(counted through the REST API: the labels runs and the nights green, the bug day red, two training
+runs); the drift is flagged; the retrain request waits for the labels of 10 days from the onset,
 visibly; the retrained model learns from post-onset days, passes the gate, shadows the champion and
-is promoted by the labels, and no new request opens meanwhile or after; the realized AP of the champion drops during the drift and is back to at
-least 90 % of its pre-drift level after the promotion."""
+is promoted by the labels, and no new request opens meanwhile or after; the realized AP of the
+champion drops during the drift and is back to at least 90 % of its pre-drift level after the
+promotion; the audit of the range finds no contradiction."""
 from __future__ import annotations
 
 import datetime as dt
@@ -21,27 +22,19 @@ from contextlib import redirect_stdout
 import pytest
 
 from tests.conftest import REPO, state_dir
-from pipelines import evaluate, features, ingest, register, train, validate
+from pipelines import lifecycle
 from pipelines.core import registry as models, storage
 from pipelines.core.config import date_range, load_params
 from pipelines.ops import demo_data
-from pipelines.ops.demo import recovery, recovery_phases, scenario_params
-from pipelines.ops.nightly import run_day, run_labels_day
+from pipelines.ops.airflow_api import AirflowClient
+from pipelines.ops.demo import play, recovery, scenario_params
 
 pytestmark = pytest.mark.integration
 
 
-def _train(path: str, start: dt.date, end: dt.date, with_data: bool) -> None:
-    rng = ["--params", path, "--start", start.isoformat(), "--end", end.isoformat()]
-    with redirect_stdout(io.StringIO()):
-        if with_data:
-            assert ingest.main([*rng, "--with-lookback"]) == 0
-            assert validate.main([*rng, "--with-lookback"]) == 0
-            assert features.main(rng) == 0
-        assert train.main(rng) == 0 and evaluate.main(rng) == 0 and register.main(rng) == 0
+def test_drift_waits_for_labels_retrains_promotes_and_recovers_on_the_scheduler(stack):
+    from pipelines.ops import stack as st
 
-
-def test_drift_waits_for_labels_retrains_promotes_and_recovers(stack):
     tag = uuid.uuid4().hex[:8]
     root = state_dir("recovery")
     lake = f"s3://fraudops-lake/test-recovery-{tag}"
@@ -51,27 +44,38 @@ def test_drift_waits_for_labels_retrains_promotes_and_recovers(stack):
         "register": {"model_name": f"fraud-xgb-recovery-{tag}"},
         "score": {"cache_dir": str(root / "model-cache")}}))
     params = load_params(path)
-    store, run, name = params.storage, params.run, params.register.model_name
+    store, name = params.storage, params.register.model_name
     dp = demo_data.DemoParams.from_dict(params.section("demo_data"))
     delay, k = params.dataset("labels").delay_days, params.retrain.min_labelled_days_after_onset
     onset = dp.drift.start_date
+    lines: list[str] = []
     with redirect_stdout(io.StringIO()):
-        assert demo_data.main(["--params", path]) == 0
-    _train(path, run.start_date, run.end_date, with_data=True)
+        out = play(path, stack, st.airflow_password(stack), say=lambda *a, **kw: lines.append(" ".join(map(str, a))))
     c = models.client()
-    first = models.get_alias(c, name, "champion")
-    assert first is not None
-
+    first = out["first_champion"]
     nights = date_range(*dp.nightly)
-    decisions, moves = {}, []
-    for day in nights:
-        if day >= nights[0] + dt.timedelta(days=delay):
-            moves += [(day, m) for m in run_labels_day(path, day)["lifecycle"]["moves"]]
-        d = decisions[day] = run_day(path, day)["decision"]
-        if d["retrain"]:
-            conf = d["training"]["conf"]
-            _train(path, dt.date.fromisoformat(conf["start_date"]), dt.date.fromisoformat(conf["end_date"]),
-                   with_data=False)
+    labelled = [d for d in nights if d >= nights[0] + dt.timedelta(days=delay)]
+    bug_days = [b.date for b in dp.bugs]
+
+    # every night and label day is a run on the scheduler, in the state the scenario calls for,
+    # as the REST API lists them (what the Airflow UI shows)
+    client = AirflowClient()
+    listed = {dag: {r["dag_run_id"]: r["state"] for r in client.runs_between(dag, nights[0].isoformat(), "9999-12-31")
+                    if r["dag_run_id"].startswith("demo__")} for dag in ("nightly_scoring", "labels")}
+    assert listed["nightly_scoring"] == {**{f"demo__{d}": "success" for d in nights},
+                                         **{f"demo__{d}": "failed" for d in bug_days}}, listed
+    assert listed["labels"] == {f"demo__{d}": "success" for d in labelled}, listed
+    assert out["runs"]["nightly_scoring"] == listed["nightly_scoring"] and out["runs"]["labels"] == listed["labels"]
+    training = out["runs"]["training"]
+    assert len(training) == 2 and set(training.values()) == {"success"}, training
+    assert all(client.run("training", r)["state"] == "success" for r in training)
+    assert out["contradictions"] == [], out["contradictions"]
+
+    decisions = {d: storage.read_json(store.uri("retrain_decision", date=d.isoformat())) for d in nights}
+    moves = [(d, m) for d in labelled
+             for m in storage.read_json(store.uri("lifecycle_decision", date=d.isoformat())).get("moves", [])]
+    assert all(lifecycle.summary(storage.read_json(store.uri("lifecycle_decision", date=d.isoformat())))
+               for d in labelled)
 
     drifted = [d for d in nights if storage.read_json(store.uri("alerts", date=d.isoformat()))["drifted"]]
     assert drifted and min(drifted) >= onset and min(drifted) <= onset + dt.timedelta(days=2), drifted
@@ -103,7 +107,7 @@ def test_drift_waits_for_labels_retrains_promotes_and_recovers(stack):
     assert all(st == "shadow" for d, st in after_retrain.items() if d < when.isoformat()), after_retrain
     assert all(st in ("no", "closed") for d, st in after_retrain.items() if d >= when.isoformat()), after_retrain
 
-    phases = recovery_phases(store, nights, onset)
+    phases = out["phases"]
     print(recovery(store, nights, onset))
     before, during, after = (phases[p] for p in ("before the drift", "during (old champion)", "after the promotion"))
     assert before["days"] >= 2 and during["days"] >= 5 and after["days"] >= 3, phases
