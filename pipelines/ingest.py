@@ -251,29 +251,36 @@ def read_source(ds: DatasetParams, day: dt.date) -> tuple[list[pl.DataFrame], li
     return frames, sources
 
 
-def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_days: int, reader: lineage.Reader
-                ) -> pl.DataFrame:
+def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_days: int, reader: lineage.Reader,
+                memo: dict | None = None) -> pl.DataFrame:
     """event_id (and label) of every row ingested for the `window_days` days before `day` (read
-    through their records: a half-published partition is not trusted)."""
+    through their records: a half-published partition is not trusted). `memo`: kept across the days
+    of a range (each earlier day is fetched once, not once per later day: 45x fewer reads), pruned to
+    this day's window."""
     cols = ["event_id", "label"] if ds.columns.label else ["event_id"]
-    frames = []
+    frames, window = [], set()
     for i in range(window_days, 0, -1):
         d = day - dt.timedelta(days=i)
         if d < ds.first_date:
             continue
         uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
+        window.add(uri)
         try:
-            frames.append(reader.read_parquet(uri).select(cols))
+            frames.append(reader.read_parquet(uri).select(cols) if memo is None else
+                          reader.read_parquet_memo(uri, memo, cols))
         except lineage.NotCommitted:            # a day that was never ingested or was withdrawn
             continue
         except lineage.StaleInput as exc:
             raise IngestError(f"{ds.name} {day}: the ids of an earlier day cannot be trusted ({exc}); re-run ingest "
                               f"for the earlier dates first; nothing published, the run fails") from None
+    if memo is not None:
+        for key in [k for k in memo if k[0] not in window]:
+            del memo[key]
     return pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String if c == "event_id" else pl.Int8 for c in cols})
 
 
 def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, params: IngestParams,
-                     pub: storage.Publisher) -> dict:
+                     pub: storage.Publisher, memo: dict | None = None) -> dict:
     """Read, normalize and publish one partition; return its stats. Raises IngestError when the
     partition cannot be ingested, after withdrawing its previous canonical partition and publishing
     the evidence (rejects, stats)."""
@@ -287,7 +294,7 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
                                                            "status": "failed", "reason": str(exc)})
         raise IngestError(str(exc)) from None
     reader = lineage.Reader()
-    seen = seen_before(ds, day, store, params.duplicate_window_days, reader)
+    seen = seen_before(ds, day, store, params.duplicate_window_days, reader, memo)
     result = normalize(frames, ds, day, params, seen)
     stats = {**result.stats, "status": "published", "sources": [{k: v for k, v in s.items() if k != "sha256"}
                                                                for s in sources],
@@ -351,10 +358,11 @@ def main(argv: list[str]) -> int:
     store, ing = params.storage, params.ingest
     if args.check:
         return check_landed(params, args.dataset or params.dataset_names, days)
+    memos: dict[str, dict] = {}           # per dataset: the earlier days' ids, across the days of the range
     with storage.Publisher(store.lake, args.snapshot) as pub:
         def one(item: tuple[DatasetParams, dt.date]) -> None:
             ds, day = item
-            s = ingest_partition(ds, day, store, ing, pub)
+            s = ingest_partition(ds, day, store, ing, pub, memos.setdefault(ds.name, {}))
             log.info("%s %s: in=%d out=%d rejected=%d %s", ds.name, day, s["rows_in"], s["rows_out"],
                      s["rows_rejected"], s["rejected_by_reason"] or "")
 

@@ -120,6 +120,20 @@ class Reader:
     def read_parquet(self, uri: str, primary: str | None = None):
         return storage.read_parquet_bytes(self.read_bytes(uri, primary), uri)
 
+    def read_parquet_memo(self, uri: str, memo: dict, columns: list[str] | None = None):
+        """read_parquet (of `columns`) through `memo`, (uri, sha256) -> frame: an object this process
+        read before with the same committed bytes is not fetched again (the key is its sha256 from
+        the verified record, so a republished object is read anew); the record is verified and the
+        read recorded in `consumed` as by read_parquet."""
+        rec, want = self._expected(uri, None)
+        key = (uri, want, tuple(columns or ()))
+        if key not in memo:
+            frame = self.read_parquet(uri)
+            memo[key] = frame.select(columns) if columns else frame
+        else:
+            self._consume(uri, rec)
+        return memo[key]
+
     def read_json(self, uri: str, primary: str | None = None) -> Any:
         import json
 

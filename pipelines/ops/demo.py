@@ -74,18 +74,23 @@ def night_line(store, day: dt.date, out: dict, lab: dict | None, delay: int) -> 
     line = (f"  {day} {'DRIFT ' if mon['drifted'] else 'stable'} review={summ['decisions']['review']:4d} "
             f"block={summ['decisions']['block']:3d}{' HELD' if summ.get('guardrails', {}).get('status') == 'held' else ''}"
             f"{' shadow v' + str(sh['model_version']) if sh.get('scored_by') == 'model' else ''}  retrain: {state}")
-    if lab is not None:
-        fb = storage.read_json(store.uri("feedback_summary", date=(day - dt.timedelta(days=delay)).isoformat()))
-        real = fb["realized"].get("champion") or {}
-        line += "  | labels of " + fb["date"] + ": " + ", ".join(
-            f"v{v} AP {m['average_precision']:.3f} err {m['error_rate']:.4f}" for v, m in real.items())
-        r = lab["lifecycle"]
-        line += "".join(f"; {m['alias']}: {m['from']} -> {m['to']}" for m in r["moves"])
-        if r.get("rollback") and not any(m["alias"] == "champion" for m in r["moves"]):
-            line += "; rollback advised, no previous champion (alert)" if "rollback_impossible" in r["alerts"] else \
-                "; rollback advised (alert)"
-        if r.get("promotion") not in (None, "none", "wait"):
-            line += f"; promotion: {r['promotion']}"
+    return line + (labels_part(store, day, lab, delay) if lab is not None else "")
+
+
+def labels_part(store, day: dt.date, lab: dict, delay: int) -> str:
+    """The labels that landed on `day`: the champion's realized AP and error rate on the day they
+    belong to, the alias moves, a rollback advised, the promotion verdict."""
+    fb = storage.read_json(store.uri("feedback_summary", date=(day - dt.timedelta(days=delay)).isoformat()))
+    real = fb["realized"].get("champion") or {}
+    line = "  | labels of " + fb["date"] + ": " + ", ".join(
+        f"v{v} AP {m['average_precision']:.3f} err {m['error_rate']:.4f}" for v, m in real.items())
+    r = lab["lifecycle"]
+    line += "".join(f"; {m['alias']}: {m['from']} -> {m['to']}" for m in r["moves"])
+    if r.get("rollback") and not any(m["alias"] == "champion" for m in r["moves"]):
+        line += "; rollback advised, no previous champion (alert)" if "rollback_impossible" in r["alerts"] else \
+            "; rollback advised (alert)"
+    if r.get("promotion") not in (None, "none", "wait"):
+        line += f"; promotion: {r['promotion']}"
     return line
 
 
@@ -375,10 +380,12 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
         k = params.retrain.min_labelled_days_after_onset
         say("\n" + "=" * 78 + f"\nNights {nights[0]}..{nights[-1]} on the Airflow scheduler (drift injected from "
               f"{dp.drift.start_date}): each date, a run of the labels DAG for the labels landing that day (validate -> "
-              f"feedback -> lifecycle), then a run of nightly_scoring (ingest -> validate -> features -> score -> shadow "
+              f"feedback -> lifecycle) and a run of nightly_scoring (ingest -> validate -> features -> score -> shadow "
               f"-> decide -> monitor -> retrain). A retrain waits for the labels of {k} days from the drift's onset "
               f"({delay} days late); the nightly DAG triggers the training DAG.", flush=True)
-        labelled = [d for d in nights if d >= nights[0] + dt.timedelta(days=delay)]
+        # a label day for every night: the labels of night D land on D + delay (the last ones after
+        # the last night: that night's realized performance is measured too)
+        labelled = date_range(nights[0] + dt.timedelta(days=delay), nights[-1] + dt.timedelta(days=delay))
         ahead = None            # the next date's labels run, started once tonight has scored
         behind = None           # the last night, its run not yet waited to its end (only its trigger is left)
 
@@ -407,9 +414,9 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
             ahead = None
             # tomorrow's labels run starts now: it ingests and validates meanwhile; its feedback (and
             # lifecycle, which may move aliases) waits until tonight has scored (wait_for_last_night)
-            if nxt in labelled:
-                runs.start("labels", nxt)
-                ahead = nxt
+            if day + dt.timedelta(days=1) in labelled:
+                ahead = day + dt.timedelta(days=1)
+                runs.start("labels", ahead)
             if behind is not None:
                 night_done(behind)
                 behind = None
@@ -422,6 +429,14 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
                 night_done(day)
         if behind is not None:
             night_done(behind)
+        for day in labelled:            # the label days after the last night
+            if day > nights[-1]:
+                if day != ahead:
+                    runs.start("labels", day)
+                runs.finish("labels", day)
+                rec = lifecycle.summary(storage.read_json(store.uri("lifecycle_decision", date=day.isoformat())))
+                say(f"  {day} (labels only: the last night's){labels_part(store, day, {'lifecycle': rec}, delay)}",
+                    flush=True)
         for day in bug_days:            # fail closed, shown: a night whose data has a bug is blocked (a red run)
             run = runs.run("nightly_scoring", day, expect_failure=True)
             res = storage.read_json(store.uri("validation_results", dataset="transactions", date=day.isoformat()))

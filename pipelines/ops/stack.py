@@ -167,7 +167,7 @@ def stack_env(lay: Layout) -> dict[str, str]:
         # (the demo), but the scheduler then died in a race with a backfill being created through
         # the REST API (IntegrityError creating its task instances, then ObjectDeletedError; the
         # stack does not restart a dead service yet). Set it in the environment to trade.
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": os.environ.get("AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "1"),
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": os.environ.get("AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "0.5"),
         # a task whose process died with the scheduler (kill -9, a crash) is failed and retried after
         # a minute, not five
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",

@@ -54,7 +54,7 @@ def test_drift_waits_for_labels_retrains_promotes_and_recovers_on_the_scheduler(
     c = models.client()
     first = out["first_champion"]
     nights = date_range(*dp.nightly)
-    labelled = [d for d in nights if d >= nights[0] + dt.timedelta(days=delay)]
+    labelled = date_range(nights[0] + dt.timedelta(days=delay), nights[-1] + dt.timedelta(days=delay))
     bug_days = [b.date for b in dp.bugs]
 
     # every night and label day is a run on the scheduler, in the state the scenario calls for,

@@ -80,3 +80,27 @@ def test_a_republish_keeps_the_partition_readable_and_never_mixed(tmp_path):
         part.commit()
     assert lineage.Reader().read_bytes(a) == b"A2"
 
+
+
+def test_a_memo_fetches_committed_bytes_once_and_rereads_a_republished_object(tmp_path, monkeypatch):
+    import polars as pl
+
+    def frame(ids):
+        return storage.parquet_bytes(pl.DataFrame({"event_id": ids, "x": [1] * len(ids)}))
+
+    a = commit(tmp_path, "a", frame(["e1", "e2"]))
+    fetched = []
+    real = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda uri: fetched.append(uri) or real(uri))
+    memo: dict = {}
+    r1, r2 = lineage.Reader(), lineage.Reader()
+    assert r1.read_parquet_memo(a, memo, ["event_id"])["event_id"].to_list() == ["e1", "e2"]
+    assert r2.read_parquet_memo(a, memo, ["event_id"]).columns == ["event_id"]
+    assert fetched.count(a) == 1                                   # the second reader used the memo
+    assert r1.consumed == r2.consumed == {a: sha(real(a))}         # both reads are recorded as inputs
+    commit(tmp_path, "a", frame(["e3"]))                           # republished: other bytes, another key
+    assert lineage.Reader().read_parquet_memo(a, memo, ["event_id"])["event_id"].to_list() == ["e3"]
+    assert fetched.count(a) == 2
+    storage.local_path(a).write_bytes(frame(["e4"]))               # altered after its commit: refused, not served
+    with pytest.raises(lineage.StaleInput):
+        lineage.Reader().read_parquet_memo(a, {}, ["event_id"])
