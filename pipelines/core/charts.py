@@ -34,6 +34,11 @@ def _svg(width: int, height: int, title: str, body: list[str]) -> str:
             f'<text x="8" y="16" {FONT} font-weight="bold">{escape(title)}</text>' + "".join(body) + "</svg>")
 
 
+def _marks(marks) -> list[tuple[str, float, str]]:
+    """The threshold lines to draw: (name, value, color), those with a value."""
+    return [(name, v, MARK_COLORS.get(name, "#333")) for name, v in marks if v is not None]
+
+
 def _scale(lo: float, hi: float, a: float, b: float):
     span = (hi - lo) or 1.0
     return lambda v: a + (v - lo) / span * (b - a)
@@ -72,10 +77,7 @@ def hbars(labels: list[str], values: list[float | None], title: str, xlabel: str
     body.append(f'<line x1="{_c(label_w)}" y1="{base}" x2="{width - 60}" y2="{base}" stroke="#999"/>')
     for t in _axis_ticks(0.0, hi * 1.05):
         body.append(f'<text x="{_c(x(t))}" y="{base + 13}" {FONT} text-anchor="middle" fill="#666">{num(t)}</text>')
-    for name, mx in marks:
-        if mx is None:
-            continue
-        color = MARK_COLORS.get(name, "#333")
+    for name, mx, color in _marks(marks):
         body.append(f'<line x1="{_c(x(mx))}" y1="{top - 4}" x2="{_c(x(mx))}" y2="{base}" stroke="{color}" '
                     f'stroke-dasharray="4 3"/><text x="{_c(x(mx) + 3)}" y="{top - 6}" {FONT} fill="{color}">'
                     f'{escape(name)} {num(mx)}</text>')
@@ -140,10 +142,7 @@ def trend(points: list[tuple[str, float | None]], title: str, marks: list[tuple[
             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#999"/>']
     for t in _axis_ticks(lo, hi, 4):
         body.append(f'<text x="{left - 4}" y="{_c(y(t) + 4)}" {FONT} text-anchor="end" fill="#666">{fmt(t)}</text>')
-    for name, m in marks:
-        if m is None:
-            continue
-        color = MARK_COLORS.get(name, "#333")
+    for name, m, color in _marks(marks):
         body.append(f'<line x1="{left}" y1="{_c(y(m))}" x2="{right}" y2="{_c(y(m))}" stroke="{color}" '
                     f'stroke-dasharray="4 3"><title>{escape(name)} {fmt(m)}</title></line>')
     segment: list[str] = []
