@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import uuid
 from contextlib import redirect_stdout
 
@@ -25,6 +26,7 @@ from tests.conftest import REPO, state_dir
 from pipelines import lifecycle
 from pipelines.core import registry as models, storage
 from pipelines.core.config import date_range, load_params
+from pipelines.core.state import state_dir as home
 from pipelines.ops import demo_data
 from pipelines.ops.airflow_api import AirflowClient
 from pipelines.ops.demo import play, recovery, scenario_params
@@ -70,6 +72,19 @@ def test_drift_waits_for_labels_retrains_promotes_and_recovers_on_the_scheduler(
     assert len(training) == 2 and set(training.values()) == {"success"}, training
     assert all(client.run("training", r)["state"] == "success" for r in training)
     assert out["contradictions"] == [], out["contradictions"]
+    # the bug day is blocked at validate, not retried; nothing downstream runs or is published
+    for day in bug_days:
+        tis = {t["task_id"]: t for t in client.task_instances("nightly_scoring", f"demo__{day}")}
+        assert tis["ingest"]["state"] == "success"
+        assert tis["validate"]["state"] == "failed" and tis["validate"]["try_number"] == 1
+        assert {tis[t]["state"] for t in ("features", "score", "decide", "monitor", "retrain")} == {"upstream_failed"}
+        assert not storage.exists(store.uri("predictions", date=day.isoformat()))
+    alerts = [json.loads(x) for x in (home() / "alerts" / "airflow.jsonl").read_text().splitlines()]
+    assert all(any(a["run_id"] == f"demo__{day}" and a["task_id"] == "validate" and "blocked" in a["error"]
+                   for a in alerts) for day in bug_days), alerts[-3:]
+    for dag in ("nightly_scoring", "labels"):          # the stack's schedule ends with its data: nothing scheduled
+        got = client._request("GET", f"/api/v2/dags/{dag}/dagRuns?limit=100")["dag_runs"]
+        assert not [r["dag_run_id"] for r in got if r["run_type"] == "scheduled"], dag
 
     decisions = {d: storage.read_json(store.uri("retrain_decision", date=d.isoformat())) for d in nights}
     moves = [(d, m) for d in labelled

@@ -152,7 +152,7 @@ def test_monitoring_alerts_are_stored_and_sent_to_the_webhook(champion, monkeypa
         assert rec["drifted"] and rec["alerts"] and rec["webhook"]["delivered"] is True
         assert len(_Hook.received) == 1 and _Hook.received[0]["alerts"] == rec["alerts"]
         html = storage.read_bytes(store.uri("monitor_report", date=DAY)).decode()
-        assert "data:image/png;base64," in html and "<script" not in html and "<link" not in html
+        assert "data:image/svg+xml;base64," in html and "<script" not in html and "<link" not in html
         assert not re.search(r'(src|href)="(https?:)?//', html) and "url(http" not in html   # nothing from a CDN
         index = storage.read_bytes(store.uri("monitor_index")).decode()
         assert f"date={DAY}/report.html" in index
