@@ -25,18 +25,16 @@ def main() -> int:
     ap.add_argument("--end", default="2026-02-28")
     ap.add_argument("--params", help="default: <state>/params/demo.yaml (written by make demo)")
     args = ap.parse_args()
-    env_file = Path(os.environ.get("FRAUDOPS_HOME") or ROOT / ".state") / "stack.env"
-    if not env_file.exists():
-        raise SystemExit(f"{env_file} missing: start the stack and run `make demo` first")
-    for line in env_file.read_text().splitlines():
-        k, _, v = line.partition("=")
-        os.environ.setdefault(k, v)
     sys.path.insert(0, str(ROOT))
     from pipelines.core import storage
     from pipelines.core.config import date_range, load_params, parse_date
+    from pipelines.core.state import ENV_FILE, load_env_file, state_dir
     from pipelines.ingest import ingest_partition
 
-    params = load_params(args.params or env_file.parent / "params" / "demo.yaml")
+    if not (state_dir() / ENV_FILE).exists():
+        raise SystemExit(f"{state_dir() / ENV_FILE} missing: start the stack and run `make demo` first")
+    load_env_file()
+    params = load_params(args.params or state_dir() / "params" / "demo.yaml")
     store, ing = params.storage, params.ingest
     days = date_range(parse_date(args.start), parse_date(args.end))
     todo = [(params.dataset(n), d) for n in params.dataset_names for d in days if d >= params.dataset(n).first_date]
