@@ -404,8 +404,8 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
                 say("  " + training_line(store, runs.wait_triggered(t["dag_id"], t["run_id"])), flush=True)
 
         for i, day in enumerate(nights):
-            # tonight's run starts with the labels run of the same date: it ingests, validates and
-            # builds features while the labels are judged; its score waits for that lifecycle
+            # tonight's run ingests, validates and builds features while the labels run of its date
+            # (started with the night before) is judged; its score waits for that lifecycle
             # (wait_for_lifecycle), its decide for the last night's monitor (wait_for_previous_night)
             if day in labelled and ahead != day:
                 runs.start("labels", day)

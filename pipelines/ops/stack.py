@@ -163,10 +163,13 @@ def stack_env(lay: Layout) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home, "jwt_secret"),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "15",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-        # Airflow's default idle loop (1 s). 0.2 s cut the gap between two tasks from ~1 s to ~0.25 s
-        # (the demo), but the scheduler then died in a race with a backfill being created through
-        # the REST API (IntegrityError creating its task instances, then ObjectDeletedError; the
-        # stack does not restart a dead service yet). Set it in the environment to trade.
+        # The scheduler's idle loop: 0.5 s (Airflow's default 1 s). It cuts the gap between two tasks
+        # of a run from 0.5-1.1 s to 0.2-0.4 s (the demo: ~10 tasks a night one after the other).
+        # At 0.2 s an earlier measurement saw the scheduler die in a race with a backfill created
+        # through the REST API (IntegrityError creating its task instances, then ObjectDeletedError);
+        # at 0.5 s it did not happen in the demos and CI runs of 2026-12-02 (CI makes such a
+        # backfill), but nothing restarts a dead service except `stack up`. Set it in the
+        # environment to trade.
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": os.environ.get("AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "0.5"),
         # a task whose process died with the scheduler (kill -9, a crash) is failed and retried after
         # a minute, not five
@@ -297,7 +300,7 @@ def up(timeout: float = 240.0) -> Layout:
     # import the wiring module once, so a DAG that needs a new operator would fail to parse until
     # they restart, and they read their settings at start)
     wiring = airflow_fingerprint(env)
-    stamp = lay.airflow_home / "plugins.sha256"
+    stamp = lay.airflow_home / "started-with.sha256"     # airflow_fingerprint at start
     if any(_read_pid(lay, n) for n in AIRFLOW_SERVICES) and (not stamp.exists() or stamp.read_text() != wiring):
         print("stack: plugins/ or Airflow's settings changed since the stack started: restarting it", file=sys.stderr,
               flush=True)
