@@ -258,6 +258,7 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
     of a range (each earlier day is fetched once, not once per later day: 45x fewer reads), pruned to
     this day's window."""
     cols = ["event_id", "label"] if ds.columns.label else ["event_id"]
+    memo = {} if memo is None else memo
     frames, window = [], set()
     for i in range(window_days, 0, -1):
         d = day - dt.timedelta(days=i)
@@ -266,16 +267,14 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
         uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
         window.add(uri)
         try:
-            frames.append(reader.read_parquet(uri).select(cols) if memo is None else
-                          reader.read_parquet_memo(uri, memo, cols))
+            frames.append(reader.read_parquet_memo(uri, memo, cols))
         except lineage.NotCommitted:            # a day that was never ingested or was withdrawn
             continue
         except lineage.StaleInput as exc:
             raise IngestError(f"{ds.name} {day}: the ids of an earlier day cannot be trusted ({exc}); re-run ingest "
                               f"for the earlier dates first; nothing published, the run fails") from None
-    if memo is not None:
-        for key in [k for k in memo if k[0] not in window]:
-            del memo[key]
+    for key in [k for k in memo if k[0] not in window]:
+        del memo[key]
     return pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String if c == "event_id" else pl.Int8 for c in cols})
 
 
