@@ -8,7 +8,7 @@ import sys
 # (optional: scoring has a cached-model fallback)); the object store is checked once params.yaml
 # says where the lake is (core.cli.resolve), the Airflow api-server by the airflow command itself
 COMMANDS = {
-    "stack": ("pipelines.ops.stack", "the local stack: up | down | status | env", ()),
+    "stack": ("pipelines.ops.stack", "the local stack: up | down | status | env | supervise", ()),
     "demo": ("pipelines.ops.demo", "the main job: stack up, demo data, dvc repro, summary", ()),
     "demo-data": ("pipelines.ops.demo_data", "write simulated raw transactions and labels", ()),
     "ingest": ("pipelines.ingest", "raw partition(s) -> canonical partition(s) + rejects", ()),

@@ -85,6 +85,35 @@ def stack():
     stack_down_leaves_nothing(lay)
 
 
+# where the stack's supervisor logs each service death (pipelines/ops/stack.py), and its size when
+# this session began: the session's part is summed up at the end
+SUPERVISOR_LOG = Path(TEST_ENV["FRAUDOPS_HOME"]) / "logs" / "supervisor.log"
+_SUPERVISOR_LOG_AT_START = SUPERVISOR_LOG.stat().st_size if SUPERVISOR_LOG.exists() else 0
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter):
+    """Every service death the supervisor saw in this session, with the end of the service's own
+    log. test_faults and test_stack_lifecycle kill services on purpose; any other is a crash to read."""
+    if not SUPERVISOR_LOG.exists():
+        return
+    with open(SUPERVISOR_LOG, "rb") as fh:
+        fh.seek(_SUPERVISOR_LOG_AT_START)
+        text = fh.read().decode(errors="replace")
+    blocks: list[list[str]] = []          # one per supervisor line: the line and the log tail under it
+    for line in text.splitlines():
+        if line.startswith("    | ") and blocks:
+            blocks[-1].append(line)
+        else:
+            blocks.append([line])
+    deaths = [b for b in blocks if "was not running" in b[0] or "giving up" in b[0]]
+    terminalreporter.write_sep("=", f"stack supervisor: {len(deaths)} service restart(s) in this session")
+    for block in deaths:
+        terminalreporter.write_line(block[0])
+        for line in block[1:][-8:]:
+            terminalreporter.write_line(line[:300])
+
+
 def stack_down_leaves_nothing(lay) -> None:
     """The session's finalizer, and a check: `stack down` stops every service and every child it
     started (they ignore SIGTERM), leaves no marked process and frees every port."""

@@ -13,8 +13,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 STATE_DEFAULT = ".state"                 # relative to the project root
 ENV_FILE = "stack.env"
-# the stack's services, in the order `stack down` stops them
-SERVICES = ("airflow-api-server", "airflow-triggerer", "airflow-dag-processor", "airflow-scheduler", "mlflow")
+# the stack's services, in the order `stack down` stops them: the supervisor first (it restarts a
+# service that dies), so that nothing starts again while the others stop
+SUPERVISOR = "supervisor"
+SERVICES = (SUPERVISOR, "airflow-api-server", "airflow-triggerer", "airflow-dag-processor", "airflow-scheduler",
+            "mlflow")
 
 
 def state_dir() -> Path:

@@ -12,6 +12,11 @@ Every service runs with umask 077 in its own process group (session) and carries
 marker FRAUDOPS_STACK_ID; `down` signals each group (TERM, then KILL after a grace period) and then
 sweeps every process that still carries the marker, so children that ignore SIGTERM (Airflow's
 workers) or escaped their group do not survive.
+A supervisor (`stack supervise`, started by `up`) restarts a service that dies (a crash, the OOM
+killer, kill -9) within seconds, on the state it left: at most 5 times in 10 minutes per service,
+then it gives up on it (a crash loop) and says so. Its log, .state/logs/supervisor.log, holds each
+death with the end of the service's own log. `up`, `down` and the supervisor take one lock
+(.state/pids/.lock), so nothing is restarted while the stack starts or stops.
 
 Production: set the variables below and the stack starts nothing of that kind:
   AWS_ENDPOINT_URL / AWS_* credentials, or FRAUDOPS_OBJECT_STORE=s3 -> S3 (or MinIO) through boto3
@@ -22,6 +27,8 @@ Production: set the variables below and the stack starts nothing of that kind:
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -34,10 +41,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from pipelines.core import state
-from pipelines.core.state import REPO, SERVICES, load_env_file, state_dir  # noqa: F401 - re-exported
+from pipelines.core.state import REPO, SERVICES, SUPERVISOR, load_env_file, state_dir  # noqa: F401 - re-exported
 
 MARKER = "FRAUDOPS_STACK_ID"
 BUCKETS = ("fraudops-lake", "fraudops-mlflow", "fraudops-dvc")
@@ -267,6 +274,11 @@ AIRFLOW_SERVICES = {
 def up(timeout: float = 240.0) -> Layout:
     """Start whatever is not running yet and wait until everything is healthy (idempotent; a
     service that died, even by kill -9, is started again on the state it left)."""
+    with services_locked():
+        return _up(timeout)
+
+
+def _up(timeout: float) -> Layout:
     lay = layout()
     _private_dir(lay.home)
     _private_dir(lay.airflow_home)
@@ -283,17 +295,7 @@ def up(timeout: float = 240.0) -> Layout:
     # MLflow, with its basic-auth app
     if not lay.external_mlflow:
         if _read_pid(lay, "mlflow") is None:
-            mdir = _private_dir(lay.home / "mlflow")
-            backend = os.environ.get("FRAUDOPS_MLFLOW_BACKEND_URI") or f"sqlite:///{mdir / 'mlflow.db'}"
-            artifacts = os.environ.get("FRAUDOPS_MLFLOW_ARTIFACTS") or (
-                "s3://fraudops-mlflow/artifacts" if lay.s3 else str(lay.objects / "fraudops-mlflow" / "artifacts"))
-            _write_mlflow_auth_config(lay, env["MLFLOW_TRACKING_PASSWORD"])
-            _start(lay, "mlflow", [_bin("mlflow"), "server", "--app-name", "basic-auth",
-                                   "--backend-store-uri", backend,
-                                   "--artifacts-destination", artifacts, "--serve-artifacts",
-                                   "--host", "127.0.0.1", "--port", str(lay.mlflow_port), "--workers", "1"],
-                   {**env, "MLFLOW_AUTH_CONFIG_PATH": str(lay.mlflow_auth_config),
-                    "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(lay.home, "mlflow_flask_secret_key")})
+            _start(lay, "mlflow", *_service_command(lay, "mlflow", env))
         _wait("MLflow", lambda: _http_ok(f"{lay.mlflow_url}/health"), timeout, lay, "mlflow")
 
     # Airflow (restarted when plugins/ or its settings changed since it started: its processes
@@ -305,7 +307,7 @@ def up(timeout: float = 240.0) -> Layout:
         print("stack: plugins/ or Airflow's settings changed since the stack started: restarting it", file=sys.stderr,
               flush=True)
         down()
-        return up(timeout)
+        return _up(timeout)
     if not lay.password_file.exists():
         _private_file(lay.password_file, json.dumps({"admin": secrets.token_urlsafe(12)}))
     if not all(_read_pid(lay, n) for n in AIRFLOW_SERVICES):
@@ -313,9 +315,9 @@ def up(timeout: float = 240.0) -> Layout:
                                  capture_output=True, text=True, timeout=timeout, umask=UMASK)
         if migrate.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}\n{migrate.stderr[-2000:]}")
-    for name, args in AIRFLOW_SERVICES.items():
+    for name in AIRFLOW_SERVICES:
         if _read_pid(lay, name) is None:
-            _start(lay, name, [_bin("airflow"), *args], env)
+            _start(lay, name, *_service_command(lay, name, env))
     stamp.write_text(wiring)
     _wait("Airflow api-server", lambda: _http_ok(f"{lay.airflow_url}/api/v2/monitor/health"), timeout, lay,
           "airflow-api-server")
@@ -323,8 +325,128 @@ def up(timeout: float = 240.0) -> Layout:
           lambda: all(_airflow_health(lay).get(k) == "healthy"
                       for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")),
           timeout, lay)
+    if _read_pid(lay, SUPERVISOR) is None:
+        _start(lay, SUPERVISOR, *_service_command(lay, SUPERVISOR, env))
     _restrict_state(lay)
     return lay
+
+
+def _service_command(lay: Layout, name: str, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of one service: how `up` and the supervisor start it."""
+    if name == "mlflow":
+        mdir = _private_dir(lay.home / "mlflow")
+        backend = os.environ.get("FRAUDOPS_MLFLOW_BACKEND_URI") or f"sqlite:///{mdir / 'mlflow.db'}"
+        artifacts = os.environ.get("FRAUDOPS_MLFLOW_ARTIFACTS") or (
+            "s3://fraudops-mlflow/artifacts" if lay.s3 else str(lay.objects / "fraudops-mlflow" / "artifacts"))
+        _write_mlflow_auth_config(lay, env["MLFLOW_TRACKING_PASSWORD"])
+        return ([_bin("mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri", backend,
+                 "--artifacts-destination", artifacts, "--serve-artifacts",
+                 "--host", "127.0.0.1", "--port", str(lay.mlflow_port), "--workers", "1"],
+                {**env, "MLFLOW_AUTH_CONFIG_PATH": str(lay.mlflow_auth_config),
+                 "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(lay.home, "mlflow_flask_secret_key")})
+    if name == SUPERVISOR:
+        return [sys.executable, "-m", "pipelines", "stack", "supervise"], env
+    return [_bin("airflow"), *AIRFLOW_SERVICES[name]], env
+
+
+# --------------------------------------------------------------------------- the supervisor
+_lock_depth = 0
+_lock_fd: int | None = None
+
+
+@contextlib.contextmanager
+def services_locked(wait: float = 60.0) -> Iterator[bool]:
+    """Hold the stack's service lock (reentrant in one process): while it is held, the supervisor
+    restarts nothing. Yields False if it could not be taken within `wait` seconds (then the caller
+    goes on without it: a hung holder must not stop `down`)."""
+    global _lock_depth, _lock_fd
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield True
+        finally:
+            _lock_depth -= 1
+        return
+    path = _private_dir(layout().home / "pids") / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    got = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            got = True
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+    if not got:
+        os.close(fd)
+        yield False
+        return
+    _lock_depth, _lock_fd = 1, fd
+    try:
+        yield True
+    finally:
+        _lock_depth, _lock_fd = 0, None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def restart_allowed(past: list[float], now: float, limit: int = 5, window: float = 600.0) -> bool:
+    """A service is restarted at most `limit` times in `window` seconds: past that it is crash-looping
+    and restarting it again would only hide that."""
+    return sum(1 for t in past if now - t < window) < limit
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 16384))
+            return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def supervise(interval: float = 2.0) -> int:
+    """The supervisor's loop (a service of the stack): every `interval` seconds, restart each service
+    that `up` started and that is no longer running."""
+    lay = layout()
+    env = stack_env(lay)
+    me = os.getpid()
+    restarts: dict[str, list[float]] = {}
+    given_up: set[str] = set()
+    logfile = lay.home / "logs" / f"{SUPERVISOR}.log"
+
+    def say(text: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(logfile, "a") as fh:
+            fh.write(f"{stamp} {text}\n")
+
+    say(f"supervising {', '.join(n for n in SERVICES if n != SUPERVISOR)} (pid {me})")
+    while True:
+        f = _pidfile(lay, SUPERVISOR)
+        if not f.exists() or json.loads(f.read_text())["pid"] != me:
+            say("no longer the stack's supervisor: exiting")
+            return 0
+        with services_locked(wait=0) as held:
+            for name in (n for n in SERVICES if n != SUPERVISOR) if held else ():
+                pf = _pidfile(lay, name)
+                if name in given_up or not pf.exists() or _read_pid(lay, name) is not None:
+                    continue
+                old = json.loads(pf.read_text())["pid"]
+                now = time.monotonic()
+                if not restart_allowed(restarts.get(name, []), now):
+                    given_up.add(name)
+                    say(f"{name} (pid {old}) died again: {len(restarts[name])} restarts in 10 minutes, "
+                        f"giving up on it (`stack up` starts it again)")
+                    continue
+                tail = _log_tail(lay.home / "logs" / f"{name}.log")
+                restarts.setdefault(name, []).append(now)
+                pid = _start(lay, name, *_service_command(lay, name, env))
+                say(f"{name} (pid {old}) was not running: restarted as pid {pid}; its log ended with:\n"
+                    + "\n".join(f"    | {line}" for line in tail.splitlines()))
+        time.sleep(interval)
 
 
 def airflow_fingerprint(env: dict[str, str]) -> str:
@@ -404,9 +526,19 @@ def _marked_processes(home: Path) -> list:
 
 def down(grace: float = 10.0) -> list[int]:
     """Stop every process the stack started; return the pids that had to be SIGKILLed."""
+    lay = layout()
+    with services_locked(wait=30):
+        return _down(lay, grace)
+
+
+def _down(lay: Layout, grace: float) -> list[int]:
     import psutil
 
-    lay = layout()
+    sup = _read_pid(lay, SUPERVISOR)      # first, so that it restarts nothing while the rest stops
+    if sup is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sup, signal.SIGKILL)
+        psutil.wait_procs([psutil.Process(sup)] if psutil.pid_exists(sup) else [], timeout=5)
     names = list(SERVICES)
     groups = []
     for name in names:
@@ -465,6 +597,8 @@ def status() -> dict[str, dict[str, object]]:
             "airflow-dag-processor": "dag_processor", "airflow-triggerer": "triggerer"}
     for name, key in keys.items():
         out[name] = {"url": lay.airflow_url, "pid": _read_pid(lay, name), "healthy": health.get(key) == "healthy"}
+    sup = _read_pid(lay, SUPERVISOR)
+    out[SUPERVISOR] = {"url": str(lay.home / "logs" / f"{SUPERVISOR}.log"), "pid": sup, "healthy": sup is not None}
     return out
 
 
@@ -487,7 +621,7 @@ def main(argv: list[str]) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m pipelines stack")
-    ap.add_argument("action", choices=["up", "down", "status", "env"])
+    ap.add_argument("action", choices=["up", "down", "status", "env", "supervise"])
     ap.add_argument("--timeout", type=float, default=240.0)
     args = ap.parse_args(argv)
     if args.action == "up":
@@ -502,6 +636,8 @@ def main(argv: list[str]) -> int:
         left = _marked_processes(layout().home)
         print(f"stack stopped ({len(killed)} process(es) needed SIGKILL); {len(left)} left")
         return 1 if left else 0
+    if args.action == "supervise":
+        return supervise()
     if args.action == "env":
         lay = layout()
         for k, v in sorted(stack_env(lay).items()):

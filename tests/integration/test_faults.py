@@ -411,9 +411,11 @@ def test_mlflow_killed_mid_night_scores_from_the_cache_flagged_then_comes_back_w
     args = ["--params", str(p), "--date", "2026-02-20"]
     assert cli("score", *args)[0] == 0                                      # the cache now holds the champion
     live = storage.read_parquet(load_params(p).storage.uri("predictions", date="2026-02-20"))
-    os.killpg(st.status()["mlflow"]["pid"], signal.SIGKILL)
     try:
-        rc, err, _ = cli("score", *args)
+        with st.services_locked() as held:                       # the supervisor restarts nothing meanwhile
+            assert held
+            os.killpg(st.status()["mlflow"]["pid"], signal.SIGKILL)
+            rc, err, _ = cli("score", *args)
         assert rc == 0, err[-2000:]
         pred = storage.read_parquet(load_params(p).storage.uri("predictions", date="2026-02-20"))
         assert pred["fallback"].to_list() == [["registry_cache"]] * pred.height
@@ -427,8 +429,8 @@ def test_mlflow_killed_mid_night_scores_from_the_cache_flagged_then_comes_back_w
 # --------------------------------------------------------------------------- under the scheduler
 def test_a_killed_task_and_a_restarted_scheduler_still_finish_the_run(stack, nightly_champion, tmp_path):
     """kill -9 of a running task's stage process: Airflow retries it; kill -9 of the scheduler
-    mid-run: `stack up` starts it again and the run finishes; the predictions are the bytes of a
-    run from the command line."""
+    mid-run: the stack's supervisor starts it again and the run finishes; the predictions are the
+    bytes of a run from the command line."""
     import psutil
 
     from pipelines.ops import stack as st
@@ -466,9 +468,12 @@ def test_a_killed_task_and_a_restarted_scheduler_still_finish_the_run(stack, nig
             break
         time.sleep(1)
     assert ti["state"] != "failed", ti
-    os.killpg(st.status()["airflow-scheduler"]["pid"], signal.SIGKILL)     # the scheduler dies mid-run
-    time.sleep(2)
-    st.up(timeout=240)                                                      # and is started again
+    dead = st.status()["airflow-scheduler"]["pid"]
+    os.killpg(dead, signal.SIGKILL)                                         # the scheduler dies mid-run
+    deadline = time.monotonic() + 60                                        # and the supervisor starts it again
+    while st.status()["airflow-scheduler"]["pid"] in (None, dead) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert st.status()["airflow-scheduler"]["pid"] not in (None, dead)
     run = client.wait("nightly_scoring", run_id, timeout=900)
     assert run["state"] == "success", run
     tis = {t["task_id"]: t for t in AirflowClient().task_instances("nightly_scoring", run_id)}

@@ -70,19 +70,44 @@ def something_of_everything(stack, nightly_champion, tmp_path):
     assert client.wait("rollback", run["dag_run_id"], timeout=300, poll=1)["state"] == "failed"
 
 
+def _all_healthy(timeout: float) -> dict:
+    from pipelines.ops import stack as st
+
+    deadline = time.monotonic() + timeout
+    while True:
+        now = st.status()
+        if all(v["healthy"] is True for v in now.values()) or time.monotonic() > deadline:
+            return now
+        time.sleep(1)
+
+
 def test_nothing_is_lost_across_kill_9_of_each_service_and_stack_down_up(stack, something_of_everything):
-    """kill -9 of every service (a crash), then `stack down`: no process is left, no port open;
-    `stack up`: the lake, MLflow's artifacts, the DVC remote, the registry with its alias history
-    and Airflow's runs are all there."""
+    """kill -9 of every service (a crash): the supervisor starts each again; kill -9 of everything,
+    the supervisor too, then `stack down`: no process is left, no port open; `stack up`: the lake,
+    MLflow's artifacts, the DVC remote, the registry with its alias history and Airflow's runs are
+    all there."""
     from pipelines.ops import stack as st
 
     before = _everything(stack)
     assert before["registry"] and len(before["airflow_runs"]) > 0                   # the session left real state
     assert any(k.startswith("fraudops-dvc/") for k in before["objects"])        # the DVC remote
     assert any(k.startswith("fraudops-mlflow/artifacts/") for k in before["objects"])   # MLflow's artifacts
+    services = ("mlflow", "airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer")
+    pids = {name: st.status()[name]["pid"] for name in services}
+    log = st.layout().home / "logs" / "supervisor.log"
+    logged = log.read_text() if log.exists() else ""
+    for name in services:                                        # a crash of each: the supervisor restarts it
+        os.killpg(pids[name], signal.SIGKILL)
+    now = _all_healthy(240)
+    assert all(v["healthy"] is True for v in now.values()), now
+    assert all(now[n]["pid"] not in (None, pids[n]) for n in services), (pids, now)
+    news = log.read_text()[len(logged):]
+    assert all(f"{n} (pid {pids[n]}) was not running: restarted as pid {now[n]['pid']}" in news for n in services), news
+    _kept(before, _everything(stack))
+
     tree = stack_pids()
-    assert len(tree) >= 5                                        # services and their workers
-    for name in ("mlflow", "airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer"):
+    assert len(tree) >= 6                                        # services, their workers and the supervisor
+    for name in (st.SUPERVISOR, *services):                      # everything crashes: nothing restarts it
         os.killpg(st.status()[name]["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 30
     while any(st._read_pid(st.layout(), n) for n in st.SERVICES) and time.monotonic() < deadline:
