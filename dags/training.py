@@ -1,16 +1,21 @@
-"""training: ingest -> validate -> features -> train -> evaluate -> register over a date range.
+"""training: ingest -> validate -> features -> train -> evaluate -> register -> push, over a date range.
 
-Wiring only. Each task runs the command of the DVC stage of the same name,
-`python -m pipelines <stage>`, in the project root, as an argument vector (no shell): nothing
-heavy is imported here and nothing is read at parse time. Trigger it from the UI (Params form) or
-the REST API with conf {"start_date": "YYYY-MM-DD", "end_date": "YYYY-MM-DD", "force": false,
-"params_file": "params.yaml", "reason": "..."}; empty dates mean run.start_date / run.end_date
-from the params file; force retrains even when the range already holds a model made from the same
-inputs. Every form value is checked (JSON schema when the run is created, again before a task
-runs) and reaches the command as one argument, never as shell text. The nightly DAG triggers it
-(run id retrain__<ds>) when drift calls for a retrain, with the reason and the data window. A
-successful registration emits the Asset `model` (other DAGs can be scheduled on it); a failed task
-records an alert (see plugins/fraudops_wiring.py).
+Wiring only. Each task is the DVC stage of the same name, run by DVC (`dvc repro --single-item
+<stage>`) in a DVC workspace of this DAG run's own: a git worktree of the deployed commit under the
+state folder, whose params.yaml is the run's params file with the form's dates, sharing the
+project's DVC cache and remotes (pipelines/ops/workspace.py; the task runs `python -m pipelines
+workspace repro ...` as an argument vector, no shell). A stage whose code, params and inputs DVC has
+seen before is restored from its run-cache, not run again (the task log says so). `register` tags
+the model with that workspace's dvc.lock and logs the lock and params to its MLflow run; `push`
+sends the run's outputs to the DVC remote and removes the workspace. Nothing heavy is imported here
+and nothing is read at parse time. Trigger it from the UI (Params form) or the REST API with conf
+{"start_date": "YYYY-MM-DD", "end_date": "YYYY-MM-DD", "force": false, "params_file": "params.yaml",
+"reason": "..."}; empty dates mean run.start_date / run.end_date from the params file; force
+retrains (the train stage runs even when DVC's cache holds it). Every form value is checked (JSON
+schema when the run is created, again before a task runs) and reaches the command as one argument,
+never as shell text. The nightly DAG triggers it (run id retrain__<ds>) when drift calls for a
+retrain, with the reason and the data window. A successful registration emits the Asset `model`
+(other DAGs can be scheduled on it); a failed task records an alert (see plugins/fraudops_wiring.py).
 """
 from __future__ import annotations
 
@@ -18,15 +23,15 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
-from fraudops_wiring import (DATE_PATTERN, MODEL_ASSET, StageOperator, default_args,  # plugins/ is on sys.path
+from fraudops_wiring import (DATE_PATTERN, MODEL_ASSET, DvcStageOperator, default_args,  # plugins/ is on sys.path
                              params_file_param)
 
 RANGE = {"start_date": "--start", "end_date": "--end"}
 DATES = tuple(RANGE)
 
 
-def stage(task_id: str, *args: str, **kwargs) -> StageOperator:
-    return StageOperator(task_id=task_id, stage=task_id, args=args, options=RANGE, dates=DATES, **kwargs)
+def stage(task_id: str, **kwargs) -> DvcStageOperator:
+    return DvcStageOperator(task_id=task_id, stage=task_id, options=RANGE, dates=DATES, **kwargs)
 
 
 with DAG(
@@ -50,14 +55,14 @@ with DAG(
     tags=["fraudops", "training"],
     doc_md=__doc__,
 ) as dag:
-    ingest = stage("ingest", "--with-lookback")
-    validate = stage("validate", "--with-lookback")
+    ingest = stage("ingest")
+    validate = stage("validate")
     features = stage("features", execution_timeout=timedelta(hours=2))
-    train = StageOperator(task_id="train", stage="train", options=RANGE, dates=DATES, flags={"force": "--force"},
-                          execution_timeout=timedelta(hours=4))
+    train = stage("train", flags={"force": "--force"}, execution_timeout=timedelta(hours=4))
     evaluate = stage("evaluate")
     register = stage("register", outlets=[MODEL_ASSET])
-    ingest >> validate >> features >> train >> evaluate >> register
+    push = DvcStageOperator(task_id="push", stage="push")
+    ingest >> validate >> features >> train >> evaluate >> register >> push
 
 if __name__ == "__main__":
     dag.test()

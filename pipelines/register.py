@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -251,6 +252,12 @@ def _log_run(start, end, sha, tags, summary, win, params, ep, rp, metrics, evalu
             (Path(tmp) / "gate.json").write_text(json.dumps({**asdict(decision), "champion": champion, "compared": how,
                                                              "champion_eval": champ_eval}, indent=2, default=str))
             (Path(tmp) / "validation_results.json").write_text(json.dumps(val_summary, indent=2, sort_keys=True))
+            if tags.get("dvc.lineage", "").startswith("dvc.lock of this run"):
+                # the lock the lineage tags come from, and the exact params it ran with: what
+                # `models reproduce` needs to rebuild this model
+                (Path(tmp) / "dvc").mkdir()
+                for name in ("dvc.lock", "params.yaml", "dvc.yaml"):
+                    shutil.copy2(REPO / name, Path(tmp) / "dvc" / name)
             mlflow.log_artifacts(tmp)
         info = mlflow.xgboost.log_model(booster, name="model", signature=signature, input_example=example,
                                         pip_requirements=list(rp.pip_requirements), model_format="ubj")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import logging
 import time
 import warnings
@@ -132,7 +133,8 @@ def main(argv: list[str]) -> int:
                                              "code": code_version(), "xgboost": xgb.__version__},
                                             sort_keys=True).encode()).hexdigest()
     with M.StageOutput(lake.training_uri(store, start, end), lake.TRAIN, args.snapshot) as out:
-        if not args.force and _reuse(out, fingerprint):
+        # FRAUDOPS_TRAIN_FORCE=1: the training DAG's force, through `dvc repro` (whose stage command is fixed)
+        if not (args.force or os.environ.get("FRAUDOPS_TRAIN_FORCE") == "1") and _reuse(out, fingerprint):
             return 0
         train_df, valid_df = M.in_window(frame, win.train), M.in_window(frame, win.valid)
         device = M.choose_device(p.device)

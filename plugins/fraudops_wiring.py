@@ -186,6 +186,31 @@ class StageOperator(_Subprocess, BaseOperator):
 
 
 
+class DvcStageOperator(StageOperator):
+    """The DVC stage `stage` of dvc.yaml, run by `dvc repro --single-item` in this DAG run's own DVC
+    workspace (`python -m pipelines workspace repro --run-id=<run id> --stage=<stage> --params=...
+    [--start=.. --end=..] [--force]`; pipelines/ops/workspace.py): a git worktree of the deployed
+    commit with the run's params, sharing the project's DVC cache. A stage DVC has run before on the
+    same code, params and inputs is restored from its run-cache, and the log says so. With
+    stage="push": `workspace push` (the run's outputs to the DVC remote; the workspace removed)."""
+
+    def argv(self, context) -> list[str]:
+        params = context["params"]
+        params_file = checked_params_file(params.get("params_file"))
+        run_id = context.get("run_id")
+        if not run_id:
+            raise AirflowFailException("a training task runs in its DAG run's DVC workspace: no run id; nothing ran")
+        if self.stage == "push":
+            return [sys.executable, "-m", "pipelines", "workspace", "push", f"--run-id={run_id}"]
+        argv = [sys.executable, "-m", "pipelines", "workspace", "repro", f"--run-id={run_id}", f"--stage={self.stage}",
+                f"--params={params_file}"]
+        for name, option in self.options.items():
+            value = params.get(name)
+            if value not in (None, ""):
+                argv.append(f"{option}={_checked(value, DATE_PATTERN, name) if name in self.dates else value}")
+        return argv + [flag for name, flag in self.flags.items() if params.get(name) is True]
+
+
 class StageSensor(_Subprocess, BaseSensorOperator):
     """Pokes `python -m pipelines <stage> --check ...` (exit 0: ready; NOT_LANDED: poke again;
     anything else: fail). Built like StageOperator: an argument vector, never a shell."""

@@ -130,6 +130,21 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 
+    def task_log(self, dag_id: str, run_id: str, task_id: str) -> str:
+        """A task's log (its last try) as text: each record's event and error details, one per line."""
+        tis = {t["task_id"]: t for t in self.task_instances(dag_id, run_id)}
+        tries = max(1, tis[task_id].get("try_number") or 1)
+        out = self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{tries}"
+                                   "?full_content=true")
+        lines = []
+        for rec in out.get("content") or []:
+            if isinstance(rec, dict):
+                lines.append(str(rec.get("event", "")))
+                lines += [str(d.get("exc_value", "")) for d in rec.get("error_detail") or [] if isinstance(d, dict)]
+            else:
+                lines.append(str(rec))
+        return "\n".join(lines) or json.dumps(out)
+
     def wait(self, dag_id: str, run_id: str, timeout: float = 900.0, poll: float = 3.0) -> dict:
         deadline = time.monotonic() + timeout
         while True:

@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "features": {"train"}, "train": {"evaluate"},
-                         "evaluate": {"register"}, "register": set()},
+                         "evaluate": {"register"}, "register": {"push"}, "push": set()},
             "nightly_scoring": {"wait_for_data": {"ingest", "wait_for_lifecycle", "wait_for_previous_night"},
                                 "wait_for_lifecycle": {"score"}, "wait_for_previous_night": {"decide"},
                                 "ingest": {"validate"}, "validate": {"features"},
@@ -39,7 +39,8 @@ def test_no_import_errors(dagbag):
 
 
 def _ctx(**params):
-    return {"params": {"params_file": "params.yaml", **params}, "ds": "2026-03-01"}
+    return {"params": {"params_file": "params.yaml", **params}, "ds": "2026-03-01",
+            "run_id": "manual__2026-03-01T00:00:00+00:00"}
 
 
 def test_task_graphs(dagbag):
@@ -48,7 +49,15 @@ def test_task_graphs(dagbag):
         assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == edges
         for t in dag.tasks:
             assert t.retries >= 1 and t.retry_exponential_backoff
-            if t.task_id not in NOT_A_STAGE:
+            if dag_id == "training":        # one task = one DVC stage, in the run's own workspace
+                argv = t.argv(_ctx())
+                run = "--run-id=manual__2026-03-01T00:00:00+00:00"
+                if t.task_id == "push":
+                    assert argv[1:] == ["-m", "pipelines", "workspace", "push", run], argv
+                else:
+                    assert argv[1:8] == ["-m", "pipelines", "workspace", "repro", run, f"--stage={t.task_id}",
+                                         f"--params={REPO / 'params.yaml'}"], argv
+            elif t.task_id not in NOT_A_STAGE:
                 argv = t.argv(_ctx())                                     # one task = one stage command
                 assert argv[1:4] == ["-m", "pipelines", t.task_id], argv
                 assert argv[4] == f"--params={REPO / 'params.yaml'}"
@@ -101,6 +110,17 @@ def test_register_emits_the_model_asset_and_failures_record_alerts(dagbag):
     assert "--force" not in dag.get_task("train").argv(_ctx(force=False))
     argv = dag.get_task("features").argv(_ctx(start_date="2026-02-01", end_date="2026-02-03"))
     assert argv[-2:] == ["--start=2026-02-01", "--end=2026-02-03"]
+
+
+def test_a_hostile_run_id_is_one_argument_and_a_plain_folder_name(dagbag):
+    from pipelines.ops import workspace
+
+    run_id = "manual__x; touch pwned $(id) ../../etc"
+    argv = dagbag.dags["training"].get_task("train").argv({**_ctx(), "run_id": run_id})
+    assert f"--run-id={run_id}" in argv                                   # never parsed, never a shell's
+    folder = workspace.path_for(run_id)
+    assert folder.parent == workspace.path_for("other").parent and "/" not in folder.name
+    assert folder.name.startswith("manual__x_touch_pwned_id_etc-") and folder != workspace.path_for(run_id + " ")
 
 
 def test_failure_callback_appends_an_alert_record(tmp_path, monkeypatch):

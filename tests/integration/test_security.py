@@ -131,18 +131,4 @@ def test_a_hostile_backfill_conf_fails_at_the_first_task_and_runs_nothing(client
 
 
 def _log(client: AirflowClient, dag_id: str, run_id: str, task_id: str) -> str:
-    """The task's log as text: each record's event and error details, one per line."""
-    import json
-
-    tis = {t["task_id"]: t for t in client.task_instances(dag_id, run_id)}
-    tries = max(1, tis[task_id].get("try_number") or 1)
-    out = client._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{tries}"
-                                 "?full_content=true")
-    lines = []
-    for rec in out.get("content") or []:
-        if isinstance(rec, dict):
-            lines.append(str(rec.get("event", "")))
-            lines += [str(d.get("exc_value", "")) for d in rec.get("error_detail") or [] if isinstance(d, dict)]
-        else:
-            lines.append(str(rec))
-    return "\n".join(lines) or json.dumps(out)
+    return client.task_log(dag_id, run_id, task_id)

@@ -1,46 +1,56 @@
-"""The training DAG against the running scheduler, through the REST API (not `dags test`): all six
-tasks green, and the same model bytes and metrics as `dvc repro` on the same data and params."""
+"""The training DAG against the running scheduler, through the REST API (not `dags test`): every
+task is a DVC stage run in the DAG run's own workspace; all tasks green, the same model bytes and
+metrics as `dvc repro` on the same data and params, lineage tags from the run's own dvc.lock (logged
+with its params to the MLflow run); the same training again is a run-cache restore of every stage."""
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
 
 import pytest
+import yaml
 
 from pipelines.core import registry as models, storage
 from pipelines.core.config import load_params, parse_date
 from pipelines.core.lake import training_uri
-from tests.conftest import REPO, TRAIN_RANGE
+from pipelines.ops import workspace
+from tests.conftest import REPO, TRAIN_RANGE, state_dir
 
 pytestmark = pytest.mark.integration
-TASKS = ("ingest", "validate", "features", "train", "evaluate", "register")
+TASKS = ("ingest", "validate", "features", "train", "evaluate", "register", "push")
+CACHED = ("ingest", "validate", "features", "train", "evaluate")      # register has no DVC output: it always runs
 
 
 def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
     from pipelines.ops.airflow_api import AirflowClient
 
     ws, _ = dvc_workspace
-    params = load_params(REPO / "params.yaml")
+    # params.yaml with a model name of this test's own: the registration below is always a new version
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    name = data["register"]["model_name"] = f"fraud-xgb-dag-{uuid.uuid4().hex[:6]}"
+    params_file = state_dir("training-dag") / "params.yaml"
+    params_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    params = load_params(params_file)
     base = training_uri(params.storage, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
     for uri in storage.list_uris(base):        # the Airflow run must make every artifact itself
         storage.delete(uri)
     assert not storage.exists(f"{base}/train/model.ubj")
-
     c = models.client()
-    name = params.register.model_name
-    from mlflow.exceptions import MlflowException
-
-    try:                                        # a reused test state may already hold this model
-        before = {mv.tags.get("model_sha256"): str(mv.version) for mv in c.search_model_versions(f"name='{name}'")}
-    except MlflowException:
-        before = {}
 
     client = AirflowClient()
     client.wait_for_dag("training", timeout=180)
-    run = client.trigger("training", {"start_date": TRAIN_RANGE[0], "end_date": TRAIN_RANGE[1], "force": True})
+    conf = {"start_date": TRAIN_RANGE[0], "end_date": TRAIN_RANGE[1], "force": True, "params_file": str(params_file)}
+    started = time.monotonic()
+    run = client.trigger("training", conf)
     done = client.wait("training", run["dag_run_id"], timeout=1200)
+    first_took = time.monotonic() - started
     states = {t["task_id"]: t["state"] for t in client.task_instances("training", run["dag_run_id"])}
     assert done["state"] == "success", states
     assert states == dict.fromkeys(TASKS, "success")
+    train_log = client.task_log("training", run["dag_run_id"], "train")
+    assert "Running stage 'train'" in train_log and "train: ran (dvc repro --single-item train)" in train_log, train_log[-3000:]
+    assert not workspace.path_for(run["dag_run_id"]).exists()             # pushed, then removed
 
     # dvc repro (workspace snapshot) and Airflow (lake) on the same data and params: same model, same metrics
     model = storage.read_bytes(f"{base}/train/model.ubj")
@@ -54,16 +64,49 @@ def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
     sha = hashlib.sha256(model).hexdigest()
     mv = c.get_model_version(name, reg["version"])
     assert mv.tags["model_sha256"] == sha
-    after = c.search_model_versions(f"name='{name}'")
-    if sha in before:                           # idempotent: the same version, no new one
-        assert reg["version"] == before[sha] and len(after) == len(before)
-    else:
-        assert len(after) == len(before) + 1
-        tags = c.get_run(mv.run_id).data.tags
-        assert tags["registered_by"].startswith(f"airflow:training/{run['dag_run_id']}/register")
-        # trained outside dvc repro: no DVC hashes of another run (the committed lock is 01-01..02-28)
-        assert not [k for k in tags if k.startswith("dvc.") and k.endswith(".md5")], tags
-        assert tags["dvc.lineage"].startswith("none: trained outside `dvc repro`"), tags["dvc.lineage"]
+    assert [str(v.version) for v in c.search_model_versions(f"name='{name}'")] == [reg["version"]]
+    tags = c.get_run(mv.run_id).data.tags
+    assert tags["registered_by"].startswith(f"airflow:training/{run['dag_run_id']}/register")
+    _lineage_is_the_runs_own_lock(c, mv.run_id)
     events = client._request("GET", "/api/v2/assets/events?limit=100")["asset_events"]
     assert any(e.get("uri") == "fraudops://registry/model" and e.get("source_run_id") == run["dag_run_id"]
                for e in events), events[-3:]
+
+    # the same training again: every stage with a DVC output is restored from the run-cache (no stage
+    # command runs), the lake keeps the same bytes, the registry the same version
+    conf["force"] = False
+    started = time.monotonic()
+    again = client.trigger("training", conf)
+    assert client.wait("training", again["dag_run_id"], timeout=900)["state"] == "success"
+    second_took = time.monotonic() - started
+    for task in CACHED:
+        log = client.task_log("training", again["dag_run_id"], task)
+        assert f"{task}: restored from DVC's run-cache, no stage command ran" in log, (task, log[-3000:])
+        assert f"Running stage '{task}'" not in log, (task, log[-3000:])
+    assert storage.read_bytes(f"{base}/train/model.ubj") == model
+    assert storage.read_json(f"{base}/register/registration.json")["version"] == reg["version"]
+    print(f"training DAG {TRAIN_RANGE[0]}..{TRAIN_RANGE[1]}: first run {first_took:.1f} s, the same again "
+          f"(run-cache) {second_took:.1f} s = {second_took / first_took:.2f}")
+    assert second_took < 0.75 * first_took, (first_took, second_took)
+
+
+def _lineage_is_the_runs_own_lock(c, run_id: str) -> None:
+    """The model's dvc.* tags are the hashes of the dvc.lock logged with its run, whose train stage
+    ran this range and whose params.yaml (logged too) names it."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import yaml
+
+    tags = c.get_run(run_id).data.tags
+    assert tags["dvc.lineage"] == "dvc.lock of this run (dvc repro)", tags["dvc.lineage"]
+    with tempfile.TemporaryDirectory() as tmp:
+        got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="dvc", dst_path=tmp))
+        lock = yaml.safe_load((got / "dvc.lock").read_text())["stages"]
+        params = yaml.safe_load((got / "params.yaml").read_text())
+    assert params["run"] == {"start_date": TRAIN_RANGE[0], "end_date": TRAIN_RANGE[1]}
+    assert f"--start {TRAIN_RANGE[0]} --end {TRAIN_RANGE[1]}" in lock["train"]["cmd"]
+    for stage in ("ingest", "validate", "features", "train", "evaluate"):
+        outs = {o["path"]: o["md5"] for o in lock[stage]["outs"]}
+        assert tags[f"dvc.{stage}.md5"] in outs.values(), (stage, outs, tags)

@@ -1,0 +1,249 @@
+"""A DVC workspace per training run: every task of the training DAG is a DVC stage run.
+
+`python -m pipelines workspace repro --run-id R --stage S [--params F] [--start D --end D] [--force]`
+`python -m pipelines workspace push --run-id R [--keep]`
+`python -m pipelines workspace path --run-id R`
+
+The workspace of run R is a git worktree of the deployed commit (the project's HEAD) under
+$FRAUDOPS_HOME/workspaces/<R>, made by the run's first task:
+  * its params.yaml is the run's params file with the form's dates as run.start_date/run.end_date,
+    so the stage commands of dvc.yaml (`python -m pipelines <stage> --start ${run.start_date} ...`)
+    run exactly the run's range and settings;
+  * it shares the project's DVC cache (.dvc/cache: the run-cache too) and remotes, and its DVC
+    lock is its own: two training runs at once never wait for each other's lock;
+  * its `raw` remote is where the run's params read the raw deliveries (the dvc.yaml dependencies
+    remote://raw/transactions and remote://raw/labels hash what the stages really read).
+
+`repro` runs `dvc repro --single-item S` there. A stage whose code, params and inputs are unchanged
+since some run of it is restored from DVC's run-cache (no stage command runs; the task log says
+so). The stages publish to the lake as they run; a restored stage did not, so `repro` re-publishes
+its DVC outputs (the bytes the stage published then, records included, under data/<stage>/) to the
+lake: each object whose bytes differ, partition records last. After `register` (which logs this
+workspace's dvc.lock and params.yaml to the model's MLflow run and takes the lineage tags from that
+lock), `push` sends the run's outputs to the DVC remote and removes the worktree (kept for a failed
+run, to look at; `git worktree prune` after removing the folder by hand).
+
+No Airflow here: the DAG (dags/training.py) passes the run id and the form's values as arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pipelines.core import state, storage
+from pipelines.core.state import REPO
+
+# the training stages of dvc.yaml; each writes its DVC output under data/<stage>/ (--snapshot)
+STAGES = ("ingest", "validate", "features", "train", "evaluate", "register")
+RESTORED = re.compile(r"Stage '(?P<stage>[\w-]+)' (is cached - skipping run|didn't change, skipping)")
+EXITED = re.compile(r"exited with (?P<code>\d+)")
+
+
+class WorkspaceError(RuntimeError):
+    pass
+
+
+def slug(run_id: str) -> str:
+    """A folder name for a run id (Airflow's ids hold ':' and '+'): readable, unique by a hash."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", run_id).strip("_")[:80] or "run"
+    return f"{safe}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
+
+
+def path_for(run_id: str) -> Path:
+    return state.state_dir() / "workspaces" / slug(run_id)
+
+
+def _git(*args: str, cwd: Path = REPO) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise WorkspaceError(f"git {' '.join(args)}: {(r.stderr or r.stdout).strip()[-500:]}")
+    return r.stdout.strip()
+
+
+def run_params(params_file: str | Path, start: str | None, end: str | None) -> dict:
+    """The run's params: the file's, with the form's dates (when given) as the run's range."""
+    data = yaml.safe_load(Path(params_file).read_text()) or {}
+    run = dict(data.get("run") or {})
+    if start:
+        run["start_date"] = start
+    if end:
+        run["end_date"] = end
+    data["run"] = run
+    return data
+
+
+def _raw_remote(data: dict) -> str:
+    """Where the run's params read the raw deliveries, as the url of DVC's `raw` remote: the folder
+    that holds <transactions> and <labels> (dvc.yaml depends on remote://raw/transactions and
+    remote://raw/labels)."""
+    sets = data.get("datasets") or {}
+    uris = {name: str((sets.get(name) or {}).get("uri", "")).rstrip("/") for name in ("transactions", "labels")}
+    parents = {u.rsplit("/", 1)[0] for u in uris.values()}
+    if any(u.rsplit("/", 1)[-1] != n for n, u in uris.items()) or len(parents) != 1:
+        raise WorkspaceError(f"datasets {uris}: the training DAG's DVC stages depend on <raw>/transactions and "
+                             f"<raw>/labels; these params keep them elsewhere (run the stages without DVC)")
+    parent = parents.pop()
+    root = storage.object_root()
+    if root is not None and parent.startswith("s3://"):
+        return str(root / parent[len("s3://"):])
+    return parent
+
+
+def local_config(data: dict) -> str:
+    """.dvc/config.local of a workspace: the project's DVC cache and the stack's remotes."""
+    from pipelines.ops import stack
+
+    remotes = stack.dvc_local_config(stack.layout())
+    raw = _raw_remote(data)
+    lines = [f"[cache]\n    dir = {REPO / '.dvc' / 'cache'}\n"]
+    # the stack's `lake` remote, and `raw` pointed at this run's raw deliveries
+    for block in re.split(r"(?=\['remote )", remotes):
+        if block.strip() and "remote \"raw\"" not in block:
+            lines.append(block if block.endswith("\n") else block + "\n")
+    if raw.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        lines.append(f"['remote \"raw\"']\n    url = {raw}\n" + (f"    endpointurl = {endpoint}\n" if endpoint else ""))
+    else:
+        lines.append(f"['remote \"raw\"']\n    url = {raw}\n")
+    return "".join(lines)
+
+
+def prepare(run_id: str, params_file: str | Path, start: str | None, end: str | None) -> Path:
+    """The run's workspace, made on first use (idempotent; a later task of the run finds it)."""
+    ws = path_for(run_id)
+    text = yaml.safe_dump(run_params(params_file, start, end), sort_keys=False)
+    if (ws / ".git").exists():
+        if (ws / "params.yaml").read_text() != text:
+            raise WorkspaceError(f"workspace {ws}: made for other params than this task's ({params_file}, {start}..{end})")
+        return ws
+    commit = _git("rev-parse", "HEAD")
+    ws.parent.mkdir(parents=True, exist_ok=True)
+    if ws.exists():                 # a half-made workspace (a task killed while it was made): start again
+        shutil.rmtree(ws)
+    _git("worktree", "prune")
+    _git("worktree", "add", "--detach", "--force", str(ws), commit)
+    (ws / "params.yaml").write_text(text)
+    (ws / ".dvc" / "config.local").write_text(local_config(yaml.safe_load(text)))
+    print(f"workspace {ws}: git worktree of {commit[:12]}, params from {params_file} "
+          f"(run {start or 'run.start_date'}..{end or 'run.end_date'})", flush=True)
+    return ws
+
+
+def _env(force: bool = False) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)       # `python` and `dvc` of the project's environment
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": ""}          # the workspace's own code, never the project's
+    if force:
+        env["FRAUDOPS_TRAIN_FORCE"] = "1"       # train retrains even when the lake holds its model
+    return env
+
+
+def _dvc(ws: Path, *args: str, force: bool = False) -> tuple[int, str]:
+    """A DVC command in the workspace, its output streamed to ours (the task log) and returned."""
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=ws, env=_env(force), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        lines.append(line)
+    return proc.wait(), "".join(lines)
+
+
+def snapshot_root(ws: Path, stage: str) -> str:
+    """Where in the lake the stage's DVC output folder (data/<stage>) was published: the lake itself
+    for the data stages, <training uri>/<stage> for train and evaluate (pipelines.core.modelio.StageOutput)."""
+    from pipelines.core import lake
+    from pipelines.core.config import load_params
+
+    params = load_params(ws / "params.yaml")
+    if stage in ("ingest", "validate", "features"):
+        return params.storage.lake.rstrip("/")
+    return f"{lake.training_uri(params.storage, params.run.start_date, params.run.end_date)}/{stage}"
+
+
+def republish(ws: Path, stage: str) -> tuple[int, int]:
+    """After a cache restore: the stage's DVC output back into the lake (objects whose bytes differ;
+    partition records after their objects). Returns (written, already there)."""
+    root, folder = snapshot_root(ws, stage), ws / "data" / stage
+    files = sorted((f for f in folder.rglob("*") if f.is_file()),
+                   key=lambda f: (f.name.startswith(storage.RECORD_PREFIX), f.as_posix()))
+    written = same = 0
+    for f in files:
+        uri = f"{root}/{f.relative_to(folder).as_posix()}"
+        data = f.read_bytes()
+        if storage.exists(uri) and storage.read_bytes(uri) == data:
+            same += 1
+            continue
+        storage.write_bytes(uri, data)
+        written += 1
+    return written, same
+
+
+def repro(run_id: str, stage: str, params_file: str, start: str | None, end: str | None, force: bool) -> int:
+    if stage not in STAGES:
+        raise WorkspaceError(f"stage {stage!r}: not a training stage ({', '.join(STAGES)})")
+    ws = prepare(run_id, params_file, start, end)
+    code, out = _dvc(ws, "repro", "--single-item", stage, *(["--force"] if force else []), force=force)
+    if code != 0:
+        m = EXITED.search(out)         # the stage command's own exit code (a data block is not retried)
+        print(f"dvc repro {stage} failed in {ws}", file=sys.stderr)
+        return int(m.group("code")) if m else code
+    restored = [m.group("stage") for m in RESTORED.finditer(out)]
+    if stage in restored:
+        written, same = republish(ws, stage)
+        print(f"{stage}: restored from DVC's run-cache, no stage command ran (its code, params and inputs are "
+              f"those of an earlier run); lake: {written} object(s) re-published, {same} already there", flush=True)
+    else:
+        print(f"{stage}: ran (dvc repro --single-item {stage}); lock entry written to {ws / 'dvc.lock'}", flush=True)
+    return 0
+
+
+def push(run_id: str, keep: bool) -> int:
+    ws = path_for(run_id)
+    if not (ws / ".git").exists():
+        raise WorkspaceError(f"no workspace for run {run_id!r} ({ws})")
+    code, _ = _dvc(ws, "push")
+    if code != 0:
+        return code
+    if not keep:
+        _git("worktree", "remove", "--force", str(ws))
+        print(f"workspace {ws} removed (its dvc.lock and params are in the model's MLflow run)", flush=True)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines workspace", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="action", required=True)
+    rp = sub.add_parser("repro", help="dvc repro one stage in the run's workspace")
+    rp.add_argument("--run-id", required=True)
+    rp.add_argument("--stage", required=True)
+    rp.add_argument("--params", default="params.yaml")
+    rp.add_argument("--start")
+    rp.add_argument("--end")
+    rp.add_argument("--force", action="store_true", help="run the stage even if DVC's cache holds it")
+    pp = sub.add_parser("push", help="dvc push the run's outputs, then remove its workspace")
+    pp.add_argument("--run-id", required=True)
+    pp.add_argument("--keep", action="store_true")
+    wp = sub.add_parser("path", help="print the run's workspace folder")
+    wp.add_argument("--run-id", required=True)
+    args = ap.parse_args(argv)
+    try:
+        if args.action == "repro":
+            return repro(args.run_id, args.stage, args.params, args.start, args.end, args.force)
+        if args.action == "push":
+            return push(args.run_id, args.keep)
+        print(path_for(args.run_id))
+        return 0
+    except WorkspaceError as exc:
+        print(f"workspace: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,51 @@
+"""The training DAG's DVC workspaces (pipelines/ops/workspace.py): the run's params, where its DVC
+remotes point, and the lake restored from a stage's DVC output after a run-cache hit (a real
+`dvc repro` in a workspace: tests/integration/test_training_dag)."""
+from __future__ import annotations
+
+import yaml
+
+from pipelines.core import storage
+from pipelines.ops import workspace
+
+
+def test_the_run_params_are_the_file_with_the_form_dates(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"run": {"start_date": "2026-01-01", "end_date": "2026-02-28"}, "train": {"x": 1}}))
+    assert workspace.run_params(f, None, None)["run"] == {"start_date": "2026-01-01", "end_date": "2026-02-28"}
+    got = workspace.run_params(f, "2026-01-14", "2026-03-13")
+    assert got["run"] == {"start_date": "2026-01-14", "end_date": "2026-03-13"} and got["train"] == {"x": 1}
+
+
+def test_the_raw_remote_is_where_the_params_read_the_deliveries(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRAUDOPS_OBJECT_STORE", f"file://{tmp_path}")
+    demo = {"datasets": {"transactions": {"uri": "s3://fraudops-lake/demo/raw/transactions"},
+                         "labels": {"uri": "s3://fraudops-lake/demo/raw/labels/"}}}
+    assert workspace._raw_remote(demo) == str(tmp_path / "fraudops-lake" / "demo" / "raw")
+    other = {"datasets": {"transactions": {"uri": "s3://b/raw/tx"}, "labels": {"uri": "s3://b/raw/labels"}}}
+    try:
+        workspace._raw_remote(other)
+        raise AssertionError("a layout dvc.yaml does not depend on was accepted")
+    except workspace.WorkspaceError as exc:
+        assert "<raw>/transactions" in str(exc)
+
+
+def test_a_restored_stage_output_goes_back_to_the_lake_records_last(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRAUDOPS_OBJECT_STORE", f"file://{tmp_path / 'objects'}")
+    ws = tmp_path / "ws"
+    out = ws / "data" / "validate" / "validated" / "date=2026-02-01"
+    out.mkdir(parents=True)
+    (out / "part-0.parquet").write_bytes(b"rows")
+    (out / f"{storage.RECORD_PREFIX}part-0.parquet.json").write_bytes(b"{}")
+    (out / "report.html").write_bytes(b"<html>")
+    monkeypatch.setattr(workspace, "snapshot_root", lambda ws, stage: "s3://lake/x")
+    written = []
+    real = storage.write_bytes
+    monkeypatch.setattr(storage, "write_bytes", lambda uri, data, *a: (written.append(uri), real(uri, data, *a)))
+    storage.write_bytes("s3://lake/x/validated/date=2026-02-01/report.html", b"<html>")   # already there
+    written.clear()
+    assert workspace.republish(ws, "validate") == (2, 1)
+    assert written == ["s3://lake/x/validated/date=2026-02-01/part-0.parquet",
+                       f"s3://lake/x/validated/date=2026-02-01/{storage.RECORD_PREFIX}part-0.parquet.json"]
+    assert storage.read_bytes("s3://lake/x/validated/date=2026-02-01/part-0.parquet") == b"rows"
+    assert workspace.republish(ws, "validate") == (0, 3)                  # a second restore writes nothing
