@@ -125,6 +125,9 @@ def prepare(run_id: str, params_file: str | Path, start: str | None, end: str | 
             raise WorkspaceError(f"workspace {ws}: made for other params than this task's ({params_file}, {start}..{end})")
         return ws
     commit = _git("rev-parse", "HEAD")
+    if _git("status", "--porcelain", "--untracked-files=no"):
+        print(f"workspace: the project ({REPO}) has uncommitted changes; this run uses commit {commit[:12]} "
+              f"without them (commit them to train with them)", file=sys.stderr, flush=True)
     ws.parent.mkdir(parents=True, exist_ok=True)
     if ws.exists():                 # a half-made workspace (a task killed while it was made): start again
         shutil.rmtree(ws)
