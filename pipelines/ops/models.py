@@ -5,6 +5,9 @@
   promote VERSION          champion <- VERSION (the old champion keeps the alias `previous`)
   rollback                 champion <- the champion before the current one
   lineage VERSION          version -> run -> data and feature hashes -> git commit -> params
+  reproduce VERSION        rebuild VERSION from its logged dvc.lock and params (a fresh workspace of
+                           its commit: pull what the DVC remote holds, recompute the rest) and check
+                           that the model's sha256 is the registered one (exit 1 when it is not)
 """
 from __future__ import annotations
 
@@ -38,6 +41,9 @@ def main(argv: list[str]) -> int:
         p.add_argument("--dry-run", action="store_true")
     ln = sub.add_parser("lineage")
     ln.add_argument("version")
+    rp = sub.add_parser("reproduce")
+    rp.add_argument("version")
+    rp.add_argument("--keep", action="store_true", help="keep the workspace")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     from pipelines.core import services
@@ -64,6 +70,14 @@ def main(argv: list[str]) -> int:
         out = promote(c, name, args.version, args.reason, args.dry_run)
     elif args.action == "rollback":
         out = rollback(c, name, args.reason, args.dry_run)
+    elif args.action == "reproduce":
+        from pipelines.ops import workspace
+
+        out = workspace.reproduce(name, args.version, args.keep)
+        print(json.dumps(out, indent=2, sort_keys=True))
+        print(f"{name} v{args.version}: " + ("rebuilt byte-identical (sha256 " + str(out["sha256"])[:12] + ")"
+              if out["identical"] else f"NOT identical: {out['sha256']} != registered {out['expected_sha256']}"))
+        return 0 if out["identical"] else 1
     else:
         out = lineage(c, name, args.version)
     print(json.dumps(out, indent=2, sort_keys=True))

@@ -5,7 +5,8 @@
 `python -m pipelines workspace path --run-id R`
 
 The workspace of run R is a git worktree of the deployed commit (the project's HEAD) under
-$FRAUDOPS_HOME/workspaces/<R>, made by the run's first task:
+$FRAUDOPS_HOME/workspaces/<R>, made anew by the run's first stage (ingest; a retry too) and used by
+the later ones:
   * its params.yaml is the run's params file with the form's dates as run.start_date/run.end_date,
     so the stage commands of dvc.yaml (`python -m pipelines <stage> --start ${run.start_date} ...`)
     run exactly the run's range and settings;
@@ -116,11 +117,15 @@ def local_config(data: dict) -> str:
     return "".join(lines)
 
 
-def prepare(run_id: str, params_file: str | Path, start: str | None, end: str | None) -> Path:
-    """The run's workspace, made on first use (idempotent; a later task of the run finds it)."""
+def prepare(run_id: str, params_file: str | Path, start: str | None, end: str | None, fresh: bool = False) -> Path:
+    """The run's workspace: made anew by the run's first stage (`fresh`: a retry or a cleared run
+    starts from the deployed commit again), found by the later ones."""
     ws = path_for(run_id)
     text = yaml.safe_dump(run_params(params_file, start, end), sort_keys=False)
-    if (ws / ".git").exists():
+    if not fresh:
+        if not (ws / ".git").exists():
+            raise WorkspaceError(f"no workspace for run {run_id!r} ({ws}): its first stage ({STAGES[0]}) makes it; "
+                                 f"clear the run from {STAGES[0]}")
         if (ws / "params.yaml").read_text() != text:
             raise WorkspaceError(f"workspace {ws}: made for other params than this task's ({params_file}, {start}..{end})")
         return ws
@@ -129,7 +134,7 @@ def prepare(run_id: str, params_file: str | Path, start: str | None, end: str | 
         print(f"workspace: the project ({REPO}) has uncommitted changes; this run uses commit {commit[:12]} "
               f"without them (commit them to train with them)", file=sys.stderr, flush=True)
     ws.parent.mkdir(parents=True, exist_ok=True)
-    if ws.exists():                 # a half-made workspace (a task killed while it was made): start again
+    if ws.exists():                 # an earlier try of this run: start again from the deployed commit
         shutil.rmtree(ws)
     _git("worktree", "prune")
     _git("worktree", "add", "--detach", "--force", str(ws), commit)
@@ -195,7 +200,7 @@ def republish(ws: Path, stage: str) -> tuple[int, int]:
 def repro(run_id: str, stage: str, params_file: str, start: str | None, end: str | None, force: bool) -> int:
     if stage not in STAGES:
         raise WorkspaceError(f"stage {stage!r}: not a training stage ({', '.join(STAGES)})")
-    ws = prepare(run_id, params_file, start, end)
+    ws = prepare(run_id, params_file, start, end, fresh=stage == STAGES[0])
     code, out = _dvc(ws, "repro", "--single-item", stage, *(["--force"] if force else []), force=force)
     if code != 0:
         m = EXITED.search(out)         # the stage command's own exit code (a data block is not retried)
@@ -222,6 +227,51 @@ def push(run_id: str, keep: bool) -> int:
         _git("worktree", "remove", "--force", str(ws))
         print(f"workspace {ws} removed (its dvc.lock and params are in the model's MLflow run)", flush=True)
     return 0
+
+
+def reproduce(name: str, version: str, keep: bool = False) -> dict:
+    """Rebuild model `name` version `version` from the dvc.lock and params logged with its MLflow run,
+    in a fresh workspace of the commit it was trained at: `dvc pull` what the DVC remote holds, then
+    `dvc repro train` recomputes whatever is missing or no longer matches the lock. The result says
+    whether the rebuilt model's sha256 is the registered one. Stages that have to run publish to the
+    lake as always (the same bytes when the training is reproducible)."""
+    import tempfile
+    import uuid
+
+    import mlflow
+
+    from pipelines.core import registry
+
+    c = registry.client()
+    mv = c.get_model_version(name, version)
+    tags = c.get_run(mv.run_id).data.tags
+    expected = mv.tags.get("model_sha256") or tags.get("model_sha256")
+    if not str(tags.get("dvc.lineage", "")).startswith("dvc.lock of this run"):
+        raise WorkspaceError(f"{name} v{version}: no DVC lock to rebuild it from ({tags.get('dvc.lineage', 'no dvc.lineage tag')})")
+    commit = tags.get("git.commit", "")
+    ws = state.state_dir() / "workspaces" / f"reproduce-{slug(f'{name}-v{version}')}-{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        logged = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="dvc", dst_path=tmp))
+        ws.parent.mkdir(parents=True, exist_ok=True)
+        _git("worktree", "add", "--detach", "--force", str(ws), commit)
+        if (ws / "dvc.yaml").read_bytes() != (logged / "dvc.yaml").read_bytes():
+            raise WorkspaceError(f"{name} v{version}: the logged dvc.yaml is not commit {commit[:12]}'s")
+        for f in ("dvc.lock", "params.yaml"):
+            shutil.copy2(logged / f, ws / f)
+    (ws / ".dvc" / "config.local").write_text(local_config(yaml.safe_load((ws / "params.yaml").read_text())))
+    print(f"reproduce {name} v{version}: workspace {ws} at commit {commit[:12]} with its logged dvc.lock and params",
+          flush=True)
+    _dvc(ws, "pull", "--with-deps", "train")           # what the remote holds; a miss is recomputed below
+    code, out = _dvc(ws, "repro", "train")
+    model = ws / "data" / "train" / "model.ubj"
+    got = hashlib.sha256(model.read_bytes()).hexdigest() if code == 0 and model.exists() else None
+    ran = sorted(set(re.findall(r"Running stage '([\w-]+)'", out)))
+    result = {"name": name, "version": str(version), "commit": commit, "workspace": str(ws), "expected_sha256": expected,
+              "sha256": got, "identical": got is not None and got == expected, "stages_run": ran, "dvc_exit": code}
+    if not keep and code == 0:
+        _git("worktree", "remove", "--force", str(ws))
+        result["workspace"] = None
+    return result
 
 
 def main(argv: list[str]) -> int:

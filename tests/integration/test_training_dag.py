@@ -5,6 +5,8 @@ with its params to the MLflow run); the same training again is a run-cache resto
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import time
 import uuid
 
@@ -88,6 +90,12 @@ def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
     print(f"training DAG {TRAIN_RANGE[0]}..{TRAIN_RANGE[1]}: first run {first_took:.1f} s, the same again "
           f"(run-cache) {second_took:.1f} s = {second_took / first_took:.2f}")
     assert second_took < 0.75 * first_took, (first_took, second_took)
+
+    # `models reproduce`: the version rebuilt from its logged lock and params in a fresh workspace
+    r = subprocess.run([sys.executable, "-m", "pipelines", "models", "--params", str(params_file), "reproduce",
+                        reg["version"]], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and f"{name} v{reg['version']}: rebuilt byte-identical" in r.stdout, \
+        r.stdout[-3000:] + r.stderr[-3000:]
 
 
 def _lineage_is_the_runs_own_lock(c, run_id: str) -> None:
