@@ -35,6 +35,7 @@ COMMANDS = {
     "audit": ("pipelines.ops.audit", "cross-check the lake's records, the registry and Airflow's runs for dates",
               ("registry",)),
     "airflow": ("pipelines.ops.airflow_api", "trigger a DAG run through the REST API (and wait)", ()),
+    "lineage": ("pipelines.ops.trace", "follow one prediction row: decision -> score -> model -> MLflow run -> Airflow runs -> DVC lock -> inputs -> code", ("registry",)),
     "workspace": ("pipelines.ops.workspace", "the training DAG's DVC workspace of a run: repro one stage | push", ()),
 }
 

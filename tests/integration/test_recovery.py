@@ -128,3 +128,47 @@ def test_drift_waits_for_labels_retrains_promotes_and_recovers_on_the_scheduler(
     assert before["days"] >= 2 and during["days"] >= 5 and after["days"] >= 3, phases
     assert during["average_precision"] < before["average_precision"], phases          # the drift hurt
     assert after["average_precision"] >= 0.9 * before["average_precision"], phases     # and the loop recovered
+
+    # one prediction row of the last night (the promoted model) followed end to end: every hop is
+    # read from its store and checked against the others
+    _follow_a_row(path, nights[-1], move["to"], name, client)
+
+
+def _follow_a_row(path: str, day: dt.date, version: str, name: str, client) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+
+    store = load_params(path).storage
+    dec = storage.read_parquet(store.uri("decisions", date=day.isoformat()))
+    row = dec.filter(dec["decision"] != "approve").row(0, named=True) if (dec["decision"] != "approve").any() \
+        else dec.row(0, named=True)
+    r = subprocess.run([sys.executable, "-m", "pipelines", "lineage", "--params", path, "--date", day.isoformat(),
+                        "--event-id", row["event_id"], "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    t = json.loads(r.stdout)
+    h = t["hops"]
+    assert t["problems"] == [] and h["decision"]["row"]["decision"] == row["decision"]
+    assert h["decision"]["row"]["reason_code"] == row["reason_code"]
+    pred = storage.read_parquet(store.uri("predictions", date=day.isoformat()))
+    assert h["score"]["row"]["score"] == pred.filter(pred["event_id"] == row["event_id"])["score"][0]
+    assert h["score"]["decisions_read_these_predictions"] is True
+    c = models.client()
+    mv = c.get_model_version(name, version)
+    assert (h["model"]["version"], h["model"]["served_as"]) == (version, "champion")
+    assert h["model"]["sha256"] == mv.tags["model_sha256"] and h["mlflow_run"]["run_id"] == mv.run_id
+    assert h["airflow"]["nightly_run"] == f"demo__{day}" and h["airflow"]["state"] == "success"
+    assert client.run("nightly_scoring", f"demo__{day}")["state"] == "success"
+    training = h["airflow"]["training_run"]
+    assert training["dag_id"] == "training" and training["state"] == "success" and training["run_id"].startswith("retrain__")
+    # the model was trained by the training DAG through DVC: its lineage is its own workspace's lock
+    assert h["dvc"]["tags"]["dvc.lineage"] == "dvc.lock of this run (dvc repro)" and h["dvc"]["tags_match_lock"] is True
+    for i in h["inputs"]["partitions"]:                     # every recorded hash is the bytes' now
+        assert hashlib.sha256(storage.read_bytes(i["uri"])).hexdigest() == i["sha256"], i["uri"]
+    stages = {i["stage"] for i in h["inputs"]["partitions"]}
+    assert {"features", "validate", "ingest"} <= stages, stages
+    assert h["code"]["model_git_commit"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                                           text=True).stdout.strip()
+    page = storage.read_bytes(f"{store.lake.rstrip('/')}/reports/lineage/date={day}/{row['event_id']}.html").decode()
+    assert row["event_id"] in page and "Every hop holds" in page and "<script" not in page
