@@ -21,6 +21,11 @@ Out (one partition per date, rows in = rows out): predictions/date=ds/part-0.par
 columns, ds, score, threshold, model name/version, MLflow run id, feature spec hash, scored_by,
 fallback, defaulted_features; `_model.json` (the model served and its reference profile, for
 `monitor`); `_stats.json` (timings: the only output that differs between re-runs).
+
+A date is a run-cache entry: its predictions record names what they were made from (`run`: the
+feature partition's and manifest's sha256, the model served, the sha256 of the score params, the
+scoring code's version, and their `key`). Scoring a date again with the same key (its objects
+intact) recomputes nothing and says so; `--recompute` scores it anyway (the same bytes).
 """
 from __future__ import annotations
 
@@ -35,13 +40,16 @@ log = logging.getLogger("pipelines.score")
 
 
 def main(argv: list[str]) -> int:
-    args = stage_parser("score", __doc__).parse_args(argv)
+    ap = stage_parser("score", __doc__)
+    ap.add_argument("--recompute", action="store_true",
+                    help="score even a date whose predictions were made from the same features, model, params and code")
+    args = ap.parse_args(argv)
     params, days = resolve(args)
     served = resolve_model(params.score)
     (log.info if not served.fallback else log.warning)("scorer: %s (%s)", served.scored_by, served.reason)
     with storage.Publisher(params.storage.lake, args.snapshot) as pub:
         for ds in days:
-            stats = score_day(params, ds, served, pub)
+            stats = score_day(params, ds, served, pub, recompute=args.recompute)
             print(json.dumps({"date": ds.isoformat(), "rows": stats["rows"], **served.meta(),
                               "fallback_rows": stats["fallback_rows"]}, sort_keys=True))
     return 0

@@ -335,18 +335,75 @@ OUTPUTS = {"champion": ("predictions", "scored_model", "scoring_stats"),
            "shadow": ("shadow_predictions", "shadow_model", "shadow_stats")}
 
 
+def run_key(params, ds: dt.date, served: Served, role: str) -> dict | None:
+    """What a date's scores are made of: the feature partition and its manifest (their sha256 in the
+    features record), the model served, the score params and the scoring code. Its `key` (sha256)
+    is kept in the predictions record: a re-run with the same key recomputes nothing. None when the
+    feature partition has no record (the run then fails on it as always)."""
+    from dataclasses import asdict
+
+    from pipelines.core import code
+
+    store, d = params.storage, ds.isoformat()
+    uri, man = store.uri("features", date=d), store.uri("features_manifest", date=d)
+    try:        # the features record, trusted the way a read trusts it (its inputs, recursively), and its bytes
+        objects = lineage.Reader().record(uri).get("objects") or {}
+        if any(storage.sha256(storage.read_bytes(u)) != objects.get(u) for u in (uri, man)):
+            return None             # changed since its record: the read below says so and fails
+    except (storage.MissingObject, lineage.StaleInput):
+        return None
+    parts = {"features": {uri: objects.get(uri), man: objects.get(man)}, "role": role,
+             "model": {k: v for k, v in served.meta().items() if k != "reason"},
+             "params_sha256": storage.sha256(storage.json_bytes(asdict(params.score))),
+             "code_version": code.fingerprint("pipelines.core.scoring")}
+    return {**parts, "key": storage.sha256(storage.json_bytes(parts))}
+
+
+def _unchanged(primary: str, key: dict | None) -> dict | None:
+    """The record of `primary` when it was made with `key` and its objects still have their bytes."""
+    if key is None:
+        return None
+    try:
+        rec = storage.read_json(storage.record_uri(primary))
+    except storage.MissingObject:
+        return None
+    if (rec.get("run") or {}).get("key") != key["key"]:
+        return None
+    try:
+        if any(storage.sha256(storage.read_bytes(u)) != sha for u, sha in (rec.get("objects") or {}).items()):
+            return None
+    except storage.MissingObject:
+        return None
+    return rec
+
+
 def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publisher | None" = None,
-              role: str = "champion") -> dict:
+              role: str = "champion", recompute: bool = False) -> dict:
     """Score the ds partition with `served`; publish predictions, _model.json and _stats.json (for
-    role "shadow": the shadow partition, the same code and columns)."""
+    role "shadow": the shadow partition, the same code and columns). A date whose predictions were
+    made from the same features, model, params and code (run_key) is not scored again unless
+    `recompute`."""
     p, store = params.score, params.storage
     d = ds.isoformat()
     kind, model_kind, stats_kind = OUTPUTS[role]
+    key = run_key(params, ds, served, role)
+    stats = None
+    if not recompute and not isinstance(snapshot, (str, Path)) and not getattr(snapshot, "snapshot", None) and \
+            _unchanged(store.uri(kind, date=d), key) is not None:       # (a DVC output wants the bytes written)
+        try:
+            stats = storage.read_json(store.uri(stats_kind, date=d))
+        except storage.MissingObject:
+            stats = None
+    if stats is not None:
+        log.info("score %s (%s): unchanged since its record (the same features, model, params and code: key %s); "
+                 "nothing recomputed -> %s", d, role, key["key"][:12], store.uri(kind, date=d))
+        return {**stats, "skipped": True}
     reader = lineage.Reader()
     with tempfile.TemporaryDirectory(prefix="score-") as tmp, storage.publishing(store.lake, snapshot) as pub:
         path, fman, uri = load_features(store, ds, tmp, reader)
         part = pub.partition(store.uri(kind, date=d), role if role == "shadow" else "score", inputs=reader.consumed,
-                             extra={"model": {k: v for k, v in served.meta().items() if k != "reason"}})
+                             extra={"model": {k: v for k, v in served.meta().items() if k != "reason"},
+                                    **({"run": key} if key else {})})
         sink = storage.ParquetSink(store.uri(kind, date=d), tmp, part)
         stats = score_file(path, fman, served, p, ds, uri, sink)
         imp = M.importance(served.booster, served.manifest["feature_names"]) if served.booster is not None else {}

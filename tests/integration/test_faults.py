@@ -480,5 +480,5 @@ def test_a_killed_task_and_a_restarted_scheduler_still_finish_the_run(stack, nig
     assert tis["features"]["try_number"] >= 2 and tis["score"]["state"] == "success"
     store = load_params(p).storage
     dag_bytes = storage.read_bytes(store.uri("predictions", date=day))
-    assert cli("score", "--params", str(p), "--date", day)[0] == 0
+    assert cli("score", "--params", str(p), "--date", day, "--recompute")[0] == 0
     assert storage.read_bytes(store.uri("predictions", date=day)) == dag_bytes

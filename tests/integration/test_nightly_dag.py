@@ -123,10 +123,32 @@ def test_triggered_training_registers_a_model_through_the_gate(backfill):
         assert reg["alias"] is None and aliases.get("challenger") != reg["version"] and reg["reasons"]
 
 
-def test_rerunning_a_date_republishes_identical_predictions(backfill):
+def test_a_date_is_a_run_cache_entry_and_recomputing_it_gives_the_same_bytes(backfill, caplog):
+    """The predictions record names what they were made from (features and manifest sha256, the
+    model, the params, the code): a re-run with the same is a hit that recomputes nothing (the
+    volatile timings of the first run stay); --recompute, or the record removed, scores it again:
+    the same bytes."""
+    import logging
+
     store = backfill["params"].storage
     uri = store.uri("predictions", date="2026-03-02")
-    before = storage.read_bytes(uri)
+    stats_uri = store.uri("scoring_stats", date="2026-03-02")
+    before, stats = storage.read_bytes(uri), storage.read_bytes(stats_uri)
+    rec = storage.read_json(storage.record_uri(uri))
+    feats = store.uri("features", date="2026-03-02")
+    assert rec["run"]["features"][feats] == storage.read_json(storage.record_uri(feats))["objects"][feats]
+    assert rec["run"]["model"]["model_version"] == backfill["version"] and rec["run"]["code_version"]
+    assert rec["run"]["params_sha256"] and rec["run"]["key"]
+    args = ["--params", str(backfill["params"].path), "--date", "2026-03-02"]
+    with redirect_stdout(io.StringIO()), caplog.at_level(logging.INFO, logger="pipelines.scoring"):
+        assert score.main(args) == 0
+    assert "unchanged since its record" in caplog.text and "nothing recomputed" in caplog.text
+    assert storage.read_bytes(uri) == before and storage.read_bytes(stats_uri) == stats    # nothing ran
     with redirect_stdout(io.StringIO()):
-        assert score.main(["--params", str(backfill["params"].path), "--date", "2026-03-02"]) == 0
-    assert storage.read_bytes(uri) == before
+        assert score.main([*args, "--recompute"]) == 0
+    assert storage.read_bytes(uri) == before and storage.read_bytes(stats_uri) != stats    # it ran: same bytes
+    storage.delete(storage.record_uri(uri))                                 # a lost record: scored again
+    storage.delete(uri)
+    with redirect_stdout(io.StringIO()):
+        assert score.main(args) == 0
+    assert storage.read_bytes(uri) == before and storage.read_json(storage.record_uri(uri)) == rec
