@@ -8,7 +8,10 @@ until the other task has ended in any state, or has no run: then there is nothin
 (`lifecycle`: a rollback or promotion they call for applies to tonight's scores); while the early
 tasks ingest, validate and build features. `wait_for_previous_night` holds `decide` until the run of
 ds - 1 has monitored (decide's guardrails and monitor's rolling windows read the earlier days), so
-dates that run side by side in a backfill still decide and monitor in date order. Past their
+dates that run side by side in a backfill still decide and monitor in date order. A third,
+`wait_for_last_training`, holds `shadow` and `retrain` until the night before has made its retrain
+decision final and the training it triggered (if any) has ended: the challenger that training
+registers shadows from tonight, and tonight's retrain decision knows it is in shadow. Past their
 timeout (2 h) they are skipped and the run goes on with what is there (the aliases as they are; the
 earlier days present).
 
@@ -33,7 +36,8 @@ from datetime import datetime, timedelta, timezone
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
-from fraudops_wiring import SettledSensor, StageOperator, StageSensor, daily_dag, retrain_requested  # plugins/ on sys.path
+from fraudops_wiring import (SettledSensor, StageOperator, StageSensor, TrainingSettledSensor, daily_dag,  # plugins/
+                             retrain_requested)
 
 
 TRANSACTIONS = ("--dataset=transactions",)
@@ -48,14 +52,16 @@ with daily_dag("nightly_scoring", "score the day with the champion, decide, moni
     wait = StageSensor(task_id="wait_for_data", stage="ingest", args=TRANSACTIONS, mode="reschedule",
                        poke_interval=300, timeout=timedelta(hours=12).total_seconds())
     ingest = stage("ingest", args=("--if-landed=labels",))     # the labels of ds only if they are there
-    validate, features, shadow, monitor = (stage(t) for t in ("validate", "features", "shadow", "monitor"))
+    validate, features, monitor = (stage(t) for t in ("validate", "features", "monitor"))
     # a skipped gate (timed out) lets these go on; a failed upstream stage still stops them
     score, decide = (stage(t, trigger_rule="none_failed") for t in ("score", "decide"))
     lifecycle = SettledSensor(task_id="wait_for_lifecycle", other_dag="labels", other_task="lifecycle",
                               timeout=timedelta(hours=2).total_seconds())
     previous = SettledSensor(task_id="wait_for_previous_night", other_dag="nightly_scoring", other_task="monitor", days=1,
                              timeout=timedelta(hours=2).total_seconds())
-    retrain = stage("retrain", depends_on_past=True)
+    training = TrainingSettledSensor(task_id="wait_for_last_training", timeout=timedelta(hours=2).total_seconds())
+    shadow = stage("shadow", trigger_rule="none_failed")
+    retrain = stage("retrain", depends_on_past=True, trigger_rule="none_failed")
     should = ShortCircuitOperator(task_id="should_retrain", python_callable=retrain_requested)
     trigger = TriggerDagRunOperator(
         task_id="trigger_training",
@@ -68,6 +74,7 @@ with daily_dag("nightly_scoring", "score the day with the champion, decide, moni
     score >> shadow          # the challenger scores next to the champion; its scores never reach decide
     wait >> lifecycle >> score
     wait >> previous >> decide
+    wait >> training >> [shadow, retrain]
 
 if __name__ == "__main__":
     dag.test()

@@ -284,6 +284,37 @@ class SettledSensor(BaseSensorOperator):
         return False
 
 
+class TrainingSettledSensor(SettledSensor):
+    """Waits until the last night's retrain decision is final and the training it triggered (if
+    any) has ended: the nightly run of ds - `days` has its `trigger_training` task settled (skipped
+    when no retrain was called for), and when it triggered a run (`should_retrain` pushed its
+    {dag_id, run_id}), that run has ended, in any state. No run of that night, or no training
+    triggered: nothing to wait for. Tonight's shadow then scores with the challenger that training
+    registered, and tonight's retrain decision knows it is in shadow."""
+
+    def __init__(self, *, days: int = 1, **kwargs) -> None:
+        super().__init__(other_dag="nightly_scoring", other_task="trigger_training", days=days, **kwargs)
+
+    def _settled(self, context) -> bool:
+        if not super()._settled(context):
+            return False
+        when = context["logical_date"] - timedelta(days=self.days)
+        ti = context["ti"]
+        runs = ti.get_task_states(dag_id=self.other_dag, task_ids=[self.other_task], logical_dates=[when])
+        for run_id, tasks in runs.items():
+            if tasks.get(self.other_task) != "success":
+                continue
+            training = ti.xcom_pull(task_ids="should_retrain", dag_id=self.other_dag, run_id=run_id)
+            if not isinstance(training, dict) or not training.get("run_id"):
+                continue
+            state = ti.get_dagrun_state(dag_id=training.get("dag_id", "training"), run_id=training["run_id"])
+            if state not in ("success", "failed"):
+                self.log.info("training run %s (triggered by %s) not ended yet: %s", training["run_id"], run_id, state)
+                return False
+            self.log.info("training run %s (triggered by %s) ended: %s", training["run_id"], run_id, state)
+        return True
+
+
 def _confirmed(params, what: str) -> None:
     if params.get("confirm") is not True:
         raise AirflowFailException(f"not confirmed: tick confirm in the form to {what}; nothing changed")

@@ -9,9 +9,10 @@ landing that day: validate -> feedback -> lifecycle: realized metrics, shadow co
 promotion, rollback), then a run of `nightly_scoring` (ingest -> validate -> features -> score ->
 shadow -> decide with its guardrails -> monitor -> the retrain decision), triggered through the REST
 API with logical date = the date (run id demo__<date>). A night's run starts with the labels run
-of the next date; the DAGs' gates order the rest (its score waits for the lifecycle of its date,
-the next labels' feedback for its shadow scores); the next night's run starts once tonight's retrain
-decision is made (a YES: once its training run has ended).
+of the next date, and the next night's run starts once tonight's has built its features (two nights
+at a time); the DAGs' gates order the rest (a night's score waits for the lifecycle of its date, its
+decide for the night before's monitor, its shadow and retrain decision for the night before's
+retrain decision and the training run it triggered; the next labels' feedback for its shadow scores).
 The drift is flagged, the retrain request waits for the labels of the changed days, then the
 nightly DAG triggers the training DAG; its model goes through the gate, shadows the champion and is
 promoted when it wins. A night with an injected data bug is then run: validation blocks it (a red
@@ -386,8 +387,7 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
         # a label day for every night: the labels of night D land on D + delay (the last ones after
         # the last night: that night's realized performance is measured too)
         labelled = date_range(nights[0] + dt.timedelta(days=delay), nights[-1] + dt.timedelta(days=delay))
-        ahead = None            # the next date's labels run, started once tonight has scored
-        behind = None           # the last night, its run not yet waited to its end (only its trigger is left)
+        ahead = None            # the next date's labels run, started with tonight's run
 
         def night_done(day: dt.date) -> None:
             runs.finish("nightly_scoring", day)
@@ -400,35 +400,30 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
             if d["retrain"]:
                 t = d["training"]
                 say(f"  -> nightly_scoring triggered training run {t['run_id']} ({t['conf']['start_date']}..{day}); "
-                      f"waiting for it ...", flush=True)
+                      f"the next night's shadow and retrain decision wait for it ...", flush=True)
                 say("  " + training_line(store, runs.wait_triggered(t["dag_id"], t["run_id"])), flush=True)
 
-        for i, day in enumerate(nights):
-            # tonight's run ingests, validates and builds features while the labels run of its date
-            # (started with the night before) is judged; its score waits for that lifecycle
-            # (wait_for_lifecycle), its decide for the last night's monitor (wait_for_previous_night)
+        # Two nights at a time: tomorrow's run starts as soon as tonight's has built its features.
+        # The DAG's gates keep the order that matters: tomorrow's score waits for its labels run's
+        # lifecycle (wait_for_lifecycle), its decide for tonight's monitor (wait_for_previous_night),
+        # its shadow and retrain decision for tonight's retrain decision and the training it
+        # triggers (wait_for_last_training); the labels run of a date starts with the night before
+        # and its feedback waits for that night's shadow (wait_for_last_night).
+        running: list[dt.date] = []
+        for day in nights:
             if day in labelled and ahead != day:
                 runs.start("labels", day)
             runs.start("nightly_scoring", day)
-            nxt = nights[i + 1] if i + 1 < len(nights) else None
             ahead = None
-            # tomorrow's labels run starts now: it ingests and validates meanwhile; its feedback (and
-            # lifecycle, which may move aliases) waits until tonight has scored (wait_for_last_night)
             if day + dt.timedelta(days=1) in labelled:
                 ahead = day + dt.timedelta(days=1)
                 runs.start("labels", ahead)
-            if behind is not None:
-                night_done(behind)
-                behind = None
-            # tomorrow's run starts once tonight's retrain decision is made; a YES is waited for
-            # (its training run registers the challenger that shadows from tomorrow)
-            if runs.tasks_done("nightly_scoring", day, ("retrain",)) and not storage.read_json(
-                    store.uri("retrain_decision", date=day.isoformat()))["retrain"] and nxt is not None:
-                behind = day
-            else:
-                night_done(day)
-        if behind is not None:
-            night_done(behind)
+            running.append(day)
+            while len(running) > 1:             # the night before ends (its line, in date order)
+                night_done(running.pop(0))
+            runs.tasks_done("nightly_scoring", day, ("features",))
+        for day in running:
+            night_done(day)
         for day in labelled:            # the label days after the last night
             if day > nights[-1]:
                 if day != ahead:

@@ -155,9 +155,10 @@ def stack_env(lay: Layout) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        # 6 task slots: a gate (SettledSensor) sleeps in its slot between polls, so up to two of the
-        # six wait while four stages run (two runs of a DAG side by side, and the labels run)
-        "AIRFLOW__CORE__PARALLELISM": "6",
+        # 8 task slots: a gate (SettledSensor) sleeps in its slot while it polls (up to a minute),
+        # and two nights with their two labels runs may hold four gates at once while four stages
+        # run; a sleeping gate costs no CPU
+        "AIRFLOW__CORE__PARALLELISM": "8",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(lay.password_file),

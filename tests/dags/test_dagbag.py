@@ -12,8 +12,10 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "features": {"train"}, "train": {"evaluate"},
                          "evaluate": {"register"}, "register": {"push"}, "push": set()},
-            "nightly_scoring": {"wait_for_data": {"ingest", "wait_for_lifecycle", "wait_for_previous_night"},
+            "nightly_scoring": {"wait_for_data": {"ingest", "wait_for_lifecycle", "wait_for_previous_night",
+                                                  "wait_for_last_training"},
                                 "wait_for_lifecycle": {"score"}, "wait_for_previous_night": {"decide"},
+                                "wait_for_last_training": {"shadow", "retrain"},
                                 "ingest": {"validate"}, "validate": {"features"},
                                 "features": {"score"}, "score": {"decide", "shadow"}, "shadow": set(),
                                 "decide": {"monitor"}, "monitor": {"retrain"}, "retrain": {"should_retrain"},
@@ -24,6 +26,7 @@ EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "feat
 # tasks that wire stages together rather than run one: (task, what its command must contain or None)
 NOT_A_STAGE = {"wait_for_data": "ingest", "should_retrain": None, "trigger_training": None,
                "wait_for_lifecycle": None, "wait_for_previous_night": None, "wait_for_last_night": None,
+               "wait_for_last_training": None,
                "wait_for_labels": "ingest", "ingest_labels": "ingest", "validate_labels": "validate"}
 
 
@@ -291,6 +294,8 @@ def test_gates_order_runs_without_blocking_on_a_failure(dagbag):
     for dag, gate, (other, task, days), stage in (
             (dag, "wait_for_lifecycle", ("labels", "lifecycle", 0), "score"),
             (dag, "wait_for_previous_night", ("nightly_scoring", "monitor", 1), "decide"),
+            (dag, "wait_for_last_training", ("nightly_scoring", "trigger_training", 1), "shadow"),
+            (dag, "wait_for_last_training", ("nightly_scoring", "trigger_training", 1), "retrain"),
             (dagbag.dags["labels"], "wait_for_last_night", ("nightly_scoring", "shadow", 1), "feedback")):
         g = dag.get_task(gate)
         assert (g.other_dag, g.other_task, g.days) == (other, task, days)
@@ -327,3 +332,37 @@ def test_settled_sensor_poke():
     c = ctx({})
     c["ti"] = SimpleNamespace(get_task_states=lambda **kw: next(answers))
     assert s.poke(c)
+
+
+def test_the_last_training_gate_waits_for_the_run_the_last_night_triggered():
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import fraudops_wiring
+
+    g = fraudops_wiring.TrainingSettledSensor(task_id="g", window=0.3, every=0.1)
+
+    def ctx(trigger_state, pushed, run_state=None):
+        def states(dag_id, task_ids, logical_dates):
+            assert (dag_id, task_ids) == ("nightly_scoring", ["trigger_training"])
+            assert logical_dates == [dt.datetime(2026, 3, 13, tzinfo=dt.timezone.utc)]
+            return {"demo__2026-03-13": {"trigger_training": trigger_state}} if trigger_state else {}
+
+        def xcom(task_ids, dag_id, run_id):
+            assert (task_ids, dag_id, run_id) == ("should_retrain", "nightly_scoring", "demo__2026-03-13")
+            return pushed
+
+        def dagrun_state(dag_id, run_id):
+            assert (dag_id, run_id) == ("training", "retrain__2026-03-13")
+            return run_state
+        return {"logical_date": dt.datetime(2026, 3, 14, tzinfo=dt.timezone.utc),
+                "ti": SimpleNamespace(get_task_states=states, xcom_pull=xcom, get_dagrun_state=dagrun_state)}
+
+    run = {"dag_id": "training", "run_id": "retrain__2026-03-13", "conf": {}}
+    assert g.poke(ctx(None, None))                                   # no night before: nothing to wait for
+    assert g.poke(ctx("skipped", False))                             # no retrain called for
+    assert g.poke(ctx("upstream_failed", None))                      # the night failed: go on
+    assert not g.poke(ctx("running", None))                          # the decision is not final yet
+    assert not g.poke(ctx("success", run, "queued"))
+    assert not g.poke(ctx("success", run, "running"))                # the training runs: wait
+    assert g.poke(ctx("success", run, "success")) and g.poke(ctx("success", run, "failed"))
