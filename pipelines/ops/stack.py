@@ -347,6 +347,10 @@ def _service_command(lay: Layout, name: str, env: dict[str, str]) -> tuple[list[
                  "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(lay.home, "mlflow_flask_secret_key")})
     if name == SUPERVISOR:
         return [sys.executable, "-m", "pipelines", "stack", "supervise"], env
+    if name == "airflow-api-server" and env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "").startswith(
+            "pipelines.ops.airflow_db."):          # SQLite: a short lock wait ends its self-deadlock (airflow_db.py)
+        env = {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS_API",
+               "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS_API_ASYNC"}
     return [_bin("airflow"), *AIRFLOW_SERVICES[name]], env
 
 
@@ -451,10 +455,13 @@ def supervise(interval: float = 2.0) -> int:
 
 
 def airflow_fingerprint(env: dict[str, str]) -> str:
-    """sha256 over plugins/*.py (names and bytes: the DAG wiring the Airflow processes imported) and
-    the AIRFLOW__* settings of `env` (what they read at start)."""
+    """sha256 over plugins/*.py and pipelines/ops/airflow_db.py (names and bytes: the DAG wiring and
+    database settings the Airflow processes imported) and the AIRFLOW__* settings of `env` (what
+    they read at start)."""
     h = hashlib.sha256()
-    for f in sorted((REPO / "plugins").glob("*.py")):
+    for f in [*sorted((REPO / "plugins").glob("*.py")), REPO / "pipelines" / "ops" / "airflow_db.py"]:
+        if not f.is_file():
+            continue
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     for key in sorted(k for k in env if k.startswith("AIRFLOW__")):
         h.update(f"{key}={env[key]}\0".encode())
