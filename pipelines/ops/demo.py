@@ -388,6 +388,14 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
         # the last night: that night's realized performance is measured too)
         labelled = date_range(nights[0] + dt.timedelta(days=delay), nights[-1] + dt.timedelta(days=delay))
         ahead = None            # the next date's labels run, started with tonight's run
+        training: list[dict] = []       # triggered training runs not yet reported
+
+        def trained(wait: bool) -> None:
+            """Report the triggered training runs that have ended (all of them, with `wait`)."""
+            for t in list(training):
+                if wait or client.run(t["dag_id"], t["run_id"])["state"] in ("success", "failed"):
+                    say("  " + training_line(store, runs.wait_triggered(t["dag_id"], t["run_id"])), flush=True)
+                    training.remove(t)
 
         def night_done(day: dt.date) -> None:
             runs.finish("nightly_scoring", day)
@@ -395,13 +403,15 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
             if day in labelled:
                 runs.finish("labels", day)
                 lab = {"lifecycle": lifecycle.summary(storage.read_json(store.uri("lifecycle_decision", date=day.isoformat())))}
+            trained(wait=False)
             d = storage.read_json(store.uri("retrain_decision", date=day.isoformat()))
             say(night_line(store, day, {"decision": d}, lab, delay), flush=True)
             if d["retrain"]:
                 t = d["training"]
                 say(f"  -> nightly_scoring triggered training run {t['run_id']} ({t['conf']['start_date']}..{day}); "
-                      f"the next night's shadow and retrain decision wait for it ...", flush=True)
-                say("  " + training_line(store, runs.wait_triggered(t["dag_id"], t["run_id"])), flush=True)
+                      f"the next night's shadow and retrain decision wait for it (its early tasks run meanwhile)",
+                    flush=True)
+                training.append(t)
 
         # Two nights at a time: tomorrow's run starts as soon as tonight's has built its features.
         # The DAG's gates keep the order that matters: tomorrow's score waits for its labels run's
@@ -424,6 +434,7 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
             runs.tasks_done("nightly_scoring", day, ("features",))
         for day in running:
             night_done(day)
+        trained(wait=True)
         for day in labelled:            # the label days after the last night
             if day > nights[-1]:
                 if day != ahead:
