@@ -101,7 +101,9 @@ def git_tags() -> dict[str, str]:
         except OSError:
             return ""
     commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    # the code differs from the commit (params.yaml and dvc.lock are recorded on their own: a training
+    # DAG workspace writes the run's params.yaml, dvc repro its lock)
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!params.yaml", ":!dvc.lock"))
     return {"git.commit": commit, "git.dirty": str(dirty).lower()}
 
 

@@ -302,12 +302,17 @@ class TrainingSettledSensor(SettledSensor):
         ti = context["ti"]
         runs = ti.get_task_states(dag_id=self.other_dag, task_ids=[self.other_task], logical_dates=[when])
         for run_id, tasks in runs.items():
-            if tasks.get(self.other_task) != "success":
+            if tasks.get(self.other_task) not in ("success", "skipped"):     # skipped: no retrain, or the run existed
                 continue
             training = ti.xcom_pull(task_ids="should_retrain", dag_id=self.other_dag, run_id=run_id)
             if not isinstance(training, dict) or not training.get("run_id"):
                 continue
-            state = ti.get_dagrun_state(dag_id=training.get("dag_id", "training"), run_id=training["run_id"])
+            try:
+                state = ti.get_dagrun_state(dag_id=training.get("dag_id", "training"), run_id=training["run_id"])
+            except Exception as exc:        # no such run (deleted, cleaned up): nothing to wait for
+                self.log.info("training run %s (triggered by %s): no state (%s), nothing to wait for",
+                              training["run_id"], run_id, str(exc)[:200])
+                continue
             if state not in ("success", "failed"):
                 self.log.info("training run %s (triggered by %s) not ended yet: %s", training["run_id"], run_id, state)
                 return False

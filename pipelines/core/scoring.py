@@ -337,9 +337,11 @@ OUTPUTS = {"champion": ("predictions", "scored_model", "scoring_stats"),
 
 def run_key(params, ds: dt.date, served: Served, role: str) -> dict | None:
     """What a date's scores are made of: the feature partition and its manifest (their sha256 in the
-    features record), the model served, the score params and the scoring code. Its `key` (sha256)
+    features record), the model served, the score params, the scoring code and the versions of the
+    libraries that compute the scores. Its `key` (sha256)
     is kept in the predictions record: a re-run with the same key recomputes nothing. None when the
     feature partition has no record (the run then fails on it as always)."""
+    import importlib.metadata
     from dataclasses import asdict
 
     from pipelines.core import code
@@ -355,7 +357,8 @@ def run_key(params, ds: dt.date, served: Served, role: str) -> dict | None:
     parts = {"features": {uri: objects.get(uri), man: objects.get(man)}, "role": role,
              "model": {k: v for k, v in served.meta().items() if k != "reason"},
              "params_sha256": storage.sha256(storage.json_bytes(asdict(params.score))),
-             "code_version": code.fingerprint("pipelines.core.scoring")}
+             "code_version": code.fingerprint("pipelines.core.scoring"),
+             "libraries": {lib: importlib.metadata.version(lib) for lib in ("xgboost", "polars", "pyarrow", "numpy")}}
     return {**parts, "key": storage.sha256(storage.json_bytes(parts))}
 
 

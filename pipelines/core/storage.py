@@ -246,6 +246,27 @@ def list_uris(prefix: str) -> list[str]:
                   if p.is_file() and not p.name.startswith((".", "_")))
 
 
+def delete_prefix(prefix: str) -> int:
+    """Delete every object under `prefix` (a folder), hidden ones (. or _) included; the count."""
+    if is_s3(prefix):
+        bucket, key = split_s3(prefix)
+        key = key.rstrip("/") + "/"
+        n = 0
+        with _s3_errors(prefix, "delete"):
+            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                for o in page.get("Contents", []):
+                    s3_client().delete_object(Bucket=bucket, Key=o["Key"])
+                    n += 1
+        return n
+    root = local_path(prefix)
+    if not root.is_dir():
+        return 0
+    n = sum(1 for p in root.rglob("*") if p.is_file())
+    with _disk_errors(prefix, "delete"):
+        shutil.rmtree(root)
+    return n
+
+
 def delete(uri: str) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)

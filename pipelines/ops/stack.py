@@ -227,7 +227,9 @@ def _start(lay: Layout, name: str, cmd: list[str], env: dict[str, str]) -> int:
                             env={**os.environ, **env}, cwd=REPO, start_new_session=True, umask=UMASK)
     log.close()
     _private_dir(_pidfile(lay, name).parent)
-    _pidfile(lay, name).write_text(json.dumps({"pid": proc.pid, "pgid": proc.pid, "cmd": cmd}))
+    tmp = _pidfile(lay, name).with_suffix(".tmp")          # atomic: a reader never sees a half-written file
+    tmp.write_text(json.dumps({"pid": proc.pid, "pgid": proc.pid, "cmd": cmd}))
+    os.replace(tmp, _pidfile(lay, name))
     return proc.pid
 
 
@@ -420,7 +422,7 @@ def supervise(interval: float = 2.0) -> int:
     env = stack_env(lay)
     me = os.getpid()
     restarts: dict[str, list[float]] = {}
-    given_up: set[str] = set()
+    given_up: dict[str, int] = {}          # service -> the pid it gave up on
     logfile = lay.home / "logs" / f"{SUPERVISOR}.log"
 
     def say(text: str) -> None:
@@ -429,28 +431,37 @@ def supervise(interval: float = 2.0) -> int:
             fh.write(f"{stamp} {text}\n")
 
     say(f"supervising {', '.join(n for n in SERVICES if n != SUPERVISOR)} (pid {me})")
+    born = time.monotonic()
     while True:
-        f = _pidfile(lay, SUPERVISOR)
-        if not f.exists() or json.loads(f.read_text())["pid"] != me:
-            say("no longer the stack's supervisor: exiting")
-            return 0
-        with services_locked(wait=0) as held:
-            for name in (n for n in SERVICES if n != SUPERVISOR) if held else ():
-                pf = _pidfile(lay, name)
-                if name in given_up or not pf.exists() or _read_pid(lay, name) is not None:
-                    continue
-                old = json.loads(pf.read_text())["pid"]
-                now = time.monotonic()
-                if not restart_allowed(restarts.get(name, []), now):
-                    given_up.add(name)
-                    say(f"{name} (pid {old}) died again: {len(restarts[name])} restarts in 10 minutes, "
-                        f"giving up on it (`stack up` starts it again)")
-                    continue
-                tail = _log_tail(lay.home / "logs" / f"{name}.log")
-                restarts.setdefault(name, []).append(now)
-                pid = _start(lay, name, *_service_command(lay, name, env))
-                say(f"{name} (pid {old}) was not running: restarted as pid {pid}; its log ended with:\n"
-                    + "\n".join(f"    | {line}" for line in tail.splitlines()))
+        try:
+            f = _pidfile(lay, SUPERVISOR)
+            mine = f.exists() and json.loads(f.read_text())["pid"] == me
+            if not mine and time.monotonic() - born > 10:     # (`up` writes the pid file just after the start)
+                say("no longer the stack's supervisor: exiting")
+                return 0
+            with services_locked(wait=0) as held:
+                for name in (n for n in SERVICES if n != SUPERVISOR) if held and mine else ():
+                    pf = _pidfile(lay, name)
+                    if not pf.exists():
+                        continue
+                    old = json.loads(pf.read_text())["pid"]
+                    if name in given_up and given_up[name] != old:
+                        del given_up[name]                   # started again since (`stack up`): supervised again
+                    if name in given_up or _read_pid(lay, name) is not None:
+                        continue
+                    now = time.monotonic()
+                    if not restart_allowed(restarts.get(name, []), now):
+                        given_up[name] = old
+                        say(f"{name} (pid {old}) died again: {len(restarts[name])} restarts in 10 minutes, "
+                            f"giving up on it (`stack up` starts it again)")
+                        continue
+                    tail = _log_tail(lay.home / "logs" / f"{name}.log")
+                    restarts.setdefault(name, []).append(now)
+                    pid = _start(lay, name, *_service_command(lay, name, env))
+                    say(f"{name} (pid {old}) was not running: restarted as pid {pid}; its log ended with:\n"
+                        + "\n".join(f"    | {line}" for line in tail.splitlines()))
+        except Exception as exc:           # the supervisor outlives a bad pid file, a full disk, ...
+            say(f"supervisor: {type(exc).__name__}: {exc} (retrying)")
         time.sleep(interval)
 
 
@@ -546,7 +557,8 @@ def _down(lay: Layout, grace: float) -> list[int]:
     if sup is not None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(sup, signal.SIGKILL)
-        psutil.wait_procs([psutil.Process(sup)] if psutil.pid_exists(sup) else [], timeout=5)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.wait_procs([psutil.Process(sup)], timeout=5)
     names = list(SERVICES)
     groups = []
     for name in names:

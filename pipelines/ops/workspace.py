@@ -200,12 +200,43 @@ def republish(ws: Path, stage: str) -> tuple[int, int]:
 def repro(run_id: str, stage: str, params_file: str, start: str | None, end: str | None, force: bool) -> int:
     if stage not in STAGES:
         raise WorkspaceError(f"stage {stage!r}: not a training stage ({', '.join(STAGES)})")
+    import fcntl
+
+    path_for(run_id).parent.mkdir(parents=True, exist_ok=True)
+    with open(path_for(run_id).with_name(path_for(run_id).name + ".lock"), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)   # a second try of the same task (a reset) waits: never two in one workspace
+        return _repro(run_id, stage, params_file, start, end, force)
+
+
+def _reviewed(ws: Path) -> bool:
+    """Whether reviewers' verdicts exist in the run's range: train and evaluate read them from the
+    lake, and they are not a DVC dependency, so those stages are then never restored from the cache."""
+    from pipelines.core.config import date_range, load_params
+
+    params = load_params(ws / "params.yaml")
+    return any(storage.exists(params.storage.uri("overrides", date=d.isoformat()))
+               for d in date_range(params.run.start_date, params.run.end_date))
+
+
+def _repro(run_id: str, stage: str, params_file: str, start: str | None, end: str | None, force: bool) -> int:
     ws = prepare(run_id, params_file, start, end, fresh=stage == STAGES[0])
-    code, out = _dvc(ws, "repro", "--single-item", stage, *(["--force"] if force else []), force=force)
+    if stage == "register":
+        force = True         # no DVC output: DVC would skip it when the lock matches; registering is idempotent
+    elif stage in ("train", "evaluate") and not force and _reviewed(ws):
+        print(f"{stage}: reviewers' verdicts exist in the range (not a DVC dependency): the stage runs, its own "
+              f"fingerprint decides whether to reuse the lake's model", flush=True)
+        code, out = _dvc(ws, "repro", "--single-item", "--force", stage)
+        return _finish(ws, stage, code, out)
+    code, out = _dvc(ws, "repro", "--single-item", stage, *(["--force"] if force else []),
+                     force=force and stage == "train")
+    return _finish(ws, stage, code, out)
+
+
+def _finish(ws: Path, stage: str, code: int, out: str) -> int:
     if code != 0:
-        m = EXITED.search(out)         # the stage command's own exit code (a data block is not retried)
+        m = EXITED.findall(out)        # the stage command's own exit code, DVC's last word (a data block is not retried)
         print(f"dvc repro {stage} failed in {ws}", file=sys.stderr)
-        return int(m.group("code")) if m else code
+        return int(m[-1]) if m else code
     restored = [m.group("stage") for m in RESTORED.finditer(out)]
     if stage in restored:
         written, same = republish(ws, stage)
@@ -225,16 +256,19 @@ def push(run_id: str, keep: bool) -> int:
         return code
     if not keep:
         _git("worktree", "remove", "--force", str(ws))
+        ws.with_name(ws.name + ".lock").unlink(missing_ok=True)
         print(f"workspace {ws} removed (its dvc.lock and params are in the model's MLflow run)", flush=True)
     return 0
 
 
 def reproduce(name: str, version: str, keep: bool = False) -> dict:
-    """Rebuild model `name` version `version` from the dvc.lock and params logged with its MLflow run,
-    in a fresh workspace of the commit it was trained at: `dvc pull` what the DVC remote holds, then
-    `dvc repro train` recomputes whatever is missing or no longer matches the lock. The result says
-    whether the rebuilt model's sha256 is the registered one. Stages that have to run publish to the
-    lake as always (the same bytes when the training is reproducible)."""
+    """Rebuild model `name` version `version` and compare its sha256 with the registered one. In a
+    fresh workspace of the commit it was trained at, with the dvc.lock and params logged with its
+    MLflow run, train's DVC dependencies pulled, `dvc repro --single-item --force train` retrains it (the stage command runs, the
+    lake's model is not reused) from the lake's feature partitions of its range, each verified
+    against its lineage record as every read is. Its outputs go to a scratch training path of the
+    lake (storage.layout.training under _reproduce/), removed afterwards: the registered model's
+    artifacts are never touched."""
     import tempfile
     import uuid
 
@@ -248,30 +282,41 @@ def reproduce(name: str, version: str, keep: bool = False) -> dict:
     expected = mv.tags.get("model_sha256") or tags.get("model_sha256")
     if not str(tags.get("dvc.lineage", "")).startswith("dvc.lock of this run"):
         raise WorkspaceError(f"{name} v{version}: no DVC lock to rebuild it from ({tags.get('dvc.lineage', 'no dvc.lineage tag')})")
-    commit = tags.get("git.commit", "")
-    ws = state.state_dir() / "workspaces" / f"reproduce-{slug(f'{name}-v{version}')}-{uuid.uuid4().hex[:6]}"
-    with tempfile.TemporaryDirectory() as tmp:
-        logged = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="dvc", dst_path=tmp))
-        ws.parent.mkdir(parents=True, exist_ok=True)
-        _git("worktree", "add", "--detach", "--force", str(ws), commit)
-        if (ws / "dvc.yaml").read_bytes() != (logged / "dvc.yaml").read_bytes():
-            raise WorkspaceError(f"{name} v{version}: the logged dvc.yaml is not commit {commit[:12]}'s")
-        for f in ("dvc.lock", "params.yaml"):
-            shutil.copy2(logged / f, ws / f)
-    (ws / ".dvc" / "config.local").write_text(local_config(yaml.safe_load((ws / "params.yaml").read_text())))
-    print(f"reproduce {name} v{version}: workspace {ws} at commit {commit[:12]} with its logged dvc.lock and params",
-          flush=True)
-    _dvc(ws, "pull", "--with-deps", "train")           # what the remote holds; a miss is recomputed below
-    code, out = _dvc(ws, "repro", "train")
-    model = ws / "data" / "train" / "model.ubj"
-    got = hashlib.sha256(model.read_bytes()).hexdigest() if code == 0 and model.exists() else None
-    ran = sorted(set(re.findall(r"Running stage '([\w-]+)'", out)))
-    result = {"name": name, "version": str(version), "commit": commit, "workspace": str(ws), "expected_sha256": expected,
-              "sha256": got, "identical": got is not None and got == expected, "stages_run": ran, "dvc_exit": code}
-    if not keep and code == 0:
-        _git("worktree", "remove", "--force", str(ws))
-        result["workspace"] = None
-    return result
+    commit = str(tags.get("git.commit", ""))
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise WorkspaceError(f"{name} v{version}: git.commit tag {commit[:60]!r} is not a commit id")
+    tag = uuid.uuid4().hex[:8]
+    ws = state.state_dir() / "workspaces" / f"reproduce-{slug(f'{name}-v{version}')}-{tag}"
+    ws.parent.mkdir(parents=True, exist_ok=True)
+    _git("worktree", "add", "--detach", "--force", str(ws), commit)
+    scratch = None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            logged = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="dvc", dst_path=tmp))
+            if (ws / "dvc.yaml").read_bytes() != (logged / "dvc.yaml").read_bytes():
+                raise WorkspaceError(f"{name} v{version}: the logged dvc.yaml is not commit {commit[:12]}'s")
+            shutil.copy2(logged / "dvc.lock", ws / "dvc.lock")
+            data = yaml.safe_load((logged / "params.yaml").read_text())
+        layout = data["storage"]["layout"]
+        layout["training"] = f"_reproduce/{tag}/{layout['training']}"
+        scratch = f"{data['storage']['lake'].rstrip('/')}/_reproduce/{tag}"
+        (ws / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        (ws / ".dvc" / "config.local").write_text(local_config(data))
+        print(f"reproduce {name} v{version}: workspace {ws} at commit {commit[:12]} with its logged dvc.lock and "
+              f"params; outputs under {scratch}", flush=True)
+        _dvc(ws, "pull", "ingest", "features")       # train's DVC dependencies, as the lock names them
+        code, out = _dvc(ws, "repro", "--single-item", "--force", "train", force=True)
+        model = ws / "data" / "train" / "model.ubj"
+        got = hashlib.sha256(model.read_bytes()).hexdigest() if code == 0 and model.exists() else None
+        ran = sorted(set(re.findall(r"Running stage '([\w-]+)'", out)))
+    finally:
+        if scratch is not None:
+            storage.delete_prefix(scratch)
+        if not keep:
+            _git("worktree", "remove", "--force", str(ws))
+    return {"name": name, "version": str(version), "commit": commit, "workspace": str(ws) if keep else None,
+            "expected_sha256": expected, "sha256": got, "identical": got is not None and got == expected,
+            "stages_run": ran, "dvc_exit": code}
 
 
 def main(argv: list[str]) -> int:

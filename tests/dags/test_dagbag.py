@@ -354,6 +354,8 @@ def test_the_last_training_gate_waits_for_the_run_the_last_night_triggered():
 
         def dagrun_state(dag_id, run_id):
             assert (dag_id, run_id) == ("training", "retrain__2026-03-13")
+            if run_state is None:
+                raise RuntimeError("404: dag run not found")
             return run_state
         return {"logical_date": dt.datetime(2026, 3, 14, tzinfo=dt.timezone.utc),
                 "ti": SimpleNamespace(get_task_states=states, xcom_pull=xcom, get_dagrun_state=dagrun_state)}
@@ -366,3 +368,6 @@ def test_the_last_training_gate_waits_for_the_run_the_last_night_triggered():
     assert not g.poke(ctx("success", run, "queued"))
     assert not g.poke(ctx("success", run, "running"))                # the training runs: wait
     assert g.poke(ctx("success", run, "success")) and g.poke(ctx("success", run, "failed"))
+    assert not g.poke(ctx("skipped", run, "running"))               # a re-run whose trigger found the run: wait
+    assert g.poke(ctx("skipped", run, "success"))
+    assert g.poke(ctx("success", run, None))                         # the run is gone: nothing to wait for

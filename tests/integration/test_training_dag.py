@@ -21,7 +21,7 @@ from tests.conftest import REPO, TRAIN_RANGE, state_dir
 
 pytestmark = pytest.mark.integration
 TASKS = ("ingest", "validate", "features", "train", "evaluate", "register", "push")
-CACHED = ("ingest", "validate", "features", "train", "evaluate")      # register has no DVC output: it always runs
+CACHED = ("ingest", "validate", "features", "train", "evaluate")      # register is always forced: it has no DVC output
 
 
 def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
@@ -96,6 +96,10 @@ def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
                         reg["version"]], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0 and f"{name} v{reg['version']}: rebuilt byte-identical" in r.stdout, \
         r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Running stage 'train'" in r.stdout, r.stdout[-3000:]                # retrained, not restored
+    assert storage.read_bytes(f"{base}/train/model.ubj") == model                # the registered artifacts untouched
+    assert not storage.local_path(f"{params.storage.lake.rstrip('/')}/_reproduce").exists() or not any(
+        p.is_file() for p in storage.local_path(f"{params.storage.lake.rstrip('/')}/_reproduce").rglob("*"))  # removed
 
 
 def _lineage_is_the_runs_own_lock(c, run_id: str) -> None:

@@ -54,3 +54,12 @@ def test_a_full_disk_is_one_storage_error_and_no_temporary_file(tmp_path, monkey
     assert list((tmp_path / "lake" / "a").iterdir()) == []
     storage.write_bytes(f"{tmp_path}/lake/b/x.json", b"1")        # another path: no fault
     assert services.explain(OSError(errno.ENOSPC, "No space left", "/x"), "features").startswith("disk full")
+
+
+def test_delete_prefix_removes_hidden_objects_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRAUDOPS_OBJECT_STORE", f"file://{tmp_path}")
+    for name in ("a/x.parquet", "a/_lineage.x.parquet.json", "a/b/.hidden", "keep/y.json"):
+        storage.write_bytes(f"s3://lake/{name}", b"1")
+    assert storage.delete_prefix("s3://lake/a") == 3
+    assert not (tmp_path / "lake" / "a").exists() and storage.exists("s3://lake/keep/y.json")
+    assert storage.delete_prefix("s3://lake/none") == 0

@@ -49,3 +49,24 @@ def test_a_restored_stage_output_goes_back_to_the_lake_records_last(tmp_path, mo
                        f"s3://lake/x/validated/date=2026-02-01/{storage.RECORD_PREFIX}part-0.parquet.json"]
     assert storage.read_bytes("s3://lake/x/validated/date=2026-02-01/part-0.parquet") == b"rows"
     assert workspace.republish(ws, "validate") == (0, 3)                  # a second restore writes nothing
+
+
+def test_the_lineage_page_renders_when_no_model_was_served():
+    """A date scored by the rules only: no model, MLflow run or DVC lock hop; the page still renders
+    and names the problem."""
+    from pipelines.ops import trace
+
+    t = {"date": "2026-03-17", "event_id": "e1", "problems": ["no model served (rules only)"],
+         "hops": {"decision": {"where": "d", "row": {"decision": "review", "reason_code": "rule:x"}, "verified": True},
+                  "score": {"where": "p", "row": {"score": 0.5, "threshold": 0.3, "scored_by": "rules"}, "verified": True},
+                  "model": {"where": "m", "name": None, "version": None, "scored_by": "rules"},
+                  "airflow": {"where": "a", "nightly_run": None, "state": None, "url": None, "training_run": None,
+                              "score_task": None},
+                  "inputs": {"where": "i", "partitions": [{"depth": 1, "kind": "input", "stage": "features",
+                                                           "uri": "s3://l/f", "sha256": "ab" * 32, "verified": True}],
+                             "verified": True},
+                  "code": {"where": "c", "features_code_version": "x", "model_git_commit": None, "params_file": "p",
+                           "params_sha256": "cd" * 32}}}
+    page = trace.html(t)
+    assert "no model served" in page and "Problems" in page and "<script" not in page
+    assert "rules only" in trace.text(t)
