@@ -519,13 +519,23 @@ def _write_dvc_local_config(lay: Layout) -> None:
     (REPO / ".dvc" / "config.local").write_text(dvc_local_config(lay))
 
 
-def dvc_local_config(lay: Layout) -> str:
-    """The DVC remotes `lake` (the cache) and `raw` (the raw deliveries) on this stack's object store."""
+RAW_REMOTE = "s3://fraudops-lake/raw"      # the `raw` remote's url in .dvc/config (params.yaml's raw deliveries)
+
+
+def dvc_local_config(lay: Layout, raw: str = RAW_REMOTE) -> str:
+    """The DVC remotes `lake` (the cache) and `raw` (the raw deliveries, by default where params.yaml
+    reads them; a training DAG workspace passes its params' folder) on this stack's object store."""
     if not lay.s3:
+        local = lay.objects / raw[len("s3://"):] if raw.startswith("s3://") else Path(raw)
         return (f"['remote \"lake\"']\n    url = {lay.objects / 'fraudops-dvc' / 'cache'}\n"
-                f"['remote \"raw\"']\n    url = {lay.objects / 'fraudops-lake' / 'raw'}\n")
+                f"['remote \"raw\"']\n    url = {local}\n")
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    return "".join(f"['remote \"{r}\"']\n    endpointurl = {endpoint}\n" for r in ("lake", "raw")) if endpoint else ""
+    out = ""
+    for remote in ("lake", "raw"):
+        lines = (f"    url = {raw}\n" if remote == "raw" and raw != RAW_REMOTE else "") + \
+                (f"    endpointurl = {endpoint}\n" if endpoint else "")
+        out += f"['remote \"{remote}\"']\n{lines}" if lines else ""
+    return out
 
 
 def _marked_processes(home: Path) -> list:

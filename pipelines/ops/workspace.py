@@ -91,30 +91,16 @@ def _raw_remote(data: dict) -> str:
     if any(u.rsplit("/", 1)[-1] != n for n, u in uris.items()) or len(parents) != 1:
         raise WorkspaceError(f"datasets {uris}: the training DAG's DVC stages depend on <raw>/transactions and "
                              f"<raw>/labels; these params keep them elsewhere (run the stages without DVC)")
-    parent = parents.pop()
-    root = storage.object_root()
-    if root is not None and parent.startswith("s3://"):
-        return str(root / parent[len("s3://"):])
-    return parent
+    return parents.pop()
 
 
 def local_config(data: dict) -> str:
-    """.dvc/config.local of a workspace: the project's DVC cache and the stack's remotes."""
+    """.dvc/config.local of a workspace: the project's DVC cache, the stack's `lake` remote and a
+    `raw` remote where the run's params read the raw deliveries."""
     from pipelines.ops import stack
 
-    remotes = stack.dvc_local_config(stack.layout())
-    raw = _raw_remote(data)
-    lines = [f"[cache]\n    dir = {REPO / '.dvc' / 'cache'}\n"]
-    # the stack's `lake` remote, and `raw` pointed at this run's raw deliveries
-    for block in re.split(r"(?=\['remote )", remotes):
-        if block.strip() and "remote \"raw\"" not in block:
-            lines.append(block if block.endswith("\n") else block + "\n")
-    if raw.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        lines.append(f"['remote \"raw\"']\n    url = {raw}\n" + (f"    endpointurl = {endpoint}\n" if endpoint else ""))
-    else:
-        lines.append(f"['remote \"raw\"']\n    url = {raw}\n")
-    return "".join(lines)
+    return (f"[cache]\n    dir = {REPO / '.dvc' / 'cache'}\n"
+            + stack.dvc_local_config(stack.layout(), raw=_raw_remote(data)))
 
 
 def prepare(run_id: str, params_file: str | Path, start: str | None, end: str | None, fresh: bool = False) -> Path:

@@ -18,10 +18,15 @@ def test_the_run_params_are_the_file_with_the_form_dates(tmp_path):
 
 
 def test_the_raw_remote_is_where_the_params_read_the_deliveries(tmp_path, monkeypatch):
-    monkeypatch.setenv("FRAUDOPS_OBJECT_STORE", f"file://{tmp_path}")
+    monkeypatch.setenv("FRAUDOPS_HOME", str(tmp_path))
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("FRAUDOPS_OBJECT_STORE", raising=False)
     demo = {"datasets": {"transactions": {"uri": "s3://fraudops-lake/demo/raw/transactions"},
                          "labels": {"uri": "s3://fraudops-lake/demo/raw/labels/"}}}
-    assert workspace._raw_remote(demo) == str(tmp_path / "fraudops-lake" / "demo" / "raw")
+    assert workspace._raw_remote(demo) == "s3://fraudops-lake/demo/raw"
+    config = workspace.local_config(demo)
+    assert f"url = {tmp_path / 'objects' / 'fraudops-lake' / 'demo' / 'raw'}\n" in config
+    assert f"url = {tmp_path / 'objects' / 'fraudops-dvc' / 'cache'}\n" in config and "[cache]" in config
     other = {"datasets": {"transactions": {"uri": "s3://b/raw/tx"}, "labels": {"uri": "s3://b/raw/labels"}}}
     try:
         workspace._raw_remote(other)
