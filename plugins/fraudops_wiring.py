@@ -269,9 +269,11 @@ class SettledSensor(BaseSensorOperator):
             time.sleep(self.every)
         return True
 
-    def _settled(self, context) -> bool:
+    def _settled(self, context, runs: dict | None = None) -> bool:
+        """`runs`: {run_id: {task: state}} of the other DAG's runs for the date (asked when not given)."""
         when = context["logical_date"] - timedelta(days=self.days)
-        runs = context["ti"].get_task_states(dag_id=self.other_dag, task_ids=[self.other_task], logical_dates=[when])
+        if runs is None:
+            runs = self._runs(context)
         what = f"{self.other_dag}.{self.other_task} of {when.date()}"
         if not runs:
             self.log.info("%s: no run, nothing to wait for", what)
@@ -282,6 +284,10 @@ class SettledSensor(BaseSensorOperator):
             return True
         self.log.info("%s not ended yet: %s", what, states)
         return False
+
+    def _runs(self, context) -> dict:
+        when = context["logical_date"] - timedelta(days=self.days)
+        return context["ti"].get_task_states(dag_id=self.other_dag, task_ids=[self.other_task], logical_dates=[when])
 
 
 class TrainingSettledSensor(SettledSensor):
@@ -295,12 +301,11 @@ class TrainingSettledSensor(SettledSensor):
     def __init__(self, *, days: int = 1, **kwargs) -> None:
         super().__init__(other_dag="nightly_scoring", other_task="trigger_training", days=days, **kwargs)
 
-    def _settled(self, context) -> bool:
-        if not super()._settled(context):
+    def _settled(self, context, runs: dict | None = None) -> bool:
+        runs = self._runs(context) if runs is None else runs
+        if not super()._settled(context, runs):
             return False
-        when = context["logical_date"] - timedelta(days=self.days)
         ti = context["ti"]
-        runs = ti.get_task_states(dag_id=self.other_dag, task_ids=[self.other_task], logical_dates=[when])
         for run_id, tasks in runs.items():
             if tasks.get(self.other_task) not in ("success", "skipped"):     # skipped: no retrain, or the run existed
                 continue

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import json
 import sys
@@ -40,21 +41,27 @@ def _sha(uri: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def _record(uri: str) -> dict:
+    """The lineage record of the partition whose primary object is `uri` ({} when none); read once."""
     try:
         return storage.read_json(storage.record_uri(uri))
     except storage.MissingObject:
         return {}
 
 
-def _row(uri: str, event_id: str) -> dict | None:
+def _partition(uri: str, event_id: str) -> tuple[dict, dict | None]:
+    """A partition as it is now, its bytes read once: the sha256 its record holds, whether the bytes
+    still have it, and its row for `event_id` (None when absent)."""
+    recorded = (_record(uri).get("objects") or {}).get(uri)
     try:
-        df = storage.read_parquet(uri)
+        data = storage.read_bytes(uri)
     except storage.MissingObject:
-        return None
-    hit = df.filter(pl.col("event_id") == event_id)
-    return {k: (v.isoformat() if isinstance(v, (dt.date, dt.datetime)) else v) for k, v in hit.row(0, named=True).items()} \
+        return {"where": uri, "sha256": recorded, "verified": False}, None
+    hit = storage.read_parquet_bytes(data, uri).filter(pl.col("event_id") == event_id)
+    row = {k: (v.isoformat() if isinstance(v, (dt.date, dt.datetime)) else v) for k, v in hit.row(0, named=True).items()} \
         if hit.height else None
+    return {"where": uri, "sha256": recorded, "verified": hashlib.sha256(data).hexdigest() == recorded}, row
 
 
 def _inputs(primary: str, depth: int = 0, seen: set | None = None) -> list[dict]:
@@ -88,22 +95,18 @@ def trace(params_file: str, day: dt.date, event_id: str) -> dict:
     problems: list[str] = []
 
     dec_uri, pred_uri = store.uri("decisions", date=d), store.uri("predictions", date=d)
-    decision = _row(dec_uri, event_id)
-    dec_rec = _record(dec_uri)
-    hops["decision"] = {"where": dec_uri, "row": decision, "sha256": (dec_rec.get("objects") or {}).get(dec_uri),
-                        "verified": _sha(dec_uri) == (dec_rec.get("objects") or {}).get(dec_uri)}
-    pred = _row(pred_uri, event_id)
-    pred_rec = _record(pred_uri)
-    hops["score"] = {"where": pred_uri, "row": pred, "sha256": (pred_rec.get("objects") or {}).get(pred_uri),
-                     "verified": _sha(pred_uri) == (pred_rec.get("objects") or {}).get(pred_uri),
-                     "decisions_read_these_predictions": (dec_rec.get("inputs") or {}).get(pred_uri)
-                     == (pred_rec.get("objects") or {}).get(pred_uri)}
+    hop, decision = _partition(dec_uri, event_id)
+    hops["decision"] = {**hop, "row": decision}
+    hop, pred = _partition(pred_uri, event_id)
+    hops["score"] = {**hop, "row": pred,
+                     "decisions_read_these_predictions": (_record(dec_uri).get("inputs") or {}).get(pred_uri)
+                     == hop["sha256"]}
     if decision is None or pred is None:
         problems.append(f"event {event_id} is not in {dec_uri if decision is None else pred_uri}")
 
     served = {}
     try:
-        served = storage.read_json(pred_uri.rsplit("/", 1)[0] + "/_model.json")
+        served = storage.read_json(store.uri("scored_model", date=d))
     except storage.MissingObject:
         problems.append(f"{pred_uri}: no _model.json (what the score stage served)")
     name, version = served.get("model_name"), served.get("model_version")
@@ -119,7 +122,10 @@ def trace(params_file: str, day: dt.date, event_id: str) -> dict:
         hop.update({"registry_sha256": mv.tags.get("model_sha256"),
                     "aliases_now": sorted(a for a, v in registry.aliases(c, name).items() if v == str(version)),
                     "verified": mv.tags.get("model_sha256") == served.get("model_sha256")})
+        import tempfile
+
         import mlflow
+        import yaml
 
         ui = mlflow.get_tracking_uri().rstrip("/")
         hops["mlflow_run"] = {"where": "MLflow", "run_id": mv.run_id, "experiment_id": run.info.experiment_id,
@@ -134,11 +140,6 @@ def trace(params_file: str, day: dt.date, event_id: str) -> dict:
         dvc = {k: v for k, v in sorted(tags.items()) if k.startswith("dvc.")}
         lock = None
         if str(tags.get("dvc.lineage", "")).startswith("dvc.lock of this run"):
-            import tempfile
-
-            import mlflow
-            import yaml
-
             with tempfile.TemporaryDirectory() as tmp:
                 got = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="dvc/dvc.lock", dst_path=tmp))
                 stages = (yaml.safe_load(got.read_text()) or {}).get("stages", {})
