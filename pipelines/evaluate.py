@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
     params, days = resolve(args)
     p, store, labels = params.evaluate, params.storage, params.dataset("labels")
     start, end = min(days), max(days)
-    base = lake.training_uri(store, start, end)
+    base = lake.training_uri(params, start, end)
     summary = storage.read_json(f"{base}/{lake.artifact(lake.TRAIN, lake.SUMMARY)}")
     manifest = storage.read_json(f"{base}/{lake.artifact(lake.TRAIN, lake.MANIFEST)}")
     raw = storage.read_bytes(f"{base}/{lake.artifact(lake.TRAIN, lake.MODEL)}")

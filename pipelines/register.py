@@ -355,7 +355,7 @@ def main(argv: list[str]) -> int:
     params, days = resolve(args)
     rp, ep, store, labels = params.register, params.evaluate, params.storage, params.dataset("labels")
     start, end = min(days), max(days)
-    base = lake.training_uri(store, start, end)
+    base = lake.training_uri(params, start, end)
     art = lambda stage, name: f"{base}/{lake.artifact(stage, name)}"  # noqa: E731
     summary = storage.read_json(art(lake.TRAIN, lake.SUMMARY))
     manifest = storage.read_json(art(lake.TRAIN, lake.MANIFEST))
@@ -430,6 +430,8 @@ def main(argv: list[str]) -> int:
                 "xgboost.use_cuda": str(summary["xgboost"]["use_cuda"]).lower(), "gate": "passed" if decision.passed else "failed",
                 "gate.compared_with": f"v{champion} ({how})" if champion else how, "registered_by": R.actor(),
                 "registered_model": name,
+                # which experiment on the range: the lake folder of its artifacts and the key of its settings
+                "training.key": lake.training_key(params), "training.uri": base,
                 **git_tags(), **dvc_tags(start, end, sha)}
         exp = mlflow.set_experiment(rp.experiment)
         if exp.tags.get("mlflow.experimentKind") != "custom_model_development":   # the UI opens it as classic ML

@@ -220,7 +220,7 @@ def pending_challenger(params, today: dt.date, previous: list[dt.date]) -> tuple
     last, store, alias = earlier[-1], params.storage, params.shadow.alias
     conf = training_conf(last, params.retrain, "", "")["conf"]
     try:
-        reg = storage.read_json(f"{training_uri(store, dt.date.fromisoformat(conf['start_date']), last)}/"
+        reg = storage.read_json(f"{training_uri(params, dt.date.fromisoformat(conf['start_date']), last)}/"
                                 f"{artifact(REGISTER, REGISTRATION)}")
     except storage.MissingObject:       # no model (yet): the usual rules, cooldown included
         return None

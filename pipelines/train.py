@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
                                              "positives": stats["positives"], "params": str(p),
                                              "code": code_version(), "xgboost": xgb.__version__},
                                             sort_keys=True).encode()).hexdigest()
-    with M.StageOutput(lake.training_uri(store, start, end), lake.TRAIN, args.snapshot) as out:
+    with M.StageOutput(lake.training_uri(params, start, end), lake.TRAIN, args.snapshot) as out:
         # FRAUDOPS_TRAIN_FORCE=1: the training DAG's force, through `dvc repro` (whose stage command is fixed)
         if not (args.force or os.environ.get("FRAUDOPS_TRAIN_FORCE") == "1") and _reuse(out, fingerprint):
             return 0

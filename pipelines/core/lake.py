@@ -1,12 +1,15 @@
 """The lake's names, declared once: a training's artifacts, the tables stages share, and readers
 of partitions by date (found through the configured layout, never by splitting strings).
 
-A training's artifacts live under <storage.layout.training>/<stage>/<name> and, logged with the
-model, under the same <stage>/<name> in its MLflow run.
+A training's artifacts live under <storage.layout.training>/<stage>/<name> (run = the range and the
+key of its settings: training_uri) and, logged with the model, under the same <stage>/<name> in its
+MLflow run.
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import re
 
 import polars as pl
@@ -32,9 +35,22 @@ def artifact(stage: str, name: str) -> str:
     return f"{stage}/{name}"
 
 
-def training_uri(store: StorageParams, start: dt.date, end: dt.date) -> str:
-    """Where one training (the range start..end) keeps its artifacts: <this>/<stage>/<name>."""
-    return store.uri("training", run=f"{start.isoformat()}_{end.isoformat()}")
+KEY_SECTIONS = ("train", "evaluate")      # what makes one training experiment differ from another on a range
+
+
+def training_key(params) -> str:
+    """The experiment's key: sha256 (first 12 hex digits) of the params sections that shape a
+    training's artifacts (`train`: windows, search, features excluded; `evaluate`: test window,
+    slices, gate inputs). Two trainings of one range with other settings get other folders; the same
+    settings (a re-run, a DVC run-cache restore) land in the same folder with the same bytes."""
+    body = json.dumps({s: params.section(s) for s in KEY_SECTIONS}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+def training_uri(params, start: dt.date, end: dt.date) -> str:
+    """Where one training keeps its artifacts (<this>/<stage>/<name>): storage.layout.training with
+    run = <start>_<end>/<training_key>, so experiments on one range never overwrite each other."""
+    return params.storage.uri("training", run=f"{start.isoformat()}_{end.isoformat()}/{training_key(params)}")
 
 
 # --------------------------------------------------------------------------- shared tables

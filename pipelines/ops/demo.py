@@ -95,10 +95,10 @@ def labels_part(store, day: dt.date, lab: dict, delay: int) -> str:
     return line
 
 
-def training_line(store, run: dict) -> str:
+def training_line(params, run: dict) -> str:
     rc, reg = run["conf"], None
     if run["state"] == "success":
-        base = training_uri(store, dt.date.fromisoformat(rc["start_date"]), dt.date.fromisoformat(rc["end_date"]))
+        base = training_uri(params, dt.date.fromisoformat(rc["start_date"]), dt.date.fromisoformat(rc["end_date"]))
         reg = storage.read_json(f"{base}/{artifact(REGISTER, REGISTRATION)}")
     return (f"training {rc['start_date']}..{rc['end_date']}: {run['state']}" + (
         f"; {reg['model_name']} v{reg['version']} gate {reg['gate']} -> alias {reg['alias'] or 'none'}"
@@ -345,7 +345,7 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
     say("  trigger the training DAG: python -m pipelines airflow trigger training --wait "
           "(or from the UI, Params form: dates, force)")
     name = params.register.model_name
-    reg = storage.read_json(f"{training_uri(store, run.start_date, run.end_date)}/{artifact(REGISTER, REGISTRATION)}")
+    reg = storage.read_json(f"{training_uri(params, run.start_date, run.end_date)}/{artifact(REGISTER, REGISTRATION)}")
     c = models.client()
     champion = models.get_alias(c, name, "champion")
     if champion is not None and reg.get("version") and champion != str(reg["version"]):
@@ -369,7 +369,7 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
           f"test AP {m.get('test.average_precision', float('nan')):.4f} vs rule baseline "
           f"{m.get('baseline.average_precision', float('nan')):.4f}, ROC AUC {m.get('test.roc_auc', float('nan')):.4f}, "
           f"recall {m.get('test.recall', float('nan')):.3f}")
-    say(f"  evaluation report (self-contained HTML): {training_uri(store, run.start_date, run.end_date)}/{artifact(EVALUATE, REPORT)}")
+    say(f"  evaluation report (self-contained HTML): {training_uri(params, run.start_date, run.end_date)}/{artifact(EVALUATE, REPORT)}")
     say(f"  registry: python -m pipelines models list | history | lineage {champion} | promote V | rollback")
     say(f"MLflow UI:  {lay.mlflow_url}/#/models/{name}/versions/{champion}   "
           f"(run: {lay.mlflow_url}/#/experiments/{c.get_run(mv.run_id).info.experiment_id}/runs/{mv.run_id})")
@@ -394,7 +394,7 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
             """Report the triggered training runs that have ended (all of them, with `wait`)."""
             for t in list(training):
                 if wait or client.run(t["dag_id"], t["run_id"])["state"] in ("success", "failed"):
-                    say("  " + training_line(store, runs.wait_triggered(t["dag_id"], t["run_id"])), flush=True)
+                    say("  " + training_line(params, runs.wait_triggered(t["dag_id"], t["run_id"])), flush=True)
                     training.remove(t)
 
         def night_done(day: dt.date) -> None:

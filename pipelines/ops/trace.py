@@ -132,7 +132,8 @@ def trace(params_file: str, day: dt.date, event_id: str) -> dict:
                               "run_name": run.info.run_name, "registered_by": tags.get("registered_by"),
                               "url": f"{ui}/#/experiments/{run.info.experiment_id}/runs/{mv.run_id}",
                               "git_commit": tags.get("git.commit"), "git_dirty": tags.get("git.dirty"),
-                              "data_range": tags.get("data.range")}
+                              "data_range": tags.get("data.range"), "training_key": tags.get("training.key"),
+                              "training_uri": tags.get("training.uri")}
         by = str(tags.get("registered_by") or "")
         if by.startswith("airflow:"):
             dag_id, run_id = by[len("airflow:"):].split("/")[:2]

@@ -3,6 +3,7 @@
 `python -m pipelines workspace repro --run-id R --stage S [--params F] [--start D --end D] [--force]`
 `python -m pipelines workspace push --run-id R [--keep]`
 `python -m pipelines workspace path --run-id R`
+`python -m pipelines workspace prune [--older-than-hours H] [--dry-run]`
 
 The workspace of run R is a git worktree of the deployed commit (the project's HEAD) under
 $FRAUDOPS_HOME/workspaces/<R>, made anew by the run's first stage (ingest; a retry too) and used by
@@ -22,7 +23,8 @@ its DVC outputs (the bytes the stage published then, records included, under dat
 lake: each object whose bytes differ, partition records last. After `register` (which logs this
 workspace's dvc.lock and params.yaml to the model's MLflow run and takes the lineage tags from that
 lock), `push` sends the run's outputs to the DVC remote and removes the worktree (kept for a failed
-run, to look at; `git worktree prune` after removing the folder by hand).
+run, to look at, until `prune` removes the workspaces no stage holds that have not changed for
+--older-than-hours, default 24).
 
 No Airflow here: the DAG (dags/training.py) passes the run id and the form's values as arguments.
 """
@@ -162,7 +164,7 @@ def snapshot_root(ws: Path, stage: str) -> str:
     params = load_params(ws / "params.yaml")
     if stage in ("ingest", "validate", "features"):
         return params.storage.lake.rstrip("/")
-    return f"{lake.training_uri(params.storage, params.run.start_date, params.run.end_date)}/{stage}"
+    return f"{lake.training_uri(params, params.run.start_date, params.run.end_date)}/{stage}"
 
 
 def republish(ws: Path, stage: str) -> tuple[int, int]:
@@ -247,6 +249,38 @@ def push(run_id: str, keep: bool) -> int:
     return 0
 
 
+def prune(older_than_hours: float, dry_run: bool = False) -> list[Path]:
+    """Remove the workspaces of runs that are over: no task holds the folder's lock (a running or
+    retrying stage holds it) and nothing in it changed for `older_than_hours` (a failed run's
+    worktree is kept that long to look at). Returns the folders removed (or, dry run, to remove)."""
+    import fcntl
+    import time
+
+    root = state.state_dir() / "workspaces"
+    if not root.is_dir():
+        return []
+    cutoff, gone = time.time() - older_than_hours * 3600, []
+    for ws in sorted(p for p in root.iterdir() if p.is_dir()):
+        newest = max([ws.stat().st_mtime, *(f.stat().st_mtime for f in (ws / "params.yaml", ws / "dvc.lock") if f.exists())])
+        if newest > cutoff:
+            continue
+        lock = ws.with_name(ws.name + ".lock")
+        with open(lock, "a") as held:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:         # a stage of that run is at work
+                continue
+            if not dry_run:
+                if (ws / ".git").exists():
+                    _git("worktree", "remove", "--force", str(ws))
+                shutil.rmtree(ws, ignore_errors=True)      # a folder git no longer knows
+                lock.unlink(missing_ok=True)
+            gone.append(ws)
+    if not dry_run:
+        _git("worktree", "prune")
+    return gone
+
+
 def reproduce(name: str, version: str, keep: bool = False) -> dict:
     """Rebuild model `name` version `version` and compare its sha256 with the registered one. In a
     fresh workspace of the commit it was trained at, with the dvc.lock and params logged with its
@@ -320,12 +354,22 @@ def main(argv: list[str]) -> int:
     pp.add_argument("--keep", action="store_true")
     wp = sub.add_parser("path", help="print the run's workspace folder")
     wp.add_argument("--run-id", required=True)
+    kp = sub.add_parser("prune", help="remove the workspaces of runs that are over (failed runs keep theirs until then)")
+    kp.add_argument("--older-than-hours", type=float, default=24.0,
+                    help="only workspaces unchanged for this long (default 24)")
+    kp.add_argument("--dry-run", action="store_true", help="list what would be removed")
     args = ap.parse_args(argv)
     try:
         if args.action == "repro":
             return repro(args.run_id, args.stage, args.params, args.start, args.end, args.force)
         if args.action == "push":
             return push(args.run_id, args.keep)
+        if args.action == "prune":
+            gone = prune(args.older_than_hours, args.dry_run)
+            for ws in gone:
+                print(f"{'would remove' if args.dry_run else 'removed'} {ws}")
+            print(f"{len(gone)} workspace(s) {'to remove' if args.dry_run else 'removed'}")
+            return 0
         print(path_for(args.run_id))
         return 0
     except WorkspaceError as exc:

@@ -272,7 +272,7 @@ def test_review_verdicts_are_labels_of_the_next_training_with_provenance(models_
     assert train.main(["--params", str(path), "--start", TRAIN_RANGE[0], "--end", TRAIN_RANGE[1]]) == 0
     from pipelines.core.lake import training_uri
 
-    base = training_uri(params.storage, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
+    base = training_uri(params, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
     lab = storage.read_parquet(f"{base}/train/labels.parquet")
     row = lab.filter(pl.col("event_id") == lost).to_dicts()[0]
     assert row["label"] == 1 and row["label_source"] == "review" and row["reviewer"] == "ana"

@@ -113,7 +113,7 @@ def test_triggered_training_registers_a_model_through_the_gate(backfill):
     client, name = backfill["client"], backfill["name"]
     run = client.wait("training", "retrain__2026-03-04", timeout=1500)
     assert run["state"] == "success", [(t["task_id"], t["state"]) for t in client.task_instances("training", run["dag_run_id"])]
-    base = training_uri(backfill["params"].storage, parse_date(run["conf"]["start_date"]), parse_date("2026-03-04"))
+    base = training_uri(backfill["params"], parse_date(run["conf"]["start_date"]), parse_date("2026-03-04"))
     reg = storage.read_json(f"{base}/register/registration.json")
     aliases = models.aliases(models.client(), name)
     assert aliases["champion"] == backfill["version"] and reg["version"] != backfill["version"]

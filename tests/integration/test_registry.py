@@ -52,7 +52,7 @@ def registry(training_features, tmp_path_factory):
         from pipelines.core.lake import training_uri
         from pipelines.core.config import parse_date
 
-        base = training_uri(params.storage, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
+        base = training_uri(params, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
         return {"registration": storage.read_json(f"{base}/register/registration.json"),
                 "metrics": storage.read_json(f"{base}/evaluate/metrics.json")}
 

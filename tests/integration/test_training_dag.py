@@ -34,7 +34,7 @@ def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
     params_file = state_dir("training-dag") / "params.yaml"
     params_file.write_text(yaml.safe_dump(data, sort_keys=False))
     params = load_params(params_file)
-    base = training_uri(params.storage, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
+    base = training_uri(params, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))
     for uri in storage.list_uris(base):        # the Airflow run must make every artifact itself
         storage.delete(uri)
     assert not storage.exists(f"{base}/train/model.ubj")
@@ -69,6 +69,7 @@ def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
     assert [str(v.version) for v in c.search_model_versions(f"name='{name}'")] == [reg["version"]]
     tags = c.get_run(mv.run_id).data.tags
     assert tags["registered_by"].startswith(f"airflow:training/{run['dag_run_id']}/register")
+    assert tags["training.uri"] == base and base.endswith(f"/{tags['training.key']}"), (tags["training.uri"], base)
     _lineage_is_the_runs_own_lock(c, mv.run_id)
     events = client._request("GET", "/api/v2/assets/events?limit=100")["asset_events"]
     assert any(e.get("uri") == "fraudops://registry/model" and e.get("source_run_id") == run["dag_run_id"]

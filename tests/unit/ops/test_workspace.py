@@ -75,3 +75,36 @@ def test_the_lineage_page_renders_when_no_model_was_served():
     page = trace.html(t)
     assert "no model served" in page and "Problems" in page and "<script" not in page
     assert "rules only" in trace.text(t)
+
+
+def test_prune_removes_the_worktrees_of_runs_that_are_over_and_keeps_the_busy_and_the_recent(tmp_path, monkeypatch):
+    import fcntl
+    import os
+    import subprocess
+    import time
+
+    monkeypatch.setenv("FRAUDOPS_HOME", str(tmp_path))
+    root = tmp_path / "workspaces"
+    root.mkdir()
+    names = {"over": 48, "busy": 48, "recent": 1}           # hours since the last change
+    for name, hours in names.items():
+        ws = root / name
+        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(ws), "HEAD"], cwd=workspace.REPO, check=True,
+                       capture_output=True)
+        old = time.time() - hours * 3600
+        for f in (ws, ws / "params.yaml", ws / "dvc.lock"):
+            os.utime(f, (old, old))
+    try:
+        with open(root / "busy.lock", "w") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)                 # a stage of that run is at work
+            assert workspace.prune(24, dry_run=True) == [root / "over"] and (root / "over").exists()
+            assert workspace.prune(24) == [root / "over"]
+        assert not (root / "over").exists() and (root / "busy").exists() and (root / "recent").exists()
+        listed = subprocess.run(["git", "worktree", "list"], cwd=workspace.REPO, capture_output=True, text=True).stdout
+        assert str(root / "over") not in listed and str(root / "busy") in listed
+        assert workspace.main(["prune", "--older-than-hours", "24"]) == 0 and not (root / "busy").exists()
+    finally:
+        for name in names:
+            if (root / name).exists():
+                subprocess.run(["git", "worktree", "remove", "--force", str(root / name)], cwd=workspace.REPO)
+        subprocess.run(["git", "worktree", "prune"], cwd=workspace.REPO)
