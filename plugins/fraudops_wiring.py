@@ -299,6 +299,10 @@ class TrainingSettledSensor(SettledSensor):
     registered, and tonight's retrain decision knows it is in shadow."""
 
     def __init__(self, *, days: int = 1, **kwargs) -> None:
+        # a training takes minutes: a try polls through it (every second, up to 15 min), so tonight
+        # goes on within a second of its end, not up to a reschedule interval later (the demo lost
+        # 60 s there with the one-minute window of the other gates)
+        kwargs.setdefault("window", 900)
         super().__init__(other_dag="nightly_scoring", other_task="trigger_training", days=days, **kwargs)
 
     def _settled(self, context, runs: dict | None = None) -> bool:
