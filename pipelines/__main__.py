@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # command -> (module, what it does, the services it needs before anything runs: registry | registry?
@@ -9,7 +10,7 @@ import sys
 # says where the lake is (core.cli.resolve), the Airflow api-server by the airflow command itself
 COMMANDS = {
     "stack": ("pipelines.ops.stack", "the local stack: up | down | status | env | supervise", ()),
-    "demo": ("pipelines.ops.demo", "the main job: stack up, demo data, dvc repro, summary", ()),
+    "demo": ("pipelines.ops.demo", "the main job on Airflow: stack up, demo data, training DAG, nights, label days, audit", ()),
     "demo-data": ("pipelines.ops.demo_data", "write simulated raw transactions and labels", ()),
     "ingest": ("pipelines.ingest", "raw partition(s) -> canonical partition(s) + rejects", ()),
     "validate": ("pipelines.validate", "Great Expectations on canonical partition(s): validated + quarantine", ()),
@@ -36,14 +37,15 @@ COMMANDS = {
               ("registry",)),
     "airflow": ("pipelines.ops.airflow_api", "trigger a DAG run through the REST API (and wait)", ()),
     "lineage": ("pipelines.ops.trace", "follow one prediction row: decision -> score -> model -> MLflow run -> Airflow runs -> DVC lock -> inputs -> code", ("registry",)),
-    "workspace": ("pipelines.ops.workspace", "the training DAG's DVC workspace of a run: repro one stage | push", ()),
+    "workspace": ("pipelines.ops.workspace", "the training DAG's DVC workspace of a run: repro one stage | push | path | prune", ()),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: python -m pipelines <command> [options]\n\ncommands:")
+        prog = "fraudops" if os.path.basename(sys.argv[0]) == "fraudops" else "python -m pipelines"
+        print(f"usage: {prog} <command> [options]   ({prog} <command> --help for its options)\n\ncommands:")
         for name, (_, doc, _needs) in COMMANDS.items():
             print(f"  {name:14s} {doc}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2

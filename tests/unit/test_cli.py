@@ -1,0 +1,34 @@
+"""One CLI, two names: `fraudops` (the console script) and `python -m pipelines`; every command
+answers --help without any service running."""
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.__main__ import COMMANDS, main
+from tests.conftest import REPO
+
+
+def test_the_console_script_lists_every_command():
+    script = REPO / ".venv" / "bin" / "fraudops"
+    assert script.exists(), "make install makes the console script (pyproject [project.scripts])"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("usage: fraudops <command>"), out.stdout + out.stderr
+    listed = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")}
+    assert listed == set(COMMANDS), listed ^ set(COMMANDS)
+    same = subprocess.run([sys.executable, "-m", "pipelines", "--help"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert same.stdout.replace("python -m pipelines", "fraudops") == out.stdout
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["fraudops", command, "--help"])
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and "usage:" in text.getvalue(), text.getvalue()[:500]
