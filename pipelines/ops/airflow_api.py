@@ -11,9 +11,11 @@ import argparse
 import http.client
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 TERMINAL = {"success", "failed"}
@@ -66,19 +68,42 @@ class AirflowClient:
             self._token = out["access_token"]
         return self._token
 
-    def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> dict:
-        """Wait until the dag-processor has parsed `dag_id`; unpause it."""
+    def wait_for_dag(self, dag_id: str, timeout: float = 120.0, unpause: bool = True) -> dict:
+        """Wait until the dag-processor has parsed `dag_id`, and fail at once when it has parsed every
+        DAG file of the folder without finding it (a misspelt id). A paused DAG is unpaused, said on
+        stderr, when `unpause`; otherwise it is an error (a run of a paused DAG never starts)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 dag = self._request("GET", f"/api/v2/dags/{dag_id}")
-                if dag.get("is_paused"):
-                    dag = self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-                return dag
+                break
             except AirflowApiError as exc:
-                if "404" not in str(exc) or time.monotonic() > deadline:
+                if "404" not in str(exc):
+                    raise
+                known, complete = self.parsed_dags()
+                if complete:
+                    raise AirflowApiError(f"no DAG {dag_id!r}: the DAGs are {', '.join(sorted(known))}") from None
+                if time.monotonic() > deadline:
                     raise AirflowApiError(f"DAG {dag_id} not available after {timeout:.0f}s: {exc}") from None
             time.sleep(2)
+        if dag.get("is_paused"):
+            if not unpause:
+                raise AirflowApiError(f"DAG {dag_id} is paused: a run would wait until someone unpauses it "
+                                      f"(pass --unpause, or unpause it in the UI)")
+            dag = self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+            print(f"DAG {dag_id} was paused: unpaused it", file=sys.stderr, flush=True)
+        return dag
+
+    def parsed_dags(self) -> tuple[set[str], bool]:
+        """The DAG ids Airflow knows, and whether every .py file of the DAG folder has been parsed
+        (it holds a DAG or an import error): then a DAG that is not listed does not exist."""
+        dags = self._request("GET", "/api/v2/dags?limit=1000")["dags"]
+        errors = self._request("GET", "/api/v2/importErrors?limit=1000").get("import_errors", [])
+        seen = {Path(d.get("fileloc") or d.get("relative_fileloc") or "").name for d in dags}
+        seen |= {Path(e.get("filename") or "").name for e in errors}
+        folder = Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or Path(__file__).resolve().parents[2] / "dags")
+        files = {p.name for p in folder.glob("*.py") if not p.name.startswith("_")}
+        return {d["dag_id"] for d in dags}, bool(files) and files <= seen
 
     def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None,
                 logical_date: str | None = None) -> dict:
@@ -185,10 +210,15 @@ def main(argv: list[str]) -> int:
     t.add_argument("--conf", default="{}", help="JSON object for the run's params")
     t.add_argument("--wait", action="store_true", help="wait until the run ends; exit 1 unless it succeeded")
     t.add_argument("--timeout", type=float, default=1800)
+    t.add_argument("--unpause", action="store_true", help="unpause the DAG first when it is paused (said on stderr)")
     args = ap.parse_args(argv)
     _require_api_server()
     client = AirflowClient()
-    client.wait_for_dag(args.dag_id)
+    try:
+        client.wait_for_dag(args.dag_id, unpause=args.unpause)
+    except AirflowApiError as exc:
+        print(f"airflow trigger: {exc}", file=sys.stderr)
+        return 2
     run = client.trigger(args.dag_id, json.loads(args.conf))
     print(f"triggered {args.dag_id} run {run['dag_run_id']} ({client.base}/dags/{args.dag_id})")
     if not args.wait:

@@ -132,3 +132,27 @@ def test_a_hostile_backfill_conf_fails_at_the_first_task_and_runs_nothing(client
 
 def _log(client: AirflowClient, dag_id: str, run_id: str, task_id: str) -> str:
     return client.task_log(dag_id, run_id, task_id)
+
+
+def test_a_misspelt_or_paused_dag_fails_at_once_and_nothing_is_unpaused_silently(client):
+    import subprocess
+    import sys
+
+    def trigger(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+        t = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "pipelines", "airflow", "trigger", *args], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+        return r, time.monotonic() - t
+
+    r, took = trigger("trainig")
+    assert r.returncode == 2 and took < 15, (r.returncode, took, r.stderr[-500:])
+    assert "no DAG 'trainig'" in r.stderr and "training" in r.stderr.split("the DAGs are", 1)[1], r.stderr[-500:]
+    client._request("PATCH", "/api/v2/dags/rollback", {"is_paused": True})
+    try:
+        before = client.run_ids("rollback")
+        r, took = trigger("rollback", "--conf", '{"reason": "a paused DAG"}')
+        assert r.returncode == 2 and took < 15 and "is paused" in r.stderr and "--unpause" in r.stderr, r.stderr[-500:]
+        assert client._request("GET", "/api/v2/dags/rollback")["is_paused"] is True
+        assert client.run_ids("rollback") == before                     # no run was made
+    finally:
+        client._request("PATCH", "/api/v2/dags/rollback", {"is_paused": False})
