@@ -611,7 +611,65 @@ def _down(lay: Layout, grace: float) -> list[int]:
     return killed
 
 
+def _port_owner(port: int) -> tuple[int | None, str]:
+    """The pid and command line of the process listening on 127.0.0.1:`port` (None: nobody, or
+    not visible to this user)."""
+    import psutil
+
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None, ""
+    for c in conns:
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+            try:
+                return c.pid, " ".join(" ".join(psutil.Process(c.pid).cmdline()).split())[:120]
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                return c.pid, ""
+    return None, ""
+
+
+def _foreign(lay: Layout, port: int) -> str | None:
+    """Why the service answering on `port` is not this stack's (another checkout's stack, another
+    program), or None when it is ours or nobody listens."""
+    owner, cmd = _port_owner(port)
+    if owner is None:
+        return None
+    import psutil
+
+    ours = {pid for name in SERVICES if (pid := _read_pid(lay, name))}
+    with contextlib.suppress(OSError):
+        if os.getpgid(owner) in {os.getpgid(p) for p in ours if state.alive(p)}:    # a worker of our server
+            return None
+
+    home = None
+    try:       # a server that sets its process title overwrites its own environ: ask its parents too
+        proc = psutil.Process(owner)
+        for p in (proc, *proc.parents()):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                if home := p.environ().get(MARKER):
+                    break
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+    if home == str(lay.home):
+        return None
+    if home:
+        where = f"the stack of {home}"
+    else:
+        try:
+            cwd = psutil.Process(owner).cwd()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            cwd = ""
+        where = f"{cmd or 'another program'}{', started in ' + cwd if cwd else ''}"
+        if cwd and Path(cwd).resolve() == REPO.resolve() and not home:
+            where += "; its environment is not readable, so whose stack it is is unknown"
+    return f"port {port} is held by pid {owner} ({where}), not by this stack ({lay.home})"
+
+
 def status() -> dict[str, dict[str, object]]:
+    """Each service: its URL, its pid (from this stack's pid file), and whether it is healthy, which
+    it is only when it is this stack's own (a port held by another checkout's stack or another
+    program is reported in `note`)."""
     lay = layout()
     health = _airflow_health(lay)
     if lay.s3:
@@ -630,7 +688,19 @@ def status() -> dict[str, dict[str, object]]:
         out[name] = {"url": lay.airflow_url, "pid": _read_pid(lay, name), "healthy": health.get(key) == "healthy"}
     sup = _read_pid(lay, SUPERVISOR)
     out[SUPERVISOR] = {"url": str(lay.home / "logs" / f"{SUPERVISOR}.log"), "pid": sup, "healthy": sup is not None}
+    airflow = _foreign(lay, lay.airflow_port)
+    for name, port, why in (("mlflow", lay.mlflow_port, None if lay.external_mlflow else _foreign(lay, lay.mlflow_port)),
+                            *((n, lay.airflow_port, airflow) for n in keys)):
+        if why:
+            out[name].update(healthy=False, note=why)
+        elif out[name]["healthy"] and out[name]["pid"] is None and not (name == "mlflow" and lay.external_mlflow):
+            out[name].update(healthy=False, note="answers, but this stack has no pid file for it (started by hand?)")
     return out
+
+
+def _status_line(name: str, info: dict) -> str:
+    line = f"{name:22s} {info['url']:40s} pid={info['pid'] or '-'} healthy={info['healthy']}"
+    return line + (f"  ({info['note']})" if info.get("note") else "")
 
 
 def _s3_ok() -> bool:
@@ -658,7 +728,7 @@ def main(argv: list[str]) -> int:
     if args.action == "up":
         lay = up(args.timeout)
         for name, info in status().items():
-            print(f"{name:22s} {info['url']:40s} pid={info['pid'] or '-'} healthy={info['healthy']}")
+            print(_status_line(name, info))
         print(f"Airflow UI: {lay.airflow_url}  (user admin, password in {lay.password_file})")
         print(f"MLflow UI:  {lay.mlflow_url}")
         return 0
@@ -676,5 +746,5 @@ def main(argv: list[str]) -> int:
         return 0
     st = status()
     for name, info in st.items():
-        print(f"{name:22s} {info['url']:40s} pid={info['pid'] or '-'} healthy={info['healthy']}")
+        print(_status_line(name, info))
     return 0 if all(i["healthy"] for i in st.values()) else 1
