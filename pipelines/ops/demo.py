@@ -50,16 +50,42 @@ def main(argv: list[str]) -> int:
     sys.stderr.flush()
     with open(log_path, "w") as fh:
         os.dup2(fh.fileno(), 2)
-        print(f"full log: {log_path}", flush=True)
+        console, sys.stdout = sys.stdout, _Tee(sys.stdout, fh)      # every console line, timestamped, in the log too
+        print(f"full log: {log_path} (the console's lines with their times, and what libraries print; each "
+              f"task's own log is in Airflow)", flush=True)
         t = time.monotonic()
         try:
             code = _main(argv)
         finally:
+            sys.stdout.flush()
+            sys.stdout = console
             sys.stderr.flush()
             os.dup2(real_stderr, 2)
             os.close(real_stderr)
     print(f"demo finished in {(time.monotonic() - t) / 60:.1f} min (exit {code})", flush=True)
     return code
+
+
+class _Tee:
+    """stdout for the demo: the console as it is, and each complete line with its time into the log."""
+
+    def __init__(self, console, log) -> None:
+        self.console, self.log, self.part = console, log, ""
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        self.part += text
+        *lines, self.part = self.part.split("\n")
+        for line in lines:
+            self.log.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return False
 
 
 def night_line(store, day: dt.date, out: dict, lab: dict | None, delay: int) -> str:
