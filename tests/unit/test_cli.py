@@ -27,7 +27,10 @@ def test_the_console_script_lists_every_command():
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_has_help(command, monkeypatch):
+    from pipelines.core import state
+
     monkeypatch.setattr(sys, "argv", ["fraudops", command, "--help"])
+    monkeypatch.setattr(state, "load_env_file", lambda *a, **k: None)     # the stack's env stays out of this process
     text = io.StringIO()
     with contextlib.redirect_stdout(text), pytest.raises(SystemExit) as done:
         main([command, "--help"])
