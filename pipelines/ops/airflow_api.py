@@ -170,10 +170,13 @@ class AirflowClient:
                 lines.append(str(rec))
         return "\n".join(lines) or json.dumps(out)
 
-    def wait(self, dag_id: str, run_id: str, timeout: float = 900.0, poll: float = 3.0) -> dict:
+    def wait(self, dag_id: str, run_id: str, timeout: float = 900.0, poll: float = 3.0, progress=None) -> dict:
+        """Poll the run until it ends. `progress(run, task_instances)` is called at each poll."""
         deadline = time.monotonic() + timeout
         while True:
             run = self.run(dag_id, run_id)
+            if progress is not None:
+                progress(run, self.task_instances(dag_id, run_id))
             if run["state"] in TERMINAL:
                 return run
             if time.monotonic() > deadline:
@@ -202,6 +205,24 @@ def _require_api_server() -> None:
                              f"`python -m pipelines stack status`")
 
 
+def _progress_printer():
+    """A line each time the run's task states change: elapsed time, tasks done of all, what runs."""
+    started, last = time.monotonic(), [None]
+
+    def show(run: dict, tis: list[dict]) -> None:
+        done = [t for t in tis if t.get("state") in ("success", "skipped")]
+        active = sorted(t["task_id"] for t in tis if t.get("state") in ("running", "queued", "up_for_retry",
+                                                                         "up_for_reschedule", "deferred"))
+        failed = sorted(t["task_id"] for t in tis if t.get("state") in ("failed", "upstream_failed"))
+        line = (f"{len(done)}/{len(tis)} tasks done" + (f"; running: {', '.join(active)}" if active else "")
+                + (f"; failed: {', '.join(failed)}" if failed else "") + f" ({run['state']})")
+        if line != last[0]:
+            elapsed = int(time.monotonic() - started)
+            print(f"  [{elapsed // 60:02d}:{elapsed % 60:02d}] {line}", flush=True)
+            last[0] = line
+    return show
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines airflow")
     sub = ap.add_subparsers(dest="action", required=True)
@@ -223,7 +244,7 @@ def main(argv: list[str]) -> int:
     print(f"triggered {args.dag_id} run {run['dag_run_id']} ({client.base}/dags/{args.dag_id})")
     if not args.wait:
         return 0
-    run = client.wait(args.dag_id, run["dag_run_id"], args.timeout)
+    run = client.wait(args.dag_id, run["dag_run_id"], args.timeout, progress=_progress_printer())
     for ti in client.task_instances(args.dag_id, run["dag_run_id"]):
         print(f"  {ti['task_id']:12s} {ti['state']}  tries={ti.get('try_number')}")
     print(f"{args.dag_id} run {run['dag_run_id']}: {run['state']}")
