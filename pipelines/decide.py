@@ -25,7 +25,9 @@ recorded in holds/date=D and applied by re-deciding the day (released: the propo
 Out, for date ds (rows in = rows out): decisions/date=ds (every row: decision, reason_code, the
 model's own decision, score, who scored it and its fallback flags), review_queue/date=ds (the
 day's review queue, in priority order) and decisions/date=ds/_summary.json (counts, rates,
-overrides applied and overrides that matched no event of the day).
+overrides applied and overrides that matched no event of the day). The decisions record names
+what they were made from (`run`: run_key); re-deciding a date with the same key and intact objects
+recomputes nothing and says so; `--recompute` decides it anyway (the same bytes).
 """
 from __future__ import annotations
 
@@ -242,12 +244,60 @@ class Tally:
                 "overrides_unmatched": unmatched, "model_disagrees": self.disagree}
 
 
+def run_key(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageParams) -> dict | None:
+    """What a date's decisions are made of: the predictions and the feature partition (the sha256 of
+    their records' objects), the reviewers' verdicts, the validation results and the hold release of
+    the date, the earlier days the guardrails compare with, the decide and guardrails params, the
+    code and the library versions. Kept as `run` in the decisions record: a re-run with the same key
+    recomputes nothing. None when the predictions or features have no trusted record (the run then
+    fails on them as always)."""
+    import importlib.metadata
+    from dataclasses import asdict
+
+    from pipelines.core import code
+
+    d = ds.isoformat()
+    try:        # trusted the way a read trusts them (their inputs, recursively)
+        reader = lineage.Reader()
+        pred = reader.record(store.uri("predictions", date=d)).get("objects") or {}
+        feat_uri = store.uri("features", date=d)
+        feat = reader.record(feat_uri).get("objects") or {}
+    except (storage.MissingObject, lineage.StaleInput):
+        return None
+    overrides = read_overrides(store, ds)
+    parts = {"inputs": {**pred, feat_uri: feat.get(feat_uri)},
+             "overrides": storage.sha256(storage.parquet_bytes(overrides)) if overrides.height else None,
+             "validation": optional_json(store.uri("validation_results", dataset="transactions", date=d))[1],
+             "release": optional_json(store.uri("hold_release", date=d))[1],
+             "trailing": trailing_days(store, ds, g.trailing_days),
+             "params_sha256": storage.sha256(storage.json_bytes({"decide": asdict(p), "guardrails": asdict(g)})),
+             "code_version": code.fingerprint("pipelines.decide"),
+             "libraries": {lib: importlib.metadata.version(lib) for lib in ("polars", "pyarrow")}}
+    return lineage.keyed(parts)
+
+
 def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageParams, pub: storage.Publisher,
-               alerts) -> dict:
-    """Decide one date: plan, check the guardrails, publish decisions, queue and summary."""
+               alerts, recompute: bool = False) -> dict:
+    """Decide one date: plan, check the guardrails, publish decisions, queue and summary. A date
+    decided from the same inputs, params and code (run_key) is not decided again unless `recompute`."""
     import pyarrow.parquet as pq
 
     d = ds.isoformat()
+    key = run_key(ds, p, g, store)
+    if not recompute and not getattr(pub, "snapshot", None) and \
+            lineage.unchanged(store.uri("decisions", date=d), key, key["inputs"] if key else {}) is not None:
+        try:
+            summ = storage.read_json(store.uri("decision_summary", date=d))
+        except storage.MissingObject:
+            summ = None
+        if summ is not None:
+            log.info("decide %s: unchanged since its record (the same predictions, features, verdicts, guardrail "
+                     "inputs, params and code: key %s); nothing recomputed -> %s", d, key["key"][:12],
+                     store.uri("decisions", date=d))
+            print(json.dumps({"date": d, **summ["decisions"], "review_queue": summ["review_queue"],
+                              "guardrails": (summ.get("guardrails") or {}).get("status"), "unchanged": True},
+                             sort_keys=True))
+            return summ
     reader = lineage.Reader()
     with tempfile.TemporaryDirectory(prefix="decide-") as tmp:
         pred_uri = store.uri("predictions", date=d)
@@ -293,7 +343,8 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
 
         sources = {u: s for u, s in ((store.uri("overrides", date=d), storage.sha256(storage.parquet_bytes(overrides))
                                       if overrides.height else None), (val_uri, val_sha), (rel_uri, rel_sha)) if s}
-        part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed, sources=sources)
+        part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed, sources=sources,
+                             extra={"run": key} if key else None)
         sink, tally = storage.ParquetSink(store.uri("decisions", date=d), tmp, part), Tally()
         for dec in decisions(batches, overrides, p, ranks, held):
             sink.write(dec)
@@ -373,10 +424,13 @@ def main(argv: list[str]) -> int:
         print(f"override recorded: {a.event_id} -> {a.decision} by {reviewer} ({store.uri('overrides', date=a.date.isoformat())}); "
               f"re-run `python -m pipelines decide --date {a.date}` to apply it")
         return 0
-    args = stage_parser("decide", __doc__).parse_args(argv)
+    ap = stage_parser("decide", __doc__)
+    ap.add_argument("--recompute", action="store_true",
+                    help="decide even a date whose decisions were made from the same inputs, params and code")
+    args = ap.parse_args(argv)
     params, days = resolve(args)
     p, g, store = params.decide, params.guardrails, params.storage
     with storage.Publisher(store.lake, args.snapshot) as pub:
         for ds in days:
-            decide_day(ds, p, g, store, pub, params.alerts)
+            decide_day(ds, p, g, store, pub, params.alerts, recompute=args.recompute)
     return 0

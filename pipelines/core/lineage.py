@@ -158,3 +158,30 @@ class Reader:
             return True
         except NotCommitted:
             return False
+
+
+# --------------------------------------------------------------------------- a date's run key
+def keyed(parts: dict) -> dict:
+    """A run's key: what a partition is made of (its inputs' sha256, the model, the params, the
+    code, the library versions), with its own sha256 as `key`. Kept as `run` in the record."""
+    return {**parts, "key": storage.sha256(storage.json_bytes(parts))}
+
+
+def unchanged(primary: str, key: dict | None, verify: dict[str, "str | None"]) -> dict | None:
+    """The record of `primary` when it was made with `key` and its objects and the inputs in
+    `verify` ({uri: sha256}) still have the bytes named (read only on a matching key: a miss costs
+    one small record). None: compute it again."""
+    if key is None:
+        return None
+    try:
+        rec = storage.read_json(storage.record_uri(primary))
+        if (rec.get("run") or {}).get("key") != key["key"]:
+            return None
+        if any(s is None for s in verify.values()):          # an input with no recorded bytes: no proof
+            return None
+        wanted = {**verify, **(rec.get("objects") or {})}
+        if any(storage.sha256(storage.read_bytes(u)) != sha for u, sha in wanted.items()):
+            return None
+    except storage.MissingObject:
+        return None
+    return rec

@@ -357,25 +357,13 @@ def run_key(params, ds: dt.date, served: Served, role: str) -> dict | None:
              "params_sha256": storage.sha256(storage.json_bytes(asdict(params.score))),
              "code_version": code.fingerprint("pipelines.core.scoring"),
              "libraries": {lib: importlib.metadata.version(lib) for lib in ("xgboost", "polars", "pyarrow", "numpy")}}
-    return {**parts, "key": storage.sha256(storage.json_bytes(parts))}
+    return lineage.keyed(parts)
 
 
 def _unchanged(primary: str, key: dict | None) -> dict | None:
     """The record of `primary` when it was made with `key` and both its objects and the feature
-    partition still have the bytes their records name (read only on a matching key: a miss costs
-    two small records; the scoring read verifies the features as always)."""
-    if key is None:
-        return None
-    try:
-        rec = storage.read_json(storage.record_uri(primary))
-        if (rec.get("run") or {}).get("key") != key["key"]:
-            return None
-        wanted = {**key["features"], **(rec.get("objects") or {})}
-        if any(storage.sha256(storage.read_bytes(u)) != sha for u, sha in wanted.items()):
-            return None             # changed since its record: scored again (the read fails closed on bad features)
-    except storage.MissingObject:
-        return None
-    return rec
+    partition still have the bytes their records name (lineage.unchanged)."""
+    return lineage.unchanged(primary, key, key["features"] if key else {})
 
 
 def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publisher | None" = None,

@@ -11,7 +11,7 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from pipelines import score
+from pipelines import decide, score
 from pipelines.core import registry as models, storage
 from pipelines.ops.airflow_api import AirflowClient
 from pipelines.core.config import date_range, load_params, parse_date
@@ -152,3 +152,33 @@ def test_a_date_is_a_run_cache_entry_and_recomputing_it_gives_the_same_bytes(bac
     with redirect_stdout(io.StringIO()):
         assert score.main(args) == 0
     assert storage.read_bytes(uri) == before and storage.read_json(storage.record_uri(uri)) == rec
+
+
+def test_a_decided_date_is_a_run_cache_entry_too(backfill, caplog, monkeypatch):
+    """The decisions record names what they were made from (the predictions' and features' bytes,
+    verdicts, guardrail inputs, params, code): deciding the date again with the same computes nothing
+    (plan is never called); --recompute decides it anyway into the same bytes and the same record."""
+    import logging
+
+    store, d = backfill["params"].storage, "2026-03-03"
+    uri, pred = store.uri("decisions", date=d), store.uri("predictions", date=d)
+    summary = store.uri("decision_summary", date=d)
+    before, summ, rec = storage.read_bytes(uri), storage.read_bytes(summary), storage.read_json(storage.record_uri(uri))
+    assert rec["run"]["inputs"][pred] == storage.read_json(storage.record_uri(pred))["objects"][pred]
+    assert rec["run"]["key"] and rec["run"]["code_version"] and rec["run"]["params_sha256"]
+    args = ["--params", str(backfill["params"].path), "--date", d]
+
+    def boom(*a, **k):
+        raise AssertionError("decide recomputed an unchanged date")
+
+    monkeypatch.setattr(decide, "plan", boom)
+    with redirect_stdout(io.StringIO()), caplog.at_level(logging.INFO, logger="pipelines.decide"):
+        assert decide.main(args) == 0
+    assert "unchanged since its record" in caplog.text and "nothing recomputed" in caplog.text
+    with pytest.raises(AssertionError, match="recomputed"):          # --recompute really computes
+        decide.main([*args, "--recompute"])
+    monkeypatch.undo()
+    with redirect_stdout(io.StringIO()):
+        assert decide.main([*args, "--recompute"]) == 0
+    assert storage.read_bytes(uri) == before and storage.read_bytes(summary) == summ
+    assert storage.read_json(storage.record_uri(uri)) == rec
