@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -473,7 +474,7 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
             run = runs.run("nightly_scoring", day, expect_failure=True)
             res = storage.read_json(store.uri("validation_results", dataset="transactions", date=day.isoformat()))
             say(f"  {day} nightly_scoring run {run['dag_run_id']}: {run['state'].upper()} at validate, nothing scored "
-                  f"or decided -> {'; '.join(res['reasons'])[:300]}", flush=True)
+                  f"or decided -> {textwrap.shorten('; '.join(res['reasons']), 300, placeholder=' ...')}", flush=True)
         say(f"  Airflow runs of the demo: {runs.counts()}  ({lay.airflow_url}/dags/nightly_scoring/runs)", flush=True)
         last = nights[-1]
         say(f"  aliases now: {models.aliases(c, name)}; history: python -m pipelines models history")
