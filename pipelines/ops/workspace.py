@@ -96,13 +96,25 @@ def _raw_remote(data: dict) -> str:
     return parents.pop()
 
 
-def local_config(data: dict) -> str:
-    """.dvc/config.local of a workspace: the project's DVC cache, the stack's `lake` remote and a
-    `raw` remote where the run's params read the raw deliveries."""
+def local_config(data: dict, own: Path | None = None) -> str:
+    """.dvc/config.local of a workspace: the stack's remotes; on S3 (production), the project's own
+    local settings over them (`own`, default .dvc/config.local: `dvc remote modify --local ...` for a
+    production remote, its credentials profile, an endpoint; the embedded file store's stack writes
+    that file itself, for its own home only); then what is the run's own: the project's DVC cache
+    and the `raw` remote's url where the run's params read the raw deliveries."""
+    from configobj import ConfigObj      # DVC's own config reader and writer (a dependency of dvc)
+
     from pipelines.ops import stack
 
-    return (f"[cache]\n    dir = {REPO / '.dvc' / 'cache'}\n"
-            + stack.dvc_local_config(stack.layout(), raw=_raw_remote(data)))
+    raw, lay = _raw_remote(data), stack.layout()
+    merged = ConfigObj(stack.dvc_local_config(lay, raw=raw).splitlines())
+    raw_url = (merged.get('remote "raw"') or {}).get("url") or raw
+    own = REPO / ".dvc" / "config.local" if own is None else own
+    if lay.s3 and own.exists():
+        merged.merge(ConfigObj(str(own)))
+    merged.setdefault("cache", {})["dir"] = str(REPO / ".dvc" / "cache")
+    merged.setdefault('remote "raw"', {})["url"] = raw_url
+    return "\n".join(merged.write()) + "\n"
 
 
 def prepare(run_id: str, params_file: str | Path, start: str | None, end: str | None, fresh: bool = False) -> Path:

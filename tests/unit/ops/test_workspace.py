@@ -35,6 +35,27 @@ def test_the_raw_remote_is_where_the_params_read_the_deliveries(tmp_path, monkey
         assert "<raw>/transactions" in str(exc)
 
 
+def test_on_s3_the_projects_own_local_dvc_settings_reach_the_workspace(tmp_path, monkeypatch):
+    """`dvc remote modify --local lake url ...` (a production remote, its profile) in the project is
+    kept in each workspace; the cache and the raw remote's url stay the run's."""
+    monkeypatch.setenv("FRAUDOPS_HOME", str(tmp_path))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    own = tmp_path / "config.local"
+    own.write_text("['remote \"lake\"']\n    url = s3://prod-dvc/cache\n    profile = prod\n"
+                   "['remote \"raw\"']\n    url = s3://elsewhere/raw\n    profile = prod\n")
+    demo = {"datasets": {"transactions": {"uri": "s3://fraudops-lake/demo/raw/transactions"},
+                         "labels": {"uri": "s3://fraudops-lake/demo/raw/labels"}}}
+    from configobj import ConfigObj
+
+    got = ConfigObj(workspace.local_config(demo, own=own).splitlines())
+    assert got['remote "lake"'] == {"url": "s3://prod-dvc/cache", "profile": "prod", "endpointurl": "http://127.0.0.1:9"}
+    assert got['remote "raw"']["url"] == "s3://fraudops-lake/demo/raw" and got['remote "raw"']["profile"] == "prod"
+    assert got["cache"]["dir"] == str(workspace.REPO / ".dvc" / "cache")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")          # the embedded store: the stack's own remotes only
+    got = ConfigObj(workspace.local_config(demo, own=own).splitlines())
+    assert got['remote "lake"']["url"] == str(tmp_path / "objects" / "fraudops-dvc" / "cache")
+
+
 def test_a_restored_stage_output_goes_back_to_the_lake_records_last(tmp_path, monkeypatch):
     monkeypatch.setenv("FRAUDOPS_OBJECT_STORE", f"file://{tmp_path / 'objects'}")
     ws = tmp_path / "ws"
