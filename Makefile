@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test test-unit up down status benchmark clean
+.PHONY: install demo test test-unit up down status browser benchmark clean
 
 $(UV):
 	$(PY) -m venv $(TOOLS)
@@ -41,6 +41,10 @@ down:
 
 status: install
 	$(BIN)/python -m pipelines stack status
+
+browser:                 ## Debian's chromium for the report pages' browser tests (the test setup runs it when missing)
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 benchmark: install
 	$(BIN)/python benchmarks/features.py

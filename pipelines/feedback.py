@@ -157,8 +157,10 @@ def report_html(summary: dict, history: pl.DataFrame, index_link: str) -> str:
     keys = ["rows", "positives", "average_precision", "roc_auc", "precision", "recall", "legit_precision",
             "legit_recall", "error_rate", "false_positive_rate", "miss_rate", "alert_rate",
             *(k for k in next(iter(next(iter(summary["realized"].values()), {}).values()), {}) if k.startswith("precision_at_"))]
-    realized_rows = [[role, f"v{v}", *(fmt(m.get(k)) for k in keys)]
-                     for role, per in summary["realized"].items() for v, m in per.items()]
+    # one column per model version, one row per metric: readable at 1400 px however many metrics
+    versions = [(f"{role} v{v}", m) for role, per in summary["realized"].items() for v, m in per.items()]
+    realized_head = ["metric", *(label for label, _ in versions)]
+    realized_rows = [[k, *(fmt(m.get(k)) for _, m in versions)] for k in keys]
     champ = next(iter(summary["realized"].get("champion", {}).values()), {})
     outcome_rows = [[dec, champ.get(f"decision.{dec}.rows", 0), champ.get(f"decision.{dec}.fraud", 0),
                      champ.get(f"decision.{dec}.legit", 0), fmt(champ.get(f"decision.{dec}.fraud_share"))]
@@ -172,8 +174,8 @@ def report_html(summary: dict, history: pl.DataFrame, index_link: str) -> str:
              .sort("date", "role", "model_version", "metric"))
         trend_rows = [[r["date"], r["role"], f"v{r['model_version']}", r["metric"], fmt(r["value"])]
                       for r in h.iter_rows(named=True)]
-    return render("feedback_day.html.j2", s=summary, acc=summary["accounting"], rv=summary["reviews"], keys=keys,
-                  realized_rows=realized_rows, outcome_rows=outcome_rows, cmp=cmp_,
+    return render("feedback_day.html.j2", s=summary, acc=summary["accounting"], rv=summary["reviews"],
+                  realized_head=realized_head, realized_rows=realized_rows, outcome_rows=outcome_rows, cmp=cmp_,
                   ahead=bool(cmp_ and (cmp_["delta"] or 0) > 0), slice_rows=slice_rows, trend_rows=trend_rows,
                   index_link=index_link)
 

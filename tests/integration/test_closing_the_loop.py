@@ -68,7 +68,7 @@ def models_aw(nightly_champion, tmp_path_factory):
     assert len(vs) == 2
     a, w = str(vs[0]), str(vs[1])
     assert models.aliases(c, name) == {"champion": a}                     # W did not pass the gate
-    return {"name": name, "a": a, "w": w, "root": root, "client": c}
+    return {"name": name, "a": a, "w": w, "root": root, "client": c, "params_a": pa}
 
 
 def scenario(models_aw, tag: str, champion: str, challenger: str | None, mutate=None):
@@ -145,6 +145,22 @@ def test_better_challenger_shadows_wins_and_is_promoted_automatically(models_aw)
     realized = storage.read_parquet(store.uri("realized", date=D2))
     assert {"error_rate", "average_precision", "decision.block.fraud", "precision_at_20"} <= set(realized["metric"])
     assert set(realized.filter(pl.col("role") != "review")["model_version"]) == {a, w}
+
+    # every report kind in a real browser (headless Chromium): it loads whole at 1400 px, no failed
+    # request, no script error; screenshots in test-artifacts/browser/
+    from pipelines.core.config import parse_date
+    from pipelines.core.lake import training_uri
+    from tests.browser import check_lake_pages
+
+    champion = load_params(models_aw["params_a"])             # A's training: its evaluation page
+    tmp = state_dir("browser")
+    got = check_lake_pages({
+        "feedback_day": store.uri("feedback_report", date=D2), "monitor_day": store.uri("monitor_report", date=D2),
+        "monitor_index": store.uri("monitor_index"),
+        "validation_day": store.uri("validation_report", dataset="transactions", date=D2),
+        "evaluation": f"{training_uri(champion, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))}/evaluate/report.html",
+    }, tmp)
+    assert got["feedback_day"]["title"] == f"Feedback {D2}" and got["monitor_day"]["title"] == f"Monitoring {D2}"
 
 
 def test_manual_mode_waits_for_the_promote_dag_with_confirm(models_aw):

@@ -170,5 +170,9 @@ def _follow_a_row(path: str, day: dt.date, version: str, name: str, client) -> N
     assert {"features", "validate", "ingest"} <= stages, stages
     assert h["code"]["model_git_commit"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                                                            text=True).stdout.strip()
-    page = storage.read_bytes(f"{store.lake.rstrip('/')}/reports/lineage/date={day}/{row['event_id']}.html").decode()
+    page_uri = f"{store.lake.rstrip('/')}/reports/lineage/date={day}/{row['event_id']}.html"
+    page = storage.read_bytes(page_uri).decode()
     assert row["event_id"] in page and "Every hop holds" in page and "<script" not in page
+    from tests.browser import check_lake_pages            # and in a real browser: it loads whole at 1400 px
+
+    check_lake_pages({"lineage": page_uri}, state_dir("browser"))
