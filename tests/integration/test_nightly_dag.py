@@ -41,6 +41,9 @@ def backfill(nightly_champion):
         client._request("DELETE", "/api/v2/dags/training/dagRuns/retrain__2026-03-04")
     except Exception as exc:
         assert "404" in str(exc), exc
+    for old in client._request("GET", "/api/v2/backfills?dag_id=nightly_scoring&limit=100")["backfills"]:
+        if not old.get("completed_at"):          # an interrupted session's backfill: one may run at a time
+            client._request("PUT", f"/api/v2/backfills/{old['id']}/cancel")
     started = time.monotonic()
     bf = client._request("POST", "/api/v2/backfills", {
         "dag_id": "nightly_scoring", "from_date": f"{FIRST}T00:00:00Z", "to_date": f"{LAST}T00:00:00Z",
