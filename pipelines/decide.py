@@ -44,7 +44,7 @@ import polars as pl
 from pipelines.core import guardrails as G
 from pipelines.core import lake, lineage, storage
 from pipelines.core.alerts import send_webhook, webhook_url
-from pipelines.core.cli import resolve, stage_parser
+from pipelines.core.cli import progress, resolve, stage_parser
 from pipelines.core.config import DecideParams, GuardrailParams, StorageParams, load_params, parse_date
 from pipelines.core.reviews import (
     DECISIONS,
@@ -431,6 +431,6 @@ def main(argv: list[str]) -> int:
     params, days = resolve(args)
     p, g, store = params.decide, params.guardrails, params.storage
     with storage.Publisher(store.lake, args.snapshot) as pub:
-        for ds in days:
+        for ds in progress(days, "decide"):
             decide_day(ds, p, g, store, pub, params.alerts, recompute=args.recompute)
     return 0

@@ -41,7 +41,7 @@ from pathlib import Path
 import polars as pl
 
 from pipelines.core import lineage, storage
-from pipelines.core.cli import StageFailed, resolve, stage_parser
+from pipelines.core.cli import StageFailed, progress, resolve, stage_parser
 from pipelines.core.config import FeatureParams, date_range
 
 log = logging.getLogger("pipelines.features")
@@ -388,7 +388,7 @@ def main(argv: list[str]) -> int:
     feats = compute_features(inputs.events, inputs.labels, spec, start, end, entities, numerics)
     failures = []
     with storage.Publisher(store.lake, args.snapshot) as pub:
-        for day in days:
+        for day in progress(days, "features"):
             part_uri = store.uri("features", date=day.isoformat())
             part = feats.filter(pl.col("event_ts").dt.date() == day)
             if suite is not None:

@@ -245,5 +245,5 @@ def main(argv: list[str]) -> int:
     params, days = resolve(args)
     with storage.Publisher(params.storage.lake, args.snapshot) as pub:
         each_partition(days, lambda day: print(json.dumps(feedback_day(params, day, pub), sort_keys=True)),
-                       FeedbackError, "feedback failed for")
+                       FeedbackError, "feedback failed for", stage="feedback")
     return 0

@@ -376,5 +376,5 @@ def main(argv: list[str]) -> int:
                                 name, day, ds.partition_uri(day))
                 else:
                     todo.append((ds, day))
-        each_partition(todo, one, (IngestError, storage.StorageError), "ingest failed for")
+        each_partition(todo, one, (IngestError, storage.StorageError), "ingest failed for", stage="ingest")
     return 0

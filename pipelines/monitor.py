@@ -33,7 +33,7 @@ import polars as pl
 
 from pipelines.core import alerts as alerts_mod
 from pipelines.core import lineage, storage
-from pipelines.core.cli import resolve, stage_parser
+from pipelines.core.cli import progress, resolve, stage_parser
 from pipelines.core.config import MonitorParams
 from pipelines.core.drift import ScoreDrift, drift_of
 from pipelines.core.lake import (
@@ -348,7 +348,7 @@ def main(argv: list[str]) -> int:
     args = stage_parser("monitor", __doc__).parse_args(argv)
     params, days = resolve(args)
     with storage.Publisher(params.storage.lake, args.snapshot) as pub:
-        for ds in days:
+        for ds in progress(days, "monitor"):
             rec = monitor_day(params, ds, pub)
             (log.warning if rec["alerts"] else log.info)(
                 "monitor %s: %s, %d alert(s)%s -> %s", ds, "DRIFT" if rec["drifted"] else "stable",

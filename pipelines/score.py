@@ -33,7 +33,7 @@ import json
 import logging
 
 from pipelines.core import storage
-from pipelines.core.cli import resolve, stage_parser
+from pipelines.core.cli import progress, resolve, stage_parser
 from pipelines.core.scoring import resolve_model, score_day
 
 log = logging.getLogger("pipelines.score")
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     served = resolve_model(params.score)
     (log.info if not served.fallback else log.warning)("scorer: %s (%s)", served.scored_by, served.reason)
     with storage.Publisher(params.storage.lake, args.snapshot) as pub:
-        for ds in days:
+        for ds in progress(days, "score"):
             stats = score_day(params, ds, served, pub, recompute=args.recompute)
             print(json.dumps({"date": ds.isoformat(), "rows": stats["rows"], **served.meta(),
                               "fallback_rows": stats["fallback_rows"]}, sort_keys=True))

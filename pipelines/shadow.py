@@ -22,7 +22,7 @@ import logging
 
 from pipelines.core import modelio as M
 from pipelines.core import scoring, storage
-from pipelines.core.cli import resolve, stage_parser
+from pipelines.core.cli import progress, resolve, stage_parser
 
 log = logging.getLogger("pipelines.shadow")
 
@@ -55,6 +55,6 @@ def main(argv: list[str]) -> int:
     else:
         served = scoring.Served("none", [], "shadow.enabled is false")
     with storage.Publisher(params.storage.lake, args.snapshot) as pub:
-        for ds in days:
+        for ds in progress(days, "shadow"):
             print(json.dumps(shadow_day(params, ds, served, pub), sort_keys=True))
     return 0

@@ -84,8 +84,10 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
         dvalid = xgb.QuantileDMatrix(x_valid, label=y_valid, ref=dtrain)
         best: tuple[float, int, dict, object] | None = None
         table = []
-        for combo in _grid(p.search):
+        combos = list(_grid(p.search))
+        for trial, combo in enumerate(combos, 1):
             combo = {k: (auto_spw if v == "auto" else v) for k, v in combo.items()}
+            started = time.perf_counter()
             params = {**p.base, **combo, "eval_metric": p.eval_metric, "seed": p.seed, "device": device,
                       "nthread": p.nthread or None, "verbosity": 1}
             params = {k: v for k, v in params.items() if v is not None}
@@ -95,7 +97,9 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
             score, it = float(booster.best_score), int(booster.best_iteration)
             table.append({**{k: combo[k] for k in sorted(combo)}, "valid_" + p.eval_metric: score, "best_iteration": it,
                           "rounds": len(curve["valid"][p.eval_metric])})
-            log.info("search %s -> valid %s %.4f at iteration %d", combo, p.eval_metric, score, it)
+            log.info("search trial %d/%d %s -> valid %s %.4f at iteration %d (%.1fs; best so far %.4f)", trial,
+                     len(combos), combo, p.eval_metric, score, it, time.perf_counter() - started,
+                     max(score, best[0]) if best else score)
             if best is None or score > best[0]:
                 best = (score, it, params, booster, [float(v) for v in curve["valid"][p.eval_metric]])
     score, it, params, booster, curve = best

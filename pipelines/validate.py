@@ -84,5 +84,5 @@ def main(argv: list[str]) -> int:
                      r["rows_validated"], r["rows_quarantined"], r["warnings"] or "none")
 
         each_partition([d for d in days if not (first and d < first)], one, ValidationBlocked, "validate blocked",
-                       failure=DataBlocked)
+                       failure=DataBlocked, stage="validate")
     return 0

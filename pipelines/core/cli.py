@@ -27,13 +27,29 @@ class DataBlocked(StageFailed):
 EXIT_BLOCKED = 3        # plugins/fraudops_wiring.DATA_BLOCKED: the task fails without retries
 
 
+def progress(items, what: str):
+    """The items, with a progress line (`what`: i/n, elapsed, about how long is left) after the
+    first, every tenth of the way and the last, when there is more than one."""
+    import time
+
+    items = list(items)
+    n, started, log = len(items), time.monotonic(), logging.getLogger("pipelines")
+    step = max(1, n // 10)
+    for i, item in enumerate(items, 1):
+        yield item
+        if n > 1 and (i == 1 or i == n or i % step == 0):
+            spent = time.monotonic() - started
+            log.info("%s: %d/%d (%d%%) in %.1fs%s", what, i, n, 100 * i // n, spent,
+                     f", about {spent / i * (n - i):.0f}s left" if i < n else "")
+
+
 def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], ...], what: str,
-                   failure: type[StageFailed] = StageFailed) -> None:
+                   failure: type[StageFailed] = StageFailed, stage: str = "partitions") -> None:
     """`one(item)` for every partition: one that fails with `errors` is logged and the others still
     run (each is a transaction of its own); then one `failure` (a StageFailed) names every failed
     partition."""
     failures = []
-    for item in items:
+    for item in progress(items, stage):
         try:
             one(item)
         except errors as exc:

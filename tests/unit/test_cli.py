@@ -35,3 +35,17 @@ def test_every_command_has_help(command, monkeypatch):
     with contextlib.redirect_stdout(text), pytest.raises(SystemExit) as done:
         main([command, "--help"])
     assert done.value.code == 0 and "usage:" in text.getvalue(), text.getvalue()[:500]
+
+
+def test_a_range_says_how_far_it_is(caplog):
+    import logging
+
+    from pipelines.core.cli import progress
+
+    with caplog.at_level(logging.INFO, logger="pipelines"):
+        assert list(progress(range(25), "features")) == list(range(25))
+        assert list(progress([7], "score")) == [7]                 # one date: no progress line
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("features: 1/25 (4%)") and "left" in lines[0]
+    assert lines[-1].startswith("features: 25/25 (100%)") and "left" not in lines[-1]
+    assert len(lines) == 1 + 12 + 1 and not any(m.startswith("score") for m in lines)    # the first, every 2nd, the last
