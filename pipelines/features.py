@@ -367,10 +367,37 @@ def manifest(df: pl.DataFrame, spec: FeatureParams, numerics: list[str], entitie
             "code_version": code_version(), "lookback_days": spec.lookback_days, "missing_history": missing}
 
 
+def run_key(params, day: dt.date, suite: dict | None) -> dict | None:
+    """What the features of `day` are made of: the partitions of its look-back (their records; a
+    missing one is part of the key too), the feature spec, the features suite, the columns, the
+    code and the libraries. Kept as `run` in the partition's record: a re-run with the same key
+    recomputes nothing. None when an input is not trusted (the run then fails on it as always)."""
+    from dataclasses import asdict
+
+    spec, store = params.features, params.storage
+    tx, lb = params.dataset("transactions"), params.dataset("labels")
+    first = day - dt.timedelta(days=spec.lookback_days)
+    uris = [store.uri("validated", dataset=tx.name, date=d.isoformat()) for d in date_range(first, day)
+            if d >= tx.first_date]
+    uris += [store.uri("canonical", dataset=lb.name, date=d.isoformat())
+             for d in date_range(first, day - dt.timedelta(days=1)) if d >= lb.first_date]
+    try:
+        inputs = lineage.committed(uris)
+    except lineage.StaleInput:
+        return None
+    settings = {"features": asdict(spec), "suite": suite, "engine": params.validate.engine,
+                "columns": asdict(tx.columns)}
+    return lineage.stage_key("features", inputs, settings, "pipelines.features",
+                             ("polars", "pyarrow", "numpy", "great_expectations"))
+
+
 def main(argv: list[str]) -> int:
     from pipelines.core.gx import load_suite, validate_frame
 
-    args = stage_parser("features", __doc__).parse_args(argv)
+    ap = stage_parser("features", __doc__)
+    ap.add_argument("--recompute", action="store_true",
+                    help="compute even a date whose features were made from the same look-back, spec, suite and code")
+    args = ap.parse_args(argv)
     params, days = resolve(args)
     spec, store = params.features, params.storage
     cols = params.dataset("transactions").columns
@@ -383,12 +410,23 @@ def main(argv: list[str]) -> int:
         log.warning("validate.suites.features is false: feature partitions are published without a suite")
     else:
         raise StageFailed("validate.suites has no features entry: give a suite path, or false to run without one")
-    start, end = min(days), max(days)
-    inputs = load_inputs(params, start, end)
-    feats = compute_features(inputs.events, inputs.labels, spec, start, end, entities, numerics)
+    keys = {day: run_key(params, day, suite) for day in days}
     failures = []
     with storage.Publisher(store.lake, args.snapshot) as pub:
-        for day in progress(days, "features"):
+        todo = []
+        for day in days:
+            uri, key = store.uri("features", date=day.isoformat()), keys[day]
+            if lineage.reusable(uri, key, pub, args.recompute) is None:
+                todo.append(day)
+            else:
+                log.info("features %s: unchanged since its record (the same look-back partitions, spec, suite and "
+                         "code: key %s); nothing recomputed -> %s", day, key["key"][:12], uri)
+        if not todo:
+            return 0
+        start, end = min(todo), max(todo)
+        inputs = load_inputs(params, start, end)
+        feats = compute_features(inputs.events, inputs.labels, spec, start, end, entities, numerics)
+        for day in progress(todo, "features"):
             part_uri = store.uri("features", date=day.isoformat())
             part = feats.filter(pl.col("event_ts").dt.date() == day)
             if suite is not None:
@@ -400,7 +438,8 @@ def main(argv: list[str]) -> int:
                     continue
             out = pub.partition(part_uri, "features", inputs=inputs.for_day(day, spec.lookback_days),
                                 extra={"spec_hash": spec_hash(spec), "code_version": code_version(),
-                                       "suite": str(suite_path) if suite is not None else None})
+                                       "suite": str(suite_path) if suite is not None else None,
+                                       **({"run": keys[day]} if keys[day] else {})})
             out.put_parquet(part_uri, part)
             out.put_json(store.uri("features_manifest", date=day.isoformat()),
                          manifest(part, spec, numerics, entities, day, inputs.missing))

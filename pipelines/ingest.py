@@ -232,17 +232,23 @@ def _read_file(ds: DatasetParams, day: dt.date, uri: str, data: bytes) -> pl.Dat
                           f"nothing published, the run fails") from None
 
 
-def read_source(ds: DatasetParams, day: dt.date) -> tuple[list[pl.DataFrame], list[dict]]:
-    """Each file of the source partition of `day`, with _source_file/_source_row columns."""
+def source_files(ds: DatasetParams, day: dt.date) -> list[tuple[str, bytes]]:
+    """The bytes of each file of the source partition of `day`."""
     prefix = ds.partition_uri(day)
     ext = ".parquet" if ds.format == "parquet" else ".csv"
     files = [u for u in storage.list_uris(prefix) if u.endswith(ext)]
     if not files:
         raise IngestError(f"{ds.name} {day}: no source partition at {prefix}/ (expected *{ext} files); "
                           f"nothing published, the run fails")
+    return [(uri, storage.read_bytes(uri)) for uri in files]
+
+
+def read_source(ds: DatasetParams, day: dt.date, files: list[tuple[str, bytes]] | None = None
+                ) -> tuple[list[pl.DataFrame], list[dict]]:
+    """Each file of the source partition of `day` (`files`: its bytes, already read), with
+    _source_file/_source_row columns."""
     frames, sources = [], []
-    for uri in files:
-        data = storage.read_bytes(uri)
+    for uri, data in files if files is not None else source_files(ds, day):
         df = _read_file(ds, day, uri, data)
         frames.append(df.with_columns(pl.lit(uri.rsplit("/", 1)[-1]).alias(FILE),
                                       pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW)))
@@ -278,15 +284,44 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
     return pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String if c == "event_id" else pl.Int8 for c in cols})
 
 
+def run_key(ds: DatasetParams, day: dt.date, store: StorageParams, params: IngestParams,
+            files: list[tuple[str, bytes]]) -> dict | None:
+    """What a canonical partition is made of: the source files' bytes, the earlier days' partitions
+    whose ids it is checked against (their records), the dataset's and the ingest settings, the
+    code and the libraries. Kept as `run` in its record: a re-run with the same key recomputes
+    nothing. None when an earlier day is not trusted (the run then fails on it as always)."""
+    from dataclasses import asdict
+
+    window = [day - dt.timedelta(days=i) for i in range(params.duplicate_window_days, 0, -1)]
+    try:
+        earlier = lineage.committed([store.uri("canonical", dataset=ds.name, date=d.isoformat())
+                                     for d in window if d >= ds.first_date])
+    except lineage.StaleInput:
+        return None
+    return lineage.stage_key("ingest", earlier, {"ingest": asdict(params), "dataset": asdict(ds)}, "pipelines.ingest",
+                             sources={uri: storage.sha256(data) for uri, data in files})
+
+
 def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, params: IngestParams,
-                     pub: storage.Publisher, memo: dict | None = None) -> dict:
+                     pub: storage.Publisher, memo: dict | None = None, recompute: bool = False) -> dict:
     """Read, normalize and publish one partition; return its stats. Raises IngestError when the
     partition cannot be ingested, after withdrawing its previous canonical partition and publishing
-    the evidence (rejects, stats)."""
+    the evidence (rejects, stats). A partition made from the same source bytes, earlier days,
+    settings and code (run_key) is not made again unless `recompute`."""
     fields = {"dataset": ds.name, "date": day.isoformat()}
     canonical_uri = store.uri("canonical", **fields)
     try:
-        frames, sources = read_source(ds, day)
+        files = source_files(ds, day)
+        key = run_key(ds, day, store, params, files)
+        if lineage.reusable(canonical_uri, key, pub, recompute) is not None:
+            try:
+                stats = storage.read_json(store.uri("ingest_stats", **fields))
+                log.info("%s %s: unchanged since its record (the same source files, earlier days, settings and "
+                         "code: key %s); nothing recomputed -> %s", ds.name, day, key["key"][:12], canonical_uri)
+                return {**stats, "unchanged": True}
+            except storage.MissingObject:
+                pass
+        frames, sources = read_source(ds, day, files)
     except (IngestError, storage.StorageError) as exc:
         pub.remove(canonical_uri)
         pub.put_json(store.uri("ingest_stats", **fields), {"dataset": ds.name, "date": day.isoformat(),
@@ -309,7 +344,7 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
     # the earlier days' ids are recorded, not chained as inputs: re-ingesting an old day does not
     # invalidate every later one (an id that reaches two days anyway stops the features, by name)
     part = pub.partition(canonical_uri, "ingest", sources={s["uri"]: s["sha256"] for s in sources},
-                         extra={"ids_seen_in": reader.consumed})
+                         extra={"ids_seen_in": reader.consumed, **({"run": key} if key else {})})
     part.put_parquet(store.uri("rejects", **fields), result.rejects)
     part.put_parquet(canonical_uri, result.canonical)
     part.put_json(store.uri("ingest_stats", **fields), stats)
@@ -352,6 +387,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--if-landed", action="append", default=[], metavar="DATASET",
                     help="ingest this dataset only where its partition has landed (else skip it, said in the log): the "
                          "nightly DAG waits for the transactions and takes the labels that are there")
+    ap.add_argument("--recompute", action="store_true",
+                    help="ingest even a partition made from the same source files, earlier days, settings and code")
     args = ap.parse_args(argv)
     params, days = resolve(args)
     store, ing = params.storage, params.ingest
@@ -361,7 +398,7 @@ def main(argv: list[str]) -> int:
     with storage.Publisher(store.lake, args.snapshot) as pub:
         def one(item: tuple[DatasetParams, dt.date]) -> None:
             ds, day = item
-            s = ingest_partition(ds, day, store, ing, pub, memos.setdefault(ds.name, {}))
+            s = ingest_partition(ds, day, store, ing, pub, memos.setdefault(ds.name, {}), args.recompute)
             log.info("%s %s: in=%d out=%d rejected=%d %s", ds.name, day, s["rows_in"], s["rows_out"],
                      s["rows_rejected"], s["rejected_by_reason"] or "")
 

@@ -20,23 +20,51 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 
 from pipelines.core import lineage, storage
 from pipelines.core.cli import DataBlocked, StageFailed, each_partition, resolve, stage_parser
 from pipelines.core.gx import load_suite, validate_frame
-from pipelines.core.report import validation_html
+from pipelines.core.report import validation_html, validation_index_html
 
 log = logging.getLogger("pipelines.validate")
 class ValidationBlocked(RuntimeError):
     """A partition failed a block-severity expectation; the message names it and the rules."""
 
 
-def validate_partition(dataset: str, day: dt.date, suite: dict, params, store, pub: storage.Publisher) -> dict:
+def run_key(src: str, suite: dict, params) -> dict | None:
+    """What a validated partition is made of: the canonical partition (its record), the suite, the
+    validate settings, the code and the libraries. Kept as `run` in its record: a re-run with the
+    same key recomputes nothing. None when the canonical partition is not trusted."""
+    from dataclasses import asdict
+
+    try:
+        inputs = lineage.committed([src])
+    except lineage.StaleInput:
+        return None
+    return lineage.stage_key("validate", inputs, {"validate": asdict(params), "suite": suite}, "pipelines.validate",
+                             ("great_expectations", "polars", "pyarrow", "pandas"))
+
+
+def validate_partition(dataset: str, day: dt.date, suite: dict, params, store, pub: storage.Publisher,
+                       recompute: bool = False) -> dict:
     """Validate the canonical partition of `day` and publish validated/quarantine/results/report.
-    Raises ValidationBlocked (after publishing the evidence) when the partition is blocked."""
+    Raises ValidationBlocked (after publishing the evidence) when the partition is blocked. A
+    partition validated from the same canonical bytes, suite, settings and code (run_key) is not
+    validated again unless `recompute` (a blocked one has no record: it is checked again)."""
     fields = {"dataset": dataset, "date": day.isoformat()}
     src = store.uri("canonical", **fields)
     validated_uri = store.uri("validated", **fields)
+    key = run_key(src, suite, params)
+    if key is not None and key["inputs"][src] is not None and \
+            lineage.reusable(validated_uri, key, pub, recompute, verify=key["inputs"]) is not None:
+        try:
+            results = storage.read_json(store.uri("validation_results", **fields))
+            log.info("%s %s: unchanged since its record (the same canonical partition, suite, settings and code: "
+                     "key %s); nothing recomputed -> %s", dataset, day, key["key"][:12], validated_uri)
+            return {**results, "unchanged": True}
+        except storage.MissingObject:
+            pass
     reader = lineage.Reader()
     try:
         df = reader.read_parquet(src)
@@ -47,7 +75,9 @@ def validate_partition(dataset: str, day: dt.date, suite: dict, params, store, p
                                 f"validated partition of the date withdrawn, the run fails") from None
     v = validate_frame(df, suite, dataset, day, params.max_quarantine_fraction, engine=params.engine)
     v.results["source"] = src
-    report = validation_html(v.results, v.quarantine).encode()
+    index = os.path.relpath(store.layout["validation_index"], os.path.dirname(store.layout["validation_report"])) \
+        if "validation_index" in store.layout else None
+    report = validation_html(v.results, v.quarantine, index_link=index).encode()
     if v.blocked:
         pub.remove(validated_uri)
         pub.put_parquet(store.uri("quarantine", **fields), v.quarantine)
@@ -56,7 +86,7 @@ def validate_partition(dataset: str, day: dt.date, suite: dict, params, store, p
         raise ValidationBlocked(f"{dataset} {day}: partition blocked ({src}): " + "; ".join(v.results["reasons"])
                                 + f". Quarantine: {store.uri('quarantine', **fields)}; report: "
                                 f"{store.uri('validation_report', **fields)}; nothing downstream reads this date")
-    part = pub.partition(validated_uri, "validate", inputs=reader.consumed)
+    part = pub.partition(validated_uri, "validate", inputs=reader.consumed, extra={"run": key} if key else None)
     part.put_parquet(store.uri("quarantine", **fields), v.quarantine)
     part.put_json(store.uri("validation_results", **fields), v.results)
     part.put(store.uri("validation_report", **fields), report, "text/html")
@@ -68,6 +98,9 @@ def validate_partition(dataset: str, day: dt.date, suite: dict, params, store, p
 def main(argv: list[str]) -> int:
     ap = stage_parser("validate", __doc__)
     ap.add_argument("--dataset", default="transactions")
+    ap.add_argument("--recompute", action="store_true",
+                    help="validate even a partition already validated from the same canonical partition, suite, "
+                         "settings and code")
     args = ap.parse_args(argv)
     params, days = resolve(args)
     vp, store = params.validate, params.storage
@@ -79,10 +112,24 @@ def main(argv: list[str]) -> int:
     first = params.dataset(args.dataset).first_date if params.has_dataset(args.dataset) else None
     with storage.Publisher(store.lake, args.snapshot) as pub:
         def one(day: dt.date) -> None:
-            r = validate_partition(args.dataset, day, suite, vp, store, pub)
+            r = validate_partition(args.dataset, day, suite, vp, store, pub, args.recompute)
             log.info("%s %s: passed, %d validated, %d quarantined, warnings: %s", args.dataset, day,
                      r["rows_validated"], r["rows_quarantined"], r["warnings"] or "none")
 
-        each_partition([d for d in days if not (first and d < first)], one, ValidationBlocked, "validate blocked",
-                       failure=DataBlocked, stage="validate")
+        try:
+            each_partition([d for d in days if not (first and d < first)], one, ValidationBlocked, "validate blocked",
+                           failure=DataBlocked, stage="validate")
+        finally:
+            write_index(store)
     return 0
+
+
+def write_index(store) -> None:
+    """The index of validation runs, blocked ones too: a view over every date, written to the lake
+    only (never into a DVC output: it is no date's product and not part of any record)."""
+    if "validation_index" not in store.layout:
+        return
+    try:
+        storage.write_bytes(store.uri("validation_index"), validation_index_html(store).encode(), "text/html")
+    except storage.StorageError as exc:
+        log.warning("validation index not updated (%s); the partitions' own pages are written", exc)

@@ -167,6 +167,45 @@ def keyed(parts: dict) -> dict:
     return {**parts, "key": storage.sha256(storage.json_bytes(parts))}
 
 
+def committed(uris) -> dict[str, "str | None"]:
+    """The sha256 of each partition's primary object as its trusted record names it, None where no
+    partition is committed (never published, withdrawn, not landed yet: an absence is part of what
+    a run is made of). Raises StaleInput for one that is not trusted any more."""
+    reader = Reader()
+    out: dict[str, str | None] = {}
+    for uri in uris:
+        try:
+            out[uri] = (reader.record(uri).get("objects") or {}).get(uri)
+        except NotCommitted:
+            out[uri] = None
+    return out
+
+
+def stage_key(stage: str, inputs: dict[str, "str | None"], settings: Any, module: str,
+              libraries: tuple[str, ...] = ("polars", "pyarrow"), **extra: Any) -> dict:
+    """The run key of one partition made by `stage`: its inputs ({uri: sha256 or None}), the sha256
+    of the settings that shape it (params sections, a suite), the fingerprint of the code `module`
+    runs and the versions of the libraries that compute it (see keyed)."""
+    import importlib.metadata
+
+    from pipelines.core import code
+
+    return keyed({"stage": stage, "inputs": dict(sorted(inputs.items())),
+                  "params_sha256": storage.sha256(storage.json_bytes(settings)),
+                  "code_version": code.fingerprint(module),
+                  "libraries": {lib: importlib.metadata.version(lib) for lib in libraries}, **extra})
+
+
+def reusable(primary: str, key: dict | None, pub: Any = None, recompute: bool = False,
+             verify: dict[str, "str | None"] | None = None) -> dict | None:
+    """The record of `primary` when this run may keep it instead of computing it again: it was made
+    with `key` and its objects still have their bytes (unchanged). Never when asked to recompute,
+    and never when the publisher also writes a snapshot (a DVC output wants the bytes written)."""
+    if recompute or key is None or getattr(pub, "snapshot", None):
+        return None
+    return unchanged(primary, key, verify or {})
+
+
 def unchanged(primary: str, key: dict | None, verify: dict[str, "str | None"]) -> dict | None:
     """The record of `primary` when it was made with `key` and its objects and the inputs in
     `verify` ({uri: sha256}) still have the bytes named (read only on a matching key: a miss costs

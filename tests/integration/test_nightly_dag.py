@@ -157,6 +157,54 @@ def test_a_date_is_a_run_cache_entry_and_recomputing_it_gives_the_same_bytes(bac
     assert storage.read_bytes(uri) == before and storage.read_json(storage.record_uri(uri)) == rec
 
 
+def test_ingest_validate_and_features_of_a_date_are_run_cache_entries_too(backfill, caplog, monkeypatch):
+    """Each partition's record names its run key (its inputs' bytes, settings, code, libraries): the
+    nightly stages before score re-run on an unchanged date compute nothing (normalize, the suite and
+    compute_features are never called); --recompute, or the record lost, makes the same bytes and
+    the same record again."""
+    import logging
+
+    from pipelines import features, ingest, validate
+
+    store, d = backfill["params"].storage, FIRST      # (its earlier days were in before the backfill ran)
+    uris = {"ingest": store.uri("canonical", dataset="transactions", date=d),
+            "labels": store.uri("canonical", dataset="labels", date=d),
+            "validate": store.uri("validated", dataset="transactions", date=d),
+            "features": store.uri("features", date=d)}
+    before = {k: (storage.read_bytes(u), storage.read_json(storage.record_uri(u))) for k, u in uris.items()}
+    for k, (_, rec) in before.items():
+        assert rec["run"]["key"] and rec["run"]["code_version"] and rec["run"]["params_sha256"], k
+    assert before["validate"][1]["run"]["inputs"] == {uris["ingest"]: before["ingest"][1]["objects"][uris["ingest"]]}
+    feat_inputs = before["features"][1]["run"]["inputs"]
+    assert feat_inputs[uris["validate"]] == before["validate"][1]["objects"][uris["validate"]]
+    assert set(before["features"][1]["inputs"]) <= set(feat_inputs)       # what it read, and what was absent
+    args = ["--params", str(backfill["params"].path), "--date", d]
+    runs = {"ingest": lambda *a: ingest.main([*args, "--dataset", "transactions", "--dataset", "labels", *a]),
+            "validate": lambda *a: validate.main([*args, *a]), "features": lambda *a: features.main([*args, *a])}
+
+    def boom(*a, **k):
+        raise AssertionError("an unchanged date was computed again")
+
+    for mod, fn in ((ingest, "normalize"), (validate, "validate_frame"), (features, "compute_features")):
+        monkeypatch.setattr(mod, fn, boom)
+    with redirect_stdout(io.StringIO()), caplog.at_level(logging.INFO):
+        for stage, run in runs.items():
+            assert run() == 0, stage
+    assert caplog.text.count("unchanged since its record") >= 4, caplog.text        # tx + labels, validated, features
+    monkeypatch.undo()
+    with redirect_stdout(io.StringIO()):
+        for stage, run in runs.items():
+            assert run("--recompute") == 0, stage
+    after = {k: (storage.read_bytes(u), storage.read_json(storage.record_uri(u))) for k, u in uris.items()}
+    assert after == before
+    storage.delete(storage.record_uri(uris["features"]))                     # a lost record: computed again
+    storage.delete(uris["features"])
+    with redirect_stdout(io.StringIO()):
+        assert runs["features"]() == 0
+    assert (storage.read_bytes(uris["features"]), storage.read_json(storage.record_uri(uris["features"]))) == \
+        before["features"]
+
+
 def test_a_decided_date_is_a_run_cache_entry_too(backfill, caplog, monkeypatch):
     """The decisions record names what they were made from (the predictions' and features' bytes,
     verdicts, guardrail inputs, params, code): deciding the date again with the same computes nothing
