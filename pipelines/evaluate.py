@@ -18,7 +18,6 @@ and `evaluate_scores` from here, so both models are judged by the same code on t
 """
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -28,7 +27,7 @@ from pipelines.core import lake, storage
 from pipelines.core import modelio as M
 from pipelines.core.cli import resolve, stage_parser
 from pipelines.core.drift import reference_profile
-from pipelines.core.report import data_uri, fmt, png, render
+from pipelines.core.report import evaluation_html, png
 from pipelines.core.metrics import calibration_table, evaluate_scores, score_frame
 
 log = logging.getLogger("pipelines.evaluate")
@@ -95,21 +94,6 @@ def _curve_points(y: np.ndarray, s: np.ndarray, limit: int = 200) -> tuple[list[
             [{"fpr": round(float(fpr[i]), 6), "tpr": round(float(tpr[i]), 6)} for i in pick(len(fpr))])
 
 
-def report_html(title: str, metrics: dict, evaluation: dict, pngs: dict[str, bytes]) -> str:
-    """The evaluation page (templates/evaluation.html.j2): tables, and the PNGs inlined."""
-    t, b = evaluation["test"], evaluation["baseline"]
-    head = [(k, fmt(t.get(k)), fmt(b.get(k))) for k in ("roc_auc", "average_precision", "brier", "precision", "recall",
-                                                        "f1", "alert_rate", "rows", "positives")]
-    pak = [(f"{kind} {k}", fmt(v["mean"])) for kind in ("events", "entities") for k, v in t["precision_at_k"][kind].items()]
-    slices = [(k, v["rows"], v["positives"], fmt(v["average_precision"]), fmt(v["recall"]), fmt(v["precision"]))
-              for k, v in t["slices"].items()]
-    cm = t["confusion_matrix"]
-    return render("evaluation.html.j2", title=title, ev=evaluation, head_rows=head,
-                  cm_rows=[("legit", cm["tn"], cm["fp"]), ("fraud", cm["fn"], cm["tp"])], pak_rows=pak,
-                  slice_rows=slices, images=[(n, data_uri(d)) for n, d in sorted(pngs.items())],
-                  metrics_json=json.dumps(metrics, indent=2))
-
-
 # --------------------------------------------------------------------------- entry point
 def main(argv: list[str]) -> int:
     args = stage_parser("evaluate", __doc__).parse_args(argv)
@@ -163,8 +147,10 @@ def main(argv: list[str]) -> int:
         out.put_json("plots/calibration.json", cal)
         out.put_json(lake.PROFILE, profile)
         out.put_json(lake.EVALUATION, evaluation)
-        out.put("report.html", report_html(f"Evaluation of model {summary['model_sha256'][:12]}", metrics, evaluation,
-                                           pngs).encode(), "text/html")
+        out.put("report.html", evaluation_html(
+            f"Evaluation of candidate model {summary['model_sha256'][:12]}", metrics, evaluation, pngs,
+            "Not registered yet: registration titles this page with the model's name and version (its MLflow "
+            "run and the training's register/report.html).").encode(), "text/html")
         out.put_json(lake.METRICS, metrics)
         log.info("evaluate %s..%s: AP %.4f (baseline %.4f), ROC AUC %.4f, recall %.3f @ %.4f -> %s", *win["test"],
                  model_eval["average_precision"] or 0, baseline_eval["average_precision"] or 0, model_eval["roc_auc"] or 0,

@@ -152,6 +152,32 @@ def realized(frame: pl.DataFrame, d: dt.date, label_date: dt.date, ks: tuple[int
 
 
 # --------------------------------------------------------------------------- report
+def plots(history: pl.DataFrame, outcome_rows: list[list]) -> list[tuple[str, str]]:
+    """Realized AP and error rate per model version over the days scored (one line each, challenger
+    = shadow), and the share of fraud among the labelled rows of each decision."""
+    from pipelines.core import charts
+
+    out = []
+    h = history.filter(pl.col("slice") == "") if history.height else history
+    days = sorted({str(d) for d in h["date"].to_list()}) if h.height else []
+    for metric, title, percent in (("average_precision", "realized AP", False), ("error_rate", "error rate", True)):
+        m = h.filter(pl.col("metric") == metric) if h.height else h
+        if not m.height:
+            continue
+        series = []
+        for (role, version), g in sorted(m.group_by(["role", "model_version"]), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            by_day = {str(d): v for d, v in zip(g["date"].to_list(), g["value"].to_list())}
+            series.append((f"{role} v{version}", [by_day.get(d) for d in days]))
+        out.append((title, charts.svg_uri(charts.lines(days, series, f"{title} per model version, by day scored",
+                                                       percent=percent))))
+    shares = [(r[0], r[2] / r[1] if r[1] else None) for r in outcome_rows]
+    if any(v is not None for _, v in shares):
+        out.append(("decision outcomes", charts.svg_uri(charts.grouped_bars(
+            [d for d, _ in shares], [("fraud share of the labelled rows", [v for _, v in shares])],
+            "Outcome of each decision: share that was fraud", width=440))))
+    return out
+
+
 def report_html(summary: dict, history: pl.DataFrame, index_link: str) -> str:
     """The day's realized-performance page (templates/feedback_day.html.j2)."""
     keys = ["rows", "positives", "average_precision", "roc_auc", "precision", "recall", "legit_precision",
@@ -175,6 +201,7 @@ def report_html(summary: dict, history: pl.DataFrame, index_link: str) -> str:
         trend_rows = [[r["date"], r["role"], f"v{r['model_version']}", r["metric"], fmt(r["value"])]
                       for r in h.iter_rows(named=True)]
     return render("feedback_day.html.j2", s=summary, acc=summary["accounting"], rv=summary["reviews"],
+                  plots=plots(history, outcome_rows),
                   realized_head=realized_head, realized_rows=realized_rows, outcome_rows=outcome_rows, cmp=cmp_,
                   ahead=bool(cmp_ and (cmp_["delta"] or 0) > 0), slice_rows=slice_rows, trend_rows=trend_rows,
                   index_link=index_link)

@@ -138,8 +138,8 @@ def day_metrics(ds: dt.date, obs: Observed, dec_summary: dict, model_doc: dict, 
                     p.out_of_range_share.alert)
             if st == "alert":
                 drifted.append(f)
-            details["features"].append({"feature": f, **{k: d.get(k) for k in ("psi", "ks", "null_share",
-                                                                               "out_of_range_share")}})
+            details["features"].append({"feature": f, "status": st, **{k: d.get(k) for k in (
+                "psi", "ks", "null_share", "out_of_range_share", "distribution")}})
         sd = obs.score
         add("output", "score_psi", sd["psi"], "score", p.score_psi.warn, p.score_psi.alert)
         score_alert = rows[-1]["status"] == "alert"
@@ -253,10 +253,51 @@ def _figures(ds: dt.date, metrics: pl.DataFrame, details: dict, history: pl.Data
     return imgs, trends
 
 
+def feature_cards(feats: list[dict], p: MonitorParams) -> list[dict]:
+    """Per feature, sorted by drift: the share of rows per reference bin (reference vs the day), the
+    tests used with their values and thresholds, and the status."""
+    from pipelines.core import charts
+
+    cards = []
+    for f in feats:
+        dist = f.get("distribution")
+        if not dist:
+            continue
+        tests = [f"PSI {fmt(f['psi'])} (warn {p.psi.warn:g}, alert {p.psi.alert:g})"]
+        if f.get("ks") is not None:
+            tests.append(f"KS {fmt(f['ks'])} (warn {p.ks.warn:g}, alert {p.ks.alert:g})")
+        cards.append({"feature": f["feature"], "status": f.get("status") or "ok", "tests": " · ".join(tests),
+                      "src": charts.svg_uri(charts.grouped_bars(
+                          dist["bins"], [("reference", dist["reference"]), ("this day", dist["current"])],
+                          f"{f['feature']}: share of rows per reference bin"))})
+    return cards
+
+
+MODEL_FIELDS = (("model_name", "model"), ("model_version", "version"), ("scored_by", "scored by"),
+                ("threshold", "operating threshold"), ("run_id", "MLflow run"),
+                ("model_sha256", "model sha256"), ("spec_hash", "feature spec"), ("fallback", "fallback"),
+                ("reason", "why this model"))
+
+
+def model_card(model_doc: dict) -> list[tuple[str, str]]:
+    """The model served, as labelled fields (the ones it has)."""
+    out = []
+    for key, label in MODEL_FIELDS:
+        v = model_doc.get(key)
+        if v in (None, "", [], {}):
+            continue
+        out.append((label, fmt(v) if isinstance(v, float) else (", ".join(map(str, v)) if isinstance(v, list) else str(v))))
+    ref = model_doc.get("reference_profile") or {}
+    if ref:
+        out.append(("reference profile", f"{ref.get('window') or 'test window'}: {ref.get('rows')} rows, "
+                                         f"{len(ref.get('features') or {})} features"))
+    return out
+
+
 def report_html(ds: dt.date, metrics: pl.DataFrame, perf: pl.DataFrame, details: dict, alerts: list[dict],
                 model_doc: dict, history: pl.DataFrame, summary: dict, realized: pl.DataFrame | None = None,
-                index_link: str = "../index.html") -> str:
-    """The day's monitoring page (templates/monitor_day.html.j2)."""
+                index_link: str = "../index.html", *, p: MonitorParams) -> str:
+    """The day's monitoring page (templates/monitor_day.html.j2); `p`: the monitor params (thresholds)."""
     feats = sorted(details["features"], key=lambda r: -(r["psi"] or 0))
     st = {r["metric"]: r for r in metrics.filter(pl.col("feature") == "").iter_rows(named=True)}
     drift = st.get("day_drifted", {}).get("value")
@@ -269,17 +310,16 @@ def report_html(ds: dt.date, metrics: pl.DataFrame, perf: pl.DataFrame, details:
     metric_rows = [{"group": r["group"], "metric": r["metric"], "feature": r["feature"], "value": f(r["value"]),
                     "rolling": f"{f(r['rolling_mean'])} ({r['rolling_days']}d)", "warn": f(r["warn"]), "alert": f(r["alert"]),
                     "status": r["status"]} for r in metrics.filter(pl.col("group") != "drift").iter_rows(named=True)]
-    model = {k: model_doc.get(k) for k in ("scored_by", "fallback", "model_name", "model_version", "run_id",
-                                           "model_sha256", "threshold", "spec_hash", "reason")}
     ref = model_doc.get("reference_profile") or {}
     return render("monitor_day.html.j2", ds=ds, drifted=bool(drift), reference={"window": ref.get("window"),
                   "rows": ref.get("rows")}, index_link=index_link, kpis=kpis, alerts=alerts,
                   **dict(zip(("images", "trends"), _figures(ds, metrics, details, history))),
-                  feature_rows=[[x["feature"], f(x["psi"]), f(x["ks"]), f(x["null_share"]), f(x["out_of_range_share"])]
-                                for x in feats],
+                  feature_rows=[[x["feature"], x.get("status") or "ok", f(x["psi"]), f(x["ks"]), f(x["null_share"]),
+                               f(x["out_of_range_share"])] for x in feats],
+                  feature_cards=feature_cards(feats, p), psi_limits=(p.psi.warn, p.psi.alert),
+                  ks_limits=(p.ks.warn, p.ks.alert), model_card=model_card(model_doc),
                   metric_rows=metric_rows, realized_cols=list(REALIZED_COLUMNS), realized_rows=realized_rows(realized),
-                  perf_rows=[[r["metric"], f(r["value"])] for r in perf.iter_rows(named=True)],
-                  model=json.dumps(model, indent=2, default=str))
+                  perf_rows=[[r["metric"], f(r["value"])] for r in perf.iter_rows(named=True)])
 
 
 # --------------------------------------------------------------------------- entry point
@@ -336,7 +376,7 @@ def _publish_day(pub: storage.Publisher, reader: lineage.Reader, params, ds: dt.
     realized = read_realized(store, [ds - dt.timedelta(days=i) for i in range(29, -1, -1)]) \
         if "realized" in store.layout else None
     pub.put(report_uri, report_html(ds, metrics, perf, details, alerts, model_doc, history, dec_summary,
-                                    realized, link(store, "monitor_report", "monitor_index", ds)).encode(),
+                                    realized, link(store, "monitor_report", "monitor_index", ds), p=params.monitor).encode(),
             "text/html")              # a view: re-rendered as labels land, so not part of the record
     part.put_parquet(store.uri("monitoring", date=d), metrics)
     part.commit()

@@ -33,6 +33,7 @@ from pipelines.core import registry as R
 from pipelines.core.cli import resolve, stage_parser
 from pipelines.core.config import GateParams
 from pipelines.core.metrics import evaluate_scores, score_frame
+from pipelines.core.report import evaluation_html
 
 log = logging.getLogger("pipelines.register")
 REPO = Path(__file__).resolve().parent.parent
@@ -339,6 +340,21 @@ def _complete(c, name: str, version: str) -> None:
     c.set_model_version_tag(name, version, COMPLETE_TAG, "true")
 
 
+def _evaluation_page(c, name: str, version: str, base: str, out, metrics: dict, evaluation: dict) -> None:
+    """The evaluation page titled with the model's name and version ("fraud-xgb v3"): next to the
+    registration in the lake (<training>/register/report.html) and on the version's MLflow run
+    (evaluation_report.html). The same bytes each time it is written."""
+    mv = c.get_model_version(name, version)
+    pngs = {uri.rsplit("/", 1)[-1]: storage.read_bytes(uri) for uri in storage.list_uris(f"{base}/{lake.EVALUATE}/images")}
+    html = evaluation_html(f"{name} v{version}", metrics, evaluation, pngs,
+                           f"Model sha256 {evaluation['model_sha256'][:12]}, MLflow run {mv.run_id}, trained on "
+                           f"{'..'.join(evaluation['windows']['train'])}").encode()
+    out.put("report.html", html, "text/html")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "evaluation_report.html").write_bytes(html)
+        c.log_artifact(mv.run_id, str(Path(tmp) / "evaluation_report.html"))
+
+
 def _registration(c, name: str, version: str) -> dict:
     mv = c.get_model_version(name, version)
     return {"model_name": name, "version": version, "run_id": mv.run_id, "model_sha256": mv.tags.get("model_sha256"),
@@ -386,11 +402,13 @@ def main(argv: list[str]) -> int:
                 log.warning("register: version %s of %s (model %s) was left half-registered; completing it",
                             mv.version, name, sha[:12])
                 _complete(c, name, str(mv.version))
+                _evaluation_page(c, name, str(mv.version), base, out, metrics, evaluation)
                 out.put_json(lake.REGISTRATION, _registration(c, name, str(mv.version)))
                 return 0
             if not _proposable_again(c, name, mv):
                 log.info("register: model %s is already version %s of %s; nothing created, no alias moved",
                          sha[:12], mv.version, name)
+                _evaluation_page(c, name, str(mv.version), base, out, metrics, evaluation)
                 out.put_json(lake.REGISTRATION, _registration(c, name, str(mv.version)))
                 return 0
             again = mv                  # the same bytes, registered before, free now: the gate decides again
@@ -406,6 +424,7 @@ def main(argv: list[str]) -> int:
 
         if again is not None:
             version = _propose_again(c, name, again, decision, champion, how)
+            _evaluation_page(c, name, version, base, out, metrics, evaluation)
             rec = _registration(c, name, version)
             out.put_json(lake.REGISTRATION, rec)
             print(f"{name} v{version} (registered before, proposed again): gate {'passed' if decision.passed else 'failed'}, "
@@ -454,6 +473,7 @@ def main(argv: list[str]) -> int:
         version = str(mv.version)
         faults.point("register.after_version")
         _complete(c, name, version)
+        _evaluation_page(c, name, version, base, out, metrics, evaluation)
         rec = _registration(c, name, version)
         out.put_json(lake.REGISTRATION, rec)
         log.info("registered %s v%s (run %s): gate %s -> %s", name, version, run_id, tags["gate"],

@@ -126,6 +126,38 @@ def histograms(edges: list[float], series: list[tuple[str, list[float]]], title:
     return _svg(width, height, title, body)
 
 
+def grouped_bars(categories: list[str], series: list[tuple[str, list[float]]], title: str,
+                 width: int = 340, height: int = 190, percent: bool = True) -> str:
+    """Bars side by side per category, one colour per series (e.g. the share of rows per reference
+    bin: reference vs the day); x labels thinned to fit."""
+    left, right, top, bottom = 44, width - 8, 44, height - 30
+    vals = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
+    hi = max([*vals, 1e-12]) * 1.08
+    y = _scale(0.0, hi, bottom, top)
+    fmt = (lambda v: f"{v:.0%}") if percent else num
+    slot = (right - left) / max(len(categories), 1)
+    bar = max(slot * 0.8 / max(len(series), 1), 0.5)
+    body = [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/>',
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#999"/>']
+    for t in _axis_ticks(0.0, hi, 3):
+        body.append(f'<text x="{left - 4}" y="{_c(y(t) + 4)}" {FONT} text-anchor="end" fill="#666">{fmt(t)}</text>')
+    for k, (name, vs) in enumerate(series):
+        color = PALETTE[k % len(PALETTE)]
+        body.append(f'<rect x="{_c(left + 90 * k)}" y="24" width="9" height="9" fill="{color}"/>'
+                    f'<text x="{_c(left + 90 * k + 12)}" y="32" {FONT}>{escape(name)}</text>')
+        for i, v in enumerate(vs):
+            v = v if v is not None and math.isfinite(v) else 0.0
+            x0 = left + i * slot + slot * 0.1 + k * bar
+            body.append(f'<rect x="{_c(x0)}" y="{_c(y(v))}" width="{_c(bar)}" height="{_c(bottom - y(v))}" '
+                        f'fill="{color}"><title>{escape(categories[i])} {escape(name)}: {fmt(v) if not percent else f"{v:.2%}"}'
+                        f'</title></rect>')
+    step = max(1, math.ceil(len(categories) * 42 / (right - left)))
+    for i in range(0, len(categories), step):
+        body.append(f'<text x="{_c(left + (i + 0.5) * slot)}" y="{bottom + 13}" {FONT} text-anchor="middle" '
+                    f'fill="#666">{escape(categories[i][:8])}</text>')
+    return _svg(width, height, title, body)
+
+
 def trend(points: list[tuple[str, float | None]], title: str, marks: list[tuple[str, float]] = (),
           width: int = 340, height: int = 200, percent: bool = False) -> str:
     """A line over dated points (x labels in order; a None value is a gap), with horizontal lines
@@ -161,6 +193,43 @@ def trend(points: list[tuple[str, float | None]], title: str, marks: list[tuple[
     for i in range(0, len(points), step):
         body.append(f'<text x="{_c(x(i))}" y="{bottom + 14}" {FONT} text-anchor="middle" fill="#666">'
                     f'{escape(points[i][0][5:] if len(points[i][0]) == 10 else points[i][0])}</text>')
+    return _svg(width, height, title, body)
+
+
+def lines(labels: list[str], series: list[tuple[str, list[float | None]]], title: str, width: int = 440,
+          height: int = 220, percent: bool = False) -> str:
+    """Several lines over the same dated x labels (a None value is a gap), one colour each, with a
+    legend: e.g. the realized AP of each model version over the days."""
+    left, right, top, bottom = 48, width - 10, 30 + 14 * ((len(series) + 2) // 3), height - 30
+    vals = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
+    lo, hi = min([*vals, 0.0]), max([*vals, 1e-12]) * 1.08
+    n = max(len(labels) - 1, 1)
+    x = lambda i: left + i / n * (right - left)  # noqa: E731
+    y = _scale(lo, hi, bottom, top)
+    fmt = (lambda v: f"{v:.1%}") if percent else num
+    body = [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/>',
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#999"/>']
+    for t in _axis_ticks(lo, hi, 4):
+        body.append(f'<text x="{left - 4}" y="{_c(y(t) + 4)}" {FONT} text-anchor="end" fill="#666">{fmt(t)}</text>')
+    for k, (name, vs) in enumerate(series):
+        color = PALETTE[k % len(PALETTE)]
+        lx, ly = left + (k % 3) * ((right - left) / 3), 22 + 14 * (k // 3)
+        body.append(f'<rect x="{_c(lx)}" y="{ly}" width="9" height="9" fill="{color}"/>'
+                    f'<text x="{_c(lx + 12)}" y="{ly + 8}" {FONT}>{escape(name)}</text>')
+        segment: list[str] = []
+        for i, v in enumerate([*vs, None]):
+            if v is None or not math.isfinite(v):
+                if len(segment) > 1:
+                    body.append(f'<polyline points="{" ".join(segment)}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+                segment = []
+                continue
+            segment.append(f"{_c(x(i))},{_c(y(v))}")
+            body.append(f'<circle cx="{_c(x(i))}" cy="{_c(y(v))}" r="2.5" fill="{color}">'
+                        f'<title>{escape(labels[i])} {escape(name)}: {fmt(v)}</title></circle>')
+    step = max(1, math.ceil(len(labels) / 6))
+    for i in range(0, len(labels), step):
+        body.append(f'<text x="{_c(x(i))}" y="{bottom + 14}" {FONT} text-anchor="middle" fill="#666">'
+                    f'{escape(labels[i][5:] if len(labels[i]) == 10 else labels[i])}</text>')
     return _svg(width, height, title, body)
 
 

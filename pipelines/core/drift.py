@@ -113,6 +113,11 @@ class NumericDrift:
             out["ks"] = float(np.max(np.abs(self.le / self.finite - f_ref)))
         if ref.get("min") is not None and self.finite:
             out["out_of_range_share"] = self.oor / self.finite
+        e = [f"{x:.3g}" for x in self.edges]
+        out["distribution"] = {"bins": ([f"<{e[0]}", *(f"{a}..{b}" for a, b in zip(e, e[1:])), f"≥{e[-1]}"]
+                                        if e else ["all"]) + ["null"],
+                               "reference": [float(x) for x in ref["shares"]] + [float(ref["null_share"])],
+                               "current": [float(x) for x in cur]}
         return out
 
 
@@ -136,7 +141,8 @@ class CategoricalDrift:
         cur = [shares.get(k, 0.0) for k in keys] + [nulls]
         refv = [ref["frequencies"].get(k, 0.0) for k in keys] + [ref["null_share"]]
         return {"psi": psi(cur, refv), "null_share": nulls, "null_share_increase": nulls - ref["null_share"],
-                "out_of_range_share": sum(shares.get(k, 0.0) for k in keys if k not in ref["frequencies"])}
+                "out_of_range_share": sum(shares.get(k, 0.0) for k in keys if k not in ref["frequencies"]),
+                "distribution": {"bins": [*keys, "null"], "reference": refv, "current": cur}}
 
 
 class ScoreDrift:

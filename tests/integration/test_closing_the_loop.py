@@ -158,9 +158,14 @@ def test_better_challenger_shadows_wins_and_is_promoted_automatically(models_aw)
         "feedback_day": store.uri("feedback_report", date=D2), "monitor_day": store.uri("monitor_report", date=D2),
         "monitor_index": store.uri("monitor_index"),
         "validation_day": store.uri("validation_report", dataset="transactions", date=D2),
-        "evaluation": f"{training_uri(champion, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))}/evaluate/report.html",
+        # titled with the model's name and version at registration (evaluate/report.html: the candidate's)
+        "evaluation": f"{training_uri(champion, parse_date(TRAIN_RANGE[0]), parse_date(TRAIN_RANGE[1]))}/register/report.html",
+        "validation_index": store.uri("validation_index"),
     }, tmp)
     assert got["feedback_day"]["title"] == f"Feedback {D2}" and got["monitor_day"]["title"] == f"Monitoring {D2}"
+    import re                               # (the last registration of those bytes names the page)
+    assert re.fullmatch(r"fraud-xgb\S* v\d+", got["evaluation"]["title"]), got["evaluation"]["title"]
+    assert got["validation_index"]["title"] == "Validation runs"
 
 
 def test_manual_mode_waits_for_the_promote_dag_with_confirm(models_aw):

@@ -71,6 +71,10 @@ def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
     assert tags["registered_by"].startswith(f"airflow:training/{run['dag_run_id']}/register")
     assert tags["training.uri"] == base and base.endswith(f"/{tags['training.key']}"), (tags["training.uri"], base)
     _lineage_is_the_runs_own_lock(c, mv.run_id)
+    # the evaluation page titled with the model's name and version, in the lake and on its run
+    page = storage.read_bytes(f"{base}/register/report.html")
+    assert f"<title>{name} v{reg['version']}</title>".encode() in page, page[:300]
+    assert "evaluation_report.html" in {a.path for a in c.list_artifacts(mv.run_id)}
     events = client._request("GET", "/api/v2/assets/events?limit=100")["asset_events"]
     assert any(e.get("uri") == "fraudops://registry/model" and e.get("source_run_id") == run["dag_run_id"]
                for e in events), events[-3:]

@@ -70,3 +70,31 @@ def test_decision_outcomes_ignore_review_only_labels():
     o = decision_outcomes(f)
     assert o["decision.block.fraud"] == 1 and o["decision.block.legit"] == 1 and o["decision.review.rows"] == 0
     assert o["frauds_approved_share"] == 0.5
+
+
+def test_the_page_plots_realized_ap_and_error_per_version_and_decision_outcomes():
+    import base64
+    import datetime as dt
+    import xml.etree.ElementTree as ET
+
+    import polars as pl
+
+    from pipelines.core.lake import REALIZED_SCHEMA
+    from pipelines.feedback import plots
+
+    d = [dt.date(2026, 3, i) for i in (1, 2, 3)]
+    rows = [(day, day, "m", v, role, metric, "", val) for day in d
+            for v, role, metric, val in (("1", "champion", "average_precision", 0.6), ("2", "challenger", "average_precision", 0.7),
+                                         ("1", "champion", "error_rate", 0.01), ("1", "champion", "recall", 0.5))]
+    rows.append((d[0], d[0], "m", "1", "champion", "average_precision", "category=online", 0.1))     # a slice: not plotted
+    got = plots(pl.DataFrame(rows, schema=REALIZED_SCHEMA, orient="row"),
+                [["block", 10, 8, 2, "0.8"], ["review", 20, 5, 15, "0.25"], ["approve", 100, 1, 99, "0.01"]])
+    assert [t for t, _ in got] == ["realized AP", "error rate", "decision outcomes"]
+    svg = {t: ET.fromstring(base64.b64decode(src.split(",", 1)[1])) for t, src in got}
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(list(svg["realized AP"].iter(f"{ns}polyline"))) == 2            # one line per version
+    texts = [t.text for t in svg["realized AP"].iter(f"{ns}text")]
+    assert "challenger v2" in texts and "champion v1" in texts
+    bars = [r.find(f"{ns}title").text for r in svg["decision outcomes"].iter(f"{ns}rect") if r.find(f"{ns}title") is not None]
+    assert bars[0].startswith("block") and "80.00%" in bars[0]
+    assert plots(pl.DataFrame(schema=REALIZED_SCHEMA), [["block", 0, 0, 0, ""]]) == []

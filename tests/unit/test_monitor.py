@@ -19,3 +19,45 @@ def test_monitor_report_shows_realized_metrics_per_version():
     cells = {r[1]: r[3:] for r in table}
     assert "0.61" in cells["champion"] and "0.72" in cells["challenger"] and "0.002" in cells["champion"]
     assert realized_rows(None) == []
+
+
+def test_the_day_page_shows_each_features_distributions_sorted_by_drift_and_a_model_card():
+    """Per feature, most drifted first: reference vs the day per reference bin, the tests with their
+    values and thresholds, the status; the model served as labelled fields, not a JSON dump."""
+    import base64
+    import re
+    import xml.etree.ElementTree as ET
+
+    import numpy as np
+
+    from pipelines.core.config import load_params
+    from pipelines.core.drift import reference_profile
+    from pipelines.monitor import METRIC_SCHEMA, day_metrics, observe, report_html
+
+    params = load_params("params.yaml")
+    rng = np.random.default_rng(7)
+    n = 4000
+    ref = pl.DataFrame({"amount": rng.lognormal(3, 1, n), "hour": rng.integers(0, 4, n), "score": rng.beta(1, 30, n)})
+    profile = reference_profile(ref, {"feature_names": ["amount", "hour"]}, params.evaluate)
+    day = pl.DataFrame({"amount": rng.lognormal(3, 1, n) * 100, "hour": rng.integers(0, 4, n)})     # amounts x100
+    pred = pl.DataFrame({"score": rng.beta(1, 30, n), "threshold": [0.5] * n, "fallback": [[]] * n},
+                        schema_overrides={"fallback": pl.List(pl.String)})
+    obs = observe([day], [pred], profile, params.monitor)
+    ds = dt.date(2026, 3, 1)
+    model_doc = {"scored_by": "model", "model_name": "fraud-xgb", "model_version": "3", "run_id": "abc123",
+                 "model_sha256": "f" * 64, "threshold": 0.42, "reference_profile": profile}
+    rows, details = day_metrics(ds, obs, {"rates": {"approve": 0.9, "review": 0.08, "block": 0.02}}, model_doc,
+                                params.monitor)
+    metrics = pl.DataFrame(rows, schema=METRIC_SCHEMA).with_columns(rolling_mean=pl.col("value"), rolling_days=pl.lit(1))
+    html = report_html(ds, metrics, pl.DataFrame(schema=metrics.schema), details, [], model_doc, metrics,
+                       {"rates": {"review": 0.08, "block": 0.02}}, p=params.monitor)
+    cards = re.findall(r'<figure class="card"><img alt="([^"]+) distribution" src="data:image/svg\+xml;base64,([^"]+)"', html)
+    assert [c[0] for c in cards] == ["amount", "hour"]                       # the x100 feature first
+    for _, b64 in cards:
+        svg = ET.fromstring(base64.b64decode(b64))
+        assert len([r for r in svg.iter("{http://www.w3.org/2000/svg}rect") if r.find("{*}title") is not None]) >= 4
+    p = params.monitor
+    assert f"(warn {p.psi.warn:g}, alert {p.psi.alert:g})" in html and "KS " in html
+    assert "badge fail\">alert" in html.split('<figure class="card">')[1]     # amount is at alert
+    assert "<th>model</th><td>fraud-xgb</td>" in html and "<th>version</th><td>3</td>" in html
+    assert "{" not in html.split("Model served")[1]                           # a card, not JSON

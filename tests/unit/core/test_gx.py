@@ -93,3 +93,35 @@ def test_committed_suites_load_and_have_both_severities():
     assert {"expect_column_mean_to_be_between", "expect_column_quantile_values_to_be_between",
             "expect_table_row_count_to_be_between", "expect_column_values_to_be_unique",
             "expect_column_values_to_be_in_set", "expect_column_values_to_be_of_type"} <= kinds
+
+
+def test_the_page_says_each_rule_in_plain_language_with_what_was_observed():
+    v = validate_frame(frame([1.0] * 197 + [None, -5.0, 2000.0]), SUITE, "t", DAY, 0.05)
+    page = validation_html(v.results, v.quarantine, index_link="../../index.html")
+    assert not v.blocked and "Why it is blocked" not in page and "Why blocked" not in page
+    assert "amount is at least 0 for every row" in page and "99.50% of rows pass (1 of 200 fail)" in page
+    assert "event_ts is between the start of the partition&#39;s day and its end" in page
+    assert "the partition has at least 5 rows" in page and "amount is present (not null) for every row" in page
+    assert "expect_column" not in page.replace('title="expect_column', "")        # the GX names only as hover text
+    assert page.index("amount is at most 1,000") < page.index("the partition has at least 5 rows")  # warnings first
+    assert 'href="../../index.html"' in page
+    blocked = validate_frame(frame([None] * 100 + [1.0] * 100), SUITE, "t", DAY, 0.05)
+    assert "Why it is blocked" in validation_html(blocked.results, blocked.quarantine)
+
+
+def test_the_index_lists_every_validation_run_with_links(tmp_path):
+    import dataclasses
+
+    from pipelines.core import storage
+    from pipelines.core.config import load_params
+    from pipelines.core.report import validation_index_html
+
+    store = dataclasses.replace(load_params("params.yaml").storage, lake=str(tmp_path))
+    for d, amounts in (("2026-01-12", [1.0] * 200), ("2026-01-13", [None] * 100 + [1.0] * 100)):
+        r = validate_frame(frame(amounts), SUITE, "transactions", dt.date.fromisoformat(d), 0.05).results
+        storage.write_bytes(store.uri("validation_results", dataset="transactions", date=d), storage.json_bytes(r))
+    page = validation_index_html(store)
+    assert "transactions: 2 partition(s), 1 blocked" in page
+    assert page.index("2026-01-13") < page.index("2026-01-12")                # newest first
+    assert 'href="transactions/date=2026-01-12/report.html"' in page and "failed row-level block" in page
+    assert "data:image/svg+xml;base64," in page
