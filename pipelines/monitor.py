@@ -323,9 +323,52 @@ def report_html(ds: dt.date, metrics: pl.DataFrame, perf: pl.DataFrame, details:
 
 
 # --------------------------------------------------------------------------- entry point
-def monitor_day(params, ds: dt.date, snapshot: str | None = None) -> dict:
+HISTORY_DAYS = 30          # the report's history: monitoring metrics and realized performance of the last 30 days
+
+
+def run_key(params, ds: dt.date) -> dict | None:
+    """What a date's monitoring is made of: the day's predictions, decisions and features (every
+    object their records name), the earlier days' monitoring metrics (the rolling window, the
+    report's history), the realized performance fed back for the last 30 days, the monitor and
+    alerts settings, the code and the libraries. Kept as `run` in the monitoring record: a re-run
+    with the same key recomputes nothing. None when an input has no trusted record."""
+    from dataclasses import asdict
+
+    store, d = params.storage, ds.isoformat()
+    reader = lineage.Reader()
+    days = [ds - dt.timedelta(days=i) for i in range(HISTORY_DAYS - 1, 0, -1)]
+    try:
+        inputs: dict[str, str | None] = {}
+        for kind in ("predictions", "decisions", "features"):
+            inputs.update(reader.record(store.uri(kind, date=d)).get("objects") or {})
+        inputs.update(lineage.committed([store.uri("monitoring", date=x.isoformat()) for x in days]))
+        if "realized" in store.layout:
+            for x in [*days, ds]:
+                fb, real = store.uri("feedback", date=x.isoformat()), store.uri("realized", date=x.isoformat())
+                try:
+                    inputs[real] = (reader.record(fb).get("objects") or {}).get(real)
+                except lineage.NotCommitted:
+                    inputs[real] = None
+    except (storage.MissingObject, lineage.StaleInput):
+        return None
+    return lineage.stage_key("monitor", inputs, {"monitor": asdict(params.monitor), "alerts": asdict(params.alerts)},
+                             "pipelines.monitor", ("polars", "pyarrow", "numpy"))
+
+
+def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" = None, recompute: bool = False) -> dict:
+    """Monitor one date: metrics, alerts, the day's report and the index. A date monitored from the
+    same inputs, settings and code (run_key) is not monitored again unless `recompute`."""
     p, store = params.monitor, params.storage
     d = ds.isoformat()
+    key = run_key(params, ds)
+    if lineage.reusable(store.uri("monitoring", date=d), key, snapshot, recompute) is not None:
+        try:
+            record = storage.read_json(store.uri("alerts", date=d))
+            log.info("monitor %s: unchanged since its record (the same predictions, decisions, features, earlier "
+                     "days and settings: key %s); nothing recomputed -> %s", d, key["key"][:12], record["report"])
+            return {**record, "unchanged": True}
+        except storage.MissingObject:
+            pass
     reader = lineage.Reader()
     with tempfile.TemporaryDirectory(prefix="monitor-") as tmp:
         pred_uri, dec_uri = store.uri("predictions", date=d), store.uri("decisions", date=d)
@@ -354,14 +397,16 @@ def monitor_day(params, ds: dt.date, snapshot: str | None = None) -> dict:
                         read_metrics(store, "monitoring_perf", window), p.rolling_days)
     alerts = alerts_of(metrics, ds, details["drifted_features"], (dec_summary.get("guardrails") or {}).get("breaches", []))
     with storage.publishing(store.lake, snapshot) as pub:
-        return _publish_day(pub, reader, params, ds, metrics, perf, alerts, details, model_doc, dec_summary)
+        return _publish_day(pub, reader, params, ds, metrics, perf, alerts, details, model_doc, dec_summary, key)
 
 
 def _publish_day(pub: storage.Publisher, reader: lineage.Reader, params, ds: dt.date, metrics: pl.DataFrame,
-                 perf: pl.DataFrame, alerts: list[dict], details: dict, model_doc: dict, dec_summary: dict) -> dict:
+                 perf: pl.DataFrame, alerts: list[dict], details: dict, model_doc: dict, dec_summary: dict,
+                 key: dict | None = None) -> dict:
     store = params.storage
     d = ds.isoformat()
-    part = pub.partition(store.uri("monitoring", date=d), "monitor", inputs=reader.consumed)
+    part = pub.partition(store.uri("monitoring", date=d), "monitor", inputs=reader.consumed,
+                         extra={"run": key} if key else None)
     part.put(store.uri("monitoring_perf", date=d), storage.parquet_bytes(perf), volatile=True)   # timings
     report_uri = store.uri("monitor_report", date=d)
     record = {"date": d, "alerts": alerts, "drifted": bool(metrics.filter(pl.col("metric") == "day_drifted")["value"].sum()),
@@ -371,9 +416,9 @@ def _publish_day(pub: storage.Publisher, reader: lineage.Reader, params, ds: dt.
         record["webhook"] = alerts_mod.send_webhook(url, {"source": "fraudops.monitor", **record},
                                                     params.alerts.timeout_s)
     part.put_json(store.uri("alerts", date=d), record, volatile=True)      # the webhook's answer varies
-    recent = read_metrics(store, "monitoring", [ds - dt.timedelta(days=i) for i in range(29, 0, -1)])
+    recent = read_metrics(store, "monitoring", [ds - dt.timedelta(days=i) for i in range(HISTORY_DAYS - 1, 0, -1)])
     history = pl.concat([recent.select(list(METRIC_SCHEMA)), metrics.select(list(METRIC_SCHEMA))])
-    realized = read_realized(store, [ds - dt.timedelta(days=i) for i in range(29, -1, -1)]) \
+    realized = read_realized(store, [ds - dt.timedelta(days=i) for i in range(HISTORY_DAYS - 1, -1, -1)]) \
         if "realized" in store.layout else None
     pub.put(report_uri, report_html(ds, metrics, perf, details, alerts, model_doc, history, dec_summary,
                                     realized, link(store, "monitor_report", "monitor_index", ds), p=params.monitor).encode(),
@@ -385,11 +430,14 @@ def _publish_day(pub: storage.Publisher, reader: lineage.Reader, params, ds: dt.
 
 
 def main(argv: list[str]) -> int:
-    args = stage_parser("monitor", __doc__).parse_args(argv)
+    ap = stage_parser("monitor", __doc__)
+    ap.add_argument("--recompute", action="store_true",
+                    help="monitor even a date already monitored from the same inputs, settings and code")
+    args = ap.parse_args(argv)
     params, days = resolve(args)
     with storage.Publisher(params.storage.lake, args.snapshot) as pub:
         for ds in progress(days, "monitor"):
-            rec = monitor_day(params, ds, pub)
+            rec = monitor_day(params, ds, pub, args.recompute)
             (log.warning if rec["alerts"] else log.info)(
                 "monitor %s: %s, %d alert(s)%s -> %s", ds, "DRIFT" if rec["drifted"] else "stable",
                 len(rec["alerts"]), f" (features {rec['drifted_features']})" if rec["drifted_features"] else "",

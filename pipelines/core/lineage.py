@@ -200,8 +200,9 @@ def reusable(primary: str, key: dict | None, pub: Any = None, recompute: bool = 
              verify: dict[str, "str | None"] | None = None) -> dict | None:
     """The record of `primary` when this run may keep it instead of computing it again: it was made
     with `key` and its objects still have their bytes (unchanged). Never when asked to recompute,
-    and never when the publisher also writes a snapshot (a DVC output wants the bytes written)."""
-    if recompute or key is None or getattr(pub, "snapshot", None):
+    and never when the publisher also writes a snapshot, or `pub` is a snapshot folder (a DVC output
+    wants the bytes written)."""
+    if recompute or key is None or isinstance(pub, (str, Path)) or getattr(pub, "snapshot", None):
         return None
     return unchanged(primary, key, verify or {})
 

@@ -157,20 +157,20 @@ def test_a_date_is_a_run_cache_entry_and_recomputing_it_gives_the_same_bytes(bac
     assert storage.read_bytes(uri) == before and storage.read_json(storage.record_uri(uri)) == rec
 
 
-def test_ingest_validate_and_features_of_a_date_are_run_cache_entries_too(backfill, caplog, monkeypatch):
+def test_ingest_validate_features_and_monitor_of_a_date_are_run_cache_entries_too(backfill, caplog, monkeypatch):
     """Each partition's record names its run key (its inputs' bytes, settings, code, libraries): the
-    nightly stages before score re-run on an unchanged date compute nothing (normalize, the suite and
-    compute_features are never called); --recompute, or the record lost, makes the same bytes and
-    the same record again."""
+    nightly stages other than score and decide re-run on an unchanged date compute nothing
+    (normalize, the suite, compute_features and the monitor's pass are never called); --recompute,
+    or the record lost, makes the same bytes and the same record again."""
     import logging
 
-    from pipelines import features, ingest, validate
+    from pipelines import features, ingest, monitor, validate
 
     store, d = backfill["params"].storage, FIRST      # (its earlier days were in before the backfill ran)
     uris = {"ingest": store.uri("canonical", dataset="transactions", date=d),
             "labels": store.uri("canonical", dataset="labels", date=d),
             "validate": store.uri("validated", dataset="transactions", date=d),
-            "features": store.uri("features", date=d)}
+            "features": store.uri("features", date=d), "monitor": store.uri("monitoring", date=d)}
     before = {k: (storage.read_bytes(u), storage.read_json(storage.record_uri(u))) for k, u in uris.items()}
     for k, (_, rec) in before.items():
         assert rec["run"]["key"] and rec["run"]["code_version"] and rec["run"]["params_sha256"], k
@@ -180,17 +180,20 @@ def test_ingest_validate_and_features_of_a_date_are_run_cache_entries_too(backfi
     assert set(before["features"][1]["inputs"]) <= set(feat_inputs)       # what it read, and what was absent
     args = ["--params", str(backfill["params"].path), "--date", d]
     runs = {"ingest": lambda *a: ingest.main([*args, "--dataset", "transactions", "--dataset", "labels", *a]),
-            "validate": lambda *a: validate.main([*args, *a]), "features": lambda *a: features.main([*args, *a])}
+            "validate": lambda *a: validate.main([*args, *a]), "features": lambda *a: features.main([*args, *a]),
+            "monitor": lambda *a: monitor.main([*args, *a])}
 
     def boom(*a, **k):
         raise AssertionError("an unchanged date was computed again")
 
-    for mod, fn in ((ingest, "normalize"), (validate, "validate_frame"), (features, "compute_features")):
+    for mod, fn in ((ingest, "normalize"), (validate, "validate_frame"), (features, "compute_features"),
+                    (monitor, "observe")):
         monkeypatch.setattr(mod, fn, boom)
     with redirect_stdout(io.StringIO()), caplog.at_level(logging.INFO):
         for stage, run in runs.items():
             assert run() == 0, stage
-    assert caplog.text.count("unchanged since its record") >= 4, caplog.text        # tx + labels, validated, features
+    assert caplog.text.count("unchanged since its record") >= 5, caplog.text   # tx + labels, validated, features, monitor
+    assert before["monitor"][1]["run"]["inputs"][uris["features"]] == before["features"][1]["objects"][uris["features"]]
     monkeypatch.undo()
     with redirect_stdout(io.StringIO()):
         for stage, run in runs.items():
