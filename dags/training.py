@@ -7,7 +7,8 @@ project's DVC cache and remotes (pipelines/ops/workspace.py; the task runs `pyth
 workspace repro ...` as an argument vector, no shell). A stage whose code, params and inputs DVC has
 seen before is restored from its run-cache, not run again (the task log says so). `register` tags
 the model with that workspace's dvc.lock and logs the lock and params to its MLflow run; `push`
-sends the run's outputs to the DVC remote and removes the workspace. Nothing heavy is imported here
+sends the run's outputs to the DVC remote and removes the workspace. Two runs go side by side (each
+in its own workspace and training folder); `register` runs one at a time across them. Nothing heavy is imported here
 and nothing is read at parse time. Trigger it from the UI (Params form) or the REST API with conf
 {"start_date": "YYYY-MM-DD", "end_date": "YYYY-MM-DD", "force": false, "params_file": "params.yaml",
 "reason": "..."}; empty dates mean run.start_date / run.end_date from the params file; force
@@ -39,7 +40,7 @@ with DAG(
     description="ingest -> validate (GX) -> features -> train (XGBoost) -> evaluate -> register (MLflow gate)",
     schedule=None,
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=2,          # two experiments at once: each has its own DVC workspace and training folder
     default_args=default_args(),
     params={
         "start_date": Param(None, type=["null", "string"], format="date", pattern=DATE_PATTERN, title="First date",
@@ -60,7 +61,9 @@ with DAG(
     features = stage("features", execution_timeout=timedelta(hours=2))
     train = stage("train", flags={"force": "--force"}, execution_timeout=timedelta(hours=4))
     evaluate = stage("evaluate")
-    register = stage("register", outlets=[MODEL_ASSET])
+    # one registration at a time across runs: a second registration of the same model bytes finds the
+    # first's version instead of making another, and alias moves never interleave
+    register = stage("register", outlets=[MODEL_ASSET], max_active_tis_per_dag=1)
     push = DvcStageOperator(task_id="push", stage="push")
     ingest >> validate >> features >> train >> evaluate >> register >> push
 

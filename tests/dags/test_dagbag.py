@@ -68,6 +68,13 @@ def test_task_graphs(dagbag):
                 assert t.stage == NOT_A_STAGE[t.task_id]
 
 
+def test_trainings_run_side_by_side_and_register_one_at_a_time(dagbag):
+    dag = dagbag.dags["training"]
+    assert dag.max_active_runs >= 2
+    assert dag.get_task("register").max_active_tis_per_dag == 1
+    assert all(t.max_active_tis_per_dag is None for t in dag.tasks if t.task_id != "register")
+
+
 def test_nightly_works_on_ds_only_and_decides_retraining_in_date_order(dagbag):
     dag = dagbag.dags["nightly_scoring"]
     for t in dag.tasks:

@@ -96,6 +96,21 @@ def test_training_dag_runs_green_and_matches_dvc_repro(stack, dvc_workspace):
           f"(run-cache) {second_took:.1f} s = {second_took / first_took:.2f}")
     assert second_took < 0.75 * first_took, (first_took, second_took)
 
+    # two runs at once (max_active_runs 2): each in its own DVC workspace, no lock error; register one
+    # at a time, so the second finds the first's version: still one version of these bytes
+    pair = [client.trigger("training", conf) for _ in range(2)]
+    for r in pair:
+        assert client.wait("training", r["dag_run_id"], timeout=900)["state"] == "success", r["dag_run_id"]
+    starts = {}
+    for r in pair:
+        tis = {t["task_id"]: t for t in client.task_instances("training", r["dag_run_id"])}
+        starts[r["dag_run_id"]] = (tis["ingest"]["start_date"], tis["push"]["end_date"])
+        assert {t: ti.get("try_number") for t, ti in tis.items() if ti.get("try_number") != 1} == {}   # no retry
+        assert "Unable to acquire lock" not in client.task_log("training", r["dag_run_id"], "ingest")
+    (a0, a1), (b0, b1) = starts.values()
+    assert a0 < b1 and b0 < a1, starts                                      # they did overlap
+    assert [str(v.version) for v in c.search_model_versions(f"name='{name}'")] == [reg["version"]]
+
     # `models reproduce`: the version rebuilt from its logged lock and params in a fresh workspace
     r = subprocess.run([sys.executable, "-m", "pipelines", "models", "--params", str(params_file), "reproduce",
                         reg["version"]], cwd=REPO, capture_output=True, text=True, timeout=900)
