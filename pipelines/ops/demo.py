@@ -35,7 +35,7 @@ from pipelines.core import registry as models
 from pipelines.core import storage
 from pipelines.core.cli import StageFailed
 from pipelines.core.config import date_range, load_params
-from pipelines.core.lake import EVALUATE, REGISTER, REGISTRATION, REPORT, artifact, training_uri
+from pipelines.core.lake import REGISTER, REGISTRATION, REPORT, artifact, training_uri
 from pipelines.core.state import REPO, state_dir
 from pipelines.ops import demo_data, stack
 
@@ -365,7 +365,8 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
     for bug in bugs:
         say(f"Injected data bug on {bug.date} ({bug.kind}): run through nightly_scoring after the nights (it must be blocked)")
     say(f"Validation report (self-contained HTML): "
-          f"{store.uri('validation_report', dataset='transactions', date=run.end_date.isoformat())}")
+          f"{store.uri('validation_report', dataset='transactions', date=run.end_date.isoformat())}; every "
+          f"validation run: {store.uri('validation_index')}")
     say("DVC: `dvc repro` runs the same stages on params.yaml (its own lake and model name; see the README)")
     say(f"Airflow UI: {lay.airflow_url}  (user admin, password: {password}; "
           f"file {lay.password_file})")
@@ -396,7 +397,7 @@ def play(params_file: str, lay, password: str, say=_say) -> dict:
           f"test AP {m.get('test.average_precision', float('nan')):.4f} vs rule baseline "
           f"{m.get('baseline.average_precision', float('nan')):.4f}, ROC AUC {m.get('test.roc_auc', float('nan')):.4f}, "
           f"recall {m.get('test.recall', float('nan')):.3f}")
-    say(f"  evaluation report (self-contained HTML): {training_uri(params, run.start_date, run.end_date)}/{artifact(EVALUATE, REPORT)}")
+    say(f"  evaluation report (self-contained HTML): {training_uri(params, run.start_date, run.end_date)}/{artifact(REGISTER, REPORT)}")
     say(f"  registry: python -m pipelines models list | history | lineage {champion} | promote V | rollback")
     say(f"MLflow UI:  {lay.mlflow_url}/#/models/{name}/versions/{champion}   "
           f"(run: {lay.mlflow_url}/#/experiments/{c.get_run(mv.run_id).info.experiment_id}/runs/{mv.run_id})")
