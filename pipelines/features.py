@@ -29,6 +29,11 @@ than any window), so every rolling aggregate is one ungrouped O(n) pass over dat
 entity, and label-delayed rates are binary searches into running sums of label entries/exits on
 that same timeline. Sums run in fixed point, so
 results are bit-identical whatever history precedes a window (training == scoring).
+
+The incremental path (a nightly date, `features.incremental`): the same timeline, but earlier days
+enter as per-entity totals (feature_state partitions, one per date) except the windows' boundary
+days, which enter as events; see `plan`, `History` and `load_history`. Bit-identical to the full path
+(tests/unit/test_features.py, tests/unit/test_feature_state.py).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -74,9 +80,7 @@ def feature_names(spec: FeatureParams, numerics: list[str]) -> list[str]:
 
 
 def spec_hash(spec: FeatureParams) -> str:
-    import dataclasses
-
-    blob = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    blob = json.dumps(_settings(spec), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -124,14 +128,20 @@ def _per_bucket(frame: pl.DataFrame, buckets: int) -> list[pl.DataFrame]:
     return [frame.filter(pl.col("__bucket") == b) for b in range(buckets)]
 
 
-def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide) -> list[list[pl.Expr]]:
-    """Per window, the rolling aggregates of `r.value` over [t - N, t) on the sorted timeline."""
+def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide, totals: bool) -> list[list[pl.Expr]]:
+    """Per window, the rolling aggregates of `r.value` over [t - N, t) on the sorted timeline.
+
+    Each row carries a weight `__w` (1 per event). With `totals` (the incremental path) a row may
+    also stand for a whole earlier day of the entity: weight n, fixed-point sum `__fx`, sum of
+    squares `__q`, max `__mx`, min `__mn` (see _context_rows); the sums stay exact integers, so the
+    result is the same bit for bit."""
     out = []
     scale = 10 ** r.decimals
-    fixed = (pl.col(r.value) * scale).round().cast(pl.Int64)          # exact, associative sums
+    fixed = pl.col("__fx") if totals else (pl.col(r.value) * scale).round().cast(pl.Int64)   # exact, associative
+    square = pl.col("__q") if totals else fixed.cast(wide) * fixed.cast(wide)
     for w in windows:
         win = dict(by="__vt", window_size=f"{w * US_PER_DAY}i", closed="left")
-        n = pl.col("__one").rolling_sum_by(**win).fill_null(0).cast(pl.Int64)
+        n = pl.col("__w").rolling_sum_by(**win).fill_null(0).cast(pl.Int64)
         s_ = fixed.rolling_sum_by(**win).fill_null(0)
         exprs = []
         for agg in r.aggs:
@@ -143,46 +153,62 @@ def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide) -> list[list[pl.
             elif agg == "mean":
                 e = pl.when(n > 0).then(s_ / n / scale)
             elif agg == "std":   # sample std from exact integer moments
-                q = (fixed.cast(wide) * fixed.cast(wide)).rolling_sum_by(**win).fill_null(0)
+                q = square.rolling_sum_by(**win).fill_null(0)
                 num = n.cast(pl.Int128) * q.cast(pl.Int128) - s_.cast(pl.Int128) * s_.cast(pl.Int128)
                 var = num.cast(pl.Float64) / (n * (n - 1)).cast(pl.Float64)
                 e = pl.when(n >= 2).then(var.clip(lower_bound=0).sqrt() / scale)
             else:                # max / min need no arithmetic: exact as they are
-                e = getattr(pl.col(r.value), f"rolling_{agg}_by")(**win)
+                col = pl.col("__mx" if agg == "max" else "__mn") if totals else pl.col(r.value)
+                e = getattr(col, f"rolling_{agg}_by")(**win)
             exprs.append((e if agg == "count" else e.cast(pl.Float32)).alias(name))
         out.append(exprs)
     return out
 
 
-def _running(keys: pl.Series, labels: pl.Series, q: pl.DataFrame) -> pl.DataFrame:
-    """For each query (sorted __vt), the label sum `s` and count `n` of the keys strictly before it."""
+def _running(keys: pl.Series, labels: pl.Series, weights: pl.Series | None, q: pl.DataFrame) -> pl.DataFrame:
+    """For each query (sorted __vt), the label sum `s` and count `n` of the keys strictly before it
+    (a key counts `weights` labels when given: a day's labelled total, incremental path)."""
     order = keys.arg_sort()
-    n = keys.gather(order).search_sorted(q["__vt"], side="left").cast(pl.Int64)   # keys < t
+    pos = keys.gather(order).search_sorted(q["__vt"], side="left").cast(pl.Int64)   # keys < t
     cum = labels.gather(order).cum_sum()
-    s_ = pl.select(pl.when(pl.lit(n) > 0).then(pl.lit(cum).gather((pl.lit(n) - 1).clip(0))).otherwise(0)).to_series()
+    before = pl.lit(pos) > 0
+    at = (pl.lit(pos) - 1).clip(0)
+    s_ = pl.select(pl.when(before).then(pl.lit(cum).gather(at)).otherwise(0)).to_series()
+    if weights is None:
+        n = pos
+    else:
+        cw = weights.gather(order).cum_sum()
+        n = pl.select(pl.when(before).then(pl.lit(cw).gather(at)).otherwise(0)).to_series().cast(pl.Int64)
     return pl.DataFrame({"s": s_, "n": n})
 
 
-def _rate_columns(part: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_days: int) -> list[pl.Series]:
+def _rate_columns(part: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_days: int,
+                  totals: bool) -> list[pl.Series]:
     """Label-delayed fraud rate per event (part is sorted by __vt), exact under late labels.
 
     Event j counts for query time t iff max(ts_j + D, available_at_j) < t <= ts_j + D + N, i.e. ts_j
     in [t-D-N, t-D) and its label known before t. Each labelled event enters at `enter` and leaves
     after `leave` = max(ts_j + D + N, enter) (a label known only after its window closed enters and
     leaves at once: net zero). On the entity's timeline, running sums of entries and exits strictly
-    before t (binary search, exact matches excluded) give the window's label sum and count."""
+    before t (binary search, exact matches excluded) give the window's label sum and count.
+
+    With `totals` a row may stand for the labels of a whole earlier day that landed on one day
+    (`label` = their sum, `__lw` = their count, at the day's 00:00): for a day entirely inside or
+    entirely outside a window that is the same count (the window's boundary days come as events)."""
     d = delay_days * US_PER_DAY
     shift = pl.col("__vt") - pl.col("__t")                          # entity offset on the timeline
     lab = part.filter(pl.col("label").is_not_null()).select(
         pl.col("label").cast(pl.Int64),
+        *([pl.col("__lw")] if totals else []),
         (shift + pl.max_horizontal(pl.col("__t") + d, pl.col("available_at").cast(pl.Int64))).alias("enter"),
         (shift + pl.col("__t") + d).alias("due"))
     q = part.select("__vt")
-    entered = _running(lab["enter"], lab["label"], q)             # the same for every window
+    weights = lab["__lw"] if totals else None
+    entered = _running(lab["enter"], lab["label"], weights, q)             # the same for every window
     cols = []
     for w in windows:
         leave = lab.select(pl.max_horizontal(pl.col("due") + w * US_PER_DAY, pl.col("enter"))).to_series()
-        left = _running(leave, lab["label"], q)
+        left = _running(leave, lab["label"], weights, q)
         n = entered["n"] - left["n"]
         s_ = entered["s"] - left["s"]
         rate = pl.select(pl.when(n > 0).then(s_ / n).otherwise(None).cast(pl.Float32)).to_series()
@@ -190,20 +216,27 @@ def _rate_columns(part: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_
     return cols
 
 
-def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams) -> pl.DataFrame:
+def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: bool = False) -> pl.DataFrame:
     """Every feature of one entity, in base's row order: one sort onto the entity's virtual
-    timeline, then one O(n) pass per rolling aggregate and one binary search per rate window."""
+    timeline, then one O(n) pass per rolling aggregate and one binary search per rate window.
+
+    With `totals` (the incremental path) base also holds context rows (earlier days' events and
+    totals, `__i` null, see _context_rows); only the rows with an `__i` come out, in its order."""
     r = spec.rolling.get(ent)
     rates = spec.target_rate.get(ent, ())
     since = ent in spec.time_since_last
     horizon = max(spec.windows_days) * US_PER_DAY
     pad = max(horizon, (spec.label_delay_days + max(rates, default=0)) * US_PER_DAY)
-    need = ["__t", _code(ent), *([r.value] if r else []), *(["label", "available_at"] if rates else [])]
-    vt, buckets = _virtual_time(base.select(need).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i")),
-                                ent, pad)
-    del need
+    if totals:
+        need = [c for c in base.columns if c != ent]
+        frame = base.select(need)
+    else:
+        need = ["__t", _code(ent), *([r.value] if r else []), *(["label", "available_at"] if rates else [])]
+        frame = base.select(need).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i"))
+    vt, buckets = _virtual_time(frame, ent, pad)
+    del need, frame
     wide = pl.Int64
-    if r and "std" in r.aggs:   # sums of squares are exact in Int64 unless they could overflow
+    if r and "std" in r.aggs and not totals:   # sums of squares are exact in Int64 unless they could overflow
         top = (base[r.value].abs().max() or 0) * 10 ** r.decimals
         wide = pl.Int64 if (top + 1) ** 2 * max(base.height, 1) < 2**63 else pl.Int128
     pending = list(_per_bucket(vt, buckets))
@@ -211,16 +244,19 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams) -> pl.DataF
     parts = []
     while pending:
         part = pending.pop(0).drop(_code(ent), "__bucket").sort("__vt")
-        back = part["__i"].arg_sort()            # timeline order -> row order, applied column by column
+        kept = part.height - part["__i"].null_count()
+        back = part["__i"].arg_sort(nulls_last=True).head(kept)   # timeline order -> row order, column by column
         cols: list[pl.Series] = [part["__i"].gather(back)]
         if rates:                                # first, then the label columns can go
-            cols.extend(c.gather(back) for c in _rate_columns(part, ent, rates, spec.label_delay_days))
-            part = part.drop("label", "available_at", "__t")
-        part = part.drop("__t", strict=False).with_columns(pl.lit(1, pl.Int32).alias("__one"))
-        for exprs in (_rolling_exprs(ent, r, spec.windows_days, wide) if r else []):
+            cols.extend(c.gather(back) for c in _rate_columns(part, ent, rates, spec.label_delay_days, totals))
+            part = part.drop("label", "available_at", "__lw", strict=False)
+        if not totals:
+            part = part.with_columns(pl.lit(1, pl.Int32).alias("__w"))
+        for exprs in (_rolling_exprs(ent, r, spec.windows_days, wide, totals) if r else []):
             cols.extend(c.gather(back) for c in part.select(exprs).get_columns())
         if since:
-            prev = pl.col("__vt").rolling_max_by("__vt", window_size=f"{horizon}i", closed="left")
+            last = (pl.col("__vt") - pl.col("__t") + pl.col("__last")) if totals else pl.col("__vt")
+            prev = last.rolling_max_by("__vt", window_size=f"{horizon}i", closed="left")
             gap = part.select(((pl.col("__vt") - prev) / 1e6).alias(f"{ent}_secs_since_last"))
             cols.extend(c.gather(back) for c in _narrow_floats(gap).get_columns())
         del part, back
@@ -230,9 +266,13 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams) -> pl.DataF
 
 
 def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeatureParams, start: dt.date,
-                     end: dt.date, entities: list[str], numerics: list[str]) -> pl.DataFrame:
+                     end: dt.date, entities: list[str], numerics: list[str],
+                     history: History | None = None) -> pl.DataFrame:
     """Features for the events whose date is in [start, end], from `events` (which must hold the
     look-back) and `labels`. Pure: same inputs, same output, whatever else `events` holds.
+
+    With `history` (the incremental path: start == end, `events` the day's events only, `labels`
+    unused) the look-back comes from the History instead; the result is the same bit for bit.
 
     Derived features are Float32 (what XGBoost consumes), counts Int32, flags Int8; numerics keep
     their Float64. Each block is computed on a narrow frame and cut to the target rows at once, so
@@ -252,14 +292,19 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
     keys = ["event_id", "event_ts", *entities]
     head = base.select(*keys, *numerics)                  # numerics keep their Float64
     blocks = [head if everything else head.filter(keep)]
-    if any(spec.target_rate.values()):   # labels known at each event's row (the join is the memory peak)
+    if history is not None and start != end:
+        raise ValueError("compute_features: a History serves one day")
+    if any(spec.target_rate.values()) and history is None:   # labels known at each event's row (the join is the memory peak)
         joined = base.select("event_id").join(labels.select("event_id", "label", "available_at"), on="event_id",
                                               how="left", maintain_order="left")
         base = base.with_columns(joined["label"], joined["available_at"])
         del joined
     # entities with the most rate windows first: their transients land before other outputs pile up
     for ent in sorted(grouped, key=lambda e: -len(spec.target_rate.get(e, ()))):
-        blocks.append(cut(_entity_block(base, ent, spec)))
+        if history is None:
+            blocks.append(cut(_entity_block(base, ent, spec)))
+        else:
+            blocks.append(cut(_entity_block(_context_rows(base, ent, spec, history), ent, spec, totals=True)))
     other: list[pl.Expr] = []
     if spec.weekend:
         other.append((pl.col("event_ts").dt.weekday() >= 6).cast(pl.Int8).alias("is_weekend"))
@@ -275,6 +320,226 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
     ratios = [pl.when(pl.col(r.denominator).is_null() | (pl.col(r.denominator) == 0)).then(None)
               .otherwise(pl.col(r.numerator) / pl.col(r.denominator)).cast(pl.Float32).alias(r.name) for r in spec.ratios]
     return feats.with_columns(ratios).select(*keys, *feature_names(spec, numerics))
+
+
+# --------------------------------------------------------------------------- the incremental path
+# A nightly date does not need its whole look-back as events. For an event at t on day X, a window
+# [t - N days, t) holds days X-N+1..X-1 entirely, day X-N partly and day X up to t. The entirely
+# held days enter as one row per entity and day (their exact totals: fixed-point sums, counts, max,
+# min, last time); the partly held ones (the boundary days) and day X enter as events. The same
+# holds for the label-delayed rates, per event day and landing day of the labels. Every day's
+# totals are a partition of their own (storage.layout feature_state), made once from raw data.
+STATE_SCHEMA = {"entity": pl.String, "id": pl.String, "n": pl.Int64, "fx": pl.Int64, "q": pl.Decimal(38, 0),
+                "mx": pl.Float64, "mn": pl.Float64, "last": pl.Int64}
+TOTALS_SCHEMA = {"entity": pl.String, "id": pl.String, "event_date": pl.Date, "n": pl.Int64, "s": pl.Int64}
+
+
+@dataclass
+class Plan:
+    """Which earlier days the features of `day` read, and how (see above)."""
+
+    day: dt.date
+    boundary: list[dt.date]        # days read as events (the rolling windows' first days)
+    totals: list[dt.date]          # days read as per-entity totals
+    label_boundary: list[dt.date]  # event days whose labelled events are read one by one
+    label_totals: list[dt.date]    # event days whose labels are read as totals
+    landing: list[dt.date]         # the landing days of the labels that can count
+    states: list[dt.date]          # the feature_state partitions read (a state of D: labels landed on D-1)
+
+
+def plan(spec: FeatureParams, day: dt.date) -> Plan:
+    d = dt.timedelta
+    rolled = bool(spec.rolling) or bool(spec.time_since_last)
+    wide = max(spec.windows_days) if rolled else 0
+    boundary = sorted({day - d(days=n) for n in spec.windows_days}) if rolled else []
+    totals = [day - d(days=k) for k in range(wide - 1, 0, -1) if day - d(days=k) not in boundary]
+    rates = sorted({n for w in spec.target_rate.values() for n in w})
+    lag = spec.label_delay_days
+    if rates:
+        label_boundary = sorted({day - d(days=lag)} | {day - d(days=lag + n) for n in rates})
+        first = day - d(days=lag + max(rates))
+        label_totals = [e for e in date_range(first, day - d(days=lag + 1)) if e not in label_boundary]
+        landing = list(date_range(first, day - d(days=1)))
+    else:
+        label_boundary, label_totals, landing = [], [], []
+    states = sorted(set(totals) | {x + d(days=1) for x in landing})
+    return Plan(day, boundary, totals, label_boundary, label_totals, landing, states)
+
+
+def day_state(events: pl.DataFrame, spec: FeatureParams) -> pl.DataFrame:
+    """Per entity of the rolling and time-since-last features, the exact totals of one day's events
+    (n, fixed-point sum, sum of squares, max, min of the rolled value; the last event time)."""
+    out = []
+    for ent in dict.fromkeys([*spec.rolling, *spec.time_since_last]):
+        r = spec.rolling.get(ent)
+        t = pl.col("event_ts").cast(pl.Int64)
+        aggs = [pl.len().cast(pl.Int64).alias("n"), t.max().alias("last")]
+        if r:
+            fx = (pl.col(r.value) * 10 ** r.decimals).round().cast(pl.Int64)
+            aggs += [fx.sum().alias("fx"), (fx.cast(pl.Int128) * fx.cast(pl.Int128)).sum().alias("q"),
+                     pl.col(r.value).max().alias("mx"), pl.col(r.value).min().alias("mn")]
+        g = events.group_by(ent).agg(aggs).rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity"))
+        out.append(_fit(g, STATE_SCHEMA))
+    frame = pl.concat(out) if out else _fit(pl.DataFrame(), STATE_SCHEMA)
+    return frame.sort("entity", "id")
+
+
+def labelled_events(labels: pl.DataFrame, events: pl.DataFrame, entities: list[str]) -> pl.DataFrame:
+    """The labels that landed on one day, with their event's time and entities (inner join: a label
+    whose event was never validated counts nowhere, as in compute_features)."""
+    return (labels.select("event_id", pl.col("label").cast(pl.Int64))
+            .join(events.select("event_id", "event_ts", *entities), on="event_id", how="inner")
+            .select("event_id", "event_ts", *entities, "label").sort("event_ts", "event_id"))
+
+
+def label_totals(labelled: pl.DataFrame, spec: FeatureParams) -> pl.DataFrame:
+    out = []
+    for ent in spec.target_rate:
+        g = (labelled.group_by(ent, pl.col("event_ts").dt.date().alias("event_date"))
+             .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("label").sum().cast(pl.Int64).alias("s"))
+             .rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity")))
+        out.append(_fit(g, TOTALS_SCHEMA))
+    frame = pl.concat(out) if out else _fit(pl.DataFrame(), TOTALS_SCHEMA)
+    return frame.sort("entity", "id", "event_date")
+
+
+@dataclass
+class History:
+    """What the features of one day read instead of the look-back's events (see plan). The totals
+    of consecutive days between two boundary days are one row per entity (at the first day's 00:00):
+    such a run of days is entirely inside or entirely outside every window, so its sum is exact."""
+
+    events: pl.DataFrame        # validated events of plan.boundary (event_ts, entities, rolled values)
+    totals: pl.DataFrame        # day_state summed over each run of plan.totals, `day` = the run's first day
+    labelled: pl.DataFrame      # labelled events of plan.label_boundary, with `available_at`
+    label_totals: pl.DataFrame  # label_totals summed per run of plan.label_totals and availability
+
+
+def _runs(days: list[dt.date]) -> dict[dt.date, dt.date]:
+    """Each day -> the first day of its run of consecutive days."""
+    out: dict[dt.date, dt.date] = {}
+    for d in sorted(days):
+        out[d] = out.get(d - dt.timedelta(days=1), d)
+    return out
+
+
+class Accumulator:
+    """Day totals (or label totals) folded into their runs one partition at a time, so memory holds
+    one partition plus one row per entity and run, whatever the look-back."""
+
+    def __init__(self, labels: bool) -> None:
+        self.labels, self.frame = labels, None
+
+    def add(self, part: pl.DataFrame) -> None:
+        if not part.height:
+            return
+        if self.labels:
+            keys, aggs = ["entity", "id", "event_date", "available_at"], [pl.col("n").sum(), pl.col("s").sum()]
+        else:
+            part = part.with_columns(pl.col("q").cast(pl.Int128))
+            keys = ["entity", "id", "day"]
+            aggs = [pl.col("n").sum(), pl.col("fx").sum(), pl.col("q").sum(), pl.col("mx").max(), pl.col("mn").min(),
+                    pl.col("last").max()]
+        both = part if self.frame is None else pl.concat([self.frame, part], how="diagonal_relaxed")
+        self.frame = both.group_by(keys).agg(aggs)
+
+    def result(self) -> pl.DataFrame:
+        return self.frame if self.frame is not None else pl.DataFrame()
+
+
+def _availability(day: dt.date, landed: dt.date, midnight: bool = True) -> dt.datetime:
+    """When labels that landed on `landed` are known, as far as the features of `day` can tell: the
+    day before's labels at `day` 00:00 (not for an event at exactly 00:00), earlier ones before it.
+    With no event at exactly 00:00 (`midnight` false) that difference cannot show: one class."""
+    last = day if midnight else day - dt.timedelta(days=1)
+    return dt.datetime.combine(min(max(landed + dt.timedelta(days=1), day - dt.timedelta(days=1)), last), dt.time())
+
+
+def _for_run(frame: pl.DataFrame, column: str, runs: dict[dt.date, dt.date]) -> pl.DataFrame:
+    return frame.filter(pl.col(column).is_in(list(runs))).with_columns(
+        pl.col(column).replace_strict(runs, return_dtype=pl.Date))
+
+
+def history_from_events(events: pl.DataFrame, labels: pl.DataFrame, spec: FeatureParams, day: dt.date,
+                        entities: list[str]) -> History:
+    """The History of `day` made from events and labels in memory (what load_history makes from the
+    state partitions; tests compare the two paths with it)."""
+    p = plan(spec, day)
+    on = pl.col("event_ts").dt.date()
+    totals, sums, lab = Accumulator(False), Accumulator(True), []
+    runs, label_runs = _runs(p.totals), _runs(p.label_totals)
+    for f in p.totals:
+        totals.add(day_state(events.filter(on == f), spec).with_columns(pl.lit(runs[f]).alias("day")))
+    for landed in p.landing:
+        batch = labelled_events(labels.filter(pl.col("label_date") == landed), events, entities)
+        avail = pl.lit(_availability(day, landed)).cast(pl.Datetime("us")).alias("available_at")
+        lab.append(batch.filter(on.is_in(p.label_boundary)).with_columns(
+            pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
+            .alias("available_at")))
+        sums.add(_for_run(label_totals(batch, spec), "event_date", label_runs).with_columns(avail))
+    return History(events.filter(on.is_in(p.boundary)), totals.result(), _concat(lab), sums.result())
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    frames = [f for f in frames if f.width]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def _fit(frame: pl.DataFrame, schema: dict) -> pl.DataFrame:
+    """`frame` with exactly `schema`'s columns (missing ones null), in its order and types."""
+    return frame.select([(pl.col(c) if c in frame.columns else pl.lit(None)).cast(t).alias(c)
+                         for c, t in schema.items()]) if frame.width else pl.DataFrame(schema=schema)
+
+
+def _context_rows(base: pl.DataFrame, ent: str, spec: FeatureParams, hist: History) -> pl.DataFrame:
+    """The rows of `ent`'s timeline for the incremental path: the day's events (with `__i`), then
+    the boundary days' events, the earlier days' totals (at the day's 00:00), the labelled events
+    of the rates' boundary days and the earlier days' label totals (at the event day's 00:00),
+    restricted to the entities of the day."""
+    r = spec.rolling.get(ent)
+    rates = spec.target_rate.get(ent, ())
+    since = ent in spec.time_since_last
+    schema = {ent: pl.String, "__t": pl.Int64, "__i": pl.Int64}
+    if r:
+        schema.update({"__w": pl.Int64, "__fx": pl.Int64, "__q": pl.Int128, "__mx": pl.Float64, "__mn": pl.Float64})
+    if since:
+        schema["__last"] = pl.Int64
+    if rates:
+        schema.update({"label": pl.Int64, "__lw": pl.Int64, "available_at": pl.Int64})
+    t = pl.col("event_ts").cast(pl.Int64)
+
+    def as_events(frame: pl.DataFrame, index: bool) -> pl.DataFrame:
+        cols = [pl.col(ent).cast(pl.String), t.alias("__t"), t.alias("__last"), pl.lit(1).alias("__w"),
+                pl.lit(0).alias("__lw")]
+        if index:
+            cols.append(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i"))
+        if r:
+            fx = (pl.col(r.value) * 10 ** r.decimals).round().cast(pl.Int64)
+            cols += [fx.alias("__fx"), (fx.cast(pl.Int128) * fx.cast(pl.Int128)).alias("__q"),
+                     pl.col(r.value).alias("__mx"), pl.col(r.value).alias("__mn")]
+        return _fit(frame.select(cols), schema)
+
+    ids = base.select(pl.col(ent).cast(pl.String).unique())
+    parts = [as_events(base, True)]
+    if (r or since) and hist.events.height:
+        parts.append(as_events(hist.events.join(ids, on=ent, how="semi"), False))
+    if (r or since) and hist.totals.height:
+        tot = hist.totals.filter(pl.col("entity") == ent).rename({"id": ent}).join(ids, on=ent, how="semi")
+        parts.append(_fit(tot.select(
+            ent, pl.col("day").cast(pl.Datetime("us")).cast(pl.Int64).alias("__t"), pl.col("n").alias("__w"),
+            pl.col("fx").alias("__fx"), pl.col("q").cast(pl.Int128).alias("__q"), pl.col("mx").alias("__mx"),
+            pl.col("mn").alias("__mn"), pl.col("last").alias("__last"), pl.lit(0).alias("__lw")), schema))
+    if rates and hist.labelled.height:
+        lab = hist.labelled.select(pl.col(ent).cast(pl.String), t.alias("__t"), "label", pl.lit(1).alias("__lw"),
+                                   pl.col("available_at").cast(pl.Int64), pl.lit(0).alias("__w"))
+        parts.append(_fit(lab.join(ids, on=ent, how="semi"), schema))
+    if rates and hist.label_totals.height:
+        lt = hist.label_totals.filter(pl.col("entity") == ent).rename({"id": ent}).join(ids, on=ent, how="semi")
+        parts.append(_fit(lt.select(
+            ent, pl.col("event_date").cast(pl.Datetime("us")).cast(pl.Int64).alias("__t"), pl.col("s").alias("label"),
+            pl.col("n").alias("__lw"), pl.col("available_at").cast(pl.Int64), pl.lit(0).alias("__w")), schema))
+    frame = pl.concat(parts)
+    return frame.with_columns(pl.col(ent).cast(pl.Categorical).to_physical().alias(_code(ent)))
 
 
 # --------------------------------------------------------------------------- I/O
@@ -367,6 +632,158 @@ def manifest(df: pl.DataFrame, spec: FeatureParams, numerics: list[str], entitie
             "code_version": code_version(), "lookback_days": spec.lookback_days, "missing_history": missing}
 
 
+class NeedRaw(RuntimeError):
+    """The incremental path cannot serve a day (a state it needs cannot be made): from raw instead."""
+
+
+def _settings(spec: FeatureParams) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(spec)
+    d.pop("incremental")                      # how the features are computed, not what they are
+    return d
+
+
+def _read(reader: lineage.Reader, uri: str, columns: list[str] | None = None, primary: str | None = None) -> pl.DataFrame:
+    import io
+
+    return pl.read_parquet(io.BytesIO(reader.read_bytes(uri, primary)), columns=columns)
+
+
+def _sibling(primary: str, name: str) -> str:
+    return primary.rsplit("/", 1)[0] + "/" + name
+
+
+def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
+    """The feature_state partition of `day` (per-entity totals of the day's validated events; the
+    labels that landed the day before, with their event's time and entities: as totals per event
+    day, and one object of labelled events per event day), made from raw data unless a trusted one
+    with the same key exists. Raises NeedRaw when an input it needs is missing or not trusted."""
+    spec, store = params.features, params.storage
+    tx, lb = params.dataset("transactions"), params.dataset("labels")
+    entities = list(tx.columns.entities)
+    primary = store.uri("feature_state", date=day.isoformat())
+    landed = day - dt.timedelta(days=1)
+    own = store.uri("validated", dataset=tx.name, date=day.isoformat())
+    lab = store.uri("canonical", dataset=lb.name, date=landed.isoformat()) \
+        if spec.target_rate and landed >= lb.first_date else None
+    try:
+        inputs = lineage.committed([own, *([lab] if lab else [])])
+    except lineage.StaleInput as exc:
+        raise NeedRaw(str(exc)) from None
+    absent = [u for u, sha in inputs.items() if sha is None]
+    if absent:
+        raise NeedRaw(f"feature state {day}: {_shorten(absent)} not committed")
+    key = lineage.stage_key("feature_state", inputs, {"features": _settings(spec), "columns": entities},
+                            "pipelines.features")
+    if not recompute:
+        try:
+            if (lineage.Reader().record(primary).get("run") or {}).get("key") == key["key"]:
+                return primary
+        except (lineage.NotCommitted, lineage.StaleInput):
+            pass
+    reader = lineage.Reader()
+    values = sorted({r.value for r in spec.rolling.values()})
+    daily = day_state(_read(reader, own, ["event_id", "event_ts", *entities, *values]), spec)
+    labelled = pl.DataFrame(schema={"event_id": pl.String, "event_ts": pl.Datetime("us"),
+                                    **{e: pl.String for e in entities}, "label": pl.Int64})
+    if lab:
+        labels = _read(reader, lab, ["event_id", "label"])
+        rates = max(n for w in spec.target_rate.values() for n in w)
+        first = max(day - dt.timedelta(days=spec.label_delay_days + rates), tx.first_date)
+        ontime = landed - dt.timedelta(days=spec.label_delay_days)
+        days = sorted(date_range(first, landed), key=lambda d: (d != ontime, -d.toordinal()))
+        found, pending = [], labels.select("event_id")
+        for d in days:                    # the on-time day first; the rest only for what is still unmatched
+            if pending.is_empty():
+                break
+            uri = store.uri("validated", dataset=tx.name, date=d.isoformat())
+            try:
+                hit = _read(reader, uri, ["event_id", "event_ts", *entities]).join(pending, on="event_id", how="semi")
+            except lineage.NotCommitted:
+                raise NeedRaw(f"feature state {day}: {storage.where(uri)} not committed (labels of {landed} may "
+                              f"belong to it)") from None
+            except lineage.StaleInput as exc:
+                raise NeedRaw(str(exc)) from None
+            found.append(hit)
+            pending = pending.join(hit, on="event_id", how="anti")
+        if found:
+            labelled = labelled_events(labels, pl.concat(found), entities)
+    out = pub.partition(primary, "feature_state", inputs=reader.consumed,
+                        extra={"run": key, "unmatched_labels": 0 if not lab else labels.height - labelled.height})
+    out.put_parquet(primary, daily)
+    out.put_parquet(_sibling(primary, "labels.parquet"), label_totals(labelled, spec))
+    on = pl.col("event_ts").dt.date()
+    for d in labelled.select(on.unique().sort()).to_series().to_list():
+        out.put_parquet(_sibling(primary, f"labelled/event_date={d}.parquet"), labelled.filter(on == d))
+    out.commit()
+    log.info("feature state %s: %d entity totals, %d labels landed %s matched to their events", day, daily.height,
+             labelled.height, landed)
+    return primary
+
+
+def load_history(params, day: dt.date, pub) -> tuple[pl.DataFrame, History, dict[str, str]]:
+    """The day's validated events and the History its features need (see plan), the feature_state
+    partitions made first where missing; and the partitions read ({uri: sha256}, for the record).
+    Each partition is cut to the entities of the day as it is read, and totals are folded into their
+    runs at once (Accumulator): memory does not grow with the look-back. Raises NeedRaw when the
+    incremental path cannot serve the day."""
+    spec, store = params.features, params.storage
+    tx, lb = params.dataset("transactions"), params.dataset("labels")
+    entities = list(tx.columns.entities)
+    p = plan(spec, day)
+    states = {d: ensure_state(params, d, pub) for d in [*p.states, day] if d >= tx.first_date}
+    reader = lineage.Reader()
+    values = sorted({r.value for r in spec.rolling.values()})
+    runs, label_runs = _runs(p.totals), _runs(p.label_totals)
+    try:
+        uri = store.uri("validated", dataset=tx.name, date=day.isoformat())
+        today = _read(reader, uri)
+        midnight = bool(today.select((pl.col("event_ts") == dt.datetime.combine(day, dt.time())).any()).item())
+        grouped = list(dict.fromkeys([*spec.rolling, *spec.time_since_last, *spec.target_rate]))
+        ids = {e: today.select(pl.col(e).cast(pl.String).unique()) for e in grouped}
+        seen = pl.concat([v.rename({e: "id"}).with_columns(pl.lit(e).alias("entity")) for e, v in ids.items()]) \
+            if ids else pl.DataFrame(schema={"id": pl.String, "entity": pl.String})
+
+        def of_the_day(frame: pl.DataFrame, column: str | None = None) -> pl.DataFrame:
+            """Rows of an entity of the day: per entity column (events) or by (entity, id) (totals)."""
+            if column is None:
+                return frame.join(seen, on=["entity", "id"], how="semi")
+            keep = pl.lit(False)
+            for e, v in ids.items():
+                keep = keep | pl.col(e).cast(pl.String).is_in(v[e].implode())
+            return frame.filter(keep)
+
+        events = []
+        for b in p.boundary:
+            if b < tx.first_date:
+                continue
+            uri = store.uri("validated", dataset=tx.name, date=b.isoformat())
+            events.append(of_the_day(_read(reader, uri, ["event_ts", *entities, *values]), "events"))
+        totals, sums, labelled = Accumulator(False), Accumulator(True), []
+        for f in p.totals:
+            if f in states:
+                totals.add(of_the_day(_read(reader, states[f])).with_columns(pl.lit(runs[f]).alias("day")))
+        for landed in p.landing:
+            st = states.get(landed + dt.timedelta(days=1))
+            if st is None or landed < lb.first_date:
+                continue
+            avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
+            sums.add(_for_run(of_the_day(_read(reader, _sibling(st, "labels.parquet"), primary=st)), "event_date",
+                              label_runs).with_columns(avail))
+            objects = reader.record(st)["objects"]
+            known = pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
+            for e in p.label_boundary:
+                uri = _sibling(st, f"labelled/event_date={e}.parquet")
+                if uri in objects:
+                    labelled.append(of_the_day(_read(reader, uri, ["event_ts", *entities, "label"], primary=st), "events")
+                                    .with_columns(known.alias("available_at")))
+    except (lineage.NotCommitted, lineage.StaleInput) as exc:
+        raise NeedRaw(str(exc)) from None
+    hist = History(_concat(events), totals.result(), _concat(labelled), sums.result())
+    return today, hist, dict(reader.consumed)
+
+
 def run_key(params, day: dt.date, suite: dict | None) -> dict | None:
     """What the features of `day` are made of: the partitions of its look-back (their records; a
     missing one is part of the key too), the feature spec, the features suite, the columns, the
@@ -385,7 +802,7 @@ def run_key(params, day: dt.date, suite: dict | None) -> dict | None:
         inputs = lineage.committed(uris)
     except lineage.StaleInput:
         return None
-    settings = {"features": asdict(spec), "suite": suite, "engine": params.validate.engine,
+    settings = {"features": _settings(spec), "suite": suite, "engine": params.validate.engine,
                 "columns": asdict(tx.columns)}
     return lineage.stage_key("features", inputs, settings, "pipelines.features",
                              ("polars", "pyarrow", "numpy", "great_expectations"))
@@ -397,6 +814,9 @@ def main(argv: list[str]) -> int:
     ap = stage_parser("features", __doc__)
     ap.add_argument("--recompute", action="store_true",
                     help="compute even a date whose features were made from the same look-back, spec, suite and code")
+    ap.add_argument("--from-raw", action="store_true",
+                    help="compute from the look-back's validated events, not from the per-entity day totals "
+                         "(backfill, repair; the result is the same)")
     args = ap.parse_args(argv)
     params, days = resolve(args)
     spec, store = params.features, params.storage
@@ -424,8 +844,23 @@ def main(argv: list[str]) -> int:
         if not todo:
             return 0
         start, end = min(todo), max(todo)
-        inputs = load_inputs(params, start, end)
-        feats = compute_features(inputs.events, inputs.labels, spec, start, end, entities, numerics)
+        feats, missing, reads = None, [], {}
+        if spec.incremental and not args.from_raw and start == end and pub.snapshot is None:
+            try:
+                today, hist, reads[start] = load_history(params, start, pub)
+                feats = compute_features(today, pl.DataFrame(), spec, start, end, entities, numerics, history=hist)
+                log.info("features %s: incremental: %d events of the day + %d boundary events, %d entity-day "
+                         "totals, %d labelled boundary events, %d label totals (not the %d-day look-back)", start,
+                         today.height, hist.events.height, hist.totals.height, hist.labelled.height,
+                         hist.label_totals.height, spec.lookback_days)
+                del today, hist
+            except NeedRaw as exc:
+                log.warning("features %s: computed from raw (the incremental path cannot serve it: %s)", start, exc)
+        if feats is None:
+            inputs = load_inputs(params, start, end)
+            feats = compute_features(inputs.events, inputs.labels, spec, start, end, entities, numerics)
+            missing, reads = inputs.missing, {d: inputs.for_day(d, spec.lookback_days) for d in todo}
+            del inputs
         for day in progress(todo, "features"):
             part_uri = store.uri("features", date=day.isoformat())
             part = feats.filter(pl.col("event_ts").dt.date() == day)
@@ -436,13 +871,13 @@ def main(argv: list[str]) -> int:
                     pub.remove(part_uri)
                     failures.append(f"features {day}: blocked by {suite_path}: " + "; ".join(v.results["reasons"]))
                     continue
-            out = pub.partition(part_uri, "features", inputs=inputs.for_day(day, spec.lookback_days),
+            out = pub.partition(part_uri, "features", inputs=reads[day],
                                 extra={"spec_hash": spec_hash(spec), "code_version": code_version(),
                                        "suite": str(suite_path) if suite is not None else None,
                                        **({"run": keys[day]} if keys[day] else {})})
             out.put_parquet(part_uri, part)
             out.put_json(store.uri("features_manifest", date=day.isoformat()),
-                         manifest(part, spec, numerics, entities, day, inputs.missing))
+                         manifest(part, spec, numerics, entities, day, missing))
             out.commit()
             log.info("features %s: %d rows, %d features", day, part.height, len(feature_names(spec, numerics)))
         if failures:

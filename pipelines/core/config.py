@@ -31,6 +31,12 @@ def _date(value: Any, where: str) -> dt.date:
         raise ConfigError(f"{where}: {value!r} is not a YYYY-MM-DD date") from exc
 
 
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {value!r} is not true or false")
+    return value
+
+
 def _build(cls: type, data: dict[str, Any] | None, where: str):
     """Build dataclass `cls` from a dict, rejecting unknown keys."""
     data = dict(data or {})
@@ -207,6 +213,7 @@ class FeatureParams:
     categories: tuple[str, ...]
     label_delay_days: int
     missing_history: str = "fail"
+    incremental: bool = True       # how, not what: excluded from the spec hash (the features are the same)
 
     @property
     def lookback_days(self) -> int:
@@ -219,7 +226,7 @@ class FeatureParams:
         d = dict(data)
         where = "features"
         allowed = {"windows_days", "rolling", "target_rate", "time_since_last", "calendar", "ratios",
-                   "categoricals", "categories", "missing_history"}
+                   "categoricals", "categories", "missing_history", "incremental"}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -247,6 +254,7 @@ class FeatureParams:
             categories=tuple(d.get("categories") or ()),
             label_delay_days=int(label_delay_days),
             missing_history=missing,
+            incremental=_flag(d.get("incremental", True), f"{where}.incremental"),
         )
 
 

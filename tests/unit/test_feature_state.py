@@ -1,0 +1,87 @@
+"""The incremental features path on a lake of local files: per-entity day totals as feature_state
+partitions made from raw when missing, the same bytes as a recomputation from raw, a lost or stale
+state made again."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import polars as pl
+import pytest
+import yaml
+
+from pipelines import features
+from pipelines.core import storage
+from tests.conftest import REPO
+from tests.unit.test_features import _with_midnights, small_world
+
+DAY = dt.date(2026, 2, 20)
+
+
+@pytest.fixture()
+def lake(tmp_path):
+    """Validated transactions and canonical labels of small_world, one committed partition per day;
+    params.yaml with the lake in this test's folder, no features suite."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["storage"]["lake"] = str(tmp_path / "lake")
+    raw["datasets"]["labels"]["first_date"] = "2026-01-01"
+    raw["validate"]["suites"]["features"] = False
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    events, labels = _with_midnights(*small_world(seed=29, n=2000, days=55))
+    layout = raw["storage"]["layout"]
+    lake = raw["storage"]["lake"]
+    with storage.Publisher(lake, None) as pub:
+        for k in range(55):
+            d = dt.date(2026, 1, 1) + dt.timedelta(days=k)
+            for kind, name, frame in (("validated", "transactions", events.filter(pl.col("event_ts").dt.date() == d)),
+                                      ("canonical", "labels", labels.filter(pl.col("label_date") == d))):
+                uri = f"{lake}/" + layout[kind].format(dataset=name, date=d.isoformat())
+                part = pub.partition(uri, "ingest" if kind == "canonical" else "validate")
+                part.put_parquet(uri, frame)
+                part.commit()
+    return path, lake, layout
+
+
+def _run(path, *extra, day: dt.date = DAY) -> bytes:
+    assert features.main(["--params", str(path), "--date", day.isoformat(), *extra]) == 0
+    return (path.parent / "lake" / "features" / f"date={day}" / "part-0.parquet").read_bytes()
+
+
+def test_incremental_features_equal_the_recomputation_from_raw(lake, caplog):
+    path, root, layout = lake
+    caplog.set_level(logging.INFO, "pipelines.features")
+    first = _run(path)
+    assert "incremental:" in caplog.text and "computed from raw" not in caplog.text
+    made = sorted(p.parent.name for p in (path.parent / "lake" / "feature_state").glob("*/daily.parquet"))
+    assert len(made) == 37 and made[-1] == f"date={DAY}"                 # the label landing days + 1, the day itself
+    caplog.clear()
+    assert _run(path, "--from-raw", "--recompute") == first              # the same bytes from the raw look-back
+    assert "incremental:" not in caplog.text
+    midnight = dt.date(2026, 2, 17)                                      # an event at exactly 00:00
+    assert _run(path, day=midnight) == _run(path, "--from-raw", "--recompute", day=midnight)
+    rec = storage.read_json(storage.record_uri(f"{root}/features/date={DAY}/part-0.parquet"))
+    assert any("/validated/transactions/date=2026-01-21/" in u for u in rec["inputs"])
+
+    # a lost state is made again from raw; the features do not change
+    lost = path.parent / "lake" / "feature_state" / "date=2026-02-10"
+    for f in lost.rglob("*"):
+        if f.is_file():
+            f.unlink()
+    caplog.clear()
+    assert _run(path, "--recompute") == first
+    assert "feature state 2026-02-10:" in caplog.text and (lost / "daily.parquet").exists()
+    inc = storage.read_json(storage.record_uri(f"{root}/features/date={DAY}/part-0.parquet"))
+    assert any("/feature_state/date=2026-02-10/" in u for u in inc["inputs"])
+
+    # a corrected partition of a day inside the windows: its state is made again, the features follow
+    uri = f"{root}/" + layout["validated"].format(dataset="transactions", date="2026-02-12")
+    frame = storage.read_parquet(uri)
+    with storage.Publisher(root, None) as pub:
+        part = pub.partition(uri, "validate")
+        part.put_parquet(uri, frame.with_columns(pl.col("amount") * 2))
+        part.commit()
+    caplog.clear()
+    changed = _run(path, "--recompute")
+    assert changed != first and "feature state 2026-02-12:" in caplog.text
+    assert _run(path, "--from-raw", "--recompute") == changed
