@@ -424,26 +424,35 @@ def _runs(days: list[dt.date]) -> dict[dt.date, dt.date]:
 
 
 class Accumulator:
-    """Day totals (or label totals) folded into their runs one partition at a time, so memory holds
-    one partition plus one row per entity and run, whatever the look-back."""
+    """Day totals (or label totals) folded into their runs, a few partitions at a time: memory holds
+    about twice one row per entity and run, whatever the look-back, and each row is folded O(1)
+    times on average (a fold happens when what waits outgrows what was folded)."""
 
     def __init__(self, labels: bool) -> None:
-        self.labels, self.frame = labels, None
+        self.labels, self.frame, self.pending, self.waiting = labels, None, [], 0
 
     def add(self, part: pl.DataFrame) -> None:
         if not part.height:
             return
+        self.pending.append(part if self.labels else part.with_columns(pl.col("q").cast(pl.Int128)))
+        self.waiting += part.height
+        if self.waiting > max(1_000_000, self.frame.height if self.frame is not None else 0):
+            self._fold()
+
+    def _fold(self) -> None:
         if self.labels:
             keys, aggs = ["entity", "id", "event_date", "available_at"], [pl.col("n").sum(), pl.col("s").sum()]
         else:
-            part = part.with_columns(pl.col("q").cast(pl.Int128))
             keys = ["entity", "id", "day"]
             aggs = [pl.col("n").sum(), pl.col("fx").sum(), pl.col("q").sum(), pl.col("mx").max(), pl.col("mn").min(),
                     pl.col("last").max()]
-        both = part if self.frame is None else pl.concat([self.frame, part], how="diagonal_relaxed")
-        self.frame = both.group_by(keys).agg(aggs)
+        frames = ([self.frame] if self.frame is not None else []) + self.pending
+        self.frame = pl.concat(frames, how="diagonal_relaxed").group_by(keys).agg(aggs)
+        self.pending, self.waiting = [], 0
 
     def result(self) -> pl.DataFrame:
+        if self.pending:
+            self._fold()
         return self.frame if self.frame is not None else pl.DataFrame()
 
 
