@@ -89,6 +89,7 @@ def params_file(lake: Path, first: dt.date) -> Path:
     raw["datasets"]["transactions"]["first_date"] = first.isoformat()
     raw["datasets"]["labels"]["first_date"] = (first + dt.timedelta(days=7)).isoformat()
     raw["validate"]["suites"]["features"] = False
+    raw["features"]["incremental"] = True
     path = lake.parent / f"{lake.name}.params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

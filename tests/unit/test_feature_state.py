@@ -26,6 +26,7 @@ def lake(tmp_path):
     raw["storage"]["lake"] = str(tmp_path / "lake")
     raw["datasets"]["labels"]["first_date"] = "2026-01-01"
     raw["validate"]["suites"]["features"] = False
+    raw["features"]["incremental"] = True
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     events, labels = _with_midnights(*small_world(seed=29, n=2000, days=55))
