@@ -698,7 +698,7 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
                                     **{e: pl.String for e in entities}, "label": pl.Int64})
     if lab:
         labels = _read(reader, lab, ["event_id", "label"])
-        rates = max(n for w in spec.target_rate.values() for n in w)
+        rates = max((n for w in spec.target_rate.values() for n in w), default=0)
         first = max(day - dt.timedelta(days=spec.label_delay_days + rates), tx.first_date)
         ontime = landed - dt.timedelta(days=spec.label_delay_days)
         days = sorted(date_range(first, landed), key=lambda d: (d != ontime, -d.toordinal()))
@@ -726,8 +726,9 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
     for d in labelled.select(on.unique().sort()).to_series().to_list():
         out.put_parquet(_sibling(primary, f"labelled/event_date={d}.parquet"), labelled.filter(on == d))
     out.commit()
-    log.info("feature state %s: %d entity totals, %d labels landed %s matched to their events", day, daily.height,
-             labelled.height, landed)
+    unmatched = labels.height - labelled.height if lab else 0
+    log.info("feature state %s: %d entity totals, %d labels landed %s matched to their events, %d unmatched (their "
+             "event is not among the validated events searched)", day, daily.height, labelled.height, landed, unmatched)
     return primary
 
 
@@ -741,7 +742,7 @@ def load_history(params, day: dt.date, pub) -> tuple[pl.DataFrame, History, dict
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     entities = list(tx.columns.entities)
     p = plan(spec, day)
-    states = {d: ensure_state(params, d, pub) for d in [*p.states, day] if d >= tx.first_date}
+    states = {d: ensure_state(params, d, pub) for d in sorted({*p.states, day}) if d >= tx.first_date}
     reader = lineage.Reader()
     values = sorted({r.value for r in spec.rolling.values()})
     runs, label_runs = _runs(p.totals), _runs(p.label_totals)
