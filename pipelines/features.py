@@ -128,6 +128,12 @@ def _per_bucket(frame: pl.DataFrame, buckets: int) -> list[pl.DataFrame]:
     return [frame.filter(pl.col("__bucket") == b) for b in range(buckets)]
 
 
+def _fixed(r) -> pl.Expr:
+    """The rolled value in fixed point (r.decimals): integer sums are exact whatever the order, so
+    the full and the incremental paths agree bit for bit. The one definition both use."""
+    return (pl.col(r.value) * 10 ** r.decimals).round().cast(pl.Int64)
+
+
 def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide, totals: bool) -> list[list[pl.Expr]]:
     """Per window, the rolling aggregates of `r.value` over [t - N, t) on the sorted timeline.
 
@@ -137,7 +143,7 @@ def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide, totals: bool) ->
     result is the same bit for bit."""
     out = []
     scale = 10 ** r.decimals
-    fixed = pl.col("__fx") if totals else (pl.col(r.value) * scale).round().cast(pl.Int64)   # exact, associative
+    fixed = pl.col("__fx") if totals else _fixed(r)   # exact, associative
     square = pl.col("__q") if totals else fixed.cast(wide) * fixed.cast(wide)
     for w in windows:
         win = dict(by="__vt", window_size=f"{w * US_PER_DAY}i", closed="left")
@@ -375,7 +381,7 @@ def day_state(events: pl.DataFrame, spec: FeatureParams) -> pl.DataFrame:
         t = pl.col("event_ts").cast(pl.Int64)
         aggs = [pl.len().cast(pl.Int64).alias("n"), t.max().alias("last")]
         if r:
-            fx = (pl.col(r.value) * 10 ** r.decimals).round().cast(pl.Int64)
+            fx = _fixed(r)
             aggs += [fx.sum().alias("fx"), (fx.cast(pl.Int128) * fx.cast(pl.Int128)).sum().alias("q"),
                      pl.col(r.value).max().alias("mx"), pl.col(r.value).min().alias("mn")]
         g = events.group_by(ent).agg(aggs).rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity"))
@@ -523,7 +529,7 @@ def _context_rows(base: pl.DataFrame, ent: str, spec: FeatureParams, hist: Histo
         if index:
             cols.append(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i"))
         if r:
-            fx = (pl.col(r.value) * 10 ** r.decimals).round().cast(pl.Int64)
+            fx = _fixed(r)
             cols += [fx.alias("__fx"), (fx.cast(pl.Int128) * fx.cast(pl.Int128)).alias("__q"),
                      pl.col(r.value).alias("__mx"), pl.col(r.value).alias("__mn")]
         return _fit(frame.select(cols), schema)
