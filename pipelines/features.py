@@ -10,7 +10,9 @@ Point-in-time rules, for an event at time t of entity e:
     count and sum 0, mean/max/min null; std null below two events.
   * target rate `<entity>_fraud_rate_<N>d`: the label mean of e's events with ts in
     [t - D - N, t - D) whose label was available strictly before t (available_at < t), D = the
-    label delay; `<entity>_labeled_count_<N>d` counts them. Null when none.
+    label delay; `<entity>_labeled_count_<N>d` counts them. Null when none. A label available at or
+    before its own event's time (available_at <= ts: it landed before the event happened, a data
+    error) counts nowhere.
   * `<entity>_secs_since_last`: seconds since e's previous event strictly before t, looked back at
     most max(windows_days) days (null beyond).
   * calendar: `is_weekend`, `is_night` (hour in night_hours); ratios: numerator / denominator
@@ -303,7 +305,8 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
     if any(spec.target_rate.values()) and history is None:   # labels known at each event's row (the join is the memory peak)
         joined = base.select("event_id").join(labels.select("event_id", "label", "available_at"), on="event_id",
                                               how="left", maintain_order="left")
-        base = base.with_columns(joined["label"], joined["available_at"])
+        base = base.with_columns(joined["label"], joined["available_at"]).with_columns(   # a label before its event: none
+            pl.when(pl.col("available_at") > pl.col("event_ts")).then(pl.col("label")).alias("label"))
         del joined
     # entities with the most rate windows first: their transients land before other outputs pile up
     for ent in sorted(grouped, key=lambda e: -len(spec.target_rate.get(e, ()))):
@@ -390,11 +393,14 @@ def day_state(events: pl.DataFrame, spec: FeatureParams) -> pl.DataFrame:
     return frame.sort("entity", "id")
 
 
-def labelled_events(labels: pl.DataFrame, events: pl.DataFrame, entities: list[str]) -> pl.DataFrame:
-    """The labels that landed on one day, with their event's time and entities (inner join: a label
-    whose event was never validated counts nowhere, as in compute_features)."""
+def labelled_events(labels: pl.DataFrame, events: pl.DataFrame, entities: list[str], landed: dt.date) -> pl.DataFrame:
+    """The labels that landed on `landed`, with their event's time and entities (inner join: a label
+    whose event was never validated counts nowhere, nor one whose event is after its landing day:
+    as in compute_features)."""
+    before = dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())
     return (labels.select("event_id", pl.col("label").cast(pl.Int64))
-            .join(events.select("event_id", "event_ts", *entities), on="event_id", how="inner")
+            .join(events.select("event_id", "event_ts", *entities).filter(pl.col("event_ts") < before),
+                  on="event_id", how="inner")
             .select("event_id", "event_ts", *entities, "label").sort("event_ts", "event_id"))
 
 
@@ -486,7 +492,7 @@ def history_from_events(events: pl.DataFrame, labels: pl.DataFrame, spec: Featur
     for f in p.totals:
         totals.add(day_state(events.filter(on == f), spec).with_columns(pl.lit(runs[f]).alias("day")))
     for landed in p.landing:
-        batch = labelled_events(labels.filter(pl.col("label_date") == landed), events, entities)
+        batch = labelled_events(labels.filter(pl.col("label_date") == landed), events, entities, landed)
         avail = pl.lit(_availability(day, landed)).cast(pl.Datetime("us")).alias("available_at")
         lab.append(batch.filter(on.is_in(p.label_boundary)).with_columns(
             pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
@@ -689,7 +695,8 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
     absent = [u for u, sha in inputs.items() if sha is None]
     if absent:
         raise NeedRaw(f"feature state {day}: {_shorten(absent)} not committed")
-    key = lineage.stage_key("feature_state", inputs, {"features": _settings(spec), "columns": entities},
+    key = lineage.stage_key("feature_state", inputs, {"features": _settings(spec), "columns": entities,
+                                                      "first_dates": [str(tx.first_date), str(lb.first_date)]},
                             "pipelines.features")
     if not recompute:
         try:
@@ -723,7 +730,7 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
             found.append(hit)
             pending = pending.join(hit, on="event_id", how="anti")
         if found:
-            labelled = labelled_events(labels, pl.concat(found), entities)
+            labelled = labelled_events(labels, pl.concat(found), entities, landed)
     out = pub.partition(primary, "feature_state", inputs=reader.consumed,
                         extra={"run": key, "unmatched_labels": 0 if not lab else labels.height - labelled.height})
     out.put_parquet(primary, daily)
@@ -738,20 +745,40 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
     return primary
 
 
-def load_history(params, day: dt.date, pub) -> tuple[pl.DataFrame, History, dict[str, str]]:
+class _BrokenState(RuntimeError):
+    def __init__(self, day: dt.date, why: str) -> None:
+        super().__init__(why)
+        self.day = day
+
+
+def load_history(params, day: dt.date, pub) -> tuple[pl.DataFrame, History]:
     """The day's validated events and the History its features need (see plan), the feature_state
-    partitions made first where missing; and the partitions read ({uri: sha256}, for the record).
-    Each partition is cut to the entities of the day as it is read, and totals are folded into their
-    runs at once (Accumulator): memory does not grow with the look-back. Raises NeedRaw when the
-    incremental path cannot serve the day."""
+    partitions made first where missing; a state whose objects are lost or altered since its record
+    is made again from raw (twice at most, then NeedRaw). Each partition is cut to the entities of
+    the day as it is read, and totals are folded into their runs at once (Accumulator): memory does
+    not grow with the look-back. Raises NeedRaw when the incremental path cannot serve the day."""
+    tx = params.dataset("transactions")
+    p = plan(params.features, day)
+    states = {d: ensure_state(params, d, pub) for d in sorted({*p.states, day}) if d >= tx.first_date}
+    for attempt in range(3):
+        try:
+            return _gather(params, day, p, states)
+        except _BrokenState as exc:
+            if attempt == 2:
+                raise NeedRaw(str(exc)) from None
+            log.warning("feature state %s: %s; made again from raw", exc.day, exc)
+            states[exc.day] = ensure_state(params, exc.day, pub, recompute=True)
+    raise AssertionError("unreachable")
+
+
+def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str]) -> tuple[pl.DataFrame, History]:
     spec, store = params.features, params.storage
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     entities = list(tx.columns.entities)
-    p = plan(spec, day)
-    states = {d: ensure_state(params, d, pub) for d in sorted({*p.states, day}) if d >= tx.first_date}
     reader = lineage.Reader()
     values = sorted({r.value for r in spec.rolling.values()})
     runs, label_runs = _runs(p.totals), _runs(p.label_totals)
+    at = None                                       # the state being read: a failure there heals it
     try:
         uri = store.uri("validated", dataset=tx.name, date=day.isoformat())
         today = _read(reader, uri)
@@ -770,18 +797,26 @@ def load_history(params, day: dt.date, pub) -> tuple[pl.DataFrame, History, dict
                 keep = keep | pl.col(e).cast(pl.String).is_in(v[e].implode())
             return frame.filter(keep)
 
-        events = []
+        events, event_ids = [], [today.select("event_id", "event_ts")]
         for b in p.boundary:
             if b < tx.first_date:
                 continue
             uri = store.uri("validated", dataset=tx.name, date=b.isoformat())
-            events.append(of_the_day(_read(reader, uri, ["event_ts", *entities, *values]), "events"))
+            frame = _read(reader, uri, ["event_id", "event_ts", *entities, *values])
+            event_ids.append(frame.select("event_id", "event_ts"))
+            events.append(of_the_day(frame.drop("event_id"), "events"))
+            del frame
+        _check_unique(pl.concat(event_ids), "event_ts", "validated transactions (the day and its boundary days)",
+                      day, day)
+        del event_ids
         totals, sums, labelled = Accumulator(False), Accumulator(True), []
         for f in p.totals:
             if f in states:
+                at = f
                 totals.add(of_the_day(_read(reader, states[f])).with_columns(pl.lit(runs[f]).alias("day")))
         for landed in p.landing:
-            st = states.get(landed + dt.timedelta(days=1))
+            at = landed + dt.timedelta(days=1)
+            st = states.get(at)
             if st is None or landed < lb.first_date:
                 continue
             avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
@@ -794,10 +829,11 @@ def load_history(params, day: dt.date, pub) -> tuple[pl.DataFrame, History, dict
                 if uri in objects:
                     labelled.append(of_the_day(_read(reader, uri, ["event_ts", *entities, "label"], primary=st), "events")
                                     .with_columns(known.alias("available_at")))
-    except (lineage.NotCommitted, lineage.StaleInput) as exc:
+    except (storage.MissingObject, lineage.StaleInput) as exc:
+        if at is not None:
+            raise _BrokenState(at, str(exc)) from None
         raise NeedRaw(str(exc)) from None
-    hist = History(_concat(events), totals.result(), _concat(labelled), sums.result())
-    return today, hist, dict(reader.consumed)
+    return today, History(_concat(events), totals.result(), _concat(labelled), sums.result())
 
 
 def run_key(params, day: dt.date, suite: dict | None) -> dict | None:
@@ -861,9 +897,12 @@ def main(argv: list[str]) -> int:
             return 0
         start, end = min(todo), max(todo)
         feats, missing, reads = None, [], {}
-        if spec.incremental and not args.from_raw and start == end and pub.snapshot is None:
+        if spec.incremental and not args.from_raw and start == end and pub.snapshot is None and keys[start]:
             try:
-                today, hist, reads[start] = load_history(params, start, pub)
+                today, hist = load_history(params, start, pub)
+                # the record names what the features are made of, as a recomputation from raw would: the
+                # look-back's partitions (the states are made from them, each under its own run key)
+                reads[start] = {u: sha for u, sha in keys[start]["inputs"].items() if sha is not None}
                 feats = compute_features(today, pl.DataFrame(), spec, start, end, entities, numerics, history=hist)
                 log.info("features %s: incremental: %d events of the day + %d boundary events, %d entity-day "
                          "totals, %d labelled boundary events, %d label totals (not the %d-day look-back)", start,

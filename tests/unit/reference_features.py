@@ -42,7 +42,7 @@ def reference_features(events: pl.DataFrame, labels: pl.DataFrame, spec, start: 
                 for x in rows:
                     lx = lab.get(x["event_id"])
                     if (x[ent] == r[ent] and lx is not None and lx["label"] is not None
-                            and t - delay - dt.timedelta(days=w) <= x["event_ts"] < t - delay and lx["available_at"] < t):
+                            and t - delay - dt.timedelta(days=w) <= x["event_ts"] < t - delay and x["event_ts"] < lx["available_at"] < t):
                         known.append(lx["label"])
                 f[f"{ent}_fraud_rate_{w}d"] = sum(known) / len(known) if known else None
                 f[f"{ent}_labeled_count_{w}d"] = len(known)

@@ -56,9 +56,13 @@ def test_incremental_features_equal_the_recomputation_from_raw(lake, caplog):
     assert "incremental:" in caplog.text and "computed from raw" not in caplog.text
     made = sorted(p.parent.name for p in (path.parent / "lake" / "feature_state").glob("*/daily.parquet"))
     assert len(made) == 37 and made[-1] == f"date={DAY}"                 # the label landing days + 1, the day itself
+    record = storage.record_uri(f"{root}/features/date={DAY}/part-0.parquet")
+    inc = storage.read_json(record)
+    assert not any("/feature_state/" in u for u in inc["inputs"])       # made of the look-back, as from raw
     caplog.clear()
     assert _run(path, "--from-raw", "--recompute") == first              # the same bytes from the raw look-back
     assert "incremental:" not in caplog.text
+    assert storage.read_json(record) == inc                              # and the same record
     midnight = dt.date(2026, 2, 17)                                      # an event at exactly 00:00
     assert _run(path, day=midnight) == _run(path, "--from-raw", "--recompute", day=midnight)
     rec = storage.read_json(storage.record_uri(f"{root}/features/date={DAY}/part-0.parquet"))
@@ -72,8 +76,16 @@ def test_incremental_features_equal_the_recomputation_from_raw(lake, caplog):
     caplog.clear()
     assert _run(path, "--recompute") == first
     assert "feature state 2026-02-10:" in caplog.text and (lost / "daily.parquet").exists()
-    inc = storage.read_json(storage.record_uri(f"{root}/features/date={DAY}/part-0.parquet"))
-    assert any("/feature_state/date=2026-02-10/" in u for u in inc["inputs"])
+    assert storage.read_json(record) == inc
+
+    # a state whose object was altered or lost after its record is made again; the features do not change
+    damaged = path.parent / "lake" / "feature_state" / "date=2026-02-03" / "daily.parquet"
+    damaged.write_bytes(b"not parquet")
+    (path.parent / "lake" / "feature_state" / "date=2026-02-15" / "labels.parquet").unlink()
+    caplog.clear()
+    assert _run(path, "--recompute") == first
+    assert "incremental:" in caplog.text and "computed from raw" not in caplog.text
+    assert caplog.text.count("made again from raw") == 2 and damaged.read_bytes() != b"not parquet"
 
     # a corrected partition of a day inside the windows: its state is made again, the features follow
     uri = f"{root}/" + layout["validated"].format(dataset="transactions", date="2026-02-12")

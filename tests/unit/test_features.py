@@ -16,7 +16,7 @@ ENTITIES, NUMERICS = ["customer", "terminal"], ["amount"]
 
 def small_world(seed: int = 7, n: int = 600, days: int = 50):
     """Random events over `days` days with timestamp ties, and labels that arrive early, on time,
-    late, or never."""
+    late, never, on the event's own day, or (a data error that must count nowhere) before the event."""
     rnd = random.Random(seed)
     t0 = dt.datetime(2026, 1, 1)
     ev, lab = [], []
@@ -30,6 +30,9 @@ def small_world(seed: int = 7, n: int = 600, days: int = 50):
         kind = rnd.random()
         if kind < 0.9:
             landed = ts.date() + dt.timedelta(days=rnd.choice([7, 7, 7, 5, 9, 12, 20]))   # 20: after the 7d window closed
+        elif kind < 0.94:
+            landed = ts.date() - dt.timedelta(days=rnd.choice([0, 1, 3]))   # 1, 3: landed before its event
+        if kind < 0.94:
             lab.append({"event_id": eid, "label": int(rnd.random() < 0.2), "label_date": landed,
                         "available_at": dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())})
     events = pl.DataFrame(ev).with_columns(pl.col("event_ts").cast(pl.Datetime("us")))
