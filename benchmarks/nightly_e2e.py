@@ -1,0 +1,323 @@
+"""Benchmark: one nightly date end to end, every stage a process of its own as Airflow runs it
+(`python -m pipelines <stage> --date D`), with a full-volume look-back: every history day as large
+as the scored day.
+
+    python benchmarks/nightly_e2e.py [--rows 1000000 5000000 10000000] [--keep]
+
+For each size, a local lake (benchmarks/.out/e2e_<rows>) gets 44 days of simulated history
+(validated transactions and canonical labels, committed partitions) and the raw deliveries of the
+scored date (transactions, and the labels landing that day). The night before is run once
+(features of D-1: the feature_state partitions of the look-back are made then, as on a real
+night). A model trained on D-1's features is the champion in an MLflow server on 127.0.0.1 (sqlite
+backend, started and stopped here), the suites' row-count bounds scaled to the volume. Then, timed,
+the date's stages in order: ingest, validate, features, score, decide, monitor: wall and peak RSS of
+each process (os.wait4).
+
+Anchors measured in the same run, on the same partitions:
+  * bare `booster.inplace_predict` over the date's features (only the predict calls timed);
+  * the transactions suite on the canonical partition: the polars evaluator vs GX's own engine;
+  * features of the date in a lake that holds only that day (no history): the memory anchor.
+Targets (issue 16, 2 cores / 24 GiB): the 10M date <= 180 s end to end and <= 4 GiB peak; features'
+peak RSS with the full history within 1.2x of its peak with no history; score >= 0.9x bare predict;
+decide <= 5 s at 10M.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / ".out"
+sys.path.insert(0, str(ROOT))
+FIRST = dt.date(2026, 1, 1)
+DAYS = 45                                   # 44 history days + the scored date
+DAY = FIRST + dt.timedelta(days=DAYS - 1)
+STAGES = ("ingest", "validate", "features", "score", "decide", "monitor")
+ANCHOR = """
+import json, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from benchmarks.nightly_e2e import anchor
+print("RESULT " + json.dumps(anchor(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _world(rows: int):
+    from pipelines.core.config import load_params
+    from pipelines.ops.demo_data import DemoParams, make_world
+
+    base = DemoParams.from_dict(load_params(ROOT / "params.yaml").section("demo_data"))
+    customers = max(200, int(rows / 1.75))
+    p = dataclasses.replace(base, n_customers=customers, n_terminals=max(400, customers * 2), bugs=())
+    return p, make_world(p)
+
+
+def prepare(rows: int, work: Path) -> Path:
+    """The lake (history committed, the date raw), the suites, params.yaml; returns the params path."""
+    import polars as pl
+
+    from benchmarks.features_incremental import build
+    from pipelines.core import storage
+    from pipelines.ops.demo_data import _encode, simulate_day, split_labels
+
+    lake = work / "lake"
+    build(rows, lake)                                     # 45 days validated + labels landing d + 7
+    for kind, name in (("validated", "transactions"), ("canonical", "labels")):
+        shutil.rmtree(lake / kind / name / f"date={DAY}")  # the date itself arrives raw, below
+    p, world = _world(rows)
+    tx, _ = split_labels(simulate_day(p, world, DAY))
+    _, landing = split_labels(simulate_day(p, world, DAY - dt.timedelta(days=7)))
+    for name, frame in (("transactions", tx), ("labels", landing)):
+        storage.write_bytes(f"{work}/raw/{name}/date={DAY}/part-0.parquet", _encode(frame, "parquet"))
+    suites = work / "suites"
+    suites.mkdir(exist_ok=True)
+    for name in ("transactions", "labels", "features"):
+        suite = json.loads((ROOT / "expectations" / f"{name}.json").read_text())
+        for e in suite["expectations"]:
+            if e["type"] == "expect_table_row_count_to_be_between":
+                e["kwargs"] = {"min_value": int(rows * 0.5), "max_value": int(rows * 1.5)}
+        (suites / f"{name}.json").write_text(json.dumps(suite))
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["storage"]["lake"] = str(lake)
+    for name, first in (("transactions", FIRST), ("labels", FIRST + dt.timedelta(days=7))):
+        raw["datasets"][name]["uri"] = f"{work}/raw/{name}"
+        raw["datasets"][name]["first_date"] = first.isoformat()
+    raw["validate"]["suites"] = {n: str(suites / f"{n}.json") for n in ("transactions", "labels", "features")}
+    raw["score"]["cache_dir"] = str(work / "model-cache")
+    raw["features"]["incremental"] = True
+    path = work / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    del pl
+    return path
+
+
+def champion(params_path: Path, work: Path, trees: int = 200, depth: int = 6) -> None:
+    """A model trained on the features of D-1 (their simulated labels), logged and registered as
+    the champion in the MLflow server of MLFLOW_TRACKING_URI, its files in the scoring cache."""
+    import tempfile
+
+    import mlflow
+    import numpy as np
+    import polars as pl
+    import xgboost as xgb
+
+    from pipelines.core import lake as L
+    from pipelines.core import modelio as M
+    from pipelines.core import scoring, storage
+    from pipelines.core.config import load_params
+    from pipelines.core.drift import reference_profile
+
+    params = load_params(params_path)
+    store, prev = params.storage, (DAY - dt.timedelta(days=1)).isoformat()
+    feats = storage.read_parquet(store.uri("features", date=prev))
+    man = storage.read_json(store.uri("features_manifest", date=prev))
+    labels = storage.read_parquet(store.uri("canonical", dataset="labels",
+                                            date=(DAY + dt.timedelta(days=6)).isoformat()))
+    frame = feats.join(labels.select("event_id", "label"), on="event_id", how="inner").head(500_000)
+    manifest = M.feature_manifest(man)
+    x = M.feature_matrix(frame, manifest)
+    y = frame["label"].cast(pl.Float32).to_numpy()
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": depth, "eta": 0.1, "tree_method": "hist",
+                         "seed": 0, "nthread": 2}, xgb.DMatrix(x, label=y), num_boost_round=trees)
+    score = M.predict(booster, x)
+    prof = reference_profile(frame.with_columns(pl.Series("score", score)), manifest, params.evaluate)
+    files = {L.MODEL: bytes(booster.save_raw("ubj")), L.MANIFEST: json.dumps(manifest).encode(),
+             L.SUMMARY: json.dumps({"operating_threshold": float(np.quantile(score, 0.99))}).encode(),
+             L.PROFILE: json.dumps({**prof, "days": 1, "window": [prev, prev]}).encode()}
+    sha = M.sha256(files[L.MODEL])
+    name = params.score.model_name
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run() as run:
+        for n, art in scoring.FILES.items():
+            f = Path(tmp) / n
+            f.write_bytes(files[n])
+            mlflow.log_artifact(str(f), str(Path(art).parent) if "/" in art else None)
+    c = mlflow.MlflowClient()
+    c.create_registered_model(name)
+    mv = c.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id, tags={"model_sha256": sha})
+    c.set_registered_model_alias(name, params.score.alias, mv.version)
+    scoring._write_cache(Path(params.score.cache_dir), {"name": name, "version": str(mv.version),
+                                                         "run_id": run.info.run_id, "sha256": sha}, files)
+
+
+def anchor(what: str, params_path: Path, work: Path) -> dict:
+    """One anchor in a process of its own: 'predict' (bare inplace_predict over the date's features),
+    'suite-polars' / 'suite-gx' (the transactions suite on the canonical partition)."""
+    import resource
+
+    from pipelines.core import lineage, storage
+    from pipelines.core.config import load_params
+
+    params = load_params(params_path)
+    store = params.storage
+    if what == "predict":
+        from pipelines.core import modelio as M
+        from pipelines.core import scoring
+
+        served = scoring.resolve_model(params.score)
+        path = store.uri("features", date=DAY.isoformat())
+        bare, rows = 0.0, 0
+        for batch in storage.iter_parquet(path, batch_rows=params.score.chunk_rows):
+            x = M.feature_matrix(batch, served.manifest)
+            t = time.perf_counter()
+            served.booster.inplace_predict(x)
+            bare += time.perf_counter() - t
+            rows += batch.height
+        return {"seconds": bare, "rows": rows, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    from pipelines.core.gx import load_suite, validate_frame
+
+    frame = lineage.Reader().read_parquet(store.uri("canonical", dataset="transactions", date=DAY.isoformat()))
+    suite = load_suite(params.validate.suites["transactions"])
+    t = time.perf_counter()
+    v = validate_frame(frame, suite, "transactions", DAY, params.validate.max_quarantine_fraction,
+                       engine=what.split("-")[1])
+    return {"seconds": time.perf_counter() - t, "blocked": bool(v.blocked),
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _timed(argv: list[str], env: dict, log: Path) -> dict:
+    """Run one process; its wall time and peak RSS (its own, from wait4)."""
+    with log.open("ab") as out:
+        t = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+    rc = os.waitstatus_to_exitcode(status)
+    if rc != 0:
+        raise SystemExit(f"{' '.join(argv[2:5])}: exit {rc}; see {log}")
+    return {"seconds": wall, "peak_mib": usage.ru_maxrss / 1024}
+
+
+def _stage(stage: str, params: Path, env: dict, log: Path, *extra: str) -> dict:
+    return _timed([sys.executable, "-m", "pipelines", stage, "--params", str(params), "--date", DAY.isoformat(),
+                   *extra], env, log)
+
+
+def _anchor(what: str, params: Path, work: Path, env: dict, log: Path) -> dict:
+    argv = [sys.executable, "-c", ANCHOR.format(root=str(ROOT)), what, str(params), str(work)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=work)
+    if proc.returncode:
+        raise SystemExit(f"anchor {what}: {proc.stderr[-3000:]}")
+    return json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+
+
+def one_size(rows: int, keep: bool) -> dict:
+    work = OUT / f"e2e_{rows}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = work / "stages.log"
+    t = time.perf_counter()
+    params = prepare(rows, work)
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FRAUDOPS_HOME": str(work / "home"),
+           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
+        env.pop(k, None)
+    mlflow = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
+                               "--default-artifact-root", str(work / "mlartifacts"), "--workers", "1"],
+                              stdout=(work / "mlflow.log").open("wb"), stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        import urllib.request
+
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline or mlflow.poll() is not None:
+                    raise SystemExit(f"mlflow server did not start; see {work / 'mlflow.log'}") from None
+                time.sleep(1)
+        night_before = _timed([sys.executable, "-m", "pipelines", "features", "--params", str(params), "--date",
+                               (DAY - dt.timedelta(days=1)).isoformat()], env, log)
+        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+                        "from benchmarks.nightly_e2e import champion; champion(Path(sys.argv[2]), Path(sys.argv[3]))",
+                        str(ROOT), str(params), str(work)], check=True, env=env, cwd=work,
+                       stdout=subprocess.DEVNULL)
+        prep = time.perf_counter() - t
+        stages = {}
+        for stage in STAGES:
+            stages[stage] = _stage(stage, params, env, log)
+        anchors = {w: _anchor(w, params, work, env, log) for w in ("predict", "suite-polars", "suite-gx")}
+        # features of the date with no history at all: the same partition in a lake of that day alone
+        from pipelines.core import storage
+
+        alone = work / "alone"
+        rel = f"validated/transactions/date={DAY}/part-0.parquet"
+        with storage.Publisher(str(alone / "lake"), None) as pub:
+            part = pub.partition(f"{alone}/lake/{rel}", "validate")
+            part.put_path(f"{alone}/lake/{rel}", work / "lake" / rel)
+            part.commit()
+        a = yaml.safe_load(params.read_text())
+        a["storage"]["lake"] = str(alone / "lake")
+        a["datasets"]["transactions"]["first_date"] = DAY.isoformat()
+        a["datasets"]["labels"]["first_date"] = (DAY + dt.timedelta(days=1)).isoformat()
+        (alone / "params.yaml").write_text(yaml.safe_dump(a, sort_keys=False))
+        anchors["features-no-history"] = _stage("features", alone / "params.yaml", env, log)
+    finally:
+        os.killpg(mlflow.pid, 15)
+        try:
+            mlflow.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(mlflow.pid, 9)
+    n = anchors["predict"]["rows"]
+    res = {"rows": n, "prepare_s": prep, "night_before_features": night_before, "stages": stages, "anchors": anchors}
+    (OUT / f"nightly_e2e_{rows}.json").write_text(json.dumps(res, indent=1))
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def report(res: dict) -> None:
+    n, st, an = res["rows"], res["stages"], res["anchors"]
+    total = sum(s["seconds"] for s in st.values())
+    peak = max(s["peak_mib"] for s in st.values())
+    print(f"\ndate {DAY}, {n:,} transactions, look-back {DAYS - 1} days of the same volume "
+          f"(prepared in {res['prepare_s']:.0f} s; the night before's features {res['night_before_features']['seconds']:.0f} s)")
+    print(f"  {'stage':10s} {'wall':>8s} {'rows/s':>12s} {'peak RSS':>10s}")
+    for k, s in st.items():
+        print(f"  {k:10s} {s['seconds']:7.1f}s {n / s['seconds']:12,.0f} {s['peak_mib']:7.0f} MiB")
+    print(f"  {'date':10s} {total:7.1f}s {n / total:12,.0f} {peak:7.0f} MiB   (targets at 10M: <= 180 s, <= 4096 MiB)")
+    print(f"  score / bare inplace_predict ({an['predict']['seconds']:.1f} s): "
+          f"{an['predict']['seconds'] / st['score']['seconds']:.2f} of bare (target >= 0.9)")
+    print(f"  transactions suite: polars {an['suite-polars']['seconds']:.2f} s, GX {an['suite-gx']['seconds']:.2f} s "
+          f"({an['suite-gx']['seconds'] / max(an['suite-polars']['seconds'], 1e-9):.0f}x)")
+    nh = an["features-no-history"]
+    print(f"  features peak RSS with the full history / with none ({nh['peak_mib']:.0f} MiB): "
+          f"{st['features']['peak_mib'] / nh['peak_mib']:.2f} (target <= 1.2); wall {st['features']['seconds']:.1f} s "
+          f"vs {nh['seconds']:.1f} s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000])
+    ap.add_argument("--keep", action="store_true", help="keep the generated lakes (benchmarks/.out/e2e_<rows>)")
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, python {platform.python_version()}")
+    for rows in args.rows:
+        report(one_size(rows, args.keep))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
