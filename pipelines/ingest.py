@@ -96,14 +96,28 @@ def _cast(name: str, src: pl.Expr, dtype: pl.DataType, src_dtype: pl.DataType, d
 
 def _cast_file(raw: pl.DataFrame, mapping: dict[str, str], schema: dict[str, pl.DataType], ds: DatasetParams
                ) -> tuple[pl.DataFrame, dict]:
-    """One source file -> canonical columns (label as Float64 still) + their source text."""
+    """One source file -> canonical columns (label as Float64 still), and `__src_<column>` (the source
+    values, not copied) for each column whose type changes: a column already of its canonical type
+    is its own source (no text copy of it is made; see _text)."""
     types = raw.schema
     casts = {canon: f"{types[src]}->{schema[canon]}" for canon, src in mapping.items() if types[src] != schema[canon]}
     out = raw.select(
         *[_cast(canon, pl.col(src), schema[canon], types[src], ds).alias(canon) for canon, src in mapping.items()],
-        *[pl.col(src).cast(pl.String).alias(f"__text_{canon}") for canon, src in mapping.items()],
+        *[pl.col(src).alias(f"__src_{canon}") for canon, src in mapping.items() if canon in casts],
         FILE, ROW)
     return out, casts
+
+
+def _text(canon: str, columns: list[str]) -> pl.Expr:
+    """The source value of `canon` as text (rejects keep what was delivered): from its source column
+    where the type changed (null in the rows of a file where it did not), else the value itself."""
+    own = pl.col(canon).cast(pl.String)
+    return pl.coalesce(pl.col(f"__src_{canon}").cast(pl.String), own) if f"__src_{canon}" in columns else own
+
+
+def _source_null(canon: str, columns: list[str]) -> pl.Expr:
+    null = pl.col(canon).is_null()
+    return null & pl.col(f"__src_{canon}").is_null() if f"__src_{canon}" in columns else null
 
 
 def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt.date, params: IngestParams,
@@ -135,22 +149,24 @@ def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt
             casts.setdefault(k, v)
 
     if missing:                  # a file without a mapped column: the partition fails, every row is evidence
-        good = [c.select(*[pl.col(f"__text_{k}").alias(k) for k in mapping],
+        good = [c.select(*[_text(k, c.columns).alias(k) for k in mapping],
                          pl.lit("partition_failed:unusable_file").alias("reject_reason"), FILE, ROW) for c in casted]
         rejects = pl.concat([*rejected_files, *good]).sort([FILE, ROW])
         return IngestResult(pl.DataFrame(schema=schema), rejects, _stats(ds, day, rows_in, 0, rejects, casts, missing))
 
-    joined = pl.concat(casted, how="vertical") if casted else pl.DataFrame(
-        schema={**work_schema, **{f"__text_{k}": pl.String for k in mapping}, FILE: pl.String, ROW: pl.Int64})
+    joined = pl.concat(casted, how="diagonal_relaxed") if casted else pl.DataFrame(
+        schema={**work_schema, FILE: pl.String, ROW: pl.Int64})
+    cols = joined.columns
 
     # the first failing check names the row's reason code
-    checks: list[tuple[str, pl.Expr]] = [("null_id", pl.col("__text_event_id").is_null())]
+    checks: list[tuple[str, pl.Expr]] = [("null_id", _source_null("event_id", cols))]
     if "event_ts" in schema:
-        checks.append(("null_timestamp", pl.col("__text_event_ts").is_null()))
+        checks.append(("null_timestamp", _source_null("event_ts", cols)))
     if "label" in schema:
-        checks.append(("null_label", pl.col("__text_label").is_null()))
+        checks.append(("null_label", _source_null("label", cols)))
     for canon in mapping:   # a value present in the source that did not survive the cast
-        checks.append((f"cast_failed:{canon}", pl.col(canon).is_null() & pl.col(f"__text_{canon}").is_not_null()))
+        if f"__src_{canon}" in cols:
+            checks.append((f"cast_failed:{canon}", pl.col(canon).is_null() & pl.col(f"__src_{canon}").is_not_null()))
     if "label" in schema:
         checks.append(("invalid_label", ~pl.col("label").is_in([0.0, 1.0])))
     reason = pl.lit(None, pl.String)
@@ -187,7 +203,7 @@ def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt
         dups = pl.concat([dups, repeats])
     bad = pl.concat([joined.filter(pl.col("reject_reason").is_not_null()), dups])
 
-    rejects = bad.select([pl.col(f"__text_{c}").alias(c) for c in mapping] + ["reject_reason", FILE, ROW]) \
+    rejects = bad.select([_text(c, bad.columns).alias(c) for c in mapping] + ["reject_reason", FILE, ROW]) \
         .sort([FILE, ROW])
     order = ["event_ts", "event_id"] if "event_ts" in schema else ["event_id"]
     canonical = kept.select(list(mapping)).cast(schema).sort(order)
@@ -258,13 +274,14 @@ def read_source(ds: DatasetParams, day: dt.date, files: list[tuple[str, bytes]] 
 
 
 def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_days: int, reader: lineage.Reader,
-                memo: dict | None = None) -> pl.DataFrame:
-    """event_id (and label) of every row ingested for the `window_days` days before `day` (read
-    through their records: a half-published partition is not trusted). `memo`: kept across the days
-    of a range (each earlier day is fetched once, not once per later day: 45x fewer reads), pruned to
-    this day's window."""
+                memo: dict | None = None, ids: pl.DataFrame | None = None) -> pl.DataFrame:
+    """event_id (and label) of the rows ingested for the `window_days` days before `day` (read
+    through their records: a half-published partition is not trusted); with `ids` (an event_id
+    column: the ids delivered for `day`) only those rows, each earlier day cut to them as it is read,
+    so memory holds one earlier day at a time, not the window (45 days of ids). `memo`: kept across
+    the days of a range (each earlier day is fetched once, not once per later day: 45x fewer reads,
+    the window held in memory), pruned to this day's window."""
     cols = ["event_id", "label"] if ds.columns.label else ["event_id"]
-    memo = {} if memo is None else memo
     frames, window = [], set()
     for i in range(window_days, 0, -1):
         d = day - dt.timedelta(days=i)
@@ -273,13 +290,15 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
         uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
         window.add(uri)
         try:
-            frames.append(reader.read_parquet_memo(uri, memo, cols))
+            frame = reader.read_parquet_memo(uri, memo, cols) if memo is not None else reader.read_parquet(uri).select(cols)
+            frames.append(frame if ids is None else frame.join(ids, on="event_id", how="semi"))
+            del frame
         except lineage.NotCommitted:            # a day that was never ingested or was withdrawn
             continue
         except lineage.StaleInput as exc:
             raise IngestError(f"{ds.name} {day}: the ids of an earlier day cannot be trusted ({exc}); re-run ingest "
                               f"for the earlier dates first; nothing published, the run fails") from None
-    for key in [k for k in memo if k[0] not in window]:
+    for key in [k for k in (memo or {}) if k[0] not in window]:
         del memo[key]
     return pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String if c == "event_id" else pl.Int8 for c in cols})
 
@@ -328,11 +347,16 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
                                                            "status": "failed", "reason": str(exc)})
         raise IngestError(str(exc)) from None
     reader = lineage.Reader()
-    seen = seen_before(ds, day, store, params.duplicate_window_days, reader, memo)
+    src = ds.columns.mapping()["event_id"]
+    ids = pl.concat([f.select(pl.col(src).cast(pl.String, strict=False).alias("event_id")) for f in frames
+                     if src in f.columns] or [pl.DataFrame(schema={"event_id": pl.String})]).unique()
+    seen = seen_before(ds, day, store, params.duplicate_window_days, reader, memo, ids)
     result = normalize(frames, ds, day, params, seen)
     stats = {**result.stats, "status": "published", "sources": [{k: v for k, v in s.items() if k != "sha256"}
                                                                for s in sources],
-             "duplicate_window": {"days": params.duplicate_window_days, "ids_seen": seen.height}}
+             "duplicate_window": {"days": params.duplicate_window_days, "ids_checked": ids.height,
+                                  "ids_found": seen.height}}
+    del ids
     if result.stats["missing_columns"]:
         pub.remove(canonical_uri)
         pub.put_parquet(store.uri("rejects", **fields), result.rejects)
@@ -394,11 +418,12 @@ def main(argv: list[str]) -> int:
     store, ing = params.storage, params.ingest
     if args.check:
         return check_landed(params, args.dataset or params.dataset_names, days)
-    memos: dict[str, dict] = {}           # per dataset: the earlier days' ids, across the days of the range
+    memos: dict[str, dict] = {}           # per dataset: the earlier days' ids, across the days of a range
     with storage.Publisher(store.lake, args.snapshot) as pub:
         def one(item: tuple[DatasetParams, dt.date]) -> None:
             ds, day = item
-            s = ingest_partition(ds, day, store, ing, pub, memos.setdefault(ds.name, {}), args.recompute)
+            memo = memos.setdefault(ds.name, {}) if len(days) > 1 else None    # one date: one earlier day at a time
+            s = ingest_partition(ds, day, store, ing, pub, memo, args.recompute)
             log.info("%s %s: in=%d out=%d rejected=%d %s", ds.name, day, s["rows_in"], s["rows_out"],
                      s["rows_rejected"], s["rejected_by_reason"] or "")
 

@@ -423,7 +423,8 @@ def duplicate_ids_across_days(lake, d):
     lake.deliver("transactions", d, {"part-0.parquet": pl.concat([tx, resent])})
     passes(lake, d, tx.height + 100)
     s = lake.stats(d)
-    assert s["rejected_by_reason"] == {"duplicate_id_across_days": 100} and s["duplicate_window"]["ids_seen"] >= old.height
+    assert s["rejected_by_reason"] == {"duplicate_id_across_days": 100} and s["duplicate_window"]["ids_found"] == 100 \
+        and s["duplicate_window"]["ids_checked"] == tx.height + 100
 
 
 # --------------------------------------------------------------------------- timestamps
