@@ -45,6 +45,8 @@ class TrainResult:
     device_used: str = "cpu"
     seconds: float = 0.0
     learning_curve: list[float] = field(default_factory=list)   # the chosen model's validation metric per round
+    engine: str = "local"
+    workers: int = 1
 
 
 def _grid(search: dict[str, list]) -> list[dict]:
@@ -62,12 +64,74 @@ def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> float:
     return float(thresholds[best])
 
 
+class _Local:
+    """XGBoost in this process."""
+
+    def __init__(self, x_train, y_train, x_valid, y_valid, max_bin: int, p: TrainParams) -> None:
+        import xgboost as xgb
+
+        self.xgb = xgb
+        self.dtrain = xgb.QuantileDMatrix(x_train, label=y_train, max_bin=max_bin)
+        self.dvalid = xgb.QuantileDMatrix(x_valid, label=y_valid, ref=self.dtrain)
+        self.name, self.workers = "local", 1
+
+    def fit(self, params: dict, rounds: int, early: int) -> tuple[object, dict]:
+        curve: dict = {}
+        booster = self.xgb.train(params, self.dtrain, num_boost_round=rounds, evals=[(self.dvalid, "valid")],
+                                 early_stopping_rounds=early, verbose_eval=False, evals_result=curve)
+        return booster, curve
+
+    def close(self) -> None:
+        pass
+
+
+class _Dask:
+    """xgboost.dask on a dask.distributed cluster: the scheduler at $FRAUDOPS_DASK_SCHEDULER, else a
+    LocalCluster of p.dask_workers processes (started here, closed by close()). The matrices are
+    split into partitions spread over the workers; each worker builds its share of the quantile
+    sketch and histograms (XGBoost's collective: the same trees as one process would grow from the
+    merged sketch)."""
+
+    def __init__(self, x_train, y_train, x_valid, y_valid, max_bin: int, p: TrainParams) -> None:
+        import dask.array as da
+        from dask.distributed import Client, LocalCluster
+        from xgboost import dask as dxgb
+
+        self.dxgb, self.cluster = dxgb, None
+        address = os.environ.get("FRAUDOPS_DASK_SCHEDULER")
+        if address:
+            self.client = Client(address, timeout=60)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // p.dask_workers)
+            self.cluster = LocalCluster(n_workers=p.dask_workers, threads_per_worker=threads, processes=True,
+                                        dashboard_address=None, silence_logs=logging.WARNING)
+            self.client = Client(self.cluster)
+        self.workers = len(self.client.scheduler_info()["workers"])
+        self.name = f"dask ({self.workers} workers at {address or 'a LocalCluster'})"
+
+        def arrays(x, y):
+            rows = max(1, -(-x.shape[0] // (2 * self.workers)))     # two partitions per worker
+            return da.from_array(x, chunks=(rows, x.shape[1])), da.from_array(y, chunks=(rows,))
+
+        self.dtrain = dxgb.DaskQuantileDMatrix(self.client, *arrays(x_train, y_train), max_bin=max_bin)
+        self.dvalid = dxgb.DaskQuantileDMatrix(self.client, *arrays(x_valid, y_valid), ref=self.dtrain)
+
+    def fit(self, params: dict, rounds: int, early: int) -> tuple[object, dict]:
+        params = {k: v for k, v in params.items() if k != "nthread"}     # each worker uses its own threads
+        out = self.dxgb.train(self.client, params, self.dtrain, num_boost_round=rounds, evals=[(self.dvalid, "valid")],
+                              early_stopping_rounds=early, verbose_eval=False)
+        return out["booster"], out["history"]
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
 def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
                 p: TrainParams, device: str) -> TrainResult:
-    """Grid search with early stopping on the validation window; returns the best booster, trimmed
-    to its best iteration. Pure: no I/O."""
-    import xgboost as xgb
-
+    """Grid search with early stopping on the validation window (on p.engine); returns the best
+    booster, trimmed to its best iteration. No I/O (the dask engine talks to its cluster)."""
     t0 = time.perf_counter()
     pos = int(y_train.sum())
     if pos < p.min_train_positives:
@@ -80,8 +144,8 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
     max_bin = int(p.base.get("max_bin", 256))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dtrain = xgb.QuantileDMatrix(x_train, label=y_train, max_bin=max_bin)
-        dvalid = xgb.QuantileDMatrix(x_valid, label=y_valid, ref=dtrain)
+        engine = (_Dask if p.engine == "dask" else _Local)(x_train, y_train, x_valid, y_valid, max_bin, p)
+        log.info("training on %s", engine.name)
         best: tuple[float, int, dict, object] | None = None
         table = []
         combos = list(_grid(p.search))
@@ -91,9 +155,11 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
             params = {**p.base, **combo, "eval_metric": p.eval_metric, "seed": p.seed, "device": device,
                       "nthread": p.nthread or None, "verbosity": 1}
             params = {k: v for k, v in params.items() if v is not None}
-            curve: dict = {}
-            booster = xgb.train(params, dtrain, num_boost_round=p.num_boost_round, evals=[(dvalid, "valid")],
-                                early_stopping_rounds=p.early_stopping_rounds, verbose_eval=False, evals_result=curve)
+            try:
+                booster, curve = engine.fit(params, p.num_boost_round, p.early_stopping_rounds)
+            except BaseException:
+                engine.close()
+                raise
             score, it = float(booster.best_score), int(booster.best_iteration)
             table.append({**{k: combo[k] for k in sorted(combo)}, "valid_" + p.eval_metric: score, "best_iteration": it,
                           "rounds": len(curve["valid"][p.eval_metric])})
@@ -102,12 +168,14 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
                      max(score, best[0]) if best else score)
             if best is None or score > best[0]:
                 best = (score, it, params, booster, [float(v) for v in curve["valid"][p.eval_metric]])
+        engine.close()
     score, it, params, booster, curve = best
     final = booster[: it + 1]
     used = "cpu" if device == "cpu" or M.device_fell_back(caught) else "cuda"
     valid_scores = M.predict(final, x_valid)
     thr = best_f1_threshold(y_valid, valid_scores) if p.operating_threshold == "auto" else float(p.operating_threshold)
-    return TrainResult(final, params, it, score, thr, table, p.device, used, time.perf_counter() - t0, curve)
+    return TrainResult(final, params, it, score, thr, table, p.device, used, time.perf_counter() - t0, curve,
+                       engine.name.split(" ")[0], engine.workers)
 
 
 def code_version() -> str:
@@ -156,6 +224,7 @@ def main(argv: list[str]) -> int:
             "learning_curve": {"metric": p.eval_metric, "valid": res.learning_curve},
             "valid_score": {p.eval_metric: res.valid_score}, "operating_threshold": res.threshold,
             "device_requested": res.device_requested, "device_used": res.device_used,
+            "engine": {"name": res.engine, "workers": res.workers},
             "xgboost": {"version": xgb.__version__, "use_cuda": bool(xgb.build_info().get("USE_CUDA"))},
             "labels": stats["labels"], "reviews_sha256": stats["reviews"],
             "inputs_sha256": stats["partitions"], "spec_hash": manifest["spec_hash"], "code_version": code_version(),

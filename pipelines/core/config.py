@@ -279,10 +279,16 @@ class TrainParams:
     search: dict[str, list[Any]]
     operating_threshold: Any = "auto"
     exclude_features: tuple[str, ...] = ()
+    engine: str = "local"          # local: one process; dask: xgboost.dask on a dask.distributed cluster
+    dask_workers: int = 2          # engine dask without FRAUDOPS_DASK_SCHEDULER: a LocalCluster of this many
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device: {self.device!r} is not one of auto, cpu, cuda")
+        if self.engine not in ("local", "dask"):
+            raise ConfigError(f"train.engine: {self.engine!r} is not one of local, dask")
+        if type(self.dask_workers) is not int or self.dask_workers < 1:
+            raise ConfigError(f"train.dask_workers: {self.dask_workers!r} is not a positive integer")
         for k in ("test_days", "valid_days"):
             if int(getattr(self, k)) < 1:
                 raise ConfigError(f"train.{k}: must be >= 1")
