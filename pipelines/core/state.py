@@ -16,8 +16,9 @@ ENV_FILE = "stack.env"
 # the stack's services, in the order `stack down` stops them: the supervisor first (it restarts a
 # service that dies), so that nothing starts again while the others stop
 SUPERVISOR = "supervisor"
-SERVICES = (SUPERVISOR, "airflow-api-server", "airflow-triggerer", "airflow-dag-processor", "airflow-scheduler",
-            "mlflow")
+SERVICES = (SUPERVISOR, "airflow-worker-1", "airflow-worker-2", "airflow-api-server", "airflow-triggerer",
+            "airflow-dag-processor", "airflow-scheduler", "mlflow", "redis", "postgres")
+WORKERS = ("airflow-worker-1", "airflow-worker-2")     # Celery workers: the distributed mode only
 
 
 def state_dir() -> Path:

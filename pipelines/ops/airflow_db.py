@@ -19,3 +19,13 @@ SQLITE_CONNECT_ARGS = {"timeout": 30}
 SQLITE_CONNECT_ARGS_ASYNC = {"timeout": 30}
 SQLITE_CONNECT_ARGS_API = {"timeout": 5}
 SQLITE_CONNECT_ARGS_API_ASYNC = {"timeout": 5}
+
+
+def worker_hostname() -> str:
+    """AIRFLOW__CORE__HOSTNAME_CALLABLE of the distributed stack's Celery workers: the worker's own
+    name (FRAUDOPS_WORKER_NAME, e.g. worker1@<host>), so a task instance says which worker ran it
+    even when both workers share one machine."""
+    import os
+    import socket
+
+    return os.environ.get("FRAUDOPS_WORKER_NAME") or socket.getfqdn()

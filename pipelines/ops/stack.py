@@ -18,6 +18,13 @@ then it gives up on it (a crash loop) and says so. Its log, .state/logs/supervis
 death with the end of the service's own log. `up`, `down` and the supervisor take one lock
 (.state/pids/.lock), so nothing is restarted while the stack starts or stops.
 
+Distributed mode (`stack up --distributed`, remembered in .state/stack-mode until `stack up --local`):
+the same services, plus PostgreSQL (Airflow's metadata, MLflow's backend store), Redis (the Celery
+broker) and two Celery workers (airflow-worker-1/2); Airflow runs the CeleryExecutor. PostgreSQL and
+Redis are Debian's (`make distributed-deps` installs them), bound to 127.0.0.1 with generated
+passwords (.state/secrets, 0600), data under .state/postgres and .state/redis, supervised and
+stopped like every other service. As root, PostgreSQL runs as the `postgres` user (it refuses root).
+
 Production: set the variables below and the stack starts nothing of that kind:
   AWS_ENDPOINT_URL / AWS_* credentials, or FRAUDOPS_OBJECT_STORE=s3 -> S3 (or MinIO) through boto3
   FRAUDOPS_MLFLOW_TRACKING_URI           -> an existing MLflow server; none is started
@@ -64,6 +71,17 @@ class Layout:
     home: Path
     mlflow_port: int
     airflow_port: int
+    pg_port: int = 5433
+    redis_port: int = 6380
+
+    @property
+    def distributed(self) -> bool:
+        """PostgreSQL, Redis and Celery workers (FRAUDOPS_STACK_MODE, else what `up` remembered)."""
+        mode = os.environ.get("FRAUDOPS_STACK_MODE")
+        if not mode:
+            f = self.home / MODE_FILE
+            mode = f.read_text().strip() if f.exists() else "local"
+        return mode == "distributed"
 
     @property
     def s3(self) -> bool:
@@ -104,7 +122,12 @@ class Layout:
 
 
 def layout() -> Layout:
-    return Layout(state_dir(), _port("FRAUDOPS_MLFLOW_PORT", 5500), _port("FRAUDOPS_AIRFLOW_PORT", 8080))
+    return Layout(state_dir(), _port("FRAUDOPS_MLFLOW_PORT", 5500), _port("FRAUDOPS_AIRFLOW_PORT", 8080),
+                  _port("FRAUDOPS_PG_PORT", 5433), _port("FRAUDOPS_REDIS_PORT", 6380))
+
+
+MODE_FILE = "stack-mode"
+WORKER_SLOTS = 8          # task slots per Celery worker (two workers: the local mode's 16)
 
 
 def _private_dir(path: Path) -> Path:
@@ -190,7 +213,14 @@ def stack_env(lay: Layout) -> dict[str, str]:
         "GIT_PYTHON_REFRESH": "quiet",
         "FRAUDOPS_SCHEDULE_END": schedule_end(),
     }
-    if not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+    if lay.distributed:
+        env.update({"FRAUDOPS_STACK_MODE": "distributed", "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _pg_url(lay, "airflow"),
+                    "AIRFLOW__CELERY__BROKER_URL": f"redis://:{_secret(home, 'redis_password')}@127.0.0.1:"
+                                                   f"{lay.redis_port}/0",
+                    "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _pg_url(lay, "airflow"),
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_SLOTS)})
+    elif not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{lay.airflow_home / 'airflow.db'}"
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS"
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"] = "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS_ASYNC"
@@ -296,6 +326,11 @@ def _up(timeout: float) -> Layout:
     _ensure_buckets(lay)
     _write_dvc_local_config(lay)
 
+    # the distributed mode's PostgreSQL and Redis, before anything that uses them
+    if lay.distributed:
+        _start_postgres(lay, env, timeout)
+        _start_redis(lay, env, timeout)
+
     # MLflow, with its basic-auth app
     if not lay.external_mlflow:
         if _read_pid(lay, "mlflow") is None:
@@ -307,22 +342,26 @@ def _up(timeout: float) -> Layout:
     # they restart, and they read their settings at start)
     wiring = airflow_fingerprint(env)
     stamp = lay.airflow_home / "started-with.sha256"     # airflow_fingerprint at start
-    if any(_read_pid(lay, n) for n in AIRFLOW_SERVICES) and (not stamp.exists() or stamp.read_text() != wiring):
+    airflow = [*AIRFLOW_SERVICES, *(state.WORKERS if lay.distributed else ())]
+    if any(_read_pid(lay, n) for n in airflow) and (not stamp.exists() or stamp.read_text() != wiring):
         print("stack: plugins/ or Airflow's settings changed since the stack started: restarting it", file=sys.stderr,
               flush=True)
         down()
         return _up(timeout)
     if not lay.password_file.exists():
         _private_file(lay.password_file, json.dumps({"admin": secrets.token_urlsafe(12)}))
-    if not all(_read_pid(lay, n) for n in AIRFLOW_SERVICES):
+    if not all(_read_pid(lay, n) for n in airflow):
         migrate = subprocess.run([_bin("airflow"), "db", "migrate"], env={**os.environ, **env}, cwd=REPO,
                                  capture_output=True, text=True, timeout=timeout, umask=UMASK)
         if migrate.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}\n{migrate.stderr[-2000:]}")
-    for name in AIRFLOW_SERVICES:
+    for name in airflow:
         if _read_pid(lay, name) is None:
             _start(lay, name, *_service_command(lay, name, env))
     stamp.write_text(wiring)
+    for name in airflow[len(AIRFLOW_SERVICES):]:        # a Celery worker says "ready" once it consumes tasks
+        _wait(f"Celery worker {name}", lambda n=name: " ready." in _log_tail(lay.home / "logs" / f"{n}.log", 400),
+              timeout, lay, name)
     _wait("Airflow api-server", lambda: _http_ok(f"{lay.airflow_url}/api/v2/monitor/health"), timeout, lay,
           "airflow-api-server")
     _wait("Airflow scheduler, dag-processor and triggerer",
@@ -339,7 +378,8 @@ def _service_command(lay: Layout, name: str, env: dict[str, str]) -> tuple[list[
     """The command line and environment of one service: how `up` and the supervisor start it."""
     if name == "mlflow":
         mdir = _private_dir(lay.home / "mlflow")
-        backend = os.environ.get("FRAUDOPS_MLFLOW_BACKEND_URI") or f"sqlite:///{mdir / 'mlflow.db'}"
+        backend = os.environ.get("FRAUDOPS_MLFLOW_BACKEND_URI") or (
+            _pg_url(lay, "mlflow") if lay.distributed else f"sqlite:///{mdir / 'mlflow.db'}")
         artifacts = os.environ.get("FRAUDOPS_MLFLOW_ARTIFACTS") or (
             "s3://fraudops-mlflow/artifacts" if lay.s3 else str(lay.objects / "fraudops-mlflow" / "artifacts"))
         _write_mlflow_auth_config(lay, env["MLFLOW_TRACKING_PASSWORD"])
@@ -350,11 +390,137 @@ def _service_command(lay: Layout, name: str, env: dict[str, str]) -> tuple[list[
                  "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(lay.home, "mlflow_flask_secret_key")})
     if name == SUPERVISOR:
         return [sys.executable, "-m", "pipelines", "stack", "supervise"], env
+    if name == "postgres":
+        return [*_as_db_user(), _pg_bin("postgres"), "-D", str(lay.home / "postgres" / "data"), "-h", "127.0.0.1",
+                "-p", str(lay.pg_port), "-c", "unix_socket_directories=", "-c", "max_connections=300"], env
+    if name == "redis":
+        return [_redis_bin(), str(lay.home / "redis" / "redis.conf")], env
+    if name in state.WORKERS:
+        import socket
+
+        worker = f"worker{name.rsplit('-', 1)[1]}@{socket.gethostname()}"
+        return ([_bin("airflow"), "celery", "worker", "--celery-hostname", worker, "--concurrency", str(WORKER_SLOTS),
+                 "--skip-serve-logs"],
+                {**env, "FRAUDOPS_WORKER_NAME": worker,
+                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pipelines.ops.airflow_db.worker_hostname"})
     if name == "airflow-api-server" and env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS", "").startswith(
             "pipelines.ops.airflow_db."):          # SQLite: a short lock wait ends its self-deadlock (airflow_db.py)
         env = {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS_API",
                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS_API_ASYNC"}
     return [_bin("airflow"), *AIRFLOW_SERVICES[name]], env
+
+
+# --------------------------------------------------------------------------- PostgreSQL and Redis
+DEPS_HINT = "run `make distributed-deps` (Debian's postgresql and redis-server)"
+
+
+def _pg_url(lay: Layout, db: str) -> str:
+    return f"postgresql+psycopg2://fraudops:{_secret(lay.home, 'postgres_password')}@127.0.0.1:{lay.pg_port}/{db}"
+
+
+def _pg_bin(name: str) -> str:
+    import shutil
+
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    if found:
+        return str(found[-1])
+    if shutil.which(name):
+        return str(shutil.which(name))
+    raise StackError(f"the distributed stack needs PostgreSQL, and {name} is not installed: {DEPS_HINT}")
+
+
+def _redis_bin() -> str:
+    import shutil
+
+    if not shutil.which("redis-server"):
+        raise StackError(f"the distributed stack needs Redis, and redis-server is not installed: {DEPS_HINT}")
+    return str(shutil.which("redis-server"))
+
+
+def _as_db_user() -> list[str]:
+    """PostgreSQL refuses to run as root: as root, its commands run as the `postgres` user."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def _db_owned(path: Path) -> None:
+    if os.geteuid() == 0:
+        import shutil
+
+        shutil.chown(path, "postgres", "postgres")
+
+
+def _start_postgres(lay: Layout, env: dict[str, str], timeout: float) -> None:
+    """PostgreSQL on 127.0.0.1:pg_port (TCP only, scram-sha-256), its data in .state/postgres/data,
+    made by initdb on the first start; the databases `airflow` and `mlflow`, owned by `fraudops`."""
+    import psycopg2
+
+    pg = _private_dir(lay.home / "postgres")
+    data = pg / "data"
+    password = _secret(lay.home, "postgres_password")
+    if os.geteuid() == 0:
+        lay.home.chmod(0o711)            # the postgres user may pass through (not list) the state folder
+        _db_owned(pg)
+    if not (data / "PG_VERSION").exists():
+        pwfile = pg / "initdb.pw"
+        _private_file(pwfile, password)
+        _db_owned(pwfile)
+        try:
+            init = subprocess.run([*_as_db_user(), _pg_bin("initdb"), "-D", str(data), "-U", "fraudops", "--pwfile",
+                                   str(pwfile), "-A", "scram-sha-256", "-E", "UTF8", "--no-instructions"],
+                                  capture_output=True, text=True, timeout=timeout, cwd="/")
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if init.returncode != 0:
+            raise StackError(f"initdb failed:\n{init.stdout[-2000:]}\n{init.stderr[-2000:]}")
+    if _read_pid(lay, "postgres") is None:
+        _start(lay, "postgres", *_service_command(lay, "postgres", env))
+
+    def connect(db: str = "postgres"):
+        return psycopg2.connect(host="127.0.0.1", port=lay.pg_port, user="fraudops", password=password, dbname=db,
+                                connect_timeout=3)
+
+    def ready() -> bool:
+        try:
+            connect().close()
+            return True
+        except psycopg2.OperationalError:
+            return False
+
+    _wait("PostgreSQL", ready, timeout, lay, "postgres")
+    conn = connect()
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for db in ("airflow", "mlflow"):
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{db}"')
+    finally:
+        conn.close()
+
+
+def _start_redis(lay: Layout, env: dict[str, str], timeout: float) -> None:
+    """Redis on 127.0.0.1:redis_port with a password (its config file is 0600), append-only file in
+    .state/redis: queued Celery messages survive a restart."""
+    import redis
+
+    rdir = _private_dir(lay.home / "redis")
+    password = _secret(lay.home, "redis_password")
+    _private_file(rdir / "redis.conf", f"bind 127.0.0.1\nport {lay.redis_port}\nprotected-mode yes\n"
+                                       f"requirepass {password}\ndir {rdir}\nappendonly yes\nsave \"\"\n"
+                                       f"daemonize no\nlogfile \"\"\n")
+    if _read_pid(lay, "redis") is None:
+        _start(lay, "redis", *_service_command(lay, "redis", env))
+
+    def ready() -> bool:
+        try:
+            return bool(redis.Redis(host="127.0.0.1", port=lay.redis_port, password=password,
+                                    socket_connect_timeout=2).ping())
+        except redis.RedisError:
+            return False
+
+    _wait("Redis", ready, timeout, lay, "redis")
 
 
 # --------------------------------------------------------------------------- the supervisor
@@ -502,7 +668,7 @@ def _restrict_state(lay: Layout) -> None:
             path.chmod(0o600)
     for path in (lay.home, lay.home / "secrets", lay.home / "mlflow", lay.airflow_home):
         if path.is_dir():
-            path.chmod(0o700)
+            path.chmod(0o711 if path == lay.home and lay.distributed and os.geteuid() == 0 else 0o700)
 
 
 def _ensure_buckets(lay: Layout) -> None:
@@ -686,6 +852,13 @@ def status() -> dict[str, dict[str, object]]:
             "airflow-dag-processor": "dag_processor", "airflow-triggerer": "triggerer"}
     for name, key in keys.items():
         out[name] = {"url": lay.airflow_url, "pid": _read_pid(lay, name), "healthy": health.get(key) == "healthy"}
+    if lay.distributed:
+        out["postgres"] = {"url": f"127.0.0.1:{lay.pg_port}", "pid": _read_pid(lay, "postgres"),
+                           "healthy": _read_pid(lay, "postgres") is not None}
+        out["redis"] = {"url": f"127.0.0.1:{lay.redis_port}", "pid": _read_pid(lay, "redis"),
+                        "healthy": _read_pid(lay, "redis") is not None}
+        for name in state.WORKERS:
+            out[name] = {"url": "celery", "pid": _read_pid(lay, name), "healthy": _read_pid(lay, name) is not None}
     sup = _read_pid(lay, SUPERVISOR)
     out[SUPERVISOR] = {"url": str(lay.home / "logs" / f"{SUPERVISOR}.log"), "pid": sup, "healthy": sup is not None}
     airflow = _foreign(lay, lay.airflow_port)
@@ -724,8 +897,17 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines stack")
     ap.add_argument("action", choices=["up", "down", "status", "env", "supervise"])
     ap.add_argument("--timeout", type=float, default=240.0)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--distributed", action="store_true",
+                      help="up: PostgreSQL, Redis and Airflow's CeleryExecutor with two workers (remembered)")
+    mode.add_argument("--local", action="store_true", help="up: back to the embedded default (SQLite, LocalExecutor)")
     args = ap.parse_args(argv)
     if args.action == "up":
+        if args.distributed or args.local:
+            home = _private_dir(layout().home)
+            if _read_pid(layout(), "airflow-scheduler") and layout().distributed != args.distributed:
+                down()                   # the mode changes what every service is: start it afresh
+            (home / MODE_FILE).write_text("distributed\n" if args.distributed else "local\n")
         lay = up(args.timeout)
         for name, info in status().items():
             print(_status_line(name, info))
