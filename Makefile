@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test test-unit up down status browser benchmark clean
+.PHONY: install demo test test-unit test-distributed distributed-deps up down status browser benchmark clean
 
 $(UV):
 	$(PY) -m venv $(TOOLS)
@@ -30,6 +30,16 @@ demo: install            ## the main job on the embedded default
 test: install            ## the whole suite: unit, DAG and integration tests on the real local stack
 	$(BIN)/python -m pytest
 
+# the distributed stack (PostgreSQL, Redis, CeleryExecutor with two workers) on loopback: its own state
+# folder and ports; .ci/run runs it after `make test`
+test-distributed: install distributed-deps
+	FRAUDOPS_TEST_DISTRIBUTED=1 $(BIN)/python -m pytest tests/distributed
+
+distributed-deps:        ## Debian's postgresql and redis-server, for `stack up --distributed`
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql redis-server; fi
+
 test-unit: install
 	$(BIN)/python -m pytest tests/unit tests/dags
 
@@ -50,4 +60,4 @@ benchmark: install
 	$(BIN)/python benchmarks/features.py
 
 clean: down
-	rm -rf .state .state-test data
+	rm -rf .state .state-test .state-test-distributed data

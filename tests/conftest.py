@@ -18,6 +18,14 @@ TEST_ENV = {
     "FRAUDOPS_MLFLOW_PORT": os.environ.get("FRAUDOPS_TEST_MLFLOW_PORT", "5501"),
     "FRAUDOPS_AIRFLOW_PORT": os.environ.get("FRAUDOPS_TEST_AIRFLOW_PORT", "8081"),
 }
+# `make test-distributed` (FRAUDOPS_TEST_DISTRIBUTED=1): the same session fixtures on the distributed
+# stack (PostgreSQL, Redis, CeleryExecutor with two workers), in a state folder and on ports of its own
+DISTRIBUTED = os.environ.get("FRAUDOPS_TEST_DISTRIBUTED") == "1"
+collect_ignore = [] if DISTRIBUTED else ["distributed"]        # `make test` leaves them out
+if DISTRIBUTED:
+    TEST_ENV = {"FRAUDOPS_HOME": str(REPO / ".state-test-distributed"), "FRAUDOPS_MLFLOW_PORT": "5502",
+                "FRAUDOPS_AIRFLOW_PORT": "8082", "FRAUDOPS_PG_PORT": "5434", "FRAUDOPS_REDIS_PORT": "6381",
+                "FRAUDOPS_STACK_MODE": "distributed"}
 S3_TEST_PORT = int(os.environ.get("FRAUDOPS_TEST_S3_PORT", "5401"))     # the S3 endpoint of the boto3-path tests
 
 # Hermetic from the start: no setting of a demo stack or of production leaks into the tests (the
@@ -25,7 +33,7 @@ S3_TEST_PORT = int(os.environ.get("FRAUDOPS_TEST_S3_PORT", "5401"))     # the S3
 for _key in [k for k in os.environ if k.startswith(("FRAUDOPS_", "MLFLOW_", "AIRFLOW__", "AWS_"))
              or k in ("AIRFLOW_HOME", "AIRFLOW_API_USER", "AIRFLOW_API_PASSWORD")]:
     if _key not in TEST_ENV and _key not in ("FRAUDOPS_TEST_S3_PORT", "FRAUDOPS_TEST_MLFLOW_PORT",
-                                             "FRAUDOPS_TEST_AIRFLOW_PORT"):
+                                             "FRAUDOPS_TEST_AIRFLOW_PORT", "FRAUDOPS_TEST_DISTRIBUTED"):
         del os.environ[_key]
 os.environ.update(TEST_ENV)
 

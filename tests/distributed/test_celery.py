@@ -1,0 +1,143 @@
+"""The distributed stack (`stack up --distributed`: PostgreSQL, Redis, Airflow's CeleryExecutor with
+two workers) running the nightly DAG: a backfill over 5 dates spreads its task instances over both
+workers and gives the same bytes as the stages run directly (what the LocalExecutor runs); a worker
+killed mid-task: the task is retried on the other worker and its date ends the same.
+
+Run by `make test-distributed` (FRAUDOPS_TEST_DISTRIBUTED=1: tests/conftest.py gives the session
+fixtures a distributed stack of their own)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import time
+from contextlib import redirect_stdout
+
+import pytest
+
+from pipelines.core import storage
+from pipelines.core.config import date_range, load_params, parse_date
+from pipelines.ops.airflow_api import AirflowClient
+from tests.conftest import DISTRIBUTED
+
+pytestmark = pytest.mark.integration
+assert DISTRIBUTED, "run by make test-distributed (tests/conftest.py collects tests/distributed only then)"
+FIRST, LAST, KILL_DAY = "2026-03-01", "2026-03-05", "2026-03-06"
+DAYS = [d.isoformat() for d in date_range(parse_date(FIRST), parse_date(LAST))]
+STAGES = ("ingest", "validate", "features", "score", "decide", "monitor")
+KINDS = ("canonical", "validated", "features", "predictions", "decisions", "monitoring")
+
+
+def _outputs(params, day: str) -> dict[str, bytes]:
+    store = params.storage
+    out = {}
+    for kind in KINDS:
+        uri = store.uri(kind, dataset="transactions", date=day) if kind in ("canonical", "validated") \
+            else store.uri(kind, date=day)
+        out[kind] = storage.read_bytes(uri)
+    return out
+
+
+@pytest.fixture(scope="module")
+def backfill(stack, nightly_champion):
+    from pipelines.ops.demo_data import DemoParams, write_demo
+
+    assert stack.distributed
+    params = load_params(nightly_champion["params"])
+    demo = {**params.section("demo_data"), "bugs": [], "nightly": None, "drift": None}
+    tx, lb = params.dataset("transactions"), params.dataset("labels")
+    write_demo(DemoParams.from_dict(demo), tx.partition_uri, lb.partition_uri, parse_date("2026-02-22"),
+               parse_date(KILL_DAY))
+    client = AirflowClient()
+    client.wait_for_dag("nightly_scoring")
+    client.wait_for_dag("training")
+    started = time.monotonic()
+    client._request("POST", "/api/v2/backfills", {
+        "dag_id": "nightly_scoring", "from_date": f"{FIRST}T00:00:00Z", "to_date": f"{LAST}T00:00:00Z",
+        "dag_run_conf": {"params_file": str(nightly_champion["params"])}, "max_active_runs": 3,
+        "reprocess_behavior": "completed"})
+    deadline = time.monotonic() + 1500
+    while True:
+        runs = client.runs_between("nightly_scoring", FIRST, LAST)
+        mine = {r["logical_date"][:10]: r for r in runs
+                if r.get("conf", {}).get("params_file") == str(nightly_champion["params"])}
+        if len(mine) == len(DAYS) and all(r["state"] in ("success", "failed") for r in mine.values()):
+            break
+        assert time.monotonic() < deadline, [(k, r["state"]) for k, r in mine.items()]
+        time.sleep(5)
+    return {**nightly_champion, "client": client, "runs": mine, "params": params, "seconds": time.monotonic() - started}
+
+
+def test_a_backfill_over_five_dates_runs_on_both_celery_workers(backfill):
+    client, runs = backfill["client"], backfill["runs"]
+    tis = {d: client.task_instances("nightly_scoring", r["dag_run_id"]) for d, r in runs.items()}
+    failed = {d: [(t["task_id"], t["state"]) for t in ts if t["state"] not in ("success", "skipped")]
+              for d, ts in tis.items() if runs[d]["state"] != "success"}
+    assert not failed, failed
+    ran = [t for ts in tis.values() for t in ts if t["state"] == "success"]
+    assert {t["executor"] for t in ran if t.get("executor")} <= {"CeleryExecutor"}
+    hosts = {t["hostname"] for t in ran}
+    assert {h.split("@")[0] for h in hosts} == {"worker1", "worker2"}, hosts     # the workers' own names
+    per_worker = {h: sum(1 for t in ran if t["hostname"] == h) for h in hosts}
+    assert min(per_worker.values()) >= 5, per_worker
+
+
+def test_the_distributed_backfill_gives_the_bytes_of_the_stages_run_directly(backfill):
+    """Each date's partitions (canonical, validated, features, predictions, decisions, monitoring)
+    are the bytes the stages make when run directly with --recompute (what each task of the
+    LocalExecutor runs: the same command)."""
+    from pipelines import decide, features, ingest, monitor, score, validate
+
+    params = backfill["params"]
+    for d in (DAYS[0], DAYS[-1]):
+        before = _outputs(params, d)
+        args = ["--params", str(params.path), "--date", d, "--recompute"]
+        with redirect_stdout(io.StringIO()):
+            assert ingest.main([*args, "--dataset", "transactions"]) == 0
+            for mod in (validate, features, score, decide, monitor):
+                assert mod.main(args) == 0, mod.__name__
+        after = _outputs(params, d)
+        assert {k: before[k] == after[k] for k in KINDS} == {k: True for k in KINDS}, d
+
+
+def test_a_worker_killed_mid_task_the_task_is_retried_on_the_other_worker(backfill):
+    """SIGKILL to one Celery worker's process group while it runs a stage of a new date (its pid
+    file removed first, so the supervisor does not start it again): Airflow fails the orphaned try
+    on its heartbeat timeout and retries it on the other worker; the date succeeds with the same
+    bytes as the stages run directly."""
+    from pipelines import decide, features, ingest, monitor, score, validate
+    from pipelines.core import state
+    from pipelines.ops import stack as st
+
+    client, params = backfill["client"], backfill["params"]
+    lay = st.layout()
+    run_id = f"kill__{KILL_DAY}"
+    client.trigger("nightly_scoring", {"params_file": str(params.path)}, run_id=run_id, logical_date=f"{KILL_DAY}T00:00:00+00:00")
+    victim, task = None, None
+    deadline = time.monotonic() + 600
+    while victim is None:
+        assert time.monotonic() < deadline, "no stage task ran"
+        for t in client.task_instances("nightly_scoring", run_id):
+            if t["task_id"] in STAGES[1:] and t["state"] == "running" and t.get("hostname"):
+                victim, task = t["hostname"].split("@")[0], t["task_id"]
+                break
+        time.sleep(0.3)
+    name = f"airflow-worker-{victim[-1]}"
+    info = json.loads(state.pidfile(lay.home, name).read_text())
+    state.pidfile(lay.home, name).unlink()                       # the supervisor leaves it dead
+    os.killpg(info["pgid"], signal.SIGKILL)
+    try:
+        run = client.wait("nightly_scoring", run_id, timeout=900)
+        tis = {t["task_id"]: t for t in client.task_instances("nightly_scoring", run_id)}
+        assert run["state"] == "success", {k: t["state"] for k, t in tis.items()}
+        assert tis[task]["try_number"] >= 2 and not tis[task]["hostname"].startswith(victim), tis[task]
+    finally:
+        st.up(timeout=300)                                      # the worker back for whatever runs next
+    before = _outputs(params, KILL_DAY)
+    args = ["--params", str(params.path), "--date", KILL_DAY, "--recompute"]
+    with redirect_stdout(io.StringIO()):
+        assert ingest.main([*args, "--dataset", "transactions"]) == 0
+        for mod in (validate, features, score, decide, monitor):
+            assert mod.main(args) == 0, mod.__name__
+    assert _outputs(params, KILL_DAY) == before
