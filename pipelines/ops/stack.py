@@ -355,13 +355,16 @@ def _up(timeout: float) -> Layout:
                                  capture_output=True, text=True, timeout=timeout, umask=UMASK)
         if migrate.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}\n{migrate.stderr[-2000:]}")
+    started: dict[str, int] = {}                           # service -> its log's size before this start
     for name in airflow:
         if _read_pid(lay, name) is None:
+            log = lay.home / "logs" / f"{name}.log"
+            started[name] = log.stat().st_size if log.exists() else 0
             _start(lay, name, *_service_command(lay, name, env))
     stamp.write_text(wiring)
-    for name in airflow[len(AIRFLOW_SERVICES):]:        # a Celery worker says "ready" once it consumes tasks
-        _wait(f"Celery worker {name}", lambda n=name: " ready." in _log_tail(lay.home / "logs" / f"{n}.log", 400),
-              timeout, lay, name)
+    for name in [n for n in airflow[len(AIRFLOW_SERVICES):] if n in started]:   # a started Celery worker says
+        _wait(f"Celery worker {name}", lambda n=name: _said(lay.home / "logs" / f"{n}.log", started[n], " ready."),
+              timeout, lay, name)                                            # "ready" once it consumes tasks
     _wait("Airflow api-server", lambda: _http_ok(f"{lay.airflow_url}/api/v2/monitor/health"), timeout, lay,
           "airflow-api-server")
     _wait("Airflow scheduler, dag-processor and triggerer",
@@ -571,6 +574,16 @@ def restart_allowed(past: list[float], now: float, limit: int = 5, window: float
     """A service is restarted at most `limit` times in `window` seconds: past that it is crash-looping
     and restarting it again would only hide that."""
     return sum(1 for t in past if now - t < window) < limit
+
+
+def _said(path: Path, offset: int, text: str) -> bool:
+    """Has the log at `path` said `text` after byte `offset` (what a service wrote since its start)?"""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return text.encode() in fh.read()
+    except OSError:
+        return False
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:

@@ -52,6 +52,10 @@ def backfill(stack, nightly_champion):
     client = AirflowClient()
     client.wait_for_dag("nightly_scoring")
     client.wait_for_dag("training")
+    client.delete_run("nightly_scoring", f"kill__{KILL_DAY}")        # a reused state: start clean
+    for old in client._request("GET", "/api/v2/backfills?dag_id=nightly_scoring&limit=100")["backfills"]:
+        if not old.get("completed_at"):          # an interrupted session's backfill: one may run at a time
+            client._request("PUT", f"/api/v2/backfills/{old['id']}/cancel")
     started = time.monotonic()
     client._request("POST", "/api/v2/backfills", {
         "dag_id": "nightly_scoring", "from_date": f"{FIRST}T00:00:00Z", "to_date": f"{LAST}T00:00:00Z",
