@@ -192,6 +192,18 @@ def anchor(what: str, params_path: Path, work: Path) -> dict:
             "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def alone_lake(work: Path) -> None:
+    """A lake holding only the date's validated partition (the no-history anchor)."""
+    from pipelines.core import storage
+
+    alone = work / "alone"
+    rel = f"validated/transactions/date={DAY}/part-0.parquet"
+    with storage.Publisher(str(alone / "lake"), None) as pub:
+        part = pub.partition(f"{alone}/lake/{rel}", "validate")
+        part.put_path(f"{alone}/lake/{rel}", work / "lake" / rel)
+        part.commit()
+
+
 def _timed(argv: list[str], env: dict, log: Path) -> dict:
     """Run one process; its wall time and peak RSS (its own, from wait4)."""
     with log.open("ab") as out:
@@ -224,7 +236,11 @@ def one_size(rows: int, keep: bool) -> dict:
     work.mkdir(parents=True)
     log = work / "stages.log"
     t = time.perf_counter()
-    params = prepare(rows, work)
+    # the data is made in a process of its own: a process's peak RSS (wait4) includes its parent's
+    # memory at the fork, so the parent that launches the stages stays small
+    subprocess.run([sys.executable, __file__, "--child", "prepare", "--rows", str(rows), "--work", str(work)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    params = work / "params.yaml"
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FRAUDOPS_HOME": str(work / "home"),
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
@@ -259,14 +275,9 @@ def one_size(rows: int, keep: bool) -> dict:
             stages[stage] = _stage(stage, params, env, log)
         anchors = {w: _anchor(w, params, work, env, log) for w in ("predict", "suite-polars", "suite-gx")}
         # features of the date with no history at all: the same partition in a lake of that day alone
-        from pipelines.core import storage
-
         alone = work / "alone"
-        rel = f"validated/transactions/date={DAY}/part-0.parquet"
-        with storage.Publisher(str(alone / "lake"), None) as pub:
-            part = pub.partition(f"{alone}/lake/{rel}", "validate")
-            part.put_path(f"{alone}/lake/{rel}", work / "lake" / rel)
-            part.commit()
+        subprocess.run([sys.executable, __file__, "--child", "alone", "--rows", str(rows), "--work", str(work)],
+                       check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         a = yaml.safe_load(params.read_text())
         a["storage"]["lake"] = str(alone / "lake")
         a["datasets"]["transactions"]["first_date"] = DAY.isoformat()
@@ -311,7 +322,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000])
     ap.add_argument("--keep", action="store_true", help="keep the generated lakes (benchmarks/.out/e2e_<rows>)")
+    ap.add_argument("--child", choices=["prepare", "alone"], help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child == "prepare":
+        prepare(args.rows[0], Path(args.work))
+        return 0
+    if args.child == "alone":
+        alone_lake(Path(args.work))
+        return 0
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, python {platform.python_version()}")
     for rows in args.rows:
