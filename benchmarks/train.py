@@ -40,6 +40,12 @@ def make_data(rows: int, n_feat: int, seed: int = 0):
     return frame, manifest
 
 
+def search_point(p, rounds: int):
+    """The stage's train params cut to one grid point (max_depth 6, eta 0.1), `rounds` rounds, no early stop."""
+    return dataclasses.replace(p, search={"max_depth": [6], "learning_rate": [0.1], "scale_pos_weight": [1.0]},
+                               num_boost_round=rounds, early_stopping_rounds=rounds, min_train_positives=1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -55,9 +61,7 @@ def main() -> int:
     from pipelines.core.config import load_params
     from pipelines.train import train_model
 
-    p = load_params(ROOT / "params.yaml").train
-    p = dataclasses.replace(p, search={"max_depth": [6], "learning_rate": [0.1], "scale_pos_weight": [1.0]},
-                            num_boost_round=args.rounds, early_stopping_rounds=args.rounds, min_train_positives=1)
+    p = search_point(load_params(ROOT / "params.yaml").train, args.rounds)
     frame, manifest = make_data(args.rows, args.features)
     valid, _ = make_data(args.rows // 5, args.features, seed=1)
     print(f"data: {args.rows:,} train rows, {valid.height:,} valid rows, {args.features} features, "

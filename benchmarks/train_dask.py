@@ -32,15 +32,13 @@ def main() -> int:
 
     import xgboost as xgb
 
-    from benchmarks.train import make_data
+    from benchmarks.train import make_data, search_point
     from pipelines.core import modelio as M
     from pipelines.core.config import load_params
     from pipelines.core.metrics import average_precision
     from pipelines.train import train_model
 
-    p = load_params(ROOT / "params.yaml").train
-    p = dataclasses.replace(p, search={"max_depth": [6], "learning_rate": [0.1], "scale_pos_weight": [1.0]},
-                            num_boost_round=args.rounds, early_stopping_rounds=args.rounds, min_train_positives=1)
+    p = search_point(load_params(ROOT / "params.yaml").train, args.rounds)
     frame, manifest = make_data(args.rows, args.features)
     valid, _ = make_data(args.rows // 5, args.features, seed=1)
     xt, yt = M.feature_matrix(frame, manifest), frame["label"].to_numpy()

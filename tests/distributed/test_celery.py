@@ -39,6 +39,17 @@ def _outputs(params, day: str) -> dict[str, bytes]:
     return out
 
 
+def _recompute(params, day: str) -> None:
+    """The date's stages run directly with --recompute (what each task of the LocalExecutor runs)."""
+    from pipelines import decide, features, ingest, monitor, score, validate
+
+    args = ["--params", str(params.path), "--date", day, "--recompute"]
+    with redirect_stdout(io.StringIO()):
+        assert ingest.main([*args, "--dataset", "transactions"]) == 0
+        for mod in (validate, features, score, decide, monitor):
+            assert mod.main(args) == 0, mod.__name__
+
+
 @pytest.fixture(scope="module")
 def backfill(stack, nightly_champion):
     from pipelines.ops.demo_data import DemoParams, write_demo
@@ -91,16 +102,10 @@ def test_the_distributed_backfill_gives_the_bytes_of_the_stages_run_directly(bac
     """Each date's partitions (canonical, validated, features, predictions, decisions, monitoring)
     are the bytes the stages make when run directly with --recompute (what each task of the
     LocalExecutor runs: the same command)."""
-    from pipelines import decide, features, ingest, monitor, score, validate
-
     params = backfill["params"]
     for d in (DAYS[0], DAYS[-1]):
         before = _outputs(params, d)
-        args = ["--params", str(params.path), "--date", d, "--recompute"]
-        with redirect_stdout(io.StringIO()):
-            assert ingest.main([*args, "--dataset", "transactions"]) == 0
-            for mod in (validate, features, score, decide, monitor):
-                assert mod.main(args) == 0, mod.__name__
+        _recompute(params, d)
         after = _outputs(params, d)
         assert {k: before[k] == after[k] for k in KINDS} == {k: True for k in KINDS}, d
 
@@ -110,7 +115,6 @@ def test_a_worker_killed_mid_task_the_task_is_retried_on_the_other_worker(backfi
     file removed first, so the supervisor does not start it again): Airflow fails the orphaned try
     on its heartbeat timeout and retries it on the other worker; the date succeeds with the same
     bytes as the stages run directly."""
-    from pipelines import decide, features, ingest, monitor, score, validate
     from pipelines.core import state
     from pipelines.ops import stack as st
 
@@ -139,9 +143,5 @@ def test_a_worker_killed_mid_task_the_task_is_retried_on_the_other_worker(backfi
     finally:
         st.up(timeout=300)                                      # the worker back for whatever runs next
     before = _outputs(params, KILL_DAY)
-    args = ["--params", str(params.path), "--date", KILL_DAY, "--recompute"]
-    with redirect_stdout(io.StringIO()):
-        assert ingest.main([*args, "--dataset", "transactions"]) == 0
-        for mod in (validate, features, score, decide, monitor):
-            assert mod.main(args) == 0, mod.__name__
+    _recompute(params, KILL_DAY)
     assert _outputs(params, KILL_DAY) == before
