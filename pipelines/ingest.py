@@ -154,6 +154,9 @@ def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt
         rejects = pl.concat([*rejected_files, *good]).sort([FILE, ROW])
         return IngestResult(pl.DataFrame(schema=schema), rejects, _stats(ds, day, rows_in, 0, rejects, casts, missing))
 
+    for col in {c for f in casted for c in f.columns if c.startswith("__src_")}:
+        if len({f.schema[col] for f in casted if col in f.columns}) > 1:       # files disagree on a source type:
+            casted = [f.with_columns(pl.col(col).cast(pl.String)) if col in f.columns else f for f in casted]  # as text
     joined = pl.concat(casted, how="diagonal_relaxed") if casted else pl.DataFrame(
         schema={**work_schema, FILE: pl.String, ROW: pl.Int64})
     cols = joined.columns
@@ -349,7 +352,8 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
     reader = lineage.Reader()
     src = ds.columns.mapping()["event_id"]
     ids = pl.concat([f.select(pl.col(src).cast(pl.String, strict=False).alias("event_id")) for f in frames
-                     if src in f.columns] or [pl.DataFrame(schema={"event_id": pl.String})]).unique()
+                     if src in f.columns and not f.schema[src].is_nested()]     # (a nested id: rejected below)
+                    or [pl.DataFrame(schema={"event_id": pl.String})]).unique()
     seen = seen_before(ds, day, store, params.duplicate_window_days, reader, memo, ids)
     result = normalize(frames, ds, day, params, seen)
     stats = {**result.stats, "status": "published", "sources": [{k: v for k, v in s.items() if k != "sha256"}

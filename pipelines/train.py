@@ -106,6 +106,11 @@ class _Dask:
             self.cluster = LocalCluster(n_workers=p.dask_workers, threads_per_worker=threads, processes=True,
                                         dashboard_address=None, silence_logs=logging.WARNING)
             self.client = Client(self.cluster)
+        try:
+            self.client.wait_for_workers(1, timeout=120)
+        except BaseException:
+            self.close()
+            raise
         self.workers = len(self.client.scheduler_info()["workers"])
         self.name = f"dask ({self.workers} workers at {address or 'a LocalCluster'})"
 
@@ -113,8 +118,12 @@ class _Dask:
             rows = max(1, -(-x.shape[0] // (2 * self.workers)))     # two partitions per worker
             return da.from_array(x, chunks=(rows, x.shape[1])), da.from_array(y, chunks=(rows,))
 
-        self.dtrain = dxgb.DaskQuantileDMatrix(self.client, *arrays(x_train, y_train), max_bin=max_bin)
-        self.dvalid = dxgb.DaskQuantileDMatrix(self.client, *arrays(x_valid, y_valid), ref=self.dtrain)
+        try:
+            self.dtrain = dxgb.DaskQuantileDMatrix(self.client, *arrays(x_train, y_train), max_bin=max_bin)
+            self.dvalid = dxgb.DaskQuantileDMatrix(self.client, *arrays(x_valid, y_valid), ref=self.dtrain)
+        except BaseException:
+            self.close()
+            raise
 
     def fit(self, params: dict, rounds: int, early: int) -> tuple[object, dict]:
         params = {k: v for k, v in params.items() if k != "nthread"}     # each worker uses its own threads
@@ -157,10 +166,10 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
             params = {k: v for k, v in params.items() if v is not None}
             try:
                 booster, curve = engine.fit(params, p.num_boost_round, p.early_stopping_rounds)
+                score, it = float(booster.best_score), int(booster.best_iteration)
             except BaseException:
                 engine.close()
                 raise
-            score, it = float(booster.best_score), int(booster.best_iteration)
             table.append({**{k: combo[k] for k in sorted(combo)}, "valid_" + p.eval_metric: score, "best_iteration": it,
                           "rounds": len(curve["valid"][p.eval_metric])})
             log.info("search trial %d/%d %s -> valid %s %.4f at iteration %d (%.1fs; best so far %.4f)", trial,

@@ -76,7 +76,8 @@ class Layout:
 
     @property
     def distributed(self) -> bool:
-        """PostgreSQL, Redis and Celery workers (FRAUDOPS_STACK_MODE, else what `up` remembered)."""
+        """PostgreSQL, Redis and Celery workers (FRAUDOPS_STACK_MODE, else what `up` remembered; the
+        stack never writes the variable to stack.env, so a client cannot inherit a stale mode)."""
         mode = os.environ.get("FRAUDOPS_STACK_MODE")
         if not mode:
             f = self.home / MODE_FILE
@@ -214,13 +215,14 @@ def stack_env(lay: Layout) -> dict[str, str]:
         "FRAUDOPS_SCHEDULE_END": schedule_end(),
     }
     if lay.distributed:
-        env.update({"FRAUDOPS_STACK_MODE": "distributed", "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        env.update({"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
                     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _pg_url(lay, "airflow"),
                     "AIRFLOW__CELERY__BROKER_URL": f"redis://:{_secret(home, 'redis_password')}@127.0.0.1:"
                                                    f"{lay.redis_port}/0",
                     "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _pg_url(lay, "airflow"),
                     "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_SLOTS)})
-    elif not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+    elif not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or \
+            os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == _pg_url(lay, "airflow"):   # (left by the distributed mode)
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{lay.airflow_home / 'airflow.db'}"
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS"
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"] = "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS_ASYNC"
@@ -254,8 +256,10 @@ def _start(lay: Layout, name: str, cmd: list[str], env: dict[str, str]) -> int:
     logs = _private_dir(lay.home / "logs")
     fd = os.open(logs / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     log = os.fdopen(fd, "ab")
+    db_user = name == "postgres" and os.geteuid() == 0       # PostgreSQL refuses root: its own user, no wrapper
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **env}, cwd=REPO, start_new_session=True, umask=UMASK)
+                            env={**os.environ, **env}, cwd="/" if db_user else REPO, start_new_session=True,
+                            umask=UMASK, **({"user": "postgres", "group": "postgres"} if db_user else {}))
     log.close()
     _private_dir(_pidfile(lay, name).parent)
     tmp = _pidfile(lay, name).with_suffix(".tmp")          # atomic: a reader never sees a half-written file
@@ -386,15 +390,15 @@ def _service_command(lay: Layout, name: str, env: dict[str, str]) -> tuple[list[
         artifacts = os.environ.get("FRAUDOPS_MLFLOW_ARTIFACTS") or (
             "s3://fraudops-mlflow/artifacts" if lay.s3 else str(lay.objects / "fraudops-mlflow" / "artifacts"))
         _write_mlflow_auth_config(lay, env["MLFLOW_TRACKING_PASSWORD"])
-        return ([_bin("mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri", backend,
-                 "--artifacts-destination", artifacts, "--serve-artifacts",
+        return ([_bin("mlflow"), "server", "--app-name", "basic-auth",      # the store URI (a password in it) by
+                 "--artifacts-destination", artifacts, "--serve-artifacts",   # the environment, never in `ps`
                  "--host", "127.0.0.1", "--port", str(lay.mlflow_port), "--workers", "1"],
-                {**env, "MLFLOW_AUTH_CONFIG_PATH": str(lay.mlflow_auth_config),
+                {**env, "MLFLOW_BACKEND_STORE_URI": backend, "MLFLOW_AUTH_CONFIG_PATH": str(lay.mlflow_auth_config),
                  "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(lay.home, "mlflow_flask_secret_key")})
     if name == SUPERVISOR:
         return [sys.executable, "-m", "pipelines", "stack", "supervise"], env
     if name == "postgres":
-        return [*_as_db_user(), _pg_bin("postgres"), "-D", str(lay.home / "postgres" / "data"), "-h", "127.0.0.1",
+        return [_pg_bin("postgres"), "-D", str(lay.home / "postgres" / "data"), "-h", "127.0.0.1",
                 "-p", str(lay.pg_port), "-c", "unix_socket_directories=", "-c", "max_connections=300"], env
     if name == "redis":
         return [_redis_bin(), str(lay.home / "redis" / "redis.conf")], env
@@ -750,14 +754,15 @@ def _down(lay: Layout, grace: float) -> list[int]:
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.wait_procs([psutil.Process(sup)], timeout=5)
     names = list(SERVICES)
-    groups = []
+    groups, fast = [], []
     for name in names:
         f = _pidfile(lay, name)
         if f.exists():
             groups.append(json.loads(f.read_text())["pgid"])
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGTERM)
+            fast.append(name == "postgres")
+    for pgid, pg in zip(groups, fast):
+        try:      # PostgreSQL: SIGINT, its fast shutdown (SIGTERM waits for every client to leave)
+            os.killpg(pgid, signal.SIGINT if pg else signal.SIGTERM)
         except ProcessLookupError:
             pass
     procs = _marked_processes(lay.home)
@@ -918,7 +923,7 @@ def main(argv: list[str]) -> int:
     if args.action == "up":
         if args.distributed or args.local:
             home = _private_dir(layout().home)
-            if _read_pid(layout(), "airflow-scheduler") and layout().distributed != args.distributed:
+            if state.stack_alive(home) and layout().distributed != args.distributed:
                 down()                   # the mode changes what every service is: start it afresh
             (home / MODE_FILE).write_text("distributed\n" if args.distributed else "local\n")
         lay = up(args.timeout)
