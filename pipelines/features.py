@@ -731,15 +731,14 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
             pending = pending.join(hit, on="event_id", how="anti")
         if found:
             labelled = labelled_events(labels, pl.concat(found), entities, landed)
-    out = pub.partition(primary, "feature_state", inputs=reader.consumed,
-                        extra={"run": key, "unmatched_labels": 0 if not lab else labels.height - labelled.height})
+    unmatched = labels.height - labelled.height if lab else 0
+    out = pub.partition(primary, "feature_state", inputs=reader.consumed, extra={"run": key, "unmatched_labels": unmatched})
     out.put_parquet(primary, daily)
     out.put_parquet(_sibling(primary, "labels.parquet"), label_totals(labelled, spec))
     on = pl.col("event_ts").dt.date()
     for d in labelled.select(on.unique().sort()).to_series().to_list():
         out.put_parquet(_sibling(primary, f"labelled/event_date={d}.parquet"), labelled.filter(on == d))
     out.commit()
-    unmatched = labels.height - labelled.height if lab else 0
     log.info("feature state %s: %d entity totals, %d labels landed %s matched to their events, %d unmatched (their "
              "event is not among the validated events searched)", day, daily.height, labelled.height, landed, unmatched)
     return primary
@@ -760,15 +759,16 @@ def load_history(params, day: dt.date, pub) -> tuple[pl.DataFrame, History]:
     tx = params.dataset("transactions")
     p = plan(params.features, day)
     states = {d: ensure_state(params, d, pub) for d in sorted({*p.states, day}) if d >= tx.first_date}
-    for attempt in range(3):
+    healed = 0
+    while True:
         try:
             return _gather(params, day, p, states)
         except _BrokenState as exc:
-            if attempt == 2:
+            if healed == 2:
                 raise NeedRaw(str(exc)) from None
+            healed += 1
             log.warning("feature state %s: %s; made again from raw", exc.day, exc)
             states[exc.day] = ensure_state(params, exc.day, pub, recompute=True)
-    raise AssertionError("unreachable")
 
 
 def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str]) -> tuple[pl.DataFrame, History]:
@@ -897,7 +897,10 @@ def main(argv: list[str]) -> int:
             return 0
         start, end = min(todo), max(todo)
         feats, missing, reads = None, [], {}
-        if spec.incremental and not args.from_raw and start == end and pub.snapshot is None and keys[start]:
+        # a look-back partition missing (its run key says None): the path from raw decides (fail, or warn and
+        # name it in the manifest), as it would for a day the incremental path never reads as events
+        whole = keys[start] is not None and all(sha is not None for sha in keys[start]["inputs"].values())
+        if spec.incremental and not args.from_raw and start == end and pub.snapshot is None and whole:
             try:
                 today, hist = load_history(params, start, pub)
                 # the record names what the features are made of, as a recomputation from raw would: the

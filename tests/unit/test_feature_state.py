@@ -98,3 +98,18 @@ def test_incremental_features_equal_the_recomputation_from_raw(lake, caplog):
     changed = _run(path, "--recompute")
     assert changed != first and "feature state 2026-02-12:" in caplog.text
     assert _run(path, "--from-raw", "--recompute") == changed
+
+
+def test_a_missing_look_back_partition_is_decided_by_the_path_from_raw(lake, caplog):
+    """A look-back day the incremental path never reads as events (the first one: read only while
+    labels are matched to their events, and not at all when they all matched earlier) missing: the
+    run fails as the recomputation from raw does (features.missing_history: fail); no thinner
+    features are published. (main sends any date whose run key has a missing input to the path from
+    raw, so this holds whether or not the label matching reached that day.)"""
+    path, root, layout = lake
+    first = DAY - dt.timedelta(days=37)
+    uri = f"{root}/" + layout["validated"].format(dataset="transactions", date=first.isoformat())
+    storage.delete(storage.record_uri(uri))
+    with pytest.raises(features.MissingHistory, match="look-back partition"):
+        features.main(["--params", str(path), "--date", DAY.isoformat()])
+    assert not (path.parent / "lake" / "features" / f"date={DAY}").exists()
