@@ -72,8 +72,6 @@ def _world(rows: int):
 
 def prepare(rows: int, work: Path) -> Path:
     """The lake (history committed, the date raw), the suites, params.yaml; returns the params path."""
-    import polars as pl
-
     from benchmarks.features_incremental import build
     from pipelines.core import storage
     from pipelines.ops.demo_data import _encode, simulate_day, split_labels
@@ -105,7 +103,6 @@ def prepare(rows: int, work: Path) -> Path:
     raw["features"]["incremental"] = True
     path = work / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    del pl
     return path
 
 
