@@ -16,6 +16,8 @@ COMMANDS = {
     "validate": ("pipelines.validate", "Great Expectations on canonical partition(s): validated + quarantine", ()),
     "expectations": ("pipelines.ops.expectations", "expectation suites: suggest from reference data", ()),
     "features": ("pipelines.features", "point-in-time features from validated partitions", ()),
+    "shards": ("pipelines.core.shards", "the shard tasks of a nightly date (params shards.count), as JSON argument vectors",
+               ()),
     "train": ("pipelines.train", "XGBoost on a time-based split (search + early stopping on validation)", ()),
     "evaluate": ("pipelines.evaluate", "test-window metrics, baseline, plots, reference profile, report", ()),
     "register": ("pipelines.register", "MLflow run + model version, champion gate, aliases", ("registry",)),

@@ -49,6 +49,8 @@ from pathlib import Path
 import polars as pl
 
 from pipelines.core import lineage, storage
+from pipelines.core import shards
+from pipelines.core.shards import Shard, check_rows
 from pipelines.core.cli import StageFailed, progress, resolve, stage_parser
 from pipelines.core.config import FeatureParams, date_range
 
@@ -273,33 +275,42 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: boo
     return out.drop("__i")
 
 
+def _prepared(events: pl.DataFrame, spec: FeatureParams, start: dt.date, end: dt.date
+              ) -> tuple[pl.DataFrame, list[str], pl.Series, bool]:
+    """The events sorted by (event_ts, event_id) with their time and entity codes; the entities that
+    get features; which rows are the target dates' (and whether all are)."""
+    base = events if _is_sorted(events) else events.sort(["event_ts", "event_id"])   # partitions arrive sorted
+    grouped = list(dict.fromkeys([*spec.rolling, *spec.time_since_last, *spec.target_rate]))
+    base = base.with_columns(pl.col("event_ts").cast(pl.Int64).alias("__t"),   # entity codes, once
+                             *[pl.col(e).cast(pl.Categorical).to_physical().alias(_code(e)) for e in grouped])
+    lo = dt.datetime.combine(start, dt.time())
+    hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
+    keep = base.select((pl.col("event_ts") >= lo) & (pl.col("event_ts") < hi)).to_series()
+    return base, grouped, keep, bool(keep.all())
+
+
 def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeatureParams, start: dt.date,
                      end: dt.date, entities: list[str], numerics: list[str],
-                     history: History | None = None) -> pl.DataFrame:
+                     history: History | None = None, shard: Shard | None = None):
     """Features for the events whose date is in [start, end], from `events` (which must hold the
     look-back) and `labels`. Pure: same inputs, same output, whatever else `events` holds.
 
     With `history` (the incremental path: start == end, `events` the day's events only, `labels`
     unused) the look-back comes from the History instead; the result is the same bit for bit.
 
+    With `shard` only the entity features of the shard's entities come out: {entity: frame of
+    `__row` (the row's position in the output) and the entity's feature columns} for the target
+    rows whose entity id hashes to the shard (an entity's features depend on its own rows only);
+    `merge_shards` puts the shards together, bit for bit the unsharded result.
+
     Derived features are Float32 (what XGBoost consumes), counts Int32, flags Int8; numerics keep
     their Float64. Each block is computed on a narrow frame and cut to the target rows at once, so
     peak memory stays near input + output."""
-    base = events if _is_sorted(events) else events.sort(["event_ts", "event_id"])   # partitions arrive sorted
-    grouped = dict.fromkeys([*spec.rolling, *spec.time_since_last, *spec.target_rate])
-    base = base.with_columns(pl.col("event_ts").cast(pl.Int64).alias("__t"),   # entity codes, once
-                             *[pl.col(e).cast(pl.Categorical).to_physical().alias(_code(e)) for e in grouped])
-    lo = dt.datetime.combine(start, dt.time())
-    hi = dt.datetime.combine(end + dt.timedelta(days=1), dt.time())
-    keep = base.select((pl.col("event_ts") >= lo) & (pl.col("event_ts") < hi)).to_series()
-    everything = bool(keep.all())
+    base, grouped, keep, everything = _prepared(events, spec, start, end)
 
     def cut(block: pl.DataFrame) -> pl.DataFrame:
         return _narrow_floats(block if everything else block.filter(keep))
 
-    keys = ["event_id", "event_ts", *entities]
-    head = base.select(*keys, *numerics)                  # numerics keep their Float64
-    blocks = [head if everything else head.filter(keep)]
     if history is not None and start != end:
         raise ValueError("compute_features: a History serves one day")
     if any(spec.target_rate.values()) and history is None:   # labels known at each event's row (the join is the memory peak)
@@ -308,12 +319,36 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
         base = base.with_columns(joined["label"], joined["available_at"]).with_columns(   # a label before its event: none
             pl.when(pl.col("available_at") > pl.col("event_ts")).then(pl.col("label")).alias("label"))
         del joined
+    position = (keep.cast(pl.Int64).cum_sum() - 1).alias("__row") if shard is not None else None
+    blocks: dict[str, pl.DataFrame] = {}
     # entities with the most rate windows first: their transients land before other outputs pile up
     for ent in sorted(grouped, key=lambda e: -len(spec.target_rate.get(e, ()))):
-        if history is None:
-            blocks.append(cut(_entity_block(base, ent, spec)))
+        src = base
+        if shard is not None:
+            mine = base.select(shard.of_entity(ent)).to_series()
+            src = base.filter(mine)
+        block = _entity_block(src, ent, spec) if history is None else \
+            _entity_block(_context_rows(src, ent, spec, history), ent, spec, totals=True)
+        if shard is None:
+            blocks[ent] = cut(block)
         else:
-            blocks.append(cut(_entity_block(_context_rows(base, ent, spec, history), ent, spec, totals=True)))
+            blocks[ent] = _narrow_floats(block.with_columns(position.filter(mine)).filter(keep.filter(mine)))
+        del src, block
+    if shard is not None:
+        return blocks
+    return _assemble(base, keep, everything, list(blocks.values()), spec, entities, numerics)
+
+
+def _assemble(base: pl.DataFrame, keep: pl.Series, everything: bool, blocks: list[pl.DataFrame],
+              spec: FeatureParams, entities: list[str], numerics: list[str]) -> pl.DataFrame:
+    """The output rows: key columns and numerics, the entity blocks, calendar and category codes,
+    ratios, in the order of feature_names."""
+    def cut(block: pl.DataFrame) -> pl.DataFrame:
+        return _narrow_floats(block if everything else block.filter(keep))
+
+    keys = ["event_id", "event_ts", *entities]
+    head = base.select(*keys, *numerics)                  # numerics keep their Float64
+    blocks = [head if everything else head.filter(keep), *blocks]
     other: list[pl.Expr] = []
     if spec.weekend:
         other.append((pl.col("event_ts").dt.weekday() >= 6).cast(pl.Int8).alias("is_weekend"))
@@ -329,6 +364,20 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
     ratios = [pl.when(pl.col(r.denominator).is_null() | (pl.col(r.denominator) == 0)).then(None)
               .otherwise(pl.col(r.numerator) / pl.col(r.denominator)).cast(pl.Float32).alias(r.name) for r in spec.ratios]
     return feats.with_columns(ratios).select(*keys, *feature_names(spec, numerics))
+
+
+def merge_shards(events: pl.DataFrame, parts: list[dict[str, pl.DataFrame]], spec: FeatureParams, start: dt.date,
+                 end: dt.date, entities: list[str], numerics: list[str]) -> pl.DataFrame:
+    """compute_features' output from the N shards' entity blocks (`parts`, one dict per shard) and
+    the target dates' events: every target row must come from exactly one shard per entity."""
+    base, grouped, keep, everything = _prepared(events, spec, start, end)
+    n = int(keep.sum())
+    blocks = []
+    for ent in grouped:
+        frame = pl.concat([p[ent] for p in parts]).sort("__row")
+        check_rows(frame["__row"], n, f"features {start}..{end} ({ent})")
+        blocks.append(frame.drop("__row"))
+    return _assemble(base, keep, everything, blocks, spec, entities, numerics)
 
 
 # --------------------------------------------------------------------------- the incremental path
@@ -750,19 +799,20 @@ class _BrokenState(RuntimeError):
         self.day = day
 
 
-def load_history(params, day: dt.date, pub) -> tuple[pl.DataFrame, History]:
+def load_history(params, day: dt.date, pub, shard: Shard | None = None) -> tuple[pl.DataFrame, History]:
     """The day's validated events and the History its features need (see plan), the feature_state
     partitions made first where missing; a state whose objects are lost or altered since its record
     is made again from raw (twice at most, then NeedRaw). Each partition is cut to the entities of
     the day as it is read, and totals are folded into their runs at once (Accumulator): memory does
-    not grow with the look-back. Raises NeedRaw when the incremental path cannot serve the day."""
+    not grow with the look-back. With `shard`, the History holds only the shard's entities (its memory
+    is the shard's). Raises NeedRaw when the incremental path cannot serve the day."""
     tx = params.dataset("transactions")
     p = plan(params.features, day)
     states = {d: ensure_state(params, d, pub) for d in sorted({*p.states, day}) if d >= tx.first_date}
     healed = 0
     while True:
         try:
-            return _gather(params, day, p, states)
+            return _gather(params, day, p, states, shard)
         except _BrokenState as exc:
             if healed == 2:
                 raise NeedRaw(str(exc)) from None
@@ -771,7 +821,8 @@ def load_history(params, day: dt.date, pub) -> tuple[pl.DataFrame, History]:
             states[exc.day] = ensure_state(params, exc.day, pub, recompute=True)
 
 
-def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str]) -> tuple[pl.DataFrame, History]:
+def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Shard | None = None
+            ) -> tuple[pl.DataFrame, History]:
     spec, store = params.features, params.storage
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     entities = list(tx.columns.entities)
@@ -784,7 +835,8 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str]) -> tuple[
         today = _read(reader, uri)
         midnight = bool(today.select((pl.col("event_ts") == dt.datetime.combine(day, dt.time())).any()).item())
         grouped = list(dict.fromkeys([*spec.rolling, *spec.time_since_last, *spec.target_rate]))
-        ids = {e: today.select(pl.col(e).cast(pl.String).unique()) for e in grouped}
+        ids = {e: (today if shard is None else today.filter(shard.of_entity(e))).select(pl.col(e).cast(pl.String).unique())
+               for e in grouped}
         seen = pl.concat([v.rename({e: "id"}).with_columns(pl.lit(e).alias("entity")) for e, v in ids.items()]) \
             if ids else pl.DataFrame(schema={"id": pl.String, "entity": pl.String})
 
@@ -860,6 +912,79 @@ def run_key(params, day: dt.date, suite: dict | None) -> dict | None:
                              ("polars", "pyarrow", "numpy", "great_expectations"))
 
 
+def _compute(params, todo: list[dt.date], pub, keys: dict, from_raw: bool = False, shard: Shard | None = None):
+    """The features of `todo` (or one shard's entity blocks of its one date): incremental for one
+    nightly date whose look-back is all there, else from the raw look-back. Returns the features, the
+    missing look-back partitions (manifest) and, per date, the partitions read (record)."""
+    spec = params.features
+    cols = params.dataset("transactions").columns
+    entities, numerics = list(cols.entities), list(cols.numerics)
+    start, end = min(todo), max(todo)
+    # a look-back partition missing (its run key says None): the path from raw decides (fail, or warn and
+    # name it in the manifest), as it would for a day the incremental path never reads as events
+    whole = keys[start] is not None and all(sha is not None for sha in keys[start]["inputs"].values())
+    if spec.incremental and not from_raw and start == end and pub.snapshot is None and whole:
+        try:
+            today, hist = load_history(params, start, pub, shard)
+            feats = compute_features(today, pl.DataFrame(), spec, start, end, entities, numerics, history=hist,
+                                     shard=shard)
+            log.info("features %s%s: incremental: %d events of the day + %d boundary events, %d entity-day totals, "
+                     "%d labelled boundary events, %d label totals (not the %d-day look-back)", start,
+                     f" shard {shard}" if shard else "", today.height, hist.events.height, hist.totals.height,
+                     hist.labelled.height, hist.label_totals.height, spec.lookback_days)
+            # the record names what the features are made of, as a recomputation from raw would: the
+            # look-back's partitions (the states are made from them, each under its own run key)
+            return feats, [], {start: {u: sha for u, sha in keys[start]["inputs"].items() if sha is not None}}
+        except NeedRaw as exc:
+            log.warning("features %s: computed from raw (the incremental path cannot serve it: %s)", start, exc)
+    inputs = load_inputs(params, start, end)
+    feats = compute_features(inputs.events, inputs.labels, spec, start, end, entities, numerics, shard=shard)
+    return feats, inputs.missing, {d: inputs.for_day(d, spec.lookback_days) for d in todo}
+
+
+def publish_shard(params, day: dt.date, shard: Shard, pub, date_key: dict | None, from_raw: bool = False,
+                  recompute: bool = False) -> dict:
+    """One shard of `day`'s features (its entities' blocks, one object per entity) published as a
+    partition of its own; kept when one with the same key is there. Returns its record."""
+    where = shards.folder(params.storage, "features", day, shard)
+    grouped = list(dict.fromkeys([*params.features.rolling, *params.features.time_since_last,
+                                  *params.features.target_rate]))
+    primary = f"{where}/{grouped[0]}.parquet"
+    skey = shards.key(date_key, shard)
+    rec = shards.reusable(primary, skey, recompute)
+    if rec is not None:
+        log.info("features %s shard %s: unchanged since its record (key %s) -> %s", day, shard, skey["key"][:12], primary)
+        return rec
+    blocks, missing, reads = _compute(params, [day], pub, {day: date_key}, from_raw, shard)
+    part = pub.partition(primary, "features", inputs=reads[day],
+                         extra={"run": skey, "shard": str(shard), "missing_history": missing})
+    for ent in grouped:
+        part.put_parquet(f"{where}/{ent}.parquet", blocks[ent])
+    rec = part.commit()
+    log.info("features %s shard %s: %s rows per entity -> %s", day, shard,
+             {e: b.height for e, b in blocks.items()}, where)
+    return rec
+
+
+def _merged(params, day: dt.date, count: int, pub, date_key: dict, from_raw: bool, recompute: bool):
+    """The features of `day` from its `count` shards (those not published under the date's key made
+    here, one at a time), checked to cover every row once; the shards' partitions are removed once the
+    date's partition is published (see main)."""
+    spec = params.features
+    tx = params.dataset("transactions")
+    entities, numerics = list(tx.columns.entities), list(tx.columns.numerics)
+    records = [publish_shard(params, day, s, pub, date_key, from_raw, recompute) for s in shards.all_of(count)]
+    reader = lineage.Reader()
+    parts = [{Path(u).stem: _read(reader, u, primary=r["primary"]) for u in r["objects"]} for r in records]
+    reads = {u: sha for u, sha in records[0]["inputs"].items()}
+    if any(r["inputs"] != reads or r["missing_history"] != records[0]["missing_history"] for r in records):
+        raise shards.ShardError(f"features {day}: the shards were made from different look-backs; run them again")
+    today = _read(lineage.Reader(), params.storage.uri("validated", dataset=tx.name, date=day.isoformat()))
+    feats = merge_shards(today, parts, spec, day, day, entities, numerics)
+    log.info("features %s: merged from %d shards", day, count)
+    return feats, records[0]["missing_history"], {day: reads}, records
+
+
 def main(argv: list[str]) -> int:
     from pipelines.core.gx import load_suite, validate_frame
 
@@ -869,6 +994,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--from-raw", action="store_true",
                     help="compute from the look-back's validated events, not from the per-entity day totals "
                          "(backfill, repair; the result is the same)")
+    shards.add_option(ap)
     args = ap.parse_args(argv)
     params, days = resolve(args)
     spec, store = params.features, params.storage
@@ -893,32 +1019,20 @@ def main(argv: list[str]) -> int:
             else:
                 log.info("features %s: unchanged since its record (the same look-back partitions, spec, suite and "
                          "code: key %s); nothing recomputed -> %s", day, key["key"][:12], uri)
+        count = params.shards.count if pub.snapshot is None else 1   # a DVC output: one process, no shards
+        shards.checked(args.shard, count, days, "features")
         if not todo:
             return 0
         start, end = min(todo), max(todo)
-        feats, missing, reads = None, [], {}
-        # a look-back partition missing (its run key says None): the path from raw decides (fail, or warn and
-        # name it in the manifest), as it would for a day the incremental path never reads as events
-        whole = keys[start] is not None and all(sha is not None for sha in keys[start]["inputs"].values())
-        if spec.incremental and not args.from_raw and start == end and pub.snapshot is None and whole:
-            try:
-                today, hist = load_history(params, start, pub)
-                # the record names what the features are made of, as a recomputation from raw would: the
-                # look-back's partitions (the states are made from them, each under its own run key)
-                reads[start] = {u: sha for u, sha in keys[start]["inputs"].items() if sha is not None}
-                feats = compute_features(today, pl.DataFrame(), spec, start, end, entities, numerics, history=hist)
-                log.info("features %s: incremental: %d events of the day + %d boundary events, %d entity-day "
-                         "totals, %d labelled boundary events, %d label totals (not the %d-day look-back)", start,
-                         today.height, hist.events.height, hist.totals.height, hist.labelled.height,
-                         hist.label_totals.height, spec.lookback_days)
-                del today, hist
-            except NeedRaw as exc:
-                log.warning("features %s: computed from raw (the incremental path cannot serve it: %s)", start, exc)
-        if feats is None:
-            inputs = load_inputs(params, start, end)
-            feats = compute_features(inputs.events, inputs.labels, spec, start, end, entities, numerics)
-            missing, reads = inputs.missing, {d: inputs.for_day(d, spec.lookback_days) for d in todo}
-            del inputs
+        if args.shard is not None:
+            publish_shard(params, start, args.shard, pub, keys[start], args.from_raw, args.recompute)
+            return 0
+        merged: list[dict] = []
+        if count > 1 and start == end and keys[start] is not None:
+            feats, missing, reads, merged = _merged(params, start, count, pub, keys[start], args.from_raw,
+                                                    args.recompute)
+        else:
+            feats, missing, reads = _compute(params, todo, pub, keys, args.from_raw)
         for day in progress(todo, "features"):
             part_uri = store.uri("features", date=day.isoformat())
             part = feats.filter(pl.col("event_ts").dt.date() == day)
@@ -937,6 +1051,8 @@ def main(argv: list[str]) -> int:
             out.put_json(store.uri("features_manifest", date=day.isoformat()),
                          manifest(part, spec, numerics, entities, day, missing))
             out.commit()
+            for rec in merged:                # merged and published: the shards have served
+                shards.remove(pub, rec)
             log.info("features %s: %d rows, %d features", day, part.height, len(feature_names(spec, numerics)))
         if failures:
             raise StageFailed.of("features blocked", failures)

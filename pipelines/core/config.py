@@ -146,6 +146,15 @@ class ServiceParams:
 
 
 @dataclass(frozen=True)
+class ShardParams:
+    count: int = 1                # nightly features, score and monitor split into this many shards (1: none)
+
+    def __post_init__(self) -> None:
+        if type(self.count) is not int or not 1 <= self.count <= 64:
+            raise ConfigError(f"shards.count: {self.count!r} is not a whole number in [1, 64]")
+
+
+@dataclass(frozen=True)
 class SuggestParams:
     reference_start: dt.date
     reference_end: dt.date
@@ -660,6 +669,7 @@ class Params:
 
     storage = _Section(StorageParams)
     services = _Section(ServiceParams, optional=True)
+    shards = _Section(ShardParams, optional=True)
     alerts = _Section(AlertParams, optional=True)
     guardrails = _Section(GuardrailParams, optional=True)
     train = _Section(TrainParams)
@@ -720,7 +730,7 @@ class Params:
     def check(self) -> "Params":
         """Parse every section (so a typo anywhere fails at load, with its key path) and check what
         spans sections. Reading for the check is not reading for a stage: the trace is left empty."""
-        self.storage, self.run, self.ingest, self.services, self.alerts, self.validate  # noqa: B018
+        self.storage, self.run, self.ingest, self.services, self.shards, self.alerts, self.validate  # noqa: B018
         feats = self.features
         tx = self.dataset("transactions") if self.has_dataset("transactions") else None
         labels = self.dataset("labels") if self.has_dataset("labels") else None

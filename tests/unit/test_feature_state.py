@@ -113,3 +113,32 @@ def test_a_missing_look_back_partition_is_decided_by_the_path_from_raw(lake, cap
     with pytest.raises(features.MissingHistory, match="look-back partition"):
         features.main(["--params", str(path), "--date", DAY.isoformat()])
     assert not (path.parent / "lake" / "features" / f"date={DAY}").exists()
+
+
+def test_a_date_in_shards_by_entity_gives_the_bytes_and_record_of_one_run(lake, caplog):
+    """shards.count 3: `--shard k/3` publishes one shard (its entities' blocks, a partition of its own,
+    keyed by the date's run key); the date's own run makes the shards it does not find, merges them
+    into the bytes and record of the unsharded run and removes them. A shard of another count is
+    refused; a shard made from other inputs is not merged."""
+    path, root, layout = lake
+    one = _run(path)
+    rec_one = storage.read_json(storage.record_uri(f"{root}/features/date={DAY}/part-0.parquet"))
+    raw = yaml.safe_load(path.read_text())
+    raw["shards"] = {"count": 3}
+    path.write_text(yaml.safe_dump(raw))
+    shards_dir = path.parent / "lake" / "_shards" / "features" / f"date={DAY}" / "of=3"
+    assert features.main(["--params", str(path), "--date", DAY.isoformat(), "--shard", "1/3", "--recompute"]) == 0
+    assert sorted(p.name for p in (shards_dir / "shard=1").glob("[!_]*")) == ["customer.parquet", "terminal.parquet"]
+    assert not (shards_dir / "shard=0").exists()
+    with pytest.raises(Exception, match="shards.count is 3"):
+        features.main(["--params", str(path), "--date", DAY.isoformat(), "--shard", "1/4", "--recompute"])
+    caplog.clear()
+    caplog.set_level(logging.INFO, "pipelines.features")
+    storage.delete(storage.record_uri(f"{root}/features/date={DAY}/part-0.parquet"))     # the date to do again
+    assert _run(path) == one
+    assert "shard 1/3: unchanged since its record" in caplog.text and "merged from 3 shards" in caplog.text
+    assert "shard 0/3: " in caplog.text and "shard 2/3: " in caplog.text
+    assert storage.read_json(storage.record_uri(f"{root}/features/date={DAY}/part-0.parquet")) == rec_one
+    assert not list(shards_dir.rglob("*.parquet")), "merged shards are removed"
+    # the from-raw path in shards: the same bytes
+    assert _run(path, "--recompute", "--from-raw") == one

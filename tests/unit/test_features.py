@@ -172,3 +172,32 @@ def test_incremental_path_is_bit_identical_to_the_full_recomputation(spec, seed)
     p = plan(spec, dt.date(2026, 2, 20))
     assert p.boundary == [dt.date(2026, 1, 21), dt.date(2026, 2, 13), dt.date(2026, 2, 19)]
     assert len(p.totals) == 27 and dt.date(2026, 2, 13) not in p.totals
+
+
+@pytest.mark.parametrize("count", [3, 5])
+def test_shards_by_entity_merge_into_the_unsharded_features(spec, count):
+    """N shards, each the features of the entities whose id hashes to it (full and incremental path),
+    merged: the unsharded features bit for bit; a shard left out or given twice is refused."""
+    from pipelines.core.shards import ShardError, all_of
+    from pipelines.features import history_from_events, merge_shards
+
+    events, labels = _with_midnights(*small_world(seed=5, n=1500, days=50))
+    on = pl.col("event_ts").dt.date()
+    start, end = dt.date(2026, 2, 10), dt.date(2026, 2, 14)
+    full = compute_features(events, labels, spec, start, end, ENTITIES, NUMERICS)
+    parts = [compute_features(events, labels, spec, start, end, ENTITIES, NUMERICS, shard=s) for s in all_of(count)]
+    sizes = [p["customer"].height for p in parts]
+    assert min(sizes) > 0 and sum(sizes) == full.height                  # every shard holds some rows, none twice
+    target = events.filter(on.is_between(start, end))
+    assert merge_shards(target, parts, spec, start, end, ENTITIES, NUMERICS).equals(full)
+    with pytest.raises(ShardError, match="rows"):
+        merge_shards(target, parts[1:], spec, start, end, ENTITIES, NUMERICS)
+    with pytest.raises(ShardError, match="rows"):
+        merge_shards(target, [parts[0], *parts], spec, start, end, ENTITIES, NUMERICS)
+    day = dt.date(2026, 2, 17)                                             # with an event at 00:00
+    hist = history_from_events(events, labels, spec, day, ENTITIES)
+    today = events.filter(on == day)
+    inc = [compute_features(today, labels.head(0), spec, day, day, ENTITIES, NUMERICS, history=hist, shard=s)
+           for s in all_of(count)]
+    assert merge_shards(today, inc, spec, day, day, ENTITIES, NUMERICS).equals(
+        compute_features(events, labels, spec, day, day, ENTITIES, NUMERICS))
