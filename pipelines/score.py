@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 
-from pipelines.core import storage
+from pipelines.core import shards, storage
 from pipelines.core.cli import progress, resolve, stage_parser
 from pipelines.core.scoring import resolve_model, score_day
 
@@ -43,13 +43,19 @@ def main(argv: list[str]) -> int:
     ap = stage_parser("score", __doc__)
     ap.add_argument("--recompute", action="store_true",
                     help="score even a date whose predictions were made from the same features, model, params and code")
+    shards.add_option(ap)
     args = ap.parse_args(argv)
     params, days = resolve(args)
+    count = params.shards.count if not args.snapshot else 1      # a DVC output: one process, no shards
+    shards.checked(args.shard, count, days, "score")
     served = resolve_model(params.score)
     (log.info if not served.fallback else log.warning)("scorer: %s (%s)", served.scored_by, served.reason)
     with storage.Publisher(params.storage.lake, args.snapshot) as pub:
         for ds in progress(days, "score"):
-            stats = score_day(params, ds, served, pub, recompute=args.recompute)
+            stats = score_day(params, ds, served, pub, recompute=args.recompute, shard=args.shard, count=count)
+            if args.shard is not None:
+                print(json.dumps({"date": ds.isoformat(), "shard": str(args.shard), **served.meta()}, sort_keys=True))
+                continue
             print(json.dumps({"date": ds.isoformat(), "rows": stats["rows"], **served.meta(),
                               "fallback_rows": stats["fallback_rows"]}, sort_keys=True))
     return 0

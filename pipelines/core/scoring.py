@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipelines.core import lake, lineage, state, storage
+from pipelines.core import lake, lineage, shards, state, storage
 from pipelines.core import modelio as M
 from pipelines.core.config import ScoreParams
 from pipelines.core.rules import rule_scores
+from pipelines.core.shards import Shard
 
 log = logging.getLogger("pipelines.scoring")
 # what scoring needs of a model version, as they are in its MLflow run
@@ -299,22 +300,28 @@ def merge_stats(parts: list[dict], seconds: float, chunk_rows: int) -> dict:
 
 
 def score_file(path, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.date, where: str,
-               sink: storage.ParquetSink) -> dict:
-    """Stream a feature partition file through `score_partition`, batch by batch (memory: one batch)."""
+               sink: storage.ParquetSink, shard: "Shard | None" = None) -> dict:
+    """Stream a feature partition file through `score_partition`, batch by batch (memory: one batch).
+    With `shard`, only the shard's batches (batch i of the file goes to shard i mod N); the stats then
+    list them (`batches`: [index, rows]) and keep the per-batch stats (`parts`) for the merge."""
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
-    parts = []
-    for batch in storage.iter_parquet(path, batch_rows=p.chunk_rows):
+    parts, batches = [], []
+    for i, batch in enumerate(storage.iter_parquet(path, batch_rows=p.chunk_rows)):
+        if shard is not None and not shard.owns(i):
+            continue
         out, st = score_partition(batch, fmanifest, served, p, ds, where)
         sink.write(out)
         parts.append(st)
-    if not parts:                      # an empty partition still gets an (empty) predictions file
+        batches.append([i, out.height])
+    if not parts and shard is None:    # an empty partition still gets an (empty) predictions file
         out, st = score_partition(pl.from_arrow(pq.ParquetFile(str(path)).schema_arrow.empty_table()), fmanifest,
                                   served, p, ds, where)
         sink.write(out)
         parts.append(st)
-    return merge_stats(parts, time.perf_counter() - t0, p.chunk_rows)
+    stats = merge_stats(parts, time.perf_counter() - t0, p.chunk_rows)
+    return stats if shard is None else {**stats, "batches": batches, "parts": parts}
 
 
 def load_features(store, ds: dt.date, workdir, reader: lineage.Reader) -> tuple[Path, dict, str]:
@@ -329,6 +336,67 @@ def load_features(store, ds: dt.date, workdir, reader: lineage.Reader) -> tuple[
     except lineage.StaleInput as exc:
         raise ScoringError(f"{exc}; nothing scored") from None
     return path, fman, uri
+
+
+def _score_shard(params, ds: dt.date, served: Served, pub, path, fman: dict, uri: str, reader, key: dict | None,
+                 shard: "Shard", recompute: bool = False) -> dict:
+    """One shard of the date's predictions (its batches), a partition of its own; kept when one with
+    the same key (the date's run key and k/N) is there. Returns its record."""
+    where = shards.folder(params.storage, "score", ds, shard)
+    primary = f"{where}/part-0.parquet"
+    skey = shards.key(key, shard)
+    rec = shards.reusable(primary, skey, recompute)
+    if rec is not None:
+        log.info("score %s shard %s: unchanged since its record (key %s) -> %s", ds, shard, skey["key"][:12], primary)
+        return rec
+    with tempfile.TemporaryDirectory(prefix="score-shard-") as tmp:
+        sink = storage.ParquetSink(primary, tmp, None)
+        stats = score_file(path, fman, served, params.score, ds, uri, sink, shard)
+        part = pub.partition(primary, "score", inputs=reader.consumed,
+                             extra={"run": skey, "shard": str(shard), "batches": stats["batches"]})
+        sink.publisher = part
+        part.put_json(f"{where}/_stats.json", stats, volatile=True)
+        sink.close()
+        rec = part.commit()
+    log.info("score %s shard %s: %d batches, %d rows -> %s", ds, shard, len(stats["batches"]), stats["rows"], primary)
+    return rec
+
+
+def _merge_shards(params, ds: dt.date, served: Served, pub, path, fman: dict, uri: str, read: lineage.Reader,
+                  key: dict, count: int, recompute: bool, sink: storage.ParquetSink) -> tuple[dict, list[dict]]:
+    """The date's predictions written to `sink` from its shards, batch by batch in the order of the
+    feature partition (every batch from exactly one shard); the shards' stats merged."""
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    if pq.ParquetFile(str(path)).metadata.num_rows == 0:     # nothing to split: one (empty) file as always
+        return score_file(path, fman, served, params.score, ds, uri, sink), []
+    records = [_score_shard(params, ds, served, pub, path, fman, uri, read, key, s, recompute)
+               for s in shards.all_of(count)]
+    owner = {i: (k, rows) for k, r in enumerate(records) for i, rows in r["batches"]}
+    shards.check_rows(pl.Series([i for r in records for i, _ in r["batches"]], dtype=pl.Int64), len(owner),
+                      f"score {ds} (batches)")
+    total = pq.ParquetFile(str(path)).metadata.num_rows
+    if sum(rows for _, rows in owner.values()) != total:
+        raise shards.ShardError(f"score {ds}: the shards hold {sum(r for _, r in owner.values())} rows for {total} "
+                                f"feature rows; nothing published (run the date's shards again)")
+    reader = lineage.Reader()
+    with tempfile.TemporaryDirectory(prefix="score-merge-") as tmp:
+        streams = [storage.Rows(storage.iter_parquet(reader.fetch(r["primary"], tmp), batch_rows=params.score.chunk_rows))
+                   for r in records]
+        for i in range(len(owner)):
+            k, rows = owner[i]
+            sink.write(streams[k].take(rows))
+        if any(s.left() for s in streams):
+            raise shards.ShardError(f"score {ds}: a shard holds rows beyond its batches; nothing published")
+    parts = []
+    for r in records:
+        try:
+            parts += storage.read_json(f"{r['primary'].rsplit('/', 1)[0]}/_stats.json").get("parts") or []
+        except storage.MissingObject:
+            pass
+    stats = merge_stats(parts, time.perf_counter() - t0, params.score.chunk_rows)
+    return {**stats, "shards": count}, records
 
 
 OUTPUTS = {"champion": ("predictions", "scored_model", "scoring_stats"),
@@ -367,16 +435,21 @@ def _unchanged(primary: str, key: dict | None) -> dict | None:
 
 
 def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publisher | None" = None,
-              role: str = "champion", recompute: bool = False) -> dict:
+              role: str = "champion", recompute: bool = False, shard: "Shard | None" = None, count: int = 1) -> dict:
     """Score the ds partition with `served`; publish predictions, _model.json and _stats.json (for
     role "shadow": the shadow partition, the same code and columns). A date whose predictions were
     made from the same features, model, params and code (run_key) is not scored again unless
-    `recompute`."""
+    `recompute`. With `shard` only that shard is scored and published (core/shards.py); with `count` > 1
+    the date's predictions are merged from its shards (those not found made here): the same bytes."""
     p, store = params.score, params.storage
     d = ds.isoformat()
     kind, model_kind, stats_kind = OUTPUTS[role]
     key = run_key(params, ds, served, role)
     stats = None
+    if shard is not None and _unchanged(store.uri(kind, date=d), key) is not None:
+        log.info("score %s shard %s: the date is scored already from the same inputs (key %s); nothing to do", d, shard,
+                 key["key"][:12])
+        return {"skipped": True}
     if not recompute and not isinstance(snapshot, (str, Path)) and not getattr(snapshot, "snapshot", None) and \
             _unchanged(store.uri(kind, date=d), key) is not None:       # (a DVC output wants the bytes written)
         try:
@@ -390,17 +463,25 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
     reader = lineage.Reader()
     with tempfile.TemporaryDirectory(prefix="score-") as tmp, storage.publishing(store.lake, snapshot) as pub:
         path, fman, uri = load_features(store, ds, tmp, reader)
-        part = pub.partition(store.uri(kind, date=d), role if role == "shadow" else "score", inputs=reader.consumed,
+        if shard is not None:
+            return _score_shard(params, ds, served, pub, path, fman, uri, reader, key, shard, recompute)
+        primary = store.uri(kind, date=d)
+        part = pub.partition(primary, role if role == "shadow" else "score", inputs=reader.consumed,
                              extra={"model": {k: v for k, v in served.meta().items() if k != "reason"},
                                     **({"run": key} if key else {})})
-        sink = storage.ParquetSink(store.uri(kind, date=d), tmp, part)
-        stats = score_file(path, fman, served, p, ds, uri, sink)
+        sink = storage.ParquetSink(primary, tmp, part)
+        if count > 1 and key is not None and pub.snapshot is None:
+            stats, merged = _merge_shards(params, ds, served, pub, path, fman, uri, reader, key, count, recompute, sink)
+        else:
+            stats, merged = score_file(path, fman, served, p, ds, uri, sink), []
         imp = M.importance(served.booster, served.manifest["feature_names"]) if served.booster is not None else {}
         part.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role, "reference_profile": served.profile,
                                                       "importance": imp})
         part.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri}, volatile=True)
         sink.close()
         part.commit()                  # the record last: until it is written, the date is not scored
+        for rec in merged:             # merged and published: the shards have served
+            shards.remove(pub, rec)
     log.info("score %s (%s): %d rows by %s%s in %.2fs (%.0f rows/s), chunk p95 %.1f ms -> %s", d, role, stats["rows"],
              served.scored_by, f" v{served.version}" if served.version else "",
              stats["seconds"], stats["rows_per_s"] or 0, stats["chunk_latency_ms"]["p95"], store.uri(kind, date=d))

@@ -329,6 +329,29 @@ def iter_parquet(path: str | Path, columns: list[str] | None = None, batch_rows:
         yield pl.from_arrow(batch)
 
 
+class Rows:
+    """Exactly n rows at a time from a stream of frames (whatever its batch boundaries)."""
+
+    def __init__(self, frames) -> None:
+        self.frames, self.buf = iter(frames), []
+
+    def take(self, n: int) -> pl.DataFrame:
+        have = sum(f.height for f in self.buf)
+        while have < n:
+            try:
+                f = next(self.frames)
+            except StopIteration:
+                raise StorageError(f"a stream ended {n - have} row(s) short") from None
+            self.buf.append(f)
+            have += f.height
+        whole = self.buf[0] if len(self.buf) == 1 else pl.concat(self.buf, rechunk=True)
+        self.buf = [whole.slice(n)] if whole.height > n else []
+        return whole.head(n) if whole.height > n else whole
+
+    def left(self) -> int:
+        return sum(f.height for f in self.buf) + sum(f.height for f in self.frames)
+
+
 def aligned(*streams):
     """Zip frame streams of the same rows (in the same order) into equal-length slices, whatever
     their batch boundaries; raises if one ends before the others."""

@@ -72,3 +72,50 @@ def test_manifest_mismatch_is_an_error_never_a_silent_misscore():
         score_partition(_frame().with_columns(pl.col("n").cast(pl.Float64)), FMAN, served, SP, D, "t")
     with pytest.raises(ManifestMismatch, match="missing"):
         score_partition(_frame().drop("n"), FMAN, served, SP, D, "t")
+
+
+def test_a_date_scored_in_shards_gives_the_bytes_and_record_of_one_run(tmp_path, caplog):
+    """shards.count 3: batch i of the feature partition scored by shard i mod 3 (each a partition of
+    its own), merged batch by batch into the bytes and record of the unsharded predictions; a shard
+    published by its own task is merged as it is; merged shards are removed."""
+    import yaml
+
+    from pipelines.core import storage
+    from pipelines.core.config import load_params
+    from pipelines.core.scoring import score_day
+    from pipelines.core.shards import Shard
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["storage"]["lake"] = str(tmp_path / "lake")
+    raw["score"]["chunk_rows"] = 4
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "params.yaml")
+    store = params.storage
+    frame = pl.concat([_frame(), _frame().head(1).with_columns(pl.lit("e10").alias("event_id"))])   # 11 rows: 3 batches
+    with storage.Publisher(store.lake) as pub:
+        uri = store.uri("features", date=D.isoformat())
+        part = pub.partition(uri, "features")
+        part.put_parquet(uri, frame)
+        part.put_json(store.uri("features_manifest", date=D.isoformat()), FMAN)
+        part.commit()
+    served = Served("model", [], "ok", "m", "3", "run", "sha", _booster(), MAN, 0.4,
+                    {"features": {"amount": {"sample": list(range(101))}}})
+    pred = store.uri("predictions", date=D.isoformat())
+
+    def scored(recompute: bool = True, **kw) -> tuple[bytes, dict]:
+        score_day(params, D, served, recompute=recompute, **kw)
+        return storage.read_bytes(pred), storage.read_json(storage.record_uri(pred))
+
+    one, rec = scored()
+    assert score_day(params, D, served, shard=Shard(1, 3))["skipped"]        # the date is scored already
+    storage.delete(storage.record_uri(pred))
+    score_day(params, D, served, shard=Shard(1, 3))                          # shard 1's task
+    shard1 = tmp_path / "lake" / "_shards" / "score" / f"date={D}" / "of=3" / "shard=1" / "part-0.parquet"
+    assert pl.read_parquet(shard1)["event_id"].to_list() == ["e4", "e5", "e6", "e7"]     # batch 1
+    caplog.set_level("INFO", "pipelines.scoring")
+    assert scored(recompute=False, count=3) == (one, rec)
+    assert "shard 1/3: unchanged since its record" in caplog.text and "shard 0/3: 1 batches, 4 rows" in caplog.text
+    assert not shard1.exists()
+    stats = storage.read_json(store.uri("scoring_stats", date=D.isoformat()))
+    assert stats["shards"] == 3 and stats["rows"] == 11 and stats["chunks"] == 3
