@@ -27,12 +27,13 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from pipelines.core import alerts as alerts_mod
-from pipelines.core import lineage, storage
+from pipelines.core import lineage, shards, storage
 from pipelines.core.cli import progress, resolve, stage_parser
 from pipelines.core.config import MonitorParams
 from pipelines.core.drift import ScoreDrift, drift_of
@@ -43,6 +44,7 @@ from pipelines.core.lake import (
     read_realized,
 )
 from pipelines.core.report import fmt, index_html, link, render
+from pipelines.core.shards import Shard
 
 log = logging.getLogger("pipelines.monitor")
 class MonitorError(RuntimeError):
@@ -81,27 +83,70 @@ class Observed:
     fallback: dict[str, int]
 
 
-def observe(feat_batches, pred_batches, profile: dict | None, p: MonitorParams) -> Observed:
-    """One pass over the day's features and predictions, memory bounded by a batch."""
-    refs = {f: r for f, r in sorted((profile or {}).get("features", {}).items()) if f not in p.exclude_features}
-    accs = {}
-    for fb in feat_batches:
-        for f, r in refs.items():
+class Observer:
+    """The day's features and predictions accumulated batch by batch (memory: one batch): counts
+    only, so shards of the day (batch i to shard i mod N) add up to the same Observed, bit for bit."""
+
+    def __init__(self, profile: dict | None, p: MonitorParams) -> None:
+        self.profile = profile
+        self.refs = {f: r for f, r in sorted((profile or {}).get("features", {}).items()) if f not in p.exclude_features}
+        self.accs: dict = {}
+        self.sd = ScoreDrift((profile or {}).get("score"))
+        self.rows = self.above = self.any_fb = 0
+        self.fb_counts: dict[str, int] = {}
+        self.batches: list[int] = []         # the prediction batches seen, in order (their score sums: sd.sums)
+
+    def features(self, fb: pl.DataFrame) -> None:
+        for f, r in self.refs.items():
             if f in fb.columns:
-                accs.setdefault(f, drift_of(r)).update(fb[f])
-    sd = ScoreDrift((profile or {}).get("score"))
-    rows = above = any_fb = 0
-    fb_counts: dict[str, int] = {}
-    for pb in pred_batches:
-        rows += pb.height
-        sd.update(pb["score"].to_numpy())
-        above += int((pb["score"] >= pb["threshold"]).sum())
-        any_fb += int((pb["fallback"].list.len() > 0).sum())
+                self.accs.setdefault(f, drift_of(r)).update(fb[f])
+
+    def predictions(self, i: int, pb: pl.DataFrame) -> None:
+        self.batches.append(i)
+        self.rows += pb.height
+        self.sd.update(pb["score"].to_numpy())
+        self.above += int((pb["score"] >= pb["threshold"]).sum())
+        self.any_fb += int((pb["fallback"].list.len() > 0).sum())
         ex = pb.select(pl.col("fallback").explode()).drop_nulls()["fallback"]
         for k, c in zip(*ex.value_counts().to_dict(as_series=False).values()) if ex.len() else ():
-            fb_counts[k] = fb_counts.get(k, 0) + c
-    return Observed(rows, {f: a.result() for f, a in accs.items()}, sd.result() if profile else None, above, any_fb,
-                    fb_counts)
+            self.fb_counts[k] = self.fb_counts.get(k, 0) + c
+
+    def state(self) -> dict:
+        return {"features": {f: a.state() for f, a in self.accs.items()}, "score": self.sd.state(),
+                "batches": self.batches, "rows": self.rows, "above": self.above, "any_fallback": self.any_fb,
+                "fallback": self.fb_counts}
+
+    @classmethod
+    def merged(cls, profile: dict | None, p: MonitorParams, states: list[dict]) -> "Observer":
+        out = cls(profile, p)
+        for f, r in out.refs.items():          # the reference's order, as batch by batch
+            for st in states:
+                if f in st["features"]:
+                    out.accs.setdefault(f, drift_of(r)).merge(st["features"][f])
+        sums = sorted((i, x) for st in states for i, x in zip(st["batches"], st["score"]["sums"]))
+        out.sd = ScoreDrift.merged((profile or {}).get("score"), [st["score"] for st in states], [x for _, x in sums])
+        out.batches = [i for i, _ in sums]
+        for st in states:
+            out.rows, out.above, out.any_fb = out.rows + st["rows"], out.above + st["above"], out.any_fb + st["any_fallback"]
+            for k, c in st["fallback"].items():
+                out.fb_counts[k] = out.fb_counts.get(k, 0) + c
+        return out
+
+    def result(self) -> Observed:
+        return Observed(self.rows, {f: a.result() for f, a in self.accs.items()},
+                        self.sd.result() if self.profile else None, self.above, self.any_fb, dict(sorted(self.fb_counts.items())))
+
+
+def observe(feat_batches, pred_batches, profile: dict | None, p: MonitorParams, shard: Shard | None = None) -> Observer:
+    """One pass over the day's features and predictions (with `shard`: its batches only)."""
+    obs = Observer(profile, p)
+    for i, fb in enumerate(feat_batches):
+        if shard is None or shard.owns(i):
+            obs.features(fb)
+    for i, pb in enumerate(pred_batches):
+        if shard is None or shard.owns(i):
+            obs.predictions(i, pb)
+    return obs
 
 
 def day_metrics(ds: dt.date, obs: Observed, dec_summary: dict, model_doc: dict, p: MonitorParams
@@ -355,12 +400,18 @@ def run_key(params, ds: dt.date) -> dict | None:
                              "pipelines.monitor", ("polars", "pyarrow", "numpy"))
 
 
-def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" = None, recompute: bool = False) -> dict:
+def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" = None, recompute: bool = False,
+                shard: Shard | None = None, count: int = 1) -> dict:
     """Monitor one date: metrics, alerts, the day's report and the index. A date monitored from the
-    same inputs, settings and code (run_key) is not monitored again unless `recompute`."""
+    same inputs, settings and code (run_key) is not monitored again unless `recompute`. With `shard`
+    only the shard's batches are observed and published (core/shards.py); with `count` > 1 the day's
+    observation is merged from its shards (those not found made here): the same bytes."""
     p, store = params.monitor, params.storage
     d = ds.isoformat()
     key = run_key(params, ds)
+    if shard is not None and lineage.reusable(store.uri("monitoring", date=d), key, snapshot) is not None:
+        log.info("monitor %s shard %s: the date is monitored already from the same inputs; nothing to do", d, shard)
+        return {"skipped": True}
     if lineage.reusable(store.uri("monitoring", date=d), key, snapshot, recompute) is not None:
         try:
             record = storage.read_json(store.uri("alerts", date=d))
@@ -387,8 +438,24 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
         profile = model_doc.get("reference_profile")
         names = set(pq.ParquetFile(str(feat_path)).schema_arrow.names)
         cols = [f for f in (profile or {}).get("features", {}) if f in names and f not in p.exclude_features]
-        obs = observe(storage.iter_parquet(feat_path, cols) if cols else [],
-                      storage.iter_parquet(pred_path, ["score", "threshold", "fallback"]), profile, p)
+
+        def batches(k: Shard | None) -> Observer:
+            return observe(storage.iter_parquet(feat_path, cols) if cols else [],
+                           storage.iter_parquet(pred_path, ["score", "threshold", "fallback"]), profile, p, k)
+
+        if shard is not None:
+            with storage.publishing(store.lake, snapshot) as pub:
+                return _shard(params, ds, pub, reader, key, shard, batches, recompute)
+        merged = []
+        if count > 1 and key is not None and not snapshot_folder(snapshot):
+            with storage.publishing(store.lake, snapshot) as pub:
+                merged = [_shard(params, ds, pub, reader, key, k, batches, recompute) for k in shards.all_of(count)]
+            own = lineage.Reader()               # the shards are not inputs of the date's record
+            states = [own.read_json(r["primary"], primary=r["primary"]) for r in merged]
+            obs = Observer.merged(profile, p, states).result()
+            log.info("monitor %s: observed in %d shards", d, count)
+        else:
+            obs = batches(None).result()
     rows, details = day_metrics(ds, obs, dec_summary, model_doc, p)
     today = pl.DataFrame(rows, schema=METRIC_SCHEMA)
     window = [ds - dt.timedelta(days=i) for i in range(p.rolling_days - 1, 0, -1)]
@@ -397,7 +464,32 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
                         read_metrics(store, "monitoring_perf", window), p.rolling_days)
     alerts = alerts_of(metrics, ds, details["drifted_features"], (dec_summary.get("guardrails") or {}).get("breaches", []))
     with storage.publishing(store.lake, snapshot) as pub:
-        return _publish_day(pub, reader, params, ds, metrics, perf, alerts, details, model_doc, dec_summary, key)
+        record = _publish_day(pub, reader, params, ds, metrics, perf, alerts, details, model_doc, dec_summary, key)
+        for rec in merged:              # merged and published: the shards have served
+            shards.remove(pub, rec)
+        return record
+
+
+def snapshot_folder(snapshot) -> bool:
+    return isinstance(snapshot, (str, Path)) or getattr(snapshot, "snapshot", None) is not None
+
+
+def _shard(params, ds: dt.date, pub: storage.Publisher, reader: lineage.Reader, key: dict | None, shard: Shard,
+           batches, recompute: bool = False) -> dict:
+    """One shard's observation of the day (batch i to shard i mod N: counts), a partition of its own;
+    kept when one with the same key (the date's run key and k/N) is there. Returns its record."""
+    primary = f"{shards.folder(params.storage, 'monitor', ds, shard)}/observed.json"
+    skey = shards.key(key, shard)
+    rec = shards.reusable(primary, skey, recompute)
+    if rec is not None:
+        log.info("monitor %s shard %s: unchanged since its record (key %s) -> %s", ds, shard, skey["key"][:12], primary)
+        return rec
+    obs = batches(shard)
+    part = pub.partition(primary, "monitor", inputs=reader.consumed, extra={"run": skey, "shard": str(shard)})
+    part.put_json(primary, obs.state())
+    rec = part.commit()
+    log.info("monitor %s shard %s: %d prediction rows observed -> %s", ds, shard, obs.rows, primary)
+    return rec
 
 
 def _publish_day(pub: storage.Publisher, reader: lineage.Reader, params, ds: dt.date, metrics: pl.DataFrame,
@@ -433,11 +525,17 @@ def main(argv: list[str]) -> int:
     ap = stage_parser("monitor", __doc__)
     ap.add_argument("--recompute", action="store_true",
                     help="monitor even a date already monitored from the same inputs, settings and code")
+    shards.add_option(ap)
     args = ap.parse_args(argv)
     params, days = resolve(args)
+    count = params.shards.count if not args.snapshot else 1      # a DVC output: one process, no shards
+    shards.checked(args.shard, count, days, "monitor")
     with storage.Publisher(params.storage.lake, args.snapshot) as pub:
         for ds in progress(days, "monitor"):
-            rec = monitor_day(params, ds, pub, args.recompute)
+            rec = monitor_day(params, ds, pub, args.recompute, args.shard, count)
+            if args.shard is not None:
+                print(json.dumps({"date": ds.isoformat(), "shard": str(args.shard)}))
+                continue
             (log.warning if rec["alerts"] else log.info)(
                 "monitor %s: %s, %d alert(s)%s -> %s", ds, "DRIFT" if rec["drifted"] else "stable",
                 len(rec["alerts"]), f" (features {rec['drifted_features']})" if rec["drifted_features"] else "",

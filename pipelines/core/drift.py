@@ -88,6 +88,18 @@ class NumericDrift:
             self.oor += int(((v < self.ref["min"]) | (v > self.ref["max"])).sum())
         return self
 
+    def state(self) -> dict:
+        return {"upto": self.upto.tolist(), "equal": self.equal.tolist(), "n": self.n, "nulls": self.nulls,
+                "finite": self.finite, "oor": self.oor}
+
+    def merge(self, st: dict) -> "NumericDrift":
+        """Add another accumulator's counts (a shard of the same day): exact, in any order."""
+        self.upto += np.asarray(st["upto"], np.int64)
+        self.equal += np.asarray(st["equal"], np.int64)
+        self.n, self.nulls = self.n + st["n"], self.nulls + st["nulls"]
+        self.finite, self.oor = self.finite + st["finite"], self.oor + st["oor"]
+        return self
+
     @property
     def le(self) -> np.ndarray:
         """Values <= each KS point."""
@@ -133,6 +145,15 @@ class CategoricalDrift:
             self.counts[str(k)] = self.counts.get(str(k), 0) + c
         return self
 
+    def state(self) -> dict:
+        return {"counts": self.counts, "n": self.n, "nulls": self.nulls}
+
+    def merge(self, st: dict) -> "CategoricalDrift":
+        for k, c in st["counts"].items():
+            self.counts[k] = self.counts.get(k, 0) + c
+        self.n, self.nulls = self.n + st["n"], self.nulls + st["nulls"]
+        return self
+
     def result(self) -> dict:
         n, ref = self.n, self.ref
         nulls = self.nulls / n if n else 0.0
@@ -156,14 +177,33 @@ class ScoreDrift:
         self.hist = np.zeros(len(self.edges) - 1, np.int64)
         self.fine = np.zeros(self.FINE, np.int64)
         self.n, self.total = 0, 0.0
+        self.sums: list[float] = []          # per update: the mean is their sum in update order
 
     def update(self, score: np.ndarray) -> "ScoreDrift":
         score = np.asarray(score, float)
         self.hist += np.histogram(score, bins=self.edges)[0]
         self.fine += np.bincount(np.clip((score * self.FINE).astype(np.int64), 0, self.FINE - 1), minlength=self.FINE)
         self.n += len(score)
-        self.total += float(score.sum())
+        self.sums.append(float(score.sum()))
+        self.total += self.sums[-1]
         return self
+
+    def state(self) -> dict:
+        return {"hist": self.hist.tolist(), "fine": self.fine.tolist(), "n": self.n, "sums": self.sums}
+
+    @classmethod
+    def merged(cls, ref: dict | None, states: list[dict], sums: list[float]) -> "ScoreDrift":
+        """The accumulator of the whole day from its shards' states, `sums` the per-batch sums in the
+        day's batch order (the float total is added up in that order: the unsharded mean, bit for bit)."""
+        out = cls(ref)
+        for st in states:
+            out.hist += np.asarray(st["hist"], np.int64)
+            out.fine += np.asarray(st["fine"], np.int64)
+            out.n += st["n"]
+        for x in sums:
+            out.sums.append(x)
+            out.total += x
+        return out
 
     def quantile(self, q: float) -> float | None:
         if not self.n:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 
 import polars as pl
+import pytest
 
 
 def test_monitor_report_shows_realized_metrics_per_version():
@@ -42,7 +43,7 @@ def test_the_day_page_shows_each_features_distributions_sorted_by_drift_and_a_mo
     day = pl.DataFrame({"amount": rng.lognormal(3, 1, n) * 100, "hour": rng.integers(0, 4, n)})     # amounts x100
     pred = pl.DataFrame({"score": rng.beta(1, 30, n), "threshold": [0.5] * n, "fallback": [[]] * n},
                         schema_overrides={"fallback": pl.List(pl.String)})
-    obs = observe([day], [pred], profile, params.monitor)
+    obs = observe([day], [pred], profile, params.monitor).result()
     ds = dt.date(2026, 3, 1)
     model_doc = {"scored_by": "model", "model_name": "fraud-xgb", "model_version": "3", "run_id": "abc123",
                  "model_sha256": "f" * 64, "threshold": 0.42, "reference_profile": profile}
@@ -61,3 +62,37 @@ def test_the_day_page_shows_each_features_distributions_sorted_by_drift_and_a_mo
     assert "badge fail\">alert" in html.split('<figure class="card">')[1]     # amount is at alert
     assert "<th>model</th><td>fraud-xgb</td>" in html and "<th>version</th><td>3</td>" in html
     assert "{" not in html.split("Model served")[1]                           # a card, not JSON
+
+
+@pytest.mark.parametrize("count", [2, 3, 7])
+def test_shards_of_a_day_observe_the_same_as_one_pass(count):
+    """Batch i observed by shard i mod N (counts, categorical values, per-batch score sums), each
+    shard's state through JSON, merged: the Observed of one pass, bit for bit (mean included)."""
+    import json
+
+    import numpy as np
+
+    from pipelines.core.config import load_params
+    from pipelines.core.drift import reference_profile
+    from pipelines.core.shards import all_of
+    from pipelines.monitor import Observer, observe
+
+    params = load_params("params.yaml")
+    rng = np.random.default_rng(3)
+    n = 5000
+    cats = pl.Series(rng.integers(0, 4, n), dtype=pl.Int16).replace(3, None)
+    ref = pl.DataFrame({"amount": rng.lognormal(3, 1, n), "cat": cats, "score": rng.beta(1, 30, n)})
+    profile = reference_profile(ref, {"feature_names": ["amount", "cat"]}, params.evaluate)
+    amount = rng.lognormal(3.2, 1, n)
+    amount[::17] = np.nan
+    day = pl.DataFrame({"amount": amount, "cat": pl.Series(rng.integers(1, 6, n), dtype=pl.Int16).replace(5, None)})
+    pred = pl.DataFrame({"score": rng.beta(1, 20, n).astype(np.float32), "threshold": [0.05] * n,
+                         "fallback": [["rules"] if i % 11 == 0 else [] for i in range(n)]},
+                        schema_overrides={"fallback": pl.List(pl.String), "threshold": pl.Float32})
+    fb = [day.slice(i, 700) for i in range(0, n, 700)]                  # 8 feature batches
+    pb = [pred.slice(i, 450) for i in range(0, n, 450)]                 # 12 prediction batches
+    one = observe(fb, pb, profile, params.monitor).result()
+    states = [json.loads(json.dumps(observe(fb, pb, profile, params.monitor, s).state())) for s in all_of(count)]
+    merged = Observer.merged(profile, params.monitor, states[::-1]).result()
+    assert merged == one
+    assert one.rows == n and one.fallback == {"rules": len(range(0, n, 11))} and one.score["mean"] is not None
