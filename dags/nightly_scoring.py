@@ -15,6 +15,13 @@ registers shadows from tonight, and tonight's retrain decision knows it is in sh
 timeout (2 h) they are skipped and the run goes on with what is there (the aliases as they are; the
 earlier days present).
 
+A date too large for one worker (params shards.count = N > 1): `shard_plan` (after validate) lists
+the N shard tasks, and `features_shard`, `score_shard` and `monitor_shard` are mapped over that list
+(dynamic task mapping: N task instances each, `--shard=k/N`, spread over the workers); each publishes
+its own shard partition, and the stage's own task (features, score, monitor) merges them into the
+date's partition, the same bytes as one task (pipelines/core/shards.py). With N = 1 the list is empty,
+the mapped tasks are skipped and each stage task computes the date itself.
+
 Wiring only: every stage task runs `python -m pipelines <stage> --date=<ds>` (the same command a
 person or DVC runs) as an argument vector, on the ds partition alone; re-running a date republishes
 the same bytes, and dates run side by side (max_active_runs) without sharing a partition. The
@@ -36,8 +43,8 @@ from datetime import datetime, timedelta, timezone
 from airflow.providers.standard.operators.python import ShortCircuitOperator
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
-from fraudops_wiring import (SettledSensor, StageOperator, StageSensor, TrainingSettledSensor, daily_dag,  # plugins/
-                             retrain_requested)
+from fraudops_wiring import (SettledSensor, ShardPlan, StageOperator, StageSensor, TrainingSettledSensor,  # plugins/
+                             daily_dag, retrain_requested)
 
 
 TRANSACTIONS = ("--dataset=transactions",)
@@ -47,14 +54,25 @@ def stage(task_id: str, **kwargs) -> StageOperator:
     return StageOperator(task_id=task_id, stage=task_id, date=True, **kwargs)
 
 
+def shards_of(name: str, plan: ShardPlan, **kwargs):
+    """`python -m pipelines <name> --date=ds --shard=k/N`, one task instance per shard of the plan."""
+    return StageOperator.partial(task_id=f"{name}_shard", stage=name, date=True, **kwargs).expand(args=plan.output)
+
+
 with daily_dag("nightly_scoring", "score the day with the champion, decide, monitor drift, decide on retraining",
                datetime(2026, 1, 1, tzinfo=timezone.utc), "FRAUDOPS_NIGHTLY_CATCHUP", __doc__, ["nightly"]) as dag:
     wait = StageSensor(task_id="wait_for_data", stage="ingest", args=TRANSACTIONS, mode="reschedule",
                        poke_interval=300, timeout=timedelta(hours=12).total_seconds())
     ingest = stage("ingest", args=("--if-landed=labels",))     # the labels of ds only if they are there
-    validate, features, monitor = (stage(t) for t in ("validate", "features", "monitor"))
-    # a skipped gate (timed out) lets these go on; a failed upstream stage still stops them
-    score, decide = (stage(t, trigger_rule="none_failed") for t in ("score", "decide"))
+    validate = stage("validate")
+    # a skipped gate (timed out) or skipped shard tasks (one shard) let these go on; a failed upstream
+    # stage still stops them
+    features, score, decide, monitor = (stage(t, trigger_rule="none_failed") for t in ("features", "score", "decide",
+                                                                                       "monitor"))
+    plan = ShardPlan(task_id="shard_plan")
+    features_shards = shards_of("features", plan)
+    score_shards = shards_of("score", plan, trigger_rule="none_failed")
+    monitor_shards = shards_of("monitor", plan)
     lifecycle = SettledSensor(task_id="wait_for_lifecycle", other_dag="labels", other_task="lifecycle",
                               timeout=timedelta(hours=2).total_seconds())
     previous = SettledSensor(task_id="wait_for_previous_night", other_dag="nightly_scoring", other_task="monitor", days=1,
@@ -71,8 +89,11 @@ with daily_dag("nightly_scoring", "score the day with the champion, decide, moni
         skip_when_already_exists=True,       # re-running a date never triggers a second training
     )
     wait >> ingest >> validate >> features >> score >> decide >> monitor >> retrain >> should >> trigger
+    validate >> plan >> features_shards >> features
+    features >> score_shards >> score
+    decide >> monitor_shards >> monitor
     score >> shadow          # the challenger scores next to the champion; its scores never reach decide
-    wait >> lifecycle >> score
+    wait >> lifecycle >> [score_shards, score]
     wait >> previous >> decide
     wait >> training >> [shadow, retrain]
 

@@ -185,6 +185,25 @@ class StageOperator(_Subprocess, BaseOperator):
         return last
 
 
+class ShardPlan(StageOperator):
+    """`python -m pipelines shards --params=<params_file> --date=<ds>`: the argument vectors of the
+    date's shard tasks (params shards.count; [] for one shard), as the XCom the shard tasks are
+    mapped over (dynamic task mapping). Each vector is checked: `--shard=K/N`, nothing else."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(stage="shards", date=True, **kwargs)
+
+    def execute(self, context):
+        last = super().execute(context)
+        try:
+            plan = json.loads(last.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise AirflowFailException(f"python -m pipelines shards: not a JSON list: {last[-300:]!r}") from None
+        if not isinstance(plan, list) or not all(
+                isinstance(v, list) and len(v) == 1 and re.fullmatch(r"--shard=\d{1,2}/\d{1,2}", str(v[0])) for v in plan):
+            raise AirflowFailException(f"python -m pipelines shards: refused {str(plan)[:300]}: not [[\"--shard=K/N\"], ...]")
+        return plan
+
 
 class DvcStageOperator(StageOperator):
     """The DVC stage `stage` of dvc.yaml, run by `dvc repro --single-item` in this DAG run's own DVC

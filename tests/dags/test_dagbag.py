@@ -1,6 +1,7 @@
 """DAG files: no import errors, the expected task graph, fast parsing, nothing heavy at parse time."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -14,11 +15,13 @@ EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "feat
                          "evaluate": {"register"}, "register": {"push"}, "push": set()},
             "nightly_scoring": {"wait_for_data": {"ingest", "wait_for_lifecycle", "wait_for_previous_night",
                                                   "wait_for_last_training"},
-                                "wait_for_lifecycle": {"score"}, "wait_for_previous_night": {"decide"},
+                                "wait_for_lifecycle": {"score", "score_shard"}, "wait_for_previous_night": {"decide"},
                                 "wait_for_last_training": {"shadow", "retrain"},
-                                "ingest": {"validate"}, "validate": {"features"},
-                                "features": {"score"}, "score": {"decide", "shadow"}, "shadow": set(),
-                                "decide": {"monitor"}, "monitor": {"retrain"}, "retrain": {"should_retrain"},
+                                "ingest": {"validate"}, "validate": {"features", "shard_plan"},
+                                "shard_plan": {"features_shard", "score_shard", "monitor_shard"},
+                                "features_shard": {"features"}, "score_shard": {"score"}, "monitor_shard": {"monitor"},
+                                "features": {"score", "score_shard"}, "score": {"decide", "shadow"}, "shadow": set(),
+                                "decide": {"monitor", "monitor_shard"}, "monitor": {"retrain"}, "retrain": {"should_retrain"},
                                 "should_retrain": {"trigger_training"}, "trigger_training": set()},
             "labels": {"wait_for_labels": {"ingest_labels", "wait_for_last_night"}, "wait_for_last_night": {"feedback"},
                        "ingest_labels": {"validate_labels"},
@@ -26,7 +29,7 @@ EXPECTED = {"training": {"ingest": {"validate"}, "validate": {"features"}, "feat
 # tasks that wire stages together rather than run one: (task, what its command must contain or None)
 NOT_A_STAGE = {"wait_for_data": "ingest", "should_retrain": None, "trigger_training": None,
                "wait_for_lifecycle": None, "wait_for_previous_night": None, "wait_for_last_night": None,
-               "wait_for_last_training": None,
+               "wait_for_last_training": None, "shard_plan": "shards",
                "wait_for_labels": "ingest", "ingest_labels": "ingest", "validate_labels": "validate"}
 
 
@@ -60,6 +63,9 @@ def test_task_graphs(dagbag):
                 else:
                     assert argv[1:8] == ["-m", "pipelines", "workspace", "repro", run, f"--stage={t.task_id}",
                                          f"--params={REPO / 'params.yaml'}"], argv
+            elif t.task_id.endswith("_shard"):                          # mapped over the shard plan
+                assert t.partial_kwargs["stage"] == t.task_id.removesuffix("_shard") and t.partial_kwargs["date"]
+                assert set(t.expand_input.value) == {"args"}
             elif t.task_id not in NOT_A_STAGE:
                 argv = t.argv(_ctx())                                     # one task = one stage command
                 assert argv[1:4] == ["-m", "pipelines", t.task_id], argv
@@ -380,3 +386,22 @@ def test_the_last_training_gate_waits_for_the_run_the_last_night_triggered():
     assert not g.poke(ctx("skipped", run, "running"))               # a re-run whose trigger found the run: wait
     assert g.poke(ctx("skipped", run, "success"))
     assert g.poke(ctx("success", run, None))                         # the run is gone: nothing to wait for
+
+
+def test_the_shard_plan_maps_only_checked_shard_arguments(dagbag, monkeypatch):
+    """The shard tasks are mapped over `python -m pipelines shards` output: a JSON list of
+    ["--shard=K/N"]; anything else fails the plan (no text from it reaches a command unchecked)."""
+    import fraudops_wiring
+    from airflow.exceptions import AirflowFailException
+
+    plan = dagbag.dags["nightly_scoring"].get_task("shard_plan")
+    assert plan.argv(_ctx())[1:4] == ["-m", "pipelines", "shards"] and "--date=2026-03-01" in plan.argv(_ctx())
+    for out, ok in (('log line\n[["--shard=0/3"], ["--shard=1/3"], ["--shard=2/3"]]', True), ("[]", True),
+                    ('[["--shard=0/3", "--recompute"]]', False), ('[["--shard=0/3;id"]]', False),
+                    ('[["--params=/etc/x.yaml"]]', False), ("not json", False), ('{"a": 1}', False)):
+        monkeypatch.setattr(fraudops_wiring.StageOperator, "execute", lambda self, context, out=out: out)
+        if ok:
+            assert plan.execute({}) == json.loads(out.splitlines()[-1])
+        else:
+            with pytest.raises(AirflowFailException):
+                plan.execute({})
