@@ -3,7 +3,7 @@ the scored day), the incremental path (the day's events + boundary days + per-en
 feature_state partitions) against the recomputation from the raw look-back, in the same run; and
 against the same date with no history at all (the memory anchor).
 
-    python benchmarks/features_incremental.py [--rows-per-day 1000000] [--keep]
+    python benchmarks/features_incremental.py [--rows-per-day 1000000] [--shards 3] [--keep]
 
 A local lake (benchmarks/.out/lake_<rows>) gets 45 days of simulated validated transactions and
 canonical labels (labels of day d land on d + 7), each a committed partition. Then, each in a fresh
@@ -13,8 +13,10 @@ suite off, so only the features are measured), with its wall time and peak RSS:
   2. incremental, a later night (the states exist): what a nightly date costs;
   3. from raw (--from-raw): the whole 37-day look-back read and recomputed (the path before);
   4. no history: the same date in a lake that holds only that day.
-2 and 3 must write the same bytes (checked). Targets (issue 16): 2 well under 3; peak RSS of 2
-within 1.2x of 4.
+  5. with --shards N: the later night in N shards by entity hash, each shard a process of its own
+     (`--shard k/N`, what each mapped Airflow task runs), then the merge (the date's own run).
+2, 3 and 5 must write the same bytes (checked). Targets (issue 16): 2 well under 3; peak RSS of 2
+within 1.2x of 4; (issue 17) a shard's peak RSS about 1/N of 2's.
 """
 from __future__ import annotations
 
@@ -83,14 +85,15 @@ def build(rows: int, lake: Path, only: dt.date | None = None) -> None:
                 part.commit()
 
 
-def params_file(lake: Path, first: dt.date) -> Path:
+def params_file(lake: Path, first: dt.date, shards: int = 1) -> Path:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["storage"]["lake"] = str(lake)
     raw["datasets"]["transactions"]["first_date"] = first.isoformat()
     raw["datasets"]["labels"]["first_date"] = (first + dt.timedelta(days=7)).isoformat()
     raw["validate"]["suites"]["features"] = False
     raw["features"]["incremental"] = True
-    path = lake.parent / f"{lake.name}.params.yaml"
+    raw["shards"] = {"count": shards}
+    path = lake.parent / f"{lake.name}{f'.{shards}-shards' if shards > 1 else ''}.params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -107,6 +110,7 @@ def run(params: Path, day: dt.date, *extra: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows-per-day", type=int, default=1_000_000)
+    ap.add_argument("--shards", type=int, default=1, help="also the later night in this many shards")
     ap.add_argument("--keep", action="store_true", help="keep the generated lakes")
     args = ap.parse_args()
     day = FIRST + dt.timedelta(days=DAYS - 1)
@@ -127,6 +131,17 @@ def main() -> None:
     nohist = run(single, day)
     rows = {"incremental, states made from raw (first night)": first, "incremental (a later night)": nightly,
             "from raw (37-day look-back)": raw, "no history (the day alone)": nohist}
+    if args.shards > 1:
+        from pipelines.core import storage
+
+        sharded = params_file(lake, FIRST, args.shards)
+        for k in range(args.shards):
+            rows[f"shard {k}/{args.shards} (incremental, a process of its own)"] = run(
+                sharded, day, f"--shard={k}/{args.shards}", "--recompute")
+        Path(storage.record_uri(str(out))).unlink()                    # the date to do; its shards are there
+        rows[f"merge of the {args.shards} shards (+ the day's events)"] = merge = run(sharded, day)
+        same = same and out.read_bytes() == inc_bytes
+        shard_peak = max(r["peak_mib"] for n, r in rows.items() if n.startswith("shard "))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     print(f"date {day}, ~{args.rows_per_day:,} rows per day, look-back {DAYS - 1} days of the same volume")
     print(f"{'run':52s} {'wall':>8s} {'peak RSS':>10s}")
@@ -135,7 +150,10 @@ def main() -> None:
     print(f"from raw / incremental, wall: {raw['seconds'] / nightly['seconds']:.2f}x; "
           f"peak RSS: {raw['peak_mib'] / nightly['peak_mib']:.2f}x")
     print(f"incremental peak RSS / no-history peak RSS: {nightly['peak_mib'] / nohist['peak_mib']:.2f} (target <= 1.2)")
-    print(f"incremental bytes == from-raw bytes: {same}")
+    if args.shards > 1:
+        print(f"largest shard peak RSS / unsharded incremental: {shard_peak / nightly['peak_mib']:.2f} (1/N = "
+              f"{1 / args.shards:.2f}); merge peak RSS / unsharded: {merge['peak_mib'] / nightly['peak_mib']:.2f}")
+    print(f"incremental bytes == from-raw bytes{' == merged shards bytes' if args.shards > 1 else ''}: {same}")
     if not args.keep:
         for folder in (lake, alone):
             shutil.rmtree(folder, ignore_errors=True)

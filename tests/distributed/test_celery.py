@@ -1,7 +1,9 @@
 """The distributed stack (`stack up --distributed`: PostgreSQL, Redis, Airflow's CeleryExecutor with
 two workers) running the nightly DAG: a backfill over 5 dates spreads its task instances over both
 workers and gives the same bytes as the stages run directly (what the LocalExecutor runs); a worker
-killed mid-task: the task is retried on the other worker and its date ends the same.
+killed mid-task: the task is retried on the other worker and its date ends the same; a date in 3
+shards (features by entity hash, score and monitor by batch: mapped task instances on both workers)
+gives the bytes of the date in one piece.
 
 Run by `make test-distributed` (FRAUDOPS_TEST_DISTRIBUTED=1: tests/conftest.py gives the session
 fixtures a distributed stack of their own)."""
@@ -23,7 +25,7 @@ from tests.conftest import DISTRIBUTED
 
 pytestmark = pytest.mark.integration
 assert DISTRIBUTED, "run by make test-distributed (tests/conftest.py collects tests/distributed only then)"
-FIRST, LAST, KILL_DAY = "2026-03-01", "2026-03-05", "2026-03-06"
+FIRST, LAST, KILL_DAY, SHARD_DAY = "2026-03-01", "2026-03-05", "2026-03-06", "2026-03-07"
 DAYS = [d.isoformat() for d in date_range(parse_date(FIRST), parse_date(LAST))]
 STAGES = ("ingest", "validate", "features", "score", "decide", "monitor")
 KINDS = ("canonical", "validated", "features", "predictions", "decisions", "monitoring")
@@ -59,11 +61,12 @@ def backfill(stack, nightly_champion):
     demo = {**params.section("demo_data"), "bugs": [], "nightly": None, "drift": None}
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     write_demo(DemoParams.from_dict(demo), tx.partition_uri, lb.partition_uri, parse_date("2026-02-22"),
-               parse_date(KILL_DAY))
+               parse_date(SHARD_DAY))
     client = AirflowClient()
     client.wait_for_dag("nightly_scoring")
     client.wait_for_dag("training")
     client.delete_run("nightly_scoring", f"kill__{KILL_DAY}")        # a reused state: start clean
+    client.delete_run("nightly_scoring", f"shards__{SHARD_DAY}")
     for old in client._request("GET", "/api/v2/backfills?dag_id=nightly_scoring&limit=100")["backfills"]:
         if not old.get("completed_at"):          # an interrupted session's backfill: one may run at a time
             client._request("PUT", f"/api/v2/backfills/{old['id']}/cancel")
@@ -145,3 +148,34 @@ def test_a_worker_killed_mid_task_the_task_is_retried_on_the_other_worker(backfi
     before = _outputs(params, KILL_DAY)
     _recompute(params, KILL_DAY)
     assert _outputs(params, KILL_DAY) == before
+
+
+def test_a_date_in_three_shards_gives_the_bytes_of_one_piece(backfill):
+    """shards.count 3: shard_plan maps features_shard, score_shard and monitor_shard over three shards
+    (task instances on both workers); features, score and monitor merge them; every partition of the
+    date is the bytes the stages make in one piece (run directly, shards.count 1); no shard is left."""
+    import yaml
+
+    client, params = backfill["client"], backfill["params"]
+    raw = yaml.safe_load(params.path.read_text())
+    raw["shards"] = {"count": 3}
+    sharded = params.path.with_name("params-shards.yaml")
+    sharded.write_text(yaml.safe_dump(raw, sort_keys=False))
+    run_id = f"shards__{SHARD_DAY}"
+    client.trigger("nightly_scoring", {"params_file": str(sharded)}, run_id=run_id,
+                   logical_date=f"{SHARD_DAY}T00:00:00+00:00")
+    run = client.wait("nightly_scoring", run_id, timeout=900)
+    tis = client._request("GET", f"/api/v2/dags/nightly_scoring/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+    assert run["state"] == "success", [(t["task_id"], t["map_index"], t["state"]) for t in tis]
+    mapped = {(t["task_id"], t["map_index"]): t for t in tis if t["task_id"].endswith("_shard")}
+    assert sorted(mapped) == [(f"{s}_shard", k) for s in ("features", "monitor", "score") for k in range(3)], sorted(mapped)
+    assert {t["state"] for t in mapped.values()} == {"success"}
+    assert {t["hostname"].split("@")[0] for t in mapped.values()} == {"worker1", "worker2"}
+    logs = {s: client.task_log("nightly_scoring", run_id, s) for s in ("features", "score", "monitor")}
+    assert "merged from 3 shards" in logs["features"] and "observed in 3 shards" in logs["monitor"], logs
+    assert logs["score"].count("unchanged since its record") >= 3, logs["score"]       # the three tasks' shards merged
+    store = params.storage
+    assert not [u for u in storage.list_uris(f"{store.lake}/_shards/") if f"date={SHARD_DAY}/" in u]
+    before = _outputs(params, SHARD_DAY)
+    _recompute(params, SHARD_DAY)                                    # in one piece: shards.count 1
+    assert _outputs(params, SHARD_DAY) == before
