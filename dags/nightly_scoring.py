@@ -15,7 +15,7 @@ registers shadows from tonight, and tonight's retrain decision knows it is in sh
 timeout (2 h) they are skipped and the run goes on with what is there (the aliases as they are; the
 earlier days present).
 
-A date too large for one worker (params shards.count = N > 1): `shard_plan` (after validate) lists
+A date too large for one worker (params shards.count = N > 1): `shard_plan` (beside ingest) lists
 the N shard tasks, and `features_shard`, `score_shard` and `monitor_shard` are mapped over that list
 (dynamic task mapping: N task instances each, `--shard=k/N`, spread over the workers); each publishes
 its own shard partition, and the stage's own task (features, score, monitor) merges them into the
@@ -89,7 +89,8 @@ with daily_dag("nightly_scoring", "score the day with the champion, decide, moni
         skip_when_already_exists=True,       # re-running a date never triggers a second training
     )
     wait >> ingest >> validate >> features >> score >> decide >> monitor >> retrain >> should >> trigger
-    validate >> plan >> features_shards >> features
+    wait >> plan             # reads the params only: beside ingest and validate, it costs the night no time
+    validate >> features_shards >> features
     features >> score_shards >> score
     decide >> monitor_shards >> monitor
     score >> shadow          # the challenger scores next to the champion; its scores never reach decide
