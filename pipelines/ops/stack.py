@@ -421,8 +421,13 @@ def _service_command(lay: Layout, name: str, env: dict[str, str]) -> tuple[list[
 DEPS_HINT = "run `make distributed-deps` (Debian's postgresql and redis-server)"
 
 
+PG_SERVICES = ("airflow", "mlflow")      # one database and one login role each (the role owns the database)
+
+
 def _pg_url(lay: Layout, db: str) -> str:
-    return f"postgresql+psycopg2://fraudops:{_secret(lay.home, 'postgres_password')}@127.0.0.1:{lay.pg_port}/{db}"
+    """The service `db`'s own login (not the superuser): Airflow cannot read MLflow's store, nor MLflow
+    Airflow's, and neither can create roles or databases."""
+    return f"postgresql+psycopg2://{db}:{_secret(lay.home, f'postgres_{db}_password')}@127.0.0.1:{lay.pg_port}/{db}"
 
 
 def _pg_bin(name: str) -> str:
@@ -459,7 +464,9 @@ def _db_owned(path: Path) -> None:
 
 def _start_postgres(lay: Layout, env: dict[str, str], timeout: float) -> None:
     """PostgreSQL on 127.0.0.1:pg_port (TCP only, scram-sha-256), its data in .state/postgres/data,
-    made by initdb on the first start; the databases `airflow` and `mlflow`, owned by `fraudops`."""
+    made by initdb on the first start (superuser `fraudops`, used only here); the databases `airflow`
+    and `mlflow`, each owned by a login role of the same name with a password of its own (what the
+    services connect as). A database made before the roles existed is handed over to its role."""
     import psycopg2
 
     pg = _private_dir(lay.home / "postgres")
@@ -495,16 +502,60 @@ def _start_postgres(lay: Layout, env: dict[str, str], timeout: float) -> None:
             return False
 
     _wait("PostgreSQL", ready, timeout, lay, "postgres")
+    from psycopg2 import sql
+
     conn = connect()
+    handed = []
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
-            for db in ("airflow", "mlflow"):
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
-                if cur.fetchone() is None:
-                    cur.execute(f'CREATE DATABASE "{db}"')
+            for db in PG_SERVICES:
+                role = sql.Identifier(db)
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (db,))
+                verb = "ALTER" if cur.fetchone() else "CREATE"
+                cur.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(role),
+                            (_secret(lay.home, f"postgres_{db}_password"),))
+                cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (db,))
+                row = cur.fetchone()
+                if row is None:
+                    cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(role, role))
+                elif row[0] != db:
+                    cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(role, role))
+                    handed.append(db)
+                cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(role))
     finally:
         conn.close()
+    for db in handed:                     # objects the superuser made there (a stack of an earlier version)
+        conn = connect(db)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(_HAND_OVER, {"role": db})
+        finally:
+            conn.close()
+
+
+# every table, view, sequence and type of the public schema not owned by the service's role, handed to it
+# (%% is psycopg2's escape of format()'s %)
+_HAND_OVER = """
+DO $$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT format('ALTER %%s public.%%I OWNER TO %%I',
+                         CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                        ELSE 'TABLE' END, c.relname, %(role)s) AS q
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+             AND pg_get_userbyid(c.relowner) <> %(role)s
+             AND NOT (c.relkind = 'S' AND EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')))
+  LOOP EXECUTE r.q; END LOOP;
+  FOR r IN SELECT format('ALTER TYPE public.%%I OWNER TO %%I', t.typname, %(role)s) AS q
+           FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+           WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'c') AND pg_get_userbyid(t.typowner) <> %(role)s
+             AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.typrelid AND c.relkind <> 'c')
+  LOOP EXECUTE r.q; END LOOP;
+END $$;
+"""
 
 
 def _start_redis(lay: Layout, env: dict[str, str], timeout: float) -> None:

@@ -87,6 +87,32 @@ def backfill(stack, nightly_champion):
     return {**nightly_champion, "client": client, "runs": mine, "params": params, "seconds": time.monotonic() - started}
 
 
+def test_airflow_and_mlflow_each_log_in_to_postgres_as_a_role_of_their_own(stack):
+    """Not the superuser: each service's login owns its database, cannot create roles or databases,
+    and cannot even connect to the other service's database."""
+    import psycopg2
+
+    from pipelines.ops import stack as st
+
+    lay = st.layout()
+    assert os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+    for db, other in (("airflow", "mlflow"), ("mlflow", "airflow")):
+        login = dict(host="127.0.0.1", port=lay.pg_port, user=db, password=st._secret(lay.home, f"postgres_{db}_password"))
+        conn = psycopg2.connect(dbname=db, **login)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user")
+                assert cur.fetchone() == (False, False, False)
+                cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner <> %s", (db,))
+                assert cur.fetchone() == (0,)
+                cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+                assert cur.fetchone()[0] > 10                      # the service's own tables, made as that role
+        finally:
+            conn.close()
+        with pytest.raises(psycopg2.OperationalError, match="permission denied"):
+            psycopg2.connect(dbname=other, **login)
+
+
 def test_a_backfill_over_five_dates_runs_on_both_celery_workers(backfill):
     client, runs = backfill["client"], backfill["runs"]
     tis = {d: client.task_instances("nightly_scoring", r["dag_run_id"]) for d, r in runs.items()}
