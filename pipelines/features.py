@@ -979,7 +979,12 @@ def _merged(params, day: dt.date, count: int, pub, date_key: dict, from_raw: boo
     reads = {u: sha for u, sha in records[0]["inputs"].items()}
     if any(r["inputs"] != reads or r["missing_history"] != records[0]["missing_history"] for r in records):
         raise shards.ShardError(f"features {day}: the shards were made from different look-backs; run them again")
-    today = _read(lineage.Reader(), params.storage.uri("validated", dataset=tx.name, date=day.isoformat()))
+    own = lineage.Reader()
+    uri = params.storage.uri("validated", dataset=tx.name, date=day.isoformat())
+    today = _read(own, uri)
+    if own.consumed.get(uri) != date_key["inputs"].get(uri):
+        raise shards.ShardError(f"features {day}: {storage.where(uri)} changed after the shards were made (re-validated?); "
+                                f"nothing published (run the date again)")
     feats = merge_shards(today, parts, spec, day, day, entities, numerics)
     log.info("features %s: merged from %d shards", day, count)
     return feats, records[0]["missing_history"], {day: reads}, records
@@ -1051,8 +1056,8 @@ def main(argv: list[str]) -> int:
             out.put_json(store.uri("features_manifest", date=day.isoformat()),
                          manifest(part, spec, numerics, entities, day, missing))
             out.commit()
-            for rec in merged:                # merged and published: the shards have served
-                shards.remove(pub, rec)
+            if merged:                        # merged and published: the shards have served
+                shards.clear(store, "features", day, count)
             log.info("features %s: %d rows, %d features", day, part.height, len(feature_names(spec, numerics)))
         if failures:
             raise StageFailed.of("features blocked", failures)

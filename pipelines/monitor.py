@@ -409,7 +409,7 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
     p, store = params.monitor, params.storage
     d = ds.isoformat()
     key = run_key(params, ds)
-    if shard is not None and lineage.reusable(store.uri("monitoring", date=d), key, snapshot) is not None:
+    if shard is not None and lineage.reusable(store.uri("monitoring", date=d), key, snapshot, recompute) is not None:
         log.info("monitor %s shard %s: the date is monitored already from the same inputs; nothing to do", d, shard)
         return {"skipped": True}
     if lineage.reusable(store.uri("monitoring", date=d), key, snapshot, recompute) is not None:
@@ -452,6 +452,12 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
                 merged = [_shard(params, ds, pub, reader, key, k, batches, recompute) for k in shards.all_of(count)]
             own = lineage.Reader()               # the shards are not inputs of the date's record
             states = [own.read_json(r["primary"], primary=r["primary"]) for r in merged]
+            batches_seen = pl.Series([i for st in states for i in st["batches"]], dtype=pl.Int64)
+            shards.check_rows(batches_seen, batches_seen.n_unique(), f"monitor {d} (prediction batches)")
+            total = pq.ParquetFile(str(pred_path)).metadata.num_rows
+            if sum(st["rows"] for st in states) != total:
+                raise shards.ShardError(f"monitor {d}: the shards observed {sum(st['rows'] for st in states)} rows for "
+                                        f"{total} predictions; nothing published (run the date's shards again)")
             obs = Observer.merged(profile, p, states).result()
             log.info("monitor %s: observed in %d shards", d, count)
         else:
@@ -465,8 +471,8 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
     alerts = alerts_of(metrics, ds, details["drifted_features"], (dec_summary.get("guardrails") or {}).get("breaches", []))
     with storage.publishing(store.lake, snapshot) as pub:
         record = _publish_day(pub, reader, params, ds, metrics, perf, alerts, details, model_doc, dec_summary, key)
-        for rec in merged:              # merged and published: the shards have served
-            shards.remove(pub, rec)
+        if merged:                      # merged and published: the shards have served
+            shards.clear(store, "monitor", ds, count)
         return record
 
 

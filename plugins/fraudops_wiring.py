@@ -199,9 +199,10 @@ class ShardPlan(StageOperator):
             plan = json.loads(last.strip().splitlines()[-1])
         except (ValueError, IndexError):
             raise AirflowFailException(f"python -m pipelines shards: not a JSON list: {last[-300:]!r}") from None
-        if not isinstance(plan, list) or not all(
-                isinstance(v, list) and len(v) == 1 and re.fullmatch(r"--shard=\d{1,2}/\d{1,2}", str(v[0])) for v in plan):
-            raise AirflowFailException(f"python -m pipelines shards: refused {str(plan)[:300]}: not [[\"--shard=K/N\"], ...]")
+        n = len(plan) if isinstance(plan, list) else -1
+        if plan != [[f"--shard={k}/{n}"] for k in range(n)] or n == 1 or n > 64:
+            raise AirflowFailException(f"python -m pipelines shards: refused {str(plan)[:300]}: not [] nor "
+                                       f"[[\"--shard=0/N\"], ..., [\"--shard=N-1/N\"]]")
         return plan
 
 

@@ -363,14 +363,14 @@ def _score_shard(params, ds: dt.date, served: Served, pub, path, fman: dict, uri
 
 
 def _merge_shards(params, ds: dt.date, served: Served, pub, path, fman: dict, uri: str, read: lineage.Reader,
-                  key: dict, count: int, recompute: bool, sink: storage.ParquetSink) -> tuple[dict, list[dict]]:
+                  key: dict, count: int, recompute: bool, sink: storage.ParquetSink) -> dict:
     """The date's predictions written to `sink` from its shards, batch by batch in the order of the
     feature partition (every batch from exactly one shard); the shards' stats merged."""
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
     if pq.ParquetFile(str(path)).metadata.num_rows == 0:     # nothing to split: one (empty) file as always
-        return score_file(path, fman, served, params.score, ds, uri, sink), []
+        return score_file(path, fman, served, params.score, ds, uri, sink)
     records = [_score_shard(params, ds, served, pub, path, fman, uri, read, key, s, recompute)
                for s in shards.all_of(count)]
     owner = {i: (k, rows) for k, r in enumerate(records) for i, rows in r["batches"]}
@@ -389,14 +389,17 @@ def _merge_shards(params, ds: dt.date, served: Served, pub, path, fman: dict, ur
             sink.write(streams[k].take(rows))
         if any(s.left() for s in streams):
             raise shards.ShardError(f"score {ds}: a shard holds rows beyond its batches; nothing published")
-    parts = []
+    parts, seconds = [], time.perf_counter() - t0               # the merge's own time, plus each shard's
     for r in records:
+        where = f"{r['primary'].rsplit('/', 1)[0]}/_stats.json"
         try:
-            parts += storage.read_json(f"{r['primary'].rsplit('/', 1)[0]}/_stats.json").get("parts") or []
+            st = storage.read_json(where)
+            parts += st.get("parts") or []
+            seconds += st.get("seconds") or 0.0
         except storage.MissingObject:
-            pass
-    stats = merge_stats(parts, time.perf_counter() - t0, params.score.chunk_rows)
-    return {**stats, "shards": count}, records
+            log.warning("score %s: %s missing: the shard's timings are not in the date's stats", ds, storage.where(where))
+    stats = merge_stats(parts, seconds, params.score.chunk_rows)
+    return {**stats, "shards": count}
 
 
 OUTPUTS = {"champion": ("predictions", "scored_model", "scoring_stats"),
@@ -446,7 +449,7 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
     kind, model_kind, stats_kind = OUTPUTS[role]
     key = run_key(params, ds, served, role)
     stats = None
-    if shard is not None and _unchanged(store.uri(kind, date=d), key) is not None:
+    if shard is not None and not recompute and _unchanged(store.uri(kind, date=d), key) is not None:
         log.info("score %s shard %s: the date is scored already from the same inputs (key %s); nothing to do", d, shard,
                  key["key"][:12])
         return {"skipped": True}
@@ -471,17 +474,17 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
                                     **({"run": key} if key else {})})
         sink = storage.ParquetSink(primary, tmp, part)
         if count > 1 and key is not None and pub.snapshot is None:
-            stats, merged = _merge_shards(params, ds, served, pub, path, fman, uri, reader, key, count, recompute, sink)
+            stats = _merge_shards(params, ds, served, pub, path, fman, uri, reader, key, count, recompute, sink)
         else:
-            stats, merged = score_file(path, fman, served, p, ds, uri, sink), []
+            stats = score_file(path, fman, served, p, ds, uri, sink)
         imp = M.importance(served.booster, served.manifest["feature_names"]) if served.booster is not None else {}
         part.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role, "reference_profile": served.profile,
                                                       "importance": imp})
         part.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri}, volatile=True)
         sink.close()
         part.commit()                  # the record last: until it is written, the date is not scored
-        for rec in merged:             # merged and published: the shards have served
-            shards.remove(pub, rec)
+        if count > 1 and key is not None and pub.snapshot is None:   # merged and published: the shards have served
+            shards.clear(store, "score", ds, count)
     log.info("score %s (%s): %d rows by %s%s in %.2fs (%.0f rows/s), chunk p95 %.1f ms -> %s", d, role, stats["rows"],
              served.scored_by, f" v{served.version}" if served.version else "",
              stats["seconds"], stats["rows_per_s"] or 0, stats["chunk_latency_ms"]["p95"], store.uri(kind, date=d))

@@ -102,13 +102,10 @@ def reusable(primary: str, shard_key: dict | None, recompute: bool = False) -> d
     return None if recompute else lineage.unchanged(primary, shard_key, {})
 
 
-def remove(pub: storage.Publisher, record: dict) -> None:
-    """A merged shard's partition withdrawn: its record first, then its objects."""
-    primary = record["primary"]
-    pub.remove(primary)
-    for uri in record.get("objects") or {}:
-        if uri != primary:
-            storage.delete(uri)
+def clear(store, stage: str, day: dt.date, count: int) -> int:
+    """The date's shards of `stage` removed once their merge is published: each shard's folder with
+    everything in it (record, objects, timings), whether a merge used it or not. The objects count."""
+    return sum(storage.delete_prefix(folder(store, stage, day, s)) for s in all_of(count))
 
 
 def check_rows(rows: pl.Series, n: int, what: str) -> None:

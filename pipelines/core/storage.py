@@ -228,8 +228,10 @@ def exists(uri: str) -> bool:
     return local_path(uri).is_file()
 
 
-def list_uris(prefix: str) -> list[str]:
-    """All object URIs under `prefix` (a folder), sorted; hidden/temporary files (. or _) excluded."""
+def list_uris(prefix: str, hidden: bool = False) -> list[str]:
+    """All object URIs under `prefix` (a folder), sorted; hidden/temporary files (. or _) excluded
+    unless `hidden`."""
+    skip = () if hidden else (".", "_")
     if is_s3(prefix):
         bucket, key = split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
@@ -237,13 +239,13 @@ def list_uris(prefix: str) -> list[str]:
         with _s3_errors(prefix, "list"):
             for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
                 out.extend(f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", []))
-        return sorted(u for u in out if not u.rsplit("/", 1)[-1].startswith((".", "_")))
+        return sorted(u for u in out if not (skip and u.rsplit("/", 1)[-1].startswith(skip)))
     root = local_path(prefix)
     if not root.is_dir():
         return []
     base = prefix.rstrip("/")
     return sorted(f"{base}/{p.relative_to(root).as_posix()}" for p in root.rglob("*")
-                  if p.is_file() and not p.name.startswith((".", "_")))
+                  if p.is_file() and not (skip and p.name.startswith(skip)))
 
 
 def delete_prefix(prefix: str) -> int:

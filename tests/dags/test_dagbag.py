@@ -398,6 +398,8 @@ def test_the_shard_plan_maps_only_checked_shard_arguments(dagbag, monkeypatch):
     assert plan.argv(_ctx())[1:4] == ["-m", "pipelines", "shards"] and "--date=2026-03-01" in plan.argv(_ctx())
     for out, ok in (('log line\n[["--shard=0/3"], ["--shard=1/3"], ["--shard=2/3"]]', True), ("[]", True),
                     ('[["--shard=0/3", "--recompute"]]', False), ('[["--shard=0/3;id"]]', False),
+                    ('[["--shard=0/3"], ["--shard=0/3"], ["--shard=2/3"]]', False), ('[["--shard=0/2"]]', False),
+                    ('[["--shard=0/1"]]', False), ('[["--shard=\u0661/2"], ["--shard=1/2"]]', False),
                     ('[["--params=/etc/x.yaml"]]', False), ("not json", False), ('{"a": 1}', False)):
         monkeypatch.setattr(fraudops_wiring.StageOperator, "execute", lambda self, context, out=out: out)
         if ok:

@@ -201,7 +201,7 @@ def test_a_date_in_three_shards_gives_the_bytes_of_one_piece(backfill):
     assert "merged from 3 shards" in logs["features"] and "observed in 3 shards" in logs["monitor"], logs
     assert logs["score"].count("unchanged since its record") >= 3, logs["score"]       # the three tasks' shards merged
     store = params.storage
-    assert not [u for u in storage.list_uris(f"{store.lake}/_shards/") if f"date={SHARD_DAY}/" in u]
+    assert not [u for u in storage.list_uris(f"{store.lake}/_shards/", hidden=True) if f"date={SHARD_DAY}/" in u]
     before = _outputs(params, SHARD_DAY)
     _recompute(params, SHARD_DAY)                                    # in one piece: shards.count 1
     assert _outputs(params, SHARD_DAY) == before
