@@ -950,10 +950,8 @@ def publish_shard(params, day: dt.date, shard: Shard, pub, date_key: dict | None
     grouped = list(dict.fromkeys([*params.features.rolling, *params.features.time_since_last,
                                   *params.features.target_rate]))
     primary = f"{where}/{grouped[0]}.parquet"
-    skey = shards.key(date_key, shard)
-    rec = shards.reusable(primary, skey, recompute)
+    skey, rec = shards.found(log, "features", day, shard, primary, date_key, recompute)
     if rec is not None:
-        log.info("features %s shard %s: unchanged since its record (key %s) -> %s", day, shard, skey["key"][:12], primary)
         return rec
     blocks, missing, reads = _compute(params, [day], pub, {day: date_key}, from_raw, shard)
     part = pub.partition(primary, "features", inputs=reads[day],

@@ -485,10 +485,8 @@ def _shard(params, ds: dt.date, pub: storage.Publisher, reader: lineage.Reader, 
     """One shard's observation of the day (batch i to shard i mod N: counts), a partition of its own;
     kept when one with the same key (the date's run key and k/N) is there. Returns its record."""
     primary = f"{shards.folder(params.storage, 'monitor', ds, shard)}/observed.json"
-    skey = shards.key(key, shard)
-    rec = shards.reusable(primary, skey, recompute)
+    skey, rec = shards.found(log, "monitor", ds, shard, primary, key, recompute)
     if rec is not None:
-        log.info("monitor %s shard %s: unchanged since its record (key %s) -> %s", ds, shard, skey["key"][:12], primary)
         return rec
     obs = batches(shard)
     part = pub.partition(primary, "monitor", inputs=reader.consumed, extra={"run": skey, "shard": str(shard)})

@@ -344,10 +344,8 @@ def _score_shard(params, ds: dt.date, served: Served, pub, path, fman: dict, uri
     the same key (the date's run key and k/N) is there. Returns its record."""
     where = shards.folder(params.storage, "score", ds, shard)
     primary = f"{where}/part-0.parquet"
-    skey = shards.key(key, shard)
-    rec = shards.reusable(primary, skey, recompute)
+    skey, rec = shards.found(log, "score", ds, shard, primary, key, recompute)
     if rec is not None:
-        log.info("score %s shard %s: unchanged since its record (key %s) -> %s", ds, shard, skey["key"][:12], primary)
         return rec
     with tempfile.TemporaryDirectory(prefix="score-shard-") as tmp:
         sink = storage.ParquetSink(primary, tmp, None)

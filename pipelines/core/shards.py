@@ -97,9 +97,16 @@ def key(date_key: dict | None, shard: Shard) -> dict | None:
     return None if date_key is None else lineage.keyed({"date_key": date_key["key"], "shard": str(shard)})
 
 
-def reusable(primary: str, shard_key: dict | None, recompute: bool = False) -> dict | None:
-    """The record of a shard published under `shard_key` whose objects still have their bytes."""
-    return None if recompute else lineage.unchanged(primary, shard_key, {})
+def found(log, stage: str, day: dt.date, shard: Shard, primary: str, date_key: dict | None,
+          recompute: bool = False) -> tuple[dict | None, dict | None]:
+    """The shard's run key, and the record of the shard published under it at `primary` whose objects
+    still have their bytes (None: make it; never when asked to recompute); `log` says which."""
+    skey = key(date_key, shard)
+    rec = None if recompute else lineage.unchanged(primary, skey, {})
+    if rec is not None:
+        log.info("%s %s shard %s: unchanged since its record (key %s) -> %s", stage, day, shard, skey["key"][:12],
+                 primary)
+    return skey, rec
 
 
 def clear(store, stage: str, day: dt.date, count: int) -> int:
