@@ -48,8 +48,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.core import lineage, storage
-from pipelines.core import shards
+from pipelines.core import lineage, shards, storage
 from pipelines.core.shards import Shard, check_rows
 from pipelines.core.cli import StageFailed, progress, resolve, stage_parser
 from pipelines.core.config import FeatureParams, date_range
@@ -275,12 +274,17 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: boo
     return out.drop("__i")
 
 
+def _grouped(spec: FeatureParams) -> list[str]:
+    """The entities that get features of their own, in the spec's order."""
+    return list(dict.fromkeys([*spec.rolling, *spec.time_since_last, *spec.target_rate]))
+
+
 def _prepared(events: pl.DataFrame, spec: FeatureParams, start: dt.date, end: dt.date
               ) -> tuple[pl.DataFrame, list[str], pl.Series, bool]:
     """The events sorted by (event_ts, event_id) with their time and entity codes; the entities that
     get features; which rows are the target dates' (and whether all are)."""
     base = events if _is_sorted(events) else events.sort(["event_ts", "event_id"])   # partitions arrive sorted
-    grouped = list(dict.fromkeys([*spec.rolling, *spec.time_since_last, *spec.target_rate]))
+    grouped = _grouped(spec)
     base = base.with_columns(pl.col("event_ts").cast(pl.Int64).alias("__t"),   # entity codes, once
                              *[pl.col(e).cast(pl.Categorical).to_physical().alias(_code(e)) for e in grouped])
     lo = dt.datetime.combine(start, dt.time())
@@ -834,7 +838,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         uri = store.uri("validated", dataset=tx.name, date=day.isoformat())
         today = _read(reader, uri)
         midnight = bool(today.select((pl.col("event_ts") == dt.datetime.combine(day, dt.time())).any()).item())
-        grouped = list(dict.fromkeys([*spec.rolling, *spec.time_since_last, *spec.target_rate]))
+        grouped = _grouped(spec)
         ids = {e: (today if shard is None else today.filter(shard.of_entity(e))).select(pl.col(e).cast(pl.String).unique())
                for e in grouped}
         seen = pl.concat([v.rename({e: "id"}).with_columns(pl.lit(e).alias("entity")) for e, v in ids.items()]) \
@@ -947,8 +951,7 @@ def publish_shard(params, day: dt.date, shard: Shard, pub, date_key: dict | None
     """One shard of `day`'s features (its entities' blocks, one object per entity) published as a
     partition of its own; kept when one with the same key is there. Returns its record."""
     where = shards.folder(params.storage, "features", day, shard)
-    grouped = list(dict.fromkeys([*params.features.rolling, *params.features.time_since_last,
-                                  *params.features.target_rate]))
+    grouped = _grouped(params.features)
     primary = f"{where}/{grouped[0]}.parquet"
     skey, rec = shards.found(log, "features", day, shard, primary, date_key, recompute)
     if rec is not None:
@@ -974,7 +977,7 @@ def _merged(params, day: dt.date, count: int, pub, date_key: dict, from_raw: boo
     records = [publish_shard(params, day, s, pub, date_key, from_raw, recompute) for s in shards.all_of(count)]
     reader = lineage.Reader()
     parts = [{Path(u).stem: _read(reader, u, primary=r["primary"]) for u in r["objects"]} for r in records]
-    reads = {u: sha for u, sha in records[0]["inputs"].items()}
+    reads = dict(records[0]["inputs"])
     if any(r["inputs"] != reads or r["missing_history"] != records[0]["missing_history"] for r in records):
         raise shards.ShardError(f"features {day}: the shards were made from different look-backs; run them again")
     own = lineage.Reader()
@@ -985,7 +988,7 @@ def _merged(params, day: dt.date, count: int, pub, date_key: dict, from_raw: boo
                                 f"nothing published (run the date again)")
     feats = merge_shards(today, parts, spec, day, day, entities, numerics)
     log.info("features %s: merged from %d shards", day, count)
-    return feats, records[0]["missing_history"], {day: reads}, records
+    return feats, records[0]["missing_history"], {day: reads}
 
 
 def main(argv: list[str]) -> int:
@@ -1022,7 +1025,7 @@ def main(argv: list[str]) -> int:
             else:
                 log.info("features %s: unchanged since its record (the same look-back partitions, spec, suite and "
                          "code: key %s); nothing recomputed -> %s", day, key["key"][:12], uri)
-        count = params.shards.count if pub.snapshot is None else 1   # a DVC output: one process, no shards
+        count = 1 if storage.snapshotting(pub) else params.shards.count   # a DVC output: one process, no shards
         shards.checked(args.shard, count, days, "features")
         if not todo:
             return 0
@@ -1030,10 +1033,9 @@ def main(argv: list[str]) -> int:
         if args.shard is not None:
             publish_shard(params, start, args.shard, pub, keys[start], args.from_raw, args.recompute)
             return 0
-        merged: list[dict] = []
-        if count > 1 and start == end and keys[start] is not None:
-            feats, missing, reads, merged = _merged(params, start, count, pub, keys[start], args.from_raw,
-                                                    args.recompute)
+        sharded = count > 1 and start == end and keys[start] is not None
+        if sharded:
+            feats, missing, reads = _merged(params, start, count, pub, keys[start], args.from_raw, args.recompute)
         else:
             feats, missing, reads = _compute(params, todo, pub, keys, args.from_raw)
         for day in progress(todo, "features"):
@@ -1054,7 +1056,7 @@ def main(argv: list[str]) -> int:
             out.put_json(store.uri("features_manifest", date=day.isoformat()),
                          manifest(part, spec, numerics, entities, day, missing))
             out.commit()
-            if merged:                        # merged and published: the shards have served
+            if sharded:                       # merged and published: the shards have served
                 shards.clear(store, "features", day, count)
             log.info("features %s: %d rows, %d features", day, part.height, len(feature_names(spec, numerics)))
         if failures:

@@ -27,7 +27,6 @@ import json
 import logging
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -409,10 +408,11 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
     p, store = params.monitor, params.storage
     d = ds.isoformat()
     key = run_key(params, ds)
-    if shard is not None and lineage.reusable(store.uri("monitoring", date=d), key, snapshot, recompute) is not None:
+    done = lineage.reusable(store.uri("monitoring", date=d), key, snapshot, recompute) is not None
+    if done and shard is not None:
         log.info("monitor %s shard %s: the date is monitored already from the same inputs; nothing to do", d, shard)
         return {"skipped": True}
-    if lineage.reusable(store.uri("monitoring", date=d), key, snapshot, recompute) is not None:
+    if done:
         try:
             record = storage.read_json(store.uri("alerts", date=d))
             log.info("monitor %s: unchanged since its record (the same predictions, decisions, features, earlier "
@@ -447,17 +447,13 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
             with storage.publishing(store.lake, snapshot) as pub:
                 return _shard(params, ds, pub, reader, key, shard, batches, recompute)
         merged = []
-        if count > 1 and key is not None and not snapshot_folder(snapshot):
+        if count > 1 and key is not None and not storage.snapshotting(snapshot):
             with storage.publishing(store.lake, snapshot) as pub:
                 merged = [_shard(params, ds, pub, reader, key, k, batches, recompute) for k in shards.all_of(count)]
             own = lineage.Reader()               # the shards are not inputs of the date's record
             states = [own.read_json(r["primary"], primary=r["primary"]) for r in merged]
-            batches_seen = pl.Series([i for st in states for i in st["batches"]], dtype=pl.Int64)
-            shards.check_rows(batches_seen, batches_seen.n_unique(), f"monitor {d} (prediction batches)")
-            total = pq.ParquetFile(str(pred_path)).metadata.num_rows
-            if sum(st["rows"] for st in states) != total:
-                raise shards.ShardError(f"monitor {d}: the shards observed {sum(st['rows'] for st in states)} rows for "
-                                        f"{total} predictions; nothing published (run the date's shards again)")
+            shards.check_batches([i for st in states for i in st["batches"]], sum(st["rows"] for st in states),
+                                 pq.ParquetFile(str(pred_path)).metadata.num_rows, f"monitor {d} (predictions)")
             obs = Observer.merged(profile, p, states).result()
             log.info("monitor %s: observed in %d shards", d, count)
         else:
@@ -474,10 +470,6 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
         if merged:                      # merged and published: the shards have served
             shards.clear(store, "monitor", ds, count)
         return record
-
-
-def snapshot_folder(snapshot) -> bool:
-    return isinstance(snapshot, (str, Path)) or getattr(snapshot, "snapshot", None) is not None
 
 
 def _shard(params, ds: dt.date, pub: storage.Publisher, reader: lineage.Reader, key: dict | None, shard: Shard,

@@ -176,7 +176,7 @@ class ScoreDrift:
         self.edges = np.asarray(ref["edges"], float) if ref else np.linspace(0, 1, 21)
         self.hist = np.zeros(len(self.edges) - 1, np.int64)
         self.fine = np.zeros(self.FINE, np.int64)
-        self.n, self.total = 0, 0.0
+        self.n = 0
         self.sums: list[float] = []          # per update: the mean is their sum in update order
 
     def update(self, score: np.ndarray) -> "ScoreDrift":
@@ -185,7 +185,6 @@ class ScoreDrift:
         self.fine += np.bincount(np.clip((score * self.FINE).astype(np.int64), 0, self.FINE - 1), minlength=self.FINE)
         self.n += len(score)
         self.sums.append(float(score.sum()))
-        self.total += self.sums[-1]
         return self
 
     def state(self) -> dict:
@@ -200,15 +199,22 @@ class ScoreDrift:
             out.hist += np.asarray(st["hist"], np.int64)
             out.fine += np.asarray(st["fine"], np.int64)
             out.n += st["n"]
-        for x in sums:
-            out.sums.append(x)
-            out.total += x
+        out.sums = list(sums)
         return out
 
     def quantile(self, q: float) -> float | None:
         if not self.n:
             return None
         return float((np.searchsorted(np.cumsum(self.fine), q * self.n) + 0.5) / self.FINE)
+
+    @property
+    def total(self) -> float:
+        """The scores' sum: the per-update sums added one by one, in update order (what a shard merge
+        reproduces bit for bit; not math.fsum, not Python 3.12's compensated sum)."""
+        total = 0.0
+        for x in self.sums:
+            total += x
+        return total
 
     def result(self) -> dict:
         hist = self.hist / max(self.n, 1)

@@ -202,7 +202,7 @@ def reusable(primary: str, key: dict | None, pub: Any = None, recompute: bool = 
     with `key` and its objects still have their bytes (unchanged). Never when asked to recompute,
     and never when the publisher also writes a snapshot, or `pub` is a snapshot folder (a DVC output
     wants the bytes written)."""
-    if recompute or key is None or isinstance(pub, (str, Path)) or getattr(pub, "snapshot", None):
+    if recompute or key is None or storage.snapshotting(pub):
         return None
     return unchanged(primary, key, verify or {})
 

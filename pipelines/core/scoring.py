@@ -367,17 +367,14 @@ def _merge_shards(params, ds: dt.date, served: Served, pub, path, fman: dict, ur
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
-    if pq.ParquetFile(str(path)).metadata.num_rows == 0:     # nothing to split: one (empty) file as always
+    total = pq.ParquetFile(str(path)).metadata.num_rows
+    if total == 0:                                           # nothing to split: one (empty) file as always
         return score_file(path, fman, served, params.score, ds, uri, sink)
     records = [_score_shard(params, ds, served, pub, path, fman, uri, read, key, s, recompute)
                for s in shards.all_of(count)]
     owner = {i: (k, rows) for k, r in enumerate(records) for i, rows in r["batches"]}
-    shards.check_rows(pl.Series([i for r in records for i, _ in r["batches"]], dtype=pl.Int64), len(owner),
-                      f"score {ds} (batches)")
-    total = pq.ParquetFile(str(path)).metadata.num_rows
-    if sum(rows for _, rows in owner.values()) != total:
-        raise shards.ShardError(f"score {ds}: the shards hold {sum(r for _, r in owner.values())} rows for {total} "
-                                f"feature rows; nothing published (run the date's shards again)")
+    shards.check_batches([i for r in records for i, _ in r["batches"]], sum(rows for _, rows in owner.values()),
+                         total, f"score {ds}")
     reader = lineage.Reader()
     with tempfile.TemporaryDirectory(prefix="score-merge-") as tmp:
         streams = [storage.Rows(storage.iter_parquet(reader.fetch(r["primary"], tmp), batch_rows=params.score.chunk_rows))
@@ -447,12 +444,12 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
     kind, model_kind, stats_kind = OUTPUTS[role]
     key = run_key(params, ds, served, role)
     stats = None
-    if shard is not None and not recompute and _unchanged(store.uri(kind, date=d), key) is not None:
+    done = not recompute and not storage.snapshotting(snapshot) and _unchanged(store.uri(kind, date=d), key) is not None
+    if done and shard is not None:
         log.info("score %s shard %s: the date is scored already from the same inputs (key %s); nothing to do", d, shard,
                  key["key"][:12])
         return {"skipped": True}
-    if not recompute and not isinstance(snapshot, (str, Path)) and not getattr(snapshot, "snapshot", None) and \
-            _unchanged(store.uri(kind, date=d), key) is not None:       # (a DVC output wants the bytes written)
+    if done:                                                            # (a DVC output wants the bytes written)
         try:
             stats = storage.read_json(store.uri(stats_kind, date=d))
         except storage.MissingObject:
@@ -471,7 +468,8 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
                              extra={"model": {k: v for k, v in served.meta().items() if k != "reason"},
                                     **({"run": key} if key else {})})
         sink = storage.ParquetSink(primary, tmp, part)
-        if count > 1 and key is not None and pub.snapshot is None:
+        sharded = count > 1 and key is not None and not storage.snapshotting(pub)
+        if sharded:
             stats = _merge_shards(params, ds, served, pub, path, fman, uri, reader, key, count, recompute, sink)
         else:
             stats = score_file(path, fman, served, p, ds, uri, sink)
@@ -481,7 +479,7 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
         part.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri}, volatile=True)
         sink.close()
         part.commit()                  # the record last: until it is written, the date is not scored
-        if count > 1 and key is not None and pub.snapshot is None:   # merged and published: the shards have served
+        if sharded:                    # merged and published: the shards have served
             shards.clear(store, "score", ds, count)
     log.info("score %s (%s): %d rows by %s%s in %.2fs (%.0f rows/s), chunk p95 %.1f ms -> %s", d, role, stats["rows"],
              served.scored_by, f" v{served.version}" if served.version else "",

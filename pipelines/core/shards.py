@@ -122,6 +122,15 @@ def check_rows(rows: pl.Series, n: int, what: str) -> None:
                          f"date; nothing published (run the date's shards again)")
 
 
+def check_batches(batches: list[int], rows: int, total: int, what: str) -> None:
+    """Shards split by batch: every batch index 0..B-1 once, and `rows` (theirs) == `total` (the date's)."""
+    seen = pl.Series(batches, dtype=pl.Int64)
+    check_rows(seen, seen.n_unique(), f"{what} (batches)")
+    if rows != total:
+        raise ShardError(f"{what}: the shards hold {rows} rows for the date's {total}; nothing published (run the "
+                         f"date's shards again)")
+
+
 def plan(count: int) -> list[list[str]]:
     return [] if count <= 1 else [[f"--shard={s}"] for s in all_of(count)]
 

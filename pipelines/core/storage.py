@@ -578,6 +578,12 @@ class Publisher:
             snap.unlink(missing_ok=True)
 
 
+def snapshotting(out: "Publisher | str | Path | None") -> bool:
+    """Does `out` (a Publisher or a snapshot folder) also write a DVC output? Then the bytes must be
+    written even when the lake holds them already (nothing reused), and nothing is sharded."""
+    return isinstance(out, (str, Path)) or getattr(out, "snapshot", None) is not None
+
+
 @contextlib.contextmanager
 def publishing(lake: str, out: "Publisher | str | Path | None") -> Iterator[Publisher]:
     """`out` when it is a Publisher already (a command publishing several days through one: its DVC
