@@ -30,12 +30,15 @@ How it is fast: each entity gets its own stretch of one virtual timeline (entiti
 than any window), so every rolling aggregate is one ungrouped O(n) pass over data sorted once per
 entity, and label-delayed rates are binary searches into running sums of label entries/exits on
 that same timeline. Sums run in fixed point, so
-results are bit-identical whatever history precedes a window (training == scoring).
+results are bit-identical whatever history precedes a window (training == scoring). The timeline
+is computed in chunks of entities of about `features.chunk_rows` rows (a hash of the id): its sorted
+copies are the stage's peak memory, and an entity's features depend on its own rows only.
 
 The incremental path (a nightly date, `features.incremental`): the same timeline, but earlier days
 enter as per-entity totals (feature_state partitions, one per date) except the windows' boundary
-days, which enter as events; see `plan`, `History` and `load_history`. Bit-identical to the full path
-(tests/unit/test_features.py, tests/unit/test_feature_state.py).
+days, which enter as events; see `plan`, `History` and `load_history` (the day's entities get dense
+integer keys, and the ~60 partitions' totals are added into one array per column: DenseAccumulator).
+Bit-identical to the full path (tests/unit/test_features.py, tests/unit/test_feature_state.py).
 """
 from __future__ import annotations
 
@@ -274,6 +277,38 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: boo
     return out.drop("__i")
 
 
+CHUNK_SEED = 20261204          # the in-process chunks' entity hash (not the shards': a shard is split again)
+CHUNKS_MAX = 256
+
+
+def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: History | None) -> pl.DataFrame:
+    """_entity_block of `src`'s rows (with `history`: on their context rows), in src's row order,
+    computed in chunks of entities (a fixed hash of the id) so that one chunk's timeline holds about
+    `spec.chunk_rows` rows: the timeline's sorted copies and rolling outputs are the peak of the stage,
+    and an entity's features depend on its own rows only, so the result is the same bit for bit."""
+    def block(rows: pl.DataFrame, hist: History | None) -> pl.DataFrame:
+        if hist is None:
+            return _entity_block(rows, ent, spec)
+        return _entity_block(_context_rows(rows, ent, spec, hist), ent, spec, totals=True)
+
+    size = src.height + (history.rows() if history is not None else 0)
+    chunks = min(CHUNKS_MAX, max(1, -(-size // spec.chunk_rows)))
+    if chunks == 1 or src.height < 2:
+        return block(src, history)
+    chunk = pl.col(ent).cast(pl.String).hash(seed=CHUNK_SEED) % chunks
+    which = src.select(chunk).to_series()
+    pieces = history.split(ent, chunk, chunks) if history is not None else [None] * chunks
+    rows = pl.int_range(src.height, dtype=pl.Int64, eager=True)
+    parts, order = [], []
+    for c in range(chunks):
+        mine = which == c
+        if mine.any():
+            parts.append(block(src.filter(mine), pieces[c]))
+            order.append(rows.filter(mine))
+        pieces[c] = None
+    return pl.concat(parts).gather(pl.concat(order).arg_sort())
+
+
 def _grouped(spec: FeatureParams) -> list[str]:
     """The entities that get features of their own, in the spec's order."""
     return list(dict.fromkeys([*spec.rolling, *spec.time_since_last, *spec.target_rate]))
@@ -331,8 +366,7 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
         if shard is not None:
             mine = base.select(shard.of_entity(ent)).to_series()
             src = base.filter(mine)
-        block = _entity_block(src, ent, spec) if history is None else \
-            _entity_block(_context_rows(src, ent, spec, history), ent, spec, totals=True)
+        block = _entity_features(src, ent, spec, history)
         if shard is None:
             blocks[ent] = cut(block)
         else:
@@ -479,6 +513,27 @@ class History:
     labelled: pl.DataFrame      # labelled events of plan.label_boundary, with `available_at`
     label_totals: pl.DataFrame  # label_totals summed per run of plan.label_totals and availability
 
+    def rows(self) -> int:
+        """Context rows at most (every entity's): what sizes the chunks of the timeline."""
+        return self.events.height + self.totals.height + self.labelled.height + self.label_totals.height
+
+    def split(self, ent: str, chunk: pl.Expr, chunks: int) -> list["History"]:
+        """One History per chunk of `ent`'s entities (`chunk`: the chunk of an id in column `ent`),
+        each holding only the rows those entities read; one pass over each frame."""
+        def parts(frame: pl.DataFrame, named: bool) -> list[pl.DataFrame]:
+            if not frame.width:
+                return [frame] * chunks
+            if named:
+                frame = frame.filter(pl.col("entity") == ent).rename({"id": ent})
+            by = frame.with_columns(chunk.alias("__chunk")).partition_by("__chunk", as_dict=True, include_key=False)
+            empty = frame.head(0)
+            out = [by.get((c,), empty) for c in range(chunks)]
+            return [f.rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity")) for f in out] if named else out
+
+        cols = zip(parts(self.events, False), parts(self.totals, True), parts(self.labelled, False),
+                   parts(self.label_totals, True))
+        return [History(*c) for c in cols]
+
 
 def _runs(days: list[dt.date]) -> dict[dt.date, dt.date]:
     """Each day -> the first day of its run of consecutive days."""
@@ -519,6 +574,74 @@ class Accumulator:
         if self.pending:
             self._fold()
         return self.frame if self.frame is not None else pl.DataFrame()
+
+
+class DenseAccumulator:
+    """Accumulator's result for keys that are dense integers (`__k` in 0..size-1: the entities of the
+    day), added in O(rows) per partition into one array per column and slot (a slot: the run's
+    first day; for labels, also the availability) instead of hashing every row again: the nightly
+    path adds ~60 partitions of about a day's entities each. The fixed-point sums of squares
+    (Int128) are carried as two Int64 halves; memory is one row per entity and slot."""
+
+    HALF = 2**32
+    HIGH = 2**54                # the high half of one partition's value; 256 of them still fit in Int64
+
+    def __init__(self, labels: bool, size: int) -> None:
+        import numpy as np
+
+        self.np, self.labels, self.size, self.slots = np, labels, size, {}
+        self.slot_cols = ["event_date", "available_at"] if labels else ["day"]
+
+    def _new(self) -> dict:
+        np, z = self.np, self.size
+        if self.labels:
+            return {"n": np.zeros(z, np.int64), "s": np.zeros(z, np.int64)}
+        return {"n": np.zeros(z, np.int64), "fx": np.zeros(z, np.int64), "qh": np.zeros(z, np.int64),
+                "ql": np.zeros(z, np.int64), "mx": np.full(z, -np.inf), "mn": np.full(z, np.inf),
+                "last": np.full(z, np.iinfo(np.int64).min)}
+
+    def add(self, part: pl.DataFrame) -> None:
+        if not part.height:
+            return
+        np = self.np
+        if not self.labels:
+            half = pl.lit(self.HALF, dtype=pl.Int128)
+            q = pl.col("q").cast(pl.Int128)
+            part = part.with_columns((q // half).cast(pl.Int64, strict=False).alias("qh"),
+                                     (q - q // half * half).cast(pl.Int64).alias("ql"))
+            if part["qh"].null_count() or (part["qh"].max() or 0) >= self.HIGH:
+                raise NeedRaw(f"a day's fixed-point sum of squares is beyond 2**{self.HIGH.bit_length() + 31}: the "
+                              f"incremental path cannot carry it exactly")
+        for slot, g in part.partition_by(self.slot_cols, as_dict=True).items():
+            acc = self.slots.setdefault(slot, self._new())
+            acc["adds"] = acc.get("adds", 0) + 1
+            if acc["adds"] > 256:          # sums of HIGH-bounded halves stay inside Int64
+                raise NeedRaw("more than 256 partitions in one run of days: the incremental path cannot sum them exactly")
+            k = g["__k"].to_numpy()
+            for c in ("n", "s") if self.labels else ("n", "fx", "qh", "ql"):
+                np.add.at(acc[c], k, g[c].to_numpy())
+            if not self.labels:
+                np.maximum.at(acc["mx"], k, g["mx"].fill_null(-np.inf).to_numpy())
+                np.minimum.at(acc["mn"], k, g["mn"].fill_null(np.inf).to_numpy())
+                np.maximum.at(acc["last"], k, g["last"].to_numpy())
+
+    def result(self) -> pl.DataFrame:
+        np = self.np
+        frames = []
+        for slot, acc in self.slots.items():
+            acc.pop("adds", None)
+            keep = acc["n"] > 0
+            frame = pl.DataFrame({"__k": np.nonzero(keep)[0].astype(np.uint32), **{c: a[keep] for c, a in acc.items()}})
+            frame = frame.with_columns(*[pl.lit(v).alias(c) for c, v in zip(self.slot_cols, slot)])
+            if not self.labels:
+                half = pl.lit(self.HALF, dtype=pl.Int128)
+                inf = float("inf")
+                frame = frame.with_columns(
+                    (pl.col("qh").cast(pl.Int128) * half + pl.col("ql").cast(pl.Int128)).alias("q"),
+                    pl.when(pl.col("mx") != -inf).then(pl.col("mx")).alias("mx"),
+                    pl.when(pl.col("mn") != inf).then(pl.col("mn")).alias("mn")).drop("qh", "ql")
+            frames.append(frame)
+        return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
 
 def _availability(day: dt.date, landed: dt.date, midnight: bool = True) -> dt.datetime:
@@ -715,6 +838,7 @@ def _settings(spec: FeatureParams) -> dict:
 
     d = asdict(spec)
     d.pop("incremental")                      # how the features are computed, not what they are
+    d.pop("chunk_rows")
     return d
 
 
@@ -841,13 +965,23 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         grouped = _grouped(spec)
         ids = {e: (today if shard is None else today.filter(shard.of_entity(e))).select(pl.col(e).cast(pl.String).unique())
                for e in grouped}
+        # every entity of the day gets an integer key: totals are cut and folded on it, not on strings
         seen = pl.concat([v.rename({e: "id"}).with_columns(pl.lit(e).alias("entity")) for e, v in ids.items()]) \
             if ids else pl.DataFrame(schema={"id": pl.String, "entity": pl.String})
+        seen = seen.with_row_index("__k")
+        hashed = pl.col("id").hash(seed=CHUNK_SEED).alias("__h")
+        keyed = {e: seen.filter(pl.col("entity") == e).select("__k", pl.col("id").alias("__id"), hashed) for e in ids}
 
         def of_the_day(frame: pl.DataFrame, column: str | None = None) -> pl.DataFrame:
-            """Rows of an entity of the day: per entity column (events) or by (entity, id) (totals)."""
+            """Rows of an entity of the day: per entity column (events), or by (entity, id) (totals,
+            which get the entity's key `__k` in place of entity and id). Totals are joined on a hash
+            of the id (an integer join), then kept only where the ids are equal (a collision drops)."""
             if column is None:
-                return frame.join(seen, on=["entity", "id"], how="semi")
+                parts = [frame.filter(pl.col("entity") == e).drop("entity").with_columns(hashed)
+                         .join(k, on="__h", how="inner").filter(pl.col("id") == pl.col("__id")).drop("__h", "__id")
+                         for e, k in keyed.items()]
+                return (pl.concat(parts) if parts else frame.head(0).with_columns(pl.lit(0, pl.UInt32).alias("__k"))
+                        ).drop("id", "entity", strict=False)
             keep = pl.lit(False)
             for e, v in ids.items():
                 keep = keep | pl.col(e).cast(pl.String).is_in(v[e].implode())
@@ -865,7 +999,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         _check_unique(pl.concat(event_ids), "event_ts", "validated transactions (the day and its boundary days)",
                       day, day)
         del event_ids
-        totals, sums, labelled = Accumulator(False), Accumulator(True), []
+        totals, sums, labelled = DenseAccumulator(False, seen.height), DenseAccumulator(True, seen.height), []
         for f in p.totals:
             if f in states:
                 at = f
@@ -889,7 +1023,12 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         if at is not None:
             raise _BrokenState(at, str(exc)) from None
         raise NeedRaw(str(exc)) from None
-    return today, History(_concat(events), totals.result(), _concat(labelled), sums.result())
+    named = seen.select("__k", "entity", "id")
+
+    def unkeyed(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.join(named, on="__k", how="inner").drop("__k") if frame.width else frame
+
+    return today, History(_concat(events), unkeyed(totals.result()), _concat(labelled), unkeyed(sums.result()))
 
 
 def run_key(params, day: dt.date, suite: dict | None) -> dict | None:

@@ -37,6 +37,12 @@ def _flag(value: Any, where: str) -> bool:
     return value
 
 
+def _chunk_rows(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1_000:
+        raise ConfigError(f"{where}: {value!r} is not a whole number of rows >= 1000")
+    return value
+
+
 def _build(cls: type, data: dict[str, Any] | None, where: str):
     """Build dataclass `cls` from a dict, rejecting unknown keys."""
     data = dict(data or {})
@@ -223,6 +229,7 @@ class FeatureParams:
     label_delay_days: int
     missing_history: str = "fail"
     incremental: bool = True       # how, not what: excluded from the spec hash (the features are the same)
+    chunk_rows: int = 1_000_000    # how, not what: the timeline rows one chunk of entities is computed on
 
     @property
     def lookback_days(self) -> int:
@@ -235,7 +242,7 @@ class FeatureParams:
         d = dict(data)
         where = "features"
         allowed = {"windows_days", "rolling", "target_rate", "time_since_last", "calendar", "ratios",
-                   "categoricals", "categories", "missing_history", "incremental"}
+                   "categoricals", "categories", "missing_history", "incremental", "chunk_rows"}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -264,6 +271,7 @@ class FeatureParams:
             label_delay_days=int(label_delay_days),
             missing_history=missing,
             incremental=_flag(d.get("incremental", True), f"{where}.incremental"),
+            chunk_rows=_chunk_rows(d.get("chunk_rows", 1_000_000), f"{where}.chunk_rows"),
         )
 
 

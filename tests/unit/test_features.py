@@ -201,3 +201,33 @@ def test_shards_by_entity_merge_into_the_unsharded_features(spec, count):
            for s in all_of(count)]
     assert merge_shards(today, inc, spec, day, day, ENTITIES, NUMERICS).equals(
         compute_features(events, labels, spec, day, day, ENTITIES, NUMERICS))
+
+
+@pytest.mark.parametrize("chunk_rows", [40, 300])
+def test_chunks_of_entities_give_the_same_features(spec, chunk_rows, monkeypatch):
+    """Each entity's timeline computed in chunks of entities (features.chunk_rows: the stage's memory)
+    gives the same bytes as one chunk: on the full path, the incremental one and in a shard."""
+    import dataclasses
+
+    import pipelines.features as features
+    from pipelines.core.shards import Shard
+    from pipelines.features import history_from_events
+
+    events, labels = _with_midnights(*small_world(seed=13, n=1500, days=50))
+    on = pl.col("event_ts").dt.date()
+    start, end, day = dt.date(2026, 2, 10), dt.date(2026, 2, 14), dt.date(2026, 2, 17)
+    small = dataclasses.replace(spec, chunk_rows=chunk_rows)
+    hist = history_from_events(events, labels, spec, day, ENTITIES)
+    today = events.filter(on == day)
+    one = [compute_features(events, labels, spec, start, end, ENTITIES, NUMERICS),
+           compute_features(today, labels.head(0), spec, day, day, ENTITIES, NUMERICS, history=hist),
+           compute_features(events, labels, spec, start, end, ENTITIES, NUMERICS, shard=Shard(1, 2))]
+    calls = []
+    inner = features._entity_block
+    monkeypatch.setattr(features, "_entity_block", lambda *a, **k: calls.append(a[0].height) or inner(*a, **k))
+    many = [compute_features(events, labels, small, start, end, ENTITIES, NUMERICS),
+            compute_features(today, labels.head(0), small, day, day, ENTITIES, NUMERICS, history=hist),
+            compute_features(events, labels, small, start, end, ENTITIES, NUMERICS, shard=Shard(1, 2))]
+    assert len(calls) >= 2 * 2 * 3                    # 2 entities x 3 calls: at least 2 chunks each
+    assert all(a.equals(b) for a, b in zip(one[:2], many[:2]))
+    assert all(one[2][e].equals(many[2][e]) for e in one[2])

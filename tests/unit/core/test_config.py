@@ -61,3 +61,13 @@ def test_every_section_is_checked_when_the_file_is_loaded_with_the_key_path(tmp_
     p = load_params()
     assert p.read == set()                               # the load-time check is not a read by a stage
     assert p.monitor.psi.alert == 0.25 and p.monitor.volume_ratio.low == 0.5 and p.read == {"monitor"}
+
+
+def test_features_chunk_rows_is_a_whole_number_of_rows_and_not_part_of_the_spec(tmp_path):
+    from pipelines.features import spec_hash
+
+    for bad in (0, 999, 2.5, True, "1M"):
+        with pytest.raises(ConfigError, match="features.chunk_rows"):
+            _params_with(tmp_path, lambda d, bad=bad: d["features"].update(chunk_rows=bad))
+    small = _params_with(tmp_path, lambda d: d["features"].update(chunk_rows=5000)).features
+    assert small.chunk_rows == 5000 and spec_hash(small) == spec_hash(load_params().features)   # how, not what
