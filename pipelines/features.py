@@ -295,6 +295,10 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     chunks = min(CHUNKS_MAX, max(1, -(-size // spec.chunk_rows)))
     if chunks == 1 or src.height < 2:
         return block(src, history)
+    r, rates = spec.rolling.get(ent), spec.target_rate.get(ent, ())
+    value = [r.value] if r else []
+    src = src.select(ent, "event_ts", *value) if history is not None else \
+        src.select(ent, "__t", _code(ent), *value, *(["label", "available_at"] if rates else []))   # what a chunk reads
     chunk = pl.col(ent).cast(pl.String).hash(seed=CHUNK_SEED) % chunks
     which = src.select(chunk).to_series()
     pieces = history.split(ent, chunk, chunks) if history is not None else [None] * chunks
