@@ -37,7 +37,7 @@ copies are the stage's peak memory, and an entity's features depend on its own r
 The incremental path (a nightly date, `features.incremental`): the same timeline, but earlier days
 enter as per-entity totals (feature_state partitions, one per date) except the windows' boundary
 days, which enter as events; see `plan`, `History` and `load_history` (the day's entities get dense
-integer keys, and the ~60 partitions' totals are added into one array per column: DenseAccumulator).
+integer keys, and the ~60 partitions' totals are added into one array per column: EntityKeys, Totals).
 Bit-identical to the full path (tests/unit/test_features.py, tests/unit/test_feature_state.py).
 """
 from __future__ import annotations
@@ -547,53 +547,45 @@ def _runs(days: list[dt.date]) -> dict[dt.date, dt.date]:
     return out
 
 
-class Accumulator:
-    """Day totals (or label totals) folded into their runs, a few partitions at a time: memory holds
-    about twice one row per entity and run, whatever the look-back, and each row is folded O(1)
-    times on average (a fold happens when what waits outgrows what was folded)."""
+class EntityKeys:
+    """Dense integer keys (`__k`, 0..size-1) for a set of entities (`seen`: columns id, entity):
+    totals are cut to those entities and folded on the key, not on strings. A frame is keyed by a
+    join on a 64-bit hash of the id, kept only where the ids are equal (a collision drops)."""
 
-    def __init__(self, labels: bool) -> None:
-        self.labels, self.frame, self.pending, self.waiting = labels, None, [], 0
+    def __init__(self, seen: pl.DataFrame) -> None:
+        self.named = seen.select("id", "entity").with_row_index("__k")
+        self.size = self.named.height
+        self.hashed = pl.col("id").hash(seed=CHUNK_SEED).alias("__h")
+        self.of = {e: self.named.filter(pl.col("entity") == e).select("__k", pl.col("id").alias("__id"), self.hashed)
+                   for e in dict.fromkeys(self.named["entity"].to_list())}
 
-    def add(self, part: pl.DataFrame) -> None:
-        if not part.height:
-            return
-        self.pending.append(part if self.labels else part.with_columns(pl.col("q").cast(pl.Int128)))
-        self.waiting += part.height
-        if self.waiting > max(1_000_000, self.frame.height if self.frame is not None else 0):
-            self._fold()
+    def key(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows of `frame` (entity, id, ...) whose entity is one of these, with `__k` for entity and id."""
+        parts = [frame.filter(pl.col("entity") == e).drop("entity").with_columns(self.hashed)
+                 .join(k, on="__h", how="inner").filter(pl.col("id") == pl.col("__id")).drop("__h", "__id", "id")
+                 for e, k in self.of.items()]
+        return pl.concat(parts) if parts else frame.head(0).drop("entity", "id").with_columns(pl.lit(0, pl.UInt32).alias("__k"))
 
-    def _fold(self) -> None:
-        if self.labels:
-            keys, aggs = ["entity", "id", "event_date", "available_at"], [pl.col("n").sum(), pl.col("s").sum()]
-        else:
-            keys = ["entity", "id", "day"]
-            aggs = [pl.col("n").sum(), pl.col("fx").sum(), pl.col("q").sum(), pl.col("mx").max(), pl.col("mn").min(),
-                    pl.col("last").max()]
-        frames = ([self.frame] if self.frame is not None else []) + self.pending
-        self.frame = pl.concat(frames, how="diagonal_relaxed").group_by(keys).agg(aggs)
-        self.pending, self.waiting = [], 0
-
-    def result(self) -> pl.DataFrame:
-        if self.pending:
-            self._fold()
-        return self.frame if self.frame is not None else pl.DataFrame()
+    def unkey(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.join(self.named, on="__k", how="inner").drop("__k") if frame.width else frame
 
 
-class DenseAccumulator:
-    """Accumulator's result for keys that are dense integers (`__k` in 0..size-1: the entities of the
-    day), added in O(rows) per partition into one array per column and slot (a slot: the run's
-    first day; for labels, also the availability) instead of hashing every row again: the nightly
-    path adds ~60 partitions of about a day's entities each. The fixed-point sums of squares
-    (Int128) are carried as two Int64 halves; memory is one row per entity and slot."""
+class Totals:
+    """Day totals (or label totals) keyed by EntityKeys, folded into their runs: added in O(rows) per
+    partition into one array per column and slot (a slot: the run's first day; for labels, also the
+    availability) instead of re-grouping a growing frame: the nightly path adds ~60 partitions of about
+    a day's entities each. Memory is one row per entity and slot, whatever the look-back. Sums are
+    exact integers; the fixed-point sums of squares (Int128) are carried as two Int64 halves."""
 
     HALF = 2**32
     HIGH = 2**54                # the high half of one partition's value; 256 of them still fit in Int64
 
-    def __init__(self, labels: bool, size: int) -> None:
+    def __init__(self, labels: bool, keys: EntityKeys) -> None:
         import numpy as np
 
-        self.np, self.labels, self.size, self.slots = np, labels, size, {}
+        self.np, self.labels, self.keys, self.size = np, labels, keys, keys.size
+        self.slots: dict[tuple, dict] = {}
+        self.adds: dict[tuple, int] = {}
         self.slot_cols = ["event_date", "available_at"] if labels else ["day"]
 
     def _new(self) -> dict:
@@ -605,6 +597,8 @@ class DenseAccumulator:
                 "last": np.full(z, np.iinfo(np.int64).min)}
 
     def add(self, part: pl.DataFrame) -> None:
+        """Add one partition's rows (entity, id, slot columns, totals): those of other entities are cut."""
+        part = self.keys.key(part)
         if not part.height:
             return
         np = self.np
@@ -618,8 +612,8 @@ class DenseAccumulator:
                               f"incremental path cannot carry it exactly")
         for slot, g in part.partition_by(self.slot_cols, as_dict=True).items():
             acc = self.slots.setdefault(slot, self._new())
-            acc["adds"] = acc.get("adds", 0) + 1
-            if acc["adds"] > 256:          # sums of HIGH-bounded halves stay inside Int64
+            self.adds[slot] = self.adds.get(slot, 0) + 1
+            if self.adds[slot] > 256:      # sums of HIGH-bounded halves stay inside Int64
                 raise NeedRaw("more than 256 partitions in one run of days: the incremental path cannot sum them exactly")
             k = g["__k"].to_numpy()
             for c in ("n", "s") if self.labels else ("n", "fx", "qh", "ql"):
@@ -630,10 +624,10 @@ class DenseAccumulator:
                 np.maximum.at(acc["last"], k, g["last"].to_numpy())
 
     def result(self) -> pl.DataFrame:
+        """One row per entity and slot with any rows: entity, id, the slot columns, the totals."""
         np = self.np
         frames = []
         for slot, acc in self.slots.items():
-            acc.pop("adds", None)
             keep = acc["n"] > 0
             frame = pl.DataFrame({"__k": np.nonzero(keep)[0].astype(np.uint32), **{c: a[keep] for c, a in acc.items()}})
             frame = frame.with_columns(*[pl.lit(v).alias(c) for c, v in zip(self.slot_cols, slot)])
@@ -645,7 +639,7 @@ class DenseAccumulator:
                     pl.when(pl.col("mx") != -inf).then(pl.col("mx")).alias("mx"),
                     pl.when(pl.col("mn") != inf).then(pl.col("mn")).alias("mn")).drop("qh", "ql")
             frames.append(frame)
-        return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+        return self.keys.unkey(pl.concat(frames, how="vertical_relaxed")) if frames else pl.DataFrame()
 
 
 def _availability(day: dt.date, landed: dt.date, midnight: bool = True) -> dt.datetime:
@@ -667,7 +661,9 @@ def history_from_events(events: pl.DataFrame, labels: pl.DataFrame, spec: Featur
     state partitions; tests compare the two paths with it)."""
     p = plan(spec, day)
     on = pl.col("event_ts").dt.date()
-    totals, sums, lab = Accumulator(False), Accumulator(True), []
+    keys = EntityKeys(_concat([events.select(pl.col(e).cast(pl.String).unique().alias("id"), pl.lit(e).alias("entity"))
+                               for e in _grouped(spec)]))
+    totals, sums, lab = Totals(False, keys), Totals(True, keys), []
     runs, label_runs = _runs(p.totals), _runs(p.label_totals)
     for f in p.totals:
         totals.add(day_state(events.filter(on == f), spec).with_columns(pl.lit(runs[f]).alias("day")))
@@ -935,7 +931,7 @@ def load_history(params, day: dt.date, pub, shard: Shard | None = None) -> tuple
     """The day's validated events and the History its features need (see plan), the feature_state
     partitions made first where missing; a state whose objects are lost or altered since its record
     is made again from raw (twice at most, then NeedRaw). Each partition is cut to the entities of
-    the day as it is read, and totals are folded into their runs at once (Accumulator): memory does
+    the day as it is read, and totals are folded into their runs at once (Totals): memory does
     not grow with the look-back. With `shard`, the History holds only the shard's entities (its memory
     is the shard's). Raises NeedRaw when the incremental path cannot serve the day."""
     tx = params.dataset("transactions")
@@ -969,23 +965,12 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         grouped = _grouped(spec)
         ids = {e: (today if shard is None else today.filter(shard.of_entity(e))).select(pl.col(e).cast(pl.String).unique())
                for e in grouped}
-        # every entity of the day gets an integer key: totals are cut and folded on it, not on strings
-        seen = pl.concat([v.rename({e: "id"}).with_columns(pl.lit(e).alias("entity")) for e, v in ids.items()]) \
-            if ids else pl.DataFrame(schema={"id": pl.String, "entity": pl.String})
-        seen = seen.with_row_index("__k")
-        hashed = pl.col("id").hash(seed=CHUNK_SEED).alias("__h")
-        keyed = {e: seen.filter(pl.col("entity") == e).select("__k", pl.col("id").alias("__id"), hashed) for e in ids}
+        # every entity of the day gets an integer key: totals are cut to them and folded on it (Totals)
+        keys = EntityKeys(pl.concat([v.rename({e: "id"}).with_columns(pl.lit(e).alias("entity")) for e, v in ids.items()])
+                          if ids else pl.DataFrame(schema={"id": pl.String, "entity": pl.String}))
 
-        def of_the_day(frame: pl.DataFrame, column: str | None = None) -> pl.DataFrame:
-            """Rows of an entity of the day: per entity column (events), or by (entity, id) (totals,
-            which get the entity's key `__k` in place of entity and id). Totals are joined on a hash
-            of the id (an integer join), then kept only where the ids are equal (a collision drops)."""
-            if column is None:
-                parts = [frame.filter(pl.col("entity") == e).drop("entity").with_columns(hashed)
-                         .join(k, on="__h", how="inner").filter(pl.col("id") == pl.col("__id")).drop("__h", "__id")
-                         for e, k in keyed.items()]
-                return (pl.concat(parts) if parts else frame.head(0).with_columns(pl.lit(0, pl.UInt32).alias("__k"))
-                        ).drop("id", "entity", strict=False)
+        def of_the_day(frame: pl.DataFrame) -> pl.DataFrame:
+            """Events of an entity of the day (in any of the entity columns)."""
             keep = pl.lit(False)
             for e, v in ids.items():
                 keep = keep | pl.col(e).cast(pl.String).is_in(v[e].implode())
@@ -998,41 +983,36 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
             uri = store.uri("validated", dataset=tx.name, date=b.isoformat())
             frame = _read(reader, uri, ["event_id", "event_ts", *entities, *values])
             event_ids.append(frame.select("event_id", "event_ts"))
-            events.append(of_the_day(frame.drop("event_id"), "events"))
+            events.append(of_the_day(frame.drop("event_id")))
             del frame
         _check_unique(pl.concat(event_ids), "event_ts", "validated transactions (the day and its boundary days)",
                       day, day)
         del event_ids
-        totals, sums, labelled = DenseAccumulator(False, seen.height), DenseAccumulator(True, seen.height), []
+        totals, sums, labelled = Totals(False, keys), Totals(True, keys), []
         for f in p.totals:
             if f in states:
                 at = f
-                totals.add(of_the_day(_read(reader, states[f])).with_columns(pl.lit(runs[f]).alias("day")))
+                totals.add(_read(reader, states[f]).with_columns(pl.lit(runs[f]).alias("day")))
         for landed in p.landing:
             at = landed + dt.timedelta(days=1)
             st = states.get(at)
             if st is None or landed < lb.first_date:
                 continue
             avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
-            sums.add(_for_run(of_the_day(_read(reader, _sibling(st, "labels.parquet"), primary=st)), "event_date",
+            sums.add(_for_run(_read(reader, _sibling(st, "labels.parquet"), primary=st), "event_date",
                               label_runs).with_columns(avail))
             objects = reader.record(st)["objects"]
             known = pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
             for e in p.label_boundary:
                 uri = _sibling(st, f"labelled/event_date={e}.parquet")
                 if uri in objects:
-                    labelled.append(of_the_day(_read(reader, uri, ["event_ts", *entities, "label"], primary=st), "events")
+                    labelled.append(of_the_day(_read(reader, uri, ["event_ts", *entities, "label"], primary=st))
                                     .with_columns(known.alias("available_at")))
     except (storage.MissingObject, lineage.StaleInput) as exc:
         if at is not None:
             raise _BrokenState(at, str(exc)) from None
         raise NeedRaw(str(exc)) from None
-    named = seen.select("__k", "entity", "id")
-
-    def unkeyed(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.join(named, on="__k", how="inner").drop("__k") if frame.width else frame
-
-    return today, History(_concat(events), unkeyed(totals.result()), _concat(labelled), unkeyed(sums.result()))
+    return today, History(_concat(events), totals.result(), _concat(labelled), sums.result())
 
 
 def run_key(params, day: dt.date, suite: dict | None) -> dict | None:
