@@ -62,22 +62,17 @@ class DecideError(RuntimeError):
     pass
 
 
-def feature_columns_needed(pred_columns: list[str], p: DecideParams) -> list[str]:
-    """Columns the rules and allow-lists read that the predictions do not carry (taken from the features)."""
-    return [c for c in sorted({r["feature"] for r in p.rules} | set(p.allow_list)) if c not in pred_columns]
+def columns_read(p: DecideParams) -> list[str]:
+    """The columns the rules and allow-lists read: the predictions carry them (score.carry_columns)."""
+    return sorted({r["feature"] for r in p.rules} | set(p.allow_list))
 
 
-def base_decisions(pred: pl.DataFrame, feats: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
-    """Model thresholds, then rules, then allow-lists, for rows of `pred` and the same rows of `feats`."""
-    need = feature_columns_needed(pred.columns, p)
-    frame = pred
-    if need:
-        missing = [c for c in need if c not in feats.columns]
-        if missing:
-            raise DecideError(f"decide: rule/allow-list column(s) {missing} in neither predictions nor features")
-        if not feats["event_id"].equals(pred["event_id"]):
-            raise DecideError("decide: features and predictions are not in the same row order (re-run score)")
-        frame = pred.with_columns(feats.select(need))
+def base_decisions(frame: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
+    """Model thresholds, then rules, then allow-lists, for rows of the predictions."""
+    missing = [c for c in columns_read(p) if c not in frame.columns]
+    if missing:
+        raise DecideError(f"decide: the predictions do not carry the rule/allow-list column(s) {missing} "
+                          f"(score.carry_columns; re-score the date)")
     review_at = pl.col("threshold") if p.review_threshold == "operating" else pl.lit(float(p.review_threshold))
     model = (pl.when(pl.col("score") >= p.block_threshold).then(pl.lit("block"))
              .when(pl.col("score") >= review_at).then(pl.lit("review")).otherwise(pl.lit("approve")))
@@ -140,13 +135,13 @@ def final_decisions(frame: pl.DataFrame, ranks: pl.DataFrame, overrides: pl.Data
 
 
 def plan(batches, overrides: pl.DataFrame, p: DecideParams) -> tuple[pl.DataFrame, dict]:
-    """First pass over `batches()` (an iterable of aligned (predictions, features) batches): who wants
+    """First pass over `batches()` (an iterable of the predictions' batches): who wants
     the review queue and in which order, and the proposed counts the guardrails check (rows, blocks,
     review candidates before capacity). Memory: one batch plus the review candidates."""
     ov = latest_overrides(overrides)
     cands, rows, blocks = [], 0, 0
-    for pb, fb in batches():
-        base = base_decisions(pb, fb, p)
+    for pb in batches():
+        base = base_decisions(pb, p)
         rows += base.height
         blocks += int((base["decision"] == "block").sum())
         cands.append(review_candidates(base, ov["event_id"]))
@@ -172,8 +167,8 @@ def decisions(batches, overrides: pl.DataFrame, p: DecideParams, ranks: pl.DataF
     if ranks is None:
         ranks, _ = plan(batches, overrides, p)
     ov = latest_overrides(overrides)
-    for pb, fb in batches():
-        dec = final_decisions(base_decisions(pb, fb, p), ranks, ov, p)
+    for pb in batches():
+        dec = final_decisions(base_decisions(pb, p), ranks, ov, p)
         yield hold(dec) if held else dec
 
 
@@ -245,12 +240,12 @@ class Tally:
 
 
 def run_key(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageParams) -> dict | None:
-    """What a date's decisions are made of: the predictions and the feature partition (the sha256 of
-    their records' objects), the reviewers' verdicts, the validation results and the hold release of
-    the date, the earlier days the guardrails compare with, the decide and guardrails params, the
-    code and the library versions. Kept as `run` in the decisions record: a re-run with the same key
-    recomputes nothing. None when the predictions or features have no trusted record (the run then
-    fails on them as always)."""
+    """What a date's decisions are made of: the predictions (the sha256 of their record's objects,
+    the rule columns and the features' counts score publishes with them included), the reviewers'
+    verdicts, the validation results and the hold release of the date, the earlier days the
+    guardrails compare with, the decide and guardrails params, the code and the library versions. Kept as `run` in the decisions record: a re-run with the same key
+    recomputes nothing. None when the predictions have no trusted record (the run then fails on them
+    as always)."""
     import importlib.metadata
     from dataclasses import asdict
 
@@ -258,14 +253,11 @@ def run_key(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StoragePara
 
     d = ds.isoformat()
     try:        # trusted the way a read trusts them (their inputs, recursively)
-        reader = lineage.Reader()
-        pred = reader.record(store.uri("predictions", date=d)).get("objects") or {}
-        feat_uri = store.uri("features", date=d)
-        feat = reader.record(feat_uri).get("objects") or {}
+        pred = lineage.Reader().record(store.uri("predictions", date=d)).get("objects") or {}
     except (storage.MissingObject, lineage.StaleInput):
         return None
     overrides = read_overrides(store, ds)
-    parts = {"inputs": {**pred, feat_uri: feat.get(feat_uri)},
+    parts = {"inputs": pred,
              "overrides": storage.sha256(storage.parquet_bytes(overrides)) if overrides.height else None,
              "validation": optional_json(store.uri("validation_results", dataset="transactions", date=d))[1],
              "release": optional_json(store.uri("hold_release", date=d))[1],
@@ -291,7 +283,7 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
         except storage.MissingObject:
             summ = None
         if summ is not None:
-            log.info("decide %s: unchanged since its record (the same predictions, features, verdicts, guardrail "
+            log.info("decide %s: unchanged since its record (the same predictions, verdicts, guardrail "
                      "inputs, params and code: key %s); nothing recomputed -> %s", d, key["key"][:12],
                      store.uri("decisions", date=d))
             print(json.dumps({"date": d, **summ["decisions"], "review_queue": summ["review_queue"],
@@ -304,28 +296,20 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
         try:
             pred_path = reader.fetch(pred_uri, tmp)
             model_doc = reader.read_json(store.uri("scored_model", date=d), primary=pred_uri)
-            need = feature_columns_needed(pq.ParquetFile(str(pred_path)).schema_arrow.names, p)
-            top = G.top_features(model_doc.get("importance"), g.top_features)
-            feat_path = reader.fetch(store.uri("features", date=d), tmp) if need or top else None
+            observed = reader.read_json(store.uri("features_observed", date=d), primary=pred_uri)
         except lineage.NotCommitted as exc:
             raise DecideError(f"decide {d}: {exc}; nothing decided (run features and score for {d} first)") from None
         except lineage.StaleInput as exc:
             raise DecideError(f"decide {d}: {exc}; nothing decided") from None
-        top = [f for f in top if feat_path is not None and f in pq.ParquetFile(str(feat_path)).schema_arrow.names]
+        top = [f for f in G.top_features(model_doc.get("importance"), g.top_features) if f in observed]
         overrides = read_overrides(store, ds)
 
-        def batches(pred_path=pred_path, feat_path=feat_path, need=need):
-            preds = storage.iter_parquet(pred_path)
-            if not need:
-                for pb in preds:
-                    yield pb, pb.select("event_id")
-            else:
-                yield from storage.aligned(preds, storage.iter_parquet(feat_path, ["event_id", *need]))
+        def batches(pred_path=pred_path):
+            yield from storage.iter_parquet(pred_path)
 
-        # the day's health, before anything is published for action
-        health = G.DayHealth(model_doc.get("reference_profile"), top, g)
-        for fb in storage.iter_parquet(feat_path, top) if top else ():
-            health.add_features(fb)
+        # the day's health, before anything is published for action: the top features' counts as
+        # score observed them while it read the features
+        health = G.DayHealth(model_doc.get("reference_profile"), top, g, observed)
         for pb in storage.iter_parquet(pred_path, ["fallback"]):
             health.add_predictions(pb)
         val_uri = store.uri("validation_results", dataset="transactions", date=d)

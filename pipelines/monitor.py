@@ -3,7 +3,9 @@
 `python -m pipelines monitor --date YYYY-MM-DD`
 
 Compared with the reference profile saved at training time (the most recent labelled windows of the
-served model, carried in predictions/date=ds/_model.json):
+served model, carried in predictions/date=ds/_model.json), from the predictions and the features'
+counts score made as it read them (predictions/date=ds/_features_observed.json: the feature
+partition is not read again):
   * input drift per feature: PSI on the reference's quantile bins plus a null bin (categoricals on
     their values), KS for numerics against the reference's percentiles;
   * output drift: PSI of the score histogram; score quantiles; the confidence histogram;
@@ -35,7 +37,7 @@ from pipelines.core import alerts as alerts_mod
 from pipelines.core import lineage, shards, storage
 from pipelines.core.cli import progress, resolve, stage_parser
 from pipelines.core.config import MonitorParams
-from pipelines.core.drift import ScoreDrift, drift_of
+from pipelines.core.drift import FeatureDrift, ScoreDrift
 from pipelines.core.lake import (
     METRIC_SCHEMA,
     dates_present,
@@ -83,22 +85,22 @@ class Observed:
 
 
 class Observer:
-    """The day's features and predictions accumulated batch by batch (memory: one batch): counts
-    only, so shards of the day (batch i to shard i mod N) add up to the same Observed, bit for bit."""
+    """The day's predictions accumulated batch by batch (memory: one batch), and its features' counts
+    as score observed them (FeatureDrift state, published with the predictions): counts only, so
+    shards of the day (batch i to shard i mod N) add up to the same Observed, bit for bit."""
 
     def __init__(self, profile: dict | None, p: MonitorParams) -> None:
         self.profile = profile
-        self.refs = {f: r for f, r in sorted((profile or {}).get("features", {}).items()) if f not in p.exclude_features}
+        self.refs = {f for f in (profile or {}).get("features", {}) if f not in p.exclude_features}
         self.accs: dict = {}
         self.sd = ScoreDrift((profile or {}).get("score"))
         self.rows = self.above = self.any_fb = 0
         self.fb_counts: dict[str, int] = {}
         self.batches: list[int] = []         # the prediction batches seen, in order (their score sums: sd.sums)
 
-    def features(self, fb: pl.DataFrame) -> None:
-        for f, r in self.refs.items():
-            if f in fb.columns:
-                self.accs.setdefault(f, drift_of(r)).update(fb[f])
+    def features(self, observed: dict) -> None:
+        """The features' counts of the whole day (those monitored: not excluded)."""
+        self.accs = FeatureDrift.merged(self.profile, [observed], only=self.refs).accs
 
     def predictions(self, i: int, pb: pl.DataFrame) -> None:
         self.batches.append(i)
@@ -111,17 +113,14 @@ class Observer:
             self.fb_counts[k] = self.fb_counts.get(k, 0) + c
 
     def state(self) -> dict:
-        return {"features": {f: a.state() for f, a in self.accs.items()}, "score": self.sd.state(),
-                "batches": self.batches, "rows": self.rows, "above": self.above, "any_fallback": self.any_fb,
-                "fallback": self.fb_counts}
+        """A shard's predictions observed (the features' counts are the day's: not a shard's)."""
+        return {"score": self.sd.state(), "batches": self.batches, "rows": self.rows, "above": self.above,
+                "any_fallback": self.any_fb, "fallback": self.fb_counts}
 
     @classmethod
-    def merged(cls, profile: dict | None, p: MonitorParams, states: list[dict]) -> "Observer":
+    def merged(cls, profile: dict | None, p: MonitorParams, states: list[dict], observed: dict) -> "Observer":
         out = cls(profile, p)
-        for f, r in out.refs.items():          # the reference's order, as batch by batch
-            for st in states:
-                if f in st["features"]:
-                    out.accs.setdefault(f, drift_of(r)).merge(st["features"][f])
+        out.features(observed)
         sums = sorted((i, x) for st in states for i, x in zip(st["batches"], st["score"]["sums"]))
         out.sd = ScoreDrift.merged((profile or {}).get("score"), [st["score"] for st in states], [x for _, x in sums])
         out.batches = [i for i, _ in sums]
@@ -136,12 +135,12 @@ class Observer:
                         self.sd.result() if self.profile else None, self.above, self.any_fb, dict(sorted(self.fb_counts.items())))
 
 
-def observe(feat_batches, pred_batches, profile: dict | None, p: MonitorParams, shard: Shard | None = None) -> Observer:
-    """One pass over the day's features and predictions (with `shard`: its batches only)."""
+def observe(observed: dict, pred_batches, profile: dict | None, p: MonitorParams, shard: Shard | None = None) -> Observer:
+    """The day's features' counts (`observed`, by score) and one pass over its predictions (with
+    `shard`: its batches only, and no features: the merge adds them once)."""
     obs = Observer(profile, p)
-    for i, fb in enumerate(feat_batches):
-        if shard is None or shard.owns(i):
-            obs.features(fb)
+    if shard is None:
+        obs.features(observed)
     for i, pb in enumerate(pred_batches):
         if shard is None or shard.owns(i):
             obs.predictions(i, pb)
@@ -371,8 +370,8 @@ HISTORY_DAYS = 30          # the report's history: monitoring metrics and realiz
 
 
 def run_key(params, ds: dt.date) -> dict | None:
-    """What a date's monitoring is made of: the day's predictions, decisions and features (every
-    object their records name), the earlier days' monitoring metrics (the rolling window, the
+    """What a date's monitoring is made of: the day's predictions (the features' counts score
+    published with them included) and decisions (every object their records name), the earlier days' monitoring metrics (the rolling window, the
     report's history), the realized performance fed back for the last 30 days, the monitor and
     alerts settings, the code and the libraries. Kept as `run` in the monitoring record: a re-run
     with the same key recomputes nothing. None when an input has no trusted record."""
@@ -383,7 +382,7 @@ def run_key(params, ds: dt.date) -> dict | None:
     days = [ds - dt.timedelta(days=i) for i in range(HISTORY_DAYS - 1, 0, -1)]
     try:
         inputs: dict[str, str | None] = {}
-        for kind in ("predictions", "decisions", "features"):
+        for kind in ("predictions", "decisions"):
             inputs.update(reader.record(store.uri(kind, date=d)).get("objects") or {})
         inputs.update(lineage.committed([store.uri("monitoring", date=x.isoformat()) for x in days]))
         if "realized" in store.layout:
@@ -415,7 +414,7 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
     if done:
         try:
             record = storage.read_json(store.uri("alerts", date=d))
-            log.info("monitor %s: unchanged since its record (the same predictions, decisions, features, earlier "
+            log.info("monitor %s: unchanged since its record (the same predictions, decisions, earlier "
                      "days and settings: key %s); nothing recomputed -> %s", d, key["key"][:12], record["report"])
             return {**record, "unchanged": True}
         except storage.MissingObject:
@@ -427,7 +426,7 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
             model_doc = reader.read_json(store.uri("scored_model", date=d), primary=pred_uri)
             dec_summary = reader.read_json(store.uri("decision_summary", date=d), primary=dec_uri)
             pred_path = reader.fetch(pred_uri, tmp)
-            feat_path = reader.fetch(store.uri("features", date=d), tmp)
+            observed = reader.read_json(store.uri("features_observed", date=d), primary=pred_uri)
             stats = storage.read_json(store.uri("scoring_stats", date=d))     # timings: not part of any record
         except (lineage.NotCommitted, storage.MissingObject) as exc:
             raise MonitorError(f"monitor {d}: {exc} (run score and decide for {d} first)") from None
@@ -436,12 +435,9 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
         import pyarrow.parquet as pq
 
         profile = model_doc.get("reference_profile")
-        names = set(pq.ParquetFile(str(feat_path)).schema_arrow.names)
-        cols = [f for f in (profile or {}).get("features", {}) if f in names and f not in p.exclude_features]
 
         def batches(k: Shard | None) -> Observer:
-            return observe(storage.iter_parquet(feat_path, cols) if cols else [],
-                           storage.iter_parquet(pred_path, ["score", "threshold", "fallback"]), profile, p, k)
+            return observe(observed, storage.iter_parquet(pred_path, ["score", "threshold", "fallback"]), profile, p, k)
 
         if shard is not None:
             with storage.publishing(store.lake, snapshot) as pub:
@@ -454,7 +450,7 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
             states = [own.read_json(r["primary"], primary=r["primary"]) for r in merged]
             shards.check_batches([i for st in states for i in st["batches"]], sum(st["rows"] for st in states),
                                  pq.ParquetFile(str(pred_path)).metadata.num_rows, f"monitor {d} (predictions)")
-            obs = Observer.merged(profile, p, states).result()
+            obs = Observer.merged(profile, p, states, observed).result()
             log.info("monitor %s: observed in %d shards", d, count)
         else:
             obs = batches(None).result()

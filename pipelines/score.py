@@ -19,8 +19,11 @@ a late one). Scoring is chunked `inplace_predict`; per-chunk latency goes to `_s
 
 Out (one partition per date, rows in = rows out): predictions/date=ds/part-0.parquet with the key
 columns, ds, score, threshold, model name/version, MLflow run id, feature spec hash, scored_by,
-fallback, defaulted_features; `_model.json` (the model served and its reference profile, for
-`monitor`); `_stats.json` (timings: the only output that differs between re-runs).
+fallback, defaulted_features and the columns of `score.carry_columns` as built (decide's rules read
+them); `_model.json` (the model served and its reference profile, for `monitor`);
+`_features_observed.json` (the features counted against that profile as they were read: what decide's
+guardrails and monitor's drift use, so neither reads the feature partition again); `_stats.json`
+(timings: the only output that differs between re-runs).
 
 A date is a run-cache entry: its predictions record names what they were made from (`run`: the
 feature partition's and manifest's sha256, the model served, the sha256 of the score params, the

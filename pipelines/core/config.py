@@ -391,6 +391,7 @@ class ScoreParams:
     registry_timeout_s: float
     feature_defaults: dict[str, Any]  # feature -> number | "reference_median"
     rules: dict[str, Any]             # {default_score, threshold, when: [{feature, op, value, score}]}
+    carry_columns: tuple[str, ...]    # feature columns the predictions carry as built (decide's rules read them)
 
     @classmethod
     def from_dict(cls, d: dict, model_name: str) -> "ScoreParams":
@@ -403,7 +404,11 @@ class ScoreParams:
         for f, v in s.feature_defaults.items():
             if not (isinstance(v, (int, float)) or v == "reference_median"):
                 raise ConfigError(f"score.feature_defaults.{f}: {v!r} is neither a number nor 'reference_median'")
-        return dataclasses.replace(s, model_name=s.model_name or model_name, rules=rules)
+        carry = s.carry_columns
+        if not isinstance(carry, (list, tuple)) or not all(isinstance(c, str) and c for c in carry) \
+                or len(set(carry)) != len(carry):
+            raise ConfigError(f"score.carry_columns: {carry!r} is not a list of distinct column names")
+        return dataclasses.replace(s, model_name=s.model_name or model_name, rules=rules, carry_columns=tuple(carry))
 
 
 @dataclass(frozen=True)
@@ -768,6 +773,11 @@ class Params:
                               f"{decide.block_threshold}")
         if tx is not None:
             entities = set(tx.columns.entities)
+            keys = {"event_id", "event_ts", *entities}          # what every prediction row carries already
+            uncarried = ({r["feature"] for r in decide.rules} | set(decide.allow_list)) - keys - set(self.score.carry_columns)
+            if uncarried:
+                raise ConfigError(f"score.carry_columns: decide.rules/allow_list read {sorted(uncarried)}, which the "
+                                  f"predictions do not carry (add them to score.carry_columns)")
             used = {*feats.rolling, *feats.target_rate, *feats.time_since_last}
             if used - entities:
                 raise ConfigError(f"features: entities {sorted(used - entities)} are not columns of "

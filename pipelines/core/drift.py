@@ -225,3 +225,37 @@ class ScoreDrift:
 
 def drift_of(ref: dict):
     return NumericDrift(ref) if ref["kind"] == "numeric" else CategoricalDrift(ref)
+
+
+class FeatureDrift:
+    """The day's features against a reference profile (`drift_of` per feature of the profile that the
+    batches hold), batch by batch: counts only. `score` observes them as it reads the feature
+    partition (the values as built, before any default fills a null) and publishes the state with the
+    predictions, so `decide` (the guardrails' top features) and `monitor` (drift) read these counts
+    instead of the partition again. States of shards add up exactly, in any order (`merged`)."""
+
+    def __init__(self, profile: dict | None) -> None:
+        self.refs = dict(sorted((profile or {}).get("features", {}).items()))
+        self.accs: dict = {}
+
+    def update(self, frame: pl.DataFrame) -> "FeatureDrift":
+        if frame.height:            # an empty day observes nothing (no feature, as before)
+            for f, r in self.refs.items():
+                if f in frame.columns:
+                    self.accs.setdefault(f, drift_of(r)).update(frame[f])
+        return self
+
+    def state(self) -> dict:
+        return {f: a.state() for f, a in self.accs.items()}
+
+    @classmethod
+    def merged(cls, profile: dict | None, states: list[dict], only=None) -> "FeatureDrift":
+        """The accumulators of `states` added up (in the profile's order); with `only`, those features."""
+        out = cls(profile)
+        for f, r in out.refs.items():
+            if only is not None and f not in only:
+                continue
+            for st in states:
+                if f in st:
+                    out.accs.setdefault(f, drift_of(r)).merge(st[f])
+        return out

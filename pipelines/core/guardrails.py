@@ -12,7 +12,7 @@ import statistics
 import polars as pl
 
 from pipelines.core.config import GuardrailParams
-from pipelines.core.drift import drift_of
+from pipelines.core.drift import FeatureDrift
 
 HOLD = "hold"
 
@@ -23,16 +23,13 @@ def top_features(importance: dict[str, float] | None, k: int) -> list[str]:
 
 
 class DayHealth:
-    """What the checks need from the day, accumulated batch by batch (memory: the counters)."""
+    """What the checks need from the day, accumulated batch by batch (memory: the counters). The
+    features' counts come from what score observed as it read them (FeatureDrift state)."""
 
-    def __init__(self, profile: dict | None, features: list[str], p: GuardrailParams) -> None:
-        refs = (profile or {}).get("features", {})
-        self.drift = {f: drift_of(refs[f]) for f in features if f in refs}
+    def __init__(self, profile: dict | None, features: list[str], p: GuardrailParams, observed: dict) -> None:
+        accs = FeatureDrift.merged(profile, [observed], only=set(features)).accs
+        self.drift = {f: accs[f] for f in features if f in accs}      # the model's order (most important first)
         self.kinds, self.rows, self.fallback_rows = set(p.fallback_kinds), 0, 0
-
-    def add_features(self, batch: pl.DataFrame) -> None:
-        for f, acc in self.drift.items():
-            acc.update(batch[f])
 
     def add_predictions(self, batch: pl.DataFrame) -> None:
         self.rows += batch.height

@@ -21,6 +21,7 @@ import polars as pl
 from pipelines.core import lake, lineage, shards, state, storage
 from pipelines.core import modelio as M
 from pipelines.core.config import ScoreParams
+from pipelines.core.drift import FeatureDrift
 from pipelines.core.rules import rule_scores
 from pipelines.core.shards import Shard
 
@@ -221,9 +222,19 @@ def fill_defaults(frame: pl.DataFrame, defaults: dict, features: list[str], prof
 
 
 def score_partition(frame: pl.DataFrame, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.date,
-                    where: str) -> tuple[pl.DataFrame, dict]:
-    """Predictions for one feature partition (rows in = rows out) and timing stats."""
+                    where: str, observed: FeatureDrift | None = None) -> tuple[pl.DataFrame, dict]:
+    """Predictions for one feature partition (rows in = rows out) and timing stats. The rows carry
+    the columns of `score.carry_columns` as built (what decide's rules read); `observed` counts the
+    features as built against the reference profile (what decide's guardrails and monitor read)."""
     keys = [c for c in fmanifest.get("key_columns", ["event_id"]) if c in frame.columns]
+    carry = [c for c in p.carry_columns if c not in keys]
+    missing = [c for c in carry if c not in frame.columns]
+    if missing:
+        raise ScoringError(f"{where}: score.carry_columns {missing} are not columns of the feature partition; "
+                           f"nothing scored")
+    carried = frame.select(carry)
+    if observed is not None:
+        observed.update(frame)
     latencies: list[float] = []
     t0 = time.perf_counter()
     if served.scored_by == "model":
@@ -267,7 +278,7 @@ def score_partition(frame: pl.DataFrame, fmanifest: dict, served: Served, p: Sco
                            .then(pl.concat_list(base_flags, pl.lit(["feature_default"], dtype=pl.List(pl.String))))
                            .otherwise(base_flags).alias("fallback"))
     out = out.select(*keys, "ds", "score", "threshold", "model_name", "model_version", "run_id", "spec_hash",
-                     "scored_by", "fallback", "defaulted_features")
+                     "scored_by", "fallback", "defaulted_features").with_columns(carried)
     assert out.height == n
     lat = np.array(latencies) if latencies else np.zeros(1)
     stats = {"rows": n, "chunks": len(latencies), "chunk_rows": p.chunk_rows, "seconds": seconds, "latencies_ms": latencies,
@@ -300,10 +311,11 @@ def merge_stats(parts: list[dict], seconds: float, chunk_rows: int) -> dict:
 
 
 def score_file(path, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.date, where: str,
-               sink: storage.ParquetSink, shard: "Shard | None" = None) -> dict:
-    """Stream a feature partition file through `score_partition`, batch by batch (memory: one batch).
-    With `shard`, only the shard's batches (batch i of the file goes to shard i mod N); the stats then
-    list them (`batches`: [index, rows]) and keep the per-batch stats (`parts`) for the merge."""
+               sink: storage.ParquetSink, observed: FeatureDrift, shard: "Shard | None" = None) -> dict:
+    """Stream a feature partition file through `score_partition`, batch by batch (memory: one batch),
+    the features counted into `observed`. With `shard`, only the shard's batches (batch i of the file
+    goes to shard i mod N); the stats then list them (`batches`: [index, rows]) and keep the per-batch
+    stats (`parts`) for the merge."""
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
@@ -311,13 +323,13 @@ def score_file(path, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.dat
     for i, batch in enumerate(storage.iter_parquet(path, batch_rows=p.chunk_rows)):
         if shard is not None and not shard.owns(i):
             continue
-        out, st = score_partition(batch, fmanifest, served, p, ds, where)
+        out, st = score_partition(batch, fmanifest, served, p, ds, where, observed)
         sink.write(out)
         parts.append(st)
         batches.append([i, out.height])
     if not parts and shard is None:    # an empty partition still gets an (empty) predictions file
         out, st = score_partition(pl.from_arrow(pq.ParquetFile(str(path)).schema_arrow.empty_table()), fmanifest,
-                                  served, p, ds, where)
+                                  served, p, ds, where, observed)
         sink.write(out)
         parts.append(st)
     stats = merge_stats(parts, time.perf_counter() - t0, p.chunk_rows)
@@ -348,12 +360,13 @@ def _score_shard(params, ds: dt.date, served: Served, pub, path, fman: dict, uri
     if rec is not None:
         return rec
     with tempfile.TemporaryDirectory(prefix="score-shard-") as tmp:
-        sink = storage.ParquetSink(primary, tmp, None)
-        stats = score_file(path, fman, served, params.score, ds, uri, sink, shard)
+        sink, observed = storage.ParquetSink(primary, tmp, None), FeatureDrift(served.profile)
+        stats = score_file(path, fman, served, params.score, ds, uri, sink, observed, shard)
         part = pub.partition(primary, "score", inputs=reader.consumed,
                              extra={"run": skey, "shard": str(shard), "batches": stats["batches"]})
         sink.publisher = part
         part.put_json(f"{where}/_stats.json", stats, volatile=True)
+        part.put_json(f"{where}/{OBSERVED}", observed.state())
         sink.close()
         rec = part.commit()
     log.info("score %s shard %s: %d batches, %d rows -> %s", ds, shard, len(stats["batches"]), stats["rows"], primary)
@@ -361,15 +374,16 @@ def _score_shard(params, ds: dt.date, served: Served, pub, path, fman: dict, uri
 
 
 def _merge_shards(params, ds: dt.date, served: Served, pub, path, fman: dict, uri: str, read: lineage.Reader,
-                  key: dict, count: int, recompute: bool, sink: storage.ParquetSink) -> dict:
+                  key: dict, count: int, recompute: bool, sink: storage.ParquetSink, observed: FeatureDrift) -> dict:
     """The date's predictions written to `sink` from its shards, batch by batch in the order of the
-    feature partition (every batch from exactly one shard); the shards' stats merged."""
+    feature partition (every batch from exactly one shard); the shards' stats and feature counts
+    merged (`observed`: their sum)."""
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
     total = pq.ParquetFile(str(path)).metadata.num_rows
     if total == 0:                                           # nothing to split: one (empty) file as always
-        return score_file(path, fman, served, params.score, ds, uri, sink)
+        return score_file(path, fman, served, params.score, ds, uri, sink, observed)
     records = [_score_shard(params, ds, served, pub, path, fman, uri, read, key, s, recompute)
                for s in shards.all_of(count)]
     owner = {i: (k, rows) for k, r in enumerate(records) for i, rows in r["batches"]}
@@ -384,6 +398,8 @@ def _merge_shards(params, ds: dt.date, served: Served, pub, path, fman: dict, ur
             sink.write(streams[k].take(rows))
         if any(s.left() for s in streams):
             raise shards.ShardError(f"score {ds}: a shard holds rows beyond its batches; nothing published")
+        states = [reader.read_json(f"{r['primary'].rsplit('/', 1)[0]}/{OBSERVED}", primary=r["primary"]) for r in records]
+        observed.accs = FeatureDrift.merged(served.profile, states).accs
     parts, seconds = [], time.perf_counter() - t0               # the merge's own time, plus each shard's
     for r in records:
         where = f"{r['primary'].rsplit('/', 1)[0]}/_stats.json"
@@ -397,8 +413,9 @@ def _merge_shards(params, ds: dt.date, served: Served, pub, path, fman: dict, ur
     return {**stats, "shards": count}
 
 
-OUTPUTS = {"champion": ("predictions", "scored_model", "scoring_stats"),
-           "shadow": ("shadow_predictions", "shadow_model", "shadow_stats")}
+OUTPUTS = {"champion": ("predictions", "scored_model", "scoring_stats", "features_observed"),
+           "shadow": ("shadow_predictions", "shadow_model", "shadow_stats", "shadow_features_observed")}
+OBSERVED = "_features_observed.json"   # a shard's features' counts (FeatureDrift state), beside its predictions
 
 
 def run_key(params, ds: dt.date, served: Served, role: str) -> dict | None:
@@ -441,7 +458,7 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
     the date's predictions are merged from its shards (those not found made here): the same bytes."""
     p, store = params.score, params.storage
     d = ds.isoformat()
-    kind, model_kind, stats_kind = OUTPUTS[role]
+    kind, model_kind, stats_kind, observed_kind = OUTPUTS[role]
     key = run_key(params, ds, served, role)
     stats = None
     done = not recompute and not storage.snapshotting(snapshot) and _unchanged(store.uri(kind, date=d), key) is not None
@@ -467,15 +484,16 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
         part = pub.partition(primary, role if role == "shadow" else "score", inputs=reader.consumed,
                              extra={"model": {k: v for k, v in served.meta().items() if k != "reason"},
                                     **({"run": key} if key else {})})
-        sink = storage.ParquetSink(primary, tmp, part)
+        sink, observed = storage.ParquetSink(primary, tmp, part), FeatureDrift(served.profile)
         sharded = count > 1 and key is not None and not storage.snapshotting(pub)
         if sharded:
-            stats = _merge_shards(params, ds, served, pub, path, fman, uri, reader, key, count, recompute, sink)
+            stats = _merge_shards(params, ds, served, pub, path, fman, uri, reader, key, count, recompute, sink, observed)
         else:
-            stats = score_file(path, fman, served, p, ds, uri, sink)
+            stats = score_file(path, fman, served, p, ds, uri, sink, observed)
         imp = M.importance(served.booster, served.manifest["feature_names"]) if served.booster is not None else {}
         part.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role, "reference_profile": served.profile,
                                                       "importance": imp})
+        part.put_json(store.uri(observed_kind, date=d), observed.state())
         part.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri}, volatile=True)
         sink.close()
         part.commit()                  # the record last: until it is written, the date is not scored

@@ -26,8 +26,9 @@ from tests.conftest import REPO, TRAIN_RANGE, nightly_params, publish, state_dir
 pytestmark = pytest.mark.integration
 D1, D2, D3 = "2026-02-15", "2026-02-16", "2026-02-17"
 L1, L2, L3 = "2026-02-22", "2026-02-23", "2026-02-24"
-OWN_OUTPUTS = ("predictions", "scored_model", "scoring_stats", "decisions", "decision_summary", "review_queue",
-               "overrides", "shadow_predictions", "shadow_model", "shadow_stats", "feedback", "feedback_summary",
+OWN_OUTPUTS = ("predictions", "scored_model", "scoring_stats", "features_observed", "decisions", "decision_summary",
+               "review_queue", "overrides", "shadow_predictions", "shadow_model", "shadow_stats",
+               "shadow_features_observed", "feedback", "feedback_summary",
                "realized", "feedback_report", "lifecycle_decision", "alerts", "monitoring", "monitoring_perf",
                "monitor_report", "monitor_index", "retrain_decision")
 

@@ -405,7 +405,7 @@ def test_mlflow_killed_mid_night_scores_from_the_cache_flagged_then_comes_back_w
 
     def mutate(d):
         d["storage"]["layout"].update({k: f"test-faults/{tmp_path.name}/{v}" for k, v in d["storage"]["layout"].items()
-                                       if k.startswith(("predictions", "scored_model", "scoring_stats"))})
+                                       if k.startswith(("predictions", "scored_model", "scoring_stats", "features_observed"))})
         d["storage"]["layout"]["training"] = f"test-nightly/{name}/{{run}}"
     p = nightly_params(name, tmp_path, mutate)
     args = ["--params", str(p), "--date", "2026-02-20"]
@@ -441,7 +441,7 @@ def test_a_killed_task_and_a_restarted_scheduler_still_finish_the_run(stack, nig
 
     def mutate(d):
         d["storage"]["layout"].update({k: f"test-faults/{tmp_path.name}/{v}" for k, v in d["storage"]["layout"].items()
-                                       if k.startswith(("predictions", "scored_model", "scoring_stats", "decision",
+                                       if k.startswith(("predictions", "scored_model", "scoring_stats", "features_observed", "decision",
                                                         "review_queue", "monitor", "alerts", "retrain", "shadow"))})
         d["storage"]["layout"]["training"] = f"test-nightly/{name}/{{run}}"
     p = nightly_params(name, state_dir("faults"), mutate)

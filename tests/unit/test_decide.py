@@ -13,11 +13,11 @@ from pipelines.decide import Tally, decisions
 D = dt.date(2026, 3, 10)
 
 
-def decide_all(pred: pl.DataFrame, feats: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams):
+def decide_all(pred: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams):
     """The stage's own streaming path, in batches of 3 rows: the decisions and the day's summary."""
     def batches():
         for i in range(0, pred.height, 3):
-            yield pred.slice(i, 3), feats.slice(i, 3)
+            yield pred.slice(i, 3)
     tally = Tally()
     out = []
     for dec in decisions(batches, overrides, p):
@@ -31,9 +31,11 @@ DP = DecideParams(block_threshold=0.9, review_threshold="operating", review_capa
                   allow_list={"customer": ("vip",)})
 
 
-def _pred(scores, customers=None):
+def _pred(scores, customers=None, amounts=None):
+    """Predictions as score writes them: keys, outputs and the carried rule column (amount)."""
     n = len(scores)
     return pl.DataFrame({"event_id": [f"e{i}" for i in range(n)], "customer": customers or [f"c{i}" for i in range(n)],
+                         "amount": amounts or [10.0] * n,
                          "ds": [D] * n, "score": pl.Series(scores, dtype=pl.Float32),
                          "threshold": pl.Series([0.5] * n, dtype=pl.Float32), "model_name": ["m"] * n,
                          "model_version": ["1"] * n, "scored_by": ["model"] * n,
@@ -41,12 +43,12 @@ def _pred(scores, customers=None):
 
 
 def test_decisions_precedence_capacity_and_overrides():
-    pred = _pred([0.95, 0.8, 0.7, 0.6, 0.55, 0.1, 0.2, 0.99], ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "vip"])
-    feats = pl.DataFrame({"event_id": pred["event_id"], "amount": [10.0, 10, 10, 10, 10, 5000, 10, 10]})
+    pred = _pred([0.95, 0.8, 0.7, 0.6, 0.55, 0.1, 0.2, 0.99], ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "vip"],
+                 [10.0, 10, 10, 10, 10, 5000, 10, 10])
     over = pl.DataFrame({"event_id": ["e1", "nope"], "decision": ["block", "approve"], "reviewer": ["ann", "bob"],
                          "note": ["confirmed", ""], "at": [dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc)] * 2},
                         schema=OVERRIDE_SCHEMA)
-    out, s = decide_all(pred, feats, over, DP)
+    out, s = decide_all(pred, over, DP)
     got = dict(zip(out["event_id"], zip(out["decision"], out["reason_code"])))
     assert got["e0"] == ("block", "model_block")
     assert got["e7"] == ("approve", "allow_list:customer")          # allow-list beats the model's block
@@ -65,16 +67,15 @@ def test_decisions_precedence_capacity_and_overrides():
 def test_rule_columns_must_exist():
     bad = DecideParams(**{**DP.__dict__, "rules": ({"name": "x", "feature": "nope", "op": ">", "value": 1,
                                                     "decision": "review"},)})
-    with pytest.raises(Exception, match="nope"):
-        decide_all(_pred([0.1]), pl.DataFrame({"event_id": ["e0"]}), pl.DataFrame(schema=OVERRIDE_SCHEMA), bad)
+    with pytest.raises(Exception, match=r"do not carry .*nope.*score.carry_columns"):
+        decide_all(_pred([0.1]), pl.DataFrame(schema=OVERRIDE_SCHEMA), bad)
 
 
 def test_rule_forced_reviews_respect_the_capacity_highest_risk_first():
     """Five rule-forced reviews, capacity 3: the three with the highest scores are queued, the other
     two are counted as over_capacity (never silently dropped)."""
-    pred = _pred([0.1, 0.6, 0.2, 0.4, 0.3])
-    feats = pl.DataFrame({"event_id": pred["event_id"], "amount": [5000.0] * 5})
-    out, s = decide_all(pred, feats, pl.DataFrame(schema=OVERRIDE_SCHEMA), DP)
+    pred = _pred([0.1, 0.6, 0.2, 0.4, 0.3], amounts=[5000.0] * 5)
+    out, s = decide_all(pred, pl.DataFrame(schema=OVERRIDE_SCHEMA), DP)
     got = {r["event_id"]: (r["decision"], r["reason_code"], r["queue_rank"]) for r in out.iter_rows(named=True)}
     assert [e for e, v in sorted(got.items(), key=lambda kv: kv[1][2] or 99) if v[2]] == ["e1", "e3", "e4"]
     assert got["e0"] == got["e2"] == ("approve", "over_capacity", None)
@@ -82,13 +83,12 @@ def test_rule_forced_reviews_respect_the_capacity_highest_risk_first():
 
 
 def test_a_held_day_acts_on_nothing_but_human_overrides_stand():
-    pred = _pred([0.95, 0.7, 0.1, 0.99])
-    feats = pl.DataFrame({"event_id": pred["event_id"], "amount": [1.0] * 4})
+    pred = _pred([0.95, 0.7, 0.1, 0.99], amounts=[1.0] * 4)
     ov = pl.DataFrame({"event_id": ["e3"], "decision": ["approve"], "reviewer": ["ann"], "note": [""],
                        "at": [dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc)]}, schema=OVERRIDE_SCHEMA)
 
     def batches():
-        yield pred, feats
+        yield pred
 
     tally = Tally()
     out = pl.concat(list(decisions(batches, ov, DP, held=True)))

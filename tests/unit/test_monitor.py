@@ -32,7 +32,7 @@ def test_the_day_page_shows_each_features_distributions_sorted_by_drift_and_a_mo
     import numpy as np
 
     from pipelines.core.config import load_params
-    from pipelines.core.drift import reference_profile
+    from pipelines.core.drift import FeatureDrift, reference_profile
     from pipelines.monitor import METRIC_SCHEMA, day_metrics, observe, report_html
 
     params = load_params("params.yaml")
@@ -43,7 +43,7 @@ def test_the_day_page_shows_each_features_distributions_sorted_by_drift_and_a_mo
     day = pl.DataFrame({"amount": rng.lognormal(3, 1, n) * 100, "hour": rng.integers(0, 4, n)})     # amounts x100
     pred = pl.DataFrame({"score": rng.beta(1, 30, n), "threshold": [0.5] * n, "fallback": [[]] * n},
                         schema_overrides={"fallback": pl.List(pl.String)})
-    obs = observe([day], [pred], profile, params.monitor).result()
+    obs = observe(FeatureDrift(profile).update(day).state(), [pred], profile, params.monitor).result()
     ds = dt.date(2026, 3, 1)
     model_doc = {"scored_by": "model", "model_name": "fraud-xgb", "model_version": "3", "run_id": "abc123",
                  "model_sha256": "f" * 64, "threshold": 0.42, "reference_profile": profile}
@@ -67,13 +67,16 @@ def test_the_day_page_shows_each_features_distributions_sorted_by_drift_and_a_mo
 @pytest.mark.parametrize("count", [2, 3, 7])
 def test_shards_of_a_day_observe_the_same_as_one_pass(count):
     """Batch i observed by shard i mod N (counts, categorical values, per-batch score sums), each
-    shard's state through JSON, merged: the Observed of one pass, bit for bit (mean included)."""
+    shard's state through JSON, merged: the Observed of one pass, bit for bit (mean included). The
+    features' counts as score shards make them (FeatureDrift per shard, merged) are the counts of one
+    pass too, to the byte of the published JSON."""
     import json
 
     import numpy as np
 
+    from pipelines.core import storage
     from pipelines.core.config import load_params
-    from pipelines.core.drift import reference_profile
+    from pipelines.core.drift import FeatureDrift, reference_profile
     from pipelines.core.shards import all_of
     from pipelines.monitor import Observer, observe
 
@@ -91,8 +94,18 @@ def test_shards_of_a_day_observe_the_same_as_one_pass(count):
                         schema_overrides={"fallback": pl.List(pl.String), "threshold": pl.Float32})
     fb = [day.slice(i, 700) for i in range(0, n, 700)]                  # 8 feature batches
     pb = [pred.slice(i, 450) for i in range(0, n, 450)]                 # 12 prediction batches
-    one = observe(fb, pb, profile, params.monitor).result()
-    states = [json.loads(json.dumps(observe(fb, pb, profile, params.monitor, s).state())) for s in all_of(count)]
-    merged = Observer.merged(profile, params.monitor, states[::-1]).result()
-    assert merged == one
+    whole = FeatureDrift(profile)
+    for b in fb:
+        whole.update(b)
+    parts = [FeatureDrift(profile) for _ in range(count)]
+    for i, b in enumerate(fb):
+        parts[i % count].update(b)
+    observed = FeatureDrift.merged(profile, [json.loads(json.dumps(x.state())) for x in parts[::-1]]).state()
+    assert storage.json_bytes(observed) == storage.json_bytes(whole.state())
+    assert list(observed) == ["amount", "cat"] and observed["amount"]["n"] == n
+    one = observe(whole.state(), pb, profile, params.monitor).result()
+    states = [json.loads(json.dumps(observe(observed, pb, profile, params.monitor, s).state())) for s in all_of(count)]
+    assert all("features" not in st for st in states)
+    merged = Observer.merged(profile, params.monitor, states[::-1], observed).result()
+    assert merged == one and set(one.features) == {"amount", "cat"}
     assert one.rows == n and one.fallback == {"rules": len(range(0, n, 11))} and one.score["mean"] is not None

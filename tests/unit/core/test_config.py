@@ -63,6 +63,23 @@ def test_every_section_is_checked_when_the_file_is_loaded_with_the_key_path(tmp_
     assert p.monitor.psi.alert == 0.25 and p.monitor.volume_ratio.low == 0.5 and p.read == {"monitor"}
 
 
+def test_the_predictions_carry_every_column_decide_reads(tmp_path):
+    """decide reads its rule and allow-list columns from the predictions (never the features again):
+    a rule on a column score does not carry is refused at load, naming both keys."""
+    assert load_params().score.carry_columns == ("amount",)
+    for bad in ("amount", ["amount", "amount"], [""], [1]):
+        with pytest.raises(ConfigError, match="score.carry_columns"):
+            _params_with(tmp_path, lambda d, bad=bad: d["score"].update(carry_columns=bad))
+    rule = {"name": "many", "feature": "customer_count_1d", "op": ">", "value": 9, "decision": "review"}
+    with pytest.raises(ConfigError, match=r"score.carry_columns: decide.rules/allow_list read \['customer_count_1d'\]"):
+        _params_with(tmp_path, lambda d: d["decide"]["rules"].append(rule))
+    both = _params_with(tmp_path, lambda d: (d["decide"]["rules"].append(rule),
+                                             d["score"].update(carry_columns=["amount", "customer_count_1d"])))
+    assert both.score.carry_columns == ("amount", "customer_count_1d")
+    keyed = _params_with(tmp_path, lambda d: d["decide"]["allow_list"].update(terminal=["t1"]))   # a key column
+    assert keyed.decide.allow_list["terminal"] == ("t1",)
+
+
 def test_features_chunk_rows_is_a_whole_number_of_rows_and_not_part_of_the_spec(tmp_path):
     from pipelines.features import spec_hash
 

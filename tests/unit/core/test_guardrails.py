@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import polars as pl
 
 from pipelines.core import guardrails as G
 from pipelines.core.config import GuardrailParams
+from pipelines.core.drift import FeatureDrift
 
 P = GuardrailParams(validation_warning_kinds=("mean",), top_features=2, max_feature_psi=2.0, trailing_days=7,
                     min_trailing_days=3, max_block_rate_ratio=4.0, max_review_volume_ratio=4.0,
@@ -47,8 +49,10 @@ def test_top_features_and_the_day_health_accumulator():
     assert G.top_features({"a": 1.0, "b": 5.0, "c": 5.0, "d": 0.1}, 2) == ["b", "c"]
     prof = {"features": {"amount": {"kind": "numeric", "null_share": 0.0, "edges": [1.0, 2.0, 3.0],
                                     "shares": [0.25, 0.25, 0.25, 0.25], "min": 0.0, "max": 4.0, "sample": []}}}
-    h = G.DayHealth(prof, ["amount", "not_profiled"], dataclasses.replace(P))
-    h.add_features(pl.DataFrame({"amount": [100.0] * 50}))
+    observed = FeatureDrift(prof).update(pl.DataFrame({"amount": [100.0] * 30})).state()     # what score publishes
+    more = FeatureDrift(prof).update(pl.DataFrame({"amount": [100.0] * 20})).state()
+    h = G.DayHealth(prof, ["amount", "not_profiled"], dataclasses.replace(P), json.loads(json.dumps(observed)))
+    assert G.DayHealth(prof, ["amount"], P, FeatureDrift.merged(prof, [observed, more]).state()).drift["amount"].n == 50
     h.add_predictions(pl.DataFrame({"fallback": [["feature_default"], [], ["registry_cache"], None]},
                                    schema={"fallback": pl.List(pl.String)}))
     assert h.feature_psi()["amount"] > 2.0 and list(h.feature_psi()) == ["amount"]

@@ -1,6 +1,7 @@
 """Scoring: the rule scorer, chunked model scoring with flagged defaults, manifest checks."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -18,7 +19,8 @@ D = dt.date(2026, 3, 10)
 SP = ScoreParams(model_name="m", alias="champion", chunk_rows=4, cache_dir=None, registry_timeout_s=1,
                  feature_defaults={"amount": "reference_median"},
                  rules={"default_score": 0.02, "threshold": 0.5,
-                        "when": [{"feature": "amount", "op": ">", "value": 250.0, "score": 0.8}]})
+                        "when": [{"feature": "amount", "op": ">", "value": 250.0, "score": 0.8}]},
+                 carry_columns=("amount",))
 
 
 def _frame():
@@ -48,6 +50,9 @@ def test_rules_score_every_row_and_flag_it():
     assert out["scored_by"].unique().to_list() == ["rules"] and out["model_version"].null_count() == 10
     assert all(f == ["rules"] for f in out["fallback"].to_list()) and stats["fallback_rows"] == {"rules": 10}
     assert rule_scores(_frame(), SP.rules).dtype == np.float32
+    assert out["amount"].equals(_frame()["amount"])                 # carried as built (decide's rules read it)
+    with pytest.raises(Exception, match=r"score.carry_columns \['nope'\] are not columns"):
+        score_partition(_frame(), FMAN, served, dataclasses.replace(SP, carry_columns=("nope",)), D, "t")
 
 
 def test_model_scores_in_chunks_and_flags_defaulted_features():
@@ -56,6 +61,7 @@ def test_model_scores_in_chunks_and_flags_defaulted_features():
     out, stats = score_partition(_frame(), FMAN, served, SP, D, "t")
     assert stats["chunks"] == 3 and out.height == 10                      # 10 rows in chunks of 4
     assert out["defaulted_features"].to_list()[2] == ["amount"] and out["fallback"].to_list()[2] == ["feature_default"]
+    assert out["amount"][2] is None and out["amount"].equals(_frame()["amount"])   # the row as built, not as filled
     assert out["fallback"].to_list()[0] == [] and stats["fallback_rows"] == {"feature_default": 2}
     assert set(out["model_version"]) == {"3"} and set(out["spec_hash"]) == {"s1"}
     filled, names = fill_defaults(_frame(), SP.feature_defaults, ["amount"], profile)
@@ -99,8 +105,10 @@ def test_a_date_scored_in_shards_gives_the_bytes_and_record_of_one_run(tmp_path,
         part.put_parquet(uri, frame)
         part.put_json(store.uri("features_manifest", date=D.isoformat()), FMAN)
         part.commit()
-    served = Served("model", [], "ok", "m", "3", "run", "sha", _booster(), MAN, 0.4,
-                    {"features": {"amount": {"sample": list(range(101))}}})
+    from pipelines.core.drift import FeatureDrift, reference_profile
+
+    profile = reference_profile(frame.with_columns(score=pl.lit(0.1)), MAN, params.evaluate)
+    served = Served("model", [], "ok", "m", "3", "run", "sha", _booster(), MAN, 0.4, profile)
     pred = store.uri("predictions", date=D.isoformat())
 
     def scored(recompute: bool = True, **kw) -> tuple[bytes, dict]:
@@ -108,13 +116,16 @@ def test_a_date_scored_in_shards_gives_the_bytes_and_record_of_one_run(tmp_path,
         return storage.read_bytes(pred), storage.read_json(storage.record_uri(pred))
 
     one, rec = scored()
+    observed = storage.read_json(store.uri("features_observed", date=D.isoformat()))
+    assert observed == FeatureDrift(profile).update(frame).state() and observed["amount"]["nulls"] == 2
+    assert store.uri("features_observed", date=D.isoformat()) in rec["objects"]      # part of the record
     assert score_day(params, D, served, shard=Shard(1, 3))["skipped"]        # the date is scored already
     storage.delete(storage.record_uri(pred))
     score_day(params, D, served, shard=Shard(1, 3))                          # shard 1's task
     shard1 = tmp_path / "lake" / "_shards" / "score" / f"date={D}" / "of=3" / "shard=1" / "part-0.parquet"
     assert pl.read_parquet(shard1)["event_id"].to_list() == ["e4", "e5", "e6", "e7"]     # batch 1
     caplog.set_level("INFO", "pipelines.scoring")
-    assert scored(recompute=False, count=3) == (one, rec)
+    assert scored(recompute=False, count=3) == (one, rec)                  # the features' counts merged too
     assert "shard 1/3: unchanged since its record" in caplog.text and "shard 0/3: 1 batches, 4 rows" in caplog.text
     assert not [f for f in shard1.parent.parent.rglob("*") if f.is_file()]   # every shard's files, timings included
     stats = storage.read_json(store.uri("scoring_stats", date=D.isoformat()))
