@@ -3,7 +3,7 @@ the scored day), the incremental path (the day's events + boundary days + per-en
 feature_state partitions) against the recomputation from the raw look-back, in the same run; and
 against the same date with no history at all (the memory anchor).
 
-    python benchmarks/features_incremental.py [--rows-per-day 1000000] [--shards 3] [--keep]
+    python benchmarks/features_incremental.py [--rows-per-day 1000000] [--shards 3] [--keep] [--quick]
 
 A local lake (benchmarks/.out/lake_<rows>) gets 45 days of simulated validated transactions and
 canonical labels (labels of day d land on d + 7), each a committed partition. Then, each in a fresh
@@ -15,7 +15,8 @@ suite off, so only the features are measured), with its wall time and peak RSS:
   4. no history: the same date in a lake that holds only that day.
   5. with --shards N: the later night in N shards by entity hash, each shard a process of its own
      (`--shard k/N`, what each mapped Airflow task runs), then the merge (the date's own run).
-2, 3 and 5 must write the same bytes (checked). Targets (issue 16): 2 well under 3; peak RSS of 2
+2, 3 and 5 must write the same bytes (checked). `--quick` (for iterating on the stage, not a
+record): lakes kept by an earlier `--keep` run are reused, and only 1, 2 and 4 run. Targets (issue 16): 2 well under 3; peak RSS of 2
 within 1.2x of 4; (issue 17) a shard's peak RSS about 1/N of 2's.
 """
 from __future__ import annotations
@@ -112,26 +113,29 @@ def main() -> None:
     ap.add_argument("--rows-per-day", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=1, help="also the later night in this many shards")
     ap.add_argument("--keep", action="store_true", help="keep the generated lakes")
+    ap.add_argument("--quick", action="store_true",
+                    help="reuse kept lakes; only the first night, a later night and no history (no from-raw, no shards)")
     args = ap.parse_args()
     day = FIRST + dt.timedelta(days=DAYS - 1)
     lake, alone = OUT / f"lake_{args.rows_per_day}", OUT / f"lake_{args.rows_per_day}_alone"
     t = time.perf_counter()
-    for folder in (lake, alone):
-        shutil.rmtree(folder, ignore_errors=True)
-    build(args.rows_per_day, lake)
-    build(args.rows_per_day, alone, only=day)
-    print(f"data: {DAYS} days x ~{args.rows_per_day:,} rows in {time.perf_counter() - t:.0f}s")
+    if not (args.quick and lake.exists() and alone.exists()):
+        for folder in (lake, alone):
+            shutil.rmtree(folder, ignore_errors=True)
+        build(args.rows_per_day, lake)
+        build(args.rows_per_day, alone, only=day)
+        print(f"data: {DAYS} days x ~{args.rows_per_day:,} rows in {time.perf_counter() - t:.0f}s")
     full, single = params_file(lake, FIRST), params_file(alone, day)
     out = lake / "features" / f"date={day}" / "part-0.parquet"
     first = run(full, day)
     nightly = run(full, day, "--recompute")
     inc_bytes = out.read_bytes()
-    raw = run(full, day, "--from-raw", "--recompute")
+    raw = run(full, day, "--from-raw", "--recompute") if not args.quick else None
     same = out.read_bytes() == inc_bytes
-    nohist = run(single, day)
+    nohist = run(single, day, "--recompute")
     rows = {"incremental, states made from raw (first night)": first, "incremental (a later night)": nightly,
-            "from raw (37-day look-back)": raw, "no history (the day alone)": nohist}
-    if args.shards > 1:
+            **({"from raw (37-day look-back)": raw} if raw else {}), "no history (the day alone)": nohist}
+    if args.shards > 1 and not args.quick:
         from pipelines.core import storage
 
         sharded = params_file(lake, FIRST, args.shards)
@@ -147,13 +151,15 @@ def main() -> None:
     print(f"{'run':52s} {'wall':>8s} {'peak RSS':>10s}")
     for name, r in rows.items():
         print(f"{name:52s} {r['seconds']:7.1f}s {r['peak_mib']:8.0f} MiB")
-    print(f"from raw / incremental, wall: {raw['seconds'] / nightly['seconds']:.2f}x; "
-          f"peak RSS: {raw['peak_mib'] / nightly['peak_mib']:.2f}x")
+    if raw:
+        print(f"from raw / incremental, wall: {raw['seconds'] / nightly['seconds']:.2f}x; "
+              f"peak RSS: {raw['peak_mib'] / nightly['peak_mib']:.2f}x")
     print(f"incremental peak RSS / no-history peak RSS: {nightly['peak_mib'] / nohist['peak_mib']:.2f} (target <= 1.2)")
-    if args.shards > 1:
+    if args.shards > 1 and not args.quick:
         print(f"largest shard peak RSS / unsharded incremental: {shard_peak / nightly['peak_mib']:.2f} (1/N = "
               f"{1 / args.shards:.2f}); merge peak RSS / unsharded: {merge['peak_mib'] / nightly['peak_mib']:.2f}")
-    print(f"incremental bytes == from-raw bytes{' == merged shards bytes' if args.shards > 1 else ''}: {same}")
+    if not args.quick:
+        print(f"incremental bytes == from-raw bytes{' == merged shards bytes' if args.shards > 1 else ''}: {same}")
     if not args.keep:
         for folder in (lake, alone):
             shutil.rmtree(folder, ignore_errors=True)

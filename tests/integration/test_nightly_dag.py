@@ -193,7 +193,10 @@ def test_ingest_validate_features_and_monitor_of_a_date_are_run_cache_entries_to
         for stage, run in runs.items():
             assert run() == 0, stage
     assert caplog.text.count("unchanged since its record") >= 5, caplog.text   # tx + labels, validated, features, monitor
-    assert before["monitor"][1]["run"]["inputs"][uris["features"]] == before["features"][1]["objects"][uris["features"]]
+    observed = store.uri("features_observed", date=d)                  # the features' counts score made
+    monitor_inputs = before["monitor"][1]["run"]["inputs"]
+    assert monitor_inputs[observed] == storage.read_json(storage.record_uri(store.uri("predictions", date=d)))["objects"][observed]
+    assert uris["features"] not in monitor_inputs                          # the feature partition is not read again
     monkeypatch.undo()
     with redirect_stdout(io.StringIO()):
         for stage, run in runs.items():
@@ -209,8 +212,9 @@ def test_ingest_validate_features_and_monitor_of_a_date_are_run_cache_entries_to
 
 
 def test_a_decided_date_is_a_run_cache_entry_too(backfill, caplog, monkeypatch):
-    """The decisions record names what they were made from (the predictions' and features' bytes,
-    verdicts, guardrail inputs, params, code): deciding the date again with the same computes nothing
+    """The decisions record names what they were made from (the predictions' bytes, the rule columns
+    and the features' counts they carry included; verdicts, guardrail inputs, params, code; not the
+    feature partition, which decide no longer reads): deciding the date again with the same computes nothing
     (plan is never called); --recompute decides it anyway into the same bytes and the same record."""
     import logging
 
@@ -220,6 +224,9 @@ def test_a_decided_date_is_a_run_cache_entry_too(backfill, caplog, monkeypatch):
     before, summ, rec = storage.read_bytes(uri), storage.read_bytes(summary), storage.read_json(storage.record_uri(uri))
     assert rec["run"]["inputs"][pred] == storage.read_json(storage.record_uri(pred))["objects"][pred]
     assert rec["run"]["key"] and rec["run"]["code_version"] and rec["run"]["params_sha256"]
+    observed, feats = store.uri("features_observed", date=d), store.uri("features", date=d)
+    assert pred in rec["inputs"] and observed in rec["run"]["inputs"]
+    assert feats not in rec["inputs"] and feats not in rec["run"]["inputs"]
     args = ["--params", str(backfill["params"].path), "--date", d]
 
     def boom(*a, **k):
