@@ -308,15 +308,20 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
             yield from storage.iter_parquet(pred_path)
 
         # the day's health, before anything is published for action: the top features' counts as
-        # score observed them while it read the features
+        # score observed them while it read the features; the fallbacks, in the plan's pass
         health = G.DayHealth(model_doc.get("reference_profile"), top, g, observed)
-        for pb in storage.iter_parquet(pred_path, ["fallback"]):
-            health.add_predictions(pb)
+        names = pq.ParquetFile(str(pred_path)).schema_arrow.names
+        first = [c for c in dict.fromkeys(["event_id", "score", "threshold", "fallback", *columns_read(p)]) if c in names]
+
+        def planned(pred_path=pred_path, first=first):      # only the columns the plan and the health read
+            for pb in storage.iter_parquet(pred_path, first):
+                health.add_predictions(pb)
+                yield pb
         val_uri = store.uri("validation_results", dataset="transactions", date=d)
         validation, val_sha = optional_json(val_uri)
         rel_uri = store.uri("hold_release", date=d)
         release, rel_sha = optional_json(rel_uri)
-        ranks, proposed = plan(batches, overrides, p)
+        ranks, proposed = plan(planned, overrides, p)
         trailing = trailing_days(store, ds, g.trailing_days)
         results = G.checks(g, warnings=(validation or {}).get("warnings", []), feature_psi=health.feature_psi(),
                            rows=proposed["rows"], blocks=proposed["blocks"], review_volume=proposed["review_volume"],
