@@ -627,12 +627,15 @@ class Totals:
                 np.maximum.at(acc["last"], k, g["last"].to_numpy())
 
     def result(self) -> pl.DataFrame:
-        """One row per entity and slot with any rows: entity, id, the slot columns, the totals."""
+        """One row per entity and slot with any rows: entity, id, the slot columns, the totals. Each
+        slot's arrays are let go as its rows are made (the peak is the rows plus one slot's arrays)."""
         np = self.np
         frames = []
-        for slot, acc in self.slots.items():
+        for slot in list(self.slots):
+            acc = self.slots.pop(slot)
             keep = acc["n"] > 0
             frame = pl.DataFrame({"__k": np.nonzero(keep)[0].astype(np.uint32), **{c: a[keep] for c, a in acc.items()}})
+            del acc, keep
             frame = frame.with_columns(*[pl.lit(v).alias(c) for c, v in zip(self.slot_cols, slot)])
             if not self.labels:
                 half = pl.lit(self.HALF, dtype=pl.Int128)
@@ -641,8 +644,8 @@ class Totals:
                     (pl.col("qh").cast(pl.Int128) * half + pl.col("ql").cast(pl.Int128)).alias("q"),
                     pl.when(pl.col("mx") != -inf).then(pl.col("mx")).alias("mx"),
                     pl.when(pl.col("mn") != inf).then(pl.col("mn")).alias("mn")).drop("qh", "ql")
-            frames.append(frame)
-        return self.keys.unkey(pl.concat(frames, how="vertical_relaxed")) if frames else pl.DataFrame()
+            frames.append(self.keys.unkey(frame))
+        return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
 
 def _availability(day: dt.date, landed: dt.date, midnight: bool = True) -> dt.datetime:
