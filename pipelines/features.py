@@ -558,16 +558,16 @@ class EntityKeys:
     def __init__(self, seen: pl.DataFrame) -> None:
         self.named = seen.select("id", "entity").with_row_index("__k")
         self.size = self.named.height
-        self.hashed = pl.col("id").hash(seed=CHUNK_SEED).alias("__h")
-        self.of = {e: self.named.filter(pl.col("entity") == e).select("__k", pl.col("id").alias("__id"), self.hashed)
-                   for e in dict.fromkeys(self.named["entity"].to_list())}
+        # one 64-bit key for (entity, id): one join for every entity type, no per-entity copies
+        self.hashed = (pl.col("id").cast(pl.String).hash(seed=CHUNK_SEED)
+                       ^ pl.col("entity").cast(pl.String).hash(seed=CHUNK_SEED + 1)).alias("__h")
+        self.table = self.named.select("__k", pl.col("id").alias("__id"), pl.col("entity").alias("__e"), self.hashed)
 
     def key(self, frame: pl.DataFrame) -> pl.DataFrame:
         """The rows of `frame` (entity, id, ...) whose entity is one of these, with `__k` for entity and id."""
-        parts = [frame.filter(pl.col("entity") == e).drop("entity").with_columns(self.hashed)
-                 .join(k, on="__h", how="inner").filter(pl.col("id") == pl.col("__id")).drop("__h", "__id", "id")
-                 for e, k in self.of.items()]
-        return pl.concat(parts) if parts else frame.head(0).drop("entity", "id").with_columns(pl.lit(0, pl.UInt32).alias("__k"))
+        return (frame.with_columns(self.hashed).join(self.table, on="__h", how="inner")
+                .filter((pl.col("id") == pl.col("__id")) & (pl.col("entity") == pl.col("__e")))
+                .drop("__h", "__id", "__e", "id", "entity"))
 
     def unkey(self, frame: pl.DataFrame) -> pl.DataFrame:
         return frame.join(self.named, on="__k", how="inner").drop("__k") if frame.width else frame
@@ -599,9 +599,10 @@ class Totals:
                 "ql": np.zeros(z, np.int64), "mx": np.full(z, -np.inf), "mn": np.full(z, np.inf),
                 "last": np.full(z, np.iinfo(np.int64).min)}
 
-    def add(self, part: pl.DataFrame) -> None:
-        """Add one partition's rows (entity, id, slot columns, totals): those of other entities are cut."""
-        part = self.keys.key(part)
+    def add(self, part: pl.DataFrame, keyed: bool = False) -> None:
+        """Add one partition's rows (entity, id, slot columns, totals): those of other entities are cut
+        (`keyed`: they are already, by EntityKeys.key)."""
+        part = part if keyed else self.keys.key(part)
         if not part.height:
             return
         np = self.np
@@ -995,18 +996,23 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
                       day, day)
         del event_ids
         totals, sums, labelled = Totals(False, keys), Totals(True, keys), []
-        for f in p.totals:
-            if f in states:
-                at = f
-                totals.add(_read(reader, states[f]).with_columns(pl.lit(runs[f]).alias("day")))
-        for landed in p.landing:
-            at = landed + dt.timedelta(days=1)
-            st = states.get(at)
-            if st is None or landed < lb.first_date:
-                continue
+        # each state object is read and keyed in a thread while the one before is folded
+        for f, part in _ahead([f for f in p.totals if f in states],
+                              lambda f: keys.key(_read(reader, states[f]).with_columns(pl.lit(runs[f]).alias("day")))):
+            at = f
+            totals.add(part.result(), keyed=True)
+
+        def label_sums(landed: dt.date) -> pl.DataFrame:
+            st = states[landed + dt.timedelta(days=1)]
             avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
-            sums.add(_for_run(_read(reader, _sibling(st, "labels.parquet"), primary=st), "event_date",
-                              label_runs).with_columns(avail))
+            return keys.key(_for_run(_read(reader, _sibling(st, "labels.parquet"), primary=st), "event_date",
+                                     label_runs).with_columns(avail))
+
+        landing = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
+        for landed, part in _ahead(landing, label_sums):
+            at = landed + dt.timedelta(days=1)
+            st = states[at]
+            sums.add(part.result(), keyed=True)
             objects = reader.record(st)["objects"]
             known = pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
             for e in p.label_boundary:
@@ -1019,6 +1025,22 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
             raise _BrokenState(at, str(exc)) from None
         raise NeedRaw(str(exc)) from None
     return today, History(_concat(events), totals.result(), _concat(labelled), sums.result())
+
+
+def _ahead(items: list, load):
+    """(item, future of load(item)) in order; the next item's load runs in a thread while the caller
+    works on the current one (reads and joins release the GIL). Memory: two loads at most."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not items:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="features-read") as pool:
+        nxt = pool.submit(load, items[0])
+        for i, item in enumerate(items):
+            cur = nxt
+            if i + 1 < len(items):
+                nxt = pool.submit(load, items[i + 1])
+            yield item, cur
 
 
 def run_key(params, day: dt.date, suite: dict | None) -> dict | None:
