@@ -599,10 +599,9 @@ class Totals:
                 "ql": np.zeros(z, np.int64), "mx": np.full(z, -np.inf), "mn": np.full(z, np.inf),
                 "last": np.full(z, np.iinfo(np.int64).min)}
 
-    def add(self, part: pl.DataFrame, keyed: bool = False) -> None:
-        """Add one partition's rows (entity, id, slot columns, totals): those of other entities are cut
-        (`keyed`: they are already, by EntityKeys.key)."""
-        part = part if keyed else self.keys.key(part)
+    def add(self, part: pl.DataFrame) -> None:
+        """Add one partition's rows (entity, id, slot columns, totals): those of other entities are cut."""
+        part = self.keys.key(part)
         if not part.height:
             return
         np = self.np
@@ -996,23 +995,18 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
                       day, day)
         del event_ids
         totals, sums, labelled = Totals(False, keys), Totals(True, keys), []
-        # each state object is read and keyed in a thread while the one before is folded
-        for f, part in _ahead([f for f in p.totals if f in states],
-                              lambda f: keys.key(_read(reader, states[f]).with_columns(pl.lit(runs[f]).alias("day")))):
-            at = f
-            totals.add(part.result(), keyed=True)
-
-        def label_sums(landed: dt.date) -> pl.DataFrame:
-            st = states[landed + dt.timedelta(days=1)]
-            avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
-            return keys.key(_for_run(_read(reader, _sibling(st, "labels.parquet"), primary=st), "event_date",
-                                     label_runs).with_columns(avail))
-
-        landing = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
-        for landed, part in _ahead(landing, label_sums):
+        for f in p.totals:
+            if f in states:
+                at = f
+                totals.add(_read(reader, states[f]).with_columns(pl.lit(runs[f]).alias("day")))
+        for landed in p.landing:
             at = landed + dt.timedelta(days=1)
-            st = states[at]
-            sums.add(part.result(), keyed=True)
+            st = states.get(at)
+            if st is None or landed < lb.first_date:
+                continue
+            avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
+            sums.add(_for_run(_read(reader, _sibling(st, "labels.parquet"), primary=st), "event_date",
+                              label_runs).with_columns(avail))
             objects = reader.record(st)["objects"]
             known = pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
             for e in p.label_boundary:
@@ -1025,22 +1019,6 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
             raise _BrokenState(at, str(exc)) from None
         raise NeedRaw(str(exc)) from None
     return today, History(_concat(events), totals.result(), _concat(labelled), sums.result())
-
-
-def _ahead(items: list, load):
-    """(item, future of load(item)) in order; the next item's load runs in a thread while the caller
-    works on the current one (reads and joins release the GIL). Memory: two loads at most."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not items:
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix="features-read") as pool:
-        nxt = pool.submit(load, items[0])
-        for i, item in enumerate(items):
-            cur = nxt
-            if i + 1 < len(items):
-                nxt = pool.submit(load, items[i + 1])
-            yield item, cur
 
 
 def run_key(params, day: dt.date, suite: dict | None) -> dict | None:
