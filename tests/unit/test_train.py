@@ -54,7 +54,10 @@ def test_the_dask_engine_trains_a_model_of_the_same_quality_on_the_demo_data(par
     """train.engine dask: xgboost.dask on a real dask.distributed LocalCluster of two worker
     processes, the same split, settings and early stopping as the local engine; on the demo's data
     (its simulator, its feature spec: 36 days of features, train/valid/test by date) the test AP is
-    within 0.005 of the local model's. One point of the search grid keeps the suite fast."""
+    within 0.01 of the local model's. The local model is the same on every run; the Dask one is not
+    quite: its quantile sketch depends on which rows each worker holds, and the scheduler places the
+    chunks by timing (measured on the same data: AP 0.5472 and 0.5417 against the local 0.5472, so
+    0.005 failed about one run in three). One point of the search grid keeps the suite fast."""
     import dataclasses
     import datetime as dt
 
@@ -76,7 +79,7 @@ def test_the_dask_engine_trains_a_model_of_the_same_quality_on_the_demo_data(par
                         pl.col("tx_ts").cast(pl.Datetime("us")).alias("event_ts")).with_columns(
         landed.alias("label_date"), (landed.cast(pl.Datetime("us")) + pl.duration(days=1)).alias("available_at"))
     feats = compute_features(events, labels, params.features, days[14], days[-1], ["customer", "terminal"], ["amount"])
-    feats = feats.join(labels.select("event_id", "label"), on="event_id")
+    feats = feats.join(labels.select("event_id", "label"), on="event_id", maintain_order="left")   # one row order: one split
     names = feature_names(params.features, ["amount"])
     on = pl.col("event_ts").dt.date()
     windows = [feats.filter(on < days[35]), feats.filter(on.is_between(days[35], days[41])), feats.filter(on >= days[42])]
@@ -89,4 +92,4 @@ def test_the_dask_engine_trains_a_model_of_the_same_quality_on_the_demo_data(par
         assert res.engine == engine and res.workers == (2 if engine == "dask" else 1)
         assert 5 < res.best_iteration < params.train.num_boost_round               # early stopping on valid
         ap[engine] = average_precision(ys, M.predict(res.booster, xs))
-    assert ap["local"] > 0.3 and abs(ap["dask"] - ap["local"]) <= 0.005, ap
+    assert ap["local"] > 0.3 and abs(ap["dask"] - ap["local"]) <= 0.01, ap
