@@ -25,21 +25,21 @@ from tests.conftest import DISTRIBUTED
 
 pytestmark = pytest.mark.integration
 assert DISTRIBUTED, "run by make test-distributed (tests/conftest.py collects tests/distributed only then)"
-FIRST, LAST, SHARD_DAY = "2026-03-01", "2026-03-05", "2026-03-07"
-KILL_DAYS = ("2026-03-06", "2026-03-08", "2026-03-09")   # a kill that lands after its task ended: the next date
+FIRST, LAST, KILL_DAY, SHARD_DAY = "2026-03-01", "2026-03-05", "2026-03-06", "2026-03-07"
+KILL_TRIES = 3          # a kill that lands after its task's try ended: the date again (its records dropped)
 DAYS = [d.isoformat() for d in date_range(parse_date(FIRST), parse_date(LAST))]
 STAGES = ("ingest", "validate", "features", "score", "decide", "monitor")
 KINDS = ("canonical", "validated", "features", "predictions", "decisions", "monitoring")
 
 
-def _outputs(params, day: str) -> dict[str, bytes]:
+def _uris(params, day: str) -> dict[str, str]:
     store = params.storage
-    out = {}
-    for kind in KINDS:
-        uri = store.uri(kind, dataset="transactions", date=day) if kind in ("canonical", "validated") \
-            else store.uri(kind, date=day)
-        out[kind] = storage.read_bytes(uri)
-    return out
+    return {kind: store.uri(kind, dataset="transactions", date=day) if kind in ("canonical", "validated")
+            else store.uri(kind, date=day) for kind in KINDS}
+
+
+def _outputs(params, day: str) -> dict[str, bytes]:
+    return {kind: storage.read_bytes(uri) for kind, uri in _uris(params, day).items()}
 
 
 def _recompute(params, day: str) -> None:
@@ -62,12 +62,12 @@ def backfill(stack, nightly_champion):
     demo = {**params.section("demo_data"), "bugs": [], "nightly": None, "drift": None}
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     write_demo(DemoParams.from_dict(demo), tx.partition_uri, lb.partition_uri, parse_date("2026-02-22"),
-               parse_date(KILL_DAYS[-1]))
+               parse_date(SHARD_DAY))
     client = AirflowClient()
     client.wait_for_dag("nightly_scoring")
     client.wait_for_dag("training")
-    for day in KILL_DAYS:                                            # a reused state: start clean
-        client.delete_run("nightly_scoring", f"kill__{day}")
+    for k in range(KILL_TRIES):                                      # a reused state: start clean
+        client.delete_run("nightly_scoring", f"kill__{KILL_DAY}__{k}")
     client.delete_run("nightly_scoring", f"shards__{SHARD_DAY}")
     for old in client._request("GET", "/api/v2/backfills?dag_id=nightly_scoring&limit=100")["backfills"]:
         if not old.get("completed_at"):          # an interrupted session's backfill: one may run at a time
@@ -141,8 +141,8 @@ def test_the_distributed_backfill_gives_the_bytes_of_the_stages_run_directly(bac
         assert {k: before[k] == after[k] for k in KINDS} == {k: True for k in KINDS}, d
 
 
-def _kill_a_worker_mid_stage(client, params, day: str) -> tuple[str, dict] | None:
-    """Trigger `day`, SIGKILL the process group of the Celery worker running one of its stages (its
+def _kill_a_worker_mid_stage(client, params, day: str, run_id: str) -> tuple[str, dict] | None:
+    """Trigger `day` (as `run_id`), SIGKILL the process group of the Celery worker running one of its stages (its
     pid file removed first, so the supervisor does not start it again) and wait for the run. Returns
     (task id, its task instance) when the kill hit the task mid-try; None when the try had ended
     between the API saying "running" and the kill (a stage of a few seconds can: a race of the test,
@@ -151,7 +151,6 @@ def _kill_a_worker_mid_stage(client, params, day: str) -> tuple[str, dict] | Non
     from pipelines.ops import stack as st
 
     lay = st.layout()
-    run_id = f"kill__{day}"
     client.trigger("nightly_scoring", {"params_file": str(params.path)}, run_id=run_id, logical_date=f"{day}T00:00:00+00:00")
     victim, task = None, None
     deadline = time.monotonic() + 600
@@ -182,19 +181,24 @@ def test_a_worker_killed_mid_task_the_task_is_retried_on_the_other_worker(backfi
     """SIGKILL to one Celery worker's process group while it runs a stage of a new date: Airflow fails
     the orphaned try on its heartbeat timeout and retries it on the other worker; the date succeeds
     with the same bytes as the stages run directly. A kill that lands after its task's try ended
-    (the date then simply runs on the other worker) is tried again on the next date."""
+    (the date then simply runs on the other worker) is tried again: the date's records dropped, so
+    that every stage computes again (a later date would want this one's look-back)."""
     client, params = backfill["client"], backfill["params"]
-    for day in KILL_DAYS:
-        hit = _kill_a_worker_mid_stage(client, params, day)
+    for k in range(KILL_TRIES):
+        if k:               # one run per logical date: the missed one goes, and the date's records
+            client.delete_run("nightly_scoring", f"kill__{KILL_DAY}__{k - 1}")
+            for uri in _uris(params, KILL_DAY).values():
+                storage.delete(storage.record_uri(uri))
+        hit = _kill_a_worker_mid_stage(client, params, KILL_DAY, f"kill__{KILL_DAY}__{k}")
         if hit is not None:
             break
     else:
-        pytest.fail(f"every kill ({len(KILL_DAYS)} dates) landed after its task had ended")
+        pytest.fail(f"every kill ({KILL_TRIES} tries) landed after its task had ended")
     task, ti = hit
     assert ti["try_number"] >= 2 and not ti["hostname"].startswith(ti["victim"]), (task, ti)
-    before = _outputs(params, day)
-    _recompute(params, day)
-    assert _outputs(params, day) == before
+    before = _outputs(params, KILL_DAY)
+    _recompute(params, KILL_DAY)
+    assert _outputs(params, KILL_DAY) == before
 
 
 def test_a_date_in_three_shards_gives_the_bytes_of_one_piece(backfill):
