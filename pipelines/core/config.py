@@ -382,6 +382,11 @@ def _rule(r: dict, where: str, extra: tuple[str, ...]) -> dict:
     return r
 
 
+# what score writes on every row besides the key columns (a carried column may not take their names)
+PREDICTION_COLUMNS = {"ds", "score", "threshold", "model_name", "model_version", "run_id", "spec_hash", "scored_by",
+                      "fallback", "defaulted_features"}
+
+
 @dataclass(frozen=True)
 class ScoreParams:
     model_name: str | None            # None = register.model_name
@@ -408,6 +413,9 @@ class ScoreParams:
         if not isinstance(carry, (list, tuple)) or not all(isinstance(c, str) and c for c in carry) \
                 or len(set(carry)) != len(carry):
             raise ConfigError(f"score.carry_columns: {carry!r} is not a list of distinct column names")
+        clash = sorted(set(carry) & PREDICTION_COLUMNS)
+        if clash:
+            raise ConfigError(f"score.carry_columns: {clash} would replace the predictions' own column(s)")
         return dataclasses.replace(s, model_name=s.model_name or model_name, rules=rules, carry_columns=tuple(carry))
 
 

@@ -67,7 +67,7 @@ def test_the_predictions_carry_every_column_decide_reads(tmp_path):
     """decide reads its rule and allow-list columns from the predictions (never the features again):
     a rule on a column score does not carry is refused at load, naming both keys."""
     assert load_params().score.carry_columns == ("amount",)
-    for bad in ("amount", ["amount", "amount"], [""], [1]):
+    for bad in ("amount", ["amount", "amount"], [""], [1], ["amount", "score"]):
         with pytest.raises(ConfigError, match="score.carry_columns"):
             _params_with(tmp_path, lambda d, bad=bad: d["score"].update(carry_columns=bad))
     rule = {"name": "many", "feature": "customer_count_1d", "op": ">", "value": 9, "decision": "review"}
