@@ -354,28 +354,6 @@ class Rows:
         return sum(f.height for f in self.buf) + sum(f.height for f in self.frames)
 
 
-def aligned(*streams):
-    """Zip frame streams of the same rows (in the same order) into equal-length slices, whatever
-    their batch boundaries; raises if one ends before the others."""
-    its = [iter(s) for s in streams]
-    bufs: list = [None] * len(its)
-    while True:
-        for i, it in enumerate(its):
-            while bufs[i] is None or bufs[i].height == 0:
-                nxt = next(it, None)
-                if nxt is None:
-                    bufs[i] = None
-                    break
-                bufs[i] = nxt
-        if all(b is None for b in bufs):
-            return
-        if any(b is None for b in bufs):
-            raise StorageError("aligned streams: one input has fewer rows than the others")
-        n = min(b.height for b in bufs)
-        yield [b.slice(0, n) for b in bufs]
-        bufs = [b.slice(n) for b in bufs]
-
-
 # --------------------------------------------------------------------------- tables
 def parquet_bytes(df: pl.DataFrame | pa.Table) -> bytes:
     """Serialize with fixed settings: same frame, same bytes."""
