@@ -334,20 +334,22 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
                                       if overrides.height else None), (val_uri, val_sha), (rel_uri, rel_sha)) if s}
         part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed, sources=sources,
                              extra={"run": key} if key else None)
-        sink, tally = storage.ParquetSink(store.uri("decisions", date=d), tmp, part), Tally()
-        for dec in decisions(batches, overrides, p, ranks, held):
-            sink.write(dec)
-            tally.add(dec)
-        summ = tally.summary(overrides, p)
-        summ["guardrails"] = {"status": status, "breaches": breached, "checks": results, "proposed": proposed,
-                              "top_features": top, "trailing_dates": [x["date"] for x in trailing], "release": release}
-        n_pred = pq.ParquetFile(str(pred_path)).metadata.num_rows
-        if summ["rows"] != n_pred:
-            raise DecideError(f"decide {d}: {summ['rows']} decisions for {n_pred} predictions")
-        queue = pl.concat(tally.queue).sort("queue_rank") if tally.queue else pl.DataFrame()
-        part.put_parquet(store.uri("review_queue", date=d), queue)
-        part.put_json(store.uri("decision_summary", date=d), summ)
-        sink.close()
+        tally = Tally()
+        with storage.ParquetSink(store.uri("decisions", date=d), tmp, part) as sink:
+            for dec in decisions(batches, overrides, p, ranks, held):
+                sink.write(dec)
+                tally.add(dec)
+            summ = tally.summary(overrides, p)
+            summ["guardrails"] = {"status": status, "breaches": breached, "checks": results, "proposed": proposed,
+                                  "top_features": top, "trailing_dates": [x["date"] for x in trailing],
+                                  "release": release}
+            n_pred = pq.ParquetFile(str(pred_path)).metadata.num_rows
+            if summ["rows"] != n_pred:
+                raise DecideError(f"decide {d}: {summ['rows']} decisions for {n_pred} predictions")
+            queue = pl.concat(tally.queue).sort("queue_rank") if tally.queue else pl.DataFrame()
+            part.put_parquet(store.uri("review_queue", date=d), queue)
+            part.put_json(store.uri("decision_summary", date=d), summ)
+            sink.close()
         part.commit()
     if summ["overrides_applied"]:
         log.info("%d human override(s) applied for %s (reason_code human_override, reviewer in overridden_by)",

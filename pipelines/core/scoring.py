@@ -360,14 +360,15 @@ def _score_shard(params, ds: dt.date, served: Served, pub, path, fman: dict, uri
     if rec is not None:
         return rec
     with tempfile.TemporaryDirectory(prefix="score-shard-") as tmp:
-        sink, observed = storage.ParquetSink(primary, tmp, None), FeatureDrift(served.profile)
-        stats = score_file(path, fman, served, params.score, ds, uri, sink, observed, shard)
-        part = pub.partition(primary, "score", inputs=reader.consumed,
-                             extra={"run": skey, "shard": str(shard), "batches": stats["batches"]})
-        sink.publisher = part
-        part.put_json(f"{where}/_stats.json", stats, volatile=True)
-        part.put_json(f"{where}/{OBSERVED}", observed.state())
-        sink.close()
+        with storage.ParquetSink(primary, tmp, None) as sink:
+            observed = FeatureDrift(served.profile)
+            stats = score_file(path, fman, served, params.score, ds, uri, sink, observed, shard)
+            part = pub.partition(primary, "score", inputs=reader.consumed,
+                                 extra={"run": skey, "shard": str(shard), "batches": stats["batches"]})
+            sink.publisher = part
+            part.put_json(f"{where}/_stats.json", stats, volatile=True)
+            part.put_json(f"{where}/{OBSERVED}", observed.state())
+            sink.close()
         rec = part.commit()
     log.info("score %s shard %s: %d batches, %d rows -> %s", ds, shard, len(stats["batches"]), stats["rows"], primary)
     return rec
@@ -484,18 +485,21 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
         part = pub.partition(primary, role if role == "shadow" else "score", inputs=reader.consumed,
                              extra={"model": {k: v for k, v in served.meta().items() if k != "reason"},
                                     **({"run": key} if key else {})})
-        sink, observed = storage.ParquetSink(primary, tmp, part), FeatureDrift(served.profile)
-        sharded = count > 1 and key is not None and not storage.snapshotting(pub)
-        if sharded:
-            stats = _merge_shards(params, ds, served, pub, path, fman, uri, reader, key, count, recompute, sink, observed)
-        else:
-            stats = score_file(path, fman, served, p, ds, uri, sink, observed)
-        imp = M.importance(served.booster, served.manifest["feature_names"]) if served.booster is not None else {}
-        part.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role, "reference_profile": served.profile,
-                                                      "importance": imp})
-        part.put_json(store.uri(observed_kind, date=d), observed.state())
-        part.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri}, volatile=True)
-        sink.close()
+        with storage.ParquetSink(primary, tmp, part) as sink:
+            observed = FeatureDrift(served.profile)
+            sharded = count > 1 and key is not None and not storage.snapshotting(pub)
+            if sharded:
+                stats = _merge_shards(params, ds, served, pub, path, fman, uri, reader, key, count, recompute, sink,
+                                      observed)
+            else:
+                stats = score_file(path, fman, served, p, ds, uri, sink, observed)
+            imp = M.importance(served.booster, served.manifest["feature_names"]) if served.booster is not None else {}
+            part.put_json(store.uri(model_kind, date=d), {**served.meta(), "role": role,
+                                                          "reference_profile": served.profile, "importance": imp})
+            part.put_json(store.uri(observed_kind, date=d), observed.state())
+            part.put_json(store.uri(stats_kind, date=d), {**stats, "model": served.meta(), "features": uri},
+                          volatile=True)
+            sink.close()
         part.commit()                  # the record last: until it is written, the date is not scored
         if sharded:                    # merged and published: the shards have served
             shards.clear(store, "score", ds, count)

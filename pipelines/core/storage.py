@@ -397,23 +397,66 @@ def record_uri(uri: str) -> str:
 
 class ParquetSink:
     """Batches -> one Parquet file (same settings as parquet_bytes, one row group per batch), written
-    locally and published at `uri` on close: memory stays at one batch; same batches, same bytes."""
+    locally and published at `uri` on close: memory stays at one batch; same batches, same bytes.
+
+    The row groups are encoded and compressed by a writer thread (pyarrow lets go of the GIL), one
+    batch behind the caller, so a stage computes its next batch while the last one is written (decide
+    at 1M rows: the write was 0.43 s of 1.1 s). A failure of the writer is raised by the next
+    write() or by close(); abort() stops the thread without publishing."""
 
     def __init__(self, uri: str, workdir: str | Path, publisher: "Publisher | Partition | None" = None) -> None:
+        import queue
+        import threading
+
         self.uri, self.publisher = uri, publisher
         self.path = Path(workdir) / f"sink-{hashlib.sha1(uri.encode()).hexdigest()[:16]}.parquet"
         self.writer = None
         self.rows = 0
+        self.error: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._drain, name="parquet-sink", daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            table = self.queue.get()
+            if table is None:
+                return
+            if self.error is not None:
+                continue                              # drain what is queued; the caller raises it
+            try:
+                if self.writer is None:
+                    self.writer = pq.ParquetWriter(str(self.path), table.schema, compression="zstd",
+                                                   compression_level=3, write_statistics=True)
+                self.writer.write_table(table, row_group_size=1_000_000)
+            except BaseException as exc:              # noqa: BLE001 - handed to the caller
+                self.error = exc
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
 
     def write(self, df: pl.DataFrame) -> None:
-        table = df.to_arrow()
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(str(self.path), table.schema, compression="zstd", compression_level=3,
-                                           write_statistics=True)
-        self.writer.write_table(table, row_group_size=1_000_000)
+        self._raise()
+        self.queue.put(df.to_arrow())
         self.rows += df.height
 
+    def _finish(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+    def abort(self) -> None:
+        """Stop the writer thread; nothing is published (the local file is the caller's to remove).
+        After close(), nothing to do."""
+        self._finish()
+        if self.writer is not None and self.writer.is_open:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+
     def close(self, empty_schema: dict | None = None) -> None:
+        self._finish()
+        self._raise()
         if self.writer is None:                       # no rows at all: an empty file with the schema
             pq.write_table(pl.DataFrame(schema=empty_schema or {}).to_arrow(), str(self.path), compression="zstd")
         else:
@@ -422,6 +465,12 @@ class ParquetSink:
             self.publisher.put_path(self.uri, self.path)
         else:
             put_file(self.uri, self.path)
+
+    def __enter__(self) -> "ParquetSink":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        self.abort()                                  # closed already, or left unpublished
 
 
 class Partition:

@@ -63,3 +63,34 @@ def test_delete_prefix_removes_hidden_objects_too(tmp_path, monkeypatch):
     assert storage.delete_prefix("s3://lake/a") == 3
     assert not (tmp_path / "lake" / "a").exists() and storage.exists("s3://lake/keep/y.json")
     assert storage.delete_prefix("s3://lake/none") == 0
+
+
+def test_the_parquet_sink_writes_in_a_thread_the_bytes_of_a_plain_writer_and_raises_its_errors(tmp_path):
+    """The sink's writer thread gives the file a synchronous writer makes from the same batches;
+    a batch the writer refuses is raised by the next write or by close, and nothing is published."""
+    import pyarrow.parquet as pq
+
+    batches = [pl.DataFrame({"event_id": [f"e{i}-{k}" for k in range(1000)], "score": [k / 1000 for k in range(1000)]})
+               for i in range(5)]
+    sink = storage.ParquetSink(str(tmp_path / "out" / "a.parquet"), tmp_path)
+    for b in batches:
+        sink.write(b)
+    sink.close()
+    with pq.ParquetWriter(str(tmp_path / "b.parquet"), batches[0].to_arrow().schema, compression="zstd",
+                          compression_level=3, write_statistics=True) as w:
+        for b in batches:
+            w.write_table(b.to_arrow(), row_group_size=1_000_000)
+    assert (tmp_path / "out" / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    assert pl.read_parquet(tmp_path / "out" / "a.parquet").equals(pl.concat(batches))
+    assert not sink.thread.is_alive()
+
+    bad = storage.ParquetSink(str(tmp_path / "out" / "c.parquet"), tmp_path)
+    bad.write(batches[0])
+    bad.write(batches[1].with_columns(pl.col("score").cast(pl.String)))       # not the file's schema
+    with pytest.raises(Exception, match="(?i)schema"):
+        bad.close()                                 # the thread writes one behind: close raises it
+    assert not (tmp_path / "out" / "c.parquet").exists() and not bad.thread.is_alive()
+    with pytest.raises(RuntimeError), storage.ParquetSink(str(tmp_path / "out" / "d.parquet"), tmp_path) as s:
+        s.write(batches[0])
+        raise RuntimeError("the stage failed between two batches")
+    assert not s.thread.is_alive() and not (tmp_path / "out" / "d.parquet").exists()
