@@ -301,7 +301,8 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
             raise DecideError(f"decide {d}: {exc}; nothing decided (run features and score for {d} first)") from None
         except lineage.StaleInput as exc:
             raise DecideError(f"decide {d}: {exc}; nothing decided") from None
-        top = [f for f in G.top_features(model_doc.get("importance"), g.top_features) if f in observed]
+        profiled = (model_doc.get("reference_profile") or {}).get("features", {})
+        top = [f for f in G.top_features(model_doc.get("importance"), g.top_features) if f in profiled]
         overrides = read_overrides(store, ds)
 
         def batches(pred_path=pred_path):

@@ -12,7 +12,7 @@ import statistics
 import polars as pl
 
 from pipelines.core.config import GuardrailParams
-from pipelines.core.drift import FeatureDrift
+from pipelines.core.drift import FeatureDrift, drift_of
 
 HOLD = "hold"
 
@@ -27,8 +27,11 @@ class DayHealth:
     features' counts come from what score observed as it read them (FeatureDrift state)."""
 
     def __init__(self, profile: dict | None, features: list[str], p: GuardrailParams, observed: dict) -> None:
+        refs = (profile or {}).get("features", {})
         accs = FeatureDrift.merged(profile, [observed], only=set(features)).accs
-        self.drift = {f: accs[f] for f in features if f in accs}      # the model's order (most important first)
+        # the model's order (most important first); a profiled feature score saw on no row (a day with
+        # no rows) compares as empty against its reference: a PSI far above any limit holds the day
+        self.drift = {f: accs.get(f) or drift_of(refs[f]) for f in features if f in refs}
         self.kinds, self.rows, self.fallback_rows = set(p.fallback_kinds), 0, 0
 
     def add_predictions(self, batch: pl.DataFrame) -> None:

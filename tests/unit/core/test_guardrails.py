@@ -57,3 +57,8 @@ def test_top_features_and_the_day_health_accumulator():
                                    schema={"fallback": pl.List(pl.String)}))
     assert h.feature_psi()["amount"] > 2.0 and list(h.feature_psi()) == ["amount"]
     assert h.rows == 4 and h.fallback_rows == 1
+    # a day with no rows: score observed no feature; the top features compare as empty and hold it
+    empty = G.DayHealth(prof, ["amount"], P, FeatureDrift(prof).update(pl.DataFrame({"amount": []},
+                                                                                   schema={"amount": pl.Float64})).state())
+    assert empty.drift["amount"].n == 0 and empty.feature_psi()["amount"] > P.max_feature_psi
+    assert run(feature_psi=empty.feature_psi(), rows=0, blocks=0, review_volume=0)["feature_psi"]["breached"]
