@@ -109,6 +109,22 @@ def prepare(rows: int, work: Path) -> Path:
 def champion(params_path: Path, work: Path, trees: int = 200, depth: int = 6) -> None:
     """A model trained on the features of D-1 (their simulated labels), logged and registered as
     the champion in the MLflow server of MLFLOW_TRACKING_URI, its files in the scoring cache."""
+    from pipelines.core import storage
+    from pipelines.core.config import load_params
+
+    params = load_params(params_path)
+    store, prev = params.storage, (DAY - dt.timedelta(days=1)).isoformat()
+    feats = storage.read_parquet(store.uri("features", date=prev))
+    man = storage.read_json(store.uri("features_manifest", date=prev))
+    labels = storage.read_parquet(store.uri("canonical", dataset="labels",
+                                            date=(DAY + dt.timedelta(days=6)).isoformat()))
+    frame = feats.join(labels.select("event_id", "label"), on="event_id", how="inner").head(500_000)
+    register(params, frame, man, trees, depth)
+
+
+def register(params, frame, man: dict, trees: int = 200, depth: int = 6) -> None:
+    """Train on `frame` (features and `label`), log and register the model as the champion (its
+    reference profile from `frame`), its files in the scoring cache."""
     import tempfile
 
     import mlflow
@@ -118,17 +134,10 @@ def champion(params_path: Path, work: Path, trees: int = 200, depth: int = 6) ->
 
     from pipelines.core import lake as L
     from pipelines.core import modelio as M
-    from pipelines.core import scoring, storage
-    from pipelines.core.config import load_params
+    from pipelines.core import scoring
     from pipelines.core.drift import reference_profile
 
-    params = load_params(params_path)
-    store, prev = params.storage, (DAY - dt.timedelta(days=1)).isoformat()
-    feats = storage.read_parquet(store.uri("features", date=prev))
-    man = storage.read_json(store.uri("features_manifest", date=prev))
-    labels = storage.read_parquet(store.uri("canonical", dataset="labels",
-                                            date=(DAY + dt.timedelta(days=6)).isoformat()))
-    frame = feats.join(labels.select("event_id", "label"), on="event_id", how="inner").head(500_000)
+    prev = (DAY - dt.timedelta(days=1)).isoformat()
     manifest = M.feature_manifest(man)
     x = M.feature_matrix(frame, manifest)
     y = frame["label"].cast(pl.Float32).to_numpy()
