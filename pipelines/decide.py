@@ -97,7 +97,7 @@ def review_candidates(frame: pl.DataFrame, overridden: pl.Series) -> pl.DataFram
     forced = free & (pl.col("decision") == "review") & pl.col("reason_code").str.starts_with("rule:")
     modeled = free & (pl.col("decision") == "review") & (pl.col("reason_code") == "model_review")
     return (frame.with_columns(pl.when(forced).then(0).when(modeled).then(1).otherwise(None).alias("_prio"))
-            .filter(pl.col("_prio").is_not_null()).select("event_id", "_prio", "score"))
+            .filter(pl.col("_prio").is_not_null()).select("__row", "event_id", "_prio", "score"))
 
 
 def queue_ranks(cands: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
@@ -105,20 +105,33 @@ def queue_ranks(cands: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
     score; every review beyond capacity (rule-forced too) is `over` (it becomes over_capacity, counted)."""
     ranked = cands.sort(["_prio", "score", "event_id"], descending=[False, True, False]).with_row_index(
         "queue_rank", offset=1)
-    return ranked.select("event_id", pl.col("queue_rank").cast(pl.Int32),
-                         (pl.col("queue_rank") > p.review_capacity).alias("_over"))
+    return ranked.select("__row", pl.col("queue_rank").cast(pl.Int32),
+                         (pl.col("queue_rank") > p.review_capacity).alias("_over")).sort("__row")
 
 
 def final_decisions(frame: pl.DataFrame, ranks: pl.DataFrame, overrides: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
-    frame = frame.join(ranks, on="event_id", how="left", maintain_order="left")
+    """`frame`: a batch's base decisions with `__row` (the row's place in the day's predictions);
+    `ranks`: the queue ranks of the day, by `__row`. Joined on that integer, and only with the ranks
+    of the batch's rows (at 10M rows the join on event_id was most of decide's compute)."""
+    rows = ranks["__row"]
+    if frame.height:
+        a, b = rows.search_sorted(frame["__row"][0]), rows.search_sorted(frame["__row"][-1] + 1)
+        mine = ranks.slice(a, b - a)
+    else:
+        mine = ranks.clear()
+    frame = frame.join(mine, on="__row", how="left", maintain_order="left")
     over = pl.col("_over").fill_null(False)
     frame = frame.with_columns(
         pl.when(over).then(pl.lit(p.over_capacity)).otherwise(pl.col("decision")).alias("decision"),
         pl.when(over).then(pl.lit("over_capacity")).otherwise(pl.col("reason_code")).alias("reason_code"),
         pl.when(over).then(None).otherwise(pl.col("queue_rank")).alias("queue_rank"))
-    frame = frame.join(overrides.select("event_id", pl.col("decision").alias("_od"), pl.col("reviewer").alias("overridden_by"),
-                                        pl.col("note").alias("override_note")), on="event_id", how="left",
-                       maintain_order="left")
+    if overrides.height:
+        frame = frame.join(overrides.select("event_id", pl.col("decision").alias("_od"),
+                                            pl.col("reviewer").alias("overridden_by"), pl.col("note").alias("override_note")),
+                           on="event_id", how="left", maintain_order="left")
+    else:                                   # no reviewer verdict for the day (most days): no join
+        frame = frame.with_columns(pl.lit(None, pl.String).alias("_od"), pl.lit(None, pl.String).alias("overridden_by"),
+                                   pl.lit(None, pl.String).alias("override_note"))
     hit = pl.col("_od").is_not_null()
     frame = frame.with_columns(
         pl.when(hit).then(pl.col("_od")).otherwise(pl.col("decision")).alias("decision"),
@@ -141,11 +154,12 @@ def plan(batches, overrides: pl.DataFrame, p: DecideParams) -> tuple[pl.DataFram
     ov = latest_overrides(overrides)
     cands, rows, blocks = [], 0, 0
     for pb in batches():
-        base = base_decisions(pb, p)
+        base = base_decisions(pb, p).with_row_index("__row", offset=rows)
         rows += base.height
         blocks += int((base["decision"] == "block").sum())
-        cands.append(review_candidates(base, ov["event_id"]))
-    cand = pl.concat(cands) if cands else pl.DataFrame(schema={"event_id": pl.String, "_prio": pl.Int32, "score": pl.Float32})
+        cands.append(storage.compact(review_candidates(base, ov["event_id"])))   # not the batch
+    cand = pl.concat(cands) if cands else pl.DataFrame(schema={"__row": pl.UInt32, "event_id": pl.String, "_prio": pl.Int32,
+                                                              "score": pl.Float32})
     ranks = queue_ranks(cand, p)
     if p.over_capacity == "block":
         blocks += int(ranks["_over"].sum())
@@ -167,8 +181,10 @@ def decisions(batches, overrides: pl.DataFrame, p: DecideParams, ranks: pl.DataF
     if ranks is None:
         ranks, _ = plan(batches, overrides, p)
     ov = latest_overrides(overrides)
+    rows = 0
     for pb in batches():
-        dec = final_decisions(base_decisions(pb, p), ranks, ov, p)
+        dec = final_decisions(base_decisions(pb, p).with_row_index("__row", offset=rows), ranks, ov, p)
+        rows += pb.height
         yield hold(dec) if held else dec
 
 
@@ -220,13 +236,12 @@ class Tally:
 
     def add(self, dec: pl.DataFrame) -> None:
         self.rows += dec.height
-        for k, v in zip(*dec["decision"].value_counts().to_dict(as_series=False).values()):
+        for k, why, v in dec.group_by("decision", "reason_code").len().iter_rows():   # one pass for both
             self.decisions[k] += v
-        for k, v in zip(*dec["reason_code"].value_counts().to_dict(as_series=False).values()):
-            self.reasons[k] = self.reasons.get(k, 0) + v
+            self.reasons[why] = self.reasons.get(why, 0) + v
         self.disagree += int((dec["proposed_decision"] != dec["model_decision"]).sum())
         self.matched |= set(dec.filter(pl.col("reason_code") == "human_override")["event_id"].to_list())
-        self.queue.append(dec.filter(pl.col("queue_rank").is_not_null()))
+        self.queue.append(storage.compact(dec.filter(pl.col("queue_rank").is_not_null())))
 
     def summary(self, overrides: pl.DataFrame, p: DecideParams) -> dict:
         n = self.rows
@@ -306,7 +321,7 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
         overrides = read_overrides(store, ds)
 
         def batches(pred_path=pred_path):
-            yield from storage.iter_parquet(pred_path)
+            yield from storage.iter_parquet(pred_path, streaming=True)
 
         # the day's health, before anything is published for action: the top features' counts as
         # score observed them while it read the features; the fallbacks, in the plan's pass
@@ -315,7 +330,7 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
         first = [c for c in dict.fromkeys(["event_id", "score", "threshold", "fallback", *columns_read(p)]) if c in names]
 
         def planned(pred_path=pred_path, first=first):      # only the columns the plan and the health read
-            for pb in storage.iter_parquet(pred_path, first):
+            for pb in storage.iter_parquet(pred_path, first, streaming=True):
                 health.add_predictions(pb)
                 yield pb
         val_uri = store.uri("validation_results", dataset="transactions", date=d)

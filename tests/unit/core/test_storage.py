@@ -76,8 +76,10 @@ def test_the_parquet_sink_writes_in_a_thread_the_bytes_of_a_plain_writer_and_rai
     for b in batches:
         sink.write(b)
     sink.close()
+    assert storage.dictionary_columns(batches[0].with_columns(pl.lit("v1").alias("model")).to_arrow()) == ["model"]
     with pq.ParquetWriter(str(tmp_path / "b.parquet"), batches[0].to_arrow().schema, compression="zstd",
-                          compression_level=3, write_statistics=True) as w:
+                          compression_level=1, write_statistics=True,
+                          use_dictionary=storage.dictionary_columns(batches[0].to_arrow())) as w:
         for b in batches:
             w.write_table(b.to_arrow(), row_group_size=1_000_000)
     assert (tmp_path / "out" / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
@@ -86,11 +88,28 @@ def test_the_parquet_sink_writes_in_a_thread_the_bytes_of_a_plain_writer_and_rai
 
     bad = storage.ParquetSink(str(tmp_path / "out" / "c.parquet"), tmp_path)
     bad.write(batches[0])
-    bad.write(batches[1].with_columns(pl.col("score").cast(pl.String)))       # not the file's schema
-    with pytest.raises(Exception, match="(?i)schema"):
-        bad.close()                                 # the thread writes one behind: close raises it
+    with pytest.raises(storage.StorageError, match="another schema"):
+        bad.write(batches[1].with_columns(pl.col("score").cast(pl.String)))   # not the file's schema
+    bad.abort()
     assert not (tmp_path / "out" / "c.parquet").exists() and not bad.thread.is_alive()
+    full = storage.ParquetSink(str(tmp_path / "out" / "e.parquet"), tmp_path)
+    full.write(batches[0])
+    full.queue.put("not a table")                   # what the writer thread cannot write
+    with pytest.raises(Exception):
+        full.close()                                # the thread works one behind: close raises its error
+    assert not (tmp_path / "out" / "e.parquet").exists() and not full.thread.is_alive()
     with pytest.raises(RuntimeError), storage.ParquetSink(str(tmp_path / "out" / "d.parquet"), tmp_path) as s:
         s.write(batches[0])
         raise RuntimeError("the stage failed between two batches")
     assert not s.thread.is_alive() and not (tmp_path / "out" / "d.parquet").exists()
+
+
+def test_iter_parquet_gives_exact_batches_in_file_order_with_the_columns_asked_for(tmp_path):
+    df = pl.DataFrame({"a": list(range(10_000)), "b": [str(i) for i in range(10_000)],
+                       "c": [[str(i)] if i % 3 else [] for i in range(10_000)]})
+    storage.write_bytes(str(tmp_path / "x.parquet"), storage.parquet_bytes(df))
+    for streaming in (False, True):
+        got = list(storage.iter_parquet(tmp_path / "x.parquet", batch_rows=999, streaming=streaming))
+        assert [g.height for g in got] == [999] * 10 + [10] and pl.concat(got).equals(df)
+        only = list(storage.iter_parquet(tmp_path / "x.parquet", ["b"], batch_rows=4096, streaming=streaming))
+        assert [g.columns for g in only] == [["b"]] * 3 and pl.concat(only)["b"].equals(df["b"])
