@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / ".out"
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.nightly_e2e import DAY, _anchor, _free_port, _stage, _world, register  # noqa: E402
+from benchmarks.nightly_e2e import DAY, _anchor, _stage, _world, mlflow_server, register  # noqa: E402
 
 STAGES = ("score", "decide", "monitor")
 
@@ -102,39 +102,12 @@ def one_size(rows: int, base: int, keep: bool) -> dict:
     # the data is made in processes of their own: a process's peak RSS (wait4) includes its parent's
     # memory at the fork, so the parent that launches the stages stays small
     subprocess.run([*child, "prepare"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FRAUDOPS_HOME": str(work / "home"),
-           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
-    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL"):
-        env.pop(k, None)
-    mlflow = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--backend-store-uri", f"sqlite:///{work}/mlflow.db",
-                               "--default-artifact-root", str(work / "mlartifacts"), "--workers", "1"],
-                              stdout=(work / "mlflow.log").open("wb"), stderr=subprocess.STDOUT, env=env,
-                              start_new_session=True)
-    try:
-        import urllib.request
-
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline or mlflow.poll() is not None:
-                    raise SystemExit(f"mlflow server did not start; see {work / 'mlflow.log'}") from None
-                time.sleep(1)
+    with mlflow_server(work) as env:
         features = _stage("features", params, env, log)
         subprocess.run([*child, "tile"], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         prep = time.perf_counter() - t
         stages = {stage: _stage(stage, params, env, log) for stage in STAGES}
         anchors = {"predict": _anchor("predict", params, work, env, log)}
-    finally:
-        os.killpg(mlflow.pid, 15)
-        try:
-            mlflow.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(mlflow.pid, 9)
     res = {"rows": anchors["predict"]["rows"], "base": base, "prepare_s": prep, "base_features": features,
            "stages": stages, "anchors": anchors}
     (OUT / f"downstream_{rows}.json").write_text(json.dumps(res, indent=1))

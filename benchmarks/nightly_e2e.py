@@ -24,6 +24,7 @@ decide <= 5 s at 10M.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -236,17 +237,12 @@ def _anchor(what: str, params: Path, work: Path, env: dict, log: Path) -> dict:
     return json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
 
 
-def one_size(rows: int, keep: bool) -> dict:
-    work = OUT / f"e2e_{rows}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    log = work / "stages.log"
-    t = time.perf_counter()
-    # the data is made in a process of its own: a process's peak RSS (wait4) includes its parent's
-    # memory at the fork, so the parent that launches the stages stays small
-    subprocess.run([sys.executable, __file__, "--child", "prepare", "--rows", str(rows), "--work", str(work)],
-                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    params = work / "params.yaml"
+@contextlib.contextmanager
+def mlflow_server(work: Path):
+    """An MLflow server on a free loopback port (sqlite and artifacts under `work`), started and
+    stopped here; yields the environment the stages run with (it, FRAUDOPS_HOME under `work`)."""
+    import urllib.request
+
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FRAUDOPS_HOME": str(work / "home"),
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
@@ -259,8 +255,6 @@ def one_size(rows: int, keep: bool) -> dict:
                               start_new_session=True)
     try:
         deadline = time.time() + 120
-        import urllib.request
-
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
@@ -269,6 +263,27 @@ def one_size(rows: int, keep: bool) -> dict:
                 if time.time() > deadline or mlflow.poll() is not None:
                     raise SystemExit(f"mlflow server did not start; see {work / 'mlflow.log'}") from None
                 time.sleep(1)
+        yield env
+    finally:
+        os.killpg(mlflow.pid, 15)
+        try:
+            mlflow.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(mlflow.pid, 9)
+
+
+def one_size(rows: int, keep: bool) -> dict:
+    work = OUT / f"e2e_{rows}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = work / "stages.log"
+    t = time.perf_counter()
+    # the data is made in a process of its own: a process's peak RSS (wait4) includes its parent's
+    # memory at the fork, so the parent that launches the stages stays small
+    subprocess.run([sys.executable, __file__, "--child", "prepare", "--rows", str(rows), "--work", str(work)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    params = work / "params.yaml"
+    with mlflow_server(work) as env:
         night_before = _timed([sys.executable, "-m", "pipelines", "features", "--params", str(params), "--date",
                                (DAY - dt.timedelta(days=1)).isoformat()], env, log)
         subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
@@ -290,12 +305,6 @@ def one_size(rows: int, keep: bool) -> dict:
         a["datasets"]["labels"]["first_date"] = (DAY + dt.timedelta(days=1)).isoformat()
         (alone / "params.yaml").write_text(yaml.safe_dump(a, sort_keys=False))
         anchors["features-no-history"] = _stage("features", alone / "params.yaml", env, log)
-    finally:
-        os.killpg(mlflow.pid, 15)
-        try:
-            mlflow.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(mlflow.pid, 9)
     n = anchors["predict"]["rows"]
     res = {"rows": n, "prepare_s": prep, "night_before_features": night_before, "stages": stages, "anchors": anchors}
     (OUT / f"nightly_e2e_{rows}.json").write_text(json.dumps(res, indent=1))
