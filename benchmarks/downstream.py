@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / ".out"
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.nightly_e2e import DAY, _anchor, _stage, _world, mlflow_server, register  # noqa: E402
+from benchmarks.nightly_e2e import DAY, _anchor, _stage, _world, mlflow_server, register, suites  # noqa: E402
 
 STAGES = ("score", "decide", "monitor")
 
@@ -46,19 +46,11 @@ def prepare(rows: int, base: int, work: Path) -> None:
 
     lake = work / "lake"
     build(base, lake, only=DAY)
-    suites = work / "suites"
-    suites.mkdir(exist_ok=True)
-    for name in ("transactions", "labels", "features"):
-        suite = json.loads((ROOT / "expectations" / f"{name}.json").read_text())
-        for e in suite["expectations"]:
-            if e["type"] == "expect_table_row_count_to_be_between":
-                e["kwargs"] = {"min_value": int(base * 0.5), "max_value": int(rows * 1.5)}
-        (suites / f"{name}.json").write_text(json.dumps(suite))
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["validate"]["suites"] = suites(work, int(base * 0.5), int(rows * 1.5))
     raw["storage"]["lake"] = str(lake)
     raw["datasets"]["transactions"]["first_date"] = DAY.isoformat()
     raw["datasets"]["labels"]["first_date"] = (DAY + dt.timedelta(days=1)).isoformat()
-    raw["validate"]["suites"] = {n: str(suites / f"{n}.json") for n in ("transactions", "labels", "features")}
     raw["score"]["cache_dir"] = str(work / "model-cache")
     (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 

@@ -86,25 +86,30 @@ def prepare(rows: int, work: Path) -> Path:
     _, landing = split_labels(simulate_day(p, world, DAY - dt.timedelta(days=7)))
     for name, frame in (("transactions", tx), ("labels", landing)):
         storage.write_bytes(f"{work}/raw/{name}/date={DAY}/part-0.parquet", _encode(frame, "parquet"))
-    suites = work / "suites"
-    suites.mkdir(exist_ok=True)
-    for name in ("transactions", "labels", "features"):
-        suite = json.loads((ROOT / "expectations" / f"{name}.json").read_text())
-        for e in suite["expectations"]:
-            if e["type"] == "expect_table_row_count_to_be_between":
-                e["kwargs"] = {"min_value": int(rows * 0.5), "max_value": int(rows * 1.5)}
-        (suites / f"{name}.json").write_text(json.dumps(suite))
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["validate"]["suites"] = suites(work, int(rows * 0.5), int(rows * 1.5))
     raw["storage"]["lake"] = str(lake)
     for name, first in (("transactions", FIRST), ("labels", FIRST + dt.timedelta(days=7))):
         raw["datasets"][name]["uri"] = f"{work}/raw/{name}"
         raw["datasets"][name]["first_date"] = first.isoformat()
-    raw["validate"]["suites"] = {n: str(suites / f"{n}.json") for n in ("transactions", "labels", "features")}
     raw["score"]["cache_dir"] = str(work / "model-cache")
     raw["features"]["incremental"] = True
     path = work / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def suites(work: Path, lo: int, hi: int) -> dict[str, str]:
+    """The project's suites with their row-count bounds set to [lo, hi], under work/suites."""
+    out = work / "suites"
+    out.mkdir(exist_ok=True)
+    for name in ("transactions", "labels", "features"):
+        suite = json.loads((ROOT / "expectations" / f"{name}.json").read_text())
+        for e in suite["expectations"]:
+            if e["type"] == "expect_table_row_count_to_be_between":
+                e["kwargs"] = {"min_value": lo, "max_value": hi}
+        (out / f"{name}.json").write_text(json.dumps(suite))
+    return {n: str(out / f"{n}.json") for n in ("transactions", "labels", "features")}
 
 
 def champion(params_path: Path, work: Path, trees: int = 200, depth: int = 6) -> None:
