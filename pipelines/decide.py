@@ -103,7 +103,7 @@ def review_candidates(frame: pl.DataFrame, overridden: pl.Series) -> pl.DataFram
 def queue_ranks(cands: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
     """The day's queue, up to capacity: rule-forced reviews first, then the model's, each by highest
     score; every review beyond capacity (rule-forced too) is `over` (it becomes over_capacity, counted)."""
-    ranked = cands.sort(["_prio", "score", "event_id"], descending=[False, True, False]).with_row_index(
+    ranked = cands.sort(["_prio", "score", "event_id", "__row"], descending=[False, True, False, False]).with_row_index(
         "queue_rank", offset=1)
     return ranked.select("__row", pl.col("queue_rank").cast(pl.Int32),
                          (pl.col("queue_rank") > p.review_capacity).alias("_over")).sort("__row")

@@ -436,7 +436,15 @@ def dictionary_columns(table: pa.Table) -> list[str]:
 
     out = []
     for name, col in zip(table.column_names, table.columns):
-        if pa.types.is_nested(col.type) or pc.count_distinct(col, mode="all").as_py() * 20 <= table.num_rows:
+        t = col.type
+        if pa.types.is_nested(t) or pa.types.is_dictionary(t) or pa.types.is_null(t):   # already few values
+            out.append(name)
+            continue
+        try:
+            few = pc.count_distinct(col, mode="all").as_py() * 20 <= table.num_rows
+        except pa.ArrowNotImplementedError:         # a type with no distinct count: the writer's default
+            few = True
+        if few:
             out.append(name)
     return out
 
@@ -461,6 +469,7 @@ class ParquetSink:
         self.writer = None
         self.rows = 0
         self.schema: pl.Schema | None = None
+        self.closed = False
         self.error: BaseException | None = None
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.thread = threading.Thread(target=self._drain, name="parquet-sink", daemon=True)
@@ -487,6 +496,8 @@ class ParquetSink:
             raise self.error
 
     def write(self, df: pl.DataFrame) -> None:
+        if self.closed:
+            raise StorageError(f"{self.uri}: a batch written after the sink was closed or aborted")
         self._raise()
         if self.schema is None:
             self.schema = df.schema
@@ -505,12 +516,16 @@ class ParquetSink:
     def abort(self) -> None:
         """Stop the writer thread; nothing is published (the local file is the caller's to remove).
         After close(), nothing to do."""
+        self.closed = True
         self._finish()
         if self.writer is not None and self.writer.is_open:
             with contextlib.suppress(Exception):
                 self.writer.close()
 
     def close(self, empty_schema: dict | None = None) -> None:
+        if self.closed:
+            raise StorageError(f"{self.uri}: the sink was closed or aborted already")
+        self.closed = True
         self._finish()
         self._raise()
         if self.writer is None:                       # no rows at all: an empty file with the schema

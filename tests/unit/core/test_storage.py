@@ -85,6 +85,14 @@ def test_the_parquet_sink_writes_in_a_thread_the_bytes_of_a_plain_writer_and_rai
     assert (tmp_path / "out" / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     assert pl.read_parquet(tmp_path / "out" / "a.parquet").equals(pl.concat(batches))
     assert not sink.thread.is_alive()
+    with pytest.raises(storage.StorageError, match="after the sink was closed"):
+        sink.write(batches[0])                      # nothing is lost silently, nothing hangs
+    cat = pl.DataFrame({"c": pl.Series(["a", "b"] * 50, dtype=pl.Categorical), "n": pl.Series([None] * 100)})
+    assert storage.dictionary_columns(cat.to_arrow()) == ["c", "n"]
+    odd = storage.ParquetSink(str(tmp_path / "out" / "odd.parquet"), tmp_path)
+    odd.write(cat)
+    odd.close()
+    assert pl.read_parquet(tmp_path / "out" / "odd.parquet")["c"].cast(pl.String).equals(cat["c"].cast(pl.String))
 
     bad = storage.ParquetSink(str(tmp_path / "out" / "c.parquet"), tmp_path)
     bad.write(batches[0])
