@@ -145,26 +145,48 @@ def _kill_a_worker_mid_stage(client, params, day: str, run_id: str) -> tuple[str
     """Trigger `day` (as `run_id`), SIGKILL the process group of the Celery worker running one of its stages (its
     pid file removed first, so the supervisor does not start it again) and wait for the run. Returns
     (task id, its task instance) when the kill hit the task mid-try; None when the try had ended
-    between the API saying "running" and the kill (a stage of a few seconds can: a race of the test,
-    not of the system). The worker is started again either way."""
+    before the kill (a stage of a small date lasts well under a second: a race of the test, not of
+    the system). The worker is started again either way."""
     from pipelines.core import state
     from pipelines.ops import stack as st
 
+    import psutil
+
     lay = st.layout()
+    workers = {f"airflow-worker-{i}": json.loads(state.pidfile(lay.home, f"airflow-worker-{i}").read_text())
+               for i in (1, 2)}
     client.trigger("nightly_scoring", {"params_file": str(params.path)}, run_id=run_id, logical_date=f"{day}T00:00:00+00:00")
-    victim, task = None, None
+
+    def running_stage():
+        """A stage process of this run on a worker: (task id, worker name, pgid). The processes are
+        looked at every 50 ms: a stage of a small date ends in well under a second (polling the
+        API for a running task missed all three tries in CI27)."""
+        for q in psutil.process_iter(["cmdline"]):
+            cl = q.info["cmdline"] or []
+            stage = next((a for a in cl if a in STAGES[1:]), None)
+            if stage is None or "pipelines" not in cl or not any(str(params.path) in a for a in cl):
+                continue
+            try:        # the stage runs in a session of its own (SubprocessHook): its worker is an ancestor's group
+                groups = {os.getpgid(a.pid) for a in q.parents()}
+            except (ProcessLookupError, psutil.Error):
+                continue
+            for name, info in workers.items():
+                if info["pgid"] in groups:
+                    return stage, name, info["pgid"], q
+        return None
+
     deadline = time.monotonic() + 600
-    while victim is None:
+    while (hit := running_stage()) is None:
         assert time.monotonic() < deadline, "no stage task ran"
-        for t in client.task_instances("nightly_scoring", run_id):
-            if t["task_id"] in STAGES[1:] and t["state"] == "running" and t.get("hostname"):
-                victim, task = t["hostname"].split("@")[0], t["task_id"]
-                break
-        time.sleep(0.3)
-    name = f"airflow-worker-{victim[-1]}"
-    info = json.loads(state.pidfile(lay.home, name).read_text())
+        time.sleep(0.05)
+    task, name, pgid, proc = hit
+    victim = f"worker{name[-1]}"
     state.pidfile(lay.home, name).unlink()                       # the supervisor leaves it dead
-    os.killpg(info["pgid"], signal.SIGKILL)
+    os.killpg(pgid, signal.SIGKILL)
+    try:
+        proc.kill()                                              # and the stage it was running
+    except psutil.NoSuchProcess:
+        pass
     try:
         run = client.wait("nightly_scoring", run_id, timeout=900)
         tis = {t["task_id"]: t for t in client.task_instances("nightly_scoring", run_id)}
