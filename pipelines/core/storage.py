@@ -341,18 +341,9 @@ def iter_parquet(path: str | Path, columns: list[str] | None = None, batch_rows:
     else:
         f = pq.ParquetFile(str(path), pre_buffer=False)
         frames = (pl.from_arrow(b) for b in f.iter_batches(batch_size=batch_rows, columns=columns))
-    buf: list[pl.DataFrame] = []
-    have = 0
-    for frame in frames:
-        buf.append(frame)
-        have += frame.height
-        while have >= batch_rows:
-            whole = buf[0] if len(buf) == 1 else pl.concat(buf, rechunk=False)
-            yield whole.slice(0, batch_rows)
-            rest = whole.slice(batch_rows)
-            buf, have = ([rest] if rest.height else []), rest.height
-    if have:
-        yield buf[0] if len(buf) == 1 else pl.concat(buf, rechunk=False)
+    rows = Rows(frames)
+    while (batch := rows.upto(batch_rows)) is not None:
+        yield batch
 
 
 def compact(frame: pl.DataFrame) -> pl.DataFrame:
@@ -369,18 +360,32 @@ class Rows:
     def __init__(self, frames) -> None:
         self.frames, self.buf = iter(frames), []
 
-    def take(self, n: int) -> pl.DataFrame:
+    def _fill(self, n: int) -> int:
+        """Rows buffered after pulling frames until there are `n` or the stream has ended."""
         have = sum(f.height for f in self.buf)
         while have < n:
-            try:
-                f = next(self.frames)
-            except StopIteration:
-                raise StorageError(f"a stream ended {n - have} row(s) short") from None
+            f = next(self.frames, None)
+            if f is None:
+                break
             self.buf.append(f)
             have += f.height
+        return have
+
+    def _cut(self, n: int) -> pl.DataFrame:
         whole = self.buf[0] if len(self.buf) == 1 else pl.concat(self.buf, rechunk=True)
         self.buf = [whole.slice(n)] if whole.height > n else []
         return whole.head(n) if whole.height > n else whole
+
+    def take(self, n: int) -> pl.DataFrame:
+        have = self._fill(n)
+        if have < n:
+            raise StorageError(f"a stream ended {n - have} row(s) short")
+        return self._cut(n)
+
+    def upto(self, n: int) -> pl.DataFrame | None:
+        """The next `n` rows, fewer at the end of the stream; None after it."""
+        have = self._fill(n)
+        return self._cut(min(n, have)) if have else None
 
     def left(self) -> int:
         return sum(f.height for f in self.buf) + sum(f.height for f in self.frames)
