@@ -231,3 +231,51 @@ def test_chunks_of_entities_give_the_same_features(spec, chunk_rows, monkeypatch
     assert len(calls) >= 2 * 2 * 3                    # 2 entities x 3 calls: at least 2 chunks each
     assert all(a.equals(b) for a, b in zip(one[:2], many[:2]))
     assert all(one[2][e].equals(many[2][e]) for e in one[2])
+
+
+@pytest.mark.parametrize("chunk_rows", [40, 100_000])
+def test_a_history_spilled_to_disk_gives_the_same_pieces_and_features(spec, chunk_rows):
+    """The nightly path keeps its History on local disk (SpilledHistory): each chunk's piece read back
+    holds the rows of the in-memory History's piece (another order), the features are the same bytes
+    whatever the chunks, and the spill's folder is gone once it is closed."""
+    import dataclasses
+    from pathlib import Path
+
+    from pipelines.features import SpilledHistory, _chunk_of, _grouped, history_from_events
+
+    events, labels = _with_midnights(*small_world(seed=21, n=1500, days=50))
+    day = dt.date(2026, 2, 17)
+    hist = history_from_events(events, labels, spec, day, ENTITIES)
+    today = events.filter(pl.col("event_ts").dt.date() == day)
+    ids = {e: today.select(pl.col(e).cast(pl.String).unique()) for e in ENTITIES}
+    small = dataclasses.replace(spec, chunk_rows=chunk_rows)
+    want = compute_features(today, labels.head(0), small, day, day, ENTITIES, NUMERICS, history=hist)
+    with SpilledHistory(_grouped(spec)) as spilled:
+        folder = Path(spilled._dir.name)
+        half = hist.events.height // 2              # a kind may come in several frames
+        spilled.add("events", hist.events.head(half), ids)
+        spilled.add("events", hist.events.tail(hist.events.height - half), ids)
+        spilled.add("totals", hist.totals)
+        spilled.add("labelled", hist.labelled, ids)
+        spilled.add("label_totals", hist.label_totals)
+        assert len(list(folder.iterdir())) >= 8 and spilled.rows() > 0
+        for ent in ENTITIES:
+            for chunks in (1, 4):
+                mine = spilled.split(ent, _chunk_of(chunks), chunks)
+                theirs = hist.split(ent, _chunk_of(chunks), chunks)
+                for c in range(chunks):
+                    a, b = mine(c), theirs(c)
+                    for kind in SpilledHistory.KINDS:
+                        x, y = getattr(a, kind), getattr(b, kind)
+                        if kind in ("totals", "label_totals"):
+                            y = y.filter(pl.col("entity") == ent) if y.height else y
+                        else:
+                            y = y.join(ids[ent], on=ent, how="semi") if y.height else y
+                        assert x.height == y.height, (ent, chunks, c, kind)
+                        if x.height:
+                            x = x.with_columns(pl.col(pl.Decimal).cast(pl.Int128))
+                            y = y.with_columns(pl.col(pl.Decimal).cast(pl.Int128)).select(x.columns)
+                            assert x.sort(x.columns).equals(y.sort(y.columns)), (ent, chunks, c, kind)
+        got = compute_features(today, labels.head(0), small, day, day, ENTITIES, NUMERICS, history=spilled)
+    assert got.equals(want)
+    assert not folder.exists()
