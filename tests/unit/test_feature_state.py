@@ -142,3 +142,25 @@ def test_a_date_in_shards_by_entity_gives_the_bytes_and_record_of_one_run(lake, 
     assert not [p for p in shards_dir.rglob("*") if p.is_file()], "merged shards are removed, records included"
     # the from-raw path in shards: the same bytes
     assert _run(path, "--recompute", "--from-raw") == one
+
+
+def test_an_id_in_a_boundary_day_and_the_day_fails_the_incremental_path_by_name(lake):
+    """An event id in both the day and one of its windows' boundary days (an older date re-ingested
+    after a newer one): the nightly path, which holds only 64-bit hashes of the ids it checks, names
+    the id and the dates as the recomputation from raw does; nothing is published."""
+    path, root, layout = lake
+    boundary = DAY - dt.timedelta(days=7)
+    uri = f"{root}/" + layout["validated"].format(dataset="transactions", date=boundary.isoformat())
+    own = f"{root}/" + layout["validated"].format(dataset="transactions", date=DAY.isoformat())
+    frame = pl.read_parquet(uri)
+    twin = pl.read_parquet(own).head(1).with_columns(pl.lit(dt.datetime.combine(boundary, dt.time(12))).cast(
+        pl.Datetime("us")).alias("event_ts"))
+    with storage.Publisher(str(root), None) as pub:
+        part = pub.partition(uri, "validate")
+        part.put_parquet(uri, pl.concat([frame, twin]).sort("event_ts", "event_id"))
+        part.commit()
+    for extra in ([], ["--from-raw"]):
+        with pytest.raises(features.MissingHistory, match=rf"appear in more than one partition.*{twin['event_id'][0]}"
+                                                          rf".*{boundary}"):
+            features.main(["--params", str(path), "--date", DAY.isoformat(), *extra])
+    assert not (path.parent / "lake" / "features" / f"date={DAY}").exists()
