@@ -197,9 +197,10 @@ def _running(keys: pl.Series, labels: pl.Series, weights: pl.Series | None, q: p
     return pl.DataFrame({"s": s_, "n": n})
 
 
-def _rate_columns(part: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_days: int,
+def _rate_columns(part: pl.DataFrame, q: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_days: int,
                   totals: bool) -> list[pl.Series]:
-    """Label-delayed fraud rate per event (part is sorted by __vt), exact under late labels.
+    """Label-delayed fraud rate at each query row `q` (a __vt column, sorted, as part is), exact under
+    late labels.
 
     Event j counts for query time t iff max(ts_j + D, available_at_j) < t <= ts_j + D + N, i.e. ts_j
     in [t-D-N, t-D) and its label known before t. Each labelled event enters at `enter` and leaves
@@ -217,7 +218,6 @@ def _rate_columns(part: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_
         *([pl.col("__lw")] if totals else []),
         (shift + pl.max_horizontal(pl.col("__t") + d, pl.col("available_at").cast(pl.Int64))).alias("enter"),
         (shift + pl.col("__t") + d).alias("due"))
-    q = part.select("__vt")
     weights = lab["__lw"] if totals else None
     entered = _running(lab["enter"], lab["label"], weights, q)             # the same for every window
     cols = []
@@ -263,9 +263,16 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: boo
         back = part["__i"].arg_sort(nulls_last=True).head(kept)   # timeline order -> row order, column by column
         cols: list[pl.Series] = [part["__i"].gather(back)]
         if rates:                                # first, then the label columns can go
-            cols.extend(c.gather(back) for c in _rate_columns(part, ent, rates, spec.label_delay_days, totals))
+            asked = part.filter(pl.col("__i").is_not_null()) if totals else part    # the rows that come out
+            order = asked["__i"].arg_sort()
+            cols.extend(c.gather(order) for c in _rate_columns(part, asked.select("__vt"), ent, rates,
+                                                                spec.label_delay_days, totals))
             part = part.drop("label", "available_at", "__lw", strict=False)
-        if not totals:
+            del asked, order
+        if totals:      # rows of labels only (weight 0, no value, no time) add nothing to what follows
+            part = part.filter(pl.col("__w") > 0)
+            back = part["__i"].arg_sort(nulls_last=True).head(kept)
+        else:
             part = part.with_columns(pl.lit(1, pl.Int32).alias("__w"))
         for exprs in (_rolling_exprs(ent, r, spec.windows_days, wide, totals) if r else []):
             cols.extend(c.gather(back) for c in part.select(exprs).get_columns())
