@@ -740,7 +740,7 @@ class Totals:
             if part["qh"].null_count() or (part["qh"].max() or 0) >= self.HIGH:
                 raise NeedRaw(f"a day's fixed-point sum of squares is beyond 2**{self.HIGH.bit_length() + 31}: the "
                               f"incremental path cannot carry it exactly")
-        one = part.select(pl.struct(self.slot_cols).n_unique()).item() == 1   # a day state: one slot, no copy
+        one = all(part[c].min() == part[c].max() for c in self.slot_cols)   # a day state: one slot, no copy
         slots = {tuple(part.row(0, named=True)[c] for c in self.slot_cols): part} if one else \
             part.partition_by(self.slot_cols, as_dict=True)
         for slot, g in slots.items():
