@@ -307,7 +307,7 @@ def _chunk_of(chunks: int):
     return lambda column: _bucket(column) // (BUCKETS // chunks)
 
 
-def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: History | None) -> pl.DataFrame:
+def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: "History | SpilledHistory | None") -> pl.DataFrame:
     """_entity_block of `src`'s rows (with `history`: on their context rows), in src's row order,
     computed in chunks of entities (a fixed hash of the id) so that one chunk's timeline holds about
     `spec.chunk_rows` rows: the timeline's sorted copies and rolling outputs are the peak of the stage,
@@ -359,12 +359,13 @@ def _prepared(events: pl.DataFrame, spec: FeatureParams, start: dt.date, end: dt
 
 def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeatureParams, start: dt.date,
                      end: dt.date, entities: list[str], numerics: list[str],
-                     history: History | None = None, shard: Shard | None = None):
+                     history: "History | SpilledHistory | None" = None, shard: Shard | None = None):
     """Features for the events whose date is in [start, end], from `events` (which must hold the
     look-back) and `labels`. Pure: same inputs, same output, whatever else `events` holds.
 
     With `history` (the incremental path: start == end, `events` the day's events only, `labels`
-    unused) the look-back comes from the History instead; the result is the same bit for bit.
+    unused) the look-back comes from the History instead (in memory, or a SpilledHistory on local
+    disk: the nightly path's); the result is the same bit for bit.
 
     With `shard` only the entity features of the shard's entities come out: {entity: frame of
     `__row` (the row's position in the output) and the entity's feature columns} for the target
@@ -569,7 +570,7 @@ class History:
         return piece
 
 
-def SPILL_IPC():
+def _spill_options():
     """The spill's Arrow IPC settings: zstd (a third of the bytes; on this VM fresh page-cache memory
     is slower than the compression)."""
     import pyarrow as pa
@@ -629,7 +630,7 @@ class SpilledHistory:
             batch = rows.drop("__b").to_arrow(compat_level=pl.CompatLevel.newest()).combine_chunks().to_batches()[0]
             del rows
             path = f"{self._dir.name}/{kind}-{ent}-{len(self.files.get((kind, ent), []))}.arrow"
-            with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, batch.schema, options=SPILL_IPC()) as writer:
+            with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, batch.schema, options=_spill_options()) as writer:
                 for lo, hi in zip(edges, edges[1:]):
                     writer.write_batch(batch.slice(lo, hi - lo))
             self.files.setdefault((kind, ent), []).append(path)
