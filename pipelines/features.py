@@ -185,15 +185,9 @@ def _running(keys: pl.Series, labels: pl.Series, weights: pl.Series | None, q: p
     (a key counts `weights` labels when given: a day's labelled total, incremental path)."""
     order = keys.arg_sort()
     pos = keys.gather(order).search_sorted(q["__vt"], side="left").cast(pl.Int64)   # keys < t
-    cum = labels.gather(order).cum_sum()
-    before = pl.lit(pos) > 0
-    at = (pl.lit(pos) - 1).clip(0)
-    s_ = pl.select(pl.when(before).then(pl.lit(cum).gather(at)).otherwise(0)).to_series()
-    if weights is None:
-        n = pos
-    else:
-        cw = weights.gather(order).cum_sum()
-        n = pl.select(pl.when(before).then(pl.lit(cw).gather(at)).otherwise(0)).to_series().cast(pl.Int64)
+    zero = pl.Series([0], dtype=pl.Int64)          # running sums from 0: no key before t sums to 0
+    s_ = pl.concat([zero, labels.gather(order).cum_sum().cast(pl.Int64)]).gather(pos)
+    n = pos if weights is None else pl.concat([zero, weights.gather(order).cum_sum().cast(pl.Int64)]).gather(pos)
     return pl.DataFrame({"s": s_, "n": n})
 
 
@@ -270,8 +264,9 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: boo
             part = part.drop("label", "available_at", "__lw", strict=False)
             del asked, order
         if totals:      # rows of labels only (weight 0, no value, no time) add nothing to what follows
-            part = part.filter(pl.col("__w") > 0)
-            back = part["__i"].arg_sort(nulls_last=True).head(kept)
+            if "__w" in part.columns:                # (no weights: an entity with rates only)
+                part = part.filter(pl.col("__w") > 0)
+                back = part["__i"].arg_sort(nulls_last=True).head(kept)
         else:
             part = part.with_columns(pl.lit(1, pl.Int32).alias("__w"))
         for exprs in (_rolling_exprs(ent, r, spec.windows_days, wide, totals) if r else []):
@@ -626,8 +621,10 @@ class SpilledHistory:
             spilled.append(rows.height)
             rows = rows.with_columns(pl.col(pl.Int128).cast(pl.Decimal(38, 0)),   # Arrow has no Int128
                                      _bucket(column).alias("__b")).sort("__b", maintain_order=True)
-            edges = rows["__b"].search_sorted(pl.Series(range(BUCKETS + 1), dtype=pl.UInt16)).to_list()
-            batch = rows.drop("__b").to_arrow(compat_level=pl.CompatLevel.newest()).combine_chunks().to_batches()[0]
+            edges = rows["__b"].search_sorted(pl.Series(range(BUCKETS + 1), dtype=pl.UInt16), side="left").to_list()
+            # plain (not view) strings: a slice of a string-view batch carries the whole data buffer,
+            # and the IPC writer would write it again for every bucket (ids longer than 12 bytes)
+            batch = rows.drop("__b").to_arrow(compat_level=pl.CompatLevel.oldest()).combine_chunks().to_batches()[0]
             del rows
             path = f"{self._dir.name}/{kind}-{ent}-{len(self.files.get((kind, ent), []))}.arrow"
             with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, batch.schema, options=_spill_options()) as writer:

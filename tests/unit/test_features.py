@@ -279,3 +279,73 @@ def test_a_history_spilled_to_disk_gives_the_same_pieces_and_features(spec, chun
         got = compute_features(today, labels.head(0), small, day, day, ENTITIES, NUMERICS, history=spilled)
     assert got.equals(want)
     assert not folder.exists()
+
+
+def _spilled(hist, today: pl.DataFrame, spec):
+    """A SpilledHistory holding `hist` (as the nightly path's _gather fills it)."""
+    from pipelines.features import SpilledHistory, _grouped
+
+    ids = {e: today.select(pl.col(e).cast(pl.String).unique()) for e in _grouped(spec)}
+    out = SpilledHistory(_grouped(spec))
+    out.add("events", hist.events, {e: v for e, v in ids.items() if e in spec.rolling or e in spec.time_since_last})
+    out.add("totals", hist.totals)
+    out.add("labelled", hist.labelled, {e: v for e, v in ids.items() if e in spec.target_rate})
+    out.add("label_totals", hist.label_totals)
+    return out
+
+
+def test_one_event_of_the_day_with_no_label_anywhere_and_an_entity_with_rates_only(spec):
+    """Review findings of stop 31: a chunk holding a single row of the day and no label (the running
+    label sums were gathered from an empty series), and an entity with rates but neither rolling
+    aggregates nor time since last (no weights on its timeline): both paths give the same bytes."""
+    import dataclasses
+
+    from pipelines.features import history_from_events
+
+    t = dt.datetime(2026, 1, 20, 12)
+    nolab = pl.DataFrame(schema={"event_id": pl.String, "label": pl.Int8, "label_date": pl.Date,
+                                 "available_at": pl.Datetime("us")})
+    rows = [{"event_id": f"h{i}", "event_ts": t - dt.timedelta(days=d), "customer": "c", "terminal": "x",
+             "amount": 5.0 + i, "category": "online"} for i, d in enumerate([1, 3, 7, 20])]
+    rows.append({"event_id": "a", "event_ts": t, "customer": "c", "terminal": "x", "amount": 10.0, "category": "online"})
+    events = pl.DataFrame(rows).with_columns(pl.col("event_ts").cast(pl.Datetime("us"))).sort("event_ts")
+    day = t.date()
+    today = events.filter(pl.col("event_ts").dt.date() == day)
+    full = compute_features(events, nolab, spec, day, day, ENTITIES, NUMERICS)
+    assert full.height == 1 and full["customer_count_30d"][0] == 4 and full["customer_fraud_rate_30d"][0] is None
+    hist = history_from_events(events, nolab, spec, day, ENTITIES)
+    assert compute_features(today, nolab, spec, day, day, ENTITIES, NUMERICS, history=hist).equals(full)
+    with _spilled(hist, today, spec) as spilled:
+        assert compute_features(today, nolab, spec, day, day, ENTITIES, NUMERICS, history=spilled).equals(full)
+
+    rates_only = dataclasses.replace(spec, rolling={"customer": spec.rolling["customer"]}, time_since_last=("customer",))
+    events, labels = _with_midnights(*small_world(seed=11, n=1200, days=50))
+    day = dt.date(2026, 2, 14)
+    today = events.filter(pl.col("event_ts").dt.date() == day)
+    full = compute_features(events, labels, rates_only, day, day, ENTITIES, NUMERICS)
+    assert full["terminal_labeled_count_30d"].sum() > 0
+    hist = history_from_events(events, labels, rates_only, day, ENTITIES)
+    with _spilled(hist, today, rates_only) as spilled:
+        for h in (hist, spilled):
+            assert compute_features(today, labels.head(0), rates_only, day, day, ENTITIES, NUMERICS,
+                                    history=h).equals(full)
+
+
+def test_the_spill_of_long_ids_is_about_the_size_of_the_rows():
+    """Ids longer than 12 bytes (UUIDs): each bucket's batch holds its own strings, not a view into
+    the whole frame's buffer written again for each of the 256 buckets (review, stop 31)."""
+    import uuid
+    from pathlib import Path
+
+    from pipelines.features import SpilledHistory
+
+    rnd = random.Random(5)
+    ids = [str(uuid.UUID(int=rnd.getrandbits(128))) for _ in range(4000)]
+    frame = pl.DataFrame({"event_ts": [dt.datetime(2026, 1, 1)] * 8000, "customer": ids * 2,
+                          "terminal": [f"t{i % 97}" for i in range(8000)], "amount": [1.0] * 8000})
+    with SpilledHistory(["customer"]) as spilled:
+        spilled.add("events", frame, {"customer": frame.select(pl.col("customer").unique())})
+        size = sum(p.stat().st_size for p in Path(spilled._dir.name).iterdir())
+        back = spilled.split("customer", lambda c: pl.lit(0), 1)(0).events
+    assert back.height == 8000 and sorted(back["customer"].to_list()) == sorted(ids * 2)
+    assert size < frame.estimated_size(), (size, frame.estimated_size())
