@@ -616,6 +616,7 @@ class SpilledHistory:
                 if ids is None or ent not in ids:
                     continue
                 rows, column = frame.filter(pl.col(ent).cast(pl.String).is_in(ids[ent][ent].implode())), ent
+                rows = rows.drop([e for e in self.grouped if e != ent and e in rows.columns])   # not read
             if not rows.height:
                 continue
             spilled.append(rows.height)
@@ -731,8 +732,10 @@ class Totals:
             return
         np = self.np
         if not self.labels:
+            # an entity with time since last but no rolled value has no sums: 0, not a reason for raw
+            part = part.with_columns(pl.col("fx").fill_null(0), pl.col("q").cast(pl.Int128).fill_null(0))
             half = pl.lit(self.HALF, dtype=pl.Int128)
-            q = pl.col("q").cast(pl.Int128)
+            q = pl.col("q")
             part = part.with_columns((q // half).cast(pl.Int64, strict=False).alias("qh"),
                                      (q - q // half * half).cast(pl.Int64).alias("ql"))
             if part["qh"].null_count() or (part["qh"].max() or 0) >= self.HIGH:
