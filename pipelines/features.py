@@ -1156,14 +1156,13 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
                               .with_columns(known.alias("available_at")), rated)
         for frame in sums.slot_frames():
             spill.add("label_totals", frame)
-    except (storage.MissingObject, lineage.StaleInput) as exc:
+    except BaseException as exc:                    # nothing is left on disk when the night fails
         spill.close()
+        if not isinstance(exc, (storage.MissingObject, lineage.StaleInput)):
+            raise
         if at is not None:
             raise _BrokenState(at, str(exc)) from None
         raise NeedRaw(str(exc)) from None
-    except BaseException:
-        spill.close()
-        raise
     return today, spill
 
 
