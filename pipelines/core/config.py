@@ -43,6 +43,12 @@ def _chunk_rows(value: Any, where: str) -> int:
     return value
 
 
+def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+    return value
+
+
 def _build(cls: type, data: dict[str, Any] | None, where: str):
     """Build dataclass `cls` from a dict, rejecting unknown keys."""
     data = dict(data or {})
@@ -230,6 +236,7 @@ class FeatureParams:
     missing_history: str = "fail"
     incremental: bool = True       # how, not what: excluded from the spec hash (the features are the same)
     chunk_rows: int = 1_000_000    # how, not what: the timeline rows one chunk of entities is computed on
+    spill_compression: str = "none"   # how, not what: the nightly History's spill on local disk (none, lz4, zstd)
 
     @property
     def lookback_days(self) -> int:
@@ -242,7 +249,7 @@ class FeatureParams:
         d = dict(data)
         where = "features"
         allowed = {"windows_days", "rolling", "target_rate", "time_since_last", "calendar", "ratios",
-                   "categoricals", "categories", "missing_history", "incremental", "chunk_rows"}
+                   "categoricals", "categories", "missing_history", "incremental", "chunk_rows", "spill_compression"}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -272,6 +279,8 @@ class FeatureParams:
             missing_history=missing,
             incremental=_flag(d.get("incremental", True), f"{where}.incremental"),
             chunk_rows=_chunk_rows(d.get("chunk_rows", 1_000_000), f"{where}.chunk_rows"),
+            spill_compression=_choice(d.get("spill_compression", "none"), ("none", "lz4", "zstd"),
+                                      f"{where}.spill_compression"),
         )
 
 

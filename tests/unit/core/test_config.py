@@ -88,3 +88,14 @@ def test_features_chunk_rows_is_a_whole_number_of_rows_and_not_part_of_the_spec(
             _params_with(tmp_path, lambda d, bad=bad: d["features"].update(chunk_rows=bad))
     small = _params_with(tmp_path, lambda d: d["features"].update(chunk_rows=5000)).features
     assert small.chunk_rows == 5000 and spec_hash(small) == spec_hash(load_params().features)   # how, not what
+
+
+def test_features_spill_compression_is_one_of_three_and_not_part_of_the_spec(tmp_path):
+    from pipelines.features import spec_hash
+
+    for bad in ("gzip", None, True, ""):
+        with pytest.raises(ConfigError, match="features.spill_compression"):
+            _params_with(tmp_path, lambda d, bad=bad: d["features"].update(spill_compression=bad))
+    assert load_params().features.spill_compression == "none"
+    zstd = _params_with(tmp_path, lambda d: d["features"].update(spill_compression="zstd")).features
+    assert zstd.spill_compression == "zstd" and spec_hash(zstd) == spec_hash(load_params().features)   # how, not what
