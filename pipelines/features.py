@@ -46,7 +46,9 @@ Bit-identical to the full path (tests/unit/test_features.py, tests/unit/test_fea
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -1136,29 +1138,37 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
                           "validated transactions (the day and its boundary days)", day, day)
         del event_ids
         totals, sums = Totals(False, keys), Totals(True, keys)
-        for f in p.totals:
-            if f in states:
-                at = f
-                totals.add(_read(reader, states[f]).with_columns(pl.lit(runs[f]).alias("day")))
+        # the state partitions are read one ahead in a thread (its own Reader): the file reads, the
+        # sha256 and the Parquet decode overlap the fold and the spill of the one before
+        ahead = lineage.Reader()
+        todo = [f for f in p.totals if f in states]
+        frames = _ahead([functools.partial(_read, ahead, states[f]) for f in todo])
+        for f in todo:
+            at = f
+            totals.add(next(frames).with_columns(pl.lit(runs[f]).alias("day")))
+        frames.close()                      # the last one read is let go
         at = None
         for frame in totals.slot_frames():
             spill.add("totals", frame)
         del totals
-        for landed in p.landing:
+        landings = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
+
+        def landed_labels(st: str) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+            objects = ahead.record(st)["objects"]
+            uris = [_sibling(st, f"labelled/event_date={e}.parquet") for e in p.label_boundary]
+            return _read(ahead, _sibling(st, "labels.parquet"), primary=st), \
+                [_read(ahead, u, ["event_ts", *entities, "label"], primary=st) for u in uris if u in objects]
+        frames = _ahead([functools.partial(landed_labels, states[x + dt.timedelta(days=1)]) for x in landings])
+        for landed in landings:
             at = landed + dt.timedelta(days=1)
-            st = states.get(at)
-            if st is None or landed < lb.first_date:
-                continue
+            label_sums, labelled = next(frames)
             avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
-            sums.add(_for_run(_read(reader, _sibling(st, "labels.parquet"), primary=st), "event_date",
-                              label_runs).with_columns(avail))
-            objects = reader.record(st)["objects"]
+            sums.add(_for_run(label_sums, "event_date", label_runs).with_columns(avail))
             known = pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
-            for e in p.label_boundary:
-                uri = _sibling(st, f"labelled/event_date={e}.parquet")
-                if uri in objects:
-                    spill.add("labelled", _read(reader, uri, ["event_ts", *entities, "label"], primary=st)
-                              .with_columns(known.alias("available_at")), rated)
+            for frame in labelled:
+                spill.add("labelled", frame.with_columns(known.alias("available_at")), rated)
+            del label_sums, labelled
+        frames.close()
         for frame in sums.slot_frames():
             spill.add("label_totals", frame)
     except BaseException as exc:                    # nothing is left on disk when the night fails
@@ -1169,6 +1179,25 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
             raise _BrokenState(at, str(exc)) from None
         raise NeedRaw(str(exc)) from None
     return today, spill
+
+
+def _ahead(calls: list, depth: int = 1):
+    """Yield each call's result in order, the next `depth` calls running meanwhile in a thread
+    (memory: the result being used and `depth` more at most). A call's failure is raised where its
+    result is taken."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="features-read") as pool:
+        rest = iter(calls)
+        pending = deque(pool.submit(call) for call in itertools.islice(rest, depth))
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(rest, None)
+            if nxt is not None:
+                pending.append(pool.submit(nxt))
+            yield result
+            result = None                    # not held while the next one is awaited
 
 
 def run_key(params, day: dt.date, suite: dict | None) -> dict | None:
