@@ -1150,6 +1150,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         at = None
         for frame in totals.slot_frames():
             spill.add("totals", frame)
+            del frame                       # not held while the next slot's rows are made
         del totals
         landings = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
 
@@ -1171,6 +1172,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         frames.close()
         for frame in sums.slot_frames():
             spill.add("label_totals", frame)
+            del frame
     except BaseException as exc:                    # nothing is left on disk when the night fails
         spill.close()
         if not isinstance(exc, (storage.MissingObject, lineage.StaleInput)):
