@@ -181,6 +181,10 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
     score, it, params, booster, curve = best
     final = booster[: it + 1]
     used = "cpu" if device == "cpu" or M.device_fell_back(caught) else "cuda"
+    # The model leaves training device-neutral: every later prediction (the threshold below,
+    # evaluate, score) is on host numpy arrays, and a cuda booster fed host data copies it into a
+    # DMatrix with a warning (seen on an H200). The saved model does not carry the device.
+    final.set_param({"device": "cpu"})
     valid_scores = M.predict(final, x_valid)
     thr = best_f1_threshold(y_valid, valid_scores) if p.operating_threshold == "auto" else float(p.operating_threshold)
     return TrainResult(final, params, it, score, thr, table, p.device, used, time.perf_counter() - t0, curve,

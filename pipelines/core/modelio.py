@@ -263,9 +263,13 @@ def choose_device(requested: str, gpu: bool | None = None) -> str:
 
 
 def device_fell_back(caught: list[warnings.WarningMessage]) -> bool:
-    """True when XGBoost warned that it could not use the GPU it was asked for."""
+    """True when XGBoost warned that it could not use the GPU it was asked for ("No visible GPU is
+    found, setting device to CPU", "Device is changed from GPU to CPU ..."). Its "Falling back to
+    prediction using DMatrix due to mismatched devices" is about where the input data lies, not
+    the device used: seen on an H200 with a GPU-trained booster and numpy input, it must not count."""
     text = " ".join(str(w.message) for w in caught).lower()
-    return any(s in text for s in ("no visible gpu", "cuda is not available", "device is changed", "falling back"))
+    return any(s in text for s in ("no visible gpu", "cuda is not available", "device is changed",
+                                   "setting device to cpu"))
 
 
 # --------------------------------------------------------------------------- a training's artifacts

@@ -1,6 +1,7 @@
 """Training: deterministic for a seed, the device recorded, too few positives fail, the threshold."""
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -34,6 +35,8 @@ def test_training_is_deterministic_and_records_the_device_actually_used(params):
         warnings.simplefilter("ignore")
         c = train_model(xt, yt, xv, yv, p, "cuda")
     assert c.device_used == "cpu"
+    for res in (a, c):                 # the trained model leaves training device-neutral (host prediction)
+        assert json.loads(res.booster.save_config())["learner"]["generic_param"]["device"] == "cpu"
 
 
 def test_too_few_positives_fail_the_run(params):

@@ -1,6 +1,8 @@
 """The time split, labelled frames, the feature matrix and the device choice."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import polars as pl
 import pytest
@@ -33,6 +35,19 @@ def test_device_choice_on_a_cpu_machine():
     assert M.choose_device("cpu", gpu=True) == "cpu"
     assert M.choose_device("cuda", gpu=False) == "cpu"          # recorded as cpu, not silently "cuda"
     assert M.gpu_visible() is False                             # this machine and CI have no GPU
+
+
+def test_only_a_device_fall_back_counts_as_one():
+    def msgs(*texts):
+        return [warnings.WarningMessage(UserWarning(t), UserWarning, "x.py", 1) for t in texts]
+
+    assert M.device_fell_back(msgs("[13:25:41] WARNING: learner.cc: No visible GPU is found, setting device to CPU."))
+    assert M.device_fell_back(msgs("Device is changed from GPU to CPU as we couldn't find any available GPU on the system."))
+    # XGBoost's warning on a GPU machine when a cuda booster is given host data (seen on an H200)
+    assert not M.device_fell_back(msgs(
+        "[13:25:41] WARNING: error_msg.cc:62: Falling back to prediction using DMatrix due to mismatched devices. "
+        "XGBoost is running on: cuda:0, while the input data is on: cpu."))
+    assert not M.device_fell_back([])
 
 
 def test_feature_matrix_refuses_a_mismatch():
