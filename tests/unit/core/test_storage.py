@@ -78,11 +78,15 @@ def test_the_parquet_sink_writes_in_a_thread_the_bytes_of_a_plain_writer_and_rai
     sink.close()
     assert storage.dictionary_columns(batches[0].with_columns(pl.lit("v1").alias("model")).to_arrow()) == ["model"]
     with pq.ParquetWriter(str(tmp_path / "b.parquet"), batches[0].to_arrow().schema, compression="zstd",
-                          compression_level=1, write_statistics=True,
+                          compression_level=1, write_statistics=["score"],
                           use_dictionary=storage.dictionary_columns(batches[0].to_arrow())) as w:
         for b in batches:
             w.write_table(b.to_arrow(), row_group_size=1_000_000)
     assert (tmp_path / "out" / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    # min/max only where they can prune a read: the numbers, not the ids (random within a batch)
+    rg = pq.ParquetFile(tmp_path / "out" / "a.parquet").metadata.row_group(0)
+    assert rg.column(1).statistics.has_min_max and rg.column(1).statistics.min == 0.0
+    assert rg.column(0).statistics is None or not rg.column(0).statistics.has_min_max
     assert pl.read_parquet(tmp_path / "out" / "a.parquet").equals(pl.concat(batches))
     assert not sink.thread.is_alive()
     with pytest.raises(storage.StorageError, match="after the sink was closed"):
