@@ -701,9 +701,6 @@ class EntityKeys:
                 .filter((pl.col("id") == pl.col("__id")) & (pl.col("entity") == pl.col("__e")))
                 .drop("__h", "__id", "__e", "id", "entity"))
 
-    def unkey(self, frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.join(self.named, on="__k", how="inner").drop("__k") if frame.width else frame
-
 
 class Totals:
     """Day totals (or label totals) keyed by EntityKeys, folded into their runs: added in O(rows) per
@@ -775,7 +772,9 @@ class Totals:
         for slot in list(self.slots):
             acc = self.slots.pop(slot)
             keep = acc["n"] > 0
-            frame = pl.DataFrame({"__k": np.nonzero(keep)[0].astype(np.uint32), **{c: a[keep] for c, a in acc.items()}})
+            # the ids of the kept keys by the mask itself (keys are row numbers of keys.named): no join
+            names = self.keys.named.filter(pl.Series(keep)).drop("__k")
+            frame = pl.DataFrame({c: a[keep] for c, a in acc.items()})
             del acc, keep
             frame = frame.with_columns(*[pl.lit(v).alias(c) for c, v in zip(self.slot_cols, slot)])
             if not self.labels:
@@ -785,7 +784,8 @@ class Totals:
                     (pl.col("qh").cast(pl.Int128) * half + pl.col("ql").cast(pl.Int128)).alias("q"),
                     pl.when(pl.col("mx") != -inf).then(pl.col("mx")).alias("mx"),
                     pl.when(pl.col("mn") != inf).then(pl.col("mn")).alias("mn")).drop("qh", "ql")
-            yield self.keys.unkey(frame)
+            yield pl.concat([frame, names], how="horizontal")     # the columns of unkey's join
+            del names, frame
 
 
 def _availability(day: dt.date, landed: dt.date, midnight: bool = True) -> dt.datetime:
