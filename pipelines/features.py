@@ -768,7 +768,6 @@ class Totals:
     def slot_frames(self):
         """result() one slot at a time; each slot's arrays are let go as its rows are made (the peak is
         one slot's rows plus its arrays)."""
-        np = self.np
         for slot in list(self.slots):
             acc = self.slots.pop(slot)
             keep = acc["n"] > 0
