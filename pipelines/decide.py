@@ -56,6 +56,22 @@ from pipelines.core.rules import rule_mask
 
 log = logging.getLogger("pipelines.decide")
 ACTIONS = (*DECISIONS, G.HOLD)          # what a published decision can be
+ACTION = pl.Enum(list(ACTIONS))         # the decision columns' type while deciding (published as strings)
+
+
+def reasons(p: DecideParams) -> pl.Enum:
+    """Every reason_code the day can get: decisions are made on these fixed categories (a byte a row,
+    not a string: decide at 10M rows spent a third of its writing on the decision strings); the
+    published file holds plain strings (ParquetSink with plain_schema)."""
+    return pl.Enum([*(f"model_{d}" for d in DECISIONS), *dict.fromkeys(f"rule:{r['name']}" for r in p.rules),
+                    *(f"allow_list:{e}" for e in p.allow_list), "over_capacity", "human_override", "guardrail_hold"])
+
+
+ENUMS = ("decision", "reason_code", "proposed_decision", "model_decision")    # strings once published
+
+
+def _act(value: str) -> pl.Expr:
+    return pl.lit(value, dtype=ACTION)
 
 
 class DecideError(RuntimeError):
@@ -74,19 +90,25 @@ def base_decisions(frame: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
         raise DecideError(f"decide: the predictions do not carry the rule/allow-list column(s) {missing} "
                           f"(score.carry_columns; re-score the date)")
     review_at = pl.col("threshold") if p.review_threshold == "operating" else pl.lit(float(p.review_threshold))
-    model = (pl.when(pl.col("score") >= p.block_threshold).then(pl.lit("block"))
-             .when(pl.col("score") >= review_at).then(pl.lit("review")).otherwise(pl.lit("approve")))
+    why_t = reasons(p)
+
+    def why_lit(value: str) -> pl.Expr:
+        return pl.lit(value, dtype=why_t)
+    model = (pl.when(pl.col("score") >= p.block_threshold).then(_act("block"))
+             .when(pl.col("score") >= review_at).then(_act("review")).otherwise(_act("approve")))
     frame = frame.with_columns(model.alias("model_decision"))
-    dec, why = pl.col("model_decision"), pl.lit("model_") + pl.col("model_decision")
+    dec = pl.col("model_decision")
+    why = (pl.when(pl.col("score") >= p.block_threshold).then(why_lit("model_block"))
+           .when(pl.col("score") >= review_at).then(why_lit("model_review")).otherwise(why_lit("model_approve")))
     for r in reversed(p.rules):     # first match wins: apply in reverse so earlier rules end on top
         m = rule_mask(r, frame.columns, f"decide.rules {r['name']}")
-        dec, why = pl.when(m).then(pl.lit(r["decision"])).otherwise(dec), \
-            pl.when(m).then(pl.lit(f"rule:{r['name']}")).otherwise(why)
+        dec, why = pl.when(m).then(_act(r["decision"])).otherwise(dec), \
+            pl.when(m).then(why_lit(f"rule:{r['name']}")).otherwise(why)
     for ent, ids in p.allow_list.items():
         if ids:
             m = pl.col(ent).cast(pl.String).is_in(list(ids)).fill_null(False)
-            dec, why = pl.when(m).then(pl.lit("approve")).otherwise(dec), \
-                pl.when(m).then(pl.lit(f"allow_list:{ent}")).otherwise(why)
+            dec, why = pl.when(m).then(_act("approve")).otherwise(dec), \
+                pl.when(m).then(why_lit(f"allow_list:{ent}")).otherwise(why)
     return frame.with_columns(dec.alias("decision"), why.alias("reason_code"))
 
 
@@ -94,7 +116,7 @@ def review_candidates(frame: pl.DataFrame, overridden: pl.Series) -> pl.DataFram
     """Rows that want the review queue (events a reviewer already decided use no capacity):
     priority 0 = forced by a rule, 1 = the model's."""
     free = ~pl.col("event_id").is_in(overridden.implode())
-    forced = free & (pl.col("decision") == "review") & pl.col("reason_code").str.starts_with("rule:")
+    forced = free & (pl.col("decision") == "review") & pl.col("reason_code").cast(pl.String).str.starts_with("rule:")
     modeled = free & (pl.col("decision") == "review") & (pl.col("reason_code") == "model_review")
     return (frame.with_columns(pl.when(forced).then(0).when(modeled).then(1).otherwise(None).alias("_prio"))
             .filter(pl.col("_prio").is_not_null()).select("__row", "event_id", "_prio", "score"))
@@ -121,21 +143,22 @@ def final_decisions(frame: pl.DataFrame, ranks: pl.DataFrame, overrides: pl.Data
         mine = ranks.clear()
     frame = frame.join(mine, on="__row", how="left", maintain_order="left")
     over = pl.col("_over").fill_null(False)
+    why_t = reasons(p)
     frame = frame.with_columns(
-        pl.when(over).then(pl.lit(p.over_capacity)).otherwise(pl.col("decision")).alias("decision"),
-        pl.when(over).then(pl.lit("over_capacity")).otherwise(pl.col("reason_code")).alias("reason_code"),
+        pl.when(over).then(_act(p.over_capacity)).otherwise(pl.col("decision")).alias("decision"),
+        pl.when(over).then(pl.lit("over_capacity", dtype=why_t)).otherwise(pl.col("reason_code")).alias("reason_code"),
         pl.when(over).then(None).otherwise(pl.col("queue_rank")).alias("queue_rank"))
     if overrides.height:
-        frame = frame.join(overrides.select("event_id", pl.col("decision").alias("_od"),
+        frame = frame.join(overrides.select("event_id", pl.col("decision").cast(ACTION).alias("_od"),
                                             pl.col("reviewer").alias("overridden_by"), pl.col("note").alias("override_note")),
                            on="event_id", how="left", maintain_order="left")
     else:                                   # no reviewer verdict for the day (most days): no join
-        frame = frame.with_columns(pl.lit(None, pl.String).alias("_od"), pl.lit(None, pl.String).alias("overridden_by"),
+        frame = frame.with_columns(pl.lit(None, ACTION).alias("_od"), pl.lit(None, pl.String).alias("overridden_by"),
                                    pl.lit(None, pl.String).alias("override_note"))
     hit = pl.col("_od").is_not_null()
     frame = frame.with_columns(
         pl.when(hit).then(pl.col("_od")).otherwise(pl.col("decision")).alias("decision"),
-        pl.when(hit).then(pl.lit("human_override")).otherwise(pl.col("reason_code")).alias("reason_code"))
+        pl.when(hit).then(pl.lit("human_override", dtype=why_t)).otherwise(pl.col("reason_code")).alias("reason_code"))
     keys = [c for c in ("event_id", "event_ts", "customer", "terminal") if c in frame.columns]
     out = frame.select(
         *keys, "ds", "decision", "reason_code", pl.col("decision").alias("proposed_decision"), "model_decision", "score",
@@ -147,11 +170,21 @@ def final_decisions(frame: pl.DataFrame, ranks: pl.DataFrame, overrides: pl.Data
     return out
 
 
+def verdicts(overrides: pl.DataFrame) -> pl.DataFrame:
+    """The latest reviewer verdict per event; one that is not a decision fails the day, by name."""
+    ov = latest_overrides(overrides)
+    bad = ov.filter(~pl.col("decision").is_in(DECISIONS) | pl.col("decision").is_null())
+    if bad.height:
+        raise DecideError(f"decide: {bad.height} override(s) whose decision is not one of {', '.join(DECISIONS)}, "
+                          f"e.g. {bad.select('event_id', 'decision', 'reviewer').head(3).to_dicts()}; nothing decided")
+    return ov
+
+
 def plan(batches, overrides: pl.DataFrame, p: DecideParams) -> tuple[pl.DataFrame, dict]:
     """First pass over `batches()` (an iterable of the predictions' batches): who wants
     the review queue and in which order, and the proposed counts the guardrails check (rows, blocks,
     review candidates before capacity). Memory: one batch plus the review candidates."""
-    ov = latest_overrides(overrides)
+    ov = verdicts(overrides)
     cands, rows, blocks = [], 0, 0
     for pb in batches():
         base = base_decisions(pb, p).with_row_index("__row", offset=rows)
@@ -170,8 +203,9 @@ def hold(dec: pl.DataFrame) -> pl.DataFrame:
     """A held day: the model and the rules act on nothing (decision `hold`, no queue); a human
     override stands. The would-be decision stays in proposed_decision."""
     human = pl.col("reason_code") == "human_override"
-    return dec.with_columns(pl.when(human).then(pl.col("decision")).otherwise(pl.lit(G.HOLD)).alias("decision"),
-                            pl.when(human).then(pl.col("reason_code")).otherwise(pl.lit("guardrail_hold")).alias("reason_code"),
+    return dec.with_columns(pl.when(human).then(pl.col("decision")).otherwise(_act(G.HOLD)).alias("decision"),
+                            pl.when(human).then(pl.col("reason_code"))
+                            .otherwise(pl.lit("guardrail_hold", dtype=dec.schema["reason_code"])).alias("reason_code"),
                             pl.when(human).then(pl.col("queue_rank")).otherwise(None).alias("queue_rank"))
 
 
@@ -180,7 +214,7 @@ def decisions(batches, overrides: pl.DataFrame, p: DecideParams, ranks: pl.DataF
     ranks from `plan`); every one `hold` when the day is held."""
     if ranks is None:
         ranks, _ = plan(batches, overrides, p)
-    ov = latest_overrides(overrides)
+    ov = verdicts(overrides)
     rows = 0
     for pb in batches():
         dec = final_decisions(base_decisions(pb, p).with_row_index("__row", offset=rows), ranks, ov, p)
@@ -241,7 +275,8 @@ class Tally:
             self.reasons[why] = self.reasons.get(why, 0) + v
         self.disagree += int((dec["proposed_decision"] != dec["model_decision"]).sum())
         self.matched |= set(dec.filter(pl.col("reason_code") == "human_override")["event_id"].to_list())
-        self.queue.append(storage.compact(dec.filter(pl.col("queue_rank").is_not_null())))
+        self.queue.append(storage.compact(dec.filter(pl.col("queue_rank").is_not_null()).with_columns(
+            pl.col(c).cast(pl.String) for c in ENUMS)))
 
     def summary(self, overrides: pl.DataFrame, p: DecideParams) -> dict:
         n = self.rows
@@ -351,7 +386,7 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
         part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed, sources=sources,
                              extra={"run": key} if key else None)
         tally = Tally()
-        with storage.ParquetSink(store.uri("decisions", date=d), tmp, part) as sink:
+        with storage.ParquetSink(store.uri("decisions", date=d), tmp, part, plain_schema=True) as sink:
             for dec in decisions(batches, overrides, p, ranks, held):
                 sink.write(dec)
                 tally.add(dec)
