@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.core.config import DecideParams
 from pipelines.core.reviews import OVERRIDE_SCHEMA
-from pipelines.decide import Tally, decisions
+from pipelines.decide import ACTION, ENUMS, DecideError, Tally, decisions
 
 D = dt.date(2026, 3, 10)
 
@@ -121,3 +121,34 @@ def test_the_guardrails_baseline_is_the_latest_days_not_rejected(tmp_path):
     assert [g["date"] for g in got] == [(D + dt.timedelta(days=i)).isoformat() for i in (4, 3, 2)]
     assert [g["blocks"] for g in got] == [4, 3, 2]
     assert trailing_days(store, D, 3) == []
+
+
+def test_a_verdict_that_is_no_decision_fails_the_day_by_name():
+    over = pl.DataFrame({"event_id": ["e0"], "decision": ["maybe"], "reviewer": ["ann"], "note": [""],
+                         "at": [dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc)]}, schema=OVERRIDE_SCHEMA)
+    with pytest.raises(DecideError, match=r"1 override\(s\) whose decision is not one of approve, review, block.*maybe"):
+        decide_all(_pred([0.1, 0.2]), over, DP)
+
+
+def test_the_published_decisions_are_plain_strings(tmp_path):
+    """Decisions are made on Enums (a byte a row) but the file holds plain strings: what readers,
+    the review queue and older partitions have."""
+    from pipelines.core import storage
+
+    pred = _pred([0.95, 0.6, 0.1, 0.2], amounts=[10.0, 10.0, 5000.0, 10.0])
+    over = pl.DataFrame(schema=OVERRIDE_SCHEMA)
+    sink = storage.ParquetSink(str(tmp_path / "out" / "d.parquet"), tmp_path, plain_schema=True)
+    made = []
+    for dec in decisions(lambda: iter([pred.slice(0, 2), pred.slice(2, 2)]), over, DP):
+        assert dec.schema["decision"] == ACTION and isinstance(dec.schema["reason_code"], pl.Enum)
+        sink.write(dec)
+        made.append(dec)
+    sink.close()
+    back = pl.read_parquet(tmp_path / "out" / "d.parquet")
+    assert all(back.schema[c] == pl.String for c in ("decision", "reason_code", "proposed_decision", "model_decision"))
+    assert back.equals(pl.concat(made).with_columns(pl.col(c).cast(pl.String) for c in ENUMS))
+    assert back["reason_code"].to_list() == ["model_block", "model_review", "rule:huge", "model_approve"]
+    tally = Tally()
+    for dec in made:
+        tally.add(dec)
+    assert all(q.schema["decision"] == pl.String for q in tally.queue)      # the review queue: strings too
