@@ -176,7 +176,9 @@ def verdicts(overrides: pl.DataFrame) -> pl.DataFrame:
     bad = ov.filter(~pl.col("decision").is_in(DECISIONS) | pl.col("decision").is_null())
     if bad.height:
         raise DecideError(f"decide: {bad.height} override(s) whose decision is not one of {', '.join(DECISIONS)}, "
-                          f"e.g. {bad.select('event_id', 'decision', 'reviewer').head(3).to_dicts()}; nothing decided")
+                          f"e.g. {bad.select('event_id', 'decision', 'reviewer').head(3).to_dicts()}; nothing decided "
+                          f"(record a valid verdict for each: python -m pipelines decide override --date D --event-id E "
+                          f"--decision {'|'.join(DECISIONS)}; the latest verdict per event wins)")
     return ov
 
 
@@ -390,6 +392,9 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
             for dec in decisions(batches, overrides, p, ranks, held):
                 sink.write(dec)
                 tally.add(dec)
+            if not tally.rows:              # a day without events: a file with the decisions' columns, none the less
+                for dec in decisions(lambda: iter([pl.read_parquet(pred_path, n_rows=0)]), overrides, p, ranks, held):
+                    sink.write(dec)
             summ = tally.summary(overrides, p)
             summ["guardrails"] = {"status": status, "breaches": breached, "checks": results, "proposed": proposed,
                                   "top_features": top, "trailing_dates": [x["date"] for x in trailing],

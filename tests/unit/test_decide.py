@@ -152,3 +152,17 @@ def test_the_published_decisions_are_plain_strings(tmp_path):
     for dec in made:
         tally.add(dec)
     assert all(q.schema["decision"] == pl.String for q in tally.queue)      # the review queue: strings too
+
+
+def test_a_day_without_events_publishes_the_decisions_columns(tmp_path):
+    """No predictions: the file still has the decisions' columns (audit and feedback select them)."""
+    from pipelines.core import storage
+
+    sink = storage.ParquetSink(str(tmp_path / "out" / "d.parquet"), tmp_path, plain_schema=True)
+    for dec in decisions(lambda: iter([_pred([0.5]).clear()]), pl.DataFrame(schema=OVERRIDE_SCHEMA), DP):
+        assert dec.height == 0
+        sink.write(dec)
+    sink.close()
+    back = pl.read_parquet(tmp_path / "out" / "d.parquet")
+    assert back.height == 0 and {"event_id", "decision", "reason_code", "queue_rank", "model_version"} <= set(back.columns)
+    assert back.schema["decision"] == pl.String
