@@ -164,3 +164,22 @@ def test_an_id_in_a_boundary_day_and_the_day_fails_the_incremental_path_by_name(
                                                           rf".*{boundary}"):
             features.main(["--params", str(path), "--date", DAY.isoformat(), *extra])
     assert not (path.parent / "lake" / "features" / f"date={DAY}").exists()
+
+
+@pytest.mark.parametrize("weak", ["none", "by_length", "constant"])
+def test_entity_keys_match_by_entity_and_id_never_by_hash_alone(monkeypatch, weak):
+    """A state row gets the key of its own (entity, id) or none: a row whose hash equals a key's but
+    whose id or entity differ is dropped, also when keys share a hash. Weak hashes stand in for
+    64-bit collisions."""
+    if weak == "by_length":     # distinct among the keys; "xx" and terminal "a" collide with them
+        monkeypatch.setattr(features, "_key_hash", lambda: pl.col("id").str.len_bytes().cast(pl.UInt64).alias("__h"))
+    elif weak == "constant":    # every key shares one hash
+        monkeypatch.setattr(features, "_key_hash", lambda: pl.lit(7, pl.UInt64).alias("__h"))
+    keys = features.EntityKeys(pl.DataFrame({"id": ["a", "bb", "ccc"], "entity": ["customer", "customer", "terminal"]}))
+    state = pl.DataFrame({"entity": ["customer", "customer", "terminal", "customer", "terminal"],
+                          "id": ["bb", "xx", "ccc", "zzzz", "a"], "n": [1, 2, 3, 4, 5]})
+    out = keys.key(state)
+    assert out.columns == ["n", "__k"] and out.schema["__k"] == pl.UInt32
+    got = dict(zip(out["n"].to_list(), keys.named["id"].gather(out["__k"]).to_list()))
+    assert got == {1: "bb", 3: "ccc"}
+    assert keys.key(state.clear()).height == 0
