@@ -167,10 +167,10 @@ def run_pandas(ev_path: str, lab_path: str, out: str | None) -> dict:
 
 def child(side: str, ev: Path, lab: Path, out: Path | None = None, timeout: float = 7200) -> dict:
     """Run one side in a fresh process; its peak RSS from the OS."""
-    code = (f"import sys, json, resource; sys.path.insert(0, {str(ROOT)!r}); "
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); "
             f"from benchmarks.features import run_{side}; r = run_{side}({str(ev)!r}, {str(lab)!r}, "
             f"{str(out) if out else None!r}); "
-            "r['peak_rss_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))")
+            "from benchmarks import own_peak_mib; r['peak_rss_mib'] = own_peak_mib(); print(json.dumps(r))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if p.returncode != 0:
         raise RuntimeError(f"{side} failed:\n{p.stderr[-3000:]}")

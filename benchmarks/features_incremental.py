@@ -41,12 +41,12 @@ sys.path.insert(0, str(ROOT))
 FIRST = dt.date(2026, 1, 1)
 DAYS = 45
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 t = time.perf_counter()
 from pipelines import features
 rc = features.main(sys.argv[1:])
-print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+from benchmarks import own_peak_mib   # not ru_maxrss: it carries the parent's (the lake builder's) peak
+print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t, "peak_mib": own_peak_mib()}))
 """
 
 

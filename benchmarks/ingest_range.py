@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ def main() -> int:
     ap.add_argument("--params", help="default: <state>/params/demo.yaml (written by make demo)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    from benchmarks import own_peak_mib  # noqa: E402
     from pipelines.core import storage
     from pipelines.core.config import date_range, load_params, parse_date
     from pipelines.core.state import ENV_FILE, load_env_file, state_dir
@@ -53,7 +53,7 @@ def main() -> int:
     base, base_records = run(memo=False)
     fast, fast_records = run(memo=True)
     assert fast_records == base_records, "the records differ"
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = own_peak_mib()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     print(f"ingest {args.start}..{args.end}, {len(todo)} partitions: once per later day {base:.1f} s, "
           f"memo {fast:.1f} s: {base / fast:.2f}x; records identical; peak RSS {peak:.0f} MiB")

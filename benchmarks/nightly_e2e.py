@@ -42,12 +42,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / ".out"
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import STAGE_WRAPPER, own_peak_mib  # noqa: E402
 FIRST = dt.date(2026, 1, 1)
 DAYS = 45                                   # 44 history days + the scored date
 DAY = FIRST + dt.timedelta(days=DAYS - 1)
 STAGES = ("ingest", "validate", "features", "score", "decide", "monitor")
 ANCHOR = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from benchmarks.nightly_e2e import anchor
@@ -172,8 +174,6 @@ def register(params, frame, man: dict, trees: int = 200, depth: int = 6) -> None
 def anchor(what: str, params_path: Path, work: Path) -> dict:
     """One anchor in a process of its own: 'predict' (bare inplace_predict over the date's features),
     'suite-polars' / 'suite-gx' (the transactions suite on the canonical partition)."""
-    import resource
-
     from pipelines.core import lineage, storage
     from pipelines.core.config import load_params
 
@@ -192,7 +192,7 @@ def anchor(what: str, params_path: Path, work: Path) -> dict:
             served.booster.inplace_predict(x)
             bare += time.perf_counter() - t
             rows += batch.height
-        return {"seconds": bare, "rows": rows, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {"seconds": bare, "rows": rows, "peak_mib": own_peak_mib()}
     from pipelines.core.gx import load_suite, validate_frame
 
     frame = lineage.Reader().read_parquet(store.uri("canonical", dataset="transactions", date=DAY.isoformat()))
@@ -201,7 +201,7 @@ def anchor(what: str, params_path: Path, work: Path) -> dict:
     v = validate_frame(frame, suite, "transactions", DAY, params.validate.max_quarantine_fraction,
                        engine=what.split("-")[1])
     return {"seconds": time.perf_counter() - t, "blocked": bool(v.blocked),
-            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_mib": own_peak_mib()}
 
 
 def alone_lake(work: Path) -> None:
@@ -217,16 +217,24 @@ def alone_lake(work: Path) -> None:
 
 
 def _timed(argv: list[str], env: dict, log: Path) -> dict:
-    """Run one process; its wall time and peak RSS (its own, from wait4)."""
-    with log.open("ab") as out:
-        t = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t
-    rc = os.waitstatus_to_exitcode(status)
-    if rc != 0:
-        raise SystemExit(f"{' '.join(argv[2:5])}: exit {rc}; see {log}")
-    return {"seconds": wall, "peak_mib": usage.ru_maxrss / 1024}
+    """Run one `python -m pipelines ...` process; its wall time and its own peak RSS (VmHWM, written
+    by the process as it exits: wait4's maxrss would carry this process's own high-water mark)."""
+    import tempfile
+
+    assert argv[1:3] == ["-m", "pipelines"], argv
+    with tempfile.NamedTemporaryFile(prefix="fraudops-bench-peak-", delete=False) as fh:
+        peak_file = fh.name
+    try:
+        with log.open("ab") as out:
+            t = time.perf_counter()
+            proc = subprocess.run([argv[0], "-c", STAGE_WRAPPER, *argv[3:]], stdout=out, stderr=subprocess.STDOUT,
+                                  env={**env, "FRAUDOPS_BENCH_PEAK_FILE": peak_file}, cwd=log.parent)
+            wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(argv[3:6])}: exit {proc.returncode}; see {log}")
+        return {"seconds": wall, "peak_mib": float(Path(peak_file).read_text())}
+    finally:
+        os.unlink(peak_file)
 
 
 def _stage(stage: str, params: Path, env: dict, log: Path, *extra: str) -> dict:

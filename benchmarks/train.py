@@ -16,13 +16,13 @@ import argparse
 import dataclasses
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks import own_peak_mib  # noqa: E402
 
 
 def make_data(rows: int, n_feat: int, seed: int = 0):
@@ -97,7 +97,7 @@ def main() -> int:
         if name == "stage":
             same = np.allclose(M.predict(booster, xv), ref, atol=1e-6)
     b, s = min(t["bare"], t["bare2"]), min(t["stage"], t["stage2"])
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = own_peak_mib()
     print(f"bare xgboost.train : {t['bare']:.2f} s, {t['bare2']:.2f} s")
     print(f"train stage core   : {t['stage']:.2f} s, {t['stage2']:.2f} s")
     print(f"ratio stage / bare : {s / b:.3f}  (best of two each; target <= 1.1)")

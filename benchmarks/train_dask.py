@@ -14,13 +14,13 @@ import argparse
 import dataclasses
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks import own_peak_mib  # noqa: E402
 
 
 def main() -> int:
@@ -55,7 +55,7 @@ def main() -> int:
     base = runs["local"][0]
     print("ratio to local: " + ", ".join(f"{k} {v[0] / base:.2f}" for k, v in runs.items()))
     print(f"dask 2 workers / dask 1 worker: {runs['dask, 2 workers'][0] / runs['dask, 1 worker'][0]:.2f}")
-    print(f"peak RSS (driver): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
+    print(f"peak RSS (driver): {own_peak_mib():,.0f} MiB")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, xgboost {xgb.__version__}, "
           f"python {platform.python_version()}")
     return 0

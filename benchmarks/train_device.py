@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks import own_peak_mib  # noqa: E402
 
 
 def auc(y, s) -> float:
@@ -70,7 +70,7 @@ def main() -> int:
               f"{auc(ys, M.predict(res.booster, xs)):.4f}", flush=True)
     if "cuda" in seconds and "cpu" in seconds:
         print(f"speed-up cpu/cuda: {seconds['cpu'] / seconds['cuda']:.2f}x")
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB; machine: "
+    print(f"peak RSS: {own_peak_mib():,.0f} MiB; machine: "
           f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     return 1 if bad else 0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import sys
 import time
 import uuid
@@ -29,6 +28,7 @@ def main() -> int:
     ap.add_argument("--end", default="2026-02-28")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    from benchmarks import own_peak_mib  # noqa: E402
     import yaml
 
     from pipelines.core.state import ENV_FILE, load_env_file, state_dir
@@ -61,7 +61,7 @@ def main() -> int:
         restored = [task for task in ("ingest", "validate", "features", "train", "evaluate")
                     if "restored from DVC's run-cache" in client.task_log("training", run["dag_run_id"], task)]
         tasks[-1]["restored"] = restored
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = own_peak_mib()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
     for name, secs, t in zip(("first (computes)", "second (run-cache)"), took, tasks):
         order = ("ingest", "validate", "features", "train", "evaluate", "register", "push")
