@@ -94,12 +94,12 @@ def base_decisions(frame: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
 
     def why_lit(value: str) -> pl.Expr:
         return pl.lit(value, dtype=why_t)
-    model = (pl.when(pl.col("score") >= p.block_threshold).then(_act("block"))
-             .when(pl.col("score") >= review_at).then(_act("review")).otherwise(_act("approve")))
-    frame = frame.with_columns(model.alias("model_decision"))
-    dec = pl.col("model_decision")
-    why = (pl.when(pl.col("score") >= p.block_threshold).then(why_lit("model_block"))
-           .when(pl.col("score") >= review_at).then(why_lit("model_review")).otherwise(why_lit("model_approve")))
+
+    def tiered(lit) -> pl.Expr:     # the model's decision by its thresholds, as `lit` of each decision
+        return (pl.when(pl.col("score") >= p.block_threshold).then(lit("block"))
+                .when(pl.col("score") >= review_at).then(lit("review")).otherwise(lit("approve")))
+    frame = frame.with_columns(tiered(_act).alias("model_decision"))
+    dec, why = pl.col("model_decision"), tiered(lambda d: why_lit(f"model_{d}"))
     for r in reversed(p.rules):     # first match wins: apply in reverse so earlier rules end on top
         m = rule_mask(r, frame.columns, f"decide.rules {r['name']}")
         dec, why = pl.when(m).then(_act(r["decision"])).otherwise(dec), \
