@@ -21,16 +21,15 @@ def own_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# `python -c STAGE_WRAPPER <argv of python -m pipelines>`: the stage as Airflow runs it, its own peak
-# RSS written to $FRAUDOPS_BENCH_PEAK_FILE when it exits (a parent's wait4 rusage would carry the
+# `python -c STAGE_WRAPPER <argv of python -m pipelines>` (the repository on PYTHONPATH): the stage as
+# Airflow runs it, its own peak RSS written to $FRAUDOPS_BENCH_PEAK_FILE when it exits (a parent's wait4 rusage would carry the
 # parent's own high-water mark, see own_peak_mib)
 STAGE_WRAPPER = """
 import atexit, os, runpy, sys
 def _peak():
-    with open("/proc/self/status") as fh:
-        kib = next(int(x.split()[1]) for x in fh if x.startswith("VmHWM:"))
+    from benchmarks import own_peak_mib
     with open(os.environ["FRAUDOPS_BENCH_PEAK_FILE"], "w") as fh:
-        fh.write(str(kib / 1024))
+        fh.write(str(own_peak_mib()))
 atexit.register(_peak)
 sys.argv = ["pipelines", *sys.argv[1:]]
 runpy.run_module("pipelines", run_name="__main__", alter_sys=True)

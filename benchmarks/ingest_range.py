@@ -25,7 +25,7 @@ def main() -> int:
     ap.add_argument("--params", help="default: <state>/params/demo.yaml (written by make demo)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from benchmarks import own_peak_mib  # noqa: E402
+    from benchmarks import own_peak_mib
     from pipelines.core import storage
     from pipelines.core.config import date_range, load_params, parse_date
     from pipelines.core.state import ENV_FILE, load_env_file, state_dir

@@ -228,7 +228,9 @@ def _timed(argv: list[str], env: dict, log: Path) -> dict:
         with log.open("ab") as out:
             t = time.perf_counter()
             proc = subprocess.run([argv[0], "-c", STAGE_WRAPPER, *argv[3:]], stdout=out, stderr=subprocess.STDOUT,
-                                  env={**env, "FRAUDOPS_BENCH_PEAK_FILE": peak_file}, cwd=log.parent)
+                                  env={**env, "FRAUDOPS_BENCH_PEAK_FILE": peak_file,
+                                       "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))},
+                                  cwd=log.parent)
             wall = time.perf_counter() - t
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(argv[3:6])}: exit {proc.returncode}; see {log}")

@@ -28,7 +28,7 @@ def main() -> int:
     ap.add_argument("--end", default="2026-02-28")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from benchmarks import own_peak_mib  # noqa: E402
+    from benchmarks import own_peak_mib
     import yaml
 
     from pipelines.core.state import ENV_FILE, load_env_file, state_dir
