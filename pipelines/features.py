@@ -57,6 +57,8 @@ from pathlib import Path
 import polars as pl
 
 from pipelines.core import lineage, shards, storage
+from pipelines.core.daystate import OBJECTS, day_state, label_search, label_totals, labelled_events
+from pipelines.core.daystate import fit as _fit, fixed as _fixed, key_hash as _key_hash
 from pipelines.core.shards import Shard, check_rows
 from pipelines.core.cli import StageFailed, progress, resolve, stage_parser
 from pipelines.core.config import FeatureParams, date_range
@@ -137,12 +139,6 @@ def _per_bucket(frame: pl.DataFrame, buckets: int) -> list[pl.DataFrame]:
     if buckets == 1:
         return [frame]
     return [frame.filter(pl.col("__bucket") == b) for b in range(buckets)]
-
-
-def _fixed(r) -> pl.Expr:
-    """The rolled value in fixed point (r.decimals): integer sums are exact whatever the order, so
-    the full and the incremental paths agree bit for bit. The one definition both use."""
-    return (pl.col(r.value) * 10 ** r.decimals).round().cast(pl.Int64)
 
 
 def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide, totals: bool) -> list[list[pl.Expr]]:
@@ -451,12 +447,9 @@ def merge_shards(events: pl.DataFrame, parts: list[dict[str, pl.DataFrame]], spe
 # held days enter as one row per entity and day (their exact totals: fixed-point sums, counts, max,
 # min, last time); the partly held ones (the boundary days) and day X enter as events. The same
 # holds for the label-delayed rates, per event day and landing day of the labels. Every day's
-# totals are a partition of their own (storage.layout feature_state), made once from raw data.
-STATE_SCHEMA = {"entity": pl.String, "id": pl.String, "n": pl.Int64, "fx": pl.Int64, "q": pl.Decimal(38, 0),
-                "mx": pl.Float64, "mn": pl.Float64, "last": pl.Int64}
-TOTALS_SCHEMA = {"entity": pl.String, "id": pl.String, "event_date": pl.Date, "n": pl.Int64, "s": pl.Int64}
-
-
+# totals are a partition of their own (storage.layout feature_state), made once from raw data by
+# the code of pipelines/core/daystate.py, which alone is the code in a state's run key: a release
+# that changes this stage keeps the look-back's states (37 days of raw re-read otherwise).
 @dataclass
 class Plan:
     """Which earlier days the features of `day` read, and how (see above)."""
@@ -487,46 +480,6 @@ def plan(spec: FeatureParams, day: dt.date) -> Plan:
         label_boundary, label_totals, landing = [], [], []
     states = sorted(set(totals) | {x + d(days=1) for x in landing})
     return Plan(day, boundary, totals, label_boundary, label_totals, landing, states)
-
-
-def day_state(events: pl.DataFrame, spec: FeatureParams) -> pl.DataFrame:
-    """Per entity of the rolling and time-since-last features, the exact totals of one day's events
-    (n, fixed-point sum, sum of squares, max, min of the rolled value; the last event time)."""
-    out = []
-    for ent in dict.fromkeys([*spec.rolling, *spec.time_since_last]):
-        r = spec.rolling.get(ent)
-        t = pl.col("event_ts").cast(pl.Int64)
-        aggs = [pl.len().cast(pl.Int64).alias("n"), t.max().alias("last")]
-        if r:
-            fx = _fixed(r)
-            aggs += [fx.sum().alias("fx"), (fx.cast(pl.Int128) * fx.cast(pl.Int128)).sum().alias("q"),
-                     pl.col(r.value).max().alias("mx"), pl.col(r.value).min().alias("mn")]
-        g = events.group_by(ent).agg(aggs).rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity"))
-        out.append(_fit(g, STATE_SCHEMA))
-    frame = pl.concat(out) if out else _fit(pl.DataFrame(), STATE_SCHEMA)
-    return frame.sort(_key_hash(), "entity", "id")   # in EntityKeys' order: keyed by a merge join
-
-
-def labelled_events(labels: pl.DataFrame, events: pl.DataFrame, entities: list[str], landed: dt.date) -> pl.DataFrame:
-    """The labels that landed on `landed`, with their event's time and entities (inner join: a label
-    whose event was never validated counts nowhere, nor one whose event is after its landing day:
-    as in compute_features)."""
-    before = dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())
-    return (labels.select("event_id", pl.col("label").cast(pl.Int64))
-            .join(events.select("event_id", "event_ts", *entities).filter(pl.col("event_ts") < before),
-                  on="event_id", how="inner")
-            .select("event_id", "event_ts", *entities, "label").sort("event_ts", "event_id"))
-
-
-def label_totals(labelled: pl.DataFrame, spec: FeatureParams) -> pl.DataFrame:
-    out = []
-    for ent in spec.target_rate:
-        g = (labelled.group_by(ent, pl.col("event_ts").dt.date().alias("event_date"))
-             .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("label").sum().cast(pl.Int64).alias("s"))
-             .rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity")))
-        out.append(_fit(g, TOTALS_SCHEMA))
-    frame = pl.concat(out) if out else _fit(pl.DataFrame(), TOTALS_SCHEMA)
-    return frame.sort(_key_hash(), "entity", "id", "event_date")
 
 
 @dataclass
@@ -667,12 +620,6 @@ def _runs(days: list[dt.date]) -> dict[dt.date, dt.date]:
     for d in sorted(days):
         out[d] = out.get(d - dt.timedelta(days=1), d)
     return out
-
-
-def _key_hash() -> pl.Expr:
-    """One 64-bit key for (entity, id): one join for every entity type, no per-entity copies."""
-    return (pl.col("id").cast(pl.String).hash(seed=CHUNK_SEED)
-            ^ pl.col("entity").cast(pl.String).hash(seed=CHUNK_SEED + 1)).alias("__h")
 
 
 class EntityKeys:
@@ -825,12 +772,6 @@ def history_from_events(events: pl.DataFrame, labels: pl.DataFrame, spec: Featur
 def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
     frames = [f for f in frames if f.width]
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-
-
-def _fit(frame: pl.DataFrame, schema: dict) -> pl.DataFrame:
-    """`frame` with exactly `schema`'s columns (missing ones null), in its order and types."""
-    return frame.select([(pl.col(c) if c in frame.columns else pl.lit(None)).cast(t).alias(c)
-                         for c, t in schema.items()]) if frame.width else pl.DataFrame(schema=schema)
 
 
 def _context_rows(base: pl.DataFrame, ent: str, spec: FeatureParams, hist: History) -> pl.DataFrame:
@@ -1020,7 +961,7 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
         raise NeedRaw(f"feature state {day}: {_shorten(absent)} not committed")
     key = lineage.stage_key("feature_state", inputs, {"features": _settings(spec), "columns": entities,
                                                       "first_dates": [str(tx.first_date), str(lb.first_date)]},
-                            "pipelines.features")
+                            "pipelines.core.daystate")   # the code of a state's content, not of the stage
     if not recompute:
         try:
             if (lineage.Reader().record(primary).get("run") or {}).get("key") == key["key"]:
@@ -1034,12 +975,8 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
                                     **{e: pl.String for e in entities}, "label": pl.Int64})
     if lab:
         labels = _read(reader, lab, ["event_id", "label"])
-        rates = max((n for w in spec.target_rate.values() for n in w), default=0)
-        first = max(day - dt.timedelta(days=spec.label_delay_days + rates), tx.first_date)
-        ontime = landed - dt.timedelta(days=spec.label_delay_days)
-        days = sorted(date_range(first, landed), key=lambda d: (d != ontime, -d.toordinal()))
         found, pending = [], labels.select("event_id")
-        for d in days:                    # the on-time day first; the rest only for what is still unmatched
+        for d in label_search(day, spec, tx.first_date):   # after the on-time day, only what is still unmatched
             if pending.is_empty():
                 break
             uri = store.uri("validated", dataset=tx.name, date=d.isoformat())
@@ -1057,10 +994,10 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
     unmatched = labels.height - labelled.height if lab else 0
     out = pub.partition(primary, "feature_state", inputs=reader.consumed, extra={"run": key, "unmatched_labels": unmatched})
     out.put_parquet(primary, daily)
-    out.put_parquet(_sibling(primary, "labels.parquet"), label_totals(labelled, spec))
+    out.put_parquet(_sibling(primary, OBJECTS["label_totals"]), label_totals(labelled, spec))
     on = pl.col("event_ts").dt.date()
     for d in labelled.select(on.unique().sort()).to_series().to_list():
-        out.put_parquet(_sibling(primary, f"labelled/event_date={d}.parquet"), labelled.filter(on == d))
+        out.put_parquet(_sibling(primary, OBJECTS["labelled"].format(d)), labelled.filter(on == d))
     out.commit()
     log.info("feature state %s: %d entity totals, %d labels landed %s matched to their events, %d unmatched (their "
              "event is not among the validated events searched)", day, daily.height, labelled.height, landed, unmatched)
@@ -1155,8 +1092,8 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
 
         def landed_labels(st: str) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
             objects = ahead.record(st)["objects"]
-            uris = [_sibling(st, f"labelled/event_date={e}.parquet") for e in p.label_boundary]
-            return _read(ahead, _sibling(st, "labels.parquet"), primary=st), \
+            uris = [_sibling(st, OBJECTS["labelled"].format(e)) for e in p.label_boundary]
+            return _read(ahead, _sibling(st, OBJECTS["label_totals"]), primary=st), \
                 [_read(ahead, u, ["event_ts", *entities, "label"], primary=st) for u in uris if u in objects]
         frames = _ahead([functools.partial(landed_labels, states[x + dt.timedelta(days=1)]) for x in landings])
         for landed in landings:

@@ -183,3 +183,32 @@ def test_entity_keys_match_by_entity_and_id_never_by_hash_alone(monkeypatch, wea
     got = dict(zip(out["n"].to_list(), keys.named["id"].gather(out["__k"]).to_list()))
     assert got == {1: "bb", 3: "ccc"}
     assert keys.key(state.clear()).height == 0
+
+
+def test_a_release_keeps_the_states_unless_the_state_code_changed(lake, monkeypatch, caplog):
+    """A state is keyed by the code of its content (pipelines/core/daystate.py, which imports no other
+    project module), not by the features stage's: a release that changes the stage, storage or the
+    CLI keeps every state of the look-back (at 10M rows a day, making 37 states from raw is a night's
+    work); one that changes the state code makes them again, and the features stay the same."""
+    from pipelines.core import code
+
+    assert [f.name for f in code.files("pipelines.core.daystate")] == ["daystate.py"]
+    path, root, layout = lake
+    first = _run(path)
+    states = sorted((path.parent / "lake" / "feature_state").glob("*/_lineage.daily.parquet.json"))
+    assert len(states) == 37
+    before = {s: s.read_bytes() for s in states}
+    real = code.fingerprint
+
+    def release(changed: str):
+        return lambda module: "0" * 16 if module == changed else real(module)
+    caplog.set_level(logging.INFO, "pipelines.features")
+    monkeypatch.setattr(code, "fingerprint", release("pipelines.features"))   # a new features stage
+    assert _run(path, "--recompute") == first
+    assert "incremental:" in caplog.text and "feature state " not in caplog.text
+    assert {s: s.read_bytes() for s in states} == before                       # not one state made again
+    caplog.clear()
+    monkeypatch.setattr(code, "fingerprint", release("pipelines.core.daystate"))  # a new state code
+    assert _run(path, "--recompute") == first
+    assert caplog.text.count("feature state ") == 37 and "incremental:" in caplog.text
+    assert all(s.read_bytes() != before[s] for s in states)                    # each made again, under the new key
