@@ -56,7 +56,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.core import lineage, shards, storage
+from pipelines.core import lake, lineage, shards, storage
 from pipelines.core.daystate import OBJECTS, day_state, label_search, label_totals, labelled_events
 from pipelines.core.daystate import fit as _fit, fixed as _fixed, key_hash as _key_hash
 from pipelines.core.shards import Shard, check_rows
@@ -926,6 +926,7 @@ def _settings(spec: FeatureParams) -> dict:
     d.pop("incremental")                      # how the features are computed, not what they are
     d.pop("chunk_rows")
     d.pop("spill_compression")
+    d.pop("state_keep_days")
     return d
 
 
@@ -1002,6 +1003,26 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
     log.info("feature state %s: %d entity totals, %d labels landed %s matched to their events, %d unmatched (their "
              "event is not among the validated events searched)", day, daily.height, labelled.height, landed, unmatched)
     return primary
+
+
+def prune_states(params, day: dt.date, pub) -> list[dt.date]:
+    """Remove the feature_state partitions dated more than features.state_keep_days before `day`
+    (record first: a reader stops trusting it at once, then its objects). No later date's night reads
+    them; a date re-run that would is served by states made again from raw (ensure_state). The dates
+    removed."""
+    keep = params.features.state_keep_days
+    if keep is None or storage.snapshotting(pub):
+        return []
+    store = params.storage
+    old = [d for d in lake.dates_present(store, "feature_state") if d < day - dt.timedelta(days=keep)]
+    for d in old:
+        primary = store.uri("feature_state", date=d.isoformat())
+        pub.withdraw_record(primary)
+        storage.delete_prefix(primary.rsplit("/", 1)[0])
+    if old:
+        log.info("feature state: %d partition(s) dated %s..%s removed (more than features.state_keep_days=%d days "
+                 "before %s)", len(old), old[0], old[-1], keep, day)
+    return old
 
 
 class _BrokenState(RuntimeError):
@@ -1304,6 +1325,8 @@ def main(argv: list[str]) -> int:
             out.commit()
             if sharded:                       # merged and published: the shards have served
                 shards.clear(store, "features", day, count)
+            if day == end:                    # the states no later night reads
+                prune_states(params, day, pub)
             log.info("features %s: %d rows, %d features", day, part.height, len(feature_names(spec, numerics)))
         if failures:
             raise StageFailed.of("features blocked", failures)

@@ -237,6 +237,7 @@ class FeatureParams:
     incremental: bool = True       # how, not what: excluded from the spec hash (the features are the same)
     chunk_rows: int = 1_000_000    # how, not what: the timeline rows one chunk of entities is computed on
     spill_compression: str = "none"   # how, not what: the nightly History's spill on local disk (none, lz4, zstd)
+    state_keep_days: int | None = 44  # how, not what: feature_state partitions older than this are removed
 
     @property
     def lookback_days(self) -> int:
@@ -249,7 +250,8 @@ class FeatureParams:
         d = dict(data)
         where = "features"
         allowed = {"windows_days", "rolling", "target_rate", "time_since_last", "calendar", "ratios",
-                   "categoricals", "categories", "missing_history", "incremental", "chunk_rows", "spill_compression"}
+                   "categoricals", "categories", "missing_history", "incremental", "chunk_rows", "spill_compression",
+                   "state_keep_days"}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -265,7 +267,7 @@ class FeatureParams:
         missing = d.get("missing_history", "fail")
         if missing not in ("fail", "warn"):
             raise ConfigError(f"{where}.missing_history: {missing!r} is not fail or warn")
-        return FeatureParams(
+        spec = FeatureParams(
             windows_days=tuple(int(w) for w in d.get("windows_days", ())),
             rolling=rolling,
             target_rate={k: tuple(int(w) for w in v) for k, v in (d.get("target_rate") or {}).items()},
@@ -282,6 +284,11 @@ class FeatureParams:
             spill_compression=_choice(d.get("spill_compression", "none"), ("none", "lz4", "zstd"),
                                       f"{where}.spill_compression"),
         )
+        keep = d.get("state_keep_days", 44)
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < spec.lookback_days):
+            raise ConfigError(f"{where}.state_keep_days: {keep!r} is not null or a whole number of days >= the look-back "
+                              f"({spec.lookback_days}): a nightly date reads the states of its look-back")
+        return dataclasses.replace(spec, state_keep_days=keep)
 
 
 # --------------------------------------------------------------------------- training

@@ -212,3 +212,41 @@ def test_a_release_keeps_the_states_unless_the_state_code_changed(lake, monkeypa
     assert _run(path, "--recompute") == first
     assert caplog.text.count("feature state ") == 37 and "incremental:" in caplog.text
     assert all(s.read_bytes() != before[s] for s in states)                    # each made again, under the new key
+
+
+def test_states_older_than_the_kept_days_are_removed_and_made_again_when_a_date_needs_them(lake, caplog):
+    """features.state_keep_days: once a nightly date is published, the states dated more than that
+    many days before it are removed (record and objects); re-running an earlier date makes the ones
+    it needs again from raw, and its features do not change. A value below the look-back is refused."""
+    from pipelines.core.config import ConfigError, load_params
+
+    path, root, layout = lake
+    raw = yaml.safe_load(path.read_text())
+    raw["features"]["state_keep_days"] = 37
+    path.write_text(yaml.safe_dump(raw))
+    folder = path.parent / "lake" / "feature_state"
+
+    def dates() -> list[str]:
+        return sorted(p.parent.name[5:] for p in folder.glob("*/daily.parquet"))
+    first = _run(path)
+    assert len(dates()) == 37 and dates()[0] == "2026-01-15"            # DAY - 36: the oldest the night reads
+    later = DAY + dt.timedelta(days=3)
+    caplog.set_level(logging.INFO, "pipelines.features")
+    _run(path, day=later)
+    assert dates()[0] == "2026-01-17" and dates()[-1] == str(later)      # later - 37 and older: gone
+    assert "2 partition(s) dated 2026-01-15..2026-01-16 removed" in caplog.text
+    assert not (folder / "date=2026-01-15").exists()                     # record, labels, labelled events too
+    caplog.clear()
+    assert _run(path, "--recompute") == first                            # DAY again: its two states made again
+    assert "feature state 2026-01-15:" in caplog.text and "incremental:" in caplog.text
+    assert dates()[0] == "2026-01-15"                                    # DAY - 37 is older than what it keeps
+
+    for bad in (36, True, "44"):
+        raw["features"]["state_keep_days"] = bad
+        path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(ConfigError, match=r"features\.state_keep_days: .* the look-back \(37\)"):
+            load_params(path)
+    raw["features"]["state_keep_days"] = None                            # keep them all
+    path.write_text(yaml.safe_dump(raw))
+    _run(path, day=later + dt.timedelta(days=1))
+    assert dates()[0] == "2026-01-15"
