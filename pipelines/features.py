@@ -56,8 +56,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.core import lake, lineage, shards, storage
-from pipelines.core.daystate import OBJECTS, day_state, label_search, label_totals, labelled_events
+from pipelines.core import daystate, lake, lineage, shards, storage
+from pipelines.core.daystate import OBJECTS, day_state, label_totals, labelled_events
 from pipelines.core.daystate import fit as _fit, fixed as _fixed, key_hash as _key_hash
 from pipelines.core.shards import Shard, check_rows
 from pipelines.core.cli import StageFailed, progress, resolve, stage_parser
@@ -949,10 +949,10 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     entities = list(tx.columns.entities)
     primary = store.uri("feature_state", date=day.isoformat())
-    landed = day - dt.timedelta(days=1)
+    landed = daystate.labels_landed(day)
     own = store.uri("validated", dataset=tx.name, date=day.isoformat())
     lab = store.uri("canonical", dataset=lb.name, date=landed.isoformat()) \
-        if spec.target_rate and landed >= lb.first_date else None
+        if daystate.reads_labels(day, spec, lb.first_date) else None
     try:
         inputs = lineage.committed([own, *([lab] if lab else [])])
     except lineage.StaleInput as exc:
@@ -970,35 +970,26 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
         except (lineage.NotCommitted, lineage.StaleInput):
             pass
     reader = lineage.Reader()
-    values = sorted({r.value for r in spec.rolling.values()})
-    daily = day_state(_read(reader, own, ["event_id", "event_ts", *entities, *values]), spec)
-    labelled = pl.DataFrame(schema={"event_id": pl.String, "event_ts": pl.Datetime("us"),
-                                    **{e: pl.String for e in entities}, "label": pl.Int64})
+    daily = day_state(_read(reader, own, daystate.event_columns(spec, entities)), spec)
+
+    def read_day(d: dt.date, columns: list[str]) -> pl.DataFrame:
+        uri = store.uri("validated", dataset=tx.name, date=d.isoformat())
+        try:
+            return _read(reader, uri, columns)
+        except lineage.NotCommitted:
+            raise NeedRaw(f"feature state {day}: {storage.where(uri)} not committed (labels of {landed} may "
+                          f"belong to it)") from None
+        except lineage.StaleInput as exc:
+            raise NeedRaw(str(exc)) from None
+    labelled = daystate.no_labels(entities)
     if lab:
         labels = _read(reader, lab, ["event_id", "label"])
-        found, pending = [], labels.select("event_id")
-        for d in label_search(day, spec, tx.first_date):   # after the on-time day, only what is still unmatched
-            if pending.is_empty():
-                break
-            uri = store.uri("validated", dataset=tx.name, date=d.isoformat())
-            try:
-                hit = _read(reader, uri, ["event_id", "event_ts", *entities]).join(pending, on="event_id", how="semi")
-            except lineage.NotCommitted:
-                raise NeedRaw(f"feature state {day}: {storage.where(uri)} not committed (labels of {landed} may "
-                              f"belong to it)") from None
-            except lineage.StaleInput as exc:
-                raise NeedRaw(str(exc)) from None
-            found.append(hit)
-            pending = pending.join(hit, on="event_id", how="anti")
-        if found:
-            labelled = labelled_events(labels, pl.concat(found), entities, landed)
+        labelled = daystate.match_labels(labels, read_day, day, spec, tx.first_date, entities)
     unmatched = labels.height - labelled.height if lab else 0
     out = pub.partition(primary, "feature_state", inputs=reader.consumed, extra={"run": key, "unmatched_labels": unmatched})
     out.put_parquet(primary, daily)
-    out.put_parquet(_sibling(primary, OBJECTS["label_totals"]), label_totals(labelled, spec))
-    on = pl.col("event_ts").dt.date()
-    for d in labelled.select(on.unique().sort()).to_series().to_list():
-        out.put_parquet(_sibling(primary, OBJECTS["labelled"].format(d)), labelled.filter(on == d))
+    for name, frame in daystate.objects(labelled, spec):
+        out.put_parquet(_sibling(primary, name), frame)
     out.commit()
     log.info("feature state %s: %d entity totals, %d labels landed %s matched to their events, %d unmatched (their "
              "event is not among the validated events searched)", day, daily.height, labelled.height, landed, unmatched)
@@ -1006,19 +997,35 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
 
 
 def prune_states(params, day: dt.date, pub) -> list[dt.date]:
-    """Remove the feature_state partitions dated more than features.state_keep_days before `day`
-    (record first: a reader stops trusting it at once, then its objects). No later date's night reads
-    them; a date re-run that would is served by states made again from raw (ensure_state). The dates
-    removed."""
+    """Remove the feature_state partitions dated more than features.state_keep_days before `day`:
+    its record first (a reader stops trusting it at once), then its other objects, its primary last
+    (a prune cut short is found again by it next time). No later date's night reads them; a re-run
+    of an earlier date that would is served by states made again from raw (ensure_state).
+    Housekeeping: a storage failure is logged, not raised (the date is published). The dates removed."""
     keep = params.features.state_keep_days
     if keep is None or storage.snapshotting(pub):
         return []
     store = params.storage
-    old = [d for d in lake.dates_present(store, "feature_state") if d < day - dt.timedelta(days=keep)]
-    for d in old:
-        primary = store.uri("feature_state", date=d.isoformat())
-        pub.withdraw_record(primary)
-        storage.delete_prefix(primary.rsplit("/", 1)[0])
+    folder_t, _, _name = store.layout["feature_state"].rpartition("/")
+    head = folder_t.split("{date}")[0]
+    if "{date}" not in folder_t or any(k != "feature_state" and v.startswith(head) for k, v in store.layout.items()):
+        log.warning("feature state: not pruned: storage.layout.feature_state %r does not give each date a folder of "
+                    "its own", store.layout["feature_state"])
+        return []
+    old: list[dt.date] = []
+    try:
+        for d in lake.dates_present(store, "feature_state"):
+            if d >= day - dt.timedelta(days=keep):
+                continue
+            primary = store.uri("feature_state", date=d.isoformat())
+            folder = primary.rsplit("/", 1)[0]
+            pub.withdraw_record(primary)
+            storage.delete_many([u for u in storage.list_uris(folder, hidden=True) if u != primary])
+            storage.delete(primary)
+            storage.delete_prefix(folder)           # what is left: empty folders of a local lake
+            old.append(d)
+    except storage.StorageError as exc:
+        log.warning("feature state: pruning stopped after %d partition(s): %s (the next night tries again)", len(old), exc)
     if old:
         log.info("feature state: %d partition(s) dated %s..%s removed (more than features.state_keep_days=%d days "
                  "before %s)", len(old), old[0], old[-1], keep, day)
@@ -1325,7 +1332,7 @@ def main(argv: list[str]) -> int:
             out.commit()
             if sharded:                       # merged and published: the shards have served
                 shards.clear(store, "features", day, count)
-            if day == end:                    # the states no later night reads
+            if len(todo) == 1:                # a nightly date: the states no later night reads
                 prune_states(params, day, pub)
             log.info("features %s: %d rows, %d features", day, part.height, len(feature_names(spec, numerics)))
         if failures:

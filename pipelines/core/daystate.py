@@ -2,11 +2,12 @@
 labels that landed the day before, matched to their events (see pipelines/features.py, the
 incremental path, which makes and reads them).
 
-A state is data, made once per date from raw and kept: its run key names the code that defines
-its content, and that is this module alone (it imports polars only). A release that changes the
-features stage, storage or the CLI keeps every state of the look-back; one that changes how a
-state is computed (this file) makes them again from raw, as it must. Where the state's objects
-live inside the partition is named here too (OBJECTS), so a new layout is a new key as well.
+A state is data, made once per date from raw and kept: its run key names its inputs, the feature
+spec, the polars and pyarrow versions and the code that defines its content, which is this module
+(it imports polars only): what a state holds, which labels it matches to which events, and the
+names of its objects (OBJECTS). pipelines/features.py only reads the inputs and publishes what this
+module makes. A release that changes the features stage, storage or the CLI keeps every state of
+the look-back; one that changes this file makes them again from raw, as it must.
 """
 from __future__ import annotations
 
@@ -84,11 +85,59 @@ def label_totals(labelled: pl.DataFrame, spec) -> pl.DataFrame:
     return frame.sort(key_hash(), "entity", "id", "event_date")
 
 
+def labels_landed(day: dt.date) -> dt.date:
+    """The landing day of the labels the state of `day` holds: the day before (a label that lands on
+    a day is usable from the next day only)."""
+    return day - dt.timedelta(days=1)
+
+
+def reads_labels(day: dt.date, spec, labels_first_date: dt.date) -> bool:
+    """Whether the state of `day` holds labels: the spec has rates and labels had landed by then."""
+    return bool(spec.target_rate) and labels_landed(day) >= labels_first_date
+
+
+def event_columns(spec, entities: list[str]) -> list[str]:
+    """The columns of the day's validated events its state is made of."""
+    return ["event_id", "event_ts", *entities, *sorted({r.value for r in spec.rolling.values()})]
+
+
+def no_labels(entities: list[str]) -> pl.DataFrame:
+    return pl.DataFrame(schema={"event_id": pl.String, "event_ts": pl.Datetime("us"),
+                                **{e: pl.String for e in entities}, "label": pl.Int64})
+
+
+def match_labels(labels: pl.DataFrame, read_day, day: dt.date, spec, first_date: dt.date,
+                 entities: list[str]) -> pl.DataFrame:
+    """The labels that landed the day before `day` (event_id, label), matched to their events:
+    `read_day(d, columns)` reads the validated events of day d (and raises what the caller wants
+    raised for a day it cannot read). The event days of label_search, each only for the labels still
+    unmatched; a label whose event is on none of them counts nowhere."""
+    found, pending = [], labels.select("event_id")
+    for d in label_search(day, spec, first_date):
+        if pending.is_empty():
+            break
+        hit = read_day(d, ["event_id", "event_ts", *entities]).join(pending, on="event_id", how="semi")
+        found.append(hit)
+        pending = pending.join(hit, on="event_id", how="anti")
+    if not found:
+        return no_labels(entities)
+    return labelled_events(labels, pl.concat(found), entities, labels_landed(day))
+
+
+def objects(labelled: pl.DataFrame, spec) -> list[tuple[str, pl.DataFrame]]:
+    """The state's objects beside its primary (the day_state), by name (OBJECTS): the label totals,
+    and the labelled events of each event day."""
+    on = pl.col("event_ts").dt.date()
+    days = labelled.select(on.unique().sort()).to_series().to_list()
+    return [(OBJECTS["label_totals"], label_totals(labelled, spec)),
+            *((OBJECTS["labelled"].format(d), labelled.filter(on == d)) for d in days)]
+
+
 def label_search(day: dt.date, spec, first_date: dt.date) -> list[dt.date]:
     """The event days searched for the events of the labels that landed the day before `day`, the
     on-time day (landed - label delay) first, then the latest first; no earlier than the
     transactions' first date, nor than the rates' longest reach."""
-    landed = day - dt.timedelta(days=1)
+    landed = labels_landed(day)
     rates = max((n for w in spec.target_rate.values() for n in w), default=0)
     first = max(day - dt.timedelta(days=spec.label_delay_days + rates), first_date)
     ontime = landed - dt.timedelta(days=spec.label_delay_days)

@@ -33,6 +33,7 @@ def small_spec(data: dict) -> None:
     data["validate"]["suites"]["features"] = False
     data["register"]["model_name"] = "fraud-xgb-s3path"          # none registered: scoring falls back to rules
     data["ingest"]["duplicate_window_days"] = 14
+    data["features"]["state_keep_days"] = 14                     # the look-back: the least it may keep
 
 
 @contextlib.contextmanager
@@ -97,6 +98,18 @@ def test_the_nightly_chain_reads_and_writes_s3_through_boto3(s3_lake, s3_endpoin
     assert feats.height == pred.height == dec.height > 1000
     assert set(pred["scored_by"]) == {"rules"} and pred["fallback"].list.contains("rules").all()   # flagged
     assert storage.object_root() is None and storage.endpoint_url() == s3_endpoint["url"]
+
+    # the night made its look-back's feature states on S3; a night 15 days later no longer needs them:
+    # pruned (records first, DeleteObjects in batches), nothing left under their prefix
+    from pipelines import features
+
+    states = sorted(k for k in keys if k.startswith("feature_state/"))
+    made = sorted({k.split("/")[1][5:] for k in states})
+    assert len(made) == 14 and any("/labelled/" in k for k in states) and any("/_lineage." in k for k in states)
+    with environ(env), storage.Publisher(store.lake, None) as pub:
+        gone = features.prune_states(params, END + dt.timedelta(days=15), pub)
+    assert [d.isoformat() for d in gone] == made
+    assert storage.s3_client().list_objects_v2(Bucket=BUCKET, Prefix="feature_state/").get("KeyCount") == 0
 
 
 def test_dvc_pushes_and_pulls_through_an_s3_remote(s3_endpoint, tmp_path):

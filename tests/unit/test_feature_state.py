@@ -248,5 +248,8 @@ def test_states_older_than_the_kept_days_are_removed_and_made_again_when_a_date_
             load_params(path)
     raw["features"]["state_keep_days"] = None                            # keep them all
     path.write_text(yaml.safe_dump(raw))
-    _run(path, day=later + dt.timedelta(days=1))
-    assert dates()[0] == "2026-01-15"
+    params = load_params(path)
+    assert params.features.state_keep_days is None
+    with storage.Publisher(root, None) as pub:
+        assert features.prune_states(params, DAY + dt.timedelta(days=400), pub) == []
+    assert dates()[0] == "2026-01-15" and len(dates()) == 40
