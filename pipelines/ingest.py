@@ -276,6 +276,14 @@ def read_source(ds: DatasetParams, day: dt.date, files: list[tuple[str, bytes]] 
     return frames, sources
 
 
+ID_SEED = 20261204          # the hash the earlier days' ids are matched by before the ids themselves
+ID_BATCH_ROWS = 8_000_000   # earlier days' ids cut by one hash join (8 bytes a row held: 64 MB)
+
+
+def _id_hash() -> pl.Expr:
+    return pl.col("event_id").hash(seed=ID_SEED).alias("__h")
+
+
 def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_days: int, reader: lineage.Reader,
                 memo: dict | None = None, ids: pl.DataFrame | None = None) -> pl.DataFrame:
     """event_id (and label) of the rows ingested for the `window_days` days before `day` (read
@@ -286,6 +294,25 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
     the window held in memory), pruned to this day's window."""
     cols = ["event_id", "label"] if ds.columns.label else ["event_id"]
     frames, window = [], set()
+    hashed = _id_hash()
+    wanted = None if ids is None else ids.select(hashed)        # hashed once: each earlier day is cut by it
+    batch: list[pl.DataFrame] = []
+
+    def cut() -> None:
+        """The batch's rows whose id hash is one of `ids`' (one hash join of the hashes alone for
+        several days: the join's build is most of its cost), then checked on the ids themselves: a
+        hash collision is no match."""
+        if not batch:
+            return
+        hashes = pl.concat([f.select(hashed) for f in batch]).with_row_index("__r")
+        rows = hashes.join(wanted, on="__h", how="semi")["__r"]
+        start = 0
+        for f in batch:
+            mine = rows.filter((rows >= start) & (rows < start + f.height)) - start
+            if mine.len():
+                frames.append(f.gather(mine).join(ids, on="event_id", how="semi"))
+            start += f.height
+        batch.clear()
     for i in range(window_days, 0, -1):
         d = day - dt.timedelta(days=i)
         if d < ds.first_date:
@@ -293,14 +320,21 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
         uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
         window.add(uri)
         try:
-            frame = reader.read_parquet_memo(uri, memo, cols) if memo is not None else reader.read_parquet(uri).select(cols)
-            frames.append(frame if ids is None else frame.join(ids, on="event_id", how="semi"))
-            del frame
+            frame = reader.read_parquet_memo(uri, memo, cols) if memo is not None else reader.read_parquet(uri, columns=cols)
         except lineage.NotCommitted:            # a day that was never ingested or was withdrawn
             continue
         except lineage.StaleInput as exc:
             raise IngestError(f"{ds.name} {day}: the ids of an earlier day cannot be trusted ({exc}); re-run ingest "
                               f"for the earlier dates first; nothing published, the run fails") from None
+        if wanted is None:
+            frames.append(frame)
+            continue
+        batch.append(frame)
+        del frame
+        if sum(b.height for b in batch) >= ID_BATCH_ROWS:
+            cut()
+    if wanted is not None:
+        cut()
     for key in [k for k in (memo or {}) if k[0] not in window]:
         del memo[key]
     return pl.concat(frames) if frames else pl.DataFrame(schema={c: pl.String if c == "event_id" else pl.Int8 for c in cols})

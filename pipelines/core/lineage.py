@@ -117,8 +117,9 @@ class Reader:
         self._consume(primary or uri, rec)
         return data
 
-    def read_parquet(self, uri: str, primary: str | None = None):
-        return storage.read_parquet_bytes(self.read_bytes(uri, primary), uri)
+    def read_parquet(self, uri: str, primary: str | None = None, columns: list[str] | None = None):
+        """The committed Parquet object, verified whole (sha256), only `columns` decoded when given."""
+        return storage.read_parquet_bytes(self.read_bytes(uri, primary), uri, columns)
 
     def read_parquet_memo(self, uri: str, memo: dict, columns: list[str] | None = None):
         """read_parquet (of `columns`) through `memo`, (uri, sha256) -> frame: an object this process
@@ -128,8 +129,7 @@ class Reader:
         rec, want = self._expected(uri, None)
         key = (uri, want, tuple(columns or ()))
         if key not in memo:
-            frame = self.read_parquet(uri)
-            memo[key] = frame.select(columns) if columns else frame
+            memo[key] = self.read_parquet(uri, columns=columns)
         else:
             self._consume(uri, rec)
         return memo[key]

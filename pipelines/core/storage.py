@@ -421,9 +421,10 @@ def read_parquet(uri: str) -> pl.DataFrame:
     return read_parquet_bytes(read_bytes(uri), uri)
 
 
-def read_parquet_bytes(data: bytes, uri: str) -> pl.DataFrame:
+def read_parquet_bytes(data: bytes, uri: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """The Parquet file `data` (of `uri`, named in the error), only `columns` decoded when given."""
     try:
-        return pl.read_parquet(io.BytesIO(data))
+        return pl.read_parquet(io.BytesIO(data), columns=columns)
     except Exception as exc:
         raise StorageError(f"{uri}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
 

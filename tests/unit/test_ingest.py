@@ -103,3 +103,37 @@ def test_labels_get_their_availability_time(setup):
     r = normalize(_raw(labels), params.dataset("labels"), landed, params.ingest)
     assert r.canonical.columns == ["event_id", "label", "label_date", "available_at"]
     assert r.canonical["available_at"].unique().to_list() == [dt.datetime(2026, 1, 20)]
+
+
+@pytest.mark.parametrize("how", ["as_is", "one_day_a_batch", "every_id_one_hash"])
+def test_ids_of_earlier_days_are_found_exactly_whatever_the_hash_and_batches(tmp_path, monkeypatch, how):
+    """seen_before cuts the earlier days by a 64-bit hash of the id (several days in one join), then
+    checks the ids themselves: the rows found are exactly those whose id is among the day's, with
+    their labels, also when every id shares one hash (a collision is no match) and one day a batch."""
+    import dataclasses
+
+    from pipelines import ingest
+    from pipelines.core import lineage, storage
+
+    params = load_params()
+    store = dataclasses.replace(params.storage, lake=str(tmp_path / "lake"))
+    ds = params.dataset("labels")
+    first = ds.first_date
+    days = [first + dt.timedelta(days=k) for k in range(5)]
+    with storage.Publisher(store.lake, None) as pub:
+        for k, d in enumerate(days[:4]):
+            uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
+            part = pub.partition(uri, "ingest")
+            part.put_parquet(uri, pl.DataFrame({"event_id": [f"e{k}-{i}" for i in range(50)],
+                                                "label": pl.Series([i % 2 for i in range(50)], dtype=pl.Int8)}))
+            part.commit()
+    if how == "one_day_a_batch":
+        monkeypatch.setattr(ingest, "ID_BATCH_ROWS", 1)
+    elif how == "every_id_one_hash":
+        monkeypatch.setattr(ingest, "_id_hash",
+                            lambda: (pl.col("event_id").fill_null("").str.len_bytes().cast(pl.UInt64) * 0 + 7).alias("__h"))
+    asked = pl.DataFrame({"event_id": ["e0-3", "e2-10", "e2-11", "e3-49", "new-1", "e9-1", None]})
+    seen = ingest.seen_before(ds, days[4], store, 45, lineage.Reader(), None, asked)
+    assert sorted(seen.rows()) == [("e0-3", 1), ("e2-10", 0), ("e2-11", 1), ("e3-49", 1)]
+    assert seen.columns == ["event_id", "label"]
+    assert ingest.seen_before(ds, days[4], store, 45, lineage.Reader(), None, asked.clear()).height == 0
