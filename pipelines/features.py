@@ -289,6 +289,11 @@ def _bucket(column: str) -> pl.Expr:
     return (pl.col(column).cast(pl.String).hash(seed=CHUNK_SEED) % BUCKETS).cast(pl.UInt16)
 
 
+def _id_hash(column: str) -> pl.Expr:
+    """A 64-bit hash of the entity id held in `column` (the spill's filter: a superset of the ids)."""
+    return pl.col(column).cast(pl.String).hash(seed=CHUNK_SEED + 2)
+
+
 def _chunk_count(rows: int, chunk_rows: int) -> int:
     """Chunks of about `chunk_rows` timeline rows: a power of two (each chunk a range of buckets)."""
     want = min(BUCKETS, max(1, -(-rows // chunk_rows)))
@@ -547,6 +552,7 @@ class SpilledHistory:
         self._dir = tempfile.TemporaryDirectory(prefix="fraudops-features-history-")
         self.files: dict[tuple[str, str], list[str]] = {}
         self.heights = dict.fromkeys(self.KINDS, 0)
+        self._ids: dict[tuple[int, str], tuple[pl.DataFrame, pl.DataFrame]] = {}
 
     def __enter__(self) -> "SpilledHistory":
         return self
@@ -555,6 +561,7 @@ class SpilledHistory:
         self.close()
 
     def close(self) -> None:
+        self._ids.clear()
         self._dir.cleanup()
 
     def add(self, kind: str, frame: pl.DataFrame, ids: dict[str, pl.DataFrame] | None = None) -> None:
@@ -571,7 +578,11 @@ class SpilledHistory:
             else:
                 if ids is None or ent not in ids:
                     continue
-                rows, column = frame.filter(pl.col(ent).cast(pl.String).is_in(ids[ent][ent].implode())), ent
+                # the rows of the day's entities by a 64-bit hash of the id (a semi join: ~5x a string
+                # is_in at 3.45M rows); a colliding id of another entity may come along, and the
+                # timeline's exact join on the ids drops it (_context_rows)
+                rows, column = frame.join(self._hashed(ids[ent], ent), left_on=_id_hash(ent), right_on="__m",
+                                          how="semi", maintain_order="left"), ent
                 rows = rows.drop([e for e in self.grouped if e != ent and e in rows.columns])   # not read
             if not rows.height:
                 continue
@@ -590,6 +601,13 @@ class SpilledHistory:
             self.files.setdefault((kind, ent), []).append(path)
         # rows held (as the in-memory History counts them): a row of events serves every entity
         self.heights[kind] += sum(spilled) if kind in ("totals", "label_totals") else max(spilled, default=0)
+
+    def _hashed(self, ids: pl.DataFrame, ent: str) -> pl.DataFrame:
+        """`ids`' id hashes (`__m`), made once per frame of ids."""
+        key = (id(ids), ent)
+        if key not in self._ids:
+            self._ids[key] = (ids, ids.select(_id_hash(ent).alias("__m")).unique())   # the frame held: its id stays its own
+        return self._ids[key][1]
 
     def rows(self) -> int:
         return sum(self.heights.values())

@@ -286,6 +286,27 @@ def test_a_history_spilled_to_disk_gives_the_same_pieces_and_features(spec, chun
     assert not folder.exists()
 
 
+def test_the_spill_filter_by_id_hash_keeps_every_entity_of_the_day_and_colliding_ones_change_nothing(spec, monkeypatch):
+    """The spill keeps the boundary days' rows of the day's entities by a 64-bit hash of the id; an
+    id of another entity with the same hash comes along and the timeline's exact join drops it. With
+    every id sharing one hash, every row is spilled, and the features are the same bytes."""
+    from pipelines import features
+    from pipelines.features import history_from_events
+
+    events, labels = _with_midnights(*small_world(seed=23, n=1200, days=45))
+    day = dt.date(2026, 2, 12)
+    hist = history_from_events(events, labels, spec, day, ENTITIES)
+    today = events.filter(pl.col("event_ts").dt.date() == day).head(3)     # a few entities: most rows are others'
+    want = compute_features(today, labels.head(0), spec, day, day, ENTITIES, NUMERICS, history=hist)
+    with _spilled(hist, today, spec) as exact:
+        assert compute_features(today, labels.head(0), spec, day, day, ENTITIES, NUMERICS, history=exact).equals(want)
+        kept = exact.heights["events"]
+    monkeypatch.setattr(features, "_id_hash", lambda column: pl.col(column).cast(pl.String).str.len_bytes() * 0)
+    with _spilled(hist, today, spec) as weak:
+        assert weak.heights["events"] == hist.events.height > kept        # all of them: one hash for every id
+        assert compute_features(today, labels.head(0), spec, day, day, ENTITIES, NUMERICS, history=weak).equals(want)
+
+
 def _spilled(hist, today: pl.DataFrame, spec, compression: str = "none"):
     """A SpilledHistory holding `hist` (as the nightly path's _gather fills it)."""
     from pipelines.features import SpilledHistory, _grouped
