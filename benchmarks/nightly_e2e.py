@@ -2,7 +2,7 @@
 (`python -m pipelines <stage> --date D`), with a full-volume look-back: every history day as large
 as the scored day.
 
-    python benchmarks/nightly_e2e.py [--rows 1000000 5000000 10000000] [--keep]
+    python benchmarks/nightly_e2e.py [--rows 1000000 5000000 10000000] [--keep] [--rerun]
 
 For each size, a local lake (benchmarks/.out/e2e_<rows>) gets 44 days of simulated history
 (validated transactions and canonical labels, committed partitions) and the raw deliveries of the
@@ -287,39 +287,48 @@ def mlflow_server(work: Path):
             os.killpg(mlflow.pid, 9)
 
 
-def one_size(rows: int, keep: bool) -> dict:
+def one_size(rows: int, keep: bool, rerun: bool = False) -> dict:
+    """One size end to end. `rerun`: a lake kept by an earlier --keep run is used as it is (its history,
+    the night before's states, its champion) and only the date's stages and the anchors run again
+    (--recompute): the code changed, not the data (the states are made again first if their code changed)."""
     work = OUT / f"e2e_{rows}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    params = work / "params.yaml"
     log = work / "stages.log"
     t = time.perf_counter()
-    # the data is made in a process of its own: a process's peak RSS (wait4) includes its parent's
-    # memory at the fork, so the parent that launches the stages stays small
-    subprocess.run([sys.executable, __file__, "--child", "prepare", "--rows", str(rows), "--work", str(work)],
-                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    params = work / "params.yaml"
+    if rerun and not (params.exists() and (work / "alone" / "params.yaml").exists()):
+        raise SystemExit(f"--rerun: no lake kept at {work} (run with --keep first)")
+    if not rerun:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        # the data is made in a process of its own: a process's peak RSS (wait4) includes its parent's
+        # memory at the fork, so the parent that launches the stages stays small
+        subprocess.run([sys.executable, __file__, "--child", "prepare", "--rows", str(rows), "--work", str(work)],
+                       check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    again = ("--recompute",) if rerun else ()
     with mlflow_server(work) as env:
         night_before = _timed([sys.executable, "-m", "pipelines", "features", "--params", str(params), "--date",
                                (DAY - dt.timedelta(days=1)).isoformat()], env, log)
-        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
-                        "from benchmarks.nightly_e2e import champion; champion(Path(sys.argv[2]), Path(sys.argv[3]))",
-                        str(ROOT), str(params), str(work)], check=True, env=env, cwd=work,
-                       stdout=subprocess.DEVNULL)
+        if not rerun:
+            subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+                            "from benchmarks.nightly_e2e import champion; champion(Path(sys.argv[2]), Path(sys.argv[3]))",
+                            str(ROOT), str(params), str(work)], check=True, env=env, cwd=work,
+                           stdout=subprocess.DEVNULL)
         prep = time.perf_counter() - t
         stages = {}
         for stage in STAGES:
-            stages[stage] = _stage(stage, params, env, log)
+            stages[stage] = _stage(stage, params, env, log, *again)
         anchors = {w: _anchor(w, params, work, env, log) for w in ("predict", "suite-polars", "suite-gx")}
         # features of the date with no history at all: the same partition in a lake of that day alone
         alone = work / "alone"
-        subprocess.run([sys.executable, __file__, "--child", "alone", "--rows", str(rows), "--work", str(work)],
-                       check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        a = yaml.safe_load(params.read_text())
-        a["storage"]["lake"] = str(alone / "lake")
-        a["datasets"]["transactions"]["first_date"] = DAY.isoformat()
-        a["datasets"]["labels"]["first_date"] = (DAY + dt.timedelta(days=1)).isoformat()
-        (alone / "params.yaml").write_text(yaml.safe_dump(a, sort_keys=False))
-        anchors["features-no-history"] = _stage("features", alone / "params.yaml", env, log)
+        if not rerun:
+            subprocess.run([sys.executable, __file__, "--child", "alone", "--rows", str(rows), "--work", str(work)],
+                           check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            a = yaml.safe_load(params.read_text())
+            a["storage"]["lake"] = str(alone / "lake")
+            a["datasets"]["transactions"]["first_date"] = DAY.isoformat()
+            a["datasets"]["labels"]["first_date"] = (DAY + dt.timedelta(days=1)).isoformat()
+            (alone / "params.yaml").write_text(yaml.safe_dump(a, sort_keys=False))
+        anchors["features-no-history"] = _stage("features", alone / "params.yaml", env, log, *again)
     n = anchors["predict"]["rows"]
     res = {"rows": n, "prepare_s": prep, "night_before_features": night_before, "stages": stages, "anchors": anchors}
     (OUT / f"nightly_e2e_{rows}.json").write_text(json.dumps(res, indent=1))
@@ -352,6 +361,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000])
     ap.add_argument("--keep", action="store_true", help="keep the generated lakes (benchmarks/.out/e2e_<rows>)")
+    ap.add_argument("--rerun", action="store_true",
+                    help="reuse the lakes a --keep run left (history, states, champion): time the date's stages again")
     ap.add_argument("--child", choices=["prepare", "alone"], help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -364,7 +375,7 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, python {platform.python_version()}")
     for rows in args.rows:
-        report(one_size(rows, args.keep))
+        report(one_size(rows, args.keep or args.rerun, args.rerun))
     return 0
 
 
