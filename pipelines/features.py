@@ -57,8 +57,8 @@ from pathlib import Path
 import polars as pl
 
 from pipelines.core import daystate, lake, lineage, shards, storage
-from pipelines.core.daystate import OBJECTS, day_state, label_totals, labelled_events
-from pipelines.core.daystate import fit as _fit, fixed as _fixed, key_hash as _key_hash
+from pipelines.core.daystate import OBJECTS, day_state, label_totals, labelled_events, fit as _fit, fixed as _fixed, \
+    key_hash as _key_hash
 from pipelines.core.shards import Shard, check_rows
 from pipelines.core.cli import StageFailed, progress, resolve, stage_parser
 from pipelines.core.config import FeatureParams, date_range
@@ -552,7 +552,6 @@ class SpilledHistory:
         self._dir = tempfile.TemporaryDirectory(prefix="fraudops-features-history-")
         self.files: dict[tuple[str, str], list[str]] = {}
         self.heights = dict.fromkeys(self.KINDS, 0)
-        self._ids: dict[tuple[int, str], tuple[pl.DataFrame, pl.DataFrame]] = {}
 
     def __enter__(self) -> "SpilledHistory":
         return self
@@ -561,7 +560,6 @@ class SpilledHistory:
         self.close()
 
     def close(self) -> None:
-        self._ids.clear()
         self._dir.cleanup()
 
     def add(self, kind: str, frame: pl.DataFrame, ids: dict[str, pl.DataFrame] | None = None) -> None:
@@ -581,8 +579,9 @@ class SpilledHistory:
                 # the rows of the day's entities by a 64-bit hash of the id (a semi join: ~5x a string
                 # is_in at 3.45M rows); a colliding id of another entity may come along, and the
                 # timeline's exact join on the ids drops it (_context_rows)
-                rows, column = frame.join(self._hashed(ids[ent], ent), left_on=_id_hash(ent), right_on="__m",
-                                          how="semi", maintain_order="left"), ent
+                wanted = ids[ent].select(_id_hash(ent).alias("__m")).unique()
+                rows, column = frame.join(wanted, left_on=_id_hash(ent), right_on="__m", how="semi",
+                                          maintain_order="left"), ent
                 rows = rows.drop([e for e in self.grouped if e != ent and e in rows.columns])   # not read
             if not rows.height:
                 continue
@@ -601,13 +600,6 @@ class SpilledHistory:
             self.files.setdefault((kind, ent), []).append(path)
         # rows held (as the in-memory History counts them): a row of events serves every entity
         self.heights[kind] += sum(spilled) if kind in ("totals", "label_totals") else max(spilled, default=0)
-
-    def _hashed(self, ids: pl.DataFrame, ent: str) -> pl.DataFrame:
-        """`ids`' id hashes (`__m`), made once per frame of ids."""
-        key = (id(ids), ent)
-        if key not in self._ids:
-            self._ids[key] = (ids, ids.select(_id_hash(ent).alias("__m")).unique())   # the frame held: its id stays its own
-        return self._ids[key][1]
 
     def rows(self) -> int:
         return sum(self.heights.values())

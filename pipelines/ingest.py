@@ -277,7 +277,7 @@ def read_source(ds: DatasetParams, day: dt.date, files: list[tuple[str, bytes]] 
 
 
 ID_SEED = 20261204          # the hash the earlier days' ids are matched by before the ids themselves
-ID_BATCH_ROWS = 8_000_000   # earlier days' ids cut by one hash join (8 bytes a row held: 64 MB)
+ID_BATCH_ROWS = 8_000_000   # earlier days' rows (id, label) held for one hash join: ~200 MB at most
 
 
 def _id_hash() -> pl.Expr:
@@ -288,8 +288,9 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
                 memo: dict | None = None, ids: pl.DataFrame | None = None) -> pl.DataFrame:
     """event_id (and label) of the rows ingested for the `window_days` days before `day` (read
     through their records: a half-published partition is not trusted); with `ids` (an event_id
-    column: the ids delivered for `day`) only those rows, each earlier day cut to them as it is read,
-    so memory holds one earlier day at a time, not the window (45 days of ids). `memo`: kept across
+    column: the ids delivered for `day`) only those rows: the earlier days are cut to them by a hash
+    join over several days at once (ID_BATCH_ROWS rows held), so memory holds a few earlier days at
+    most, not the window (45 days of ids). `memo`: kept across
     the days of a range (each earlier day is fetched once, not once per later day: 45x fewer reads,
     the window held in memory), pruned to this day's window."""
     cols = ["event_id", "label"] if ds.columns.label else ["event_id"]

@@ -283,12 +283,13 @@ class FeatureParams:
             chunk_rows=_chunk_rows(d.get("chunk_rows", 1_000_000), f"{where}.chunk_rows"),
             spill_compression=_choice(d.get("spill_compression", "none"), ("none", "lz4", "zstd"),
                                       f"{where}.spill_compression"),
+            **({"state_keep_days": d["state_keep_days"]} if "state_keep_days" in d else {}),
         )
-        keep = d.get("state_keep_days", 44)
+        keep = spec.state_keep_days
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < spec.lookback_days):
             raise ConfigError(f"{where}.state_keep_days: {keep!r} is not null or a whole number of days >= the look-back "
                               f"({spec.lookback_days}): a nightly date reads the states of its look-back")
-        return dataclasses.replace(spec, state_keep_days=keep)
+        return spec
 
 
 # --------------------------------------------------------------------------- training
