@@ -34,3 +34,37 @@ atexit.register(_peak)
 sys.argv = ["pipelines", *sys.argv[1:]]
 runpy.run_module("pipelines", run_name="__main__", alter_sys=True)
 """
+
+
+# `python -c BARE_JOB <model cache dir of the name> <features parquet> <out parquet> <chunk rows>`: the least
+# a scoring process does, the anchor score is held to. It imports polars, pyarrow and xgboost (without
+# scikit-learn, as the stage does), loads the last model served from the local model cache, reads the
+# features partition (the key and the model's columns only) in score's chunks as score reads it,
+# `inplace_predict`s each and writes event_id + score (zstd 1). No registry, no checks, no lineage,
+# no drift counts, no carried columns. Its own peak RSS goes to $FRAUDOPS_BENCH_PEAK_FILE.
+BARE_JOB = """
+import atexit, json, os, sys
+from pathlib import Path
+def _peak():
+    with open("/proc/self/status") as fh:
+        peak = [int(x.split()[1]) / 1024 for x in fh if x.startswith("VmHWM:")][0]
+    with open(os.environ["FRAUDOPS_BENCH_PEAK_FILE"], "w") as fh:
+        fh.write(str(peak))
+atexit.register(_peak)
+root, features, out, chunk = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+import numpy as np, polars as pl, pyarrow as pa, pyarrow.parquet as pq
+sys.modules["sklearn"] = None
+import xgboost
+cur = json.loads((root / "current.json").read_text())
+d = root / f"v{cur['version']}-{cur['run_id']}"
+names = json.loads((d / "feature_manifest.json").read_text())["feature_names"]
+booster = xgboost.Booster(model_file=str(d / "model.ubj"))
+writer = None
+for b in pq.ParquetFile(features, pre_buffer=False).iter_batches(batch_size=chunk, columns=["event_id", *names]):
+    f = pl.from_arrow(b)                             # read as score reads (storage.iter_parquet)
+    x = f.select(pl.col(c).cast(pl.Float32) for c in names).to_numpy(order="c")
+    t = pa.table({"event_id": b.column("event_id"), "score": np.asarray(booster.inplace_predict(x), np.float32)})
+    writer = writer or pq.ParquetWriter(out, t.schema, compression="zstd", compression_level=1)
+    writer.write_table(t)
+writer.close()
+"""

@@ -57,6 +57,46 @@ def psi(current: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sum((c - r) * np.log(c / r)))
 
 
+class GridIndex:
+    """`np.searchsorted(grid, v, side="left")` for a small sorted float grid, the same integers about 3x
+    faster (numpy's binary search takes ~32 ns a value: 4.4 s of score at 3.45M rows x 30 features).
+
+    A float's bits, sign-folded, are an integer key in the floats' order. The grid's span of keys is cut
+    into at most 2^16 buckets (by its bit length: fine where the grid is dense in binades, so a
+    zero-inflated feature's tiny values and its large ones both get buckets of their own), and a
+    table gives, per bucket, the number of grid points in the buckets below it: a start that is never
+    past the answer. Each value then steps up while the grid point at its index is below it; most
+    values are in a bucket with no grid point and take no step."""
+
+    BITS = 16
+    SIGN = np.uint64(1 << 63)
+
+    @classmethod
+    def keys(cls, v: np.ndarray) -> np.ndarray:
+        u = (v + 0.0).view(np.uint64)                 # + 0.0: -0.0 becomes 0.0 (they compare equal)
+        return u ^ ((u >> np.uint64(63)) * np.uint64(0x7FFFFFFFFFFFFFFF) | cls.SIGN)
+
+    def __init__(self, grid: np.ndarray) -> None:
+        self.ext = np.append(np.asarray(grid, np.float64), np.inf)   # past the last point: never below a value
+        k = self.keys(np.asarray(grid, np.float64))
+        self.kmin, self.kmax = k[0], k[-1]
+        span = int(self.kmax - self.kmin)
+        self.shift = np.uint64(max(0, span.bit_length() - self.BITS))
+        buckets = ((k - self.kmin) >> self.shift).astype(np.int64)
+        self.start = np.searchsorted(buckets, np.arange((span >> int(self.shift)) + 1), side="left").astype(
+            np.uint8 if len(grid) < 255 else np.int32)
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        """Per finite float64 value: the number of grid points below it."""
+        k = np.clip(self.keys(v), self.kmin, self.kmax)
+        i = self.start[(k - self.kmin) >> self.shift].astype(np.intp)
+        step = np.flatnonzero(self.ext[i] < v)
+        while len(step):
+            i[step] += 1
+            step = step[self.ext[i[step]] < v[step]]
+        return i
+
+
 class NumericDrift:
     """Streaming PSI (reference quantile bins + a null bin), KS against the reference percentiles,
     null share and out-of-range share of one numeric feature: counts only, batch by batch."""
@@ -69,6 +109,7 @@ class NumericDrift:
         # one sorted grid holding the PSI edges and the KS points: a single binary search per value
         # gives, per grid point u, how many values fall in (u_prev, u] and how many equal u
         self.grid = np.union1d(self.edges, self.points)
+        self.index = GridIndex(self.grid) if len(self.grid) else None
         self.upto = np.zeros(len(self.grid) + 1, np.int64)   # values v with grid[j-1] < v <= grid[j]
         self.equal = np.zeros(len(self.grid), np.int64)      # values v == grid[j]
         self.n = self.nulls = self.finite = self.oor = 0
@@ -80,9 +121,9 @@ class NumericDrift:
         v = v[np.isfinite(v)]
         self.finite += len(v)
         if len(self.grid):
-            idx = np.searchsorted(self.grid, v, side="left")
+            idx = self.index(v)                                 # np.searchsorted(self.grid, v, side="left")
             self.upto += np.bincount(idx, minlength=len(self.grid) + 1)
-            eq = self.grid.take(idx, mode="clip") == v        # past the last point: clipped to it, never equal
+            eq = self.index.ext[idx] == v                       # past the last point: inf, never equal
             self.equal += np.bincount(idx[eq], minlength=len(self.grid))
         if self.ref.get("min") is not None:
             self.oor += int(((v < self.ref["min"]) | (v > self.ref["max"])).sum())
