@@ -311,14 +311,26 @@ def fetch(uri: str, workdir: str | Path) -> Path:
     return dst
 
 
-def put_file(uri: str, local: str | Path, content_type: str = "application/octet-stream") -> None:
-    """Publish a local file at `uri` atomically (S3: one streamed, multipart-capable upload)."""
+def put_file(uri: str, local: str | Path, content_type: str = "application/octet-stream", move: bool = False) -> None:
+    """Publish a local file at `uri` atomically (S3: one streamed, multipart-capable upload). `move`: the
+    file is the caller's to give up: on a local lake on the same filesystem it is renamed into place
+    (decide's 10M decisions: 0.6 s of copying saved); elsewhere it is copied as always."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         faults.point("storage.write", path=uri)
         with _s3_errors(uri, "write"):
             s3_client().upload_file(str(local), bucket, key, ExtraArgs={"ContentType": content_type})
         return
+    if move:
+        path = local_path(uri)
+        with _disk_errors(uri, "write"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            faults.point("storage.write", path=str(path))
+        try:
+            os.replace(local, path)
+            return
+        except OSError:                # another filesystem (EXDEV) or not allowed: copied below
+            pass
 
     def copy(fh) -> None:
         with open(local, "rb") as src:
@@ -482,6 +494,30 @@ def statistics_columns(table: pa.Table) -> list[str]:
                     or pa.types.is_dictionary(f.type))]
 
 
+class _HashingFile(io.RawIOBase):
+    """A binary file that keeps the sha256 of what is written through it (the sink's object is hashed
+    as it is written, not read back)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh, self.hash = open(path, "wb"), hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        if not self.fh.closed:
+            self.fh.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self.fh.close()
+
+
 class ParquetSink:
     """Batches -> one Parquet file (zstd level 1: 13% less time than parquet_bytes' level 3 for 3%
     more bytes on decide's 10M rows; one row group per batch; dictionaries only where they pay:
@@ -505,6 +541,7 @@ class ParquetSink:
         self.uri, self.publisher, self.plain_schema = uri, publisher, plain_schema
         self.path = Path(workdir) / f"sink-{hashlib.sha1(uri.encode()).hexdigest()[:16]}.parquet"
         self.writer = None
+        self.file: _HashingFile | None = None
         self.rows = 0
         self.schema: pl.Schema | None = None
         self.closed = False
@@ -522,7 +559,8 @@ class ParquetSink:
                 continue                              # drain what is queued; the caller raises it
             try:
                 if self.writer is None:
-                    self.writer = pq.ParquetWriter(str(self.path), table.schema, compression="zstd",
+                    self.file = _HashingFile(self.path)
+                    self.writer = pq.ParquetWriter(self.file, table.schema, compression="zstd",
                                                    compression_level=1,
                                                    write_statistics=statistics_columns(table),
                                                    use_dictionary=dictionary_columns(table),
@@ -561,6 +599,9 @@ class ParquetSink:
         if self.writer is not None and self.writer.is_open:
             with contextlib.suppress(Exception):
                 self.writer.close()
+        if self.file is not None:
+            with contextlib.suppress(Exception):
+                self.file.close()
 
     def close(self, empty_schema: dict | None = None) -> None:
         if self.closed:
@@ -570,12 +611,15 @@ class ParquetSink:
         self._raise()
         if self.writer is None:                       # no rows at all: an empty file with the schema
             pq.write_table(pl.DataFrame(schema=empty_schema or {}).to_arrow(), str(self.path), compression="zstd")
+            digest = sha256_file(self.path)
         else:
             self.writer.close()
-        if self.publisher is not None:
-            self.publisher.put_path(self.uri, self.path)
+            self.file.close()
+            digest = self.file.hash.hexdigest()
+        if self.publisher is not None:                # the local file is given up: moved into a local lake
+            self.publisher.put_path(self.uri, self.path, sha=digest, move=True)
         else:
-            put_file(self.uri, self.path)
+            put_file(self.uri, self.path, move=True)
 
     def __enter__(self) -> "ParquetSink":
         return self
@@ -605,10 +649,13 @@ class Partition:
         if not volatile:
             self.objects[uri] = sha256(data)
 
-    def put_path(self, uri: str, local: str | Path, volatile: bool = False) -> None:
-        self.pub.put_path(uri, local)
+    def put_path(self, uri: str, local: str | Path, volatile: bool = False, sha: str | None = None,
+                 move: bool = False) -> None:
+        """`sha`: the file's sha256 when the caller has it; `move`: the file may be moved (put_file)."""
+        digest = None if volatile else (sha or sha256_file(local))
+        self.pub.put_path(uri, local, move=move)
         if not volatile:
-            self.objects[uri] = sha256_file(local)
+            self.objects[uri] = digest
 
     def put_parquet(self, uri: str, df: pl.DataFrame) -> None:
         self.put(uri, parquet_bytes(df))
@@ -682,11 +729,11 @@ class Publisher:
         if (snap := self._snap(uri)) is not None:
             _write_local(snap, lambda fh: fh.write(data), str(snap))
 
-    def put_path(self, uri: str, local: str | Path) -> None:
-        put_file(uri, local)
-        self.published.append(uri)
-        if (snap := self._snap(uri)) is not None:
+    def put_path(self, uri: str, local: str | Path, move: bool = False) -> None:
+        if (snap := self._snap(uri)) is not None:      # the snapshot's copy first: `move` may take the file
             put_file(str(snap), local)
+        put_file(uri, local, move=move)
+        self.published.append(uri)
 
     def put_parquet(self, uri: str, df: pl.DataFrame) -> None:
         self.put(uri, parquet_bytes(df))

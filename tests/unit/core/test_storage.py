@@ -116,6 +116,47 @@ def test_the_parquet_sink_writes_in_a_thread_the_bytes_of_a_plain_writer_and_rai
     assert not s.thread.is_alive() and not (tmp_path / "out" / "d.parquet").exists()
 
 
+def test_a_sink_in_a_partition_records_the_sha256_of_the_bytes_published_moved_or_copied(tmp_path, monkeypatch):
+    """The sink hashes its file as it writes it: the record names the sha256 of the published bytes.
+    On a local lake the file is moved into place (nothing left in the work folder); where a rename is
+    refused (another filesystem) it is copied, with the same bytes and record."""
+    import os
+
+    from pipelines.core import lineage
+
+    batches = [pl.DataFrame({"event_id": [f"e{i}-{k}" for k in range(3000)], "score": [k / 7 for k in range(3000)]})
+               for i in range(4)]
+    renames = []
+    real = os.replace
+
+    def refusing(src, dst):                        # the sink's move refused; every other rename as always
+        if str(src).endswith(".parquet") and "sink-" in str(src):
+            renames.append(str(dst))
+            raise OSError(18, "Invalid cross-device link")
+        return real(src, dst)
+
+    shas = []
+    for refuse in (False, True):
+        if refuse:
+            monkeypatch.setattr(storage.os, "replace", refusing)
+        lake, work = tmp_path / f"lake{refuse}", tmp_path / f"work{refuse}"
+        work.mkdir()
+        uri = str(lake / "predictions" / "date=2026-01-01" / "part-0.parquet")
+        with storage.Publisher(str(lake), None) as pub:
+            part = pub.partition(uri, "score")
+            with storage.ParquetSink(uri, work, part) as sink:
+                for b in batches:
+                    sink.write(b)
+                sink.close()
+            part.commit()
+        recorded = lineage.Reader().record(uri)["objects"][uri]
+        assert recorded == storage.sha256_file(uri), refuse
+        assert pl.read_parquet(uri).equals(pl.concat(batches))
+        assert list(work.iterdir()) == ([] if not refuse else [sink.path])   # moved, or copied and left
+        shas.append(recorded)
+    assert renames and shas[0] == shas[1]
+
+
 def test_iter_parquet_gives_exact_batches_in_file_order_with_the_columns_asked_for(tmp_path):
     df = pl.DataFrame({"a": list(range(10_000)), "b": [str(i) for i in range(10_000)],
                        "c": [[str(i)] if i % 3 else [] for i in range(10_000)]})
