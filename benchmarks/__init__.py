@@ -66,5 +66,6 @@ for b in pq.ParquetFile(features, pre_buffer=False).iter_batches(batch_size=chun
     t = pa.table({"event_id": b.column("event_id"), "score": np.asarray(booster.inplace_predict(x), np.float32)})
     writer = writer or pq.ParquetWriter(out, t.schema, compression="zstd", compression_level=1)
     writer.write_table(t)
-writer.close()
+if writer is not None:                               # (a day without rows writes nothing)
+    writer.close()
 """

@@ -238,7 +238,7 @@ def _timed(argv: list[str], env: dict, log: Path, script: str = STAGE_WRAPPER) -
                                   cwd=log.parent)
             wall = time.perf_counter() - t
         if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(argv[3:6])}: exit {proc.returncode}; see {log}")
+            raise SystemExit(f"{' '.join(argv[2:6])}: exit {proc.returncode}; see {log}")
         return {"seconds": wall, "peak_mib": float(Path(peak_file).read_text())}
     finally:
         os.unlink(peak_file)

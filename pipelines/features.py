@@ -664,8 +664,8 @@ class EntityKeys:
              .join(self.table, on="__h", how="inner"))
         rows, k = m["__r"], m["__k"]
         same = ((frame["id"].cast(pl.String).gather(rows) == self.ids.gather(k))
-                & (frame["entity"].cast(pl.String).gather(rows) == self.entities.gather(k)))
-        if not same.all():                             # a hash shared by two entities: that row is not theirs
+                & (frame["entity"].cast(pl.String).gather(rows) == self.entities.gather(k))).fill_null(False)
+        if not same.all():           # a hash shared by two entities, or a null id: that row is not theirs
             rows, k = rows.filter(same), k.filter(same)
         return frame.drop("id", "entity")[rows].with_columns(k.alias("__k"))
 

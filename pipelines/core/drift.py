@@ -66,10 +66,12 @@ class GridIndex:
     zero-inflated feature's tiny values and its large ones both get buckets of their own), and a
     table gives, per bucket, the number of grid points in the buckets below it: a start that is never
     past the answer. Each value then steps up while the grid point at its index is below it; most
-    values are in a bucket with no grid point and take no step."""
+    values are in a bucket with no grid point and take no step. A grid with more than MAX_STEPS points
+    in one bucket is searched by numpy instead."""
 
     BITS = 16
     SIGN = np.uint64(1 << 63)
+    MAX_STEPS = 4
 
     @classmethod
     def keys(cls, v: np.ndarray) -> np.ndarray:
@@ -85,9 +87,14 @@ class GridIndex:
         buckets = ((k - self.kmin) >> self.shift).astype(np.int64)
         self.start = np.searchsorted(buckets, np.arange((span >> int(self.shift)) + 1), side="left").astype(
             np.uint8 if len(grid) < 255 else np.int32)
+        # a cluster of points in a few buckets (timestamps or coordinates beside a lone 0) would take a
+        # step per point: numpy's binary search then
+        self.grid = np.asarray(grid, np.float64) if np.bincount(buckets).max() > self.MAX_STEPS else None
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         """Per finite float64 value: the number of grid points below it."""
+        if self.grid is not None:
+            return np.searchsorted(self.grid, v, side="left")
         k = np.clip(self.keys(v), self.kmin, self.kmax)
         i = self.start[(k - self.kmin) >> self.shift].astype(np.intp)
         step = np.flatnonzero(self.ext[i] < v)

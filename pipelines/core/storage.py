@@ -176,14 +176,16 @@ def read_bytes(uri: str) -> bytes:
         return path.read_bytes()
 
 
-def _write_local(path: Path, write, uri: str) -> None:
-    """Write through `write(fh)` to a temporary file next to `path`, then rename (atomic)."""
+def _write_local(path: Path, write, uri: str, fault: bool = True) -> None:
+    """Write through `write(fh)` to a temporary file next to `path`, then rename (atomic). `fault`:
+    the write is a fault point (false where the caller's write has been one already)."""
     with _disk_errors(uri, "write"):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                faults.point("storage.write", path=str(path))
+                if fault:
+                    faults.point("storage.write", path=str(path))
                 write(fh)
             os.replace(tmp, path)
         except BaseException:
@@ -321,13 +323,15 @@ def put_file(uri: str, local: str | Path, content_type: str = "application/octet
         with _s3_errors(uri, "write"):
             s3_client().upload_file(str(local), bucket, key, ExtraArgs={"ContentType": content_type})
         return
+    path = local_path(uri)
     if move:
-        path = local_path(uri)
         with _disk_errors(uri, "write"):
             path.parent.mkdir(parents=True, exist_ok=True)
             faults.point("storage.write", path=str(path))
         try:
+            os.chmod(local, 0o600)     # the mode of the lake's other objects (mkstemp's)
             os.replace(local, path)
+            _sweep_temporaries(path)
             return
         except OSError:                # another filesystem (EXDEV) or not allowed: copied below
             pass
@@ -335,7 +339,7 @@ def put_file(uri: str, local: str | Path, content_type: str = "application/octet
     def copy(fh) -> None:
         with open(local, "rb") as src:
             shutil.copyfileobj(src, fh, 1 << 20)
-    _write_local(local_path(uri), copy, uri)
+    _write_local(path, copy, uri, fault=not move)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -514,8 +518,10 @@ class _HashingFile(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            super().close()
-            self.fh.close()
+            try:
+                super().close()
+            finally:
+                self.fh.close()
 
 
 class ParquetSink:
@@ -729,7 +735,8 @@ class Publisher:
         if (snap := self._snap(uri)) is not None:
             _write_local(snap, lambda fh: fh.write(data), str(snap))
 
-    def put_path(self, uri: str, local: str | Path, move: bool = False) -> None:
+    def put_path(self, uri: str, local: str | Path, move: bool = False, sha: str | None = None) -> None:
+        """`move`: see put_file; `sha` (what Partition.put_path takes) is not needed here."""
         if (snap := self._snap(uri)) is not None:      # the snapshot's copy first: `move` may take the file
             put_file(str(snap), local)
         put_file(uri, local, move=move)

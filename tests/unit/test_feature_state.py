@@ -183,6 +183,10 @@ def test_entity_keys_match_by_entity_and_id_never_by_hash_alone(monkeypatch, wea
     got = dict(zip(out["n"].to_list(), keys.named["id"].gather(out["__k"]).to_list()))
     assert got == {1: "bb", 3: "ccc"}
     assert keys.key(state.clear()).height == 0
+    # a null id is no entity's, also where the day's ids hold a null (the same hash)
+    nulls = features.EntityKeys(pl.DataFrame({"id": ["bb", None], "entity": ["customer", "customer"]}))
+    out = nulls.key(pl.DataFrame({"entity": ["customer", "customer"], "id": [None, "bb"], "n": [1, 2]}))
+    assert out["n"].to_list() == [2]
 
 
 def test_a_release_keeps_the_states_unless_the_state_code_changed(lake, monkeypatch, caplog):
