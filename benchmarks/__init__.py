@@ -46,10 +46,9 @@ BARE_JOB = """
 import atexit, json, os, sys
 from pathlib import Path
 def _peak():
-    with open("/proc/self/status") as fh:
-        peak = [int(x.split()[1]) / 1024 for x in fh if x.startswith("VmHWM:")][0]
+    from benchmarks import own_peak_mib
     with open(os.environ["FRAUDOPS_BENCH_PEAK_FILE"], "w") as fh:
-        fh.write(str(peak))
+        fh.write(str(own_peak_mib()))
 atexit.register(_peak)
 root, features, out, chunk = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 import numpy as np, polars as pl, pyarrow as pa, pyarrow.parquet as pq

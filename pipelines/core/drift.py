@@ -89,12 +89,12 @@ class GridIndex:
             np.uint8 if len(grid) < 255 else np.int32)
         # a cluster of points in a few buckets (timestamps or coordinates beside a lone 0) would take a
         # step per point: numpy's binary search then
-        self.grid = np.asarray(grid, np.float64) if np.bincount(buckets).max() > self.MAX_STEPS else None
+        self.fallback = np.asarray(grid, np.float64) if np.bincount(buckets).max() > self.MAX_STEPS else None
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         """Per finite float64 value: the number of grid points below it."""
-        if self.grid is not None:
-            return np.searchsorted(self.grid, v, side="left")
+        if self.fallback is not None:
+            return np.searchsorted(self.fallback, v, side="left")
         k = np.clip(self.keys(v), self.kmin, self.kmax)
         i = self.start[(k - self.kmin) >> self.shift].astype(np.intp)
         step = np.flatnonzero(self.ext[i] < v)

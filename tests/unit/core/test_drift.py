@@ -57,13 +57,13 @@ def test_grid_index_is_numpys_binary_search():
     searched = []
     for grid in cases:
         grid = np.unique(grid)
-        searched.append(GridIndex(grid).grid is not None)
+        searched.append(GridIndex(grid).fallback is not None)
         v = np.concatenate([rng.standard_normal(3_000) * 10.0 ** rng.integers(-6, 7), rng.integers(-4, 4, 500),
                             grid, np.nextafter(grid, np.inf), np.nextafter(grid, -np.inf),
                             [-0.0, 0.0, 1e308, -1e308, 5e-324, -5e-324, np.finfo(float).max, -np.finfo(float).max]])
         assert np.array_equal(GridIndex(grid)(v), np.searchsorted(grid, v, side="left")), grid[:5]
     assert any(searched) and not all(searched)     # both ways: the bucket table, and numpy for a dense cluster
-    assert GridIndex(np.array([0.0, *np.linspace(40.70, 40.71, 99)])).grid is not None   # coordinates beside a 0
+    assert GridIndex(np.array([0.0, *np.linspace(40.70, 40.71, 99)])).fallback is not None   # coordinates beside a 0
     # and what NumericDrift counts with it, on a zero-inflated feature of 50k rows
     values = np.where(rng.random(50_000) < 0.9, 0.0, rng.lognormal(0, 2, 50_000))
     d = NumericDrift(_ref(values)).update(pl.Series(values))
