@@ -48,9 +48,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import itertools
 import json
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,6 +281,8 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: boo
 
 
 CHUNK_SEED = 20261204          # the in-process chunks' entity hash (not the shards': a shard is split again)
+READ_ROWS = 262_144            # the state partitions are folded in frames of this many rows (memory: not a partition)
+SPILL_ROWS = 1_048_576         # the folded totals are spilled in frames of the rows of this many entities at most
 BUCKETS = 256                  # an entity's hash bucket; a chunk is a contiguous range of buckets
 
 
@@ -660,8 +662,12 @@ class EntityKeys:
             frame = frame.with_columns(h).sort("__h")
             h = frame["__h"]
             frame = frame.drop("__h")
+        table = self.table
+        if len(h):             # a partition read in frames: the join holds the table's range of the frame's hashes
+            lo, hi = table["__h"].search_sorted(h[0], "left"), table["__h"].search_sorted(h[-1], "right")
+            table = table.slice(lo, hi - lo)
         m = (pl.DataFrame([h.set_sorted(), pl.int_range(len(h), dtype=pl.UInt32, eager=True).alias("__r")])
-             .join(self.table, on="__h", how="inner"))
+             .join(table, on="__h", how="inner"))
         rows, k = m["__r"], m["__k"]
         same = ((frame["id"].cast(pl.String).gather(rows) == self.ids.gather(k))
                 & (frame["entity"].cast(pl.String).gather(rows) == self.entities.gather(k))).fill_null(False)
@@ -696,11 +702,21 @@ class Totals:
                 "ql": np.zeros(z, np.int64), "mx": np.full(z, -np.inf), "mn": np.full(z, np.inf),
                 "last": np.full(z, np.iinfo(np.int64).min)}
 
-    def add(self, part: pl.DataFrame) -> None:
-        """Add one partition's rows (entity, id, slot columns, totals): those of other entities are cut."""
+    def add(self, part: "pl.DataFrame | Iterable[pl.DataFrame]") -> None:
+        """Add one partition's rows (entity, id, slot columns, totals), a frame or its rows in frames
+        (an entity's row in one of them): those of other entities are cut."""
+        slots: set = set()
+        for frame in [part] if isinstance(part, pl.DataFrame) else part:
+            slots |= self._add(frame)
+        for slot in slots:
+            self.adds[slot] = self.adds.get(slot, 0) + 1
+            if self.adds[slot] > 256:      # sums of HIGH-bounded halves stay inside Int64
+                raise NeedRaw("more than 256 partitions in one run of days: the incremental path cannot sum them exactly")
+
+    def _add(self, part: pl.DataFrame) -> set:
         part = self.keys.key(part)
         if not part.height:
-            return
+            return set()
         np = self.np
         if not self.labels:
             # an entity with time since last but no rolled value has no sums: 0, not a reason for raw
@@ -716,10 +732,9 @@ class Totals:
         slots = {tuple(part.row(0, named=True)[c] for c in self.slot_cols): part} if one else \
             part.partition_by(self.slot_cols, as_dict=True)
         for slot, g in slots.items():
-            acc = self.slots.setdefault(slot, self._new())
-            self.adds[slot] = self.adds.get(slot, 0) + 1
-            if self.adds[slot] > 256:      # sums of HIGH-bounded halves stay inside Int64
-                raise NeedRaw("more than 256 partitions in one run of days: the incremental path cannot sum them exactly")
+            acc = self.slots.get(slot)
+            if acc is None:                # (not setdefault: its default, 7 arrays of every key, is made each time)
+                acc = self.slots[slot] = self._new()
             k = g["__k"].to_numpy()
             for c in ("n", "s") if self.labels else ("n", "fx", "qh", "ql"):
                 np.add.at(acc[c], k, g[c].to_numpy())
@@ -727,32 +742,37 @@ class Totals:
                 np.maximum.at(acc["mx"], k, g["mx"].fill_null(-np.inf).to_numpy())
                 np.minimum.at(acc["mn"], k, g["mn"].fill_null(np.inf).to_numpy())
                 np.maximum.at(acc["last"], k, g["last"].to_numpy())
+        return set(slots)
 
     def result(self) -> pl.DataFrame:
         """One row per entity and slot with any rows: entity, id, the slot columns, the totals."""
         frames = list(self.slot_frames())
         return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
 
-    def slot_frames(self):
-        """result() one slot at a time; each slot's arrays are let go as its rows are made (the peak is
-        one slot's rows plus its arrays)."""
+    def slot_frames(self, rows: int | None = None):
+        """result() one slot at a time, in frames of the rows of at most `rows` keys; each slot's arrays
+        are let go once its rows are made (the peak is one slot's arrays plus a frame of its rows: the
+        spill of a whole slot's rows, a frame per 3.45M entities, was the stage's peak)."""
         for slot in list(self.slots):
             acc = self.slots.pop(slot)
             keep = acc["n"] > 0
-            # the ids of the kept keys by the mask itself (keys are row numbers of keys.named): no join
-            names = self.keys.named.filter(pl.Series(keep)).drop("__k")
-            frame = pl.DataFrame({c: a[keep] for c, a in acc.items()})
+            step = rows or self.size or 1
+            for lo in range(0, self.size, step):
+                mask = keep[lo:lo + step]
+                # the ids of the kept keys by the mask itself (keys are row numbers of keys.named): no join
+                names = self.keys.named.slice(lo, len(mask)).filter(pl.Series(mask)).drop("__k")
+                frame = pl.DataFrame({c: a[lo:lo + step][mask] for c, a in acc.items()})
+                frame = frame.with_columns(*[pl.lit(v).alias(c) for c, v in zip(self.slot_cols, slot)])
+                if not self.labels:
+                    half = pl.lit(self.HALF, dtype=pl.Int128)
+                    inf = float("inf")
+                    frame = frame.with_columns(
+                        (pl.col("qh").cast(pl.Int128) * half + pl.col("ql").cast(pl.Int128)).alias("q"),
+                        pl.when(pl.col("mx") != -inf).then(pl.col("mx")).alias("mx"),
+                        pl.when(pl.col("mn") != inf).then(pl.col("mn")).alias("mn")).drop("qh", "ql")
+                yield pl.concat([frame, names], how="horizontal")     # the columns of unkey's join
+                del names, frame
             del acc, keep
-            frame = frame.with_columns(*[pl.lit(v).alias(c) for c, v in zip(self.slot_cols, slot)])
-            if not self.labels:
-                half = pl.lit(self.HALF, dtype=pl.Int128)
-                inf = float("inf")
-                frame = frame.with_columns(
-                    (pl.col("qh").cast(pl.Int128) * half + pl.col("ql").cast(pl.Int128)).alias("q"),
-                    pl.when(pl.col("mx") != -inf).then(pl.col("mx")).alias("mx"),
-                    pl.when(pl.col("mn") != inf).then(pl.col("mn")).alias("mn")).drop("qh", "ql")
-            yield pl.concat([frame, names], how="horizontal")     # the columns of unkey's join
-            del names, frame
 
 
 def _availability(day: dt.date, landed: dt.date, midnight: bool = True) -> dt.datetime:
@@ -957,6 +977,15 @@ def _read(reader: lineage.Reader, uri: str, columns: list[str] | None = None, pr
     return pl.read_parquet(io.BytesIO(reader.read_bytes(uri, primary)), columns=columns)
 
 
+def _frames(reader: lineage.Reader, uri: str, columns: list[str] | None = None, primary: str | None = None
+            ) -> Iterator[pl.DataFrame]:
+    """A partition's rows in frames of about READ_ROWS rows, in order (its bytes checked first, as _read)."""
+    import io
+
+    scan = pl.scan_parquet(io.BytesIO(reader.read_bytes(uri, primary)))
+    yield from (scan.select(columns) if columns else scan).collect_batches(chunk_size=READ_ROWS)
+
+
 def _sibling(primary: str, name: str) -> str:
     return primary.rsplit("/", 1)[0] + "/" + name
 
@@ -1091,6 +1120,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
     values = sorted({r.value for r in spec.rolling.values()})
     runs, label_runs = _runs(p.totals), _runs(p.label_totals)
     at = None                                       # the state being read: a failure there heals it
+    parts = None                                    # the states' reads in flight (_streamed)
     spill = SpilledHistory(_grouped(spec), spec.spill_compression)
     try:
         uri = store.uri("validated", dataset=tx.name, date=day.isoformat())
@@ -1123,42 +1153,45 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
                           "validated transactions (the day and its boundary days)", day, day)
         del event_ids
         totals, sums = Totals(False, keys), Totals(True, keys)
-        # the state partitions are read one ahead in a thread (its own Reader): the file reads, the
-        # sha256 and the Parquet decode overlap the fold and the spill of the one before
+        # the state partitions are read in a thread (its own Reader), a few frames ahead (_streamed)
         ahead = lineage.Reader()
         todo = [f for f in p.totals if f in states]
-        frames = _ahead([functools.partial(_read, ahead, states[f]) for f in todo])
+        parts = _streamed([functools.partial(_frames, ahead, states[f]) for f in todo])
         for f in todo:
             at = f
-            totals.add(next(frames).with_columns(pl.lit(runs[f]).alias("day")))
-        frames.close()                      # the last one read is let go
+            totals.add(frame.with_columns(pl.lit(runs[f]).alias("day")) for frame in next(parts))
+        parts.close()
         at = None
-        for frame in totals.slot_frames():
+        for frame in totals.slot_frames(SPILL_ROWS):
             spill.add("totals", frame)
             del frame                       # not held while the next slot's rows are made
         del totals
         landings = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
 
-        def landed_labels(st: str) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+        def landed_labels(st: str) -> Iterator[tuple[str, pl.DataFrame]]:
+            """A landing's label totals in frames, then its labelled events of the label boundary days."""
             objects = ahead.record(st)["objects"]
             uris = [_sibling(st, OBJECTS["labelled"].format(e)) for e in p.label_boundary]
-            return _read(ahead, _sibling(st, OBJECTS["label_totals"]), primary=st), \
-                [_read(ahead, u, ["event_ts", *entities, "label"], primary=st) for u in uris if u in objects]
-        frames = _ahead([functools.partial(landed_labels, states[x + dt.timedelta(days=1)]) for x in landings])
+            yield from (("totals", f) for f in _frames(ahead, _sibling(st, OBJECTS["label_totals"]), primary=st))
+            yield from (("labelled", _read(ahead, u, ["event_ts", *entities, "label"], primary=st))
+                        for u in uris if u in objects)
+        parts = _streamed([functools.partial(landed_labels, states[x + dt.timedelta(days=1)]) for x in landings])
         for landed in landings:
             at = landed + dt.timedelta(days=1)
-            label_sums, labelled = next(frames)
             avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
-            sums.add(_for_run(label_sums, "event_date", label_runs).with_columns(avail))
             known = pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
+            labelled: list[pl.DataFrame] = []
+            sums.add(_label_sums(next(parts), label_runs, avail, labelled))
             for frame in labelled:
                 spill.add("labelled", frame.with_columns(known.alias("available_at")), rated)
-            del label_sums, labelled
-        frames.close()
-        for frame in sums.slot_frames():
+            labelled.clear()
+        parts.close()
+        for frame in sums.slot_frames(SPILL_ROWS):
             spill.add("label_totals", frame)
             del frame
     except BaseException as exc:                    # nothing is left on disk when the night fails
+        if parts is not None:
+            parts.close()                           # the reading thread stops
         spill.close()
         if not isinstance(exc, (storage.MissingObject, lineage.StaleInput)):
             raise
@@ -1168,23 +1201,64 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
     return today, spill
 
 
-def _ahead(calls: list, depth: int = 1):
-    """Yield each call's result in order, the next `depth` calls running meanwhile in a thread
-    (memory: the result being used and `depth` more at most). A call's failure is raised where its
-    result is taken."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
+def _label_sums(items: Iterator[tuple[str, pl.DataFrame]], runs: dict[dt.date, dt.date], avail: pl.Expr,
+                labelled: list[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """A landing's label totals, in frames, cut to the runs and with their availability; its labelled
+    events are put aside in `labelled`."""
+    for kind, frame in items:
+        if kind == "totals":
+            yield _for_run(frame, "event_date", runs).with_columns(avail)
+        else:
+            labelled.append(frame)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="features-read") as pool:
-        rest = iter(calls)
-        pending = deque(pool.submit(call) for call in itertools.islice(rest, depth))
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(rest, None)
-            if nxt is not None:
-                pending.append(pool.submit(nxt))
-            yield result
-            result = None                    # not held while the next one is awaited
+
+def _streamed(sources: list, depth: int = 2):
+    """For each source (a call giving an iterable of items, e.g. a partition's frames), in order, an
+    iterator of its items, made in a thread at most `depth` items ahead of their use: the reads, the
+    sha256 and the decode overlap the fold, and memory holds a few frames, not partitions (reading
+    whole state partitions one ahead held two of them: 0.4 GiB at 3.45M entities). Each iterator is
+    used up before the next is taken. A source's failure is raised where its items are taken."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    stop, end = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        try:
+            for source in sources:
+                for item in source():
+                    if not put(item):
+                        return
+                    item = None
+                if not put(end):
+                    return
+        except BaseException as exc:     # raised in the caller, where the source's items are taken
+            put(exc)
+
+    def items() -> Iterator:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    worker = threading.Thread(target=work, name="features-read", daemon=True)
+    worker.start()
+    try:
+        for _ in sources:
+            yield items()
+    finally:
+        stop.set()
+        worker.join()
 
 
 def run_key(params, day: dt.date, suite: dict | None) -> dict | None:

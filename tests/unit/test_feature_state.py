@@ -49,10 +49,14 @@ def _run(path, *extra, day: dt.date = DAY) -> bytes:
     return (path.parent / "lake" / "features" / f"date={day}" / "part-0.parquet").read_bytes()
 
 
-def test_incremental_features_equal_the_recomputation_from_raw(lake, caplog):
+def test_incremental_features_equal_the_recomputation_from_raw(lake, caplog, monkeypatch):
     path, root, layout = lake
     caplog.set_level(logging.INFO, "pipelines.features")
     first = _run(path)
+    with monkeypatch.context() as m:              # states folded in frames of 37 rows, spilled in frames of 50 entities
+        m.setattr(features, "READ_ROWS", 37)
+        m.setattr(features, "SPILL_ROWS", 50)
+        assert _run(path, "--recompute") == first
     assert "incremental:" in caplog.text and "computed from raw" not in caplog.text
     made = sorted(p.parent.name for p in (path.parent / "lake" / "feature_state").glob("*/daily.parquet"))
     assert len(made) == 37 and made[-1] == f"date={DAY}"                 # the label landing days + 1, the day itself
@@ -183,6 +187,9 @@ def test_entity_keys_match_by_entity_and_id_never_by_hash_alone(monkeypatch, wea
     got = dict(zip(out["n"].to_list(), keys.named["id"].gather(out["__k"]).to_list()))
     assert got == {1: "bb", 3: "ccc"}
     assert keys.key(state.clear()).height == 0
+    # a partition keyed in frames (each joined to its range of hashes) gives the same rows
+    pieces = pl.concat([keys.key(state.slice(i, 1)) for i in range(state.height)])
+    assert sorted(pieces.rows()) == sorted(out.rows())
     # a null id is no entity's, also where the day's ids hold a null (the same hash)
     nulls = features.EntityKeys(pl.DataFrame({"id": ["bb", None], "entity": ["customer", "customer"]}))
     out = nulls.key(pl.DataFrame({"entity": ["customer", "customer"], "id": [None, "bb"], "n": [1, 2]}))
@@ -258,3 +265,42 @@ def test_states_older_than_the_kept_days_are_removed_and_made_again_when_a_date_
     with storage.Publisher(root, None) as pub:
         assert features.prune_states(params, DAY + dt.timedelta(days=400), pub) == []
     assert dates()[0] == "2026-01-15" and len(dates()) == 40
+
+
+def test_state_reads_stream_in_order_a_few_frames_ahead_and_fail_where_their_source_is_taken():
+    """_streamed: each source's items in order, made in a thread at most `depth` items ahead of
+    their use; a source's failure is raised where that source's items are taken, after its items
+    made before it; closing stops the thread."""
+    import threading
+    import time
+
+    made: list[tuple[int, int]] = []
+
+    def source(i: int, fail: bool = False):
+        def items():
+            for j in range(5):
+                made.append((i, j))
+                yield i, j
+            if fail:
+                raise RuntimeError(f"source {i} is broken")
+        return items
+
+    parts = features._streamed([source(0), source(1, fail=True), source(2)], depth=2)
+    first = next(parts)
+    assert next(first) == (0, 0)
+    time.sleep(0.3)
+    assert len(made) <= 4                           # the one taken, two queued, one waiting to be queued
+    assert list(first) == [(0, j) for j in range(1, 5)]
+    second = next(parts)
+    assert [next(second) for _ in range(5)] == [(1, j) for j in range(5)]
+    with pytest.raises(RuntimeError, match="source 1 is broken"):
+        next(second)
+    parts.close()
+    assert (2, 0) not in made                       # nothing is read after the failure
+
+    made.clear()
+    parts = features._streamed([source(0), source(1)], depth=2)
+    assert next(next(parts)) == (0, 0)
+    parts.close()                                   # a night that fails while the states are read
+    assert not [t for t in threading.enumerate() if t.name == "features-read"]
+    assert len(made) <= 4
