@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.core import faults, services, storage
@@ -18,6 +19,39 @@ def test_parquet_bytes_are_deterministic_and_local_writes_atomic(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["part-0.parquet"]     # no temp file left
     with pytest.raises(storage.MissingObject):
         storage.read_bytes(str(tmp_path / "nope"))
+
+
+def test_a_partition_writes_parquet_through_a_staged_file_with_the_bytes_of_parquet_bytes(tmp_path, monkeypatch):
+    """Partition.put_parquet encodes into a file beside the object (hashed as written, one row group
+    at a time) and renames it into place: the bytes of parquet_bytes, its sha256 in the record, no
+    temporary left; also with several row groups, nulls, and a categorical column."""
+    import datetime as dt
+
+    from pipelines.core import lineage
+
+    monkeypatch.setitem(storage.PARQUET, "row_group_size", 100)
+    n = 1050
+    frames = {
+        "plain": pl.DataFrame({"id": [f"event-{i:08d}-with-a-long-id" if i % 7 else None for i in range(n)],
+                               "x": [i / 3 if i % 5 else None for i in range(n)],
+                               "d": [dt.date(2026, 1, 1) + dt.timedelta(days=i % 40) for i in range(n)]}),
+        "categorical": pl.DataFrame({"c": ["a", "b", "c"] * (n // 3)}, schema={"c": pl.Categorical}),
+        "small": pl.DataFrame({"a": [1, 2, 3]}),
+        "empty": pl.DataFrame({"a": []}, schema={"a": pl.Int64}),
+    }
+    for name, df in frames.items():
+        uri = str(tmp_path / "lake" / name / "part-0.parquet")
+        with storage.Publisher(str(tmp_path / "lake"), None) as pub:
+            part = pub.partition(uri, "features")
+            part.put_parquet(uri, df)
+            part.commit()
+        data = storage.read_bytes(uri)
+        assert data == storage.parquet_bytes(df), name
+        assert lineage.Reader().record(uri)["objects"][uri] == storage.sha256(data), name
+        assert sorted(p.name for p in (tmp_path / "lake" / name).iterdir()) == \
+            ["_lineage.part-0.parquet.json", "part-0.parquet"], name
+    assert pl.read_parquet(str(tmp_path / "lake" / "plain" / "part-0.parquet")).equals(frames["plain"])
+    assert pq.ParquetFile(str(tmp_path / "lake" / "plain" / "part-0.parquet")).metadata.num_row_groups == 11
 
 
 def test_the_file_object_store_maps_buckets_to_folders(tmp_path, monkeypatch):
