@@ -989,7 +989,8 @@ def _frames(reader: lineage.Reader, uri: str, columns: list[str] | None = None, 
     import io
 
     scan = pl.scan_parquet(io.BytesIO(reader.read_bytes(uri, primary)))
-    yield from (scan.select(columns) if columns else scan).collect_batches(chunk_size=READ_ROWS)
+    # (polars decodes a row group, up to 1M rows, ahead of the frames it gives)
+    yield from (scan.select(columns) if columns else scan).collect_batches(chunk_size=READ_ROWS, maintain_order=True)
 
 
 def _sibling(primary: str, name: str) -> str:
@@ -1221,14 +1222,17 @@ def _label_sums(items: Iterator[tuple[str, pl.DataFrame]], runs: dict[dt.date, d
 def _streamed(sources: list, depth: int = 2):
     """For each source (a call giving an iterable of items, e.g. a partition's frames), in order, an
     iterator of its items, made in a thread at most `depth` items ahead of their use: the reads, the
-    sha256 and the decode overlap the fold, and memory holds a few frames, not partitions (reading
-    whole state partitions one ahead held two of them: 0.4 GiB at 3.45M entities). Each iterator is
-    used up before the next is taken. A source's failure is raised where its items are taken."""
+    sha256 and the decode overlap the fold, and memory holds a partition's bytes, the row group being
+    decoded and a few frames, not decoded partitions (reading whole state partitions one ahead held
+    two of them: 0.4 GiB at 3.45M entities). Each iterator is used up before the next is taken. A
+    source's failure is raised where its items are taken; once the thread has stopped, taking more
+    raises too (never a wait for items that will not come)."""
     import queue
     import threading
 
     q: queue.Queue = queue.Queue(depth)
     stop, end = threading.Event(), object()
+    failed: list[BaseException] = []
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -1249,13 +1253,23 @@ def _streamed(sources: list, depth: int = 2):
                 if not put(end):
                     return
         except BaseException as exc:     # raised in the caller, where the source's items are taken
+            failed.append(exc)
             put(exc)
 
     def items() -> Iterator:
-        while (item := q.get()) is not end:
+        while True:
+            try:
+                item = q.get(timeout=0.5)
+            except queue.Empty:
+                if worker.is_alive() or not q.empty():
+                    continue
+                raise RuntimeError("features: the states' reading thread has stopped") from (failed[0] if failed else None)
+            if item is end:
+                return
             if isinstance(item, BaseException):
                 raise item
             yield item
+            item = None                  # not held while the next one is awaited
 
     worker = threading.Thread(target=work, name="features-read", daemon=True)
     worker.start()

@@ -194,12 +194,13 @@ def _write_local(path: Path, write, uri: str, fault: bool = True) -> None:
         _sweep_temporaries(path)
 
 
-def _sweep_temporaries(path: Path, older_than_s: float = 3600.0) -> None:
-    """Temporary files of `path` left by a writer that was killed (kill -9 runs no cleanup)."""
+def _sweep_temporaries(path: Path, older_than_s: float = 3600.0, pattern: str | None = None) -> None:
+    """Temporary files of `path` (or those of `pattern` beside it) left by a writer that was killed
+    (kill -9 runs no cleanup)."""
     import time
 
     limit = time.time() - older_than_s
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+    for tmp in path.parent.glob(pattern or f".{path.name}.*.tmp"):
         try:
             if tmp.stat().st_mtime < limit:
                 tmp.unlink()
@@ -428,41 +429,59 @@ PARQUET = {"compression": "zstd", "compression_level": 3, "write_statistics": Tr
 
 
 def parquet_bytes(df: pl.DataFrame | pa.Table) -> bytes:
-    """Serialize with fixed settings: same frame, same bytes."""
-    table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
+    """Serialize with fixed settings: same values, same bytes (_write_parquet)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, **PARQUET)
+    _write_parquet(df, buf)
     return buf.getvalue()
 
 
 def parquet_file(df: pl.DataFrame | pa.Table, path: str | Path) -> str:
-    """parquet_bytes(df) written into the file `path` as they are encoded (never all held): their sha256.
-    A frame of several row groups is handed to Arrow one row group at a time: polars' to_arrow copies
-    the strings (large_string), 0.6 GB at once for the features of a 10M-row date; the same bytes (the
-    writer cuts the same row groups), except where a column is a dictionary (its slices' may differ)."""
-    rows = PARQUET["row_group_size"]
-    sliced = isinstance(df, pl.DataFrame) and df.height > rows and \
-        not any(isinstance(t, (pl.Categorical, pl.Enum)) for t in df.schema.dtypes())
+    """parquet_bytes(df) written into the file `path` as they are encoded (never all held): their sha256."""
     fh = _HashingFile(Path(path))
     try:
-        if not sliced:
-            pq.write_table(df.to_arrow() if isinstance(df, pl.DataFrame) else df, fh, **PARQUET)
-        else:
-            writer = None
-            try:
-                for lo in range(0, df.height, rows):
-                    table = df.slice(lo, rows).to_arrow()
-                    if writer is None:
-                        writer = pq.ParquetWriter(fh, table.schema, **{k: v for k, v in PARQUET.items()
-                                                                      if k != "row_group_size"})
-                    writer.write_table(table, row_group_size=rows)
-                    del table
-            finally:
-                if writer is not None:
-                    writer.close()
+        _write_parquet(df, fh)
     finally:
         fh.close()
     return fh.hash.hexdigest()
+
+
+def _has_dictionary(dtype) -> bool:
+    """A Categorical or Enum, also inside a List, Array or Struct."""
+    if isinstance(dtype, (pl.Categorical, pl.Enum)):
+        return True
+    inner = getattr(dtype, "inner", None)
+    if inner is not None and _has_dictionary(inner):
+        return True
+    return any(_has_dictionary(f.dtype) for f in getattr(dtype, "fields", None) or [])
+
+
+def _write_parquet(df: pl.DataFrame | pa.Table, sink) -> None:
+    """The one Parquet encoding (PARQUET). A polars frame goes to Arrow one row group at a time, each
+    as one contiguous chunk:
+      * its bytes follow its values, not how its memory happens to be chunked (pyarrow cuts pages
+        where the chunks it is given start);
+      * a large frame is never converted whole (polars' to_arrow copies the strings: 0.6 GB at once
+        for the features of a 10M-row date).
+    A frame with a dictionary column (Categorical, Enum, nested too) and an Arrow table are written
+    whole, as they come: slices of a dictionary column may carry different dictionaries."""
+    if not isinstance(df, pl.DataFrame) or any(_has_dictionary(t) for t in df.schema.dtypes()):
+        pq.write_table(df.to_arrow() if isinstance(df, pl.DataFrame) else df, sink, **PARQUET)
+        return
+    rows = PARQUET["row_group_size"]
+    if df.height <= rows:
+        pq.write_table(df.rechunk().to_arrow(), sink, **PARQUET)
+        return
+    writer = None
+    try:
+        for lo in range(0, df.height, rows):
+            table = df.slice(lo, rows).rechunk().to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(sink, table.schema, **{k: v for k, v in PARQUET.items() if k != "row_group_size"})
+            writer.write_table(table, row_group_size=rows)
+            del table
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 @contextlib.contextmanager
@@ -473,6 +492,7 @@ def staged_file(uri: str) -> Iterator[Path]:
     with _disk_errors(uri, "write"):
         if is_s3(uri):
             fd, tmp = tempfile.mkstemp(prefix="fraudops-upload-", suffix=".tmp")
+            _sweep_temporaries(Path(tmp), pattern="fraudops-upload-*.tmp")     # a killed writer's, over an hour old
         else:
             path = local_path(uri)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -295,6 +295,8 @@ def test_state_reads_stream_in_order_a_few_frames_ahead_and_fail_where_their_sou
     assert [next(second) for _ in range(5)] == [(1, j) for j in range(5)]
     with pytest.raises(RuntimeError, match="source 1 is broken"):
         next(second)
+    with pytest.raises(RuntimeError, match="thread has stopped"):      # more taken after a failure: no wait forever
+        next(next(parts))
     parts.close()
     assert (2, 0) not in made                       # nothing is read after the failure
 
