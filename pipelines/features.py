@@ -985,12 +985,12 @@ def _read(reader: lineage.Reader, uri: str, columns: list[str] | None = None, pr
 
 def _frames(reader: lineage.Reader, uri: str, columns: list[str] | None = None, primary: str | None = None
             ) -> Iterator[pl.DataFrame]:
-    """A partition's rows in frames of about READ_ROWS rows, in order (its bytes checked first, as _read)."""
+    """A partition's rows in frames of READ_ROWS rows, in order (its bytes checked first, as _read),
+    decoded by polars' streaming engine (storage.iter_parquet: it decodes up to a row group, 1M rows,
+    ahead of the frames it gives)."""
     import io
 
-    scan = pl.scan_parquet(io.BytesIO(reader.read_bytes(uri, primary)))
-    # (polars decodes a row group, up to 1M rows, ahead of the frames it gives)
-    yield from (scan.select(columns) if columns else scan).collect_batches(chunk_size=READ_ROWS, maintain_order=True)
+    yield from storage.iter_parquet(io.BytesIO(reader.read_bytes(uri, primary)), columns, READ_ROWS, streaming=True)
 
 
 def _sibling(primary: str, name: str) -> str:

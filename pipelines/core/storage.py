@@ -355,9 +355,10 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def iter_parquet(path: str | Path, columns: list[str] | None = None, batch_rows: int = 262_144,
+def iter_parquet(path: "str | Path | io.BytesIO", columns: list[str] | None = None, batch_rows: int = 262_144,
                  streaming: bool = False):
-    """Polars frames of exactly `batch_rows` rows (the last one fewer), in file order.
+    """Polars frames of exactly `batch_rows` rows (the last one fewer), in file order (`path`: a local
+    file, or a file's bytes already read and checked).
 
     By default pyarrow's batches (memory: one row group; no pre-buffering: with it, pyarrow keeps
     the column chunks it read ahead and memory grows with the file, 10M rows: 1.2 GB of Arrow
@@ -367,12 +368,13 @@ def iter_parquet(path: str | Path, columns: list[str] | None = None, batch_rows:
     1.47 GB instead of 0.45 GB), so only for a consumer that keeps up (decide). The frames are cut
     again to `batch_rows` here: a stage that writes one row group per frame writes the same bytes
     whatever the engine did."""
+    source = path if isinstance(path, io.BytesIO) else str(path)
     if streaming:
-        lf = pl.scan_parquet(str(path))
+        lf = pl.scan_parquet(source)
         frames = (lf if columns is None else lf.select(columns)).collect_batches(chunk_size=batch_rows,
                                                                                maintain_order=True)
     else:
-        f = pq.ParquetFile(str(path), pre_buffer=False)
+        f = pq.ParquetFile(source, pre_buffer=False)
         frames = (pl.from_arrow(b) for b in f.iter_batches(batch_size=batch_rows, columns=columns))
     rows = Rows(frames)
     while (batch := rows.upto(batch_rows)) is not None:

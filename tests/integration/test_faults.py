@@ -157,7 +157,7 @@ def test_a_stage_killed_mid_write_leaves_nothing_half_published(mini, stage, ext
         temporaries = list(path.parent.glob(f".{path.name}.*.tmp"))
         if kind in SINKS:           # written whole in the work folder, renamed into the lake: nothing half there
             assert not temporaries, temporaries
-        else:                       # the half file is a temporary beside it
+        else:                       # the file being written (or staged, not yet renamed) is a temporary beside it
             assert temporaries
     else:
         assert path.read_bytes() == mini["clean"][kind]                    # whole, but not trusted without its record

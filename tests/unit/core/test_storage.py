@@ -106,6 +106,21 @@ def test_a_full_disk_is_one_storage_error_and_no_temporary_file(tmp_path, monkey
         storage.write_bytes(f"{tmp_path}/lake/a/x.json", b"1")
     assert list((tmp_path / "lake" / "a").iterdir()) == []
     storage.write_bytes(f"{tmp_path}/lake/b/x.json", b"1")        # another path: no fault
+    # the disk fills while a partition's Parquet is encoded into its staged file: the same one error
+    real = storage._HashingFile.write
+
+    def full(self, data):
+        if self.fh.tell() > 100:                # after the first bytes
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+    monkeypatch.delenv(faults.ENV)
+    monkeypatch.setattr(storage._HashingFile, "write", full)
+    uri = f"{tmp_path}/lake/c/part-0.parquet"
+    with storage.Publisher(f"{tmp_path}/lake", None) as pub:
+        part = pub.partition(uri, "features")
+        with pytest.raises(storage.StorageError, match=r"lake/c/part-0.parquet: write failed: disk full"):
+            part.put_parquet(uri, pl.DataFrame({"a": [f"row {i}" for i in range(5000)]}))
+    assert list((tmp_path / "lake" / "c").iterdir()) == []                # nothing published, no temporary
     assert services.explain(OSError(errno.ENOSPC, "No space left", "/x"), "features").startswith("disk full")
 
 
