@@ -137,3 +137,85 @@ def test_ids_of_earlier_days_are_found_exactly_whatever_the_hash_and_batches(tmp
     assert sorted(seen.rows()) == [("e0-3", 1), ("e2-10", 0), ("e2-11", 1), ("e3-49", 1)]
     assert seen.columns == ["event_id", "label"]
     assert ingest.seen_before(ds, days[4], store, 45, lineage.Reader(), None, asked.clear()).height == 0
+
+
+def _by_the_rules(files: list[tuple[str, list[dict]]], seen: dict, label: bool):
+    """The rules of pipelines/ingest.py's docstring read row by row in plain Python: (the canonical
+    ids in order, [(file, row, reason)] in source order, within-day and across-day label conflicts)."""
+    ok, bad = [], []
+    for name, rows in files:
+        for r, v in enumerate(rows):
+            try:
+                failed = not label and v["amount"] is not None and float(v["amount"]) is None
+            except ValueError:
+                failed = True
+            reason = ("null_id" if v["id"] is None else "null_timestamp" if not label and v["ts"] is None
+                      else "null_label" if label and v["label"] is None else "cast_failed:amount" if failed
+                      else "invalid_label" if label and v["label"] not in (0.0, 1.0) else None)
+            if reason:
+                bad.append((name, r, reason))
+            else:
+                ok.append(((v["ts"] if not label else 0, name, r), v))
+    kept, within, across = {}, 0, 0
+    for (_, name, r), v in sorted(ok, key=lambda x: x[0]):
+        if v["id"] in kept:
+            conflicting = label and v["label"] != kept[v["id"]][1]["label"]
+            within += conflicting
+            bad.append((name, r, "conflicting_label" if conflicting else "duplicate_id"))
+        else:
+            kept[v["id"]] = ((name, r), v)
+    for i in [i for i in kept if i in seen]:         # the earliest of an id already ingested: no longer kept
+        (name, r), v = kept.pop(i)
+        across += label and v["label"] != seen[i]
+        bad.append((name, r, "duplicate_id_across_days"))
+    order = sorted(kept, key=lambda i: (kept[i][1]["ts"], i) if not label else i)
+    return order, sorted(bad), within, across
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("dataset", ["transactions", "labels"])
+def test_normalize_keeps_and_rejects_what_the_rules_say_row_by_row(seed, dataset):
+    """Random partitions of several files (the same ids within and across files, nulls, values that do
+    not cast, labels that are not 0/1, ids of earlier days, files of several chunks) against the rules
+    read row by row: the same rows kept in the same order, the same rows rejected with the same reason."""
+    import random
+
+    from pipelines.ingest import _row_numbers
+
+    params = load_params()
+    ds = params.dataset(dataset)
+    label = dataset == "labels"
+    rng = random.Random(seed)
+    t0 = dt.datetime(2026, 1, 12)
+    files, frames = [], []
+    for name in sorted({f"part-{rng.randrange(4)}.parquet" for _ in range(rng.randrange(1, 4))}):
+        rows = [{"id": None if rng.random() < .05 else f"e{rng.randrange(30)}",
+                 "ts": None if rng.random() < .05 else t0 + dt.timedelta(seconds=rng.randrange(20)),
+                 "amount": rng.choice([None, "1.5", " 2 ", "x", "3e1"]),
+                 "label": rng.choice([None, 0.0, 1.0, 1.0, 0.0, 0.5, 2.0])} for _ in range(rng.randrange(0, 40))]
+        files.append((name, rows))
+        if label:
+            df = pl.DataFrame({"tx_id": [v["id"] for v in rows], "is_fraud": [v["label"] for v in rows]},
+                              schema={"tx_id": pl.String, "is_fraud": pl.Float64})
+        else:
+            df = pl.DataFrame({"tx_id": [v["id"] for v in rows], "tx_ts": [v["ts"] for v in rows],
+                               "customer_id": ["c"] * len(rows), "terminal_id": ["t"] * len(rows),
+                               "amount": [v["amount"] for v in rows], "category": ["a"] * len(rows)},
+                              schema={"tx_id": pl.String, "tx_ts": pl.Datetime("us"), "customer_id": pl.String,
+                                      "terminal_id": pl.String, "amount": pl.String, "category": pl.String})
+        if df.height > 4:                                 # a file of several row groups
+            df = pl.concat([df[:df.height // 2], df[df.height // 2:]], rechunk=False)
+        rowno = _row_numbers(df)
+        assert [len(c) for c in rowno.get_chunks()] == [len(c) for c in df.to_series(0).get_chunks()]
+        frames.append(df.hstack([rowno]).with_columns(pl.lit(name).alias(FILE)))
+    seen = {f"e{i}": rng.choice([0, 1]) for i in rng.sample(range(40), rng.randrange(0, 6))}
+    seen_df = pl.DataFrame({"event_id": list(seen), **({"label": list(seen.values())} if label else {})},
+                           schema={"event_id": pl.String, **({"label": pl.Int8} if label else {})})
+    r = normalize(frames, ds, DAY, params.ingest, seen_df)
+    order, bad, within, across = _by_the_rules(files, seen if label else {k: None for k in seen}, label)
+    assert r.canonical["event_id"].to_list() == order
+    assert sorted(r.rejects.select(FILE, ROW, "reject_reason").rows()) == bad
+    assert r.rejects.select(FILE, ROW).rows() == sorted(r.rejects.select(FILE, ROW).rows())
+    assert r.stats["rows_in"] == sum(len(rows) for _, rows in files) == r.canonical.height + r.rejects.height
+    if label:
+        assert r.stats["label_conflicts"] == {"within_day": within, "across_days": across}
