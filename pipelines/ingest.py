@@ -407,12 +407,13 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
     src = ds.columns.mapping()["event_id"]
     ids = pl.concat([f.select(pl.col(src).cast(pl.String, strict=False).alias("event_id")) for f in frames
                      if src in f.columns and not f.schema[src].is_nested()]     # (a nested id: rejected below)
-                    or [pl.DataFrame(schema={"event_id": pl.String})]).unique()
+                    or [pl.DataFrame(schema={"event_id": pl.String})])      # (the columns themselves: no copy)
+    checked = ids["event_id"].n_unique()      # counted, not made: a unique copy held through normalize (+350 MiB at 11.5M)
     seen = seen_before(ds, day, store, params.duplicate_window_days, reader, memo, ids)
     result = normalize(frames, ds, day, params, seen)
     stats = {**result.stats, "status": "published", "sources": [{k: v for k, v in s.items() if k != "sha256"}
                                                                for s in sources],
-             "duplicate_window": {"days": params.duplicate_window_days, "ids_checked": ids.height,
+             "duplicate_window": {"days": params.duplicate_window_days, "ids_checked": checked,
                                   "ids_found": seen.height}}
     del ids, frames                             # the source columns: in result.canonical now, or gone
     if result.stats["missing_columns"]:
