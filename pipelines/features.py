@@ -434,10 +434,16 @@ def _assemble(base: pl.DataFrame, keep: pl.Series, everything: bool, blocks: lis
         other.append(pl.col(c).replace_strict(cat_index, default=None, return_dtype=pl.Int16).alias(f"{c}_code"))
     if other:
         blocks.append(cut(base.select(other)))
+    # The blocks are chunked differently (the key columns like the file's row groups, the entity blocks
+    # in one chunk): the frame is never selected from as a whole, which would copy every column into one
+    # chunk (+0.8 GiB at 11.5M rows). The ratios touch only their own columns; the order is by name.
     feats = pl.concat(blocks, how="horizontal")
-    ratios = [pl.when(pl.col(r.denominator).is_null() | (pl.col(r.denominator) == 0)).then(None)
-              .otherwise(pl.col(r.numerator) / pl.col(r.denominator)).cast(pl.Float32).alias(r.name) for r in spec.ratios]
-    return feats.with_columns(ratios).select(*keys, *feature_names(spec, numerics))
+    if spec.ratios:
+        feats = pl.concat([feats, feats.select(
+            pl.when(pl.col(r.denominator).is_null() | (pl.col(r.denominator) == 0)).then(None)
+            .otherwise(pl.col(r.numerator) / pl.col(r.denominator)).cast(pl.Float32).alias(r.name) for r in spec.ratios)],
+            how="horizontal")
+    return feats[[*keys, *feature_names(spec, numerics)]]
 
 
 def merge_shards(events: pl.DataFrame, parts: list[dict[str, pl.DataFrame]], spec: FeatureParams, start: dt.date,
