@@ -50,7 +50,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -989,14 +989,14 @@ def _read(reader: lineage.Reader, uri: str, columns: list[str] | None = None, pr
     return pl.read_parquet(io.BytesIO(reader.read_bytes(uri, primary)), columns=columns)
 
 
-def _frames(reader: lineage.Reader, uri: str, columns: list[str] | None = None, primary: str | None = None
-            ) -> Iterator[pl.DataFrame]:
-    """A partition's rows in frames of READ_ROWS rows, in order (its bytes checked first, as _read),
+def _frames(reader: lineage.Reader, uri: str, columns: list[str] | None = None, primary: str | None = None,
+            rows: int = READ_ROWS) -> Iterator[pl.DataFrame]:
+    """A partition's rows in frames of `rows` rows, in order (its bytes checked first, as _read),
     decoded by polars' streaming engine (storage.iter_parquet: it decodes up to a row group, 1M rows,
     ahead of the frames it gives)."""
     import io
 
-    yield from storage.iter_parquet(io.BytesIO(reader.read_bytes(uri, primary)), columns, READ_ROWS, streaming=True)
+    yield from storage.iter_parquet(io.BytesIO(reader.read_bytes(uri, primary)), columns, rows, streaming=True)
 
 
 def _sibling(primary: str, name: str) -> str:
@@ -1156,28 +1156,40 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
             if b < tx.first_date:
                 continue
             uri = store.uri("validated", dataset=tx.name, date=b.isoformat())
-            frame = _read(reader, uri, ["event_id", "event_ts", *entities, *values])
-            event_ids.append(frame.select(hashed))
+            # in frames (a whole boundary day and its copies cut to the day's entities were the stage's
+            # peak at 11.5M rows a day); each frame is spilled as it comes
+            for frame in _frames(reader, uri, ["event_id", "event_ts", *entities, *values], rows=SPILL_ROWS):
+                event_ids.append(frame.select(hashed))
+                spill.add("events", frame.drop("event_id"), rolled)
+                del frame
             read.append(uri)
-            spill.add("events", frame.drop("event_id"), rolled)
-            del frame
-        if pl.concat(event_ids).to_series().is_duplicated().any():
+        # sorted, a repeat is two equal neighbours: a copy of the hashes, not is_duplicated's hash table
+        # over them (+1.2 GiB at a 11.5M-row day and two boundary days: the stage's peak)
+        hashes = pl.concat(event_ids).to_series().sort()
+        del event_ids
+        repeated = len(hashes) > 1 and bool((hashes.slice(1) == hashes.slice(0, len(hashes) - 1)).any())
+        del hashes
+        if repeated:
             _check_unique(pl.concat([_read(reader, u, ["event_id", "event_ts"]) for u in read]), "event_ts",
                           "validated transactions (the day and its boundary days)", day, day)
-        del event_ids
         totals, sums = Totals(False, keys), Totals(True, keys)
         # the state partitions are read in a thread (its own Reader), a few frames ahead (_streamed)
         ahead = lineage.Reader()
-        todo = [f for f in p.totals if f in states]
+        todo = sorted(f for f in p.totals if f in states)
         parts = _streamed([functools.partial(_frames, ahead, states[f]) for f in todo])
-        for f in todo:
+
+        def spill_totals(done: Totals) -> None:
+            for frame in done.slot_frames(SPILL_ROWS):
+                spill.add("totals", frame)
+                del frame                   # not held while the next slot's rows are made
+        for f in todo:                      # (in date order: a run's days one after the other)
             at = f
+            if totals.slots and (runs[f],) not in totals.slots:
+                spill_totals(totals)        # the runs before are complete: spilled, their arrays let go
             totals.add(frame.with_columns(pl.lit(runs[f]).alias("day")) for frame in next(parts))
         parts.close()
         at = None
-        for frame in totals.slot_frames(SPILL_ROWS):
-            spill.add("totals", frame)
-            del frame                       # not held while the next slot's rows are made
+        spill_totals(totals)
         del totals
         landings = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
 
@@ -1186,18 +1198,18 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
             objects = ahead.record(st)["objects"]
             uris = [_sibling(st, OBJECTS["labelled"].format(e)) for e in p.label_boundary]
             yield from (("totals", f) for f in _frames(ahead, _sibling(st, OBJECTS["label_totals"]), primary=st))
-            yield from (("labelled", _read(ahead, u, ["event_ts", *entities, "label"], primary=st))
-                        for u in uris if u in objects)
+            for u in uris:
+                if u in objects:
+                    yield from (("labelled", f) for f in _frames(ahead, u, ["event_ts", *entities, "label"], primary=st,
+                                                                rows=SPILL_ROWS))
         parts = _streamed([functools.partial(landed_labels, states[x + dt.timedelta(days=1)]) for x in landings])
         for landed in landings:
             at = landed + dt.timedelta(days=1)
             avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
             known = pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
-            labelled: list[pl.DataFrame] = []
-            sums.add(_label_sums(next(parts), label_runs, avail, labelled))
-            for frame in labelled:
-                spill.add("labelled", frame.with_columns(known.alias("available_at")), rated)
-            labelled.clear()
+            sums.add(_label_sums(next(parts), label_runs, avail,
+                                 lambda frame, known=known: spill.add("labelled", frame.with_columns(known.alias("available_at")),
+                                                                      rated)))
         parts.close()
         for frame in sums.slot_frames(SPILL_ROWS):
             spill.add("label_totals", frame)
@@ -1215,14 +1227,14 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
 
 
 def _label_sums(items: Iterator[tuple[str, pl.DataFrame]], runs: dict[dt.date, dt.date], avail: pl.Expr,
-                labelled: list[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+                labelled: Callable[[pl.DataFrame], None]) -> Iterator[pl.DataFrame]:
     """A landing's label totals, in frames, cut to the runs and with their availability; its labelled
-    events are put aside in `labelled`."""
+    events' frames go to `labelled` as they come (spilled, not held)."""
     for kind, frame in items:
         if kind == "totals":
             yield _for_run(frame, "event_date", runs).with_columns(avail)
         else:
-            labelled.append(frame)
+            labelled(frame)
 
 
 def _streamed(sources: list, depth: int = 2):
