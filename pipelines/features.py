@@ -566,6 +566,7 @@ class SpilledHistory:
         self._dir = tempfile.TemporaryDirectory(prefix="fraudops-features-history-")
         self.files: dict[tuple[str, str], list[str]] = {}
         self.heights = dict.fromkeys(self.KINDS, 0)
+        self._parts: dict[tuple, dict[str, int]] = {}      # (kind, partition) -> rows spilled per entity
 
     def __enter__(self) -> "SpilledHistory":
         return self
@@ -576,14 +577,16 @@ class SpilledHistory:
     def close(self) -> None:
         self._dir.cleanup()
 
-    def add(self, kind: str, frame: pl.DataFrame, ids: dict[str, pl.DataFrame] | None = None) -> None:
+    def add(self, kind: str, frame: pl.DataFrame, ids: dict[str, pl.DataFrame] | None = None,
+            part: str | None = None) -> None:
         """Spill `frame` (one of KINDS). Events and labelled events (entity columns): the rows of each
-        entity in `ids` (that entity's ids of the day), per entity; totals (entity, id): per entity."""
+        entity in `ids` (that entity's ids of the day), per entity; totals (entity, id): per entity.
+        `part`: the partition the frame is a piece of (one read in frames is counted as if whole)."""
         import pyarrow as pa
 
         if not frame.height:
             return
-        spilled = []
+        spilled, names = [], []
         for ent in self.grouped:
             if kind in ("totals", "label_totals"):
                 rows, column = frame.filter(pl.col("entity") == ent), "id"
@@ -600,6 +603,7 @@ class SpilledHistory:
             if not rows.height:
                 continue
             spilled.append(rows.height)
+            names.append(ent)
             rows = rows.with_columns(pl.col(pl.Int128).cast(pl.Decimal(38, 0)),   # Arrow has no Int128
                                      _bucket(column).alias("__b")).sort("__b", maintain_order=True)
             edges = rows["__b"].search_sorted(pl.Series(range(BUCKETS + 1), dtype=pl.UInt16), side="left").to_list()
@@ -612,8 +616,16 @@ class SpilledHistory:
                 for lo, hi in zip(edges, edges[1:]):
                     writer.write_batch(batch.slice(lo, hi - lo))
             self.files.setdefault((kind, ent), []).append(path)
-        # rows held (as the in-memory History counts them): a row of events serves every entity
-        self.heights[kind] += sum(spilled) if kind in ("totals", "label_totals") else max(spilled, default=0)
+        # rows held (as the in-memory History counts them): a row of events serves every entity, so a
+        # partition counts its largest entity's rows, whether it comes whole or in frames
+        if kind in ("totals", "label_totals"):
+            self.heights[kind] += sum(spilled)
+            return
+        counts = self._parts.setdefault((kind, part if part is not None else len(self._parts)), {})
+        before = max(counts.values(), default=0)
+        for ent, n in zip(names, spilled):
+            counts[ent] = counts.get(ent, 0) + n
+        self.heights[kind] += max(counts.values(), default=0) - before
 
     def rows(self) -> int:
         return sum(self.heights.values())
@@ -1160,7 +1172,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
             # peak at 11.5M rows a day); each frame is spilled as it comes
             for frame in _frames(reader, uri, ["event_id", "event_ts", *entities, *values], rows=SPILL_ROWS):
                 event_ids.append(frame.select(hashed))
-                spill.add("events", frame.drop("event_id"), rolled)
+                spill.add("events", frame.drop("event_id"), rolled, part=uri)
                 del frame
             read.append(uri)
         # sorted, a repeat is two equal neighbours: a copy of the hashes, not is_duplicated's hash table
@@ -1194,22 +1206,22 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         landings = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
 
         def landed_labels(st: str) -> Iterator[tuple[str, pl.DataFrame]]:
-            """A landing's label totals in frames, then its labelled events of the label boundary days."""
+            """A landing's label totals in frames, then its labelled events of the label boundary days (by object)."""
             objects = ahead.record(st)["objects"]
             uris = [_sibling(st, OBJECTS["labelled"].format(e)) for e in p.label_boundary]
             yield from (("totals", f) for f in _frames(ahead, _sibling(st, OBJECTS["label_totals"]), primary=st))
             for u in uris:
                 if u in objects:
-                    yield from (("labelled", f) for f in _frames(ahead, u, ["event_ts", *entities, "label"], primary=st,
-                                                                rows=SPILL_ROWS))
+                    yield from ((u, f) for f in _frames(ahead, u, ["event_ts", *entities, "label"], primary=st,
+                                                       rows=SPILL_ROWS))
         parts = _streamed([functools.partial(landed_labels, states[x + dt.timedelta(days=1)]) for x in landings])
         for landed in landings:
             at = landed + dt.timedelta(days=1)
             avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
             known = pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
             sums.add(_label_sums(next(parts), label_runs, avail,
-                                 lambda frame, known=known: spill.add("labelled", frame.with_columns(known.alias("available_at")),
-                                                                      rated)))
+                                 lambda uri, frame, known=known: spill.add(
+                                     "labelled", frame.with_columns(known.alias("available_at")), rated, part=uri)))
         parts.close()
         for frame in sums.slot_frames(SPILL_ROWS):
             spill.add("label_totals", frame)
@@ -1227,14 +1239,15 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
 
 
 def _label_sums(items: Iterator[tuple[str, pl.DataFrame]], runs: dict[dt.date, dt.date], avail: pl.Expr,
-                labelled: Callable[[pl.DataFrame], None]) -> Iterator[pl.DataFrame]:
-    """A landing's label totals, in frames, cut to the runs and with their availability; its labelled
-    events' frames go to `labelled` as they come (spilled, not held)."""
+                labelled: Callable[[str, pl.DataFrame], None]) -> Iterator[pl.DataFrame]:
+    """A landing's label totals ("totals", frame), in frames, cut to the runs and with their
+    availability; its labelled events' frames (object uri, frame) go to `labelled` as they come
+    (spilled, not held)."""
     for kind, frame in items:
         if kind == "totals":
             yield _for_run(frame, "event_date", runs).with_columns(avail)
         else:
-            labelled(frame)
+            labelled(kind, frame)
 
 
 def _streamed(sources: list, depth: int = 2):

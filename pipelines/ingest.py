@@ -288,7 +288,8 @@ def read_source(ds: DatasetParams, day: dt.date, files: list[tuple[str, bytes]] 
     frames, sources = [], []
     for uri, data in files if files is not None else source_files(ds, day):
         df = _read_file(ds, day, uri, data)
-        frames.append(df.hstack([_row_numbers(df)]).with_columns(pl.lit(uri.rsplit("/", 1)[-1]).alias(FILE)))
+        # (replacing a source column of that name, as any unmapped column is ignored)
+        frames.append(df.with_columns(_row_numbers(df), pl.lit(uri.rsplit("/", 1)[-1]).alias(FILE)))
         sources.append({"uri": uri, "bytes": len(data), "rows": df.height, "sha256": storage.sha256(data),
                         "columns": [c for c in df.columns if c not in (FILE, ROW)]})
     return frames, sources

@@ -399,3 +399,22 @@ def test_an_entity_with_time_since_last_only_is_served_by_the_nightly_path(spec)
         for h in (hist, spilled):
             assert compute_features(today, labels.head(0), since_only, day, day, ENTITIES, NUMERICS,
                                     history=h).equals(full)
+
+
+def test_a_partition_spilled_in_frames_counts_its_rows_as_if_whole(spec):
+    """A boundary day (or a labelled object) read in frames is spilled frame by frame; the rows the
+    History counts (its chunk count, the log) are those of the whole partition: its largest entity's."""
+    from pipelines.features import SpilledHistory, _grouped, history_from_events
+
+    events, labels = small_world(seed=5, n=1500, days=50)
+    day = dt.date(2026, 2, 17)
+    hist = history_from_events(events, labels, spec, day, ENTITIES)
+    today = events.filter(pl.col("event_ts").dt.date() == day)
+    ids = {e: today.select(pl.col(e).cast(pl.String).unique()) for e in ENTITIES}
+    with SpilledHistory(_grouped(spec)) as whole, SpilledHistory(_grouped(spec)) as pieces:
+        whole.add("events", hist.events, ids)
+        whole.add("labelled", hist.labelled, ids)
+        for kind, frame in (("events", hist.events), ("labelled", hist.labelled)):
+            for lo in range(0, frame.height, 7):
+                pieces.add(kind, frame.slice(lo, 7), ids, part=f"{kind}-day")
+        assert pieces.heights == whole.heights and whole.heights["events"] > 0 and whole.heights["labelled"] > 0

@@ -219,3 +219,20 @@ def test_normalize_keeps_and_rejects_what_the_rules_say_row_by_row(seed, dataset
     assert r.stats["rows_in"] == sum(len(rows) for _, rows in files) == r.canonical.height + r.rejects.height
     if label:
         assert r.stats["label_conflicts"] == {"within_day": within, "across_days": across}
+
+
+def test_a_source_column_named_like_the_row_number_is_replaced_not_an_error(setup):
+    """read_source adds _source_file/_source_row; a delivered column of that name (unmapped, so not
+    read) is replaced, as before, and the row numbers follow the file's row groups."""
+    import io
+
+    from pipelines.ingest import read_source
+
+    params, tx, _ = setup
+    buf = io.BytesIO()
+    pl.concat([tx.head(50), tx.slice(50, 70)], rechunk=False).with_columns(pl.lit(-1).alias(ROW)).write_parquet(
+        buf, row_group_size=40)
+    frames, sources = read_source(params.dataset("transactions"), DAY, [("mem://x/part-0.parquet", buf.getvalue())])
+    assert frames[0][ROW].to_list() == list(range(120)) and sources[0]["rows"] == 120
+    r = normalize(frames, params.dataset("transactions"), DAY, params.ingest)
+    assert r.canonical.height == 120 and r.stats["rows_rejected"] == 0
