@@ -567,6 +567,7 @@ class SpilledHistory:
         self.files: dict[tuple[str, str], list[str]] = {}
         self.heights = dict.fromkeys(self.KINDS, 0)
         self._parts: dict[tuple, dict[str, int]] = {}      # (kind, partition) -> rows spilled per entity
+        self._wanted: dict[str, tuple] = {}                 # entity -> (its ids, their hashes)
 
     def __enter__(self) -> "SpilledHistory":
         return self
@@ -596,7 +597,10 @@ class SpilledHistory:
                 # the rows of the day's entities by a 64-bit hash of the id (a semi join: ~5x a string
                 # is_in at 3.45M rows); a colliding id of another entity may come along, and the
                 # timeline's exact join on the ids drops it (_context_rows)
-                wanted = ids[ent].select(_id_hash(ent).alias("__m")).unique()
+                mine = self._wanted.get(ent)
+                if mine is None or mine[0] is not ids[ent]:      # hashed once per set of ids, not per frame
+                    mine = self._wanted[ent] = (ids[ent], ids[ent].select(_id_hash(ent).alias("__m")).unique())
+                wanted = mine[1]
                 rows, column = frame.join(wanted, left_on=_id_hash(ent), right_on="__m", how="semi",
                                           maintain_order="left"), ent
                 rows = rows.drop([e for e in self.grouped if e != ent and e in rows.columns])   # not read
@@ -626,6 +630,10 @@ class SpilledHistory:
         for ent, n in zip(names, spilled):
             counts[ent] = counts.get(ent, 0) + n
         self.heights[kind] += max(counts.values(), default=0) - before
+
+    def added(self) -> None:
+        """Nothing more is added: the hashes of the day's ids (kept across frames) are let go."""
+        self._wanted.clear()
 
     def rows(self) -> int:
         return sum(self.heights.values())
@@ -1226,6 +1234,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         for frame in sums.slot_frames(SPILL_ROWS):
             spill.add("label_totals", frame)
             del frame
+        spill.added()
     except BaseException as exc:                    # nothing is left on disk when the night fails
         if parts is not None:
             parts.close()                           # the reading thread stops
