@@ -216,7 +216,6 @@ def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt
         .sort([FILE, ROW])
     order = ["event_ts", "event_id"] if "event_ts" in schema else ["event_id"]
     canonical = joined.select(list(mapping))[kept.sort(order)["__i"]].cast(schema)
-    del joined, keys, kept
     if ds.columns.label:
         canonical = canonical.with_columns(
             pl.lit(day).alias("label_date"),
