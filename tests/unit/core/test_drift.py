@@ -61,7 +61,9 @@ def test_grid_index_is_numpys_binary_search():
         v = np.concatenate([rng.standard_normal(3_000) * 10.0 ** rng.integers(-6, 7), rng.integers(-4, 4, 500),
                             grid, np.nextafter(grid, np.inf), np.nextafter(grid, -np.inf),
                             [-0.0, 0.0, 1e308, -1e308, 5e-324, -5e-324, np.finfo(float).max, -np.finfo(float).max]])
-        assert np.array_equal(GridIndex(grid)(v), np.searchsorted(grid, v, side="left")), grid[:5]
+        idx, eq = GridIndex(grid).locate(v)
+        assert np.array_equal(idx, np.searchsorted(grid, v, side="left")), grid[:5]
+        assert np.array_equal(eq, np.append(grid, np.inf)[idx] == v), grid[:5]
     assert any(searched) and not all(searched)     # both ways: the bucket table, and numpy for a dense cluster
     assert GridIndex(np.array([0.0, *np.linspace(40.70, 40.71, 99)])).fallback is not None   # coordinates beside a 0
     # and what NumericDrift counts with it, on a zero-inflated feature of 50k rows
@@ -70,6 +72,29 @@ def test_grid_index_is_numpys_binary_search():
     idx = np.searchsorted(d.grid, values, side="left")
     assert np.array_equal(d.upto, np.bincount(idx, minlength=len(d.grid) + 1))
     assert np.array_equal(d.equal, np.bincount(idx[d.grid.take(idx, mode="clip") == values], minlength=len(d.grid)))
+
+
+def test_numeric_drift_counts_a_long_column_slice_by_slice_as_one():
+    """A batch longer than NumericDrift.SLICE (nulls, NaN and infinities among the values) gets the
+    counts of one pass of np.searchsorted over its finite values, and two batches add up to one."""
+    rng = np.random.default_rng(11)
+    n = NumericDrift.SLICE * 3 + 1234
+    values = np.where(rng.random(n) < 0.3, 0.0, rng.lognormal(2, 1.5, n))
+    values[rng.integers(0, n, 300)] = np.nan
+    values[rng.integers(0, n, 200)] = np.inf
+    values[rng.integers(0, n, 100)] = -np.inf
+    ref = _ref(values[np.isfinite(values)][:20_000])
+    col = pl.Series([None if i % 97 == 0 else v for i, v in enumerate(values.tolist())], dtype=pl.Float64)
+    d = NumericDrift(ref).update(col)
+    finite = values[[i % 97 != 0 for i in range(n)]]
+    finite = finite[np.isfinite(finite)]
+    idx = np.searchsorted(d.grid, finite, side="left")
+    assert d.n == n and d.nulls == len(range(0, n, 97)) and d.finite == len(finite)
+    assert np.array_equal(d.upto, np.bincount(idx, minlength=len(d.grid) + 1))
+    assert np.array_equal(d.equal, np.bincount(idx[d.grid.take(idx, mode="clip") == finite], minlength=len(d.grid)))
+    assert d.oor == int(((finite < ref["min"]) | (finite > ref["max"])).sum()) > 0
+    two = NumericDrift(ref).update(col.slice(0, 70_001)).update(col.slice(70_001))
+    assert two.state() == d.state()
 
 
 def test_categorical_drift_counts_unseen_values():
