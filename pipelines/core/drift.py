@@ -6,7 +6,6 @@ the reference's percentiles. The monitors count, batch by batch, so a day of any
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import polars as pl
@@ -208,10 +207,26 @@ class CategoricalDrift:
     def update(self, col: pl.Series) -> "CategoricalDrift":
         self.n += col.len()
         self.nulls += col.null_count()
-        vc = col.drop_nulls().value_counts(sort=False)
+        v = col.drop_nulls()
+        if v.dtype.is_integer() and v.len():
+            # integer codes and counts (the usual categories): np.bincount over their span, a slice at a
+            # time, instead of a hash table per batch (~3x faster on score's batches; the same counts)
+            a = v.to_numpy()
+            lo, hi = int(a.min()), int(a.max())
+            if hi - lo < self.SPAN:
+                counts = np.zeros(hi - lo + 1, np.int64)
+                for s in range(0, len(a), NumericDrift.SLICE):
+                    counts += np.bincount(a[s:s + NumericDrift.SLICE].astype(np.int64) - lo, minlength=len(counts))
+                for k in np.flatnonzero(counts):
+                    key = str(int(k) + lo)
+                    self.counts[key] = self.counts.get(key, 0) + int(counts[k])
+                return self
+        vc = v.value_counts(sort=False)
         for k, c in zip(vc[:, 0].to_list(), vc[:, 1].to_list()):
             self.counts[str(k)] = self.counts.get(str(k), 0) + c
         return self
+
+    SPAN = 1 << 16          # the widest span of integers counted by np.bincount
 
     def state(self) -> dict:
         return {"counts": self.counts, "n": self.n, "nulls": self.nulls}
@@ -307,19 +322,16 @@ class FeatureDrift:
         self.accs: dict = {}
 
     def update(self, frame: pl.DataFrame) -> "FeatureDrift":
-        """Count one batch, the features side by side in threads (numpy's binary search lets go of
-        the GIL: at 1.15M rows x 35 features 0.96 s instead of 1.65 s on 2 cores); each feature's
-        counts are its own, so the result does not depend on the threads."""
-        from concurrent.futures import ThreadPoolExecutor
-
+        """Count one batch, feature by feature (each feature's counts are its own). In one thread:
+        the counting is ~2x faster than it was when threads first paid for it (1.15M rows x 35
+        features: 0.96 s in two threads instead of 1.65 s in one), and threads no longer gain (score's
+        10M rows: 8 batches of 262,144 rows counted in 0.37 s in one thread, 0.38-0.40 s in two) while
+        they take the core that writes the predictions."""
         if not frame.height:        # an empty day observes nothing (no feature, as before)
             return self
-        todo = [f for f in self.refs if f in frame.columns]
-        for f in todo:
-            self.accs.setdefault(f, drift_of(self.refs[f]))
-        with ThreadPoolExecutor(max(1, min(len(todo), os.cpu_count() or 1))) as pool:
-            for _ in pool.map(lambda f: self.accs[f].update(frame[f]), todo):
-                pass
+        for f in self.refs:
+            if f in frame.columns:
+                self.accs.setdefault(f, drift_of(self.refs[f])).update(frame[f])
         return self
 
     def state(self) -> dict:
