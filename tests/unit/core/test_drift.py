@@ -119,3 +119,22 @@ def test_slices_and_reference_profile(params):
     assert len(a["edges"]) == 9 and sum(a["shares"]) == pytest.approx(0.95)   # nulls are their own share
     assert prof["features"]["is_night"]["kind"] == "categorical"
     assert sum(prof["score"]["shares"]) == pytest.approx(1.0)
+
+
+def test_categorical_drift_counts_integers_as_a_counter_does():
+    """The bincount path (a span of integer codes) and the hash path (a wider span, or not integers)
+    count what collections.Counter counts, nulls apart, batch after batch."""
+    from collections import Counter
+
+    rng = np.random.default_rng(3)
+    ref = {"kind": "categorical", "null_share": 0.0, "frequencies": {"0": 0.5, "1": 0.5}}
+    n = NumericDrift.SLICE * 2 + 77
+    cases = [pl.Series(rng.integers(-5, 40, n), dtype=pl.Int8), pl.Series(rng.integers(0, 3, n), dtype=pl.Int32),
+             pl.Series(np.where(rng.random(n) < 0.5, 0, rng.integers(-(1 << 40), 1 << 40, n)), dtype=pl.Int64),
+             pl.Series(rng.integers(0, 1 << 20, n), dtype=pl.UInt32),
+             pl.Series(rng.choice(["a", "b", "c"], n))]
+    for col in cases:
+        col = pl.select(pl.when(pl.int_range(n) % 13 == 0).then(None).otherwise(col)).to_series()
+        d = CategoricalDrift(ref).update(col.slice(0, 1000)).update(col.slice(1000)).update(col.clear())
+        want = Counter(str(v) for v in col.to_list() if v is not None)
+        assert d.counts == dict(want) and d.nulls == col.null_count() and d.n == n, col.dtype
