@@ -115,9 +115,15 @@ def base_decisions(frame: pl.DataFrame, p: DecideParams) -> pl.DataFrame:
 def review_candidates(frame: pl.DataFrame, overridden: pl.Series) -> pl.DataFrame:
     """Rows that want the review queue (events a reviewer already decided use no capacity):
     priority 0 = forced by a rule, 1 = the model's."""
-    free = ~pl.col("event_id").is_in(overridden.implode())
-    forced = free & (pl.col("decision") == "review") & pl.col("reason_code").cast(pl.String).str.starts_with("rule:")
-    modeled = free & (pl.col("decision") == "review") & (pl.col("reason_code") == "model_review")
+    review = pl.col("decision") == "review"
+    if overridden.len():            # (most days have no verdict: no 10M-row membership test)
+        review = review & ~pl.col("event_id").is_in(overridden.implode())
+    why = frame.schema["reason_code"]
+    # a rule's reason: on decide's Enum, a test of its codes, not 10M strings made to test their prefix
+    by_rule = (pl.col("reason_code").is_in([c for c in why.categories if c.startswith("rule:")])
+               if isinstance(why, pl.Enum) else pl.col("reason_code").cast(pl.String).str.starts_with("rule:"))
+    forced = review & by_rule
+    modeled = review & (pl.col("reason_code") == "model_review")
     return (frame.with_columns(pl.when(forced).then(0).when(modeled).then(1).otherwise(None).alias("_prio"))
             .filter(pl.col("_prio").is_not_null()).select("__row", "event_id", "_prio", "score"))
 
