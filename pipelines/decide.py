@@ -116,8 +116,10 @@ def review_candidates(frame: pl.DataFrame, overridden: pl.Series) -> pl.DataFram
     """Rows that want the review queue (events a reviewer already decided use no capacity):
     priority 0 = forced by a rule, 1 = the model's."""
     review = pl.col("decision") == "review"
-    if overridden.len():            # (most days have no verdict: no 10M-row membership test)
-        review = review & ~pl.col("event_id").is_in(overridden.implode())
+    # an event a reviewer decided is not a candidate (most days have no verdict: no 10M-row membership
+    # test then); an event without an id never is (ingest rejects them; as the membership test did)
+    review = review & (~pl.col("event_id").is_in(overridden.implode()) if overridden.len()
+                       else pl.col("event_id").is_not_null())
     why = frame.schema["reason_code"]
     # a rule's reason: on decide's Enum, a test of its codes, not 10M strings made to test their prefix
     by_rule = (pl.col("reason_code").is_in([c for c in why.categories if c.startswith("rule:")])

@@ -166,3 +166,17 @@ def test_a_day_without_events_publishes_the_decisions_columns(tmp_path):
     back = pl.read_parquet(tmp_path / "out" / "d.parquet")
     assert back.height == 0 and {"event_id", "decision", "reason_code", "queue_rank", "model_version"} <= set(back.columns)
     assert back.schema["decision"] == pl.String
+
+
+def test_review_candidates_leave_out_decided_events_and_events_without_an_id():
+    """With verdicts, the events decided use no capacity; with none (the fast path), the same rows as
+    the membership test gave: an event without an id is never a candidate."""
+    from pipelines.decide import base_decisions, review_candidates
+
+    pred = _pred([0.7, 0.6, 0.1, 0.8], amounts=[10.0, 10.0, 5000.0, 10.0]).with_columns(
+        pl.Series("event_id", ["e0", None, "e2", "e3"]))
+    base = base_decisions(pred, DP).with_row_index("__row")
+    none = review_candidates(base, pl.Series("event_id", [], dtype=pl.String))
+    assert none.sort("__row").select("__row", "_prio").rows() == [(0, 1), (2, 0), (3, 1)]
+    some = review_candidates(base, pl.Series("event_id", ["e3"]))
+    assert some.sort("__row").select("__row", "_prio").rows() == [(0, 1), (2, 0)]

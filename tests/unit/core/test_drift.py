@@ -132,6 +132,9 @@ def test_categorical_drift_counts_integers_as_a_counter_does():
     cases = [pl.Series(rng.integers(-5, 40, n), dtype=pl.Int8), pl.Series(rng.integers(0, 3, n), dtype=pl.Int32),
              pl.Series(np.where(rng.random(n) < 0.5, 0, rng.integers(-(1 << 40), 1 << 40, n)), dtype=pl.Int64),
              pl.Series(rng.integers(0, 1 << 20, n), dtype=pl.UInt32),
+             pl.Series((1 << 63) + rng.integers(0, 5, n).astype(np.uint64), dtype=pl.UInt64),   # beyond int64
+             pl.Series(rng.integers(0, 7, n), dtype=pl.UInt64), pl.Series(rng.integers(-3, 3, n), dtype=pl.Int128),
+             pl.Series(rng.random(n) < 0.3),
              pl.Series(rng.choice(["a", "b", "c"], n))]
     for col in cases:
         col = pl.select(pl.when(pl.int_range(n) % 13 == 0).then(None).otherwise(col)).to_series()
