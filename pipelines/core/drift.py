@@ -6,7 +6,6 @@ the reference's percentiles. The monitors count, batch by batch, so a day of any
 """
 from __future__ import annotations
 
-
 import numpy as np
 import polars as pl
 
@@ -14,6 +13,10 @@ from pipelines.core.config import EvaluateParams
 
 EPS = 1e-4               # shares are clipped to this before PSI's log
 MAX_CATEGORIES = 32      # an integer column with at most this many values is a category
+# values counted at a time: a score batch's column (262,144 values, 2 MiB a temporary array) made every
+# numpy step a fresh allocation and its page faults; 65,536 (0.5 MiB) stay in the cache and in malloc's
+# free lists (1.5x faster, the same integers)
+SLICE = 65_536
 
 
 def reference_profile(frame: pl.DataFrame, manifest: dict, p: EvaluateParams) -> dict:
@@ -134,14 +137,9 @@ class NumericDrift:
         v = col.cast(pl.Float64).drop_nulls().to_numpy()
         self.n += col.len()
         self.nulls += col.len() - len(v)
-        # counted a slice at a time: a score batch's column (262,144 values, 2 MiB a temporary array)
-        # made every numpy step a fresh allocation and its page faults; 65,536 values (0.5 MiB) stay
-        # in the cache and in malloc's free lists: 1.5x faster, the same integers
-        for s in range(0, len(v), self.SLICE):
-            self._count(v[s:s + self.SLICE])
+        for s in range(0, len(v), SLICE):
+            self._count(v[s:s + SLICE])
         return self
-
-    SLICE = 65_536
 
     def _count(self, v: np.ndarray) -> None:
         finite = np.isfinite(v)
@@ -216,8 +214,8 @@ class CategoricalDrift:
             lo, hi = int(a.min()), int(a.max())
             if hi - lo < self.SPAN:
                 counts = np.zeros(hi - lo + 1, np.int64)
-                for s in range(0, len(a), NumericDrift.SLICE):
-                    counts += np.bincount(a[s:s + NumericDrift.SLICE].astype(np.int64) - lo, minlength=len(counts))
+                for s in range(0, len(a), SLICE):
+                    counts += np.bincount(a[s:s + SLICE].astype(np.int64) - lo, minlength=len(counts))
                 for k in np.flatnonzero(counts):
                     key = str(int(k) + lo)
                     self.counts[key] = self.counts.get(key, 0) + int(counts[k])

@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.core.drift import CategoricalDrift, GridIndex, NumericDrift, psi, reference_profile
+from pipelines.core.drift import SLICE, CategoricalDrift, GridIndex, NumericDrift, psi, reference_profile
 from pipelines.core.metrics import slice_metrics
 
 
@@ -75,10 +75,10 @@ def test_grid_index_is_numpys_binary_search():
 
 
 def test_numeric_drift_counts_a_long_column_slice_by_slice_as_one():
-    """A batch longer than NumericDrift.SLICE (nulls, NaN and infinities among the values) gets the
+    """A batch longer than drift.SLICE (nulls, NaN and infinities among the values) gets the
     counts of one pass of np.searchsorted over its finite values, and two batches add up to one."""
     rng = np.random.default_rng(11)
-    n = NumericDrift.SLICE * 3 + 1234
+    n = SLICE * 3 + 1234
     values = np.where(rng.random(n) < 0.3, 0.0, rng.lognormal(2, 1.5, n))
     values[rng.integers(0, n, 300)] = np.nan
     values[rng.integers(0, n, 200)] = np.inf
@@ -128,7 +128,7 @@ def test_categorical_drift_counts_integers_as_a_counter_does():
 
     rng = np.random.default_rng(3)
     ref = {"kind": "categorical", "null_share": 0.0, "frequencies": {"0": 0.5, "1": 0.5}}
-    n = NumericDrift.SLICE * 2 + 77
+    n = SLICE * 2 + 77
     cases = [pl.Series(rng.integers(-5, 40, n), dtype=pl.Int8), pl.Series(rng.integers(0, 3, n), dtype=pl.Int32),
              pl.Series(np.where(rng.random(n) < 0.5, 0, rng.integers(-(1 << 40), 1 << 40, n)), dtype=pl.Int64),
              pl.Series(rng.integers(0, 1 << 20, n), dtype=pl.UInt32),
