@@ -120,11 +120,9 @@ def review_candidates(frame: pl.DataFrame, overridden: pl.Series) -> pl.DataFram
     # test then); an event without an id never is (ingest rejects them; as the membership test did)
     review = review & (~pl.col("event_id").is_in(overridden.implode()) if overridden.len()
                        else pl.col("event_id").is_not_null())
-    why = frame.schema["reason_code"]
-    # a rule's reason: on decide's Enum, a test of its codes, not 10M strings made to test their prefix
-    by_rule = (pl.col("reason_code").is_in([c for c in why.categories if c.startswith("rule:")])
-               if isinstance(why, pl.Enum) else pl.col("reason_code").cast(pl.String).str.starts_with("rule:"))
-    forced = review & by_rule
+    # a rule's reason: a test of the Enum's codes (base_decisions), not 10M strings made to test a prefix
+    rules = [c for c in frame.schema["reason_code"].categories if c.startswith("rule:")]
+    forced = review & pl.col("reason_code").is_in(rules)
     modeled = review & (pl.col("reason_code") == "model_review")
     return (frame.with_columns(pl.when(forced).then(0).when(modeled).then(1).otherwise(None).alias("_prio"))
             .filter(pl.col("_prio").is_not_null()).select("__row", "event_id", "_prio", "score"))
