@@ -221,6 +221,27 @@ def fill_defaults(frame: pl.DataFrame, defaults: dict, features: list[str], prof
     return frame.with_columns(filled), names
 
 
+CONSTANT = ("model_name", "model_version", "run_id", "spec_hash", "scored_by")   # one value per partition
+
+
+def _constant(value: str | None) -> pl.Expr:
+    """A string column of one value, as an Enum of that value: the sink writes it as its codes (one
+    dictionary entry), ~2x less writer time for the predictions at 10M rows and no copy of the strings
+    into Arrow. The file holds plain strings (plain_schema); a null stays a null String."""
+    return pl.lit(None, dtype=pl.String) if value is None else pl.lit(value, dtype=pl.Enum([value]))
+
+
+def _as_scored(batch: pl.DataFrame) -> pl.DataFrame:
+    """A batch of predictions read back (plain strings) typed as score_partition makes them: the merge
+    of shards writes the bytes of one unsharded run (the sink's choice of dictionaries follows the type)."""
+    out = []
+    for c in CONSTANT:
+        values = batch[c].unique()
+        if batch[c].dtype == pl.String and batch[c].null_count() == 0 and len(values) == 1:
+            out.append(batch[c].cast(pl.Enum(values.to_list())))
+    return batch.with_columns(out)
+
+
 def score_partition(frame: pl.DataFrame, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.date,
                     where: str, observed: FeatureDrift | None = None) -> tuple[pl.DataFrame, dict]:
     """Predictions for one feature partition (rows in = rows out) and timing stats. The rows carry
@@ -266,11 +287,8 @@ def score_partition(frame: pl.DataFrame, fmanifest: dict, served: Served, p: Sco
         pl.lit(ds).alias("ds"),
         pl.Series("score", score, dtype=pl.Float32),
         pl.lit(threshold, dtype=pl.Float32).alias("threshold"),
-        pl.lit(served.name or p.model_name, dtype=pl.String).alias("model_name"),
-        pl.lit(served.version, dtype=pl.String).alias("model_version"),
-        pl.lit(served.run_id, dtype=pl.String).alias("run_id"),
-        pl.lit(fmanifest["spec_hash"], dtype=pl.String).alias("spec_hash"),
-        pl.lit(served.scored_by).alias("scored_by"),
+        *(_constant(v).alias(c) for c, v in zip(CONSTANT, (served.name or p.model_name, served.version, served.run_id,
+                                                             fmanifest["spec_hash"], served.scored_by))),
         (pl.lit([], dtype=pl.List(pl.String)) if defaulted is None else defaulted).alias("defaulted_features"),
     )
     out = out.with_columns(base_flags.alias("fallback") if defaulted is None else
@@ -360,7 +378,7 @@ def _score_shard(params, ds: dt.date, served: Served, pub, path, fman: dict, uri
     if rec is not None:
         return rec
     with tempfile.TemporaryDirectory(prefix="score-shard-") as tmp:
-        with storage.ParquetSink(primary, tmp, None) as sink:
+        with storage.ParquetSink(primary, tmp, None, plain_schema=True) as sink:
             observed = FeatureDrift(served.profile)
             stats = score_file(path, fman, served, params.score, ds, uri, sink, observed, shard)
             part = pub.partition(primary, "score", inputs=reader.consumed,
@@ -396,7 +414,7 @@ def _merge_shards(params, ds: dt.date, served: Served, pub, path, fman: dict, ur
                    for r in records]
         for i in range(len(owner)):
             k, rows = owner[i]
-            sink.write(streams[k].take(rows))
+            sink.write(_as_scored(streams[k].take(rows)))
         if any(s.left() for s in streams):
             raise shards.ShardError(f"score {ds}: a shard holds rows beyond its batches; nothing published")
         states = [reader.read_json(f"{r['primary'].rsplit('/', 1)[0]}/{OBSERVED}", primary=r["primary"]) for r in records]
@@ -485,7 +503,7 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
         part = pub.partition(primary, role if role == "shadow" else "score", inputs=reader.consumed,
                              extra={"model": {k: v for k, v in served.meta().items() if k != "reason"},
                                     **({"run": key} if key else {})})
-        with storage.ParquetSink(primary, tmp, part) as sink:
+        with storage.ParquetSink(primary, tmp, part, plain_schema=True) as sink:
             observed = FeatureDrift(served.profile)
             sharded = count > 1 and key is not None and not storage.snapshotting(pub)
             if sharded:
