@@ -154,6 +154,37 @@ def test_the_published_decisions_are_plain_strings(tmp_path):
     assert all(q.schema["decision"] == pl.String for q in tally.queue)      # the review queue: strings too
 
 
+def test_the_predictions_one_valued_columns_are_found_from_their_codes(tmp_path):
+    """decide carries model_name/model_version/scored_by as a literal when every row of the day holds
+    the same value (found from the Parquet dictionaries' codes); a second value, a null or a column that
+    is not a string is not one-valued. The decisions are the same either way."""
+    from pipelines.core import storage
+    from pipelines.decide import one_valued
+
+    pred = pl.concat([_pred([0.95, 0.6, 0.1, 0.2] * 10, amounts=[10.0, 10.0, 5000.0, 10.0] * 10)] * 3)
+    pred = pred.with_columns(pl.Series("model_version", ["1"] * 80 + ["2"] * 40),
+                             pl.Series("scored_by", ["model"] * 119 + [None]), pl.lit(D).alias("ds"))
+    for name, frame in (("strings", pred), ("enum", pred.with_columns(pl.lit("m", dtype=pl.Enum(["m"])).alias("model_name")))):
+        sink = storage.ParquetSink(str(tmp_path / "p" / f"{name}.parquet"), tmp_path, plain_schema=True)
+        for i in range(0, 120, 40):                      # three row groups
+            sink.write(frame.slice(i, 40))
+        sink.close()
+        found = one_valued(tmp_path / "p" / f"{name}.parquet", ["model_name", "model_version", "scored_by", "ds", "score"])
+        assert found == {"model_name": "m"}
+    assert one_valued(tmp_path / "p" / "strings.parquet", ["event_id"]) == {}     # every row its own value
+    one = pred.with_columns(pl.lit("1").alias("model_version"), pl.lit("model").alias("scored_by"))
+    sink = storage.ParquetSink(str(tmp_path / "p" / "one.parquet"), tmp_path, plain_schema=True)
+    sink.write(one)
+    sink.close()
+    fixed = one_valued(tmp_path / "p" / "one.parquet", ["model_name", "model_version", "scored_by"])
+    assert fixed == {"model_name": "m", "model_version": "1", "scored_by": "model"}
+    over = pl.DataFrame(schema=OVERRIDE_SCHEMA)
+    literal = one.drop(*fixed).with_columns(pl.lit(v, dtype=pl.Enum([v])).alias(c) for c, v in fixed.items())
+    rows = list(decisions(lambda: iter([one.slice(0, 60), one.slice(60)]), over, DP))
+    lits = list(decisions(lambda: iter([literal.slice(0, 60), literal.slice(60)]), over, DP))
+    assert pl.concat(lits).with_columns(pl.col(c).cast(pl.String) for c in fixed).equals(pl.concat(rows))
+
+
 def test_a_day_without_events_publishes_the_decisions_columns(tmp_path):
     """No predictions: the file still has the decisions' columns (audit and feedback select them)."""
     from pipelines.core import storage

@@ -225,6 +225,29 @@ def test_a_sink_in_a_partition_records_the_sha256_of_the_bytes_published_moved_o
     assert renames and shas[0] == shas[1]
 
 
+def test_the_sink_delta_encodes_timestamps_and_never_gives_them_a_dictionary(tmp_path):
+    """Timestamps (in event order, small deltas) are written DELTA_BINARY_PACKED, even a batch of one
+    repeated time that would otherwise take a dictionary; they read back the same."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    t0 = dt.datetime(2026, 2, 14)
+    batches = [pl.DataFrame({"event_ts": [t0 + dt.timedelta(seconds=k) for k in range(i * 50, i * 50 + 50)],
+                             "n": list(range(50))}) for i in range(3)]
+    same = pl.DataFrame({"event_ts": [t0] * 50, "n": [1] * 50})
+    for name, frames in (("a", batches), ("b", [same, *batches])):
+        sink = storage.ParquetSink(str(tmp_path / "out" / f"{name}.parquet"), tmp_path, plain_schema=True)
+        for b in frames:
+            sink.write(b)
+        sink.close()
+        md = pq.ParquetFile(tmp_path / "out" / f"{name}.parquet").metadata
+        encodings = {e for g in range(md.num_row_groups) for e in md.row_group(g).column(0).encodings}
+        assert "DELTA_BINARY_PACKED" in encodings and not encodings & {"RLE_DICTIONARY", "PLAIN_DICTIONARY"}
+        assert pl.read_parquet(tmp_path / "out" / f"{name}.parquet").equals(pl.concat(frames))
+    assert storage.delta_columns(same.to_arrow()) == ["event_ts"]
+
+
 def test_iter_parquet_gives_exact_batches_in_file_order_with_the_columns_asked_for(tmp_path):
     df = pl.DataFrame({"a": list(range(10_000)), "b": [str(i) for i in range(10_000)],
                        "c": [[str(i)] if i % 3 else [] for i in range(10_000)]})
