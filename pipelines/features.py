@@ -883,27 +883,30 @@ def _context_rows(base: pl.DataFrame, ent: str, spec: FeatureParams, hist: Histo
                      pl.col(r.value).alias("__mx"), pl.col(r.value).alias("__mn")]
         return _fit(frame.select(cols), schema)
 
-    ids = base.select(pl.col(ent).cast(pl.String).unique())
+    ids = base.select(pl.col(ent).cast(pl.String).unique()).drop_nulls()
     parts = [as_events(base, True)]
     if (r or since) and hist.events.height:
-        parts.append(as_events(hist.events.join(ids, on=ent, how="semi"), False))
+        parts.append(as_events(hist.events, False))
     if (r or since) and hist.totals.height:
-        tot = hist.totals.filter(pl.col("entity") == ent).rename({"id": ent}).join(ids, on=ent, how="semi")
+        tot = hist.totals.filter(pl.col("entity") == ent).rename({"id": ent})
         parts.append(_fit(tot.select(
             ent, pl.col("day").cast(pl.Datetime("us")).cast(pl.Int64).alias("__t"), pl.col("n").alias("__w"),
             pl.col("fx").alias("__fx"), pl.col("q").cast(pl.Int128).alias("__q"), pl.col("mx").alias("__mx"),
             pl.col("mn").alias("__mn"), pl.col("last").alias("__last"), pl.lit(0).alias("__lw")), schema))
     if rates and hist.labelled.height:
-        lab = hist.labelled.select(pl.col(ent).cast(pl.String), t.alias("__t"), "label", pl.lit(1).alias("__lw"),
-                                   pl.col("available_at").cast(pl.Int64), pl.lit(0).alias("__w"))
-        parts.append(_fit(lab.join(ids, on=ent, how="semi"), schema))
+        parts.append(_fit(hist.labelled.select(pl.col(ent).cast(pl.String), t.alias("__t"), "label", pl.lit(1).alias("__lw"),
+                                               pl.col("available_at").cast(pl.Int64), pl.lit(0).alias("__w")), schema))
     if rates and hist.label_totals.height:
-        lt = hist.label_totals.filter(pl.col("entity") == ent).rename({"id": ent}).join(ids, on=ent, how="semi")
+        lt = hist.label_totals.filter(pl.col("entity") == ent).rename({"id": ent})
         parts.append(_fit(lt.select(
             ent, pl.col("event_date").cast(pl.Datetime("us")).cast(pl.Int64).alias("__t"), pl.col("s").alias("label"),
             pl.col("n").alias("__lw"), pl.col("available_at").cast(pl.Int64), pl.lit(0).alias("__w")), schema))
-    frame = pl.concat(parts)
-    return frame.with_columns(pl.col(ent).cast(pl.Categorical).to_physical().alias(_code(ent)))
+    # one exact join on the ids gives every row its entity's code (a row number of the day's ids), and
+    # the rows of other entities (the spill's hash filter lets a colliding id through) are dropped: not
+    # a semi join per kind of row and a categorical cast of every row. A day's row with a null id (the
+    # suite rejects them) keeps a null code, as the cast gave it.
+    coded = pl.concat(parts).join(ids.with_row_index(_code(ent)), on=ent, how="left")
+    return coded.filter(pl.col(_code(ent)).is_not_null() | pl.col("__i").is_not_null())
 
 
 # --------------------------------------------------------------------------- I/O
