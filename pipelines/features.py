@@ -157,8 +157,11 @@ def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide, totals: bool) ->
     square = pl.col("__q") if totals else fixed.cast(wide) * fixed.cast(wide)
     for w in windows:
         win = dict(by="__vt", window_size=f"{w * US_PER_DAY}i", closed="left")
-        sums = [pl.col("__w").rolling_sum_by(**win).fill_null(0).cast(pl.Int64).alias("__n"),
-                fixed.rolling_sum_by(**win).fill_null(0).alias("__s")]
+        sums = []              # only what an aggregate reads (the fixed-point sum of a NaN would raise)
+        if {"count", "mean", "std"} & set(r.aggs):
+            sums.append(pl.col("__w").rolling_sum_by(**win).fill_null(0).cast(pl.Int64).alias("__n"))
+        if {"sum", "mean", "std"} & set(r.aggs):
+            sums.append(fixed.rolling_sum_by(**win).fill_null(0).alias("__s"))
         if "std" in r.aggs:
             sums.append(square.rolling_sum_by(**win).fill_null(0).alias("__sq"))
         for agg in ("max", "min"):

@@ -224,11 +224,12 @@ def fill_defaults(frame: pl.DataFrame, defaults: dict, features: list[str], prof
 CONSTANT = ("model_name", "model_version", "run_id", "spec_hash", "scored_by")   # one value per partition
 
 
-def _constant(value: str | None) -> pl.Expr:
+def _constant(value) -> pl.Expr:
     """A string column of one value, as an Enum of that value: the sink writes it as its codes (one
     dictionary entry), ~2x less writer time for the predictions at 10M rows and no copy of the strings
-    into Arrow. The file holds plain strings (plain_schema); a null stays a null String."""
-    return pl.lit(None, dtype=pl.String) if value is None else pl.lit(value, dtype=pl.Enum([value]))
+    into Arrow. The file holds plain strings (plain_schema), the bytes the strings give once the first
+    batch has 20 rows (storage.dictionary_columns); a null stays a null String."""
+    return pl.lit(None, dtype=pl.String) if value is None else pl.lit(str(value), dtype=pl.Enum([str(value)]))
 
 
 def _as_scored(batch: pl.DataFrame) -> pl.DataFrame:

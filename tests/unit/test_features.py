@@ -418,3 +418,20 @@ def test_a_partition_spilled_in_frames_counts_its_rows_as_if_whole(spec):
             for lo in range(0, frame.height, 7):
                 pieces.add(kind, frame.slice(lo, 7), ids, part=f"{kind}-day")
         assert pieces.heights == whole.heights and whole.heights["events"] > 0 and whole.heights["labelled"] > 0
+
+
+def test_a_rolling_max_alone_reads_no_sum_of_the_values():
+    """Each window's rolling sums are computed once, and only those an aggregate reads: a max (or min)
+    alone never makes the fixed-point sum, which a NaN or an infinite value cannot enter."""
+    from pipelines.core.config import RollingSpec
+    from pipelines.features import US_PER_DAY, _rolling_exprs
+
+    part = pl.DataFrame({"__vt": [0, US_PER_DAY // 2, US_PER_DAY], "amount": [1.0, float("nan"), 2.0],
+                         "__w": [1, 1, 1]}).with_columns(pl.col("__vt").set_sorted())
+    for aggs, want in ((("max",), [None, 1.0, float("nan")]), (("min",), [None, 1.0, float("nan")])):
+        [(sums, exprs)] = _rolling_exprs("c", RollingSpec("amount", aggs, 2), (1,), pl.Int64, False)
+        got = part.select(sums).select(exprs).to_series()
+        assert [s.meta.output_name() for s in sums] == [f"__{aggs[0]}"]
+        assert str(got.to_list()) == str(pl.Series(want, dtype=pl.Float32).to_list())
+    [(sums, _)] = _rolling_exprs("c", RollingSpec("amount", ("count", "mean"), 2), (1,), pl.Int64, False)
+    assert [s.meta.output_name() for s in sums] == ["__n", "__s"]
