@@ -1024,13 +1024,70 @@ def _read(reader: lineage.Reader, uri: str, columns: list[str] | None = None, pr
 
 
 def _frames(reader: lineage.Reader, uri: str, columns: list[str] | None = None, primary: str | None = None,
-            rows: int = READ_ROWS) -> Iterator[pl.DataFrame]:
-    """A partition's rows in frames of `rows` rows, in order (its bytes checked first, as _read),
-    decoded by polars' streaming engine (storage.iter_parquet: it decodes up to a row group, 1M rows,
-    ahead of the frames it gives)."""
+            rows: int = READ_ROWS, data: "Callable[[], bytes] | None" = None) -> Iterator[pl.DataFrame]:
+    """A partition's rows in frames of `rows` rows, in order (its bytes checked first, as _read, or
+    `data()`'s: bytes already read and checked, see _Fetched), decoded by polars' streaming engine
+    (storage.iter_parquet: it decodes up to a row group, 1M rows, ahead of the frames it gives)."""
     import io
 
-    yield from storage.iter_parquet(io.BytesIO(reader.read_bytes(uri, primary)), columns, rows, streaming=True)
+    blob = data() if data is not None else reader.read_bytes(uri, primary)
+    yield from storage.iter_parquet(io.BytesIO(blob), columns, rows, streaming=True)
+
+
+class _Fetched:
+    """The objects a fold reads (uri, primary), each brought to local storage in a thread of its own
+    one object ahead of its use (storage.fetch: an S3 object downloaded into a temporary folder, a
+    local file read through into the page cache), then read and checked when taken
+    (Reader.read_fetched, as read_bytes checks). While a state is decoded and folded, the next one
+    arrives: on storage that is not in memory (S3; a disk whose page cache no longer holds the states)
+    the fold no longer waits on each object's read in turn. The bytes ahead are on disk or in the page
+    cache, not in the process: its peak does not grow. Taken in the list's order (`take(i)`: object i;
+    object i + 1 is then asked for). A failed fetch is raised where its object is taken (the state it
+    belongs to heals), never earlier; `close` waits for the fetch in flight and removes the folder."""
+
+    CHUNK = 4 << 20                 # the read-through's buffer
+
+    def __init__(self, reader: lineage.Reader, objects: list[tuple[str, str | None]]) -> None:
+        import tempfile
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.reader, self.objects = reader, objects
+        self._dir = tempfile.TemporaryDirectory(prefix="fraudops-features-fetch-")
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="features-fetch")
+        self.pending: dict[int, object] = {}
+        self._ask(0)
+
+    def _fetch(self, uri: str) -> Path:
+        path = Path(storage.fetch(uri, self._dir.name))
+        if not path.is_relative_to(self._dir.name):         # a local file used in place: into the page cache
+            buf = bytearray(self.CHUNK)
+            with path.open("rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+        return path
+
+    def _ask(self, i: int) -> None:
+        if i < len(self.objects) and i not in self.pending:
+            self.pending[i] = self.pool.submit(self._fetch, self.objects[i][0])
+
+    def take(self, i: int) -> bytes:
+        self._ask(i)
+        fut = self.pending.pop(i)
+        self._ask(i + 1)
+        path = fut.result()
+        uri, primary = self.objects[i]
+        try:
+            return self.reader.read_fetched(uri, path, primary)
+        finally:
+            if path.is_relative_to(self._dir.name):
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        for fut in self.pending.values():
+            fut.cancel()
+        self.pending.clear()
+        self.pool.shutdown(wait=True)
+        self._dir.cleanup()
 
 
 def _sibling(primary: str, name: str) -> str:
@@ -1168,6 +1225,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
     runs, label_runs = _runs(p.totals), _runs(p.label_totals)
     at = None                                       # the state being read: a failure there heals it
     parts = None                                    # the states' reads in flight (_streamed)
+    fetched = None                                  # their objects' bytes, read one ahead (_Fetched)
     spill = SpilledHistory(_grouped(spec), spec.spill_compression)
     try:
         uri = store.uri("validated", dataset=tx.name, date=day.isoformat())
@@ -1210,7 +1268,9 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         # the state partitions are read in a thread (its own Reader), a few frames ahead (_streamed)
         ahead = lineage.Reader()
         todo = sorted(f for f in p.totals if f in states)
-        parts = _streamed([functools.partial(_frames, ahead, states[f]) for f in todo])
+        fetched = _Fetched(ahead, [(states[f], None) for f in todo])
+        parts = _streamed([functools.partial(_frames, ahead, states[f], data=functools.partial(fetched.take, i))
+                           for i, f in enumerate(todo)])
 
         def spill_totals(done: Totals) -> None:
             for frame in done.slot_frames(SPILL_ROWS):
@@ -1222,20 +1282,35 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
                 spill_totals(totals)        # the runs before are complete: spilled, their arrays let go
             totals.add(frame.with_columns(pl.lit(runs[f]).alias("day")) for frame in next(parts))
         parts.close()
+        fetched.close()
         at = None
         spill_totals(totals)
         del totals
         landings = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
+        # each landing's objects, in the order they are folded: its label totals, then its labelled
+        # events of the label boundary days it holds (read one object ahead, as the day states)
+        listed: dict[str, list[int]] = {}
+        wanted: list[tuple[str, str | None]] = []
+        for x in landings:
+            at = x + dt.timedelta(days=1)
+            st = states[at]
+            objects = ahead.record(st)["objects"]
+            mine = [_sibling(st, OBJECTS["label_totals"]),
+                    *(u for u in (_sibling(st, OBJECTS["labelled"].format(e)) for e in p.label_boundary) if u in objects)]
+            listed[st] = list(range(len(wanted), len(wanted) + len(mine)))
+            wanted += [(u, st) for u in mine]
+        at = None
+        fetched = _Fetched(ahead, wanted)
 
         def landed_labels(st: str) -> Iterator[tuple[str, pl.DataFrame]]:
             """A landing's label totals in frames, then its labelled events of the label boundary days (by object)."""
-            objects = ahead.record(st)["objects"]
-            uris = [_sibling(st, OBJECTS["labelled"].format(e)) for e in p.label_boundary]
-            yield from (("totals", f) for f in _frames(ahead, _sibling(st, OBJECTS["label_totals"]), primary=st))
-            for u in uris:
-                if u in objects:
-                    yield from ((u, f) for f in _frames(ahead, u, ["event_ts", *entities, "label"], primary=st,
-                                                       rows=SPILL_ROWS))
+            first, *rest = listed[st]
+            yield from (("totals", f) for f in _frames(ahead, wanted[first][0], primary=st,
+                                                       data=functools.partial(fetched.take, first)))
+            for i in rest:
+                u = wanted[i][0]
+                yield from ((u, f) for f in _frames(ahead, u, ["event_ts", *entities, "label"], primary=st,
+                                                   rows=SPILL_ROWS, data=functools.partial(fetched.take, i)))
         parts = _streamed([functools.partial(landed_labels, states[x + dt.timedelta(days=1)]) for x in landings])
         for landed in landings:
             at = landed + dt.timedelta(days=1)
@@ -1245,6 +1320,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
                                  lambda uri, frame, known=known: spill.add(
                                      "labelled", frame.with_columns(known.alias("available_at")), rated, part=uri)))
         parts.close()
+        fetched.close()
         for frame in sums.slot_frames(SPILL_ROWS):
             spill.add("label_totals", frame)
             del frame
@@ -1252,6 +1328,8 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
     except BaseException as exc:                    # nothing is left on disk when the night fails
         if parts is not None:
             parts.close()                           # the reading thread stops
+        if fetched is not None:
+            fetched.close()                         # then the read in flight (after: the thread took from it)
         spill.close()
         if not isinstance(exc, (storage.MissingObject, lineage.StaleInput)):
             raise

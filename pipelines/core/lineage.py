@@ -117,6 +117,14 @@ class Reader:
         self._consume(primary or uri, rec)
         return data
 
+    def read_fetched(self, uri: str, path: "str | Path", primary: str | None = None) -> bytes:
+        """read_bytes of `uri` from `path`, the local copy storage.fetch gave of it: checked the same way."""
+        rec, want = self._expected(uri, primary)
+        data = Path(path).read_bytes()
+        self._check(uri, rec, want, storage.sha256(data))
+        self._consume(primary or uri, rec)
+        return data
+
     def read_parquet(self, uri: str, primary: str | None = None, columns: list[str] | None = None):
         """The committed Parquet object, verified whole (sha256), only `columns` decoded when given."""
         return storage.read_parquet_bytes(self.read_bytes(uri, primary), uri, columns)

@@ -85,6 +85,8 @@ def test_the_nightly_chain_reads_and_writes_s3_through_boto3(s3_lake, s3_endpoin
     for stage in ("features", "score", "decide"):
         r = cli(env, stage, *day)
         assert r.returncode == 0, (stage, r.stderr[-2000:])
+        if stage == "features":     # from the states on S3 (downloaded one ahead of the fold), not from raw
+            assert "incremental:" in r.stderr and "computed from raw" not in r.stderr, r.stderr[-2000:]
     store = params.storage
     d = END.isoformat()
     keys = {o["Key"] for o in storage.s3_client().list_objects_v2(Bucket=BUCKET, Prefix="")["Contents"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -306,3 +307,43 @@ def test_state_reads_stream_in_order_a_few_frames_ahead_and_fail_where_their_sou
     parts.close()                                   # a night that fails while the states are read
     assert not [t for t in threading.enumerate() if t.name == "features-read"]
     assert len(made) <= 4
+
+
+def test_state_objects_are_fetched_one_ahead_and_a_failed_fetch_is_raised_where_its_object_is_taken(tmp_path, monkeypatch):
+    """_Fetched: object i + 1 is fetched when object i is taken (one ahead, never more), then read and
+    checked at its take; a fetch that fails is raised by the take of its own object, after the objects
+    before it; close leaves no thread and no folder."""
+    import threading
+    import time
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).write_bytes(name.encode() * 3)
+    asked: list[str] = []
+    real = storage.fetch
+
+    def fetch(uri, workdir):
+        asked.append(Path(uri).name)
+        return real(uri, workdir)
+    monkeypatch.setattr(storage, "fetch", fetch)
+
+    class Reader:
+        def read_fetched(self, uri, path, primary=None):
+            return Path(path).read_bytes() + f"@{primary}".encode()
+
+    got = features._Fetched(Reader(), [(str(tmp_path / n), p) for n, p in
+                                       (("a", None), ("b", "p"), ("lost", None), ("c", None))])
+    folder = Path(got._dir.name)
+    time.sleep(0.2)
+    assert asked == ["a"]                               # the first one, before anything is taken
+    assert got.take(0) == b"aaa@None"
+    time.sleep(0.2)
+    assert asked == ["a", "b"]                          # one ahead: not "lost" yet
+    assert got.take(1) == b"bbb@p"
+    time.sleep(0.2)
+    assert asked == ["a", "b", "lost"]                  # its failure waits for its take
+    with pytest.raises(storage.MissingObject, match="lost"):
+        got.take(2)
+    got.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("features-fetch")]
+    assert not folder.exists()
+    features._Fetched(Reader(), []).close()
