@@ -1037,8 +1037,8 @@ def _frames(reader: lineage.Reader, uri: str, columns: list[str] | None = None, 
 class _Fetched:
     """The objects a fold reads (uri, primary), each brought to local storage in a thread of its own
     one object ahead of its use (storage.fetch: an S3 object downloaded into a temporary folder, a
-    local file read through into the page cache), then read and checked when taken
-    (Reader.read_fetched, as read_bytes checks). While a state is decoded and folded, the next one
+    local file read through into the page cache), then read and checked when taken (an S3 copy by
+    Reader.read_fetched, a local file by read_bytes, as before). While a state is decoded and folded, the next one
     arrives: on storage that is not in memory (S3; a disk whose page cache no longer holds the states)
     the fold no longer waits on each object's read in turn. The bytes ahead are on disk or in the page
     cache, not in the process: its peak does not grow. Taken in the list's order (`take(i)`: object i;
@@ -1061,9 +1061,12 @@ class _Fetched:
         path = Path(storage.fetch(uri, self._dir.name))
         if not path.is_relative_to(self._dir.name):         # a local file used in place: into the page cache
             buf = bytearray(self.CHUNK)
-            with path.open("rb", buffering=0) as fh:
-                while fh.readinto(buf):
-                    pass
+            try:
+                with path.open("rb", buffering=0) as fh:
+                    while fh.readinto(buf):
+                        pass
+            except OSError:             # only a warm-up: the take reads it as read_bytes does, errors and all
+                pass
         return path
 
     def _ask(self, i: int) -> None:
@@ -1076,11 +1079,12 @@ class _Fetched:
         self._ask(i + 1)
         path = fut.result()
         uri, primary = self.objects[i]
+        if not path.is_relative_to(self._dir.name):         # a local file: read (and its errors told) as always
+            return self.reader.read_bytes(uri, primary)
         try:
             return self.reader.read_fetched(uri, path, primary)
         finally:
-            if path.is_relative_to(self._dir.name):
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
 
     def close(self) -> None:
         for fut in self.pending.values():
@@ -1321,16 +1325,21 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
                                      "labelled", frame.with_columns(known.alias("available_at")), rated, part=uri)))
         parts.close()
         fetched.close()
+        at = None
         for frame in sums.slot_frames(SPILL_ROWS):
             spill.add("label_totals", frame)
             del frame
         spill.added()
     except BaseException as exc:                    # nothing is left on disk when the night fails
-        if parts is not None:
-            parts.close()                           # the reading thread stops
-        if fetched is not None:
-            fetched.close()                         # then the read in flight (after: the thread took from it)
-        spill.close()
+        try:
+            if parts is not None:
+                parts.close()                       # the reading thread stops
+        finally:
+            try:
+                if fetched is not None:
+                    fetched.close()                 # then the fetch in flight (after: the thread took from it)
+            finally:
+                spill.close()
         if not isinstance(exc, (storage.MissingObject, lineage.StaleInput)):
             raise
         if at is not None:

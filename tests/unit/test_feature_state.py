@@ -314,7 +314,6 @@ def test_state_objects_are_fetched_one_ahead_and_a_failed_fetch_is_raised_where_
     checked at its take; a fetch that fails is raised by the take of its own object, after the objects
     before it; close leaves no thread and no folder."""
     import threading
-    import time
 
     for name in ("a", "b", "c"):
         (tmp_path / name).write_bytes(name.encode() * 3)
@@ -326,20 +325,20 @@ def test_state_objects_are_fetched_one_ahead_and_a_failed_fetch_is_raised_where_
         return real(uri, workdir)
     monkeypatch.setattr(storage, "fetch", fetch)
 
-    class Reader:
-        def read_fetched(self, uri, path, primary=None):
-            return Path(path).read_bytes() + f"@{primary}".encode()
+    class Reader:                                       # local files: taken by read_bytes, as before
+        def read_bytes(self, uri, primary=None):
+            return storage.read_bytes(uri) + f"@{primary}".encode()
 
     got = features._Fetched(Reader(), [(str(tmp_path / n), p) for n, p in
                                        (("a", None), ("b", "p"), ("lost", None), ("c", None))])
     folder = Path(got._dir.name)
-    time.sleep(0.2)
+    got.pending[0].result()
     assert asked == ["a"]                               # the first one, before anything is taken
     assert got.take(0) == b"aaa@None"
-    time.sleep(0.2)
+    got.pending[1].result()
     assert asked == ["a", "b"]                          # one ahead: not "lost" yet
     assert got.take(1) == b"bbb@p"
-    time.sleep(0.2)
+    assert isinstance(got.pending[2].exception(), storage.MissingObject)
     assert asked == ["a", "b", "lost"]                  # its failure waits for its take
     with pytest.raises(storage.MissingObject, match="lost"):
         got.take(2)
