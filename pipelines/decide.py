@@ -87,7 +87,7 @@ def one_valued(path, columns: list[str]) -> dict[str, str]:
         col = f.read(columns=[c]).column(c)
         if col.null_count or not pa.types.is_dictionary(col.type):       # (a string column reads as codes)
             continue
-        for chunk in (c for c in col.chunks if len(c)):
+        for chunk in (ch for ch in col.chunks if len(ch)):
             lo, hi = (x.as_py() for x in pc.min_max(chunk.indices).values())   # one code in the chunk: one value
             if lo != hi:
                 values = set()
