@@ -59,6 +59,24 @@ def psi(current: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sum((c - r) * np.log(c / r)))
 
 
+def _down32(x) -> np.ndarray:
+    """Each float64 rounded down to a float32: the largest float32 <= x (float32's largest below its range).
+    For a float32 v: v > x exactly when v > _down32(x)."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore"):           # (beyond float32's range: its largest, or an infinity)
+        f = x.astype(np.float32)
+        return np.where(f.astype(np.float64) > x, np.nextafter(f, np.float32(-np.inf)), f)
+
+
+def _up32(x) -> np.ndarray:
+    """Each float64 rounded up to a float32: the smallest float32 >= x. For a float32 v: v < x exactly
+    when v < _up32(x)."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore"):
+        f = x.astype(np.float32)
+        return np.where(f.astype(np.float64) < x, np.nextafter(f, np.float32(np.inf)), f)
+
+
 class GridIndex:
     """`np.searchsorted(grid, v, side="left")` for a small sorted float grid, the same integers about 3x
     faster (numpy's binary search takes ~32 ns a value: 4.4 s of score at 3.45M rows x 30 features).
@@ -69,42 +87,64 @@ class GridIndex:
     table gives, per bucket, the number of grid points in the buckets below it: a start that is never
     past the answer. Each value then steps up while the grid point at its index is below it; most
     values are in a bucket with no grid point and take no step. A grid with more than MAX_STEPS points
-    in one bucket is searched by numpy instead."""
+    in one bucket is searched by numpy instead.
+
+    `single`: the values are float32 (a Float32 feature, as built), searched in 32 bits without a
+    float64 copy, half the bytes per step, the same integers: a float32 v
+    is above a float64 grid point g exactly when it is above g rounded down to a float32 (_down32), and
+    equal to g only where g is a float32 itself."""
 
     BITS = 16
-    SIGN = np.uint64(1 << 63)
     MAX_STEPS = 4
 
-    @classmethod
-    def keys(cls, v: np.ndarray) -> np.ndarray:
-        u = (v + 0.0).view(np.uint64)                 # + 0.0: -0.0 becomes 0.0 (they compare equal)
-        return u ^ ((u >> np.uint64(63)) * np.uint64(0x7FFFFFFFFFFFFFFF) | cls.SIGN)
-
-    def __init__(self, grid: np.ndarray) -> None:
-        self.ext = np.append(np.asarray(grid, np.float64), np.inf)   # past the last point: never below a value
-        k = self.keys(np.asarray(grid, np.float64))
+    def __init__(self, grid: np.ndarray, single: bool = False) -> None:
+        grid = np.asarray(grid, np.float64)
+        if single:
+            self.float, self.uint = np.float32, np.uint32
+            points = _down32(grid)
+            # what a value equal to a grid point is equal to: the point where it is a float32, else nothing (NaN)
+            self.equal = np.append(np.where(points.astype(np.float64) == grid, points, np.nan), np.nan).astype(np.float32)
+        else:
+            self.float, self.uint, points, self.equal = np.float64, np.uint64, grid, None
+        bits = np.dtype(self.uint).itemsize * 8
+        self.top, self.sign = self.uint(bits - 1), self.uint(1 << (bits - 1))
+        self.magnitude = self.uint((1 << (bits - 1)) - 1)
+        self.ext = np.append(points, np.inf).astype(self.float)   # past the last point: never below a value
+        k = self.keys(points)
         self.kmin, self.kmax = k[0], k[-1]
         span = int(self.kmax - self.kmin)
-        self.shift = np.uint64(max(0, span.bit_length() - self.BITS))
+        self.shift = self.uint(max(0, span.bit_length() - self.BITS))
         buckets = ((k - self.kmin) >> self.shift).astype(np.int64)
         self.start = np.searchsorted(buckets, np.arange((span >> int(self.shift)) + 1), side="left").astype(
             np.uint8 if len(grid) < 255 else np.int32)
         # a cluster of points in a few buckets (timestamps or coordinates beside a lone 0) would take a
         # step per point: numpy's binary search then
-        self.fallback = np.asarray(grid, np.float64) if np.bincount(buckets).max() > self.MAX_STEPS else None
+        self.fallback = points if np.bincount(buckets).max() > self.MAX_STEPS else None
+        # no point below 0 (amounts, counts, rates, times): a slice without a sign bit set is keyed by its
+        # bits as they are (a non-negative float's bits are in its order), four passes fewer than keys()
+        self.raw = self.kmin >= self.sign
+
+    def keys(self, v: np.ndarray) -> np.ndarray:
+        u = (v + self.float(0.0)).view(self.uint)               # + 0.0: -0.0 becomes 0.0 (they compare equal)
+        return u ^ ((u >> self.top) * self.magnitude | self.sign)
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
-        """Per finite float64 value: the number of grid points below it."""
+        """Per finite value: the number of grid points below it."""
         return self.locate(v)[0]
 
     def locate(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per finite float64 value: the number of grid points below it, and whether the value is the
-        grid point at that index (the grid point found is never below the value)."""
+        """Per finite value (float64, or float32 for `single`): the number of grid points below it, and
+        whether the value is the grid point at that index (the grid point found is never below the value)."""
         if self.fallback is not None:
             i = np.searchsorted(self.fallback, v, side="left")
-            return i, self.ext[i] == v
-        k = np.clip(self.keys(v), self.kmin, self.kmax)
-        k -= self.kmin
+            return i, (self.ext if self.equal is None else self.equal)[i] == v
+        u = v.view(self.uint)
+        if self.raw and len(u) and u.max() < self.sign:      # (a key is the bits plus the sign bit: the same buckets)
+            k = np.clip(u, self.kmin - self.sign, self.kmax - self.sign)
+            k -= self.kmin - self.sign
+        else:
+            k = np.clip(self.keys(v), self.kmin, self.kmax)
+            k -= self.kmin
         k >>= self.shift
         i = self.start[k].astype(np.intp)
         e = self.ext[i]
@@ -113,12 +153,14 @@ class GridIndex:
             i[step] += 1
             e[step] = self.ext[i[step]]
             step = step[e[step] < v[step]]
-        return i, e == v
+        return i, (e if self.equal is None else self.equal[i]) == v
 
 
 class NumericDrift:
     """Streaming PSI (reference quantile bins + a null bin), KS against the reference percentiles,
     null share and out-of-range share of one numeric feature: counts only, batch by batch."""
+
+    SPAN = 1 << 16          # integer values spanning less than this are counted by value (np.bincount)
 
     def __init__(self, ref: dict) -> None:
         self.ref = ref
@@ -129,17 +171,60 @@ class NumericDrift:
         # gives, per grid point u, how many values fall in (u_prev, u] and how many equal u
         self.grid = np.union1d(self.edges, self.points)
         self.index = GridIndex(self.grid) if len(self.grid) else None
+        self.index32 = self.range32 = None                    # made for the first Float32 batch
+        # the reference's min and max are its sample's ends (percentiles 0 and 100), so the grid's: the
+        # values out of range are then those below its first point and above its last, counted already
+        self.ends = ref.get("min") is not None and len(self.grid) > 0 and \
+            (float(self.grid[0]), float(self.grid[-1])) == (ref["min"], ref["max"])
         self.upto = np.zeros(len(self.grid) + 1, np.int64)   # values v with grid[j-1] < v <= grid[j]
         self.equal = np.zeros(len(self.grid), np.int64)      # values v == grid[j]
         self.n = self.nulls = self.finite = self.oor = 0
 
     def update(self, col: pl.Series) -> "NumericDrift":
-        v = col.cast(pl.Float64).drop_nulls().to_numpy()
+        """Count a batch: integers by value where their span is small (counts, flags), Float32 in 32
+        bits, anything else as float64; the same counts whichever way (they are exact)."""
+        vals = col.drop_nulls()
         self.n += col.len()
-        self.nulls += col.len() - len(v)
+        self.nulls += col.len() - vals.len()
+        if vals.dtype.is_integer() and self._by_value(vals.to_numpy()):
+            return self
+        if vals.dtype == pl.Float32:
+            if self.range32 is None:                          # the first Float32 batch
+                self.index32 = GridIndex(self.grid, single=True) if len(self.grid) else None
+                # v < min and v > max for a float32 v, exactly (not min and max rounded to float32)
+                self.range32 = (_up32(self.ref["min"]), _down32(self.ref["max"])) if self.ref.get("min") is not None \
+                    else ()
+            v, count = vals.to_numpy(), self._count32
+        else:
+            v, count = vals.cast(pl.Float64).to_numpy(), self._count
         for s in range(0, len(v), SLICE):
-            self._count(v[s:s + SLICE])
+            count(v[s:s + SLICE])
         return self
+
+    def _by_value(self, a: np.ndarray) -> bool:
+        """Integer values counted per value (np.bincount over their span, a slice at a time), then each
+        distinct value located once: a day's counts of a count feature in a few passes instead of a
+        search per value. False (nothing counted) where the span is too wide or a value is not exactly
+        a float64."""
+        if not len(a):
+            return True
+        lo, hi = int(a.min()), int(a.max())
+        if hi - lo >= self.SPAN or max(-lo, hi) > 2**53:
+            return False
+        counts = np.zeros(hi - lo + 1, np.int64)
+        for s in range(0, len(a), SLICE):
+            counts += np.bincount(a[s:s + SLICE].astype(np.int64) - lo, minlength=len(counts))
+        at = np.flatnonzero(counts)
+        c, x = counts[at], (at + lo).astype(np.float64)
+        self.finite += len(a)
+        if len(self.grid):
+            idx = np.searchsorted(self.grid, x, side="left")
+            eq = np.append(self.grid, np.inf)[idx] == x
+            np.add.at(self.upto, idx, c)
+            np.add.at(self.equal, idx[eq], c[eq])
+        if self.ref.get("min") is not None:
+            self.oor += int(c[x < self.ref["min"]].sum()) + int(c[x > self.ref["max"]].sum())
+        return True
 
     def _count(self, v: np.ndarray) -> None:
         finite = np.isfinite(v)
@@ -147,11 +232,28 @@ class NumericDrift:
             v = v[finite]
         self.finite += len(v)
         if len(self.grid):
-            idx, eq = self.index.locate(v)                      # np.searchsorted(self.grid, v, side="left")
-            self.upto += np.bincount(idx, minlength=len(self.grid) + 1)
-            self.equal += np.bincount(idx[eq], minlength=len(self.grid))
-        if self.ref.get("min") is not None:
+            self._add(*self.index.locate(v))                    # np.searchsorted(self.grid, v, side="left")
+        if self.ref.get("min") is not None and not self.ends:
             self.oor += int(np.count_nonzero(v < self.ref["min"])) + int(np.count_nonzero(v > self.ref["max"]))
+
+    def _add(self, idx: np.ndarray, eq: np.ndarray) -> None:
+        upto, equal = np.bincount(idx, minlength=len(self.grid) + 1), np.bincount(idx[eq], minlength=len(self.grid))
+        self.upto += upto
+        self.equal += equal
+        if self.ends:                   # below the first point (not on it), above the last
+            self.oor += int(upto[0] - equal[0] + upto[-1])
+
+    def _count32(self, v: np.ndarray) -> None:
+        """_count for float32 values, in 32 bits (GridIndex single; the range's ends as float32 bounds)."""
+        finite = np.isfinite(v)
+        if not finite.all():
+            v = v[finite]
+        self.finite += len(v)
+        if len(self.grid):
+            self._add(*self.index32.locate(v))
+        if self.range32 and not self.ends:
+            lo, hi = self.range32
+            self.oor += int(np.count_nonzero(v < lo)) + int(np.count_nonzero(v > hi))
 
     def state(self) -> dict:
         return {"upto": self.upto.tolist(), "equal": self.equal.tolist(), "n": self.n, "nulls": self.nulls,
@@ -326,12 +428,17 @@ class FeatureDrift:
         the counting is ~2x faster than it was when threads first paid for it (1.15M rows x 35
         features: 0.96 s in two threads instead of 1.65 s in one), and threads no longer gain (score's
         10M rows: 8 batches of 262,144 rows counted in 0.37 s in one thread, 0.38-0.40 s in two) while
-        they take the core that writes the predictions."""
+        they take the core that writes the predictions. Integer features are counted by value and
+        Float32 ones in 32 bits (NumericDrift.update): a 6.3M-row day's 35 features in 2.2-2.5 s
+        instead of 3.3-4.5 s, the same state."""
         if not frame.height:        # an empty day observes nothing (no feature, as before)
             return self
         for f in self.refs:
             if f in frame.columns:
-                self.accs.setdefault(f, drift_of(self.refs[f])).update(frame[f])
+                acc = self.accs.get(f)
+                if acc is None:             # (not setdefault: its default, a feature's grid index, made every batch)
+                    acc = self.accs[f] = drift_of(self.refs[f])
+                acc.update(frame[f])
         return self
 
     def state(self) -> dict:

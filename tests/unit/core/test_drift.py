@@ -74,6 +74,65 @@ def test_grid_index_is_numpys_binary_search():
     assert np.array_equal(d.equal, np.bincount(idx[d.grid.take(idx, mode="clip") == values], minlength=len(d.grid)))
 
 
+def test_grid_index_in_32_bits_is_numpys_binary_search_of_the_float64_values():
+    """Float32 values searched in 32 bits against a float64 grid (GridIndex single) give the integers of
+    np.searchsorted over the values as float64, and their equality with the float64 points: grid points
+    that are not float32s (a value is never equal to them) and the float32s on either side of them, points
+    beyond float32's range, signs, zero and -0.0, grids with and without negative points (the keys of a
+    slice without a sign bit are its bits), and a dense cluster (numpy's search)."""
+    rng = np.random.default_rng(17)
+    f32 = np.finfo(np.float32)
+    cases = [np.array([0.0]), np.array([-3.0, -1.0, 0.0, 1.0, 2.0, 5.0]), np.array([0.1, 0.2, 0.3]),
+             np.array([-0.0, 1e-300, 1e-40, 3e38, 1e300]), np.array([0.0, *np.linspace(40.70, 40.71, 99)]),
+             np.array([0.0, 0.1 + 1e-12, 0.1 + 2e-12]), np.array([-1e39, -float(f32.max), 0.5, float(f32.max), 1e39])]
+    for _ in range(150):
+        scale = 10.0 ** rng.integers(-5, 6)
+        g = rng.standard_normal(rng.integers(1, 150)) * scale
+        cases.append(np.concatenate([np.abs(g) if rng.random() < 0.5 else g, [0.0] * rng.integers(0, 2)]))
+    for grid in cases:
+        grid = np.unique(grid)
+        with np.errstate(over="ignore"):
+            down = grid.astype(np.float32)
+            values = np.concatenate([rng.standard_normal(3_000) * 10.0 ** rng.integers(-6, 7), rng.integers(-4, 4, 500),
+                                     down, np.nextafter(down, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf)),
+                                     [-0.0, 0.0, f32.max, -f32.max, f32.smallest_subnormal, -f32.smallest_subnormal]])
+            values = values.astype(np.float32)
+        values = values[np.isfinite(values)]
+        index = GridIndex(grid, single=True)
+        for v in (values, np.abs(values)):               # with negatives, and without a sign bit
+            idx, eq = index.locate(v)
+            assert np.array_equal(idx, np.searchsorted(grid, v.astype(np.float64), side="left")), grid[:5]
+            assert np.array_equal(eq, np.append(grid, np.inf)[idx] == v.astype(np.float64)), grid[:5]
+
+
+def test_numeric_drift_counts_integers_and_float32_as_float64():
+    """Integer features counted by value and Float32 ones in 32 bits get the counts of the float64 path
+    (the state, out-of-range counts included), with the reference's ends on the grid or not, nulls, a
+    span too wide to count by value, and integers that float64 does not hold."""
+    rng = np.random.default_rng(23)
+    n = SLICE * 2 + 777
+    counts = rng.poisson(3, n).astype(np.int32)
+    amounts = rng.lognormal(2, 1.5, n).astype(np.float32)
+    amounts[rng.integers(0, n, 50)] = np.nan
+    amounts[rng.integers(0, n, 20)] = np.inf
+    wide = rng.integers(-(1 << 40), 1 << 40, n)
+    huge = np.resize(np.array([2**62, 2**53 + 1, 3, -(2**60)], np.int64), n)
+    for values, dtype in ((counts, pl.Int32), (counts.astype(np.uint8), pl.UInt8), (wide, pl.Int64),
+                          (huge, pl.Int64), (amounts, pl.Float32)):
+        finite = values.astype(np.float64)
+        finite = finite[np.isfinite(finite)]
+        for ref in (_ref(finite[:5_000]), {**_ref(finite[:5_000]), "min": float(np.quantile(finite, 0.2)), "max": 1e9},
+                    {**_ref(finite[:5_000]), "min": None}):
+            col = pl.Series(values, dtype=dtype)
+            col = pl.select(pl.when(pl.int_range(n) % 101 == 0).then(None).otherwise(col)).to_series()
+            got = NumericDrift(ref).update(col.slice(0, 70_001)).update(col.slice(70_001))
+            want = NumericDrift(ref).update(col.cast(pl.Float64))
+            assert got.state() == want.state(), dtype
+            assert got.oor == (0 if ref["min"] is None else
+                               int(((want_v := col.cast(pl.Float64).drop_nulls().to_numpy()) < ref["min"]).sum()
+                                   + (want_v[np.isfinite(want_v)] > ref["max"]).sum())), dtype
+
+
 def test_numeric_drift_counts_a_long_column_slice_by_slice_as_one():
     """A batch longer than drift.SLICE (nulls, NaN and infinities among the values) gets the
     counts of one pass of np.searchsorted over its finite values, and two batches add up to one."""
