@@ -55,6 +55,7 @@ def build(rows: int, lake: Path, only: dt.date | None = None) -> None:
 
     from pipelines.core import storage
     from pipelines.core.config import load_params
+    from pipelines.ingest import put_canonical
     from pipelines.ops.demo_data import DemoParams, make_world, simulate_day
 
     params = load_params(ROOT / "params.yaml")
@@ -82,7 +83,10 @@ def build(rows: int, lake: Path, only: dt.date | None = None) -> None:
                     continue
                 uri = f"{lake}/" + layout[kind].format(dataset=name, date=when.isoformat())
                 part = pub.partition(uri, "validate" if kind == "validated" else "ingest")
-                part.put_parquet(uri, frame)
+                if kind == "canonical":         # as ingest publishes it: with its ids' hashes
+                    put_canonical(part, uri, frame)
+                else:
+                    part.put_parquet(uri, frame)
                 part.commit()
 
 

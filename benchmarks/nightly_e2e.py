@@ -5,7 +5,8 @@ as the scored day.
     python benchmarks/nightly_e2e.py [--rows 1000000 5000000 10000000] [--keep] [--rerun]
 
 For each size, a local lake (benchmarks/.out/e2e_<rows>) gets 44 days of simulated history
-(validated transactions and canonical labels, committed partitions) and the raw deliveries of the
+(validated and canonical transactions, canonical labels, committed partitions: ingest's duplicate
+window reads the earlier days' ids, features the validated look-back) and the raw deliveries of the
 scored date (transactions, and the labels landing that day). The night before is run once
 (features of D-1: the feature_state partitions of the look-back are made then, as on a real
 night). A model trained on D-1's features is the champion in an MLflow server on 127.0.0.1 (sqlite
@@ -208,6 +209,38 @@ def anchor(what: str, params_path: Path, work: Path) -> dict:
             "peak_mib": own_peak_mib()}
 
 
+def canonical_history(work: Path) -> None:
+    """The history's canonical partitions as ingest publishes them (ingest.put_canonical: with their
+    ids' hashes): the transactions' the validated partitions' bytes (the simulated history has no
+    rejects and no quarantine), the labels' given their hashes where they lack them. Ingest's
+    duplicate window reads the `ingest.duplicate_window_days` days before the date every night, a
+    look-back of its own. A lake kept before this was measured (stop 40 and earlier) gets them on --rerun."""
+    import polars as pl
+
+    from pipelines.core import lineage, storage
+    from pipelines.ingest import IDS, put_id_hashes
+
+    lake = work / "lake"
+    with storage.Publisher(str(lake), None) as pub:
+        for i in range(DAYS - 1):
+            d = FIRST + dt.timedelta(days=i)
+            for name, source in (("transactions", "validated"), ("labels", "canonical")):
+                rel = f"canonical/{name}/date={d}/part-0.parquet"
+                src = lake / rel.replace("canonical/", f"{source}/", 1)
+                if (lake / rel).parent.joinpath(IDS).exists() or not src.exists():
+                    continue
+                extra = {} if source == "validated" else \
+                    {k: v for k, v in lineage.Reader().record(f"{lake}/{rel}").items()
+                     if k not in ("stage", "primary", "objects", "inputs", "sources")}
+                part = pub.partition(f"{lake}/{rel}", "ingest", extra=extra)
+                # the same bytes (the labels' states keep their inputs), from a copy (a file is not put on itself)
+                copy = work / "canonical.tmp"
+                shutil.copyfile(src, copy)
+                put_id_hashes(part, f"{lake}/{rel}", pl.read_parquet(copy, columns=["event_id"])["event_id"])
+                part.put_path(f"{lake}/{rel}", copy, move=True)
+                part.commit()
+
+
 def alone_lake(work: Path) -> None:
     """A lake holding only the date's validated partition (the no-history anchor)."""
     from pipelines.core import storage
@@ -324,6 +357,8 @@ def one_size(rows: int, keep: bool, rerun: bool = False) -> dict:
         # memory at the fork, so the parent that launches the stages stays small
         subprocess.run([sys.executable, __file__, "--child", "prepare", "--rows", str(rows), "--work", str(work)],
                        check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run([sys.executable, __file__, "--child", "canonical", "--rows", str(rows), "--work", str(work)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     again = ("--recompute",) if rerun else ()
     with mlflow_server(work) as env:
         night_before = _timed([sys.executable, "-m", "pipelines", "features", "--params", str(params), "--date",
@@ -393,11 +428,14 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated lakes (benchmarks/.out/e2e_<rows>)")
     ap.add_argument("--rerun", action="store_true",
                     help="reuse the lakes a --keep run left (history, states, champion): time the date's stages again")
-    ap.add_argument("--child", choices=["prepare", "alone"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["prepare", "canonical", "alone"], help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child == "prepare":
         prepare(args.rows[0], Path(args.work))
+        return 0
+    if args.child == "canonical":
+        canonical_history(Path(args.work))
         return 0
     if args.child == "alone":
         alone_lake(Path(args.work))

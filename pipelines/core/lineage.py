@@ -129,17 +129,17 @@ class Reader:
         """The committed Parquet object, verified whole (sha256), only `columns` decoded when given."""
         return storage.read_parquet_bytes(self.read_bytes(uri, primary), uri, columns)
 
-    def read_parquet_memo(self, uri: str, memo: dict, columns: list[str] | None = None):
+    def read_parquet_memo(self, uri: str, memo: dict, columns: list[str] | None = None, primary: str | None = None):
         """read_parquet (of `columns`) through `memo`, (uri, sha256) -> frame: an object this process
         read before with the same committed bytes is not fetched again (the key is its sha256 from
         the verified record, so a republished object is read anew); the record is verified and the
         read recorded in `consumed` as by read_parquet."""
-        rec, want = self._expected(uri, None)
+        rec, want = self._expected(uri, primary)
         key = (uri, want, tuple(columns or ()))
         if key not in memo:
-            memo[key] = self.read_parquet(uri, columns=columns)
+            memo[key] = self.read_parquet(uri, primary, columns)
         else:
-            self._consume(uri, rec)
+            self._consume(primary or uri, rec)
         return memo[key]
 
     def read_json(self, uri: str, primary: str | None = None) -> Any:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -105,11 +106,16 @@ def test_labels_get_their_availability_time(setup):
     assert r.canonical["available_at"].unique().to_list() == [dt.datetime(2026, 1, 20)]
 
 
+@pytest.mark.parametrize("hashes", ["none", "all", "some", "hashed_otherwise"])
 @pytest.mark.parametrize("how", ["as_is", "one_day_a_batch", "every_id_one_hash"])
-def test_ids_of_earlier_days_are_found_exactly_whatever_the_hash_and_batches(tmp_path, monkeypatch, how):
-    """seen_before cuts the earlier days by a 64-bit hash of the id (several days in one join), then
-    checks the ids themselves: the rows found are exactly those whose id is among the day's, with
-    their labels, also when every id shares one hash (a collision is no match) and one day a batch."""
+def test_ids_of_earlier_days_are_found_exactly_whatever_the_hash_and_batches(tmp_path, monkeypatch, how, hashes):
+    """seen_before matches the earlier days by a 64-bit hash of the id: their published hashes
+    (put_canonical: a merge of sorted hashes, the day's ids read only where one matches), or, for a
+    day published without them or hashed by another polars, the ids hashed in one join over several
+    days. Either way it then checks the ids themselves: the rows found are exactly those whose id is
+    among the day's, with their labels, also when every id shares one hash (a collision is no match),
+    one day a batch, in a range (memo) as for one date; a night with no repeat reads no ids of a day
+    that has its hashes."""
     import dataclasses
 
     from pipelines import ingest
@@ -120,23 +126,74 @@ def test_ids_of_earlier_days_are_found_exactly_whatever_the_hash_and_batches(tmp
     ds = params.dataset("labels")
     first = ds.first_date
     days = [first + dt.timedelta(days=k) for k in range(5)]
-    with storage.Publisher(store.lake, None) as pub:
-        for k, d in enumerate(days[:4]):
-            uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
-            part = pub.partition(uri, "ingest")
-            part.put_parquet(uri, pl.DataFrame({"event_id": [f"e{k}-{i}" for i in range(50)],
-                                                "label": pl.Series([i % 2 for i in range(50)], dtype=pl.Int8)}))
-            part.commit()
     if how == "one_day_a_batch":
         monkeypatch.setattr(ingest, "ID_BATCH_ROWS", 1)
     elif how == "every_id_one_hash":
         monkeypatch.setattr(ingest, "_id_hash",
                             lambda: (pl.col("event_id").fill_null("").str.len_bytes().cast(pl.UInt64) * 0 + 7).alias("__h"))
+    with storage.Publisher(store.lake, None) as pub:
+        for k, d in enumerate(days[:4]):
+            uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
+            part = pub.partition(uri, "ingest")
+            frame = pl.DataFrame({"event_id": [f"e{k}-{i}" for i in range(50)],
+                                  "label": pl.Series([i % 2 for i in range(50)], dtype=pl.Int8)})
+            if hashes == "all" or hashes == "hashed_otherwise" or (hashes == "some" and k % 2):
+                ingest.put_canonical(part, uri, frame)
+            else:
+                part.put_parquet(uri, frame)
+            part.commit()
+    if hashes == "hashed_otherwise":       # a polars whose hash differs from the one that published them
+        monkeypatch.setattr(ingest, "_probe", lambda: "another hash")
+    read: list[str] = []
+    real = lineage.Reader.read_bytes
+
+    def counted(self, uri, primary=None):
+        read.append(uri.rsplit("/", 2)[-2] + "/" + uri.rsplit("/", 1)[-1])
+        return real(self, uri, primary)
+    monkeypatch.setattr(lineage.Reader, "read_bytes", counted)
     asked = pl.DataFrame({"event_id": ["e0-3", "e2-10", "e2-11", "e3-49", "new-1", "e9-1", None]})
-    seen = ingest.seen_before(ds, days[4], store, 45, lineage.Reader(), None, asked)
-    assert sorted(seen.rows()) == [("e0-3", 1), ("e2-10", 0), ("e2-11", 1), ("e3-49", 1)]
-    assert seen.columns == ["event_id", "label"]
+    for memo in (None, {}):
+        reader = lineage.Reader()
+        seen = ingest.seen_before(ds, days[4], store, 45, reader, memo, asked)
+        assert sorted(seen.rows()) == [("e0-3", 1), ("e2-10", 0), ("e2-11", 1), ("e3-49", 1)]
+        assert seen.columns == ["event_id", "label"]
+        assert sorted(reader.consumed) == [store.uri("canonical", dataset=ds.name, date=d.isoformat()) for d in days[:4]]
+    read.clear()                        # the next date of a range: what the memo holds is not read again
+    assert sorted(ingest.seen_before(ds, days[4], store, 45, lineage.Reader(), memo, asked).rows())[0] == ("e0-3", 1)
+    assert read == []
+    new = pl.DataFrame({"event_id": ["new-1", "new-2"]})
+    assert ingest.seen_before(ds, days[4], store, 45, lineage.Reader(), None, new).height == 0
+    if hashes == "all" and how != "every_id_one_hash":
+        assert read == [f"date={d}/{ingest.IDS}" for d in days[:4]]        # the hashes only, no ids
+    elif hashes in ("none", "hashed_otherwise"):
+        assert read == [f"date={d}/part-0.parquet" for d in days[:4]]
     assert ingest.seen_before(ds, days[4], store, 45, lineage.Reader(), None, asked.clear()).height == 0
+
+
+def test_a_partitions_hashes_altered_after_its_record_fail_the_night_by_name(tmp_path):
+    """The published id hashes are checked as any object of the partition: altered, the night fails
+    naming the earlier day (a lost repeat would let a duplicate through), nothing is guessed."""
+    import dataclasses
+
+    from pipelines import ingest
+    from pipelines.core import lineage, storage
+
+    params = load_params()
+    store = dataclasses.replace(params.storage, lake=str(tmp_path / "lake"))
+    ds = params.dataset("labels")
+    d = ds.first_date
+    uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
+    with storage.Publisher(store.lake, None) as pub:
+        part = pub.partition(uri, "ingest")
+        ingest.put_canonical(part, uri, pl.DataFrame({"event_id": ["a", "b"], "label": pl.Series([0, 1], dtype=pl.Int8)}))
+        part.commit()
+    side = Path(uri).parent / ingest.IDS
+    ok = pl.read_parquet(side)
+    assert ok["h"].to_list() == sorted(pl.Series(["a", "b"]).hash(seed=ingest.ID_SEED).to_list())
+    ok.head(1).write_parquet(side)
+    with pytest.raises(ingest.IngestError, match=f"cannot be trusted .*date={d}/{ingest.IDS}: changed since it was committed"):
+        ingest.seen_before(ds, d + dt.timedelta(days=1), store, 45, lineage.Reader(), None,
+                           pl.DataFrame({"event_id": ["b"]}))
 
 
 def _by_the_rules(files: list[tuple[str, list[dict]]], seen: dict, label: bool):
