@@ -218,7 +218,7 @@ def canonical_history(work: Path) -> None:
     import polars as pl
 
     from pipelines.core import lineage, storage
-    from pipelines.ingest import IDS, put_id_hashes
+    from pipelines.ingest import _ids_uri, put_id_hashes
 
     lake = work / "lake"
     with storage.Publisher(str(lake), None) as pub:
@@ -227,12 +227,16 @@ def canonical_history(work: Path) -> None:
             for name, source in (("transactions", "validated"), ("labels", "canonical")):
                 rel = f"canonical/{name}/date={d}/part-0.parquet"
                 src = lake / rel.replace("canonical/", f"{source}/", 1)
-                if (lake / rel).parent.joinpath(IDS).exists() or not src.exists():
+                try:
+                    rec = lineage.Reader().record(f"{lake}/{rel}")
+                except lineage.NotCommitted:
+                    rec = {"objects": {}}
+                if _ids_uri(f"{lake}/{rel}") in rec["objects"] or not src.exists():
                     continue
-                extra = {} if source == "validated" else \
-                    {k: v for k, v in lineage.Reader().record(f"{lake}/{rel}").items()
-                     if k not in ("stage", "primary", "objects", "inputs", "sources")}
-                part = pub.partition(f"{lake}/{rel}", "ingest", extra=extra)
+                keep = {} if source == "validated" else rec          # a label partition's record, but its hashes
+                part = pub.partition(f"{lake}/{rel}", "ingest", inputs=keep.get("inputs"), sources=keep.get("sources"),
+                                     extra={k: v for k, v in keep.items()
+                                            if k not in ("stage", "primary", "objects", "inputs", "sources")})
                 # the same bytes (the labels' states keep their inputs), from a copy (a file is not put on itself)
                 copy = work / "canonical.tmp"
                 shutil.copyfile(src, copy)

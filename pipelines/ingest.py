@@ -24,6 +24,9 @@ rows rejected (`missing_column:<columns>`, `unsupported_type:<columns>`) and the
 (the rows of its other files too: `partition_failed:unusable_file`). Always rows_in = rows_out + rows_rejected. Conflicting labels (within the day and
 across days) are counted in the stats and logged.
 
+Each canonical partition also publishes its ids' hashes, sorted (`_ids.<its file>`, in its record): the
+duplicate window of later nights matches on them and reads an earlier day's ids only where one matches.
+
 A partition that cannot be ingested (no files, an unreadable file, a missing column) withdraws its
 previous canonical partition, so a bad re-delivery never leaves stale data behind: everything
 derived from it is refused from then on (pipelines/core/lineage.py).
@@ -298,8 +301,9 @@ ID_SEED = 20261204          # the hash the earlier days' ids are matched by befo
 ID_BATCH_ROWS = 8_000_000   # earlier days' rows (id, label) held for one hash join: ~200 MB at most
 
 
-IDS = "ids.parquet"         # beside each canonical partition (in its record): its ids' hashes, sorted (seen_before)
-ID_PROBE = "fraudops:event_id"      # hashed with the ids; see id_hashes
+IDS = "_ids."               # + the canonical object's file name, beside it (in its record): its ids' hashes, sorted
+# hashed as the ids are (see _probe): short ids (inline in polars' strings) and long ones
+ID_PROBES = ["", "7", "tx000001", "tx0000012345", "tx00000123456", "fraudops:event_id", "0" * 40, "é-ü-中-ids"]
 
 
 def _id_hash() -> pl.Expr:
@@ -307,13 +311,22 @@ def _id_hash() -> pl.Expr:
 
 
 def _ids_uri(canonical_uri: str) -> str:
-    return canonical_uri.rsplit("/", 1)[0] + "/" + IDS
+    """Named after the canonical object (as its record is): unique whatever the layout puts in one
+    folder, and hidden (`_`) from a listing or a reader's glob of the folder's data."""
+    folder, name = canonical_uri.rsplit("/", 1)
+    return f"{folder}/{IDS}{name}"
 
 
 def _probe() -> str:
-    """What this process hashes ID_PROBE to: a partition's id hashes are used only where it matches (a
-    polars whose hash changed reads the ids themselves instead, never misses a repeat)."""
-    return str(pl.Series([ID_PROBE]).hash(seed=ID_SEED)[0])
+    """What this process hashes ID_PROBES to: a partition's id hashes are used only where they match (a
+    polars whose hash changed, for any length of id, reads the ids themselves instead: no repeat missed)."""
+    return ",".join(str(h) for h in pl.Series(ID_PROBES).hash(seed=ID_SEED).to_list())
+
+
+def _withdraw(pub: storage.Publisher, canonical_uri: str) -> None:
+    """A canonical partition withdrawn: its record, its object, its ids' hashes."""
+    pub.remove(canonical_uri)
+    pub.remove(_ids_uri(canonical_uri))
 
 
 def put_canonical(part: storage.Partition, uri: str, canonical: pl.DataFrame) -> None:
@@ -335,7 +348,8 @@ def put_id_hashes(part: storage.Partition, uri: str, ids: pl.Series) -> None:
     pq.write_table(pa.table({"h": hashes.to_arrow()}), buf, compression="none", use_dictionary=False,
                    column_encoding={"h": "DELTA_BINARY_PACKED"}, write_statistics=False)
     part.put(_ids_uri(uri), buf.getvalue())
-    part.extra["ids"] = {"object": IDS, "hash": "polars", "seed": ID_SEED, "probe": _probe()}
+    part.extra["ids"] = {"object": _ids_uri(uri).rsplit("/", 1)[1], "hash": "polars", "seed": ID_SEED,
+                         "probe": _probe()}
 
 
 def _hashes(reader: lineage.Reader, uri: str, memo: dict | None, probe: str) -> pl.DataFrame | None:
@@ -463,7 +477,7 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
         frames, sources = read_source(ds, day, files)
         del files                               # (their bytes: decoded into frames)
     except (IngestError, storage.StorageError) as exc:
-        pub.remove(canonical_uri)
+        _withdraw(pub, canonical_uri)
         pub.put_json(store.uri("ingest_stats", **fields), {"dataset": ds.name, "date": day.isoformat(),
                                                            "status": "failed", "reason": str(exc)})
         raise IngestError(str(exc)) from None
@@ -481,7 +495,7 @@ def ingest_partition(ds: DatasetParams, day: dt.date, store: StorageParams, para
                                   "ids_found": seen.height}}
     del ids, frames                             # the source columns: in result.canonical now, or gone
     if result.stats["missing_columns"]:
-        pub.remove(canonical_uri)
+        _withdraw(pub, canonical_uri)
         pub.put_parquet(store.uri("rejects", **fields), result.rejects)
         pub.put_json(store.uri("ingest_stats", **fields), {**stats, "status": "failed"})
         found = {s["uri"].rsplit("/", 1)[-1]: s["columns"] for s in sources}

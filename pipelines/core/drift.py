@@ -161,6 +161,7 @@ class NumericDrift:
     null share and out-of-range share of one numeric feature: counts only, batch by batch."""
 
     SPAN = 1 << 16          # integer values spanning less than this are counted by value (np.bincount)
+    BY_VALUE = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)   # (numpy's)
 
     def __init__(self, ref: dict) -> None:
         self.ref = ref
@@ -175,7 +176,7 @@ class NumericDrift:
         # the reference's min and max are its sample's ends (percentiles 0 and 100), so the grid's: the
         # values out of range are then those below its first point and above its last, counted already
         self.ends = ref.get("min") is not None and len(self.grid) > 0 and \
-            (float(self.grid[0]), float(self.grid[-1])) == (ref["min"], ref["max"])
+            (float(self.grid[0]), float(self.grid[-1])) == (ref["min"], ref.get("max"))
         self.upto = np.zeros(len(self.grid) + 1, np.int64)   # values v with grid[j-1] < v <= grid[j]
         self.equal = np.zeros(len(self.grid), np.int64)      # values v == grid[j]
         self.n = self.nulls = self.finite = self.oor = 0
@@ -186,7 +187,7 @@ class NumericDrift:
         vals = col.drop_nulls()
         self.n += col.len()
         self.nulls += col.len() - vals.len()
-        if vals.dtype.is_integer() and self._by_value(vals.to_numpy()):
+        if vals.dtype in self.BY_VALUE and self._by_value(vals.to_numpy()):
             return self
         if vals.dtype == pl.Float32:
             if self.range32 is None:                          # the first Float32 batch

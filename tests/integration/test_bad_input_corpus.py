@@ -598,8 +598,11 @@ def redelivery_that_is_corrupt(lake, d):
     tx, _ = lake.day(d)
     lake.deliver("transactions", d, {"part-0.parquet": tx})
     passes(lake, d, tx.height)
+    canonical = storage.local_path(lake.uri("canonical", d))
+    assert [p.name for p in canonical.parent.glob("_ids.*")] == ["_ids.part-0.parquet"]   # its ids' hashes
     lake.deliver("transactions", d, {"part-0.parquet": b"PAR1 not really"})
     ingest_fails(lake, d, "unreadable as parquet")
+    assert not canonical.exists() and not list(canonical.parent.glob("_ids.*"))      # withdrawn, hashes too
     with pytest.raises(lineage.StaleInput, match="withdrawn"):          # derived data is refused from now on
         lineage.Reader().record(lake.uri("validated", d))
     r = lake.run("validate", d)

@@ -164,10 +164,35 @@ def test_ids_of_earlier_days_are_found_exactly_whatever_the_hash_and_batches(tmp
     new = pl.DataFrame({"event_id": ["new-1", "new-2"]})
     assert ingest.seen_before(ds, days[4], store, 45, lineage.Reader(), None, new).height == 0
     if hashes == "all" and how != "every_id_one_hash":
-        assert read == [f"date={d}/{ingest.IDS}" for d in days[:4]]        # the hashes only, no ids
+        assert read == [f"date={d}/{ingest.IDS}part-0.parquet" for d in days[:4]]        # the hashes only, no ids
     elif hashes in ("none", "hashed_otherwise"):
         assert read == [f"date={d}/part-0.parquet" for d in days[:4]]
     assert ingest.seen_before(ds, days[4], store, 45, lineage.Reader(), None, asked.clear()).height == 0
+
+
+def test_partitions_sharing_a_folder_keep_their_own_hashes(tmp_path):
+    """A layout may put several canonical partitions in one folder (one file a date): each one's id
+    hashes are named after its object, not after the folder, so none overwrites another's."""
+    import dataclasses
+
+    from pipelines import ingest
+    from pipelines.core import lineage, storage
+
+    params = load_params()
+    layout = {**params.storage.layout, "canonical": "canonical/{dataset}/date={date}.parquet"}
+    store = dataclasses.replace(params.storage, lake=str(tmp_path / "lake"), layout=layout)
+    ds = params.dataset("labels")
+    days = [ds.first_date + dt.timedelta(days=k) for k in range(4)]
+    with storage.Publisher(store.lake, None) as pub:
+        for k, d in enumerate(days[:3]):
+            uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
+            part = pub.partition(uri, "ingest")
+            ingest.put_canonical(part, uri, pl.DataFrame({"event_id": [f"e{k}-{i}" for i in range(5)],
+                                                          "label": pl.Series([0] * 5, dtype=pl.Int8)}))
+            part.commit()
+    assert len(list((tmp_path / "lake" / "canonical" / ds.name).glob(f"{ingest.IDS}*"))) == 3
+    seen = ingest.seen_before(ds, days[3], store, 45, lineage.Reader(), None, pl.DataFrame({"event_id": ["e0-1", "e2-4", "x"]}))
+    assert sorted(seen["event_id"].to_list()) == ["e0-1", "e2-4"]
 
 
 def test_a_partitions_hashes_altered_after_its_record_fail_the_night_by_name(tmp_path):
@@ -187,11 +212,11 @@ def test_a_partitions_hashes_altered_after_its_record_fail_the_night_by_name(tmp
         part = pub.partition(uri, "ingest")
         ingest.put_canonical(part, uri, pl.DataFrame({"event_id": ["a", "b"], "label": pl.Series([0, 1], dtype=pl.Int8)}))
         part.commit()
-    side = Path(uri).parent / ingest.IDS
+    side = Path(uri).parent / f"{ingest.IDS}part-0.parquet"
     ok = pl.read_parquet(side)
     assert ok["h"].to_list() == sorted(pl.Series(["a", "b"]).hash(seed=ingest.ID_SEED).to_list())
     ok.head(1).write_parquet(side)
-    with pytest.raises(ingest.IngestError, match=f"cannot be trusted .*date={d}/{ingest.IDS}: changed since it was committed"):
+    with pytest.raises(ingest.IngestError, match=f"cannot be trusted .*date={d}/{ingest.IDS}part-0.parquet: changed since it was committed"):
         ingest.seen_before(ds, d + dt.timedelta(days=1), store, 45, lineage.Reader(), None,
                            pl.DataFrame({"event_id": ["b"]}))
 
