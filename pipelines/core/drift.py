@@ -195,11 +195,12 @@ class NumericDrift:
                 # v < min and v > max for a float32 v, exactly (not min and max rounded to float32)
                 self.range32 = (_up32(self.ref["min"]), _down32(self.ref["max"])) if self.ref.get("min") is not None \
                     else ()
-            v, count = vals.to_numpy(), self._count32
+            v, index, bounds = vals.to_numpy(), self.index32, self.range32
         else:
-            v, count = vals.cast(pl.Float64).to_numpy(), self._count
+            v, index = vals.cast(pl.Float64).to_numpy(), self.index
+            bounds = (self.ref["min"], self.ref["max"]) if self.ref.get("min") is not None else ()
         for s in range(0, len(v), SLICE):
-            count(v[s:s + SLICE])
+            self._count(v[s:s + SLICE], index, bounds)
         return self
 
     def _by_value(self, a: np.ndarray) -> bool:
@@ -227,33 +228,23 @@ class NumericDrift:
             self.oor += int(c[x < self.ref["min"]].sum()) + int(c[x > self.ref["max"]].sum())
         return True
 
-    def _count(self, v: np.ndarray) -> None:
+    def _count(self, v: np.ndarray, index: GridIndex | None, bounds: tuple) -> None:
+        """Count a slice of float64 values (`index` the grid's GridIndex, `bounds` the reference's min and
+        max) or of float32 ones (GridIndex single, the range's ends as float32 bounds: v < lo, v > hi
+        exactly as against the float64 ends)."""
         finite = np.isfinite(v)
         if not finite.all():
             v = v[finite]
         self.finite += len(v)
         if len(self.grid):
-            self._add(*self.index.locate(v))                    # np.searchsorted(self.grid, v, side="left")
-        if self.ref.get("min") is not None and not self.ends:
-            self.oor += int(np.count_nonzero(v < self.ref["min"])) + int(np.count_nonzero(v > self.ref["max"]))
-
-    def _add(self, idx: np.ndarray, eq: np.ndarray) -> None:
-        upto, equal = np.bincount(idx, minlength=len(self.grid) + 1), np.bincount(idx[eq], minlength=len(self.grid))
-        self.upto += upto
-        self.equal += equal
-        if self.ends:                   # below the first point (not on it), above the last
-            self.oor += int(upto[0] - equal[0] + upto[-1])
-
-    def _count32(self, v: np.ndarray) -> None:
-        """_count for float32 values, in 32 bits (GridIndex single; the range's ends as float32 bounds)."""
-        finite = np.isfinite(v)
-        if not finite.all():
-            v = v[finite]
-        self.finite += len(v)
-        if len(self.grid):
-            self._add(*self.index32.locate(v))
-        if self.range32 and not self.ends:
-            lo, hi = self.range32
+            idx, eq = index.locate(v)                           # np.searchsorted(self.grid, v, side="left")
+            upto, equal = np.bincount(idx, minlength=len(self.grid) + 1), np.bincount(idx[eq], minlength=len(self.grid))
+            self.upto += upto
+            self.equal += equal
+            if self.ends:               # below the first point (not on it), above the last
+                self.oor += int(upto[0] - equal[0] + upto[-1])
+        if bounds and not self.ends:
+            lo, hi = bounds
             self.oor += int(np.count_nonzero(v < lo)) + int(np.count_nonzero(v > hi))
 
     def state(self) -> dict:
