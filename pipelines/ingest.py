@@ -352,6 +352,13 @@ def put_id_hashes(part: storage.Partition, uri: str, ids: pl.Series) -> None:
                          "probe": _probe()}
 
 
+def _read(reader: lineage.Reader, uri: str, memo: dict | None, columns: list[str], primary: str | None = None
+          ) -> pl.DataFrame:
+    """A committed Parquet object's `columns`, through `memo` when there is one (a range)."""
+    return reader.read_parquet_memo(uri, memo, columns, primary) if memo is not None else \
+        reader.read_parquet(uri, primary, columns)
+
+
 def _hashes(reader: lineage.Reader, uri: str, memo: dict | None, probe: str) -> pl.DataFrame | None:
     """The sorted id hashes of the committed canonical partition `uri` (put_canonical), verified as
     any object of it; None where it has none (published before them) or they were hashed otherwise."""
@@ -360,9 +367,7 @@ def _hashes(reader: lineage.Reader, uri: str, memo: dict | None, probe: str) -> 
     side = _ids_uri(uri)
     if ids.get("probe") != probe or ids.get("seed") != ID_SEED or side not in rec["objects"]:
         return None
-    frame = reader.read_parquet_memo(side, memo, ["h"], primary=uri) if memo is not None else \
-        reader.read_parquet(side, uri, ["h"])
-    return frame.with_columns(pl.col("h").set_sorted())
+    return _read(reader, side, memo, ["h"], uri).with_columns(pl.col("h").set_sorted())
 
 
 def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_days: int, reader: lineage.Reader,
@@ -413,11 +418,10 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
             if hashes is not None:
                 found = hashes.join(mine, on="h", how="inner")["h"]
                 if found.len():                 # the day's ids where a hash matched, checked on the ids below
-                    frame = reader.read_parquet_memo(uri, memo, cols) if memo is not None else \
-                        reader.read_parquet(uri, columns=cols)
-                    frames.append(frame.filter(hashed.is_in(found.implode())).join(ids, on="event_id", how="semi"))
+                    frames.append(_read(reader, uri, memo, cols).filter(hashed.is_in(found.implode()))
+                                  .join(ids, on="event_id", how="semi"))
                 continue
-            frame = reader.read_parquet_memo(uri, memo, cols) if memo is not None else reader.read_parquet(uri, columns=cols)
+            frame = _read(reader, uri, memo, cols)
         except lineage.NotCommitted:            # a day that was never ingested or was withdrawn
             continue
         except lineage.StaleInput as exc:
