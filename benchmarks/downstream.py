@@ -1,7 +1,7 @@
 """Benchmark: score, decide and monitor of one date at 10M rows and more, each a process of its own
 as Airflow runs it (`python -m pipelines <stage> --date D`).
 
-    python benchmarks/downstream.py [--rows 10000000] [--base 1000000] [--keep]
+    python benchmarks/downstream.py [--rows 10000000] [--base 1000000] [--keep] [--pairs 2]
 
 These three stages read only the date's features and what score hands on (predictions, the
 features' counts), never the look-back: their cost is that of the date. So the date's features
@@ -36,7 +36,7 @@ OUT = ROOT / "benchmarks" / ".out"
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.nightly_e2e import (DAY, _anchor, _stage, _world, bare_job, mlflow_server, register,  # noqa: E402
-                                    score_ratios, suites)
+                                    score_pairs, score_ratios, suites)
 
 STAGES = ("score", "decide", "monitor")
 
@@ -84,7 +84,7 @@ def tile(rows: int, base: int, work: Path) -> None:
         part.commit()
 
 
-def one_size(rows: int, base: int, keep: bool) -> dict:
+def one_size(rows: int, base: int, keep: bool, pairs: int = 2) -> dict:
     work = OUT / f"downstream_{rows}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -101,6 +101,7 @@ def one_size(rows: int, base: int, keep: bool) -> dict:
         prep = time.perf_counter() - t
         stages = {stage: _stage(stage, params, env, log) for stage in STAGES}
         anchors = {"predict": _anchor("predict", params, work, env, log), "bare-job": bare_job(params, work, env, log)}
+        anchors["pairs"] = score_pairs(params, work, env, log, pairs)
     res = {"rows": anchors["predict"]["rows"], "base": base, "prepare_s": prep, "base_features": features,
            "stages": stages, "anchors": anchors}
     (OUT / f"downstream_{rows}.json").write_text(json.dumps(res, indent=1))
@@ -126,6 +127,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[10_000_000])
     ap.add_argument("--base", type=int, default=1_000_000, help="rows of the simulated day that is tiled")
     ap.add_argument("--keep", action="store_true", help="keep the generated lakes (benchmarks/.out/downstream_<rows>)")
+    ap.add_argument("--pairs", type=int, default=2,
+                    help="score and the bare job run again side by side this many times (the ratio's median)")
     ap.add_argument("--child", choices=["prepare", "tile"], help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -138,7 +141,7 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, python {platform.python_version()}")
     for rows in args.rows:
-        report(one_size(rows, args.base, args.keep))
+        report(one_size(rows, args.base, args.keep, args.pairs))
     return 0
 
 
