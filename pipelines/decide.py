@@ -491,10 +491,20 @@ def release_main(argv: list[str]) -> int:
     return main(["--params", a.params, "--date", d])
 
 
+def _subcommand(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`release` or `override` where it stands (first, or after `--params P` / `--params=P`) and the
+    arguments without that one word: `--action release` or `--reason release` keep their values."""
+    at = 1 if argv[:1] and argv[0].startswith("--params=") else 2 if argv[:1] == ["--params"] else 0
+    if argv[at:at + 1] in (["release"], ["override"]):
+        return argv[at], argv[:at] + argv[at + 1:]
+    return None, argv
+
+
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "release" or argv[1:2] == ["release"] and argv[0].startswith("--params="):
-        return release_main([a for a in argv if a != "release"])
-    if argv and argv[0] == "override":
+    sub, rest = _subcommand(argv)
+    if sub == "release":
+        return release_main(rest)
+    if sub == "override":
         ap = argparse.ArgumentParser(prog="python -m pipelines decide override",
                                      description="record a reviewer's decision for one event (it wins on the next decide run)")
         ap.add_argument("--params", default="params.yaml")
@@ -503,11 +513,11 @@ def main(argv: list[str]) -> int:
         ap.add_argument("--decision", required=True, choices=DECISIONS)
         ap.add_argument("--reviewer", default=None)
         ap.add_argument("--note", default="")
-        a = ap.parse_args(argv[1:])
+        a = ap.parse_args(rest)
         store = load_params(a.params).storage
         reviewer = a.reviewer or getpass.getuser()
-        add_override(store, a.date, a.event_id, a.decision, reviewer, a.note, dt.datetime.now(dt.timezone.utc))
-        print(f"override recorded: {a.event_id} -> {a.decision} by {reviewer} ({store.uri('overrides', date=a.date.isoformat())}); "
+        where = add_override(store, a.date, a.event_id, a.decision, reviewer, a.note, dt.datetime.now(dt.timezone.utc))
+        print(f"override recorded: {a.event_id} -> {a.decision} by {reviewer} ({where}); "
               f"re-run `python -m pipelines decide --date {a.date}` to apply it")
         return 0
     ap = stage_parser("decide", __doc__)

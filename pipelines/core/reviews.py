@@ -19,27 +19,65 @@ OVERRIDE_SCHEMA = {"event_id": pl.String, "decision": pl.String, "reviewer": pl.
                    "at": pl.Datetime("us", "UTC")}
 
 
+OVERRIDE = "_override."       # + the day's overrides file name + "." + when + a random token: one object per verdict
+
+
 def latest_overrides(overrides: pl.DataFrame) -> pl.DataFrame:
-    return overrides.sort("at").unique("event_id", keep="last", maintain_order=True)
+    return overrides.sort("at", maintain_order=True).unique("event_id", keep="last", maintain_order=True)
+
+
+def _objects(store, ds: dt.date) -> tuple[str, list[str]]:
+    """The day's overrides table (as an older writer left it, or as a person or a test put it) and its
+    verdicts' objects beside it (each written once, by one reviewer's command), in the order they were
+    recorded."""
+    uri = store.uri("overrides", date=ds.isoformat())
+    folder, name = uri.rsplit("/", 1)
+    mine = f"{folder}/{OVERRIDE}{name}."
+    return uri, [u for u in storage.list_uris(folder, hidden=True) if u.startswith(mine) and "/" not in u[len(mine):]]
+
+
+def override_objects(store, ds: dt.date) -> list[tuple[str, bytes]]:
+    """The day's overrides as stored: (uri, bytes) of its table, if there is one, then of each verdict's
+    object, in the order they were recorded."""
+    uri, each = _objects(store, ds)
+    out = []
+    for u in [uri, *each]:
+        try:
+            out.append((u, storage.read_bytes(u)))
+        except storage.MissingObject:
+            if u != uri:
+                raise
+    return out
 
 
 def read_overrides(store, ds: dt.date) -> pl.DataFrame:
-    try:
-        return storage.read_parquet(store.uri("overrides", date=ds.isoformat())).cast(OVERRIDE_SCHEMA)
-    except storage.MissingObject:
-        return pl.DataFrame(schema=OVERRIDE_SCHEMA)
+    """Every reviewer's decision recorded for the day, in the order recorded (latest_overrides: the
+    latest per event wins)."""
+    parts = [storage.read_parquet_bytes(data, u).cast(OVERRIDE_SCHEMA) for u, data in override_objects(store, ds)]
+    return pl.concat(parts) if parts else pl.DataFrame(schema=OVERRIDE_SCHEMA)
+
+
+def has_overrides(store, ds: dt.date) -> bool:
+    uri, each = _objects(store, ds)
+    return bool(each) or storage.exists(uri)
 
 
 def add_override(store, ds: dt.date, event_id: str, decision: str, reviewer: str, note: str,
-                 at: dt.datetime) -> pl.DataFrame:
-    """Append a reviewer's decision to the day's overrides table (the latest per event wins)."""
+                 at: dt.datetime) -> str:
+    """Record a reviewer's decision for an event of the day (the latest per event wins): an object of its
+    own, never a read-modify-write of a shared table, so two reviewers recording at the same moment both
+    count. Returns its URI."""
+    import uuid
+
     if decision not in DECISIONS:
         raise ValueError(f"override decision must be one of {DECISIONS}, not {decision!r}; nothing recorded")
-    cur = read_overrides(store, ds)
+    at = at.astimezone(dt.timezone.utc)
     row = pl.DataFrame({"event_id": [event_id], "decision": [decision], "reviewer": [reviewer], "note": [note],
                         "at": [at]}, schema=OVERRIDE_SCHEMA)
-    out = pl.concat([cur, row])
-    storage.write_bytes(store.uri("overrides", date=ds.isoformat()), storage.parquet_bytes(out))
+    uri = store.uri("overrides", date=ds.isoformat())
+    folder, name = uri.rsplit("/", 1)
+    out = f"{folder}/{OVERRIDE}{name}.{at:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:16]}"
+    storage.write_bytes(out, storage.parquet_bytes(row))
     return out
 
 

@@ -212,9 +212,10 @@ def _reviewed(ws: Path) -> bool:
     """Whether reviewers' verdicts exist in the run's range: train and evaluate read them from the
     lake, and they are not a DVC dependency, so those stages are then never restored from the cache."""
     from pipelines.core.config import date_range, load_params
+    from pipelines.core.reviews import has_overrides
 
     params = load_params(ws / "params.yaml")
-    return any(storage.exists(params.storage.uri("overrides", date=d.isoformat()))
+    return any(has_overrides(params.storage, d)
                for d in date_range(params.run.start_date, params.run.end_date))
 
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import polars as pl
 import pytest
 
 from pipelines.core import storage
@@ -100,6 +101,21 @@ def test_the_nightly_chain_reads_and_writes_s3_through_boto3(s3_lake, s3_endpoin
     assert feats.height == pred.height == dec.height > 1000
     assert set(pred["scored_by"]) == {"rules"} and pred["fallback"].list.contains("rules").all()   # flagged
     assert storage.object_root() is None and storage.endpoint_url() == s3_endpoint["url"]
+
+    # two reviewers record a verdict at the same moment (two processes; the spaced `--params P override`
+    # form): both are kept, and deciding the day again applies both
+    events = pred.filter(pl.col("score") < 0.5)["event_id"].head(2).to_list()
+    procs = [subprocess.Popen([sys.executable, "-m", "pipelines", "decide", "--params", path, "override", "--date", d,
+                               "--event-id", e, "--decision", "block", "--reviewer", f"r{i}"], cwd=REPO, text=True,
+                              env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i, e in enumerate(events)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and "override recorded" in out, err[-2000:]
+    r = cli(env, "decide", *day)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = storage.read_parquet(store.uri("decisions", date=d)).filter(pl.col("event_id").is_in(events))
+    assert sorted(zip(again["decision"], again["reason_code"])) == [("block", "human_override")] * 2
 
     # the night made its look-back's feature states on S3; a night 15 days later no longer needs them:
     # pruned (records first, DeleteObjects in batches), nothing left under their prefix
