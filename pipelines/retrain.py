@@ -157,12 +157,26 @@ def should_retrain(today: dt.date, drifted: dict[dt.date, bool | None], previous
 
 
 def drift_flags(store: StorageParams, days: list[dt.date]) -> dict[dt.date, bool | None]:
+    """Per day: drifted (True/False) by monitor's day_drifted; None where the day has no monitoring.
+    A day monitored without a drift verdict (scored by the rules scorer: no reference profile, monitor
+    says reference_missing) is no evidence of drift: False (unjudged_days lists it)."""
     m = read_metrics(store, "monitoring", days)
-    m = m.filter(pl.col("metric") == "day_drifted") if m.height else m
     flags: dict[dt.date, bool | None] = {d: None for d in days}
-    for r in m.iter_rows(named=True):
+    for d in (m["date"].unique().to_list() if m.height else []):
+        if d in flags:
+            flags[d] = False
+    for r in (m.filter(pl.col("metric") == "day_drifted") if m.height else m).iter_rows(named=True):
         flags[r["date"]] = bool(r["value"])
     return flags
+
+
+def unjudged_days(store: StorageParams, days: list[dt.date]) -> list[dt.date]:
+    """The days monitored without a drift verdict (no reference profile: the rules scored them)."""
+    m = read_metrics(store, "monitoring", days)
+    if not m.height:
+        return []
+    judged = set(m.filter(pl.col("metric") == "day_drifted")["date"].to_list())
+    return sorted(d for d in set(m["date"].to_list()) - judged if d in days)
 
 
 def previous_triggers(store: StorageParams, today: dt.date, lookback: int) -> list[dt.date]:
@@ -286,6 +300,7 @@ def decide_day(params, today: dt.date, params_file: str) -> dict:
            "request": d.why or None, "onset": d.onset.isoformat() if d.onset else None,
            "labels_due": d.due.isoformat() if d.due else None,
            "drifted": {k.isoformat(): v for k, v in flags.items()},
+           "not_judged": [x.isoformat() for x in unjudged_days(store, window)],
            "realized": {k.isoformat(): v for k, v in degraded.items()}, "previous_triggers": [x.isoformat() for x in prev],
            "rule": {"drift_days": p.drift_days, "of_last_days": p.of_last_days, "cooldown_days": p.cooldown_days,
                     "max_per_30_days": p.max_per_30_days, "min_labelled_days_after_onset": p.min_labelled_days_after_onset,

@@ -132,3 +132,31 @@ def test_no_new_request_while_the_retrained_model_is_in_shadow_then_only_fresh_e
     assert d.state == "no" and not d.retrain, d.reason
     # without the reset the same evidence would open a request
     assert should_retrain(day, calm, [retrained], p, degraded={dt.date(2026, 3, 15): 0.3}, delay=1).state == "waiting"
+
+
+def test_a_day_the_rules_scored_is_monitored_but_not_judged_and_retrain_goes_on(tmp_path):
+    """No champion yet (or a model that failed to load): the rules scored the day, there is no reference
+    profile, monitor writes reference_missing and no day_drifted. retrain reads that day as monitored
+    without a verdict (no drift evidence, listed in not_judged), not as a missing monitor run; a day
+    with no monitoring at all still fails by name."""
+    import polars as pl
+
+    from pipelines import monitor, retrain
+    from pipelines.core import storage
+    from pipelines.core.config import load_params
+    from pipelines.core.lake import METRIC_SCHEMA
+    from tests.conftest import params_with_lake
+
+    path = params_with_lake(tmp_path, str(tmp_path / "lake"))
+    params = load_params(path)
+    obs = monitor.Observed(rows=1000, features={}, score=None, above_threshold=5, fallback_any=1000,
+                           fallback={"rules": 1000})
+    rows, _ = monitor.day_metrics(D, obs, {"rates": {"approve": 0.99, "review": 0.01}},
+                                  {"scored_by": "rules", "reference_profile": None}, params.monitor)
+    assert "reference_missing" in {r["metric"] for r in rows} and "day_drifted" not in {r["metric"] for r in rows}
+    storage.write_bytes(params.storage.uri("monitoring", date=D.isoformat()),
+                        storage.parquet_bytes(pl.DataFrame(rows, schema=METRIC_SCHEMA)))
+    rec = retrain.decide_day(params, D, str(path))
+    assert rec["retrain"] is False and rec["not_judged"] == [D.isoformat()] and rec["drifted"][D.isoformat()] is False
+    with pytest.raises(retrain.RetrainError, match="no monitoring for the day itself"):
+        retrain.decide_day(params, D + dt.timedelta(days=1), str(path))
