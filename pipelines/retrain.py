@@ -226,8 +226,9 @@ def open_request(store: StorageParams, today: dt.date, lookback: int = 90) -> tu
 
 
 def pending_challenger(params, today: dt.date, previous: list[dt.date]) -> tuple[dt.date, str] | None:
-    """(date, version) when the last triggered retrain registered a challenger that no lifecycle
-    decision since has promoted or retired (it is in shadow), else None."""
+    """(date, version) when the last triggered retrain registered a challenger that is still in shadow:
+    no lifecycle decision since has promoted or retired it, it has not scored a day as the champion,
+    and the shadow has not moved on from it (to another version, or to no challenger); else None."""
     earlier = [d for d in previous if d < today]
     if not earlier:
         return None
@@ -241,14 +242,38 @@ def pending_challenger(params, today: dt.date, previous: list[dt.date]) -> tuple
     if reg.get("alias") != alias or reg.get("version") is None:
         return None
     version = str(reg["version"])
+    shadowed = False
     for i in range(1, (today - last).days + 1):
+        day = (last + dt.timedelta(days=i)).isoformat()
         try:
-            rec = storage.read_json(store.uri("lifecycle_decision", date=(last + dt.timedelta(days=i)).isoformat()))
+            rec = storage.read_json(store.uri("lifecycle_decision", date=day))
         except storage.MissingObject:
-            continue
+            rec = {}
         if any(m.get("alias") == alias and str(m.get("from")) == version for m in rec.get("moves", [])):
             return None
+        # a move no lifecycle decision made (`models promote`, the promote DAG, a later registration, a
+        # person): the nights' own records show it. It scored the day as the champion, or it shadowed
+        # and then the shadow scored another version or found no challenger
+        champ, shadow = _served(store, "scored_model", day), _served(store, "shadow_model", day)
+        if champ is not None and champ.get("scored_by") == "model" and str(champ.get("model_version")) == version:
+            return None
+        if shadow is not None:
+            if shadow.get("scored_by") == "model":
+                if str(shadow.get("model_version")) == version:
+                    shadowed = True
+                elif shadowed:
+                    return None
+            elif shadowed and str(shadow.get("reason", "")).startswith("no model "):
+                return None
     return last, version
+
+
+def _served(store: StorageParams, kind: str, day: str) -> dict | None:
+    """Which model scored the day (scored_model) or shadowed it (shadow_model), as recorded; None when not recorded."""
+    try:
+        return storage.read_json(store.uri(kind, date=day))
+    except storage.MissingObject:
+        return None
 
 
 def last_champion_move(params, today: dt.date, lookback: int = 30) -> dt.date | None:

@@ -160,3 +160,52 @@ def test_a_day_the_rules_scored_is_monitored_but_not_judged_and_retrain_goes_on(
     assert rec["retrain"] is False and rec["not_judged"] == [D.isoformat()] and rec["drifted"][D.isoformat()] is False
     with pytest.raises(retrain.RetrainError, match="no monitoring for the day itself"):
         retrain.decide_day(params, D + dt.timedelta(days=1), str(path))
+
+
+@pytest.mark.parametrize("route,left_on", [
+    ("promoted by hand", 4),          # `models promote 2` / the promote DAG: v2 scores day 4 as the champion
+    ("replaced", 5),                  # a later registration: the shadow scores v3 from day 5
+    ("alias removed", 5),             # the challenger alias was removed: the shadow finds no model
+    ("registry down", None),          # the shadow could not ask: still in shadow
+])
+def test_the_challenger_leaves_shadow_by_any_route_the_nights_record(tmp_path, route, left_on):
+    """retrain's 'shadow' state ends when the challenger it registered leaves the shadow, whoever moved it:
+    the nights' own records (which model scored the day, which one shadowed it) show it, not only the
+    lifecycle decisions' moves."""
+    from pipelines import retrain
+    from pipelines.core import storage
+    from pipelines.core.config import load_params
+    from pipelines.core.lake import REGISTER, REGISTRATION, artifact, training_uri
+    from tests.conftest import params_with_lake
+
+    params = load_params(params_with_lake(tmp_path, str(tmp_path / "lake")))
+    store, last = params.storage, D
+    storage.write_bytes(store.uri("retrain_decision", date=last.isoformat()), storage.json_bytes({"retrain": True}))
+    conf = retrain.training_conf(last, params.retrain, "", "")["conf"]
+    storage.write_bytes(f"{training_uri(params, dt.date.fromisoformat(conf['start_date']), last)}/"
+                        f"{artifact(REGISTER, REGISTRATION)}", storage.json_bytes({"alias": params.shadow.alias, "version": 2}))
+
+    def night(i: int, champion: str, shadow: dict) -> None:
+        d = (last + dt.timedelta(days=i)).isoformat()
+        storage.write_bytes(store.uri("scored_model", date=d), storage.json_bytes(
+            {"scored_by": "model", "model_version": champion}))
+        storage.write_bytes(store.uri("shadow_model", date=d), storage.json_bytes(shadow))
+
+    v2 = {"scored_by": "model", "model_version": "2"}
+    night(1, "1", {"scored_by": "none", "model_version": None, "reason": "no model fraud-xgb@challenger in the registry"})
+    for i in (2, 3):                  # (day 1: the training had not registered it yet)
+        night(i, "1", v2)
+    if route == "promoted by hand":
+        night(4, "2", {"scored_by": "none", "model_version": None, "reason": "no model fraud-xgb@challenger in the registry"})
+    else:
+        night(4, "1", v2)
+        night(5, "1", {"replaced": {"scored_by": "model", "model_version": "3"},
+                       "alias removed": {"scored_by": "none", "model_version": None,
+                                         "reason": "no model fraud-xgb@challenger in the registry"},
+                       "registry down": {"scored_by": "none", "model_version": None,
+                                         "reason": "registry unreachable (health did not answer)"}}[route])
+    for i in range(1, 7):
+        today = last + dt.timedelta(days=i)
+        pending = retrain.pending_challenger(params, today, retrain.previous_triggers(store, today, 30))
+        gone = left_on is not None and i >= left_on
+        assert pending == (None if gone else (last, "2")), (route, i, pending)
