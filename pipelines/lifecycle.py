@@ -227,6 +227,14 @@ def lifecycle_day(params, label_date: dt.date, dry_run: bool = False) -> dict:
                     c().set_model_version_tag(name, challenger, "retired", reason[:4900])
             record["alerts"].append({"kind": "challenger_retired", "message": f"{name} v{challenger} {reason}"})
 
+    if not dry_run:
+        # moves an earlier attempt of this decision made (a retry after its record's write failed, a
+        # re-run of the date): the registry's history holds them, named by this decision; a re-run
+        # finds nothing left to move, and its record must not forget them
+        again = [m for m in R.moves_of(name, made_by.strip()) if m not in record["moves"]]
+        if again:
+            record["moves"] = again + record["moves"]
+            record["moves_of_earlier_attempts"] = len(again)
     url = alerts.webhook_url(params.alerts.webhook_url)
     if record["alerts"] and url and not dry_run:
         record["webhook"] = alerts.send_webhook(url, {"source": "fraudops.lifecycle", **record}, params.alerts.timeout_s)

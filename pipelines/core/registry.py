@@ -150,6 +150,26 @@ def history(c, name: str) -> list[dict]:
     return [json.loads(tags[k]) for k in sorted(t for t in tags if t.startswith(HISTORY_PREFIX))]
 
 
+def moves_of(name: str, marker: str, timeout: float = 30.0) -> list[dict]:
+    """The alias moves whose reason holds `marker` (e.g. the lifecycle decision that made them), in
+    order. Against an HTTP tracking server one REST call, no MLflow import; otherwise the client."""
+    import urllib.error
+
+    if _http_uri() is None:
+        records = history(client(), name)
+    else:
+        try:
+            model = json.loads(_rest_get("/api/2.0/mlflow/registered-models/get", {"name": name}, timeout))["registered_model"]
+        except urllib.error.HTTPError as exc:
+            body = exc.read()[:500].decode(errors="replace")
+            if "RESOURCE_DOES_NOT_EXIST" in body:
+                return []
+            raise RegistryError(f"registry {_http_uri()}: {name}: HTTP {exc.code}: {body[:200]}") from None
+        tags = {t["key"]: t["value"] for t in model.get("tags", [])}
+        records = [json.loads(tags[k]) for k in sorted(t for t in tags if t.startswith(HISTORY_PREFIX))]
+    return [r for r in records if marker in (r.get("reason") or "")]
+
+
 def _append(c, name: str, record: dict) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     taken = set((c.get_registered_model(name).tags or {}))
@@ -257,7 +277,7 @@ def rollback(c, name: str, reason: str, dry_run: bool = False) -> list[dict]:
         raise RegistryError(f"{name}: no previous champion to roll back to (champion is v{current}); nothing changed")
     moves = [move_alias(c, name, "champion", target, f"rollback from v{current}: {reason}", dry_run)]
     if get_alias(c, name, "previous") == target:
-        moves.append(move_alias(c, name, "previous", None, f"v{target} is champion again (rollback)", dry_run))
+        moves.append(move_alias(c, name, "previous", None, f"v{target} is champion again (rollback: {reason})", dry_run))
     if not dry_run and current:
         c.set_model_version_tag(name, current, "rolled_back", reason)
     return [m for m in moves if m]

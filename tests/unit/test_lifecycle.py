@@ -47,3 +47,95 @@ def test_promotion_and_rollback_params_are_checked():
         PromotionParams.from_dict({**PR.__dict__, "min_wins": 3})
     with pytest.raises(ConfigError):
         RollbackParams.from_dict({**RB.__dict__, "metric": "vibes"})
+
+
+class _Registry:
+    """An in-memory registered model: versions, aliases, tags (the alias history lives in tags)."""
+
+    def __init__(self, versions, aliases):
+        self.versions = {str(v): {} for v in versions}
+        self.al, self.tags = dict(aliases), {}
+
+    def get_model_version_by_alias(self, name, alias):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        if alias not in self.al:
+            raise MlflowException(f"alias {alias} not found", error_code=INVALID_PARAMETER_VALUE)
+        return self.get_model_version(name, self.al[alias])
+
+    def get_model_version(self, name, v):
+        import types
+
+        return types.SimpleNamespace(version=str(v), run_id=f"run{v}", tags=self.versions[str(v)])
+
+    def get_registered_model(self, name):
+        import types
+
+        return types.SimpleNamespace(tags=dict(self.tags), aliases=dict(self.al))
+
+    def set_registered_model_tag(self, name, k, v):
+        self.tags[k] = v
+
+    def update_registered_model(self, name, description=None):
+        pass
+
+    def delete_registered_model_alias(self, name, alias):
+        self.al.pop(alias, None)
+
+    def set_registered_model_alias(self, name, alias, v):
+        self.al[alias] = str(v)
+
+    def set_model_version_tag(self, name, v, k, val):
+        self.versions[str(v)][k] = val
+
+
+@pytest.mark.parametrize("first_write_fails", [False, True])
+def test_a_re_run_of_a_lifecycle_date_keeps_the_moves_it_made(tmp_path, monkeypatch, first_write_fails):
+    """The challenger wins its shadow and is promoted; the date runs again (a retry after the record's
+    write failed, or a cleared task): there is nothing left to move, and the record still holds the
+    promotion's moves (the registry's history names them by this decision), so retrain sees the move."""
+    import datetime as dt
+
+    from pipelines import lifecycle, retrain
+    from pipelines.core import registry as R
+    from pipelines.core import storage
+    from pipelines.core.config import load_params
+    from tests.conftest import params_with_lake
+
+    def mutate(data):
+        data["promotion"]["mode"] = "auto"
+    params = load_params(params_with_lake(tmp_path, str(tmp_path / "lake"), mutate))
+    reg = _Registry([1, 2], {"champion": "1", params.shadow.alias: "2"})
+    monkeypatch.setattr(R, "client", lambda: reg)
+    monkeypatch.setattr(R, "_http_uri", lambda: None)
+    store, landed = params.storage, dt.date(2026, 4, 20)
+    scored = landed - dt.timedelta(days=params.dataset("labels").delay_days)
+    for i in range(params.promotion.shadow_days):       # labelled shadow days, the challenger ahead on each
+        storage.write_bytes(store.uri("feedback_summary", date=(scored - dt.timedelta(days=i)).isoformat()),
+                            storage.json_bytes({"comparison": {
+                                "challenger_version": "2", "champion_version": "1", "metric": params.promotion.metric,
+                                "champion": 0.5, "challenger": 0.6, "delta": 0.1, "rows": 5000, "positives": 40}}))
+    uri = store.uri("lifecycle_decision", date=landed.isoformat())
+    if first_write_fails:
+        real = storage.write_bytes
+
+        def failing(u, data, *a, **k):
+            if u == uri:
+                raise storage.StorageError(f"{u}: injected write failure")
+            return real(u, data, *a, **k)
+        monkeypatch.setattr(storage, "write_bytes", failing)
+        with pytest.raises(storage.StorageError):
+            lifecycle.lifecycle_day(params, landed)
+        monkeypatch.setattr(storage, "write_bytes", real)
+    else:
+        first = lifecycle.lifecycle_day(params, landed)
+        assert first["promotion"]["action"] == "promote" and first["moves"]
+    assert reg.al["champion"] == "2" and params.shadow.alias not in reg.al
+    again = lifecycle.lifecycle_day(params, landed)
+    assert again["promotion"]["action"] == "none"
+    moves = storage.read_json(uri)["moves"]
+    assert [(m["alias"], m["from"], m["to"]) for m in moves] == [
+        ("previous", None, "1"), (params.shadow.alias, "2", None), ("champion", "1", "2")]
+    assert storage.read_json(uri)["moves_of_earlier_attempts"] == 3
+    assert retrain.last_champion_move(params, landed + dt.timedelta(days=1)) == landed
