@@ -251,23 +251,30 @@ def promote(c, name: str, version: str, reason: str, dry_run: bool = False) -> l
     if get_alias(c, name, "challenger") == str(version):
         moves.append(move_alias(c, name, "challenger", None, f"promoted to champion: {reason}", dry_run))
     moves.append(move_alias(c, name, "champion", str(version), reason, dry_run))
+    if not dry_run and "rolled_back" in (c.get_model_version(name, str(version)).tags or {}):
+        c.delete_model_version_tag(name, str(version), "rolled_back")    # promoted again on purpose: a fallback again
     return [m for m in moves if m]
 
 
 def rollback_target(c, name: str) -> str | None:
     """The champion before the current one: the `from` of the move that made the current champion,
-    unless that version was retired since or is the challenger now (a candidate whose shadow decides
+    unless that version was retired or rolled back from since or is the challenger now (a candidate whose shadow decides
     it, e.g. a model proposed again after a demo reset, is no fallback); then the `previous` alias,
     which a promotion or a person set on purpose."""
     current, challenger = get_alias(c, name, "champion"), get_alias(c, name, "challenger")
     for rec in reversed(history(c, name)):
         if rec["alias"] == "champion" and rec["to"] == current:
-            if rec["from"] and rec["from"] != challenger and \
-                    "retired" not in (c.get_model_version(name, rec["from"]).tags or {}):
+            if rec["from"] and rec["from"] != challenger and not _ruled_out(c, name, rec["from"]):
                 return rec["from"]
             break
     prev = get_alias(c, name, "previous")
-    return prev if prev not in (current, challenger) else None
+    return prev if prev not in (current, challenger) and not (prev and _ruled_out(c, name, prev)) else None
+
+
+def _ruled_out(c, name: str, version: str) -> bool:
+    """Retired, or rolled back from (and not promoted since): no fallback for a rollback (two models that
+    both suffer from the same upstream change would take turns as the champion)."""
+    return bool({"retired", "rolled_back"} & set(c.get_model_version(name, version).tags or {}))
 
 
 def rollback(c, name: str, reason: str, dry_run: bool = False) -> list[dict]:

@@ -89,6 +89,9 @@ class _Registry:
     def set_model_version_tag(self, name, v, k, val):
         self.versions[str(v)][k] = val
 
+    def delete_model_version_tag(self, name, v, k):
+        self.versions[str(v)].pop(k)
+
 
 @pytest.mark.parametrize("first_write_fails", [False, True])
 def test_a_re_run_of_a_lifecycle_date_keeps_the_moves_it_made(tmp_path, monkeypatch, first_write_fails):
@@ -139,3 +142,31 @@ def test_a_re_run_of_a_lifecycle_date_keeps_the_moves_it_made(tmp_path, monkeypa
         ("previous", None, "1"), (params.shadow.alias, "2", None), ("champion", "1", "2")]
     assert storage.read_json(uri)["moves_of_earlier_attempts"] == 3
     assert retrain.last_champion_move(params, landed + dt.timedelta(days=1)) == landed
+
+
+def test_a_rollback_never_returns_to_the_version_it_rolled_back_from(monkeypatch):
+    """v2 replaced v1, then was rolled back: a second rollback (both models suffer from the same
+    upstream change) has no target, instead of handing the champion back to v2; the same bytes
+    trained again do not pass the gate again; a person promoting v2 again makes it a fallback again."""
+    import types
+
+    from pipelines import register
+    from pipelines.core import registry as R
+
+    reg = _Registry([1, 2], {})
+    monkeypatch.setattr(R, "actor", lambda: "test")
+    R.promote(reg, "m", "1", "first")
+    R.promote(reg, "m", "2", "better")
+    assert R.rollback_target(reg, "m") == "1"
+    R.rollback(reg, "m", "realized error rate 3x")
+    assert reg.al["champion"] == "1" and "rolled_back" in reg.versions["2"]
+    assert R.rollback_target(reg, "m") is None
+    with pytest.raises(R.RegistryError, match="no previous champion"):
+        R.rollback(reg, "m", "again")
+    assert reg.al["champion"] == "1"
+    mv = types.SimpleNamespace(version="2", tags=reg.versions["2"])
+    assert not register._proposable_again(reg, "m", mv)
+    assert register._proposable_again(reg, "m", types.SimpleNamespace(
+        version="2", tags={**reg.versions["2"], register.RESET_TAG: "true"}))
+    R.promote(reg, "m", "2", "fixed upstream: v2 again, on purpose")
+    assert "rolled_back" not in reg.versions["2"] and R.rollback_target(reg, "m") == "1"
