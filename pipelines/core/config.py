@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -380,8 +381,22 @@ class RegisterParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RegisterParams":
-        return _build(cls, {**d, "gate": _build(GateParams, d.get("gate"), "register.gate"),
-                            "pip_requirements": tuple(d.get("pip_requirements") or ())}, "register")
+        g = _build(GateParams, d.get("gate"), "register.gate")
+        if g.headline_metric not in HIGHER_IS_BETTER:
+            raise ConfigError(f"register.gate.headline_metric: {g.headline_metric!r} is not one of {list(HIGHER_IS_BETTER)}")
+        for k, v in (g.minimums or {}).items():
+            if not (k in HIGHER_IS_BETTER or re.fullmatch(r"precision_at_[1-9][0-9]*", str(k))) or not _number(v):
+                raise ConfigError(f"register.gate.minimums: {k}: {v!r} (a metric of {list(HIGHER_IS_BETTER)} or "
+                                  f"precision_at_K, and a number)")
+        for k in ("max_drop_vs_champion", "max_slice_drop_vs_champion"):
+            if not (_number(getattr(g, k)) and getattr(g, k) >= 0):
+                raise ConfigError(f"register.gate.{k}: {getattr(g, k)!r} is not a number >= 0")
+        return _build(cls, {**d, "gate": g, "pip_requirements": tuple(d.get("pip_requirements") or ())}, "register")
+
+
+# the evaluation's and the shadow comparison's metrics where higher is better (a gate's headline and
+# minimums, promotion.metric)
+HIGHER_IS_BETTER = ("average_precision", "roc_auc", "precision", "recall", "f1")
 
 
 # --------------------------------------------------------------------------- nightly
@@ -594,6 +609,10 @@ class RetrainParams:
             raise ConfigError("retrain: need 1 <= drift_days <= of_last_days")
         if not (isinstance(p.min_labelled_days_after_onset, int) and p.min_labelled_days_after_onset >= 0):
             raise ConfigError("retrain.min_labelled_days_after_onset: need an integer >= 0")
+        for k, least in (("cooldown_days", 0), ("max_per_30_days", 1), ("window_days", 1), ("drift_days", 1)):
+            v = getattr(p, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ConfigError(f"retrain.{k}: {v!r} is not a whole number >= {least}")
         return p
 
 
@@ -620,6 +639,14 @@ class ShadowParams:
     enabled: bool
     alias: str                        # the registry alias that shadows the champion
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShadowParams":
+        p = _build(cls, d, "shadow")
+        _flag(p.enabled, "shadow.enabled")
+        if not (isinstance(p.alias, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", p.alias)) or p.alias == "champion":
+            raise ConfigError(f"shadow.alias: {p.alias!r} is not an alias name other than champion")
+        return p
+
 
 @dataclass(frozen=True)
 class PromotionParams:
@@ -639,6 +666,15 @@ class PromotionParams:
             raise ConfigError("promotion.mode must be auto | manual")
         if not 1 <= p.min_wins <= p.shadow_days:
             raise ConfigError("promotion: need 1 <= min_wins <= shadow_days")
+        if p.metric not in HIGHER_IS_BETTER:
+            raise ConfigError(f"promotion.metric: {p.metric!r} is not one of {list(HIGHER_IS_BETTER)}")
+        if isinstance(p.lookback_days, bool) or not isinstance(p.lookback_days, int) or p.lookback_days < p.shadow_days:
+            raise ConfigError(f"promotion.lookback_days: {p.lookback_days!r}: need a whole number >= shadow_days "
+                              f"({p.shadow_days}), or no shadow could ever be judged")
+        if not _number(p.min_margin) or not (_number(p.max_slice_drop) and p.max_slice_drop >= 0):
+            raise ConfigError("promotion: min_margin must be a number, max_slice_drop a number >= 0")
+        if isinstance(p.slice_min_positives, bool) or not isinstance(p.slice_min_positives, int) or p.slice_min_positives < 0:
+            raise ConfigError(f"promotion.slice_min_positives: {p.slice_min_positives!r} is not a whole number >= 0")
         return p
 
 
@@ -655,6 +691,13 @@ class RollbackParams:
         p = _build(cls, d, "rollback")
         if p.metric not in ROLLBACK_METRICS:
             raise ConfigError(f"rollback.metric must be one of {sorted(ROLLBACK_METRICS)}")
+        _flag(p.auto, "rollback.auto")
+        if not (_number(p.factor) and p.factor > 0):
+            raise ConfigError(f"rollback.factor: {p.factor!r} is not a number > 0")
+        for k, least in (("window_days", 1), ("min_rows", 0)):
+            v = getattr(p, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ConfigError(f"rollback.{k}: {v!r} is not a whole number >= {least}")
         return p
 
 

@@ -49,6 +49,47 @@ def test_promotion_and_rollback_params_are_checked():
         RollbackParams.from_dict({**RB.__dict__, "metric": "vibes"})
 
 
+@pytest.mark.parametrize("section,key,value,says", [
+    ("promotion", "metric", "ap", "promotion.metric"),                      # every delta n/a: every challenger retired
+    ("promotion", "lookback_days", 1, "promotion.lookback_days"),           # < shadow_days: waits forever
+    ("promotion", "max_slice_drop", -0.1, "max_slice_drop"),
+    ("rollback", "window_days", 0, "rollback.window_days"),                 # an empty range on every label date
+    ("rollback", "auto", "false", "rollback.auto"),                         # a string: truthy
+    ("rollback", "factor", -1, "rollback.factor"),
+    ("shadow", "enabled", "no", "shadow.enabled"),
+    ("shadow", "alias", "champion", "shadow.alias"),
+    ("retrain", "cooldown_days", -5, "retrain.cooldown_days"),
+    ("retrain", "max_per_30_days", 0, "retrain.max_per_30_days"),
+    ("register", "gate", {"headline_metric": "ap"}, "register.gate.headline_metric"),
+    ("register", "gate", {"minimums": {"average_precison": 0.3}}, "register.gate.minimums"),
+    ("register", "gate", {"max_drop_vs_champion": -0.02}, "max_drop_vs_champion"),
+])
+def test_the_lifecycle_params_that_would_fail_late_or_silently_fail_at_load(tmp_path, section, key, value, says):
+    from pipelines.core.config import load_params
+    from tests.conftest import params_with_lake
+
+    def mutate(data):
+        if isinstance(value, dict):
+            data[section][key].update(value)
+        else:
+            data[section][key] = value
+    path = params_with_lake(tmp_path, str(tmp_path / "lake"), mutate)
+    with pytest.raises(ConfigError, match=says.replace(".", r"\.")):
+        load_params(path)
+
+
+def test_the_projects_params_and_other_metrics_load(tmp_path):
+    from pipelines.core.config import load_params
+    from tests.conftest import params_with_lake
+
+    def mutate(data):
+        data["promotion"]["metric"] = "roc_auc"
+        data["register"]["gate"]["minimums"]["precision_at_100"] = 0.1
+        data["rollback"]["auto"] = False
+    p = load_params(params_with_lake(tmp_path, str(tmp_path / "lake"), mutate))
+    assert p.promotion.metric == "roc_auc" and p.rollback.auto is False and p.shadow.alias == "challenger"
+
+
 class _Registry:
     """An in-memory registered model: versions, aliases, tags (the alias history lives in tags)."""
 
