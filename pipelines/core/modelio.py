@@ -72,6 +72,23 @@ def split_windows(start: dt.date, end: dt.date, p: TrainParams, label_delay_days
 
 
 # --------------------------------------------------------------------------- data
+def _not_blocked(store: StorageParams, day: dt.date) -> None:
+    """A labels day that validation blocked (expectations/labels.json: a truncated feed, labels of
+    unknown events...) is never trained or evaluated on: the run fails naming it. A day never
+    validated (`dvc repro` validates the transactions) is read as ingested."""
+    if "validation_results" not in store.layout:
+        return
+    fields = {"dataset": "labels", "date": day.isoformat()}
+    try:
+        res = storage.read_json(store.uri("validation_results", **fields))
+    except storage.MissingObject:
+        return
+    if res.get("status") == "blocked" and not storage.exists(store.uri("validated", **fields)):
+        raise TrainingDataError(f"labels {day}: blocked by validation ({'; '.join(res.get('reasons') or [])[:300]}; "
+                                f"report {store.uri('validation_report', **fields)}); the training run fails: repair "
+                                f"and validate the labels of {day} again, or train on a range without them")
+
+
 def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: int,
                   labels_first_date: dt.date, review_verdicts: dict[str, int] | None = None) -> tuple[pl.DataFrame, dict]:
     """Feature partitions of `days` joined with their labels (which land `label_delay_days` later).
@@ -109,6 +126,7 @@ def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: i
         if day < labels_first_date:
             continue
         uri = store.uri("canonical", dataset="labels", date=day.isoformat())
+        _not_blocked(store, day)
         try:
             label_frames.append(reader.read_parquet(uri).select("event_id", "label"))
         except lineage.StaleInput as exc:

@@ -97,3 +97,27 @@ def test_label_repeated_across_partitions_is_counted_and_the_first_kept(tmp_path
     missing.unlink()
     with pytest.raises(M.TrainingDataError, match="date=2026-02-02/part-0.parquet: feature partition missing"):
         M.load_labelled(store, days, 7, D(2026, 1, 8))
+
+
+def test_a_labels_day_validation_blocked_is_never_trained_on(tmp_path, params):
+    """The labels of a day blocked by expectations/labels.json (canonical, but no validated partition):
+    training fails naming the day and the report; once they validate, they are read."""
+    from pipelines.core import storage
+
+    store = local_lake(tmp_path, params)
+    day, land = D(2026, 2, 1), D(2026, 2, 8)
+    feats = pl.DataFrame({"event_id": ["a", "b"], "amount": pl.Series([1.0, 2.0], dtype=pl.Float64)})
+    publish(store.uri("features", date=day.isoformat()), feats, {store.uri("features_manifest", date=day.isoformat()):
+            {"feature_columns": ["amount"], "dtypes": {"amount": "Float64"}, "spec_hash": "s1"}})
+    lab = pl.DataFrame({"event_id": ["a"], "label": pl.Series([1], dtype=pl.Int8)})        # a truncated feed
+    publish(store.uri("canonical", dataset="labels", date=land.isoformat()), lab)
+    fields = {"dataset": "labels", "date": land.isoformat()}
+    storage.write_bytes(store.uri("validation_results", **fields), storage.json_bytes(
+        {"status": "blocked", "reasons": ["row_count: 1 not in [1000, 1000000]"]}))
+    with pytest.raises(M.TrainingDataError, match=r"labels 2026-02-08: blocked by validation \(row_count.*report .*"
+                                                  r"labels/date=2026-02-08/report.html"):
+        M.load_labelled(store, [day], 7, D(2026, 1, 8))
+    storage.write_bytes(store.uri("validation_results", **fields), storage.json_bytes({"status": "passed", "reasons": []}))
+    publish(store.uri("validated", **fields), lab)
+    out, stats = M.load_labelled(store, [day], 7, D(2026, 1, 8))
+    assert stats["rows_labelled"] == 1 and stats["rows_unlabeled"] == 1
