@@ -50,6 +50,8 @@ from pipelines.core.reviews import (
     DECISIONS,
     add_override,
     latest_overrides,
+    override_objects,
+    overrides_frame,
     read_overrides,
 )
 from pipelines.core.rules import rule_mask
@@ -391,7 +393,8 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
             raise DecideError(f"decide {d}: {exc}; nothing decided") from None
         profiled = (model_doc.get("reference_profile") or {}).get("features", {})
         top = [f for f in G.top_features(model_doc.get("importance"), g.top_features) if f in profiled]
-        overrides = read_overrides(store, ds)
+        stored = override_objects(store, ds)        # the day's verdicts as stored: each named in the record
+        overrides = overrides_frame(stored)
 
         names = pq.ParquetFile(str(pred_path)).schema_arrow.names
         fixed = one_valued(pred_path, [c for c in SCORED if c in names])
@@ -422,8 +425,8 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
         status = guard_status(breached, release)
         held = status in ("held", "rejected")
 
-        sources = {u: s for u, s in ((store.uri("overrides", date=d), storage.sha256(storage.parquet_bytes(overrides))
-                                      if overrides.height else None), (val_uri, val_sha), (rel_uri, rel_sha)) if s}
+        sources = {**{u: storage.sha256(data) for u, data in stored},
+                   **{u: s for u, s in ((val_uri, val_sha), (rel_uri, rel_sha)) if s}}
         part = pub.partition(store.uri("decisions", date=d), "decide", inputs=reader.consumed, sources=sources,
                              extra={"run": key} if key else None)
         tally = Tally()

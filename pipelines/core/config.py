@@ -385,9 +385,9 @@ class RegisterParams:
         if g.headline_metric not in HIGHER_IS_BETTER:
             raise ConfigError(f"register.gate.headline_metric: {g.headline_metric!r} is not one of {list(HIGHER_IS_BETTER)}")
         for k, v in (g.minimums or {}).items():
-            if not (k in HIGHER_IS_BETTER or re.fullmatch(r"precision_at_[1-9][0-9]*", str(k))) or not _number(v):
+            if not (k in HIGHER_IS_BETTER or re.fullmatch(r"(entity_)?precision_at_[1-9][0-9]*", str(k))) or not _number(v):
                 raise ConfigError(f"register.gate.minimums: {k}: {v!r} (a metric of {list(HIGHER_IS_BETTER)} or "
-                                  f"precision_at_K, and a number)")
+                                  f"(entity_)precision_at_K, and a number)")
         for k in ("max_drop_vs_champion", "max_slice_drop_vs_champion"):
             if not (_number(getattr(g, k)) and getattr(g, k) >= 0):
                 raise ConfigError(f"register.gate.{k}: {getattr(g, k)!r} is not a number >= 0")

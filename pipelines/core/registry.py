@@ -152,7 +152,9 @@ def history(c, name: str) -> list[dict]:
 
 def moves_of(name: str, marker: str, timeout: float = 30.0) -> list[dict]:
     """The alias moves whose reason holds `marker` (e.g. the lifecycle decision that made them), in
-    order. Against an HTTP tracking server one REST call, no MLflow import; otherwise the client."""
+    order, except those a later move of the same alias not made by `marker` undid (a scenario
+    replayed on the same registry: the demo's reset moves the aliases back). Against an HTTP
+    tracking server one REST call, no MLflow import; otherwise the client."""
     import urllib.error
 
     if _http_uri() is None:
@@ -167,7 +169,9 @@ def moves_of(name: str, marker: str, timeout: float = 30.0) -> list[dict]:
             raise RegistryError(f"registry {_http_uri()}: {name}: HTTP {exc.code}: {body[:200]}") from None
         tags = {t["key"]: t["value"] for t in model.get("tags", [])}
         records = [json.loads(tags[k]) for k in sorted(t for t in tags if t.startswith(HISTORY_PREFIX))]
-    return [r for r in records if marker in (r.get("reason") or "")]
+    mine = [marker in (r.get("reason") or "") for r in records]
+    return [r for i, r in enumerate(records) if mine[i] and not any(
+        not mine[j] and records[j].get("alias") == r.get("alias") for j in range(i + 1, len(records)))]
 
 
 def _append(c, name: str, record: dict) -> None:
@@ -251,8 +255,11 @@ def promote(c, name: str, version: str, reason: str, dry_run: bool = False) -> l
     if get_alias(c, name, "challenger") == str(version):
         moves.append(move_alias(c, name, "challenger", None, f"promoted to champion: {reason}", dry_run))
     moves.append(move_alias(c, name, "champion", str(version), reason, dry_run))
-    if not dry_run and "rolled_back" in (c.get_model_version(name, str(version)).tags or {}):
-        c.delete_model_version_tag(name, str(version), "rolled_back")    # promoted again on purpose: a fallback again
+    if not dry_run:                     # the champion on purpose: a fallback again once it is replaced
+        tags = c.get_model_version(name, str(version)).tags or {}
+        for k in ("rolled_back", "retired", "retired.reset"):
+            if k in tags:
+                c.delete_model_version_tag(name, str(version), k)
     return [m for m in moves if m]
 
 

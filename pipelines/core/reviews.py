@@ -50,11 +50,16 @@ def override_objects(store, ds: dt.date) -> list[tuple[str, bytes]]:
     return out
 
 
+def overrides_frame(objects: list[tuple[str, bytes]]) -> pl.DataFrame:
+    """The verdicts of override_objects as one frame, in the order recorded."""
+    parts = [storage.read_parquet_bytes(data, u).cast(OVERRIDE_SCHEMA) for u, data in objects]
+    return pl.concat(parts) if parts else pl.DataFrame(schema=OVERRIDE_SCHEMA)
+
+
 def read_overrides(store, ds: dt.date) -> pl.DataFrame:
     """Every reviewer's decision recorded for the day, in the order recorded (latest_overrides: the
     latest per event wins)."""
-    parts = [storage.read_parquet_bytes(data, u).cast(OVERRIDE_SCHEMA) for u, data in override_objects(store, ds)]
-    return pl.concat(parts) if parts else pl.DataFrame(schema=OVERRIDE_SCHEMA)
+    return overrides_frame(override_objects(store, ds))
 
 
 def has_overrides(store, ds: dt.date) -> bool:
@@ -71,7 +76,7 @@ def add_override(store, ds: dt.date, event_id: str, decision: str, reviewer: str
 
     if decision not in DECISIONS:
         raise ValueError(f"override decision must be one of {DECISIONS}, not {decision!r}; nothing recorded")
-    at = at.astimezone(dt.timezone.utc)
+    at = at.replace(tzinfo=dt.timezone.utc) if at.tzinfo is None else at.astimezone(dt.timezone.utc)   # naive: UTC
     row = pl.DataFrame({"event_id": [event_id], "decision": [decision], "reviewer": [reviewer], "note": [note],
                         "at": [at]}, schema=OVERRIDE_SCHEMA)
     uri = store.uri("overrides", date=ds.isoformat())

@@ -257,8 +257,12 @@ def test_champion_broken_upstream_is_rolled_back_the_day_its_labels_land(models_
     assert last["from"] == a and last["to"] == w and "error_rate" in last["reason"] and D3 in last["reason"]
     assert c.get_model_version(name, a).tags.get("rolled_back")
     assert decision["rollback"]["realized"] > 2 * decision["rollback"]["baseline"]
-    again = labels_in(path, L3)                                                    # a re-run moves nothing
-    assert not again["rollback"] and again["moves"] == [] and models.aliases(c, name)["champion"] == w
+    moved = len(models.history(c, name))
+    again = labels_in(path, L3)              # a re-run moves nothing, and its record keeps the first run's moves
+    assert not again["rollback"] and models.aliases(c, name)["champion"] == w and len(models.history(c, name)) == moved
+    redo = storage.read_json(params.storage.uri("lifecycle_decision", date=L3))
+    assert [(m["alias"], m["from"], m["to"]) for m in redo["moves"]] == \
+        [(m["alias"], m["from"], m["to"]) for m in decision["moves"]] and redo["moves_of_earlier_attempts"] == len(decision["moves"])
 
 
 def test_review_verdicts_are_labels_of_the_next_training_with_provenance(models_aw, nightly_champion):

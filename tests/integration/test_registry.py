@@ -130,10 +130,18 @@ def test_gate_lifecycle_and_alias_history(registry, tmp_path):
     listing = _cli("--params", str(params_file), "list")
     assert f"{v_weak} champion" in " ".join(listing.split())
 
+    # the version rolled back from is no fallback: a second rollback has nowhere to go (two models hurt
+    # by the same upstream change do not take turns), and says so, changing nothing
+    assert c.get_model_version(name, v_full).tags.get("rolled_back") and models.rollback_target(c, name) is None
+    with pytest.raises(models.RegistryError, match="no previous champion"):
+        models.rollback(c, name, "again")
+    assert models.aliases(c, name) == {"champion": v_weak}
+    # promoted again by a person, it is a fallback again (its tag goes)
+    _cli("--params", str(params_file), "promote", v_full, "--reason", "fixed upstream")
+    assert not c.get_model_version(name, v_full).tags.get("rolled_back") and models.rollback_target(c, name) == v_weak
     # the version a rollback would return to is no fallback while it is the challenger (its shadow
     # decides it): e.g. a model proposed again after the demo's reset
-    assert models.rollback_target(c, name) == v_full
-    models.move_alias(c, name, "challenger", v_full, "test: proposed again")
+    models.move_alias(c, name, "challenger", v_weak, "test: proposed again")
     assert models.rollback_target(c, name) is None
     models.move_alias(c, name, "challenger", None, "test: retired")
-    assert models.rollback_target(c, name) == v_full
+    assert models.rollback_target(c, name) == v_weak

@@ -85,6 +85,7 @@ def test_the_projects_params_and_other_metrics_load(tmp_path):
     def mutate(data):
         data["promotion"]["metric"] = "roc_auc"
         data["register"]["gate"]["minimums"]["precision_at_100"] = 0.1
+        data["register"]["gate"]["minimums"]["entity_precision_at_20"] = 0.1
         data["rollback"]["auto"] = False
     p = load_params(params_with_lake(tmp_path, str(tmp_path / "lake"), mutate))
     assert p.promotion.metric == "roc_auc" and p.rollback.auto is False and p.shadow.alias == "challenger"
@@ -211,3 +212,23 @@ def test_a_rollback_never_returns_to_the_version_it_rolled_back_from(monkeypatch
         version="2", tags={**reg.versions["2"], register.RESET_TAG: "true"}))
     R.promote(reg, "m", "2", "fixed upstream: v2 again, on purpose")
     assert "rolled_back" not in reg.versions["2"] and R.rollback_target(reg, "m") == "1"
+
+
+def test_the_moves_of_a_decision_leave_out_those_a_later_move_undid(monkeypatch):
+    """A scenario replayed on the same registry (the demo's reset moves the aliases back, then the same
+    decision runs again): the earlier scenario's moves are not this attempt's."""
+    from pipelines.core import registry as R
+
+    reg = _Registry([1, 2], {})
+    monkeypatch.setattr(R, "actor", lambda: "test")
+    monkeypatch.setattr(R, "client", lambda: reg)
+    monkeypatch.setattr(R, "_http_uri", lambda: None)
+    mark = "[lifecycle decision lake/monitoring/lifecycle/date=2026-03-16/decision.json]"
+    R.promote(reg, "m", "1", "first")
+    R.promote(reg, "m", "2", f"after shadow {mark}")
+    assert [(m["alias"], m["to"]) for m in R.moves_of("m", mark)] == [("previous", "1"), ("champion", "2")]
+    assert R.moves_of("m", mark.replace("03-16", "03-1")) == []
+    R.move_alias(reg, "m", "champion", "1", "demo: the scenario starts again")    # undoes the champion move
+    assert [(m["alias"], m["to"]) for m in R.moves_of("m", mark)] == [("previous", "1")]
+    R.move_alias(reg, "m", "previous", None, "demo: a new scenario")
+    assert R.moves_of("m", mark) == []

@@ -46,8 +46,9 @@ def test_reviewers_recording_at_the_same_moment_all_count(tmp_path, params):
 
 
 def test_an_older_table_and_the_verdicts_beside_it_latest_wins(tmp_path, params):
-    """A day's table as an older writer left it is read first, then the verdicts in the order recorded;
-    the latest per event wins, also between verdicts recorded at the same instant (the later object)."""
+    """A day's table as an older writer left it is read first, then the verdicts in the order recorded
+    (to the microsecond; two at the very same instant are ordered by their random token: arbitrary,
+    but the same on every read); the latest per event wins."""
     store = local_lake(tmp_path, params)
     uri = store.uri("overrides", date=D.isoformat())
     table = pl.DataFrame({"event_id": ["e0", "e1"], "decision": ["block", "approve"], "reviewer": ["ann", "ann"],
@@ -57,7 +58,7 @@ def test_an_older_table_and_the_verdicts_beside_it_latest_wins(tmp_path, params)
     later = add_override(store, D, "e0", "approve", "bob", "checked", T0 + dt.timedelta(hours=1))
     assert later.rsplit("/", 1)[0] == uri.rsplit("/", 1)[0] and later != uri
     add_override(store, D, "e2", "review", "cy", "", T0 + dt.timedelta(hours=2))
-    add_override(store, D, "e2", "block", "dee", "", T0 + dt.timedelta(hours=2))   # the same instant, after
+    add_override(store, D, "e2", "block", "dee", "", T0 + dt.timedelta(hours=2, microseconds=1))
     every = read_overrides(store, D)
     assert every.height == 5 and every["reviewer"].to_list()[:2] == ["ann", "ann"]
     latest = {r["event_id"]: (r["decision"], r["reviewer"]) for r in latest_overrides(every).iter_rows(named=True)}
