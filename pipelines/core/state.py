@@ -53,13 +53,39 @@ def alive(pid: int) -> bool:
         return False
 
 
+def started_at(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), None when there is no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def pid_record(home: Path, name: str) -> dict | None:
+    """The pid file of a service of the stack at `home` when its process is still the one started (its
+    start time is the one recorded: after a reboot or a container restart a pid is soon another
+    process's), else None."""
+    f = pidfile(home, name)
+    try:
+        rec = json.loads(f.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    pid = rec.get("pid")
+    if not isinstance(pid, int) or not alive(pid):
+        return None
+    if rec.get("started") is not None:
+        now = started_at(pid)
+        if now is None or abs(now - float(rec["started"])) > 1.0:
+            return None
+    return rec
+
+
 def read_pid(home: Path, name: str) -> int | None:
     """The pid of a running service of the stack at `home`, or None."""
-    f = pidfile(home, name)
-    if not f.exists():
-        return None
-    pid = json.loads(f.read_text())["pid"]
-    return pid if alive(pid) else None
+    rec = pid_record(home, name)
+    return rec["pid"] if rec else None
 
 
 def stack_alive(home: Path | None = None) -> bool:

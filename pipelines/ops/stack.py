@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -153,22 +154,31 @@ def _secret(home: Path, name: str) -> str:
     return path.read_text().strip()
 
 
-def schedule_end() -> str:
+def schedule_end(lay: "Layout") -> str:
     """The last date the daily DAGs are scheduled for (plugins/fraudops_wiring.schedule_end): the
-    environment's FRAUDOPS_SCHEDULE_END when set ("none": open-ended, as in production), else the
-    last day of the embedded default's simulated data (params.yaml demo_data.end_date): the local
-    stack then creates no run for a date its data does not have."""
+    environment's FRAUDOPS_SCHEDULE_END when set ("none": open-ended); else, on the embedded default
+    (its own object store and MLflow), the last day of its simulated data (params.yaml
+    demo_data.end_date): the local stack then creates no run for a date its data does not have;
+    else (S3 or an external MLflow: production) open-ended, never a demo's date."""
     if "FRAUDOPS_SCHEDULE_END" in os.environ:
         return os.environ["FRAUDOPS_SCHEDULE_END"]
+    if lay.s3 or lay.external_mlflow:
+        return "none"
     import yaml
 
     demo = (yaml.safe_load((REPO / "params.yaml").read_text()) or {}).get("demo_data") or {}
     return str(demo.get("end_date") or "none")
 
 
+def _setting(key: str, default: str) -> str:
+    """An Airflow setting of the stack: the environment's when set (production tunes it there), else ours."""
+    return os.environ.get(key) or default
+
+
 def stack_env(lay: Layout) -> dict[str, str]:
     """The variables every process of the stack (and every client) needs."""
     home = lay.home
+    own_db = f"sqlite:///{lay.airflow_home / 'airflow.db'}"
     env = {
         MARKER: str(home),
         "FRAUDOPS_HOME": str(home),
@@ -183,7 +193,7 @@ def stack_env(lay: Layout) -> dict[str, str]:
         # Two nights in flight hold up to eight gates (three per nightly run, one per labels run):
         # with 8 slots the demo measured stages queued up to 5 s behind sleeping gates. A sleeping
         # gate costs no CPU, ~150 MB of memory.
-        "AIRFLOW__CORE__PARALLELISM": "16",
+        "AIRFLOW__CORE__PARALLELISM": _setting("AIRFLOW__CORE__PARALLELISM", "16"),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(lay.password_file),
@@ -191,10 +201,10 @@ def stack_env(lay: Layout) -> dict[str, str]:
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(lay.airflow_port),
         "AIRFLOW__API__BASE_URL": lay.airflow_url,
-        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__WORKERS": _setting("AIRFLOW__API__WORKERS", "1"),
         "AIRFLOW__API__SECRET_KEY": _secret(home, "api_secret_key"),
         "AIRFLOW__API_AUTH__JWT_SECRET": _secret(home, "jwt_secret"),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "15",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": _setting("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL", "15"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         # The scheduler's idle loop: 0.5 s (Airflow's default 1 s). It cuts the gap between two tasks
         # of a run from 0.5-1.1 s to 0.2-0.4 s (the demo: ~10 tasks a night one after the other).
@@ -203,16 +213,16 @@ def stack_env(lay: Layout) -> dict[str, str]:
         # at 0.5 s it did not happen in the demos and CI runs of 2026-12-02 (CI makes such a
         # backfill), but nothing restarts a dead service except `stack up`. Set it in the
         # environment to trade.
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": os.environ.get("AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "0.5"),
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": _setting("AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME", "0.5"),
         # a task whose process died with the scheduler (kill -9, a crash) is failed and retried after
         # a minute, not five
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": _setting("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", "60"),
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": _setting("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO"),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "PYTHONPATH": str(REPO),
         "GIT_PYTHON_REFRESH": "quiet",
-        "FRAUDOPS_SCHEDULE_END": schedule_end(),
+        "FRAUDOPS_SCHEDULE_END": schedule_end(lay),
     }
     if lay.distributed:
         env.update({"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
@@ -220,10 +230,10 @@ def stack_env(lay: Layout) -> dict[str, str]:
                     "AIRFLOW__CELERY__BROKER_URL": f"redis://:{_secret(home, 'redis_password')}@127.0.0.1:"
                                                    f"{lay.redis_port}/0",
                     "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _pg_url(lay, "airflow"),
-                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_SLOTS)})
-    elif not os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or \
-            os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == _pg_url(lay, "airflow"):   # (left by the distributed mode)
-        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{lay.airflow_home / 'airflow.db'}"
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": _setting("AIRFLOW__CELERY__WORKER_CONCURRENCY", str(WORKER_SLOTS))})
+    elif os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") in (None, "", _pg_url(lay, "airflow"), own_db):
+        # (the stack's own database: not set, or as stack.env or the distributed mode left it)
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = own_db
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS"
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"] = "pipelines.ops.airflow_db.SQLITE_CONNECT_ARGS_ASYNC"
     if os.environ.get("AWS_ENDPOINT_URL"):
@@ -234,11 +244,15 @@ def stack_env(lay: Layout) -> dict[str, str]:
     return env
 
 
+# the stack's own: the marker `stack down` finds its processes by (a shell that exported it would be
+# stopped with the stack) and the Airflow servers' signing secrets (no client needs them)
+CLIENT_HIDDEN = {MARKER, "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"}
+
+
 def write_env_file(lay: Layout, env: dict[str, str]) -> Path:
     """.state/stack.env: sourced by make, read by `python -m pipelines` for unset variables."""
     path = lay.home / state.ENV_FILE
-    hidden = {MARKER, "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"}
-    lines = [f"{k}={v}" for k, v in sorted(env.items()) if k not in hidden]
+    lines = [f"{k}={v}" for k, v in sorted(env.items()) if k not in CLIENT_HIDDEN]
     _private_file(path, "\n".join(lines) + "\n")       # holds the MLflow client password
     return path
 
@@ -263,7 +277,7 @@ def _start(lay: Layout, name: str, cmd: list[str], env: dict[str, str]) -> int:
     log.close()
     _private_dir(_pidfile(lay, name).parent)
     tmp = _pidfile(lay, name).with_suffix(".tmp")          # atomic: a reader never sees a half-written file
-    tmp.write_text(json.dumps({"pid": proc.pid, "pgid": proc.pid, "cmd": cmd}))
+    tmp.write_text(json.dumps({"pid": proc.pid, "pgid": proc.pid, "cmd": cmd, "started": state.started_at(proc.pid)}))
     os.replace(tmp, _pidfile(lay, name))
     return proc.pid
 
@@ -309,11 +323,23 @@ AIRFLOW_SERVICES = {
 }
 
 
-def up(timeout: float = 240.0) -> Layout:
+def up(timeout: float = 240.0, lock_wait: float = 60.0) -> Layout:
     """Start whatever is not running yet and wait until everything is healthy (idempotent; a
     service that died, even by kill -9, is started again on the state it left)."""
-    with services_locked():
+    with services_locked(wait=lock_wait) as held:
+        if not held:       # another `up` (a slow first start) or `down` is at work: never two at once
+            raise StackError(f"stack up: another `stack up` or `stack down` holds {layout().home / 'pids' / '.lock'}; "
+                             f"nothing started (run it again once that one is done)")
         return _up(timeout)
+
+
+def _port_free(lay: Layout, name: str, port: int) -> None:
+    """Before starting `name` on `port`: another program (or another checkout's stack) answering there
+    would pass our health check while our server dies with EADDRINUSE."""
+    why = _foreign(lay, port)
+    if why:
+        raise StackError(f"stack up: {why}: {name} not started (stop that program, or give this stack other "
+                         f"ports: FRAUDOPS_MLFLOW_PORT, FRAUDOPS_AIRFLOW_PORT)")
 
 
 def _up(timeout: float) -> Layout:
@@ -338,6 +364,7 @@ def _up(timeout: float) -> Layout:
     # MLflow, with its basic-auth app
     if not lay.external_mlflow:
         if _read_pid(lay, "mlflow") is None:
+            _port_free(lay, "mlflow", lay.mlflow_port)
             _start(lay, "mlflow", *_service_command(lay, "mlflow", env))
         _wait("MLflow", lambda: _http_ok(f"{lay.mlflow_url}/health"), timeout, lay, "mlflow")
 
@@ -362,6 +389,8 @@ def _up(timeout: float) -> Layout:
     started: dict[str, int] = {}                           # service -> its log's size before this start
     for name in airflow:
         if _read_pid(lay, name) is None:
+            if name == "airflow-api-server":
+                _port_free(lay, name, lay.airflow_port)
             log = lay.home / "logs" / f"{name}.log"
             started[name] = log.stat().st_size if log.exists() else 0
             _start(lay, name, *_service_command(lay, name, env))
@@ -406,7 +435,8 @@ def _service_command(lay: Layout, name: str, env: dict[str, str]) -> tuple[list[
         import socket
 
         worker = f"worker{name.rsplit('-', 1)[1]}@{socket.gethostname()}"
-        return ([_bin("airflow"), "celery", "worker", "--celery-hostname", worker, "--concurrency", str(WORKER_SLOTS),
+        return ([_bin("airflow"), "celery", "worker", "--celery-hostname", worker, "--concurrency",
+                 env.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", str(WORKER_SLOTS)),
                  "--skip-serve-logs"],
                 {**env, "FRAUDOPS_WORKER_NAME": worker,
                  "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pipelines.ops.airflow_db.worker_hostname"})
@@ -807,9 +837,9 @@ def _down(lay: Layout, grace: float) -> list[int]:
     names = list(SERVICES)
     groups, fast = [], []
     for name in names:
-        f = _pidfile(lay, name)
-        if f.exists():
-            groups.append(json.loads(f.read_text())["pgid"])
+        rec = state.pid_record(lay.home, name)   # a stale pid file (its pid reused since) names no group of ours
+        if rec is not None:
+            groups.append(rec["pgid"])
             fast.append(name == "postgres")
     for pgid, pg in zip(groups, fast):
         try:      # PostgreSQL: SIGINT, its fast shutdown (SIGTERM waits for every client to leave)
@@ -993,7 +1023,8 @@ def main(argv: list[str]) -> int:
     if args.action == "env":
         lay = layout()
         for k, v in sorted(stack_env(lay).items()):
-            print(f"export {k}={v}")
+            if k not in CLIENT_HIDDEN:       # what clients need, as in stack.env: not the servers' secrets nor the marker
+                print(f"export {k}={shlex.quote(v)}")
         return 0
     st = status()
     for name, info in st.items():
