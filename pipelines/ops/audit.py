@@ -1,5 +1,8 @@
 """`python -m pipelines audit --start D --end D`: do the lake's records, the registry and Airflow's
-runs tell one story for these dates? Every contradiction is one line; exit 1 when there is any.
+runs tell one story for these dates? Every contradiction is one line; exit 1 when there is any;
+exit 2 when there is nothing to judge (no date of the range has a record in the lake: the wrong lake,
+params or range) or a source could not be read (the registry answered an error): an audit that read
+nothing never says "no contradiction".
 
 Checked per date (read only, nothing changes):
   * a retrain decision that says YES has its training run (`<dag_id>/<run_id>` in Airflow);
@@ -35,6 +38,18 @@ def _rows(uri: str) -> int | None:
     if not storage.exists(uri):
         return None
     return storage.read_parquet(uri).height
+
+
+class AuditError(RuntimeError):
+    """Nothing to judge, or a source that could not be read: exit 2."""
+
+
+RECORDS = ("retrain", "model", "predictions", "validated", "features", "summary", "decisions")
+
+
+def recorded(f: dict) -> bool:
+    """Whether the lake holds any record of the date."""
+    return any(f.get(k) not in (None, False) for k in RECORDS)
 
 
 def day_facts(store, day: dt.date) -> dict:
@@ -74,13 +89,12 @@ def gather(params, days: list[dt.date], registry=None, airflow=None) -> dict:
         from pipelines.core import registry as models
 
         for name in sorted(names):
-            try:
+            try:        # (an unknown name: an empty answer, not an error)
                 facts["versions"][name] = {str(mv.version): (mv.tags or {}).get("model_sha256")
                                            for mv in registry.search_model_versions(f"name='{name}'")}
-            except Exception as exc:        # an unknown name: no version at all
-                log.info("registry: %s: %s", name, exc)
-                facts["versions"][name] = {}
-                continue
+            except Exception as exc:
+                raise AuditError(f"audit: the registry did not answer for {name}: {type(exc).__name__}: "
+                                 f"{str(exc)[:300]}; nothing judged") from None
             if facts["versions"][name]:
                 facts["moves"] += [{**m, "model": name} for m in models.history(registry, name) if _in_range(m, days)]
     if airflow is not None:
@@ -146,9 +160,18 @@ def main(argv: list[str]) -> int:
         _require_api_server()
         airflow = AirflowClient()
     days = date_range(a.start, a.end)
-    found = contradictions(gather(params, days, models.client(), airflow))
+    try:
+        facts = gather(params, days, models.client(), airflow)
+        seen = sum(recorded(f) for f in facts["days"])
+        if not seen:
+            raise AuditError(f"audit {a.start}..{a.end}: no date of the range has a record in the lake "
+                             f"{params.storage.lake} (the wrong lake, params or range?); nothing judged")
+    except AuditError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    found = contradictions(facts)
     for line in found:
         print(f"CONTRADICTION {line}")
-    print(f"audit {a.start}..{a.end}: {len(days)} date(s), {len(found)} contradiction(s)"
+    print(f"audit {a.start}..{a.end}: {len(days)} date(s), {seen} with records, {len(found)} contradiction(s)"
           + ("" if airflow else " (Airflow not consulted)"))
     return 1 if found else 0

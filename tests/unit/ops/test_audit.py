@@ -51,3 +51,32 @@ def test_each_planted_contradiction_is_reported():
 
 def test_without_airflow_its_checks_are_skipped():
     assert planted(runs=None) == []
+
+
+class _Registry:
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+
+    def search_model_versions(self, query):
+        if self.fail:
+            raise ConnectionError("registry down")
+        return []
+
+
+def test_an_audit_that_reads_nothing_never_says_no_contradiction(tmp_path, monkeypatch, capsys):
+    """The wrong lake (or range): no date has a record, exit 2 naming the lake; a registry that answers
+    an error: exit 2 naming it; never "0 contradiction(s)"."""
+    from pipelines.core import registry as models
+    from pipelines.ops import audit
+    from tests.conftest import params_with_lake
+
+    path = params_with_lake(tmp_path, str(tmp_path / "lake"))
+    argv = ["--params", str(path), "--start", "2026-03-01", "--end", "2026-03-03", "--no-airflow"]
+    monkeypatch.setattr(models, "client", lambda: _Registry())
+    assert audit.main(argv) == 2
+    err = capsys.readouterr()
+    assert "no date of the range has a record in the lake" in err.err and str(tmp_path / "lake") in err.err
+    assert "contradiction" not in err.out
+    monkeypatch.setattr(models, "client", lambda: _Registry(fail=True))
+    assert audit.main(argv) == 2
+    assert "the registry did not answer" in capsys.readouterr().err
