@@ -107,10 +107,22 @@ class AirflowClient:
 
     def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None,
                 logical_date: str | None = None) -> dict:
-        body: dict[str, Any] = {"conf": conf or {}, "logical_date": logical_date}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+        """A new run of `dag_id`. Without `run_id` the run gets an id made here (manual__<UTC time>-<token>),
+        so that a POST tried again after an answer that came too late cannot make a second run: its
+        409 means the first try was committed, and that run is returned. A caller's own run_id keeps
+        its 409 (the run existed before)."""
+        import datetime as dt
+        import secrets
+
+        mine = run_id is None
+        run_id = run_id or f"manual__{dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%S.%f}+00:00-{secrets.token_hex(4)}"
+        body: dict[str, Any] = {"conf": conf or {}, "logical_date": logical_date, "dag_run_id": run_id}
+        try:
+            return self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+        except AirflowApiError as exc:
+            if mine and "HTTP 409" in str(exc):
+                return self.run(dag_id, run_id)
+            raise
 
     def run(self, dag_id: str, run_id: str) -> dict:
         return self._request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")

@@ -49,7 +49,9 @@ def main(argv: list[str]) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     real_stderr = os.dup(2)
     sys.stderr.flush()
-    with open(log_path, "w") as fh:
+    # only its owner reads it: it holds the console's lines, the Airflow admin password among them
+    with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        log_path.chmod(0o600)
         os.dup2(fh.fileno(), 2)
         console, sys.stdout = sys.stdout, _Tee(sys.stdout, fh)      # every console line, timestamped, in the log too
         print(f"full log: {log_path} (the console's lines with their times, and what libraries print; each "
