@@ -25,6 +25,9 @@ def state_dir() -> Path:
     return Path(os.environ.get("FRAUDOPS_HOME") or REPO / STATE_DEFAULT).resolve()
 
 
+FROM_ENV_FILE: set[str] = set()          # the variables load_env_file set (the stack's own, not a user's)
+
+
 def load_env_file(home: Path | None = None) -> None:
     """Fill unset variables from the stack's env file (the environment always wins; an S3 endpoint
     set by hand means S3, so the stack's file object store is not taken from the file then)."""
@@ -38,6 +41,7 @@ def load_env_file(home: Path | None = None) -> None:
             continue
         if sep and key and key not in os.environ:
             os.environ[key] = value
+            FROM_ENV_FILE.add(key)
 
 
 def pidfile(home: Path, name: str) -> Path:

@@ -171,8 +171,10 @@ def schedule_end(lay: "Layout") -> str:
 
 
 def _setting(key: str, default: str) -> str:
-    """An Airflow setting of the stack: the environment's when set (production tunes it there), else ours."""
-    return os.environ.get(key) or default
+    """An Airflow setting of the stack: the environment's when set by a person (production tunes it
+    there), else ours (a value `python -m pipelines` read back from stack.env is ours: a new default
+    of ours replaces it)."""
+    return (os.environ.get(key) if key not in state.FROM_ENV_FILE else None) or default
 
 
 def stack_env(lay: Layout) -> dict[str, str]:

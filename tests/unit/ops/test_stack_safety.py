@@ -109,6 +109,11 @@ def test_airflow_settings_in_the_environment_win_and_our_own_database_is_no_chan
     for k in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__PARALLELISM"):
         monkeypatch.setenv(k, env[k])
     assert stack.airflow_fingerprint(stack.stack_env(lay)) == stack.airflow_fingerprint(env)
+    # a value read back from stack.env is ours: our default wins over it (here: an older 12)
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "12")
+    monkeypatch.setattr(state, "FROM_ENV_FILE", {"AIRFLOW__CORE__PARALLELISM"})
+    assert stack.stack_env(lay)["AIRFLOW__CORE__PARALLELISM"] == "16"
+    monkeypatch.setattr(state, "FROM_ENV_FILE", set())
     monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "64")
     tuned = stack.stack_env(lay)
     assert tuned["AIRFLOW__CORE__PARALLELISM"] == "64" and stack.airflow_fingerprint(tuned) != stack.airflow_fingerprint(env)
