@@ -57,33 +57,72 @@ def alive(pid: int) -> bool:
         return False
 
 
-def started_at(pid: int) -> float | None:
-    """When process `pid` started (seconds since the epoch), None when there is no such process."""
-    import psutil
-
+def started_at(pid: int) -> str | None:
+    """When process `pid` started, exactly: "<boot id>:<clock ticks since boot>" (Linux; a wall-clock
+    step does not move it, a reboot changes the boot id), else its start time in seconds; None when
+    there is no such process."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{stat[stat.rfind(')') + 2:].split()[19]}"
+    except FileNotFoundError:
         return None
+    except OSError:
+        import psutil
+
+        try:
+            return f"{psutil.Process(pid).create_time():.2f}"
+        except psutil.NoSuchProcess:
+            return None
 
 
 def pid_record(home: Path, name: str) -> dict | None:
-    """The pid file of a service of the stack at `home` when its process is still the one started (its
-    start time is the one recorded: after a reboot or a container restart a pid is soon another
+    """The pid file of a service of the stack at `home` when its process is still the one started (the
+    start recorded is its own: after a reboot or a container restart a pid is soon another
     process's), else None."""
-    f = pidfile(home, name)
-    try:
-        rec = json.loads(f.read_text())
-    except (FileNotFoundError, ValueError):
+    rec = pid_file(home, name)
+    if rec is None:
         return None
     pid = rec.get("pid")
     if not isinstance(pid, int) or not alive(pid):
         return None
-    if rec.get("started") is not None:
-        now = started_at(pid)
-        if now is None or abs(now - float(rec["started"])) > 1.0:
-            return None
+    if rec.get("started") is not None and str(rec["started"]) != started_at(pid):
+        return None
     return rec
+
+
+def pid_file(home: Path, name: str) -> dict | None:
+    """The pid file as written (whatever its process has become since), None when there is none."""
+    try:
+        rec = json.loads(pidfile(home, name).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def group_left(rec: dict) -> list[int]:
+    """The processes still in the group of a service whose main process is gone (workers that outlived
+    it): members of its process group that started after it, on this boot. A record without a start
+    (an older version's) vouches for nothing more than before: its whole group."""
+    import psutil
+
+    pgid, started = rec.get("pgid"), rec.get("started")
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) != pgid:
+                continue
+        except OSError:
+            continue
+        mine = started_at(p.pid)
+        if started is None:
+            out.append(p.pid)
+        elif mine and ":" in str(started) and ":" in mine:
+            boot, ticks = str(started).split(":")
+            b2, t2 = mine.split(":")
+            if b2 == boot and int(t2) >= int(ticks):
+                out.append(p.pid)
+    return out
 
 
 def read_pid(home: Path, name: str) -> int | None:

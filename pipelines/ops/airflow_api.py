@@ -121,7 +121,10 @@ class AirflowClient:
             return self._request("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
         except AirflowApiError as exc:
             if mine and "HTTP 409" in str(exc):
-                return self.run(dag_id, run_id)
+                try:
+                    return self.run(dag_id, run_id)
+                except AirflowApiError:
+                    raise exc from None      # not our run: another conflict (a logical date taken), as answered
             raise
 
     def run(self, dag_id: str, run_id: str) -> dict:

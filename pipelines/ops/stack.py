@@ -160,8 +160,8 @@ def schedule_end(lay: "Layout") -> str:
     (its own object store and MLflow), the last day of its simulated data (params.yaml
     demo_data.end_date): the local stack then creates no run for a date its data does not have;
     else (S3 or an external MLflow: production) open-ended, never a demo's date."""
-    if "FRAUDOPS_SCHEDULE_END" in os.environ:
-        return os.environ["FRAUDOPS_SCHEDULE_END"]
+    if "FRAUDOPS_SCHEDULE_END" in os.environ and "FRAUDOPS_SCHEDULE_END" not in state.FROM_ENV_FILE:
+        return os.environ["FRAUDOPS_SCHEDULE_END"]         # (set by a person: what stack.env holds is ours)
     if lay.s3 or lay.external_mlflow:
         return "none"
     import yaml
@@ -839,8 +839,10 @@ def _down(lay: Layout, grace: float) -> list[int]:
     names = list(SERVICES)
     groups, fast = [], []
     for name in names:
-        rec = state.pid_record(lay.home, name)   # a stale pid file (its pid reused since) names no group of ours
-        if rec is not None:
+        # a pid file whose process is gone names its group only while members it started are left (workers
+        # whose process title wiped the marker); one whose pid was reused since names nothing
+        rec = state.pid_record(lay.home, name) or state.pid_file(lay.home, name)
+        if rec is not None and (state.pid_record(lay.home, name) is not None or state.group_left(rec)):
             groups.append(rec["pgid"])
             fast.append(name == "postgres")
     for pgid, pg in zip(groups, fast):

@@ -5,6 +5,7 @@ servers' secrets; Airflow settings in the environment win; the stack's own datab
 from stack.env does not look like a change (no restart)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -37,9 +38,12 @@ def test_a_stale_pid_file_names_no_service_and_down_kills_nothing_of_others(home
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
     try:
         started = state.started_at(other.pid)
+        assert started == state.started_at(other.pid) and ":" in started      # <boot id>:<ticks>: exact, clock-proof
+        boot, ticks = started.split(":")
         # the pid file of a service that started before a reboot: its pid is now someone else's
-        _pidfile(home, "mlflow", {"pid": other.pid, "pgid": other.pid, "cmd": ["mlflow"], "started": started - 3600})
-        assert state.read_pid(home, "mlflow") is None
+        for stale in (f"{boot}:{int(ticks) - 100}", f"another-boot:{ticks}"):
+            _pidfile(home, "mlflow", {"pid": other.pid, "pgid": other.pid, "cmd": ["mlflow"], "started": stale})
+            assert state.read_pid(home, "mlflow") is None
         stack._down(stack.layout(), grace=1)
         assert other.poll() is None, "stack down killed a process that is not the stack's"
         # the same process recorded when it started: ours (a file of an older version, without the time, too)
@@ -89,6 +93,10 @@ def test_production_is_never_scheduled_to_a_demo_end_date(home, monkeypatch):
     assert stack.schedule_end(lay) == "none" and stack.stack_env(lay)["FRAUDOPS_SCHEDULE_END"] == "none"
     monkeypatch.setenv("FRAUDOPS_SCHEDULE_END", "2027-01-31")
     assert stack.schedule_end(lay) == "2027-01-31"
+    # the demo's end date read back from stack.env is the stack's own, not a person's: not on S3
+    monkeypatch.setenv("FRAUDOPS_SCHEDULE_END", "2026-05-01")
+    monkeypatch.setattr(state, "FROM_ENV_FILE", {"FRAUDOPS_SCHEDULE_END"})
+    assert stack.schedule_end(lay) == "none"
 
 
 def test_stack_env_prints_what_clients_need_not_the_marker_nor_the_servers_secrets(home, capsys):
@@ -117,3 +125,30 @@ def test_airflow_settings_in_the_environment_win_and_our_own_database_is_no_chan
     monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "64")
     tuned = stack.stack_env(lay)
     assert tuned["AIRFLOW__CORE__PARALLELISM"] == "64" and stack.airflow_fingerprint(tuned) != stack.airflow_fingerprint(env)
+
+
+def test_down_stops_the_workers_a_dead_service_left_in_its_group(home):
+    """The service's main process died (OOM, a kill), its workers live on in its process group (their
+    process title may have wiped the marker): `stack down` still stops them."""
+    code = ("import os, sys, time\n"
+            "if os.fork() == 0:\n    time.sleep(300)\n    sys.exit(0)\n"
+            "print('ready', flush=True)\ntime.sleep(300)\n")
+    leader = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.PIPE, text=True,
+                              env={k: v for k, v in os.environ.items() if k != stack.MARKER})
+    try:
+        assert leader.stdout.readline().strip() == "ready"
+        _pidfile(home, "airflow-scheduler", {"pid": leader.pid, "pgid": leader.pid, "cmd": ["airflow"],
+                                             "started": state.started_at(leader.pid)})
+        import psutil
+
+        (worker,) = psutil.Process(leader.pid).children()
+        leader.kill()
+        leader.wait(10)
+        assert state.read_pid(home, "airflow-scheduler") is None and worker.is_running()
+        assert state.group_left(state.pid_file(home, "airflow-scheduler")) == [worker.pid]
+        stack._down(stack.layout(), grace=1)
+        worker.wait(10)
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, 9)
