@@ -91,11 +91,7 @@ def _feedback(uri: str) -> pl.DataFrame | None:
         return None
 
 
-def _summary(uri: str) -> dict | None:
-    try:
-        return storage.read_json(uri)
-    except storage.MissingObject:
-        return None
+_summary = storage.read_json_optional
 
 
 def baseline(run_id: str, metric: str) -> float | None:

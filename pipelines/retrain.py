@@ -156,27 +156,19 @@ def should_retrain(today: dt.date, drifted: dict[dt.date, bool | None], previous
     return Decision(True, f"{why}{labelled}; cooldown and budget allow it", "trigger", onset, due, why)
 
 
-def drift_flags(store: StorageParams, days: list[dt.date]) -> dict[dt.date, bool | None]:
+def drift_flags(store: StorageParams, days: list[dt.date]) -> tuple[dict[dt.date, bool | None], list[dt.date]]:
     """Per day: drifted (True/False) by monitor's day_drifted; None where the day has no monitoring.
     A day monitored without a drift verdict (scored by the rules scorer: no reference profile, monitor
-    says reference_missing) is no evidence of drift: False (unjudged_days lists it)."""
+    says reference_missing) is no evidence of drift: False, and listed (the second value: not judged)."""
     m = read_metrics(store, "monitoring", days)
     flags: dict[dt.date, bool | None] = {d: None for d in days}
-    for d in (m["date"].unique().to_list() if m.height else []):
-        if d in flags:
-            flags[d] = False
+    monitored = {d for d in (m["date"].to_list() if m.height else []) if d in flags}
     for r in (m.filter(pl.col("metric") == "day_drifted") if m.height else m).iter_rows(named=True):
         flags[r["date"]] = bool(r["value"])
-    return flags
-
-
-def unjudged_days(store: StorageParams, days: list[dt.date]) -> list[dt.date]:
-    """The days monitored without a drift verdict (no reference profile: the rules scored them)."""
-    m = read_metrics(store, "monitoring", days)
-    if not m.height:
-        return []
-    judged = set(m.filter(pl.col("metric") == "day_drifted")["date"].to_list())
-    return sorted(d for d in set(m["date"].to_list()) - judged if d in days)
+    unjudged = sorted(d for d in monitored if flags[d] is None)
+    for d in unjudged:
+        flags[d] = False
+    return flags, unjudged
 
 
 def previous_triggers(store: StorageParams, today: dt.date, lookback: int) -> list[dt.date]:
@@ -245,16 +237,14 @@ def pending_challenger(params, today: dt.date, previous: list[dt.date]) -> tuple
     shadowed = False
     for i in range(1, (today - last).days + 1):
         day = (last + dt.timedelta(days=i)).isoformat()
-        try:
-            rec = storage.read_json(store.uri("lifecycle_decision", date=day))
-        except storage.MissingObject:
-            rec = {}
+        rec = storage.read_json_optional(store.uri("lifecycle_decision", date=day)) or {}
         if any(m.get("alias") == alias and str(m.get("from")) == version for m in rec.get("moves", [])):
             return None
         # a move no lifecycle decision made (`models promote`, the promote DAG, a later registration, a
         # person): the nights' own records show it. It scored the day as the champion, or it shadowed
         # and then the shadow scored another version or found no challenger
-        champ, shadow = _served(store, "scored_model", day), _served(store, "shadow_model", day)
+        champ = storage.read_json_optional(store.uri("scored_model", date=day))
+        shadow = storage.read_json_optional(store.uri("shadow_model", date=day))
         if champ is not None and champ.get("scored_by") == "model" and str(champ.get("model_version")) == version:
             return None
         if shadow is not None:
@@ -266,14 +256,6 @@ def pending_challenger(params, today: dt.date, previous: list[dt.date]) -> tuple
             elif shadowed and str(shadow.get("reason", "")).startswith("no model "):
                 return None
     return last, version
-
-
-def _served(store: StorageParams, kind: str, day: str) -> dict | None:
-    """Which model scored the day (scored_model) or shadowed it (shadow_model), as recorded; None when not recorded."""
-    try:
-        return storage.read_json(store.uri(kind, date=day))
-    except storage.MissingObject:
-        return None
 
 
 def last_champion_move(params, today: dt.date, lookback: int = 30) -> dt.date | None:
@@ -301,7 +283,7 @@ def landed_labels(params, today: dt.date, onset: dt.date | None, k: int, delay: 
 def decide_day(params, today: dt.date, params_file: str) -> dict:
     p, store = params.retrain, params.storage
     window = [today - dt.timedelta(days=i) for i in range(p.of_last_days - 1, -1, -1)]
-    flags = drift_flags(store, window)
+    flags, unjudged = drift_flags(store, window)
     if flags[today] is None:
         raise RetrainError(f"retrain {today}: no monitoring for the day itself "
                            f"({store.uri('monitoring', date=today.isoformat())}); run monitor first")
@@ -325,7 +307,7 @@ def decide_day(params, today: dt.date, params_file: str) -> dict:
            "request": d.why or None, "onset": d.onset.isoformat() if d.onset else None,
            "labels_due": d.due.isoformat() if d.due else None,
            "drifted": {k.isoformat(): v for k, v in flags.items()},
-           "not_judged": [x.isoformat() for x in unjudged_days(store, window)],
+           "not_judged": [x.isoformat() for x in unjudged],
            "realized": {k.isoformat(): v for k, v in degraded.items()}, "previous_triggers": [x.isoformat() for x in prev],
            "rule": {"drift_days": p.drift_days, "of_last_days": p.of_last_days, "cooldown_days": p.cooldown_days,
                     "max_per_30_days": p.max_per_30_days, "min_labelled_days_after_onset": p.min_labelled_days_after_onset,

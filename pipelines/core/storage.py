@@ -532,6 +532,14 @@ def read_json(uri: str) -> Any:
 
 
 # --------------------------------------------------------------------------- publishing
+def read_json_optional(uri: str) -> Any:
+    """read_json, or None when there is no object at `uri`."""
+    try:
+        return read_json(uri)
+    except MissingObject:
+        return None
+
+
 def record_uri(uri: str) -> str:
     """Where the lineage record that commits the partition whose primary object is `uri` lives."""
     head, _, name = uri.rpartition("/")

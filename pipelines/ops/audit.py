@@ -27,11 +27,7 @@ log = logging.getLogger("pipelines.audit")
 ACTIONS = ("approve", "review", "block")
 
 
-def _json(uri: str) -> dict | None:
-    try:
-        return storage.read_json(uri)
-    except storage.MissingObject:
-        return None
+_json = storage.read_json_optional
 
 
 def _rows(uri: str) -> int | None:
