@@ -291,7 +291,7 @@ def _proposable_again(c, name: str, mv) -> bool:
     gate failed against an earlier champion. One that holds an alias, or was retired, stays as is."""
     if str(mv.version) in R.aliases(c, name).values():
         return False
-    return not ({"retired", "rolled_back"} & set(mv.tags)) or mv.tags.get(RESET_TAG) == "true"
+    return not (set(R.RULED_OUT) & set(mv.tags)) or mv.tags.get(RESET_TAG) == "true"
 
 
 def _propose_again(c, name: str, mv, decision: GateDecision, champion: str | None, how: str) -> str:
@@ -306,7 +306,7 @@ def _propose_again(c, name: str, mv, decision: GateDecision, champion: str | Non
                  PLAN_TAG: json.dumps(plan, sort_keys=True), ATTEMPT_TAG: str(attempt)}.items():
         c.set_model_version_tag(name, version, k, v)
     if plan:                            # a candidate again: no longer retired
-        for k in ("retired", "rolled_back", RESET_TAG):
+        for k in (*R.RULED_OUT, RESET_TAG):
             if k in mv.tags:
                 c.delete_model_version_tag(name, version, k)
     log.info("register: model %s is version %s of %s, free since; registration attempt %d: gate %s -> %s",

@@ -160,7 +160,7 @@ def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: i
 def _with_reviews(frame: pl.DataFrame, store: StorageParams, days: list[dt.date], verdicts: dict[str, int]
                   ) -> tuple[pl.DataFrame, dict]:
     """Feed labels + the reviewers' verdicts of `days`, by the feedback stage's rule (see load_labelled)."""
-    from pipelines.core.reviews import OVERRIDE_SCHEMA, override_objects, review_counts, review_labels, with_provenance
+    from pipelines.core.reviews import override_objects, overrides_frame, review_counts, review_labels, with_provenance
 
     parts, digests = [], {}
     for day in days:
@@ -168,10 +168,10 @@ def _with_reviews(frame: pl.DataFrame, store: StorageParams, days: list[dt.date]
         if not objects:
             continue
         h = hashlib.sha256()                # the day's objects, in the order recorded
-        for uri, data in objects:
+        for _, data in objects:
             h.update(hashlib.sha256(data).digest())
-            parts.append(storage.read_parquet_bytes(data, uri).cast(OVERRIDE_SCHEMA))
         digests[day.isoformat()] = h.hexdigest()
+        parts.append(overrides_frame(objects))
     reviews = review_labels(pl.concat(parts) if parts else pl.DataFrame(), verdicts)
     out = with_provenance(frame.rename({"label": "feed_label"})
                           .join(reviews.drop("reviewed_at"), on="event_id", how="left", maintain_order="left"))

@@ -146,7 +146,11 @@ def aliases(c, name: str) -> dict[str, str]:
 
 
 def history(c, name: str) -> list[dict]:
-    tags = c.get_registered_model(name).tags or {}
+    return _history(c.get_registered_model(name).tags or {})
+
+
+def _history(tags: dict[str, str]) -> list[dict]:
+    """The alias moves held in a registered model's tags, in order."""
     return [json.loads(tags[k]) for k in sorted(t for t in tags if t.startswith(HISTORY_PREFIX))]
 
 
@@ -167,8 +171,7 @@ def moves_of(name: str, marker: str, timeout: float = 30.0) -> list[dict]:
             if "RESOURCE_DOES_NOT_EXIST" in body:
                 return []
             raise RegistryError(f"registry {_http_uri()}: {name}: HTTP {exc.code}: {body[:200]}") from None
-        tags = {t["key"]: t["value"] for t in model.get("tags", [])}
-        records = [json.loads(tags[k]) for k in sorted(t for t in tags if t.startswith(HISTORY_PREFIX))]
+        records = _history({t["key"]: t["value"] for t in model.get("tags", [])})
     mine = [marker in (r.get("reason") or "") for r in records]
     return [r for i, r in enumerate(records) if mine[i] and not any(
         not mine[j] and records[j].get("alias") == r.get("alias") for j in range(i + 1, len(records)))]
@@ -257,7 +260,7 @@ def promote(c, name: str, version: str, reason: str, dry_run: bool = False) -> l
     moves.append(move_alias(c, name, "champion", str(version), reason, dry_run))
     if not dry_run:                     # the champion on purpose: a fallback again once it is replaced
         tags = c.get_model_version(name, str(version)).tags or {}
-        for k in ("rolled_back", "retired", "retired.reset"):
+        for k in (*RULED_OUT, "retired.reset"):
             if k in tags:
                 c.delete_model_version_tag(name, str(version), k)
     return [m for m in moves if m]
@@ -278,10 +281,13 @@ def rollback_target(c, name: str) -> str | None:
     return prev if prev not in (current, challenger) and not (prev and _ruled_out(c, name, prev)) else None
 
 
+RULED_OUT = ("retired", "rolled_back")   # a version's tags that rule it out as a fallback or a candidate again
+
+
 def _ruled_out(c, name: str, version: str) -> bool:
     """Retired, or rolled back from (and not promoted since): no fallback for a rollback (two models that
     both suffer from the same upstream change would take turns as the champion)."""
-    return bool({"retired", "rolled_back"} & set(c.get_model_version(name, version).tags or {}))
+    return bool(set(RULED_OUT) & set(c.get_model_version(name, version).tags or {}))
 
 
 def rollback(c, name: str, reason: str, dry_run: bool = False) -> list[dict]:
