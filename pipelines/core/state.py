@@ -61,19 +61,19 @@ def started_at(pid: int) -> str | None:
     """When process `pid` started, exactly: "<boot id>:<clock ticks since boot>" (Linux; a wall-clock
     step does not move it, a reboot changes the boot id), else its start time in seconds; None when
     there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}:{stat[stat.rfind(')') + 2:].split()[19]}"
-    except FileNotFoundError:
-        return None
-    except OSError:
-        import psutil
-
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    if boot.exists():
         try:
-            return f"{psutil.Process(pid).create_time():.2f}"
-        except psutil.NoSuchProcess:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
             return None
+        return f"{boot.read_text().strip()}:{stat[stat.rfind(')') + 2:].split()[19]}"
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except psutil.NoSuchProcess:
+        return None
 
 
 def pid_record(home: Path, name: str) -> dict | None:

@@ -841,8 +841,10 @@ def _down(lay: Layout, grace: float) -> list[int]:
     for name in names:
         # a pid file whose process is gone names its group only while members it started are left (workers
         # whose process title wiped the marker); one whose pid was reused since names nothing
-        rec = state.pid_record(lay.home, name) or state.pid_file(lay.home, name)
-        if rec is not None and (state.pid_record(lay.home, name) is not None or state.group_left(rec)):
+        rec = state.pid_record(lay.home, name)
+        if rec is None and (rec := state.pid_file(lay.home, name)) is not None and not state.group_left(rec):
+            rec = None
+        if rec is not None:
             groups.append(rec["pgid"])
             fast.append(name == "postgres")
     for pgid, pg in zip(groups, fast):
