@@ -38,6 +38,13 @@ def _flag(value: Any, where: str) -> bool:
     return value
 
 
+def _whole(value: Any, least: int, where: str, why: str = "") -> int:
+    """`value` when it is a whole number >= `least`, else a ConfigError naming `where`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{where}: {value!r} is not a whole number >= {least}{why}")
+    return value
+
+
 def _chunk_rows(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1_000:
         raise ConfigError(f"{where}: {value!r} is not a whole number of rows >= 1000")
@@ -610,9 +617,7 @@ class RetrainParams:
         if not (isinstance(p.min_labelled_days_after_onset, int) and p.min_labelled_days_after_onset >= 0):
             raise ConfigError("retrain.min_labelled_days_after_onset: need an integer >= 0")
         for k, least in (("cooldown_days", 0), ("max_per_30_days", 1), ("window_days", 1), ("drift_days", 1)):
-            v = getattr(p, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < least:
-                raise ConfigError(f"retrain.{k}: {v!r} is not a whole number >= {least}")
+            _whole(getattr(p, k), least, f"retrain.{k}")
         return p
 
 
@@ -668,13 +673,10 @@ class PromotionParams:
             raise ConfigError("promotion: need 1 <= min_wins <= shadow_days")
         if p.metric not in HIGHER_IS_BETTER:
             raise ConfigError(f"promotion.metric: {p.metric!r} is not one of {list(HIGHER_IS_BETTER)}")
-        if isinstance(p.lookback_days, bool) or not isinstance(p.lookback_days, int) or p.lookback_days < p.shadow_days:
-            raise ConfigError(f"promotion.lookback_days: {p.lookback_days!r}: need a whole number >= shadow_days "
-                              f"({p.shadow_days}), or no shadow could ever be judged")
+        _whole(p.lookback_days, p.shadow_days, "promotion.lookback_days", " (shadow_days): no shadow could ever be judged")
         if not _number(p.min_margin) or not (_number(p.max_slice_drop) and p.max_slice_drop >= 0):
             raise ConfigError("promotion: min_margin must be a number, max_slice_drop a number >= 0")
-        if isinstance(p.slice_min_positives, bool) or not isinstance(p.slice_min_positives, int) or p.slice_min_positives < 0:
-            raise ConfigError(f"promotion.slice_min_positives: {p.slice_min_positives!r} is not a whole number >= 0")
+        _whole(p.slice_min_positives, 0, "promotion.slice_min_positives")
         return p
 
 
@@ -695,9 +697,7 @@ class RollbackParams:
         if not (_number(p.factor) and p.factor > 0):
             raise ConfigError(f"rollback.factor: {p.factor!r} is not a number > 0")
         for k, least in (("window_days", 1), ("min_rows", 0)):
-            v = getattr(p, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < least:
-                raise ConfigError(f"rollback.{k}: {v!r} is not a whole number >= {least}")
+            _whole(getattr(p, k), least, f"rollback.{k}")
         return p
 
 
