@@ -201,7 +201,7 @@ def _running(keys: pl.Series, labels: pl.Series, weights: pl.Series | None, q: p
 
 
 def _rate_columns(part: pl.DataFrame, q: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_days: int,
-                  totals: bool) -> list[pl.Series]:
+                  totals: bool, more: "dict[int, tuple[pl.Series, pl.Series]] | None" = None) -> list[pl.Series]:
     """Label-delayed fraud rate at each query row `q` (a __vt column, sorted, as part is), exact under
     late labels.
 
@@ -211,9 +211,9 @@ def _rate_columns(part: pl.DataFrame, q: pl.DataFrame, ent: str, windows: tuple[
     leaves at once: net zero). On the entity's timeline, running sums of entries and exits strictly
     before t (binary search, exact matches excluded) give the window's label sum and count.
 
-    With `totals` a row may stand for the labels of a whole earlier day that landed on one day
-    (`label` = their sum, `__lw` = their count, at the day's 00:00): for a day entirely inside or
-    entirely outside a window that is the same count (the window's boundary days come as events)."""
+    With `totals` (the incremental path) the labelled rows are the rates' boundary days' events (`__lw`
+    1 each); `more` adds, per window, the label sum and count that the earlier days entirely inside it
+    add at each query row (_constants: the same for every row of an entity but an event at 00:00)."""
     d = delay_days * US_PER_DAY
     shift = pl.col("__vt") - pl.col("__t")                          # entity offset on the timeline
     lab = part.filter(pl.col("label").is_not_null()).select(
@@ -229,17 +229,21 @@ def _rate_columns(part: pl.DataFrame, q: pl.DataFrame, ent: str, windows: tuple[
         left = _running(leave, lab["label"], weights, q)
         n = entered["n"] - left["n"]
         s_ = entered["s"] - left["s"]
+        if more is not None and w in more:
+            s_, n = s_ + more[w][0], n + more[w][1]
         rate = pl.select(pl.when(n > 0).then(s_ / n).otherwise(None).cast(pl.Float32)).to_series()
         cols += [rate.alias(f"{ent}_fraud_rate_{w}d"), n.cast(pl.Int32).alias(f"{ent}_labeled_count_{w}d")]
     return cols
 
 
-def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: bool = False) -> pl.DataFrame:
+def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: bool = False,
+                  consts: "Constants | None" = None) -> pl.DataFrame:
     """Every feature of one entity, in base's row order: one sort onto the entity's virtual
     timeline, then one O(n) pass per rolling aggregate and one binary search per rate window.
 
-    With `totals` (the incremental path) base also holds context rows (earlier days' events and
-    totals, `__i` null, see _context_rows); only the rows with an `__i` come out, in its order."""
+    With `totals` (the incremental path) base also holds context rows (the boundary days' events and
+    labelled events, `__i` null, see _context_rows) and `consts` what the earlier days entirely
+    inside each window add (by entity code); only the rows with an `__i` come out, in its order."""
     r = spec.rolling.get(ent)
     rates = spec.target_rate.get(ent, ())
     since = ent in spec.time_since_last
@@ -261,15 +265,16 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: boo
     del vt                                       # only the sorted copies below stay alive
     parts = []
     while pending:
-        part = pending.pop(0).drop(_code(ent), "__bucket").sort("__vt")
+        part = pending.pop(0).drop(*([] if consts else [_code(ent)]), "__bucket").sort("__vt")
         kept = part.height - part["__i"].null_count()
         back = part["__i"].arg_sort(nulls_last=True).head(kept)   # timeline order -> row order, column by column
         cols: list[pl.Series] = [part["__i"].gather(back)]
         if rates:                                # first, then the label columns can go
             asked = part.filter(pl.col("__i").is_not_null()) if totals else part    # the rows that come out
             order = asked["__i"].arg_sort()
+            more = consts.rates(asked, rates) if consts else None
             cols.extend(c.gather(order) for c in _rate_columns(part, asked.select("__vt"), ent, rates,
-                                                                spec.label_delay_days, totals))
+                                                                spec.label_delay_days, totals, more))
             part = part.drop("label", "available_at", "__lw", strict=False)
             del asked, order
         if totals:      # rows of labels only (weight 0, no value, no time) add nothing to what follows
@@ -278,13 +283,18 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: boo
                 back = part["__i"].arg_sort(nulls_last=True).head(kept)
         else:
             part = part.with_columns(pl.lit(1, pl.Int32).alias("__w"))
-        for sums, exprs in (_rolling_exprs(ent, r, spec.windows_days, wide, totals) if r else []):
-            cols.extend(c.gather(back) for c in part.select(sums).select(exprs).get_columns())
+        code = [pl.col(_code(ent))] if consts else []
+        for w, (sums, exprs) in zip(spec.windows_days, _rolling_exprs(ent, r, spec.windows_days, wide, totals) if r else []):
+            got = part.select(*sums, *code)[back]            # the rows that come out, in row order
+            cols.extend((consts.rolled(got, w) if consts else got).select(exprs).get_columns())
         if since:
             last = (pl.col("__vt") - pl.col("__t") + pl.col("__last")) if totals else pl.col("__vt")
-            prev = last.rolling_max_by("__vt", window_size=f"{horizon}i", closed="left")
-            gap = part.select(((pl.col("__vt") - prev) / 1e6).alias(f"{ent}_secs_since_last"))
-            cols.extend(c.gather(back) for c in _narrow_floats(gap).get_columns())
+            got = part.select("__vt", "__t", last.rolling_max_by("__vt", window_size=f"{horizon}i", closed="left")
+                              .alias("__prev"), *code)[back]
+            if consts:
+                got = consts.last(got)
+            gap = got.select(((pl.col("__vt") - pl.col("__prev")) / 1e6).alias(f"{ent}_secs_since_last"))
+            cols.extend(_narrow_floats(gap).get_columns())
         del part, back
         parts.append(_narrow_floats(pl.DataFrame(cols)))     # Float32 at once: a Float64 block was 2x the output
     out = parts[0] if len(parts) == 1 else pl.concat(parts).sort("__i")
@@ -318,7 +328,8 @@ def _chunk_of(chunks: int):
     return lambda column: _bucket(column) // (BUCKETS // chunks)
 
 
-def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: "History | SpilledHistory | None") -> pl.DataFrame:
+def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: "History | SpilledHistory | None",
+                     day: dt.date | None = None) -> pl.DataFrame:
     """_entity_block of `src`'s rows (with `history`: on their context rows), in src's row order,
     computed in chunks of entities (a fixed hash of the id) so that one chunk's timeline holds about
     `spec.chunk_rows` rows: the timeline's sorted copies and rolling outputs are the peak of the stage,
@@ -326,7 +337,8 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     def block(rows: pl.DataFrame, hist: History | None) -> pl.DataFrame:
         if hist is None:
             return _entity_block(rows, ent, spec)
-        return _entity_block(_context_rows(rows, ent, spec, hist), ent, spec, totals=True)
+        timeline, consts = _context_rows(rows, ent, spec, hist, day)
+        return _entity_block(timeline, ent, spec, totals=True, consts=consts)
 
     size = src.height + (history.rows() if history is not None else 0)
     chunks = _chunk_count(size, spec.chunk_rows)
@@ -413,7 +425,7 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
         if shard is not None:
             mine = base.select(shard.of_entity(ent)).to_series()
             src = base.filter(mine)
-        block = _entity_features(src, ent, spec, history)
+        block = _entity_features(src, ent, spec, history, start)
         if shard is None:
             blocks[ent] = cut(block)
         else:
@@ -858,11 +870,12 @@ def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
-def _context_rows(base: pl.DataFrame, ent: str, spec: FeatureParams, hist: History) -> pl.DataFrame:
+def _context_rows(base: pl.DataFrame, ent: str, spec: FeatureParams, hist: History, day: dt.date
+                  ) -> tuple[pl.DataFrame, "Constants | None"]:
     """The rows of `ent`'s timeline for the incremental path: the day's events (with `__i`), then
-    the boundary days' events, the earlier days' totals (at the day's 00:00), the labelled events
-    of the rates' boundary days and the earlier days' label totals (at the event day's 00:00),
-    restricted to the entities of the day."""
+    the boundary days' events and the labelled events of the rates' boundary days, restricted to the
+    entities of the day; and what the earlier days' totals add to each window (Constants, by the
+    same entity codes; None when there are none)."""
     r = spec.rolling.get(ent)
     rates = spec.target_rate.get(ent, ())
     since = ent in spec.time_since_last
@@ -886,30 +899,127 @@ def _context_rows(base: pl.DataFrame, ent: str, spec: FeatureParams, hist: Histo
                      pl.col(r.value).alias("__mx"), pl.col(r.value).alias("__mn")]
         return _fit(frame.select(cols), schema)
 
-    ids = base.select(pl.col(ent).cast(pl.String).unique()).drop_nulls()
+    ids = base.select(pl.col(ent).cast(pl.String).unique()).drop_nulls().with_row_index(_code(ent))
     parts = [as_events(base, True)]
     if (r or since) and hist.events.height:
         parts.append(as_events(hist.events, False))
-    if (r or since) and hist.totals.height:
-        tot = hist.totals.filter(pl.col("entity") == ent).rename({"id": ent})
-        parts.append(_fit(tot.select(
-            ent, pl.col("day").cast(pl.Datetime("us")).cast(pl.Int64).alias("__t"), pl.col("n").alias("__w"),
-            pl.col("fx").alias("__fx"), pl.col("q").cast(pl.Int128).alias("__q"), pl.col("mx").alias("__mx"),
-            pl.col("mn").alias("__mn"), pl.col("last").alias("__last"), pl.lit(0).alias("__lw")), schema))
     if rates and hist.labelled.height:
         parts.append(_fit(hist.labelled.select(pl.col(ent).cast(pl.String), t.alias("__t"), "label", pl.lit(1).alias("__lw"),
                                                pl.col("available_at").cast(pl.Int64), pl.lit(0).alias("__w")), schema))
-    if rates and hist.label_totals.height:
-        lt = hist.label_totals.filter(pl.col("entity") == ent).rename({"id": ent})
-        parts.append(_fit(lt.select(
-            ent, pl.col("event_date").cast(pl.Datetime("us")).cast(pl.Int64).alias("__t"), pl.col("s").alias("label"),
-            pl.col("n").alias("__lw"), pl.col("available_at").cast(pl.Int64), pl.lit(0).alias("__w")), schema))
     # one exact join on the ids gives every row its entity's code (a row number of the day's ids), and
     # the rows of other entities (the spill's hash filter lets a colliding id through) are dropped: not
     # a semi join per kind of row and a categorical cast of every row. A day's row with a null id (the
     # suite rejects them) keeps a null code, as the cast gave it.
-    coded = pl.concat(parts).join(ids.with_row_index(_code(ent)), on=ent, how="left")
-    return coded.filter(pl.col(_code(ent)).is_not_null() | pl.col("__i").is_not_null())
+    coded = pl.concat(parts).join(ids, on=ent, how="left")
+    return (coded.filter(pl.col(_code(ent)).is_not_null() | pl.col("__i").is_not_null()),
+            Constants.of(ids, ent, spec, hist, day))
+
+
+class Constants:
+    """What the earlier days entirely inside a window add to it, per entity code of the day (the
+    incremental path). A run of days between two boundary days (History.totals, one row per entity
+    at the run's first day) is, for every event of the day, entirely inside a rolling window of N
+    days or entirely outside it (inside when it starts after day - N): the same exact integers (count,
+    fixed-point sum, sum of squares) and the same max, min and last time for each of the entity's
+    events. They are added to the rolling sums of the timeline's rows (the day's events and the
+    boundary days'), not put on it as rows: the timeline holds fewer rows, the result is the same bit
+    for bit. Label totals likewise, per rate window (an event day run inside [day - D - N, day - D)
+    entirely) and per availability: labels available at the day's 00:00 (landed the day before) are
+    known only to the events after 00:00."""
+
+    def __init__(self, frame: pl.DataFrame, code: str, available: list[int]) -> None:
+        self.frame, self.code, self.available = frame, code, available
+
+    @classmethod
+    def of(cls, ids: pl.DataFrame, ent: str, spec: FeatureParams, hist: History, day: dt.date) -> "Constants | None":
+        r = spec.rolling.get(ent)
+        rates = spec.target_rate.get(ent, ())
+        since = ent in spec.time_since_last
+        code = _code(ent)
+        frames: list[pl.DataFrame] = []
+        available: list[int] = []
+
+        def mine(frame: pl.DataFrame) -> pl.DataFrame:
+            return frame.filter(pl.col("entity") == ent).rename({"id": ent}).join(ids, on=ent, how="inner")
+        if (r or since) and hist.totals.height:
+            tot = mine(hist.totals)
+            aggs = []
+            for w in (spec.windows_days if r else ()):
+                inside = pl.col("day") > pl.lit(day - dt.timedelta(days=w))
+                aggs += [pl.col("n").filter(inside).sum().cast(pl.Int64).alias(f"__n{w}"),
+                         pl.col("fx").filter(inside).sum().cast(pl.Int64).alias(f"__s{w}"),
+                         pl.col("q").cast(pl.Int128).filter(inside).sum().alias(f"__sq{w}"),
+                         pl.col("mx").filter(inside).max().alias(f"__max{w}"),
+                         pl.col("mn").filter(inside).min().alias(f"__min{w}")]
+            if since:
+                horizon = max(spec.windows_days)
+                aggs.append(pl.col("last").filter(pl.col("day") > pl.lit(day - dt.timedelta(days=horizon))).max()
+                            .alias("__last"))
+            if tot.height:
+                frames.append(tot.group_by(code).agg(aggs))
+        if rates and hist.label_totals.height:
+            lt = mine(hist.label_totals)
+            lag = spec.label_delay_days
+            available = sorted(lt["available_at"].cast(pl.Datetime("us")).cast(pl.Int64).unique().drop_nulls().to_list())
+            aggs = []
+            for j, a in enumerate(available):
+                known = pl.col("available_at").cast(pl.Datetime("us")).cast(pl.Int64) == a
+                for n in rates:
+                    inside = known & (pl.col("event_date") > pl.lit(day - dt.timedelta(days=lag + n)))
+                    aggs += [pl.col("s").filter(inside).sum().cast(pl.Int64).alias(f"__ls{n}_{j}"),
+                             pl.col("n").filter(inside).sum().cast(pl.Int64).alias(f"__ln{n}_{j}")]
+            if lt.height:
+                frames.append(lt.group_by(code).agg(aggs))
+        if not frames:
+            return None
+        frame = frames[0] if len(frames) == 1 else frames[0].join(frames[1], on=code, how="full", coalesce=True)
+        return cls(frame, code, available)
+
+    def _joined(self, rows: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+        return rows.join(self.frame.select(self.code, *names), on=self.code, how="left", maintain_order="left")
+
+    def rolled(self, got: pl.DataFrame, w: int) -> pl.DataFrame:
+        """`got` (the window's rolling sums __n, __s, __sq, __max, __min of the rows that come out, with
+        their code) plus the earlier days inside the window."""
+        names = [c for c in ("__n", "__s", "__sq", "__max", "__min") if c in got.columns and f"{c}{w}" in self.frame.columns]
+        if not names:
+            return got
+        j = self._joined(got, [f"{c}{w}" for c in names])
+        adds = []
+        for c in names:
+            other = pl.col(f"{c}{w}")
+            if c == "__max":
+                adds.append(pl.max_horizontal(pl.col(c), other).alias(c))
+            elif c == "__min":
+                adds.append(pl.min_horizontal(pl.col(c), other).alias(c))
+            else:
+                adds.append((pl.col(c) + other.fill_null(0)).alias(c))
+        return j.with_columns(adds).select(got.columns)
+
+    def last(self, got: pl.DataFrame) -> pl.DataFrame:
+        """`got`'s `__prev` (on the timeline: the last event before each row) with the earlier days' last event."""
+        if "__last" not in self.frame.columns:
+            return got
+        j = self._joined(got, ["__last"])
+        return j.with_columns(pl.max_horizontal(pl.col("__prev"), pl.col("__last") + pl.col("__vt") - pl.col("__t"))
+                              .alias("__prev")).select(got.columns)
+
+    def rates(self, asked: pl.DataFrame, windows) -> dict[int, tuple[pl.Series, pl.Series]] | None:
+        """Per rate window, the label sum and count the earlier days add at each row of `asked` (in its order)."""
+        if not self.available:
+            return None
+        names = [f"__l{x}{n}_{j}" for j in range(len(self.available)) for n in windows for x in ("s", "n")]
+        j = self._joined(asked.select(self.code, "__t"), names)
+        out = {}
+        for n in windows:
+            s_ = n_ = pl.lit(0, pl.Int64)
+            for k, a in enumerate(self.available):
+                known = pl.col("__t") > a            # available strictly before the event
+                s_ = s_ + pl.when(known).then(pl.col(f"__ls{n}_{k}").fill_null(0)).otherwise(0)
+                n_ = n_ + pl.when(known).then(pl.col(f"__ln{n}_{k}").fill_null(0)).otherwise(0)
+            got = j.select(s_.alias("s"), n_.alias("n"))
+            out[n] = (got["s"], got["n"])
+        return out
 
 
 # --------------------------------------------------------------------------- I/O
