@@ -39,6 +39,7 @@ import platform
 import shutil
 import socket
 import statistics
+import re
 import subprocess
 import sys
 import time
@@ -384,8 +385,15 @@ def one_size(rows: int, keep: bool, rerun: bool = False, pairs: int = 2) -> dict
                    check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     again = ("--recompute",) if rerun else ()
     with mlflow_server(work) as env:
+        logged = log.stat().st_size if log.exists() else 0
         night_before = _timed([sys.executable, "-m", "pipelines", "features", "--params", str(params), "--date",
                                (DAY - dt.timedelta(days=1)).isoformat()], env, log)
+        # states made from raw in processes of their own (features.state_apart_rows): their peak, as logged
+        with log.open("rb") as fh:
+            fh.seek(logged)
+            apart = re.findall(rb"made in processes of their own, peak RSS (\d+) MiB", fh.read())
+        if apart:
+            night_before["states_apart_peak_mib"] = max(float(x) for x in apart)
         if not rerun:
             subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
                             "from benchmarks.nightly_e2e import champion; champion(Path(sys.argv[2]), Path(sys.argv[3]))",
@@ -422,7 +430,10 @@ def report(res: dict) -> None:
     total = sum(s["seconds"] for s in st.values())
     peak = max(s["peak_mib"] for s in st.values())
     print(f"\ndate {DAY}, {n:,} transactions, look-back {DAYS - 1} days of the same volume "
-          f"(prepared in {res['prepare_s']:.0f} s; the night before's features {res['night_before_features']['seconds']:.0f} s)")
+          f"(prepared in {res['prepare_s']:.0f} s; the night before's features {res['night_before_features']['seconds']:.0f} s, "
+          f"peak {res['night_before_features']['peak_mib']:.0f} MiB"
+          + (f", its states made apart {res['night_before_features']['states_apart_peak_mib']:.0f} MiB at most"
+             if "states_apart_peak_mib" in res["night_before_features"] else "") + ")")
     print(f"  {'stage':10s} {'wall':>8s} {'rows/s':>12s} {'peak RSS':>10s}")
     for k, s in st.items():
         print(f"  {k:10s} {s['seconds']:7.1f}s {n / s['seconds']:12,.0f} {s['peak_mib']:7.0f} MiB")

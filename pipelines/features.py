@@ -58,7 +58,7 @@ import polars as pl
 
 from pipelines.core import daystate, lake, lineage, shards, storage
 from pipelines.core.daystate import OBJECTS, day_state, label_totals, labelled_events, fit as _fit, fixed as _fixed, \
-    key_hash as _key_hash
+    key_hash as _key_hash, check_hash as _check_hash
 from pipelines.core.shards import Shard, check_rows
 from pipelines.core.cli import StageFailed, progress, resolve, stage_parser
 from pipelines.core.config import FeatureParams, date_range
@@ -704,15 +704,20 @@ class EntityKeys:
         self.hashed = _key_hash()
         # keys numbered in the hash's order: a state partition (in that order) is keyed into rising
         # keys, and Totals' scatter into its arrays walks them forward (not at random: 2x on the fold)
-        self.named = seen.select("id", "entity").with_columns(self.hashed).sort("__h").with_row_index("__k")
+        self.named = seen.select("id", "entity").with_columns(self.hashed, _check_hash()).sort("__h", "__g").with_row_index("__k")
         self.size = self.named.height
         self.table = self.named.select("__k", pl.col("__h").set_sorted())
-        self.named = self.named.drop("__h")
+        self.checks, self.usable = self.named["__g"], self.named["id"].is_not_null()   # a null id is no entity's
+        self.twins = self.size > 1 and bool(self.named.select(pl.struct("__h", "__g").is_duplicated().any()).item())
+        self.named = self.named.drop("__h", "__g")
         self.ids, self.entities = self.named["id"].cast(pl.String), self.named["entity"].cast(pl.String)
 
     def key(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The rows of `frame` (entity, id, ...) whose entity is one of these, with `__k` for entity and id."""
-        h = frame.with_columns(self.hashed)["__h"]          # (a literal hash, in the tests, is broadcast)
+        """The rows of `frame` (entity, id, ...) whose entity is one of these, with `__k` for entity and id.
+        A frame with the hashes of its (entity, id) (`__h`, `__g`: a state partition's, daystate.HASHES,
+        made by this polars) is keyed on them alone: its ids need not be read, hashed or compared."""
+        hashed = "__g" in frame.columns
+        h = frame["__h"] if hashed else frame.with_columns(self.hashed)["__h"]   # (a literal hash, in the tests, is broadcast)
         if not h.is_sorted():
             frame = frame.with_columns(h).sort("__h")
             h = frame["__h"]
@@ -724,11 +729,17 @@ class EntityKeys:
         m = (pl.DataFrame([h.set_sorted(), pl.int_range(len(h), dtype=pl.UInt32, eager=True).alias("__r")])
              .join(table, on="__h", how="inner"))
         rows, k = m["__r"], m["__k"]
-        same = ((frame["id"].cast(pl.String).gather(rows) == self.ids.gather(k))
-                & (frame["entity"].cast(pl.String).gather(rows) == self.entities.gather(k))).fill_null(False)
+        if hashed:
+            same = (frame["__g"].gather(rows) == self.checks.gather(k)) & self.usable.gather(k)
+        else:
+            same = ((frame["id"].cast(pl.String).gather(rows) == self.ids.gather(k))
+                    & (frame["entity"].cast(pl.String).gather(rows) == self.entities.gather(k))).fill_null(False)
         if not same.all():           # a hash shared by two entities, or a null id: that row is not theirs
             rows, k = rows.filter(same), k.filter(same)
-        return frame.drop("id", "entity")[rows].with_columns(k.alias("__k"))
+        if hashed and self.twins:        # both hashes of two keys equal (~2**-128): one key a row, never two
+            first = rows.is_first_distinct()
+            rows, k = rows.filter(first), k.filter(first)
+        return frame.drop("id", "entity", "__h", "__g", strict=False)[rows].with_columns(k.alias("__k"))
 
 
 class Totals:
@@ -1124,6 +1135,7 @@ def _settings(spec: FeatureParams) -> dict:
     d.pop("chunk_rows")
     d.pop("spill_compression")
     d.pop("state_keep_days")
+    d.pop("state_apart_rows")
     return d
 
 
@@ -1208,11 +1220,53 @@ def _sibling(primary: str, name: str) -> str:
     return primary.rsplit("/", 1)[0] + "/" + name
 
 
-def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
+def ensure_states(params, days: list[dt.date], pub) -> dict[dt.date, str]:
+    """ensure_state of each day, in order. Where more than one must be made from raw (a backfill, a
+    repair, the first night), the first is made here; if its day held more than
+    features.state_apart_rows events, each of the others is made in a process of its own, one after
+    the other (spawned: ~2 s each): making 44 states at 10M rows a day one after the other in one
+    process peaked at 4.3 GiB, what the allocators keep between them, against ~3.5 GiB for one. A
+    nightly date makes one (its own), here."""
+    todo = [d for d in days if not ensure_state(params, d, pub, check_only=True)]
+    limit = params.features.state_apart_rows
+    if len(todo) > 1 and limit is not None:
+        first = ensure_state(params, todo[0], pub)
+        events = lineage.Reader().record(first).get("events") or 0
+        if events > limit:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            log.info("feature state: %d more to make from raw (%s..%s), each in a process of its own (%d events on %s: "
+                     "more than features.state_apart_rows=%d)", len(todo) - 1, todo[1], todo[-1], events, todo[0], limit)
+            peaks = []
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+                for d in todo[1:]:
+                    peaks.append(pool.submit(_state_apart, params, d, pub.lake).result())   # its NeedRaw is raised here
+            known = [p for p in peaks if p is not None]
+            if known:
+                log.info("feature state: %d made in processes of their own, peak RSS %.0f MiB at most", len(peaks), max(known))
+    return {d: ensure_state(params, d, pub) for d in days}
+
+
+def _state_apart(params, day: dt.date, lake_root: str) -> float | None:
+    """ensure_state of `day` in a process of its own (ensure_states), logged as the stage logs; its
+    peak RSS in MiB (VmHWM; None where the OS does not tell)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with storage.Publisher(lake_root) as pub:
+        ensure_state(params, day, pub)
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(x.split()[1]) / 1024 for x in fh if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def ensure_state(params, day: dt.date, pub, recompute: bool = False, check_only: bool = False) -> str | None:
     """The feature_state partition of `day` (per-entity totals of the day's validated events; the
     labels that landed the day before, with their event's time and entities: as totals per event
     day, and one object of labelled events per event day), made from raw data unless a trusted one
-    with the same key exists. Raises NeedRaw when an input it needs is missing or not trusted."""
+    with the same key exists. Raises NeedRaw when an input it needs is missing or not trusted.
+    `check_only`: the partition when a trusted one is there, else None (nothing made, nothing raised)."""
     spec, store = params.features, params.storage
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     entities = list(tx.columns.entities)
@@ -1224,9 +1278,13 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
     try:
         inputs = lineage.committed([own, *([lab] if lab else [])])
     except lineage.StaleInput as exc:
+        if check_only:
+            return None
         raise NeedRaw(str(exc)) from None
     absent = [u for u, sha in inputs.items() if sha is None]
     if absent:
+        if check_only:
+            return None
         raise NeedRaw(f"feature state {day}: {_shorten(absent)} not committed")
     key = lineage.stage_key("feature_state", inputs, {"features": _settings(spec), "columns": entities,
                                                       "first_dates": [str(tx.first_date), str(lb.first_date)]},
@@ -1237,8 +1295,13 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
                 return primary
         except (lineage.NotCommitted, lineage.StaleInput):
             pass
+    if check_only:
+        return None
     reader = lineage.Reader()
-    daily = day_state(_read(reader, own, daystate.event_columns(spec, entities)), spec)
+    raw = _read(reader, own, daystate.event_columns(spec, entities))
+    events = raw.height
+    daily = day_state(raw, spec)
+    del raw
 
     def read_day(d: dt.date, columns: list[str]) -> pl.DataFrame:
         uri = store.uri("validated", dataset=tx.name, date=d.isoformat())
@@ -1254,7 +1317,8 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False) -> str:
         labels = _read(reader, lab, ["event_id", "label"])
         labelled = daystate.match_labels(labels, read_day, day, spec, tx.first_date, entities)
     unmatched = labels.height - labelled.height if lab else 0
-    out = pub.partition(primary, "feature_state", inputs=reader.consumed, extra={"run": key, "unmatched_labels": unmatched})
+    out = pub.partition(primary, "feature_state", inputs=reader.consumed,
+                        extra={"run": key, "unmatched_labels": unmatched, "events": events})
     out.put_parquet(primary, daily)
     for name, frame in daystate.objects(labelled, spec):
         out.put_parquet(_sibling(primary, name), frame)
@@ -1316,7 +1380,7 @@ def load_history(params, day: dt.date, pub, shard: Shard | None = None) -> tuple
     the day."""
     tx = params.dataset("transactions")
     p = plan(params.features, day)
-    states = {d: ensure_state(params, d, pub) for d in sorted({*p.states, day}) if d >= tx.first_date}
+    states = ensure_states(params, [d for d in sorted({*p.states, day}) if d >= tx.first_date], pub)
     healed = 0
     while True:
         try:
@@ -1383,8 +1447,8 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         ahead = lineage.Reader()
         todo = sorted(f for f in p.totals if f in states)
         fetched = _Fetched(ahead, [(states[f], None) for f in todo])
-        parts = _streamed([functools.partial(_frames, ahead, states[f], data=functools.partial(fetched.take, i))
-                           for i, f in enumerate(todo)])
+        parts = _streamed([functools.partial(_frames, ahead, states[f], daystate.STATE_READ,
+                                             data=functools.partial(fetched.take, i)) for i, f in enumerate(todo)])
 
         def spill_totals(done: Totals) -> None:
             for frame in done.slot_frames(SPILL_ROWS):
@@ -1419,7 +1483,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         def landed_labels(st: str) -> Iterator[tuple[str, pl.DataFrame]]:
             """A landing's label totals in frames, then its labelled events of the label boundary days (by object)."""
             first, *rest = listed[st]
-            yield from (("totals", f) for f in _frames(ahead, wanted[first][0], primary=st,
+            yield from (("totals", f) for f in _frames(ahead, wanted[first][0], daystate.TOTALS_READ, primary=st,
                                                        data=functools.partial(fetched.take, first)))
             for i in rest:
                 u = wanted[i][0]

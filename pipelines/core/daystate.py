@@ -43,6 +43,24 @@ def key_hash() -> pl.Expr:
             ^ pl.col("entity").cast(pl.String).hash(seed=KEY_SEED + 1)).alias("__h")
 
 
+def check_hash() -> pl.Expr:
+    """A second 64-bit hash of (entity, id), independent of key_hash (other seeds): a state row is an
+    entity's when both hashes are equal to the entity's (a chance of about 2**-128 per pair for two
+    different ids), so the features stage keys a state without reading or comparing its ids."""
+    return (pl.col("id").cast(pl.String).hash(seed=KEY_SEED + 2)
+            ^ pl.col("entity").cast(pl.String).hash(seed=KEY_SEED + 3)).alias("__g")
+
+
+HASHES = ["__h", "__g"]    # stored beside entity and id in both totals objects (made by this polars: the run key)
+# what the features stage reads of them: the hashes, not the ids
+STATE_READ = [*HASHES, *(c for c in STATE_SCHEMA if c not in ("entity", "id"))]
+TOTALS_READ = [*HASHES, *(c for c in TOTALS_SCHEMA if c not in ("entity", "id"))]
+
+
+def _hashed(frame: pl.DataFrame, *order: str) -> pl.DataFrame:
+    return frame.with_columns(key_hash(), check_hash()).sort("__h", *order)
+
+
 def day_state(events: pl.DataFrame, spec) -> pl.DataFrame:
     """Per entity of the rolling and time-since-last features (`spec`: config.FeatureParams), the
     exact totals of one day's events (n, fixed-point sum, sum of squares, max, min of the rolled
@@ -59,7 +77,7 @@ def day_state(events: pl.DataFrame, spec) -> pl.DataFrame:
         g = events.group_by(ent).agg(aggs).rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity"))
         out.append(fit(g, STATE_SCHEMA))
     frame = pl.concat(out) if out else fit(pl.DataFrame(), STATE_SCHEMA)
-    return frame.sort(key_hash(), "entity", "id")   # in EntityKeys' order: keyed by a merge join
+    return _hashed(frame, "entity", "id")    # in EntityKeys' order: keyed by a merge join
 
 
 def labelled_events(labels: pl.DataFrame, events: pl.DataFrame, entities: list[str], landed: dt.date) -> pl.DataFrame:
@@ -82,7 +100,7 @@ def label_totals(labelled: pl.DataFrame, spec) -> pl.DataFrame:
              .rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity")))
         out.append(fit(g, TOTALS_SCHEMA))
     frame = pl.concat(out) if out else fit(pl.DataFrame(), TOTALS_SCHEMA)
-    return frame.sort(key_hash(), "entity", "id", "event_date")
+    return _hashed(frame, "entity", "id", "event_date")
 
 
 def labels_landed(day: dt.date) -> dt.date:
