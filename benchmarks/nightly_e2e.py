@@ -36,10 +36,10 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
-import re
 import subprocess
 import sys
 import time
