@@ -57,8 +57,15 @@ STATE_READ = [*HASHES, *(c for c in STATE_SCHEMA if c not in ("entity", "id"))]
 TOTALS_READ = [*HASHES, *(c for c in TOTALS_SCHEMA if c not in ("entity", "id"))]
 
 
-def _hashed(frame: pl.DataFrame, *order: str) -> pl.DataFrame:
-    return frame.with_columns(key_hash(), check_hash()).sort("__h", *order)
+def _hashed(frames: list[pl.DataFrame], schema: dict, *order: str) -> pl.DataFrame:
+    """The frames in one, sorted by key_hash (then `order`), with both hashes as columns. Sorted by
+    the hash as an expression, the hash columns added to the sorted frame after (computed again): the
+    sort does not copy them, and each copy is let go as soon as the next is made (at 10M rows a day
+    the other way round peaked 0.4 GiB higher)."""
+    frame = pl.concat(frames) if frames else fit(pl.DataFrame(), schema)
+    frames.clear()
+    frame = frame.sort(key_hash(), *order)
+    return frame.with_columns(key_hash(), check_hash())
 
 
 def day_state(events: pl.DataFrame, spec) -> pl.DataFrame:
@@ -76,8 +83,8 @@ def day_state(events: pl.DataFrame, spec) -> pl.DataFrame:
                      pl.col(r.value).max().alias("mx"), pl.col(r.value).min().alias("mn")]
         g = events.group_by(ent).agg(aggs).rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity"))
         out.append(fit(g, STATE_SCHEMA))
-    frame = pl.concat(out) if out else fit(pl.DataFrame(), STATE_SCHEMA)
-    return _hashed(frame, "entity", "id")    # in EntityKeys' order: keyed by a merge join
+        del g
+    return _hashed(out, STATE_SCHEMA, "entity", "id")    # in EntityKeys' order: keyed by a merge join
 
 
 def labelled_events(labels: pl.DataFrame, events: pl.DataFrame, entities: list[str], landed: dt.date) -> pl.DataFrame:
@@ -99,8 +106,8 @@ def label_totals(labelled: pl.DataFrame, spec) -> pl.DataFrame:
              .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("label").sum().cast(pl.Int64).alias("s"))
              .rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity")))
         out.append(fit(g, TOTALS_SCHEMA))
-    frame = pl.concat(out) if out else fit(pl.DataFrame(), TOTALS_SCHEMA)
-    return _hashed(frame, "entity", "id", "event_date")
+        del g
+    return _hashed(out, TOTALS_SCHEMA, "entity", "id", "event_date")
 
 
 def labels_landed(day: dt.date) -> dt.date:

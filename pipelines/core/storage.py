@@ -506,6 +506,16 @@ def staged_file(uri: str) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def staged_parquet(uri: str, df: pl.DataFrame) -> Iterator[tuple[Path, str]]:
+    """`df` encoded now into a staged file for `uri` (staged_file): (its path, its sha256), for a
+    Partition.put_path(move=True) later; the caller may let `df` go meanwhile."""
+    with staged_file(uri) as tmp:
+        with _disk_errors(uri, "write"):
+            sha = parquet_file(df, tmp)
+        yield tmp, sha
+
+
 def read_parquet(uri: str) -> pl.DataFrame:
     return read_parquet_bytes(read_bytes(uri), uri)
 
@@ -758,9 +768,7 @@ class Partition:
         """parquet_bytes(df) at `uri`, encoded into a staged file (hashed as written) and published by a
         rename (local) or an upload (S3): the file is never held in memory (the features of a 10M-row
         date: 0.55 GB, held twice by parquet_bytes, at the stage's peak)."""
-        with staged_file(uri) as tmp:
-            with _disk_errors(uri, "write"):
-                sha = parquet_file(df, tmp)
+        with staged_parquet(uri, df) as (tmp, sha):
             self.put_path(uri, tmp, sha=sha, move=True)
 
     def put_json(self, uri: str, obj: Any, volatile: bool = False) -> None:
