@@ -149,10 +149,10 @@ def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide, totals: bool) ->
     then the aggregates from them (in one select, polars computed the count and the sum again for
     every aggregate that reads them: ~2x the rolling work, the same values).
 
-    Each row carries a weight `__w` (1 per event). With `totals` (the incremental path) a row may
-    also stand for a whole earlier day of the entity: weight n, fixed-point sum `__fx`, sum of
-    squares `__q`, max `__mx`, min `__mn` (see _context_rows); the sums stay exact integers, so the
-    result is the same bit for bit."""
+    Each row carries a weight `__w` (1 per event). With `totals` (the incremental path) the rows
+    carry their fixed-point value `__fx`, its square `__q`, and `__mx`/`__mn` (see _context_rows), and
+    the earlier days' totals are added to the sums after (Constants.rolled); the sums stay exact
+    integers, so the result is the same bit for bit."""
     out = []
     scale = 10 ** r.decimals
     fixed = pl.col("__fx") if totals else _fixed(r)   # exact, associative
@@ -193,7 +193,7 @@ def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide, totals: bool) ->
 
 def _running(keys: pl.Series, labels: pl.Series, weights: pl.Series | None, q: pl.DataFrame) -> pl.DataFrame:
     """For each query (sorted __vt), the label sum `s` and count `n` of the keys strictly before it
-    (a key counts `weights` labels when given: a day's labelled total, incremental path)."""
+    (a key counts `weights` labels when given)."""
     order = keys.arg_sort()
     pos = keys.gather(order).search_sorted(q["__vt"], side="left").cast(pl.Int64)   # keys < t
     zero = pl.Series([0], dtype=pl.Int64)          # running sums from 0: no key before t sums to 0
@@ -215,7 +215,7 @@ def _rate_columns(part: pl.DataFrame, q: pl.DataFrame, ent: str, windows: tuple[
 
     With `totals` (the incremental path) the labelled rows are the rates' boundary days' events (`__lw`
     1 each); `more` adds, per window, the label sum and count that the earlier days entirely inside it
-    add at each query row (_constants: the same for every row of an entity but an event at 00:00)."""
+    add at each query row (Constants.rates: the same for every row of an entity but an event at 00:00)."""
     d = delay_days * US_PER_DAY
     shift = pl.col("__vt") - pl.col("__t")                          # entity offset on the timeline
     lab = part.filter(pl.col("label").is_not_null()).select(
@@ -539,7 +539,8 @@ class History:
     label_totals: pl.DataFrame  # label_totals summed per run of plan.label_totals and availability
 
     def rows(self) -> int:
-        """Context rows at most (every entity's): what sizes the chunks of the timeline."""
+        """Context rows at most (every entity's; the totals, which enter as Constants, counted too: more
+        chunks than the timeline needs, a margin on memory): what sizes the chunks of the timeline."""
         return self.events.height + self.totals.height + self.labelled.height + self.label_totals.height
 
     def split(self, ent: str, chunk, chunks: int):
@@ -1142,7 +1143,7 @@ def _settings(spec: FeatureParams) -> dict:
     d.pop("chunk_rows")
     d.pop("spill_compression")
     d.pop("state_keep_days")
-    d.pop("state_apart_rows")
+    d.pop("state_apart_mb")
     return d
 
 
@@ -1227,45 +1228,65 @@ def _sibling(primary: str, name: str) -> str:
     return primary.rsplit("/", 1)[0] + "/" + name
 
 
+class StateProcessDied(RuntimeError):
+    """A feature state's own process ended without a result (killed: out of memory?)."""
+
+
 def ensure_states(params, days: list[dt.date], pub) -> dict[dt.date, str]:
     """ensure_state of each day, in order. Where more than one must be made from raw (a backfill, a
-    repair, the first night), the first is made here; if its day held more than
-    features.state_apart_rows events, each of the others is made in a process of its own, one after
-    the other (spawned: ~2 s each): making 44 states at 10M rows a day one after the other in one
-    process peaked at 4.3 GiB, what the allocators keep between them, against ~3.5 GiB for one. A
-    nightly date makes one (its own), here."""
-    todo = [d for d in days if not ensure_state(params, d, pub, check_only=True)]
-    limit = params.features.state_apart_rows
+    repair, the first night), those whose day's validated Parquet is larger than
+    features.state_apart_mb are each made in a process of their own, one after the other (spawned:
+    ~2 s each), this one staying small meanwhile: making 44 states at 10M rows a day in one process
+    peaked at 4.3 GiB (what the allocators keep between them), one alone at ~3.6 GiB. A nightly date
+    makes one (its own) here."""
+    found = {d: ensure_state(params, d, pub, check_only=True) for d in days}
+    todo = [d for d in days if found[d] is None]
+    limit = params.features.state_apart_mb
+    apart: list[dt.date] = []
     if len(todo) > 1 and limit is not None:
-        first = ensure_state(params, todo[0], pub)
-        events = lineage.Reader().record(first).get("events") or 0
-        if events > limit:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+        tx, store = params.dataset("transactions"), params.storage
+        for d in todo:
+            try:
+                big = storage.size(store.uri("validated", dataset=tx.name, date=d.isoformat())) > limit * 2**20
+            except storage.MissingObject:
+                big = False                 # ensure_state says what is missing, here
+            if big:
+                apart.append(d)
+    if apart:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
-            log.info("feature state: %d more to make from raw (%s..%s), each in a process of its own (%d events on %s: "
-                     "more than features.state_apart_rows=%d)", len(todo) - 1, todo[1], todo[-1], events, todo[0], limit)
-            peaks = []
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
-                for d in todo[1:]:
-                    peaks.append(pool.submit(_state_apart, params, d, pub.lake).result())   # its NeedRaw is raised here
-            known = [p for p in peaks if p is not None]
-            if known:
-                log.info("feature state: %d made in processes of their own, peak RSS %.0f MiB at most", len(peaks), max(known))
-    return {d: ensure_state(params, d, pub) for d in days}
+        log.info("feature state: %d of %d to make from raw (%s..%s) made each in a process of its own (their day's "
+                 "validated Parquet over features.state_apart_mb=%s MB)", len(apart), len(todo), apart[0], apart[-1], limit)
+        peaks = []
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+            for d in apart:
+                try:
+                    peak, found[d] = pool.submit(_state_apart, params, d, pub.lake).result()   # NeedRaw is raised here
+                except BrokenProcessPool:
+                    raise StateProcessDied(f"feature state {d}: its process ended with no result (killed: out of "
+                                           f"memory? lower features.chunk_rows or give the task more memory)") from None
+                peaks.append(peak)
+        known = [p for p in peaks if p is not None]
+        if known:
+            log.info("feature state: %d made in processes of their own, peak RSS %.0f MiB at most", len(peaks), max(known))
+    return {d: found[d] or ensure_state(params, d, pub) for d in days}
 
 
-def _state_apart(params, day: dt.date, lake_root: str) -> float | None:
-    """ensure_state of `day` in a process of its own (ensure_states), logged as the stage logs; its
-    peak RSS in MiB (VmHWM; None where the OS does not tell)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _state_apart(params, day: dt.date, lake_root: str) -> tuple[float | None, str]:
+    """ensure_state of `day` in a process of its own (ensure_states), set up as the stage's (logging,
+    the services' timeouts): its peak RSS in MiB (VmHWM; None where the OS does not tell) and the partition."""
+    from pipelines.core.cli import configure_process
+
+    configure_process(params)
     with storage.Publisher(lake_root) as pub:
-        ensure_state(params, day, pub)
+        primary = ensure_state(params, day, pub)
     try:
         with open("/proc/self/status") as fh:
-            return next(int(x.split()[1]) / 1024 for x in fh if x.startswith("VmHWM:"))
+            return next(int(x.split()[1]) / 1024 for x in fh if x.startswith("VmHWM:")), primary
     except (OSError, StopIteration):
-        return None
+        return None, primary
 
 
 def ensure_state(params, day: dt.date, pub, recompute: bool = False, check_only: bool = False) -> str | None:
@@ -1273,7 +1294,8 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False, check_only:
     labels that landed the day before, with their event's time and entities: as totals per event
     day, and one object of labelled events per event day), made from raw data unless a trusted one
     with the same key exists. Raises NeedRaw when an input it needs is missing or not trusted.
-    `check_only`: the partition when a trusted one is there, else None (nothing made, nothing raised)."""
+    `check_only`: the partition when a trusted one is there, else None (nothing made; no NeedRaw,
+    a storage failure is still raised)."""
     spec, store = params.features, params.storage
     tx, lb = params.dataset("transactions"), params.dataset("labels")
     entities = list(tx.columns.entities)

@@ -80,11 +80,24 @@ def range_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
-def resolve(args: argparse.Namespace) -> tuple[Params, list[dt.date]]:
+def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     for noisy in ("great_expectations", "botocore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def configure_process(params: Params) -> None:
+    """What `resolve` sets up in a stage's process (logging, the services' timeouts), for a process
+    the stage spawns."""
+    from pipelines.core import services
+
+    _logging()
+    services.configure(params.services.timeout_s)
+
+
+def resolve(args: argparse.Namespace) -> tuple[Params, list[dt.date]]:
+    _logging()
     params = load_params(args.params)
     from pipelines.core import services
 

@@ -246,7 +246,7 @@ class FeatureParams:
     chunk_rows: int = 1_000_000    # how, not what: the timeline rows one chunk of entities is computed on
     spill_compression: str = "none"   # how, not what: the nightly History's spill on local disk (none, lz4, zstd)
     state_keep_days: int | None = 44  # how, not what: feature_state partitions older than this are removed
-    state_apart_rows: int | None = 2_000_000   # how, not what: states of larger days made in processes of their own
+    state_apart_mb: int | None = 64   # how, not what: states of larger days made in processes of their own
 
     @property
     def lookback_days(self) -> int:
@@ -260,7 +260,7 @@ class FeatureParams:
         where = "features"
         allowed = {"windows_days", "rolling", "target_rate", "time_since_last", "calendar", "ratios",
                    "categoricals", "categories", "missing_history", "incremental", "chunk_rows", "spill_compression",
-                   "state_keep_days", "state_apart_rows"}
+                   "state_keep_days", "state_apart_mb"}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -293,8 +293,8 @@ class FeatureParams:
             spill_compression=_choice(d.get("spill_compression", "none"), ("none", "lz4", "zstd"),
                                       f"{where}.spill_compression"),
             **({"state_keep_days": d["state_keep_days"]} if "state_keep_days" in d else {}),
-            state_apart_rows=None if d.get("state_apart_rows", 2_000_000) is None else
-            _whole(d.get("state_apart_rows", 2_000_000), 0, f"{where}.state_apart_rows", " or null"),
+            state_apart_mb=None if d.get("state_apart_mb", 64) is None else
+            _whole(d.get("state_apart_mb", 64), 0, f"{where}.state_apart_mb", " or null"),
         )
         keep = spec.state_keep_days
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < spec.lookback_days):

@@ -219,6 +219,19 @@ def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-st
     _write_local(local_path(uri), lambda fh: fh.write(data), uri)
 
 
+def size(uri: str) -> int:
+    """The object's size in bytes (MissingObject when there is none)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _s3_errors(uri, "head"):
+            return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+    path = local_path(uri)
+    if not path.is_file():
+        raise MissingObject(f"{where(uri)}: no such object")
+    with _disk_errors(uri, "stat"):
+        return path.stat().st_size
+
+
 def exists(uri: str) -> bool:
     if is_s3(uri):
         bucket, key = split_s3(uri)
@@ -513,6 +526,7 @@ def staged_parquet(uri: str, df: pl.DataFrame) -> Iterator[tuple[Path, str]]:
     with staged_file(uri) as tmp:
         with _disk_errors(uri, "write"):
             sha = parquet_file(df, tmp)
+        del df                          # not held by this frame while the caller goes on
         yield tmp, sha
 
 

@@ -106,13 +106,13 @@ def test_incremental_features_equal_the_recomputation_from_raw(lake, caplog, mon
 
 
 def test_states_made_from_raw_in_processes_of_their_own_are_the_same_bytes(lake, caplog):
-    """A first night (37 states from raw) with features.state_apart_rows 0: the first state made in the
-    stage's process, each other in a spawned process of its own; the states and the features are the
-    bytes of the same night made in one process (state_apart_rows null)."""
+    """A first night (37 states from raw) with features.state_apart_mb 0: each state made in a spawned
+    process of its own; the states and the features are the bytes of the same night made in the
+    stage's process (state_apart_mb null)."""
     path, root, layout = lake
     caplog.set_level(logging.INFO, "pipelines.features")
     raw = yaml.safe_load(path.read_text())
-    raw["features"]["state_apart_rows"] = None
+    raw["features"]["state_apart_mb"] = None
     path.write_text(yaml.safe_dump(raw))
     together = _run(path)
     folder = path.parent / "lake" / "feature_state"
@@ -122,11 +122,13 @@ def test_states_made_from_raw_in_processes_of_their_own_are_the_same_bytes(lake,
     import shutil
 
     shutil.rmtree(folder)
-    raw["features"]["state_apart_rows"] = 0
+    raw["features"]["state_apart_mb"] = 0
     path.write_text(yaml.safe_dump(raw))
     caplog.clear()
     assert _run(path, "--recompute") == together
-    assert "36 more to make from raw (2026-01-16..2026-02-20), each in a process of its own" in caplog.text
+    assert "incremental:" in caplog.text and "computed from raw" not in caplog.text
+    assert "37 of 37 to make from raw (2026-01-15..2026-02-20) made each in a process of its own" in caplog.text
+    assert "37 made in processes of their own, peak RSS" in caplog.text
     assert {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*.parquet"))} == states
 
 

@@ -101,13 +101,13 @@ def test_features_spill_compression_is_one_of_three_and_not_part_of_the_spec(tmp
     assert zstd.spill_compression == "zstd" and spec_hash(zstd) == spec_hash(load_params().features)   # how, not what
 
 
-def test_features_state_apart_rows_is_null_or_a_whole_number_and_not_part_of_the_spec(tmp_path):
+def test_features_state_apart_mb_is_null_or_a_whole_number_and_not_part_of_the_spec(tmp_path):
     from pipelines.features import spec_hash
 
-    for bad in (-1, 2.5, True, "2M"):
-        with pytest.raises(ConfigError, match="features.state_apart_rows"):
-            _params_with(tmp_path, lambda d, bad=bad: d["features"].update(state_apart_rows=bad))
-    assert load_params().features.state_apart_rows == 2_000_000
+    for bad in (-1, 2.5, True, "64MB"):
+        with pytest.raises(ConfigError, match="features.state_apart_mb"):
+            _params_with(tmp_path, lambda d, bad=bad: d["features"].update(state_apart_mb=bad))
+    assert load_params().features.state_apart_mb == 64
     for ok in (None, 0):
-        spec = _params_with(tmp_path, lambda d, ok=ok: d["features"].update(state_apart_rows=ok)).features
-        assert spec.state_apart_rows == ok and spec_hash(spec) == spec_hash(load_params().features)   # how, not what
+        spec = _params_with(tmp_path, lambda d, ok=ok: d["features"].update(state_apart_mb=ok)).features
+        assert spec.state_apart_mb == ok and spec_hash(spec) == spec_hash(load_params().features)   # how, not what
