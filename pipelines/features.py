@@ -37,9 +37,8 @@ copies are the stage's peak memory, and an entity's features depend on its own r
 The incremental path (a nightly date, `features.incremental`): the same timeline, but earlier days
 enter as per-entity totals (feature_state partitions, one per date), added to the windows that hold
 them entirely (Constants), except the windows' boundary days, which enter as events; see `plan`,
-`History` and `load_history` (the day's entities get dense integer keys, matched to a state's rows
-by the two hashes it stores, and the ~60 partitions' totals are added into one array per column:
-EntityKeys, Totals).
+`History` and `load_history` (the day's entities get dense integer keys, and the ~60 partitions'
+totals are added into one array per column: EntityKeys, Totals).
 The History is spilled to local disk by hash bucket of the entity as it is read (SpilledHistory), and
 each chunk of the timeline reads back only its own buckets: the stage's memory does not grow with
 the look-back's volume.
@@ -60,7 +59,7 @@ import polars as pl
 
 from pipelines.core import daystate, lake, lineage, shards, storage
 from pipelines.core.daystate import OBJECTS, day_state, label_totals, labelled_events, fit as _fit, fixed as _fixed, \
-    key_hash as _key_hash, check_hash as _check_hash
+    key_hash as _key_hash
 from pipelines.core.shards import Shard, check_rows
 from pipelines.core.cli import StageFailed, progress, resolve, stage_parser
 from pipelines.core.config import FeatureParams, date_range
@@ -702,30 +701,21 @@ class EntityKeys:
     frame in any other order (a state written by another polars version) is sorted first. The join
     holds integers only (hash, row, key); the ids are compared on the matched rows, and the frame's
     other columns are gathered once (the join of the whole frame copied its columns twice: keying two
-    state partitions at 3.45M entities peaked at 1.58-1.62 GiB, now 1.46-1.49 GiB; the same keys).
-    A state partition stores both hashes of its rows (daystate.HASHES, made by this polars: its run
-    key names the version): its rows are matched on the first and checked on the second, its ids
-    neither read, hashed nor compared (at 10M rows a day, decoding, hashing and comparing the ids of
-    ~60 partitions was most of the fold's time)."""
+    state partitions at 3.45M entities peaked at 1.58-1.62 GiB, now 1.46-1.49 GiB; the same keys)."""
 
     def __init__(self, seen: pl.DataFrame) -> None:
         self.hashed = _key_hash()
         # keys numbered in the hash's order: a state partition (in that order) is keyed into rising
         # keys, and Totals' scatter into its arrays walks them forward (not at random: 2x on the fold)
-        self.named = seen.select("id", "entity").with_columns(self.hashed, _check_hash()).sort("__h", "__g").with_row_index("__k")
+        self.named = seen.select("id", "entity").with_columns(self.hashed).sort("__h").with_row_index("__k")
         self.size = self.named.height
         self.table = self.named.select("__k", pl.col("__h").set_sorted())
-        self.checks, self.usable = self.named["__g"], self.named["id"].is_not_null()   # a null id is no entity's
-        self.twins = self.size > 1 and bool(self.named.select(pl.struct("__h", "__g").is_duplicated().any()).item())
-        self.named = self.named.drop("__h", "__g")
+        self.named = self.named.drop("__h")
         self.ids, self.entities = self.named["id"].cast(pl.String), self.named["entity"].cast(pl.String)
 
     def key(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The rows of `frame` (entity, id, ...) whose entity is one of these, with `__k` for entity and id.
-        A frame with the hashes of its (entity, id) (`__h`, `__g`: a state partition's, daystate.HASHES,
-        made by this polars) is keyed on them alone: its ids need not be read, hashed or compared."""
-        hashed = "__g" in frame.columns
-        h = frame["__h"] if hashed else frame.with_columns(self.hashed)["__h"]   # (a literal hash, in the tests, is broadcast)
+        """The rows of `frame` (entity, id, ...) whose entity is one of these, with `__k` for entity and id."""
+        h = frame.with_columns(self.hashed)["__h"]          # (a literal hash, in the tests, is broadcast)
         if not h.is_sorted():
             frame = frame.with_columns(h).sort("__h")
             h = frame["__h"]
@@ -737,17 +727,11 @@ class EntityKeys:
         m = (pl.DataFrame([h.set_sorted(), pl.int_range(len(h), dtype=pl.UInt32, eager=True).alias("__r")])
              .join(table, on="__h", how="inner"))
         rows, k = m["__r"], m["__k"]
-        if hashed:
-            same = (frame["__g"].gather(rows) == self.checks.gather(k)) & self.usable.gather(k)
-        else:
-            same = ((frame["id"].cast(pl.String).gather(rows) == self.ids.gather(k))
-                    & (frame["entity"].cast(pl.String).gather(rows) == self.entities.gather(k))).fill_null(False)
+        same = ((frame["id"].cast(pl.String).gather(rows) == self.ids.gather(k))
+                & (frame["entity"].cast(pl.String).gather(rows) == self.entities.gather(k))).fill_null(False)
         if not same.all():           # a hash shared by two entities, or a null id: that row is not theirs
             rows, k = rows.filter(same), k.filter(same)
-        if hashed and self.twins:        # both hashes of two keys equal (~2**-128): one key a row, never two
-            first = rows.is_first_distinct()
-            rows, k = rows.filter(first), k.filter(first)
-        return frame.drop("id", "entity", "__h", "__g", strict=False)[rows].with_columns(k.alias("__k"))
+        return frame.drop("id", "entity")[rows].with_columns(k.alias("__k"))
 
 
 class Totals:
@@ -1497,8 +1481,8 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         ahead = lineage.Reader()
         todo = sorted(f for f in p.totals if f in states)
         fetched = _Fetched(ahead, [(states[f], None) for f in todo])
-        parts = _streamed([functools.partial(_frames, ahead, states[f], daystate.STATE_READ,
-                                             data=functools.partial(fetched.take, i)) for i, f in enumerate(todo)])
+        parts = _streamed([functools.partial(_frames, ahead, states[f], data=functools.partial(fetched.take, i))
+                           for i, f in enumerate(todo)])
 
         def spill_totals(done: Totals) -> None:
             for frame in done.slot_frames(SPILL_ROWS):
@@ -1533,7 +1517,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         def landed_labels(st: str) -> Iterator[tuple[str, pl.DataFrame]]:
             """A landing's label totals in frames, then its labelled events of the label boundary days (by object)."""
             first, *rest = listed[st]
-            yield from (("totals", f) for f in _frames(ahead, wanted[first][0], daystate.TOTALS_READ, primary=st,
+            yield from (("totals", f) for f in _frames(ahead, wanted[first][0], primary=st,
                                                        data=functools.partial(fetched.take, first)))
             for i in rest:
                 u = wanted[i][0]

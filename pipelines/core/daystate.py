@@ -43,31 +43,6 @@ def key_hash() -> pl.Expr:
             ^ pl.col("entity").cast(pl.String).hash(seed=KEY_SEED + 1)).alias("__h")
 
 
-def check_hash() -> pl.Expr:
-    """A second 64-bit hash of (entity, id), independent of key_hash (other seeds): a state row is an
-    entity's when both hashes are equal to the entity's (a chance of about 2**-128 per pair for two
-    different ids), so the features stage keys a state without reading or comparing its ids."""
-    return (pl.col("id").cast(pl.String).hash(seed=KEY_SEED + 2)
-            ^ pl.col("entity").cast(pl.String).hash(seed=KEY_SEED + 3)).alias("__g")
-
-
-HASHES = ["__h", "__g"]    # stored beside entity and id in both totals objects (made by this polars: the run key)
-# what the features stage reads of them: the hashes, not the ids
-STATE_READ = [*HASHES, *(c for c in STATE_SCHEMA if c not in ("entity", "id"))]
-TOTALS_READ = [*HASHES, *(c for c in TOTALS_SCHEMA if c not in ("entity", "id"))]
-
-
-def _hashed(frames: list[pl.DataFrame], schema: dict, *order: str) -> pl.DataFrame:
-    """The frames in one, sorted by key_hash (then `order`), with both hashes as columns. Sorted by
-    the hash as an expression, the hash columns added to the sorted frame after (computed again): the
-    sort does not copy them, and each copy is let go as soon as the next is made (at 10M rows a day
-    the other way round peaked 0.4 GiB higher)."""
-    frame = pl.concat(frames) if frames else fit(pl.DataFrame(), schema)
-    frames.clear()
-    frame = frame.sort(key_hash(), *order)
-    return frame.with_columns(key_hash(), check_hash())
-
-
 def day_state(events: pl.DataFrame, spec) -> pl.DataFrame:
     """Per entity of the rolling and time-since-last features (`spec`: config.FeatureParams), the
     exact totals of one day's events (n, fixed-point sum, sum of squares, max, min of the rolled
@@ -83,8 +58,8 @@ def day_state(events: pl.DataFrame, spec) -> pl.DataFrame:
                      pl.col(r.value).max().alias("mx"), pl.col(r.value).min().alias("mn")]
         g = events.group_by(ent).agg(aggs).rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity"))
         out.append(fit(g, STATE_SCHEMA))
-        del g
-    return _hashed(out, STATE_SCHEMA, "entity", "id")    # in EntityKeys' order: keyed by a merge join
+    frame = pl.concat(out) if out else fit(pl.DataFrame(), STATE_SCHEMA)
+    return frame.sort(key_hash(), "entity", "id")   # in EntityKeys' order: keyed by a merge join
 
 
 def labelled_events(labels: pl.DataFrame, events: pl.DataFrame, entities: list[str], landed: dt.date) -> pl.DataFrame:
@@ -106,8 +81,8 @@ def label_totals(labelled: pl.DataFrame, spec) -> pl.DataFrame:
              .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("label").sum().cast(pl.Int64).alias("s"))
              .rename({ent: "id"}).with_columns(pl.lit(ent).alias("entity")))
         out.append(fit(g, TOTALS_SCHEMA))
-        del g
-    return _hashed(out, TOTALS_SCHEMA, "entity", "id", "event_date")
+    frame = pl.concat(out) if out else fit(pl.DataFrame(), TOTALS_SCHEMA)
+    return frame.sort(key_hash(), "entity", "id", "event_date")
 
 
 def labels_landed(day: dt.date) -> dt.date:

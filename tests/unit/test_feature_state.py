@@ -224,39 +224,6 @@ def test_entity_keys_match_by_entity_and_id_never_by_hash_alone(monkeypatch, wea
     assert out["n"].to_list() == [2]
 
 
-@pytest.mark.parametrize("weak", ["none", "key", "both"])
-def test_a_state_is_keyed_by_its_two_stored_hashes_without_its_ids(monkeypatch, weak):
-    """A state partition stores two independent hashes of (entity, id) (daystate.HASHES); the fold keys
-    it on them alone (its ids are not read): a row gets a key only where both hashes are the key's.
-    Weak hashes stand in for collisions: where the key hash collides, the check hash tells the rows
-    apart; where both collide (a 2**-128 chance for real ids) the row would be taken: shown, not hidden."""
-    from pipelines.core import daystate
-
-    if weak in ("key", "both"):
-        monkeypatch.setattr(features, "_key_hash", lambda: pl.lit(7, pl.UInt64).alias("__h"))
-    if weak == "both":
-        monkeypatch.setattr(features, "_check_hash", lambda: pl.lit(9, pl.UInt64).alias("__g"))
-    keys = features.EntityKeys(pl.DataFrame({"id": ["a", "bb", "ccc", None], "entity": ["customer", "customer", "terminal", "customer"]}))
-    state = pl.DataFrame({"entity": ["customer", "customer", "terminal", "customer", "terminal", "customer"],
-                          "id": ["bb", "xx", "ccc", "zzzz", "a", None], "n": [1, 2, 3, 4, 5, 6]})
-    stored = state.with_columns(features._key_hash(), features._check_hash()).sort("__h")
-    out = keys.key(stored.drop("entity", "id"))                       # the ids are not read
-    assert out.columns == ["n", "__k"]
-    got = dict(zip(out["n"].to_list(), keys.named["id"].gather(out["__k"]).to_list()))
-    if weak == "both":      # every hash equal: each row takes one key (never the null id's), none twice
-        assert out.height == 6 and set(got) == {1, 2, 3, 4, 5, 6} and None not in got.values()
-    else:
-        assert got == {1: "bb", 3: "ccc"}
-        assert out.sort("n").rows() == keys.key(state).sort("n").rows()   # as the ids themselves say
-    # a state made by daystate carries both hashes, sorted by the first, and is read without its ids
-    spec = features.FeatureParams.from_dict(yaml.safe_load((REPO / "params.yaml").read_text())["features"], 7)
-    ev = pl.DataFrame({"event_id": ["e1", "e2"], "event_ts": [dt.datetime(2026, 1, 1, 1), dt.datetime(2026, 1, 1, 2)],
-                       "customer": ["bb", "qq"], "terminal": ["ccc", "t9"], "amount": [1.0, 2.0]})
-    day = daystate.day_state(ev, spec)
-    assert set(daystate.HASHES) <= set(day.columns) and day["__h"].is_sorted()
-    assert set(daystate.STATE_READ) <= set(day.columns) and not {"id", "entity"} & set(daystate.STATE_READ)
-
-
 def test_a_release_keeps_the_states_unless_the_state_code_changed(lake, monkeypatch, caplog):
     """A state is keyed by the code of its content (pipelines/core/daystate.py, which imports no other
     project module), not by the features stage's: a release that changes the stage, storage or the
