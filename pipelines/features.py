@@ -190,14 +190,13 @@ def _rolling_exprs(ent: str, r, windows: tuple[int, ...], wide, totals: bool) ->
     return out
 
 
-def _running(keys: pl.Series, labels: pl.Series, weights: pl.Series | None, q: pl.DataFrame) -> pl.DataFrame:
-    """For each query (sorted __vt), the label sum `s` and count `n` of the keys strictly before it
-    (a key counts `weights` labels when given)."""
+def _running(keys: pl.Series, labels: pl.Series, q: pl.DataFrame) -> pl.DataFrame:
+    """For each query (sorted __vt), the label sum `s` and count `n` of the keys strictly before it."""
     order = keys.arg_sort()
     pos = keys.gather(order).search_sorted(q["__vt"], side="left").cast(pl.Int64)   # keys < t
     zero = pl.Series([0], dtype=pl.Int64)          # running sums from 0: no key before t sums to 0
     s_ = pl.concat([zero, labels.gather(order).cum_sum().cast(pl.Int64)]).gather(pos)
-    n = pos if weights is None else pl.concat([zero, weights.gather(order).cum_sum().cast(pl.Int64)]).gather(pos)
+    n = pos
     return pl.DataFrame({"s": s_, "n": n})
 
 
@@ -212,22 +211,19 @@ def _rate_columns(part: pl.DataFrame, q: pl.DataFrame, ent: str, windows: tuple[
     leaves at once: net zero). On the entity's timeline, running sums of entries and exits strictly
     before t (binary search, exact matches excluded) give the window's label sum and count.
 
-    With `totals` (the incremental path) the labelled rows are the rates' boundary days' events (`__lw`
-    1 each); `more` adds, per window, the label sum and count that the earlier days entirely inside it
+    With `totals` (the incremental path) the labelled rows are the rates' boundary days' events; `more` adds, per window, the label sum and count that the earlier days entirely inside it
     add at each query row (Constants.rates: the same for every row of an entity but an event at 00:00)."""
     d = delay_days * US_PER_DAY
     shift = pl.col("__vt") - pl.col("__t")                          # entity offset on the timeline
     lab = part.filter(pl.col("label").is_not_null()).select(
         pl.col("label").cast(pl.Int64),
-        *([pl.col("__lw")] if totals else []),
         (shift + pl.max_horizontal(pl.col("__t") + d, pl.col("available_at").cast(pl.Int64))).alias("enter"),
         (shift + pl.col("__t") + d).alias("due"))
-    weights = lab["__lw"] if totals else None
-    entered = _running(lab["enter"], lab["label"], weights, q)             # the same for every window
+    entered = _running(lab["enter"], lab["label"], q)             # the same for every window
     cols = []
     for w in windows:
         leave = lab.select(pl.max_horizontal(pl.col("due") + w * US_PER_DAY, pl.col("enter"))).to_series()
-        left = _running(leave, lab["label"], weights, q)
+        left = _running(leave, lab["label"], q)
         n = entered["n"] - left["n"]
         s_ = entered["s"] - left["s"]
         if more is not None and w in more:
@@ -276,7 +272,7 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: boo
             more = consts.rates(asked, rates) if consts else None
             cols.extend(c.gather(order) for c in _rate_columns(part, asked.select("__vt"), ent, rates,
                                                                 spec.label_delay_days, totals, more))
-            part = part.drop("label", "available_at", "__lw", strict=False)
+            part = part.drop("label", "available_at", strict=False)
             del asked, order
         if totals:      # rows of labels only (weight 0, no value, no time) add nothing to what follows
             if "__w" in part.columns:                # (no weights: an entity with rates only)
@@ -888,12 +884,11 @@ def _context_rows(base: pl.DataFrame, ent: str, spec: FeatureParams, hist: Histo
     if since:
         schema["__last"] = pl.Int64
     if rates:
-        schema.update({"label": pl.Int64, "__lw": pl.Int64, "available_at": pl.Int64})
+        schema.update({"label": pl.Int64, "available_at": pl.Int64})
     t = pl.col("event_ts").cast(pl.Int64)
 
     def as_events(frame: pl.DataFrame, index: bool) -> pl.DataFrame:
-        cols = [pl.col(ent).cast(pl.String), t.alias("__t"), t.alias("__last"), pl.lit(1).alias("__w"),
-                pl.lit(0).alias("__lw")]
+        cols = [pl.col(ent).cast(pl.String), t.alias("__t"), t.alias("__last"), pl.lit(1).alias("__w")]
         if index:
             cols.append(pl.int_range(pl.len(), dtype=pl.Int64).alias("__i"))
         if r:
@@ -907,7 +902,7 @@ def _context_rows(base: pl.DataFrame, ent: str, spec: FeatureParams, hist: Histo
     if (r or since) and hist.events.height:
         parts.append(as_events(hist.events, False))
     if rates and hist.labelled.height:
-        parts.append(_fit(hist.labelled.select(pl.col(ent).cast(pl.String), t.alias("__t"), "label", pl.lit(1).alias("__lw"),
+        parts.append(_fit(hist.labelled.select(pl.col(ent).cast(pl.String), t.alias("__t"), "label",
                                                pl.col("available_at").cast(pl.Int64), pl.lit(0).alias("__w")), schema))
     # one exact join on the ids gives every row its entity's code (a row number of the day's ids), and
     # the rows of other entities (the spill's hash filter lets a colliding id through) are dropped: not
