@@ -388,7 +388,7 @@ def one_size(rows: int, keep: bool, rerun: bool = False, pairs: int = 2) -> dict
         logged = log.stat().st_size if log.exists() else 0
         night_before = _timed([sys.executable, "-m", "pipelines", "features", "--params", str(params), "--date",
                                (DAY - dt.timedelta(days=1)).isoformat()], env, log)
-        # states made from raw in processes of their own (features.state_apart_rows): their peak, as logged
+        # states made from raw in processes of their own (features.state_apart_mb): their peak, as logged
         with log.open("rb") as fh:
             fh.seek(logged)
             apart = re.findall(rb"made in processes of their own, peak RSS (\d+) MiB", fh.read())

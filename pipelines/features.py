@@ -1245,7 +1245,7 @@ def ensure_states(params, days: list[dt.date], pub) -> dict[dt.date, str]:
                     peak, found[d] = pool.submit(_state_apart, params, d, pub.lake).result()   # NeedRaw is raised here
                 except BrokenProcessPool:
                     raise StateProcessDied(f"feature state {d}: its process ended with no result (killed: out of "
-                                           f"memory? lower features.chunk_rows or give the task more memory)") from None
+                                           f"memory? a state needs ~0.37 GiB per 1M events of its day)") from None
                 peaks.append(peak)
         known = [p for p in peaks if p is not None]
         if known:
@@ -1306,54 +1306,35 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False, check_only:
     if check_only:
         return None
     reader = lineage.Reader()
-    raw = _read(reader, own, daystate.event_columns(spec, entities))
-    events = raw.height
-    daily = day_state(raw, spec)
-    del raw
-    # the day's totals encoded at once and let go: the labels' match runs without them in memory (at
-    # 10M rows a day one state peaked at 3.6-4.1 GiB with them held); published with the others
+    daily = day_state(_read(reader, own, daystate.event_columns(spec, entities)), spec)
+    totals = daily.height
+    # the day's totals encoded at once and let go: the labels' match runs without them in memory;
+    # published with the other objects, under one record, at the end
     with storage.staged_parquet(primary, daily) as (staged, sha):
-        totals = daily.height
         del daily
-        return _state_labels(params, day, pub, reader, key, staged, sha, {"events": events, "totals": totals})
 
-
-def _state_labels(params, day: dt.date, pub, reader: lineage.Reader, key: dict, staged: Path, sha: str,
-                  counts: dict) -> str:
-    """ensure_state, once the day's totals are encoded (`staged`, `sha`): the labels that landed the
-    day before, matched to their events, and the partition published."""
-    spec, store = params.features, params.storage
-    tx, lb = params.dataset("transactions"), params.dataset("labels")
-    entities = list(tx.columns.entities)
-    primary = store.uri("feature_state", date=day.isoformat())
-    landed = daystate.labels_landed(day)
-    lab = store.uri("canonical", dataset=lb.name, date=landed.isoformat()) \
-        if daystate.reads_labels(day, spec, lb.first_date) else None
-
-    def read_day(d: dt.date, columns: list[str]) -> pl.DataFrame:
-        uri = store.uri("validated", dataset=tx.name, date=d.isoformat())
-        try:
-            return _read(reader, uri, columns)
-        except lineage.NotCommitted:
-            raise NeedRaw(f"feature state {day}: {storage.where(uri)} not committed (labels of {landed} may "
-                          f"belong to it)") from None
-        except lineage.StaleInput as exc:
-            raise NeedRaw(str(exc)) from None
-    labelled = daystate.no_labels(entities)
-    if lab:
-        labels = _read(reader, lab, ["event_id", "label"])
-        labelled = daystate.match_labels(labels, read_day, day, spec, tx.first_date, entities)
-    unmatched = labels.height - labelled.height if lab else 0
-    labels = None                                   # not held while the objects are made
-    out = pub.partition(primary, "feature_state", inputs=reader.consumed,
-                        extra={"run": key, "unmatched_labels": unmatched, "events": counts["events"]})
-    out.put_path(primary, staged, sha=sha, move=True)
-    for name, frame in daystate.objects(labelled, spec):
-        out.put_parquet(_sibling(primary, name), frame)
-    out.commit()
+        def read_day(d: dt.date, columns: list[str]) -> pl.DataFrame:
+            uri = store.uri("validated", dataset=tx.name, date=d.isoformat())
+            try:
+                return _read(reader, uri, columns)
+            except lineage.NotCommitted:
+                raise NeedRaw(f"feature state {day}: {storage.where(uri)} not committed (labels of {landed} may "
+                              f"belong to it)") from None
+            except lineage.StaleInput as exc:
+                raise NeedRaw(str(exc)) from None
+        labelled, unmatched = daystate.no_labels(entities), 0
+        if lab:
+            labels = _read(reader, lab, ["event_id", "label"])
+            labelled = daystate.match_labels(labels, read_day, day, spec, tx.first_date, entities)
+            unmatched = labels.height - labelled.height
+            del labels                          # not held while the objects are made
+        out = pub.partition(primary, "feature_state", inputs=reader.consumed, extra={"run": key, "unmatched_labels": unmatched})
+        out.put_path(primary, staged, sha=sha, move=True)
+        for name, frame in daystate.objects(labelled, spec):
+            out.put_parquet(_sibling(primary, name), frame)
+        out.commit()
     log.info("feature state %s: %d entity totals, %d labels landed %s matched to their events, %d unmatched (their "
-             "event is not among the validated events searched)", day, counts["totals"], labelled.height, landed,
-             unmatched)
+             "event is not among the validated events searched)", day, totals, labelled.height, landed, unmatched)
     return primary
 
 
