@@ -1476,26 +1476,43 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         del totals
         landings = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
         # each landing's objects, in the order they are folded: its label totals, then its labelled
-        # events of the label boundary days it holds (read one object ahead, as the day states)
-        listed: dict[str, list[int]] = {}
+        # events of the label boundary days it holds (read one object ahead, as the day states). A
+        # state holds one labelled object per event day of its labels (daystate.objects), so its record
+        # tells which event days its label totals cover: totals of no event day of a run are not read
+        # (with labels a fixed 7 days late, 9 of a night's 37 landings: their one event day is before
+        # the rates' windows or a boundary day, whose labelled events are read one by one)
+        listed: dict[str, tuple[bool, list[int]]] = {}     # state -> (its label totals read, its objects' indices)
         wanted: list[tuple[str, str | None]] = []
-        for x in landings:
+        listed_from = list(landings)
+        for x in listed_from:
             at = x + dt.timedelta(days=1)
             st = states[at]
             objects = ahead.record(st)["objects"]
-            mine = [_sibling(st, OBJECTS["label_totals"]),
-                    *(u for u in (_sibling(st, OBJECTS["labelled"].format(e)) for e in p.label_boundary) if u in objects)]
-            listed[st] = list(range(len(wanted), len(wanted) + len(mine)))
+            held = {e for e in {*label_runs, *p.label_boundary} if _sibling(st, OBJECTS["labelled"].format(e)) in objects}
+            totals_read = not held.isdisjoint(label_runs)
+            mine = [_sibling(st, OBJECTS["label_totals"])] if totals_read else []
+            mine += [_sibling(st, OBJECTS["labelled"].format(e)) for e in p.label_boundary if e in held]
+            if not mine:
+                landings.remove(x)
+                continue
+            listed[st] = (totals_read, list(range(len(wanted), len(wanted) + len(mine))))
             wanted += [(u, st) for u in mine]
         at = None
+        skipped = sum(not read for read, _ in listed.values()) + len(listed_from) - len(landings)
+        if skipped:
+            log.info("features %s: the label totals of %d of %d landings not read (none of their event days is in "
+                     "the rates' runs)", day, skipped, len(listed_from))
         fetched = _Fetched(ahead, wanted)
 
         def landed_labels(st: str) -> Iterator[tuple[str, pl.DataFrame]]:
-            """A landing's label totals in frames, then its labelled events of the label boundary days (by object)."""
-            first, *rest = listed[st]
-            yield from (("totals", f) for f in _frames(ahead, wanted[first][0], primary=st,
-                                                       data=functools.partial(fetched.take, first)))
-            for i in rest:
+            """A landing's label totals in frames (where read), then its labelled events of the label
+            boundary days (by object)."""
+            totals_read, objects = listed[st]
+            if totals_read:
+                first, *objects = objects
+                yield from (("totals", f) for f in _frames(ahead, wanted[first][0], primary=st,
+                                                           data=functools.partial(fetched.take, first)))
+            for i in objects:
                 u = wanted[i][0]
                 yield from ((u, f) for f in _frames(ahead, u, ["event_ts", *entities, "label"], primary=st,
                                                    rows=SPILL_ROWS, data=functools.partial(fetched.take, i)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from pathlib import Path
 
 import polars as pl
@@ -59,6 +60,9 @@ def test_incremental_features_equal_the_recomputation_from_raw(lake, caplog, mon
         m.setattr(features, "SPILL_ROWS", 50)
         assert _run(path, "--recompute") == first
     assert "incremental:" in caplog.text and "computed from raw" not in caplog.text
+    # landings whose labels are all of event days outside the rates' runs: their label totals not read,
+    # the same bytes as from raw (below)
+    assert re.search(r"the label totals of [1-9]\d* of 37 landings not read", caplog.text), caplog.text[-2000:]
     made = sorted(p.parent.name for p in (path.parent / "lake" / "feature_state").glob("*/daily.parquet"))
     assert len(made) == 37 and made[-1] == f"date={DAY}"                 # the label landing days + 1, the day itself
     record = storage.record_uri(f"{root}/features/date={DAY}/part-0.parquet")
