@@ -779,34 +779,6 @@ class Totals:
             if self.adds[slot] > 256:      # sums of HIGH-bounded halves stay inside Int64
                 raise NeedRaw("more than 256 partitions in one run of days: the incremental path cannot sum them exactly")
 
-    @classmethod
-    def halves(cls, q: pl.Series):
-        """The fixed-point sums of squares `q` (Decimal(38, 0) as a state stores them, or Int128; a null
-        is 0) as (q // HALF, q mod HALF) in two int64 arrays, read from their 128-bit words (little-endian
-        two's complement, as Arrow holds them): ~6x faster than Int128 division in polars, the same
-        integers. None where a value is negative (the polars path then)."""
-        import numpy as np
-        import pyarrow as pa
-
-        if q.dtype != pl.Decimal(38, 0):
-            q = q.cast(pl.Decimal(38, 0))
-        arr = q.to_arrow()
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
-        if not pa.types.is_decimal128(arr.type) or arr.type.scale != 0:
-            return None
-        n = len(arr)
-        words = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=2 * (arr.offset + n))[2 * arr.offset:]
-        lo, hi = words[0::2].view(np.uint64), words[1::2]
-        if arr.null_count:
-            valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), bool)
-            lo, hi = np.where(valid, lo, np.uint64(0)), np.where(valid, hi, 0)
-        if n and hi.min() < 0:
-            return None
-        # q < 2**86 (hi < 2**22: the HIGH check) for the high half to fit: beyond, a value NeedRaw stops anyway
-        high = np.where(hi < (1 << 22), (hi << 32) | (lo >> np.uint64(32)).view(np.int64), cls.HIGH)
-        return high, (lo & np.uint64(cls.HALF - 1)).view(np.int64)
-
     def _add(self, part: pl.DataFrame) -> set:
         part = self.keys.key(part)
         if not part.height:
@@ -814,15 +786,11 @@ class Totals:
         np = self.np
         if not self.labels:
             # an entity with time since last but no rolled value has no sums: 0, not a reason for raw
-            halves = self.halves(part["q"])
-            if halves is not None:
-                part = part.with_columns(pl.col("fx").fill_null(0), pl.Series("qh", halves[0]), pl.Series("ql", halves[1]))
-            else:
-                part = part.with_columns(pl.col("fx").fill_null(0), pl.col("q").cast(pl.Int128).fill_null(0))
-                half = pl.lit(self.HALF, dtype=pl.Int128)
-                q = pl.col("q")
-                part = part.with_columns((q // half).cast(pl.Int64, strict=False).alias("qh"),
-                                         (q - q // half * half).cast(pl.Int64).alias("ql"))
+            part = part.with_columns(pl.col("fx").fill_null(0), pl.col("q").cast(pl.Int128).fill_null(0))
+            half = pl.lit(self.HALF, dtype=pl.Int128)
+            q = pl.col("q")
+            part = part.with_columns((q // half).cast(pl.Int64, strict=False).alias("qh"),
+                                     (q - q // half * half).cast(pl.Int64).alias("ql"))
             if part["qh"].null_count() or (part["qh"].max() or 0) >= self.HIGH:
                 raise NeedRaw(f"a day's fixed-point sum of squares is beyond 2**{self.HIGH.bit_length() + 31}: the "
                               f"incremental path cannot carry it exactly")

@@ -377,30 +377,3 @@ def test_state_objects_are_fetched_one_ahead_and_a_failed_fetch_is_raised_where_
     assert not [t for t in threading.enumerate() if t.name.startswith("features-fetch")]
     assert not folder.exists()
     features._Fetched(Reader(), []).close()
-
-
-def test_the_sums_of_squares_halves_from_their_128_bit_words_equal_int128_division():
-    """Totals.halves reads q // 2**32 and q mod 2**32 from the Decimal's words: the integers of polars'
-    Int128 division, for nulls, the edges of a word and random values up to the HIGH bound; a value at or
-    beyond it reads as HIGH (NeedRaw follows); a negative value is left to the polars path (None)."""
-    import random
-
-    from pipelines.features import Totals
-
-    rnd = random.Random(7)
-    vals = [0, 1, 2**32 - 1, 2**32, 2**32 + 1, 2**63, 2**64 - 1, 2**64, Totals.HIGH * 2**32 - 1, Totals.HIGH * 2**32,
-            2**100, None] + [rnd.randrange(0, Totals.HIGH * 2**32) for _ in range(2000)]
-    s = pl.Series("q", vals, dtype=pl.Int128)
-    half = pl.lit(2**32, dtype=pl.Int128)
-    for src in (s, s.cast(pl.Decimal(38, 0)), s.slice(5, 1500).cast(pl.Decimal(38, 0)), s.slice(0, 0)):
-        ref = src.cast(pl.Int128).fill_null(0).to_frame("q").select(
-            (pl.col("q") // half).cast(pl.Int64, strict=False).alias("qh"),
-            (pl.col("q") - pl.col("q") // half * half).cast(pl.Int64).alias("ql"))
-        qh, ql = Totals.halves(src)
-        assert ql.tolist() == ref["ql"].to_list()
-        fits = ref["qh"].fill_null(Totals.HIGH) < Totals.HIGH
-        assert [h for h, f in zip(qh.tolist(), fits) if f] == ref["qh"].filter(fits).to_list()
-        assert all(h >= Totals.HIGH for h, f in zip(qh.tolist(), fits) if not f)
-    assert (~fits).sum() == 0 and s.len() == 2012    # (the last source: an empty one)
-    assert Totals.halves(s)[0][[9, 10]].tolist() == [Totals.HIGH, Totals.HIGH]    # HIGH * 2**32 and 2**100
-    assert Totals.halves(pl.Series("q", [5, -1], dtype=pl.Int128)) is None
