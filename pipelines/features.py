@@ -719,7 +719,8 @@ class EntityKeys:
         code = pl.lit(None, dtype=pl.UInt32)
         for i, name in enumerate(self.names):
             code = pl.when(pl.col("e") == name).then(pl.lit(i, dtype=pl.UInt32)).otherwise(code)
-        return entities.cast(pl.String).to_frame("e").select(code.alias("e"))["e"]
+        # (with_columns: a bare literal, where there are no names, is broadcast to the entities' length)
+        return entities.cast(pl.String).to_frame("e").with_columns(code.alias("c"))["c"]
 
     def key(self, frame: pl.DataFrame) -> pl.DataFrame:
         """The rows of `frame` (entity, id, ...) whose entity is one of these, with `__k` for entity and id."""
@@ -1394,8 +1395,9 @@ class _BrokenState(RuntimeError):
 
 def load_history(params, day: dt.date, pub, shard: Shard | None = None) -> tuple[pl.DataFrame, SpilledHistory]:
     """The day's validated events and the History its features need (see plan), the feature_state
-    partitions made first where missing; a state whose objects are lost or altered since its record
-    is made again from raw (twice at most, then NeedRaw). Each partition is cut to the entities of
+    partitions made first where missing; a state whose objects read tonight are lost or altered since
+    its record is made again from raw (twice at most, then NeedRaw; an object not read, e.g. label totals
+    skipped, is checked by the night that reads it). Each partition is cut to the entities of
     the day as it is read and spilled to local disk (SpilledHistory: the caller closes it), and totals
     are folded into their runs at once (Totals): memory does not grow with the look-back. With `shard`,
     the History holds only the shard's entities. Raises NeedRaw when the incremental path cannot serve

@@ -380,3 +380,13 @@ def test_state_objects_are_fetched_one_ahead_and_a_failed_fetch_is_raised_where_
     assert not [t for t in threading.enumerate() if t.name.startswith("features-fetch")]
     assert not folder.exists()
     features._Fetched(Reader(), []).close()
+
+
+def test_entity_keys_with_no_entity_name_match_nothing_and_do_not_fail():
+    """Keys whose entities are all null (no name to code): a frame's rows match none of them, without an
+    error (the entity codes have one value per key, not one in all)."""
+    keys = features.EntityKeys(pl.DataFrame({"id": ["a", "b"], "entity": [None, None]},
+                                            schema={"id": pl.String, "entity": pl.String}))
+    assert keys.names == [] and keys.codes.len() == keys.size == 2
+    got = keys.key(pl.DataFrame({"entity": ["customer", None], "id": ["a", "b"], "n": [1, 2]}))
+    assert got.height == 0 and got.columns == ["n", "__k"]
