@@ -196,12 +196,11 @@ def _running(keys: pl.Series, labels: pl.Series, q: pl.DataFrame) -> pl.DataFram
     pos = keys.gather(order).search_sorted(q["__vt"], side="left").cast(pl.Int64)   # keys < t
     zero = pl.Series([0], dtype=pl.Int64)          # running sums from 0: no key before t sums to 0
     s_ = pl.concat([zero, labels.gather(order).cum_sum().cast(pl.Int64)]).gather(pos)
-    n = pos
-    return pl.DataFrame({"s": s_, "n": n})
+    return pl.DataFrame({"s": s_, "n": pos})
 
 
 def _rate_columns(part: pl.DataFrame, q: pl.DataFrame, ent: str, windows: tuple[int, ...], delay_days: int,
-                  totals: bool, more: "dict[int, tuple[pl.Series, pl.Series]] | None" = None) -> list[pl.Series]:
+                  more: "dict[int, tuple[pl.Series, pl.Series]] | None" = None) -> list[pl.Series]:
     """Label-delayed fraud rate at each query row `q` (a __vt column, sorted, as part is), exact under
     late labels.
 
@@ -211,8 +210,9 @@ def _rate_columns(part: pl.DataFrame, q: pl.DataFrame, ent: str, windows: tuple[
     leaves at once: net zero). On the entity's timeline, running sums of entries and exits strictly
     before t (binary search, exact matches excluded) give the window's label sum and count.
 
-    With `totals` (the incremental path) the labelled rows are the rates' boundary days' events; `more` adds, per window, the label sum and count that the earlier days entirely inside it
-    add at each query row (Constants.rates: the same for every row of an entity but an event at 00:00)."""
+    On the incremental path the labelled rows are the rates' boundary days' events, and `more` adds, per
+    window, the label sum and count that the earlier days entirely inside it add at each query row
+    (Constants.rates: the same for every row of an entity but an event at 00:00)."""
     d = delay_days * US_PER_DAY
     shift = pl.col("__vt") - pl.col("__t")                          # entity offset on the timeline
     lab = part.filter(pl.col("label").is_not_null()).select(
@@ -271,7 +271,7 @@ def _entity_block(base: pl.DataFrame, ent: str, spec: FeatureParams, totals: boo
             order = asked["__i"].arg_sort()
             more = consts.rates(asked, rates) if consts else None
             cols.extend(c.gather(order) for c in _rate_columns(part, asked.select("__vt"), ent, rates,
-                                                                spec.label_delay_days, totals, more))
+                                                                spec.label_delay_days, more))
             part = part.drop("label", "available_at", strict=False)
             del asked, order
         if totals:      # rows of labels only (weight 0, no value, no time) add nothing to what follows
@@ -710,7 +710,7 @@ class EntityKeys:
         self.ids = self.named["id"].cast(pl.String)
         # the entity of each key as a small integer code: a frame's entities are compared as codes (a
         # scalar comparison per entity name, then integers gathered), not as strings gathered and
-        # compared (~4x faster on a state partition's rows)
+        # compared: 0.068 -> 0.037 s on a 5.9M-row state partition)
         self.names = sorted(self.named["entity"].cast(pl.String).unique().drop_nulls().to_list())
         self.codes = self._codes(self.named["entity"])
 
@@ -1497,8 +1497,8 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         # the rates' windows or a boundary day, whose labelled events are read one by one)
         listed: dict[str, tuple[bool, list[int]]] = {}     # state -> (its label totals read, its objects' indices)
         wanted: list[tuple[str, str | None]] = []
-        listed_from = list(landings)
-        for x in listed_from:
+        kept = []                                           # the landings with anything to read
+        for x in landings:
             at = x + dt.timedelta(days=1)
             st = states[at]
             objects = ahead.record(st)["objects"]
@@ -1506,16 +1506,16 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
             totals_read = not held.isdisjoint(label_runs)
             mine = [_sibling(st, OBJECTS["label_totals"])] if totals_read else []
             mine += [_sibling(st, OBJECTS["labelled"].format(e)) for e in p.label_boundary if e in held]
-            if not mine:
-                landings.remove(x)
-                continue
-            listed[st] = (totals_read, list(range(len(wanted), len(wanted) + len(mine))))
-            wanted += [(u, st) for u in mine]
+            if mine:
+                kept.append(x)
+                listed[st] = (totals_read, list(range(len(wanted), len(wanted) + len(mine))))
+                wanted += [(u, st) for u in mine]
         at = None
-        skipped = sum(not read for read, _ in listed.values()) + len(listed_from) - len(landings)
+        skipped = len(landings) - sum(read for read, _ in listed.values())
         if skipped:
             log.info("features %s: the label totals of %d of %d landings not read (none of their event days is in "
-                     "the rates' runs)", day, skipped, len(listed_from))
+                     "the rates' runs)", day, skipped, len(landings))
+        landings = kept
         fetched = _Fetched(ahead, wanted)
 
         def landed_labels(st: str) -> Iterator[tuple[str, pl.DataFrame]]:
