@@ -7,7 +7,9 @@ sources: {uri: sha256}}. `inputs` are partitions of the lake (which have records
 
 A `Reader` trusts a partition only when
   * its record exists (a withdrawn or half-published partition has none),
-  * the bytes it reads have the sha256 in the record (nothing changed it since), and
+  * the bytes it reads have the sha256 in the record (nothing changed it since; a local file
+    read before and unchanged since, by what the file system says of it, is not hashed again:
+    pipelines/core/digests.py), and
   * every input in the record is itself trusted, with the sha256 it had when it was read
     (recursively: predictions -> features -> validated -> canonical).
 So when a date's validated partition is withdrawn (a re-delivery that now fails validation) or
@@ -112,8 +114,8 @@ class Reader:
     # -- objects
     def read_bytes(self, uri: str, primary: str | None = None) -> bytes:
         rec, want = self._expected(uri, primary)
-        data = storage.read_bytes(uri)
-        self._check(uri, rec, want, storage.sha256(data))
+        data, got = storage.read_checked(uri, want)
+        self._check(uri, rec, want, got)
         self._consume(primary or uri, rec)
         return data
 
@@ -151,7 +153,7 @@ class Reader:
         """A local copy of a committed object (see storage.fetch), verified."""
         rec, want = self._expected(uri, primary)
         path = storage.fetch(uri, workdir)
-        self._check(uri, rec, want, storage.sha256_file(path))
+        self._check(uri, rec, want, storage.file_checked(path, want))
         self._consume(primary or uri, rec)
         return path
 

@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.core import faults
+from pipelines.core import digests, faults
 
 RECORD_PREFIX = "_lineage."       # <dir>/_lineage.<name>.json: the record that commits <dir>/<name>
 _TIMEOUT_S = 60.0                  # the bound on one S3 operation, retries included (services.timeout_s)
@@ -366,6 +366,55 @@ def sha256_file(path: str | Path) -> str:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- checked reads (core/digests.py)
+def read_checked(uri: str, want: str) -> tuple[bytes, str]:
+    """The bytes of `uri` and their sha256, `want` (what its record names) taken as found without
+    hashing where the file is a local one known to have it (digests: the same file, unchanged since
+    it was hashed). An S3 object is always hashed."""
+    if is_s3(uri):
+        data = read_bytes(uri)
+        return data, sha256(data)
+    path = local_path(uri)
+    if not path.is_file():
+        raise MissingObject(f"{where(uri)}: not found")
+    with _disk_errors(uri, "read"), open(path, "rb") as fh:
+        before = os.fstat(fh.fileno())
+        data = fh.read()
+        after = os.fstat(fh.fileno())
+    return data, _digest(path, before, after, lambda: sha256(data), want)
+
+
+def file_checked(path: "str | Path", want: str) -> str:
+    """sha256_file(path), `want` without reading the file where it is known to have it (read_checked)."""
+    with open(path, "rb") as fh:
+        before = os.fstat(fh.fileno())
+        if digests.known(_absolute(path), before) == want:
+            return want
+        h = hashlib.sha256()
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+        after = os.fstat(fh.fileno())
+    return _digest(path, before, after, h.hexdigest, want)
+
+
+def _absolute(path: "str | Path") -> Path:
+    return Path(os.path.abspath(path))
+
+
+def _digest(path: "str | Path", before: os.stat_result, after: os.stat_result, compute, want: str) -> str:
+    """The sha256 of the bytes read between the stats `before` and `after` of one open file: `want`
+    where the file is known to have it and did not change while read, else `compute()`; a file that
+    was found to have `want` is remembered (digests.remember)."""
+    full = _absolute(path)
+    same = digests.stamp(before) == digests.stamp(after)
+    if same and digests.known(full, before) == want:
+        return want
+    got = compute()
+    if same and got == want:
+        digests.remember(full, before, got)
+    return got
 
 
 def iter_parquet(path: "str | Path | io.BytesIO", columns: list[str] | None = None, batch_rows: int = 262_144,

@@ -90,8 +90,8 @@ def test_a_memo_fetches_committed_bytes_once_and_rereads_a_republished_object(tm
 
     a = commit(tmp_path, "a", frame(["e1", "e2"]))
     fetched = []
-    real = storage.read_bytes
-    monkeypatch.setattr(storage, "read_bytes", lambda uri: fetched.append(uri) or real(uri))
+    real, checked = storage.read_bytes, storage.read_checked
+    monkeypatch.setattr(storage, "read_checked", lambda uri, want: fetched.append(uri) or checked(uri, want))
     memo: dict = {}
     r1, r2 = lineage.Reader(), lineage.Reader()
     assert r1.read_parquet_memo(a, memo, ["event_id"])["event_id"].to_list() == ["e1", "e2"]

@@ -1,0 +1,77 @@
+"""The sha256 of local files that were read and checked before, known by what the file system says of
+them, so that a file read again unchanged is not hashed again (as DVC's state database and git's
+index know theirs).
+
+Every read of a committed object is checked against the sha256 in its partition's record
+(pipelines/core/lineage.py). A night reads most of its objects many nights over: a day's feature
+state for the 37 nights of the look-back, a day's id hashes for the 45 nights of the duplicate
+window. Where the object is a local file (a lake on a path, the file object store), the first check
+that finds the record's sha256 leaves an entry under $FRAUDOPS_HOME/digests: the file's device,
+inode, size, modification and change times (ns) and the sha256 found. A later read of that file
+whose open handle has exactly that stamp, before and after the bytes are read, and whose record
+names that sha256, takes the bytes as checked.
+
+What changes a stamp: a republish (a new file renamed into place: another inode), any write into the
+file (its modification and change times), and any change of those times (the change time is set by
+the kernel on every change of the file, `touch` included, and cannot be set back). An entry is left
+only for a file whose times are more than RACY_S seconds old, so that a write within the same tick
+of the file system's clock (a few ms) after the check cannot go unseen. What an entry does not see:
+bytes changed on the disk under the file system (bit rot): `FRAUDOPS_DIGESTS=off` hashes every read,
+as before. The entries are this machine's (like the model cache); an S3 object is always hashed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+RACY_S = 2.0          # a file changed this recently is not remembered (see above)
+
+
+def enabled() -> bool:
+    return os.environ.get("FRAUDOPS_DIGESTS", "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+def _root() -> Path:
+    from pipelines.core import state
+
+    return state.state_dir() / "digests"
+
+
+def stamp(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _entry(path: Path) -> Path:
+    return _root() / hashlib.sha256(str(path).encode()).hexdigest()[:40]
+
+
+def known(path: Path, st: os.stat_result) -> str | None:
+    """The sha256 remembered for the file `path` with stat `st`, or None."""
+    if not enabled():
+        return None
+    try:
+        e = json.loads(_entry(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if e.get("path") != str(path) or e.get("stamp") != stamp(st):
+        return None
+    return e.get("sha256")
+
+
+def remember(path: Path, st: os.stat_result, sha: str) -> None:
+    """Leave an entry: `path`, whose bytes with stat `st` were found to have `sha` (and that is what
+    its record says). Nothing where the file changed too recently (RACY_S) or the folder cannot be
+    written (the next read hashes again: an entry only saves time)."""
+    if not enabled() or time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 <= RACY_S:
+        return
+    entry = _entry(path)
+    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"path": str(path), "stamp": stamp(st), "sha256": sha}))
+        os.replace(tmp, entry)
+    except OSError:
+        tmp.unlink(missing_ok=True)

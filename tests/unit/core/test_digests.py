@@ -1,0 +1,96 @@
+"""Known digests of local files (pipelines/core/digests.py): a committed object read again unchanged is
+not hashed again, and every change the file system can tell makes it hashed (and refused) again."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from pipelines.core import digests, lineage, storage
+
+
+@pytest.fixture()
+def hashes(monkeypatch, tmp_path):
+    """The sha256 computations of whole objects, counted; digests of files changed a moment ago are
+    remembered (RACY_S 0: the tests' files are all fresh); the entries in a folder of the test's own."""
+    monkeypatch.setenv("FRAUDOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FRAUDOPS_DIGESTS", "on")
+    monkeypatch.setattr(digests, "RACY_S", 0.0)
+    counted = []
+    real = storage.sha256
+
+    def counting(data: bytes) -> str:
+        counted.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(storage, "sha256", counting)
+    return counted
+
+
+def commit(lake, data: bytes) -> str:
+    uri = f"{lake}/a/part-0.parquet"
+    with storage.Publisher(str(lake)) as pub:
+        part = pub.partition(uri, "test")
+        part.put(uri, data)
+        part.commit()
+    time.sleep(0.02)                   # (a later write gets another time stamp)
+    return uri
+
+
+def test_an_object_read_again_unchanged_is_not_hashed_again(hashes, tmp_path):
+    uri = commit(tmp_path / "lake", b"A" * 1000)
+    hashes.clear()
+    assert lineage.Reader().read_bytes(uri) == b"A" * 1000 and hashes == [1000]     # hashed, remembered
+    assert lineage.Reader().read_bytes(uri) == b"A" * 1000 and hashes == [1000]     # known: not hashed
+    assert storage.file_checked(storage.local_path(uri), storage.sha256(b"A" * 1000)) == storage.sha256(b"A" * 1000)
+    assert len(list((tmp_path / "home" / "digests").iterdir())) == 1
+    path = storage.local_path(uri)
+    digests.remember(path, os.stat(path), storage.sha256(b"Z"))     # an entry of other bytes: not what the record says
+    hashes.clear()
+    assert lineage.Reader().read_bytes(uri) == b"A" * 1000 and hashes == [1000]
+    assert lineage.Reader().read_bytes(uri) == b"A" * 1000 and hashes == [1000]     # remembered right again
+
+
+@pytest.mark.parametrize("change", ["written in place", "written in place, times set back", "republished"])
+def test_a_changed_file_is_hashed_again_and_refused(hashes, tmp_path, change):
+    uri = commit(tmp_path / "lake", b"A" * 1000)
+    path = storage.local_path(uri)
+    lineage.Reader().read_bytes(uri)                          # remembered
+    st = os.stat(path)
+    if change.startswith("written in place"):
+        with open(path, "r+b") as fh:                         # the same size, the same inode
+            fh.write(b"B")
+        if change.endswith("set back"):
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))    # the change time cannot be set back
+            assert os.stat(path).st_mtime_ns == st.st_mtime_ns
+    else:                                                     # another file renamed into place, record kept
+        tmp = path.with_name("other")
+        tmp.write_bytes(b"C" * 1000)
+        os.replace(tmp, path)
+    hashes.clear()
+    with pytest.raises(lineage.StaleInput, match="changed since it was committed"):
+        lineage.Reader().read_bytes(uri)
+    assert hashes == [1000]
+    with pytest.raises(lineage.StaleInput, match="changed since it was committed"):
+        lineage.Reader().fetch(uri, tmp_path)
+
+
+def test_a_file_changed_a_moment_ago_is_not_remembered(hashes, monkeypatch, tmp_path):
+    """Within RACY_S of its last change a file could change again within the same tick of the file
+    system's clock, unseen by its stamp: its digest is not remembered."""
+    monkeypatch.setattr(digests, "RACY_S", 3600.0)
+    uri = commit(tmp_path / "lake", b"A" * 1000)
+    hashes.clear()
+    lineage.Reader().read_bytes(uri)
+    lineage.Reader().read_bytes(uri)
+    assert hashes == [1000, 1000] and not (tmp_path / "home" / "digests").exists()
+
+
+def test_digests_off_hashes_every_read(hashes, monkeypatch, tmp_path):
+    uri = commit(tmp_path / "lake", b"A" * 1000)
+    lineage.Reader().read_bytes(uri)                          # remembered while on
+    monkeypatch.setenv("FRAUDOPS_DIGESTS", "off")
+    hashes.clear()
+    lineage.Reader().read_bytes(uri)
+    assert hashes == [1000]
