@@ -318,3 +318,22 @@ def test_a_source_column_named_like_the_row_number_is_replaced_not_an_error(setu
     assert frames[0][ROW].to_list() == list(range(120)) and sources[0]["rows"] == 120
     r = normalize(frames, params.dataset("transactions"), DAY, params.ingest)
     assert r.canonical.height == 120 and r.stats["rows_rejected"] == 0
+
+
+@pytest.mark.parametrize("weak", [False, True])
+def test_the_distinct_ids_count_is_exact_whatever_the_hash(weak):
+    """distinct_ids (the duplicate window's `ids_checked`) counts on the ids' hashes and, where a hash
+    value is on several rows, on the ids: the same count as n_unique with polars' hash and with one
+    that collides for every two ids of a length (repeats, nulls, empty)."""
+    import random
+
+    from pipelines.ingest import distinct_ids
+
+    rng = random.Random(7)
+    hashed = (lambda s: s.str.len_bytes().fill_null(99).cast(pl.UInt64)) if weak else (lambda s: s.hash(seed=1))
+    cases = [pl.Series([], dtype=pl.String), pl.Series([None], dtype=pl.String), pl.Series(["a", None, None, "a", "b"]),
+             pl.Series(["x"] * 5), pl.Series([str(rng.randint(0, 500)) if rng.random() > 0.01 else None
+                                              for _ in range(5000)])]
+    for ids in cases:
+        assert distinct_ids(ids, hashed) == ids.n_unique(), ids.to_list()[:10]
+    assert distinct_ids(pl.Series(["ab", "cd"]), hashed) == 2          # one collision with the weak hash
