@@ -1063,18 +1063,20 @@ def load_inputs(params, start: dt.date, end: dt.date) -> Inputs:
     first = start - dt.timedelta(days=spec.lookback_days)
     frames, label_frames, missing = [], [], []
     read: dict[tuple[str, dt.date], dict[str, str]] = {}
-    for day in date_range(first, end):
-        for ds, kind, out in ((tx, "validated", frames), (lb, "canonical", label_frames)):
-            if day < ds.first_date or (ds is lb and day == end):   # labels landing on `end` serve later days
-                continue
-            uri = store.uri(kind, dataset=ds.name, date=day.isoformat())
-            reader = lineage.Reader()
-            try:
-                out.append(reader.read_parquet(uri))
-            except lineage.NotCommitted:
-                missing.append(uri)
-                continue
-            read[(ds.name, day)] = dict(reader.consumed)
+    wanted = [(day, ds, out, store.uri(kind, dataset=ds.name, date=day.isoformat())) for day in date_range(first, end)
+              for ds, kind, out in ((tx, "validated", frames), (lb, "canonical", label_frames))
+              if not (day < ds.first_date or (ds is lb and day == end))]   # labels landing on `end` serve later days
+    # the records first (small): an input that is not trusted any more fails the run before any
+    # events are read, not after the days before it (at 10M rows a day, 37 of them: out of memory)
+    lineage.committed([uri for *_, uri in wanted])
+    for day, ds, out, uri in wanted:
+        reader = lineage.Reader()
+        try:
+            out.append(reader.read_parquet(uri))
+        except lineage.NotCommitted:
+            missing.append(uri)
+            continue
+        read[(ds.name, day)] = dict(reader.consumed)
     target_missing = [u for u in missing if any(f"date={d.isoformat()}" in u and "/transactions/" in u
                                                 for d in date_range(start, end))]
     if target_missing:

@@ -154,6 +154,30 @@ def test_a_missing_look_back_partition_is_decided_by_the_path_from_raw(lake, cap
     assert not (path.parent / "lake" / "features" / f"date={DAY}").exists()
 
 
+def test_a_look_back_day_no_longer_trusted_fails_the_run_before_any_events_are_read(lake, monkeypatch):
+    """The date's own validated partition made from a canonical partition since withdrawn (a re-delivery
+    that failed ingest): the run key is None, the date goes to the path from raw, and that path checks
+    every record first: StaleInput naming the day, before one day's events are read (not after the 37
+    days before it: at 10M rows a day, out of memory first)."""
+    from pipelines.core import lineage
+
+    path, root, layout = lake
+    uri = f"{root}/" + layout["validated"].format(dataset="transactions", date=DAY.isoformat())
+    canonical = f"{root}/" + layout["canonical"].format(dataset="transactions", date=DAY.isoformat())
+    frame = pl.read_parquet(storage.local_path(uri))
+    with storage.Publisher(root, None) as pub:
+        part = pub.partition(uri, "validate", inputs={canonical: "0" * 64})
+        part.put_parquet(uri, frame)
+        part.commit()
+    reads = []
+    real = lineage.Reader.read_parquet
+    monkeypatch.setattr(lineage.Reader, "read_parquet", lambda self, *a, **k: reads.append(a) or real(self, *a, **k))
+    with pytest.raises(lineage.StaleInput, match=f"date={DAY}/part-0.parquet: built from .*, which has since been withdrawn"):
+        features.main(["--params", str(path), "--date", DAY.isoformat()])
+    assert reads == []
+    assert not (path.parent / "lake" / "features" / f"date={DAY}").exists()
+
+
 def test_a_date_in_shards_by_entity_gives_the_bytes_and_record_of_one_run(lake, caplog):
     """shards.count 3: `--shard k/3` publishes one shard (its entities' blocks, a partition of its own,
     keyed by the date's run key); the date's own run makes the shards it does not find, merges them
