@@ -18,6 +18,11 @@ only for a file whose times are more than RACY_S seconds old, so that a write wi
 of the file system's clock (a few ms) after the check cannot go unseen. What an entry does not see:
 bytes changed on the disk under the file system (bit rot): `FRAUDOPS_DIGESTS=off` hashes every read,
 as before. The entries are this machine's (like the model cache); an S3 object is always hashed.
+
+For local file systems with fine time stamps and a real change time (ext4, xfs, btrfs, tmpfs): the
+RACY_S rule compares this machine's clock with the file's times. On a network or FUSE file system
+whose server's clock runs behind, or whose time stamps are coarse (1-2 s: FAT, exFAT, HFS+), or
+that has no real change time, set FRAUDOPS_DIGESTS=off.
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ def known(path: Path, st: os.stat_result) -> str | None:
         return None
     try:
         e = json.loads(_entry(path).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):      # (UnicodeError is a ValueError)
         return None
     if e.get("path") != str(path) or e.get("stamp") != stamp(st):
         return None
@@ -67,11 +72,16 @@ def remember(path: Path, st: os.stat_result, sha: str) -> None:
     written (the next read hashes again: an entry only saves time)."""
     if not enabled() or time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 <= RACY_S:
         return
-    entry = _entry(path)
-    tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+    import tempfile
+
+    tmp = None
     try:
+        entry = _entry(path)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"path": str(path), "stamp": stamp(st), "sha256": sha}))
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({"path": str(path), "stamp": stamp(st), "sha256": sha}))
         os.replace(tmp, entry)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    except (OSError, ValueError):      # (a path that is not text: no entry)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)

@@ -153,7 +153,8 @@ class Reader:
         """A local copy of a committed object (see storage.fetch), verified."""
         rec, want = self._expected(uri, primary)
         path = storage.fetch(uri, workdir)
-        self._check(uri, rec, want, storage.file_checked(path, want))
+        # an S3 object's fresh copy is hashed (digests are for files read again, under their own path)
+        self._check(uri, rec, want, storage.sha256_file(path) if storage.is_s3(uri) else storage.file_checked(path, want))
         self._consume(primary or uri, rec)
         return path
 
@@ -230,7 +231,7 @@ def unchanged(primary: str, key: dict | None, verify: dict[str, "str | None"]) -
         if any(s is None for s in verify.values()):          # an input with no recorded bytes: no proof
             return None
         wanted = {**verify, **(rec.get("objects") or {})}
-        if any(storage.sha256(storage.read_bytes(u)) != sha for u, sha in wanted.items()):
+        if any(storage.object_checked(u, sha) != sha for u, sha in wanted.items()):
             return None
     except storage.MissingObject:
         return None

@@ -115,7 +115,7 @@ def load_labelled(store: StorageParams, days: list[dt.date], label_delay_days: i
                                     f"training run fails, nothing is published") from None
         except lineage.StaleInput as exc:
             raise TrainingDataError(f"{exc}; the training run fails, nothing is published") from None
-        digests[day.isoformat()] = hashlib.sha256(data).hexdigest()
+        digests[day.isoformat()] = reader.consumed[uri]        # what the read was checked against
         frames.append(storage.read_parquet_bytes(data, uri).with_columns(pl.lit(day).alias("date")))
     hashes = {m["spec_hash"] for m in manifests}
     if len(hashes) > 1:

@@ -386,6 +386,18 @@ def read_checked(uri: str, want: str) -> tuple[bytes, str]:
     return data, _digest(path, before, after, lambda: sha256(data), want)
 
 
+def object_checked(uri: str, want: str) -> str:
+    """The sha256 of the object at `uri` (read_checked's), without reading a local file known to have
+    `want`."""
+    if is_s3(uri):
+        return sha256(read_bytes(uri))
+    path = local_path(uri)
+    if not path.is_file():
+        raise MissingObject(f"{where(uri)}: not found")
+    with _disk_errors(uri, "read"):
+        return file_checked(path, want)
+
+
 def file_checked(path: "str | Path", want: str) -> str:
     """sha256_file(path), `want` without reading the file where it is known to have it (read_checked)."""
     with open(path, "rb") as fh:
@@ -649,7 +661,10 @@ def dictionary_columns(table: pa.Table) -> list[str]:
     out = []
     for name, col in zip(table.column_names, table.columns):
         t = col.type
-        if pa.types.is_nested(t) or pa.types.is_dictionary(t) or pa.types.is_null(t):   # already few values
+        if pa.types.is_nested(t):                   # the writer names a nested column's values by their paths
+            out += _leaves(table.schema.field(name))
+            continue
+        if pa.types.is_dictionary(t) or pa.types.is_null(t):     # already few values
             out.append(name)
             continue
         try:
@@ -659,6 +674,14 @@ def dictionary_columns(table: pa.Table) -> list[str]:
         if few:
             out.append(name)
     return out
+
+
+def _leaves(field: pa.Field) -> list[str]:
+    """The Parquet column paths of a nested field (pyarrow's names: `x.list.element`, `s.a`, ...), as
+    use_dictionary wants them: the same file would give them."""
+    buf = io.BytesIO()
+    pq.write_table(pa.table({field.name: pa.array([], field.type)}), buf)
+    return [c.path for c in pq.ParquetFile(io.BytesIO(buf.getvalue())).schema]
 
 
 def delta_columns(table: pa.Table) -> list[str]:

@@ -330,10 +330,11 @@ def test_the_distinct_ids_count_is_exact_whatever_the_hash(weak):
     from pipelines.ingest import distinct_ids
 
     rng = random.Random(7)
-    hashed = (lambda s: s.str.len_bytes().fill_null(99).cast(pl.UInt64)) if weak else (lambda s: s.hash(seed=1))
+    hashed = (lambda s: s.str.len_bytes().fill_null(1).cast(pl.UInt64)) if weak else (lambda s: s.hash(seed=1))
     cases = [pl.Series([], dtype=pl.String), pl.Series([None], dtype=pl.String), pl.Series(["a", None, None, "a", "b"]),
              pl.Series(["x"] * 5), pl.Series([str(rng.randint(0, 500)) if rng.random() > 0.01 else None
                                               for _ in range(5000)])]
     for ids in cases:
         assert distinct_ids(ids, hashed) == ids.n_unique(), ids.to_list()[:10]
     assert distinct_ids(pl.Series(["ab", "cd"]), hashed) == 2          # one collision with the weak hash
+    assert distinct_ids(pl.Series(["a", None]), hashed) == 2           # a null and an id: one hash value

@@ -17,21 +17,29 @@ def hashes(monkeypatch, tmp_path):
     monkeypatch.setenv("FRAUDOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FRAUDOPS_DIGESTS", "on")
     monkeypatch.setattr(digests, "RACY_S", 0.0)
+    import hashlib
+    import types
+
     counted = []
-    real = storage.sha256
 
-    def counting(data: bytes) -> str:
-        counted.append(len(data))
-        return real(data)
+    def counting(data: bytes = b""):
+        counted.append(len(data))       # (a file hashed block by block: 0 here)
+        return hashlib.sha256(data)
 
-    monkeypatch.setattr(storage, "sha256", counting)
+    monkeypatch.setattr(storage, "hashlib", types.SimpleNamespace(sha256=counting, sha1=hashlib.sha1))
     return counted
+
+
+def sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def commit(lake, data: bytes) -> str:
     uri = f"{lake}/a/part-0.parquet"
     with storage.Publisher(str(lake)) as pub:
-        part = pub.partition(uri, "test")
+        part = pub.partition(uri, "test", extra={"run": {"key": "k"}})
         part.put(uri, data)
         part.commit()
     time.sleep(0.02)                   # (a later write gets another time stamp)
@@ -43,10 +51,13 @@ def test_an_object_read_again_unchanged_is_not_hashed_again(hashes, tmp_path):
     hashes.clear()
     assert lineage.Reader().read_bytes(uri) == b"A" * 1000 and hashes == [1000]     # hashed, remembered
     assert lineage.Reader().read_bytes(uri) == b"A" * 1000 and hashes == [1000]     # known: not hashed
-    assert storage.file_checked(storage.local_path(uri), storage.sha256(b"A" * 1000)) == storage.sha256(b"A" * 1000)
-    assert len(list((tmp_path / "home" / "digests").iterdir())) == 1
     path = storage.local_path(uri)
-    digests.remember(path, os.stat(path), storage.sha256(b"Z"))     # an entry of other bytes: not what the record says
+    assert storage.file_checked(path, sha(b"A" * 1000)) == sha(b"A" * 1000) and hashes == [1000]
+    assert lineage.Reader().fetch(uri, tmp_path) == path and hashes == [1000]
+    assert lineage.unchanged(uri, {"key": "k"}, {}) is not None and hashes == [1000]     # a re-run's check
+    assert len(list((tmp_path / "home" / "digests").iterdir())) == 1
+    assert storage.file_checked(path, sha(b"B")) == sha(b"A" * 1000) and hashes == [1000, 0]   # asked for other bytes
+    digests.remember(path, os.stat(path), sha(b"Z"))     # an entry of other bytes: not what the record says
     hashes.clear()
     assert lineage.Reader().read_bytes(uri) == b"A" * 1000 and hashes == [1000]
     assert lineage.Reader().read_bytes(uri) == b"A" * 1000 and hashes == [1000]     # remembered right again
@@ -94,3 +105,19 @@ def test_digests_off_hashes_every_read(hashes, monkeypatch, tmp_path):
     hashes.clear()
     lineage.Reader().read_bytes(uri)
     assert hashes == [1000]
+
+
+def test_a_file_that_changes_while_it_is_read_is_hashed_and_not_remembered(hashes, tmp_path):
+    """The stamps of the open file before and after its bytes are read differ: the bytes are hashed
+    (whatever is known of the file) and nothing is remembered of them."""
+    uri = commit(tmp_path / "lake", b"A" * 1000)
+    path = storage.local_path(uri)
+    lineage.Reader().read_bytes(uri)                          # remembered
+    before = os.stat(path)
+    after = os.stat_result((*before[:8], before.st_mtime + 1, before.st_ctime))       # written during the read
+    hashes.clear()
+    assert storage._digest(path, before, after, lambda: "computed", sha(b"A" * 1000)) == "computed"
+    entry = next((tmp_path / "home" / "digests").iterdir())
+    entry.unlink()
+    assert storage._digest(path, before, after, lambda: sha(b"A" * 1000), sha(b"A" * 1000)) == sha(b"A" * 1000)
+    assert not any((tmp_path / "home" / "digests").iterdir())
