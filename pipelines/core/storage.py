@@ -95,6 +95,14 @@ def local_path(uri: str) -> Path:
     return Path(uri)
 
 
+def _local_file(uri: str) -> Path:
+    """local_path(uri), which must be a file (MissingObject otherwise)."""
+    path = local_path(uri)
+    if not path.is_file():
+        raise MissingObject(f"{where(uri)}: not found")
+    return path
+
+
 def where(uri: str) -> str:
     """A person-readable location: the URI, and the file behind it in the file object store."""
     if uri.startswith("s3://") and object_root() is not None:
@@ -169,9 +177,7 @@ def read_bytes(uri: str) -> bytes:
         bucket, key = split_s3(uri)
         with _s3_errors(uri, "read"):
             return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    path = local_path(uri)
-    if not path.is_file():
-        raise MissingObject(f"{where(uri)}: not found")
+    path = _local_file(uri)
     with _disk_errors(uri, "read"):
         return path.read_bytes()
 
@@ -316,10 +322,7 @@ def fetch(uri: str, workdir: str | Path) -> Path:
     """A local, seekable copy of `uri` for streaming reads (S3: a streamed download into `workdir`;
     a file is used in place)."""
     if not is_s3(uri):
-        path = local_path(uri)
-        if not path.is_file():
-            raise MissingObject(f"{where(uri)}: not found")
-        return path
+        return _local_file(uri)
     bucket, key = split_s3(uri)
     dst = Path(workdir) / f"{hashlib.sha1(uri.encode()).hexdigest()[:16]}-{Path(key).name}"
     with _s3_errors(uri, "read"):
@@ -357,10 +360,15 @@ def put_file(uri: str, local: str | Path, content_type: str = "application/octet
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+        return _sha256_of(fh)
+
+
+def _sha256_of(fh) -> str:
+    """The sha256 of what is left to read in the open file `fh`, read by blocks of 1 MiB."""
+    h = hashlib.sha256()
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -376,9 +384,7 @@ def read_checked(uri: str, want: str) -> tuple[bytes, str]:
     if is_s3(uri):
         data = read_bytes(uri)
         return data, sha256(data)
-    path = local_path(uri)
-    if not path.is_file():
-        raise MissingObject(f"{where(uri)}: not found")
+    path = _local_file(uri)
     with _disk_errors(uri, "read"), open(path, "rb") as fh:
         before = os.fstat(fh.fileno())
         data = fh.read()
@@ -391,9 +397,7 @@ def object_checked(uri: str, want: str) -> str:
     `want`."""
     if is_s3(uri):
         return sha256(read_bytes(uri))
-    path = local_path(uri)
-    if not path.is_file():
-        raise MissingObject(f"{where(uri)}: not found")
+    path = _local_file(uri)
     with _disk_errors(uri, "read"):
         return file_checked(path, want)
 
@@ -404,11 +408,9 @@ def file_checked(path: "str | Path", want: str) -> str:
         before = os.fstat(fh.fileno())
         if digests.known(_absolute(path), before) == want:
             return want
-        h = hashlib.sha256()
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+        got = _sha256_of(fh)
         after = os.fstat(fh.fileno())
-    return _digest(path, before, after, h.hexdigest, want)
+    return _digest(path, before, after, lambda: got, want)
 
 
 def _absolute(path: "str | Path") -> Path:
@@ -567,9 +569,9 @@ def _settings(first: pa.Table) -> dict:
     """PARQUET, with dictionaries and min/max statistics only for the columns of `first` (the first
     row group) where they pay (dictionary_columns, statistics_columns): a dictionary built for a
     column of distinct values (ids, amounts, most features) is thrown away at the page limit after
-    the work is done. The features of a 10M-row date: 10.2 s to write with a dictionary tried for
-    every column, ~7.5 s so, and 3-5% fewer bytes (benchmarks/RESULTS.md, stop 45). The choice
-    follows the values: the same frame, the same bytes."""
+    the work is done. The features of a 10M-row date: 10.15 s to encode with a dictionary tried for
+    every column, 7.9 s so, ~1% more bytes (benchmarks/RESULTS.md, stop 45). The choice follows the
+    values: the same frame, the same bytes."""
     return {**PARQUET, "use_dictionary": dictionary_columns(first), "write_statistics": statistics_columns(first)}
 
 
