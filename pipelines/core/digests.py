@@ -19,6 +19,11 @@ of the file system's clock (a few ms) after the check cannot go unseen. What an 
 bytes changed on the disk under the file system (bit rot): `FRAUDOPS_DIGESTS=off` hashes every read,
 as before. The entries are this machine's (like the model cache); an S3 object is always hashed.
 
+An entry can only ever match the file as it was: once a file is removed, republished or changed, its
+entry is dead. At most once every SWEEP_S seconds (a day), the process that leaves an entry first
+removes the dead ones (and temporary files left by a process that died while it wrote one), so the
+folder holds about one entry per file of the lake that is read, not one per file ever read.
+
 For local file systems with fine time stamps and a real change time (ext4, xfs, btrfs, tmpfs): the
 RACY_S rule compares this machine's clock with the file's times. On a network or FUSE file system
 whose server's clock runs behind, or whose time stamps are coarse (1-2 s: FAT, exFAT, HFS+), or
@@ -33,6 +38,8 @@ import time
 from pathlib import Path
 
 RACY_S = 2.0          # a file changed this recently is not remembered (see above)
+SWEEP_S = 86_400.0    # dead entries are removed at most this often (see above)
+TMP_S = 3_600.0       # a temporary entry older than this was left by a process that died
 
 
 def enabled() -> bool:
@@ -43,6 +50,10 @@ def _root() -> Path:
     from pipelines.core import state
 
     return state.state_dir() / "digests"
+
+
+def _marker() -> Path:
+    return _root().parent / "digests.swept"
 
 
 def stamp(st: os.stat_result) -> list[int]:
@@ -78,6 +89,8 @@ def remember(path: Path, st: os.stat_result, sha: str) -> None:
     try:
         entry = _entry(path)
         entry.parent.mkdir(parents=True, exist_ok=True)
+        if _sweep_due():
+            sweep()
         fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps({"path": str(path), "stamp": stamp(st), "sha256": sha}))
@@ -85,3 +98,51 @@ def remember(path: Path, st: os.stat_result, sha: str) -> None:
     except (OSError, ValueError):      # (a path that is not text: no entry)
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+
+
+def _sweep_due() -> bool:
+    """True at most once per SWEEP_S on this machine: the marker's time is moved on first, so that
+    processes leaving entries at the same moment do not all sweep (one sweeping twice is harmless)."""
+    marker = _marker()
+    now = time.time()
+    try:
+        if now - marker.stat().st_mtime < SWEEP_S:
+            return False
+        os.utime(marker, (now, now))
+        return True
+    except FileNotFoundError:           # the first entry on this machine: nothing to sweep yet
+        marker.touch()
+        return False
+
+
+def sweep() -> int:
+    """Remove the dead entries (the file gone, or its stamp no longer the entry's: it can never match
+    again), unreadable ones, and temporary files older than TMP_S. The count removed. Only a cache:
+    an entry removed while another process rewrites it costs that file one hash later."""
+    removed = 0
+    try:
+        names = os.listdir(_root())
+    except OSError:
+        return 0
+    now = time.time()
+    for name in names:
+        entry = _root() / name
+        try:
+            if name.startswith("."):
+                dead = name.endswith(".tmp") and now - entry.stat().st_mtime > TMP_S
+            else:
+                try:
+                    e = json.loads(entry.read_text())
+                    dead = stamp(os.stat(e["path"])) != e["stamp"]
+                except FileNotFoundError:
+                    if not entry.exists():      # (the entry itself went meanwhile)
+                        continue
+                    dead = True                 # the file is gone
+                except (OSError, ValueError, KeyError, TypeError):
+                    dead = True                 # an entry that cannot be read is no use
+            if dead:
+                entry.unlink(missing_ok=True)
+                removed += 1
+        except OSError:
+            continue
+    return removed

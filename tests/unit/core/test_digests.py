@@ -2,6 +2,7 @@
 not hashed again, and every change the file system can tell makes it hashed (and refused) again."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -121,3 +122,43 @@ def test_a_file_that_changes_while_it_is_read_is_hashed_and_not_remembered(hashe
     entry.unlink()
     assert storage._digest(path, before, after, lambda: sha(b"A" * 1000), sha(b"A" * 1000)) == sha(b"A" * 1000)
     assert not any((tmp_path / "home" / "digests").iterdir())
+
+
+def test_dead_entries_are_swept_once_a_day(hashes, monkeypatch, tmp_path):
+    """An entry matches only the file as it was: those of files removed or republished since, an
+    unreadable one and a temporary one left by a process that died are removed, at most once per
+    SWEEP_S, by the process that next leaves an entry; the live entries stay and still serve."""
+    lake = tmp_path / "lake"
+    (lake / "a").mkdir(parents=True)
+    for name in ("kept", "removed", "republished"):
+        (lake / "a" / f"{name}.bin").write_bytes(name.encode() * 100)
+    time.sleep(0.02)
+    for name in ("kept", "removed", "republished"):
+        storage.file_checked(lake / "a" / f"{name}.bin", sha(name.encode() * 100))     # remembered
+    root = tmp_path / "home" / "digests"
+    assert len(list(root.iterdir())) == 3 and (tmp_path / "home" / "digests.swept").exists()
+    (lake / "a" / "removed.bin").unlink()
+    other = lake / "a" / "other"
+    other.write_bytes(b"R" * 10)
+    os.replace(other, lake / "a" / "republished.bin")
+    (root / "junk").write_text("not json")
+    (root / ".x.tmp").write_text("{}")
+    (root / ".y.tmp").write_text("{}")
+    old = time.time() - digests.TMP_S - 10
+    os.utime(root / ".x.tmp", (old, old))                     # left by a process that died an hour ago
+
+    fresh = lake / "a" / "fresh.bin"
+    fresh.write_bytes(b"F")
+    digests.remember(fresh, os.stat(fresh), sha(b"F"))         # the last sweep was less than a day ago
+    assert len(list(root.iterdir())) == 7
+    monkeypatch.setattr(digests, "SWEEP_S", 0.0)
+    later = lake / "a" / "later.bin"
+    later.write_bytes(b"L")
+    digests.remember(later, os.stat(later), sha(b"L"))        # due: swept first
+    left = sorted(json.loads(e.read_text())["path"] for e in root.iterdir() if not e.name.startswith("."))
+    assert left == sorted(str(lake / "a" / n) for n in ("fresh.bin", "kept.bin", "later.bin"))
+    assert [e.name for e in root.iterdir() if e.name.startswith(".")] == [".y.tmp"]   # one in flight: kept
+    hashes.clear()
+    kept = lake / "a" / "kept.bin"
+    assert storage.file_checked(kept, sha(b"kept" * 100)) == sha(b"kept" * 100) and hashes == []   # still known
+    assert digests.sweep() == 0
