@@ -1068,7 +1068,8 @@ def load_inputs(params, start: dt.date, end: dt.date) -> Inputs:
               if not (day < ds.first_date or (ds is lb and day == end))]   # labels landing on `end` serve later days
     # the records first (small): an input that is not trusted any more fails the run before any
     # events are read, not after the days before it (at 10M rows a day, 37 of them: out of memory)
-    lineage.committed([uri for *_, uri in wanted])
+    committed = lineage.committed([uri for *_, uri in wanted])
+    _fits_in_memory(spec, start, end, [u for *_, u in wanted if committed.get(u)], tx.name)
     for day, ds, out, uri in wanted:
         reader = lineage.Reader()
         try:
@@ -1097,6 +1098,78 @@ def load_inputs(params, start: dt.date, end: dt.date) -> Inputs:
     _check_unique(events, "event_ts", "validated transactions", start, end)
     _check_unique(labels, "label_date", "labels", start, end)
     return Inputs(events, labels, missing, read)
+
+
+RAW_EVENT_BYTES = 350          # what the recomputation from raw holds per event of its look-back (params.yaml)
+RAW_LABEL_BYTES = 60           # and per label
+
+
+class TooLarge(RuntimeError):
+    """A recomputation from raw would need more memory than it may take (features.from_raw_memory_mb)."""
+
+
+def available_mib() -> float | None:
+    """The memory this process can take now, in MiB: the OS's MemAvailable, less where a cgroup's limit
+    leaves less (v2 memory.max, v1 memory.limit_in_bytes, less what the cgroup uses); None where the
+    OS does not tell."""
+    def number(path: str) -> int | None:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    found = []
+    try:
+        with open("/proc/meminfo") as fh:
+            found += [int(x.split()[1]) * 1024 for x in fh if x.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        cap, now = number(limit), number(used)
+        if cap is not None and now is not None and cap < 2**60:       # (v1's "no limit" is a huge number)
+            found.append(cap - now)
+    return min(found) / 2**20 if found else None
+
+
+def _mib(mib: float) -> str:
+    return f"{mib / 1024:,.1f} GiB" if mib >= 1024 else f"{mib:,.0f} MiB"
+
+
+def _fits_in_memory(spec: FeatureParams, start: dt.date, end: dt.date, uris: list[str], events_name: str) -> None:
+    """Before the recomputation from raw reads its partitions (`uris`, committed ones): their rows, from
+    the Parquet footers, and the memory they need at RAW_EVENT_BYTES per event and RAW_LABEL_BYTES per
+    label; TooLarge, naming the figures, when that is over features.from_raw_memory_mb (auto: what is
+    available now). A process killed out of memory after minutes says nothing; this says why at once."""
+    budget = spec.from_raw_memory_mb
+    if budget is None:
+        return
+    if budget == "auto":
+        budget = available_mib()
+        if budget is None:
+            return
+    events = labels = 0
+    for uri in uris:
+        try:
+            rows = storage.parquet_rows(uri)
+        except storage.StorageError:     # lost or altered: its read says so, as before (lineage's check)
+            continue
+        if f"/{events_name}/" in uri:
+            events += rows
+        else:
+            labels += rows
+    need = (events * RAW_EVENT_BYTES + labels * RAW_LABEL_BYTES) / 2**20
+    if need > budget:
+        what = f"features {start}" + (f"..{end}" if end != start else "")
+        how = "the memory available now" if spec.from_raw_memory_mb == "auto" else "features.from_raw_memory_mb"
+        raise TooLarge(f"{what}: the recomputation from raw holds its whole look-back in memory: {events:,} events "
+                       f"and {labels:,} labels, ~{_mib(need)} (~{RAW_EVENT_BYTES} B per event, "
+                       f"{RAW_LABEL_BYTES} per label), over {_mib(budget)} ({how}); nothing read. A nightly "
+                       f"date without --from-raw is computed from its day states (made from the same raw data, a day "
+                       f"at a time); a range, in shorter ranges")
+    log.info("features %s..%s from raw: %d events and %d labels of the look-back, ~%.0f MiB of %.0f", start, end,
+             events, labels, need, budget)
 
 
 def _check_unique(frame: pl.DataFrame, date_col: str, what: str, start: dt.date, end: dt.date) -> None:
@@ -1138,6 +1211,7 @@ def _settings(spec: FeatureParams) -> dict:
     d.pop("spill_compression")
     d.pop("state_keep_days")
     d.pop("state_apart_mb")
+    d.pop("from_raw_memory_mb")
     return d
 
 
@@ -1746,7 +1820,8 @@ def main(argv: list[str]) -> int:
                     help="compute even a date whose features were made from the same look-back, spec, suite and code")
     ap.add_argument("--from-raw", action="store_true",
                     help="compute from the look-back's validated events, not from the per-entity day totals "
-                         "(backfill, repair; the result is the same)")
+                         "(backfill, repair; the result is the same). It holds the whole look-back in memory: "
+                         "refused before it reads anything where that cannot fit (features.from_raw_memory_mb)")
     shards.add_option(ap)
     args = ap.parse_args(argv)
     params, days = resolve(args)

@@ -51,6 +51,13 @@ def _chunk_rows(value: Any, where: str) -> int:
     return value
 
 
+def _memory_mb(value: Any, where: str) -> int | str | None:
+    """auto, null, or a whole number of MiB >= 1."""
+    if value is None or value == "auto":
+        return value
+    return _whole(value, 1, where, " of MiB, auto or null")
+
+
 def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
     if value not in allowed:
         raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
@@ -247,6 +254,7 @@ class FeatureParams:
     spill_compression: str = "none"   # how, not what: the nightly History's spill on local disk (none, lz4, zstd)
     state_keep_days: int | None = 44  # how, not what: feature_state partitions older than this are removed
     state_apart_mb: int | None = 64   # how, not what: states of larger days made in processes of their own
+    from_raw_memory_mb: int | str | None = "auto"   # how, not what: the most a recomputation from raw may hold
 
     @property
     def lookback_days(self) -> int:
@@ -260,7 +268,7 @@ class FeatureParams:
         where = "features"
         allowed = {"windows_days", "rolling", "target_rate", "time_since_last", "calendar", "ratios",
                    "categoricals", "categories", "missing_history", "incremental", "chunk_rows", "spill_compression",
-                   "state_keep_days", "state_apart_mb"}
+                   "state_keep_days", "state_apart_mb", "from_raw_memory_mb"}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -295,6 +303,7 @@ class FeatureParams:
             **({"state_keep_days": d["state_keep_days"]} if "state_keep_days" in d else {}),
             state_apart_mb=None if d.get("state_apart_mb", 64) is None else
             _whole(d.get("state_apart_mb", 64), 0, f"{where}.state_apart_mb", " or null"),
+            from_raw_memory_mb=_memory_mb(d.get("from_raw_memory_mb", "auto"), f"{where}.from_raw_memory_mb"),
         )
         keep = spec.state_keep_days
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < spec.lookback_days):

@@ -238,6 +238,29 @@ def size(uri: str) -> int:
         return path.stat().st_size
 
 
+def parquet_rows(uri: str) -> int:
+    """The rows of a Parquet object, from its footer alone (S3: two ranged reads of its tail, not the
+    object; MissingObject when there is none)."""
+    if not is_s3(uri):
+        path = _local_file(uri)
+        try:
+            with _disk_errors(uri, "read"):
+                return pq.ParquetFile(str(path)).metadata.num_rows
+        except pa.ArrowException as exc:
+            raise StorageError(f"{where(uri)}: its Parquet footer cannot be read ({exc})") from None
+    bucket, key = split_s3(uri)
+    with _s3_errors(uri, "read"):
+        tail = s3_client().get_object(Bucket=bucket, Key=key, Range="bytes=-8")["Body"].read()
+        if len(tail) != 8 or tail[4:] != b"PAR1":
+            raise StorageError(f"{where(uri)}: its Parquet footer cannot be read (no footer)")
+        n = int.from_bytes(tail[:4], "little")
+        footer = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=-{n + 8}")["Body"].read()
+    try:
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + footer)).num_rows
+    except pa.ArrowException as exc:
+        raise StorageError(f"{where(uri)}: its Parquet footer cannot be read ({exc})") from None
+
+
 def exists(uri: str) -> bool:
     if is_s3(uri):
         bucket, key = split_s3(uri)

@@ -99,6 +99,12 @@ def test_the_nightly_chain_reads_and_writes_s3_through_boto3(s3_lake, s3_endpoin
     pred = storage.read_parquet(store.uri("predictions", date=d))
     dec = storage.read_parquet(store.uri("decisions", date=d))
     assert feats.height == pred.height == dec.height > 1000
+    # the rows of a Parquet object from its footer alone (two ranged reads of its tail: the look-back's
+    # count before a recomputation from raw); an object that is not Parquet is named
+    with environ(env):
+        assert storage.parquet_rows(store.uri("features", date=d)) == feats.height
+        with pytest.raises(storage.StorageError, match="Parquet footer cannot be read"):
+            storage.parquet_rows(storage.record_uri(store.uri("features", date=d)))
     assert set(pred["scored_by"]) == {"rules"} and pred["fallback"].list.contains("rules").all()   # flagged
     assert storage.object_root() is None and storage.endpoint_url() == s3_endpoint["url"]
 

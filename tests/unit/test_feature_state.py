@@ -414,3 +414,50 @@ def test_entity_keys_with_no_entity_name_match_nothing_and_do_not_fail():
     assert keys.names == [] and keys.codes.len() == keys.size == 2
     got = keys.key(pl.DataFrame({"entity": ["customer", None], "id": ["a", "b"], "n": [1, 2]}))
     assert got.height == 0 and got.columns == ["n", "__k"]
+
+
+def test_a_recomputation_from_raw_that_cannot_fit_fails_before_it_reads(lake, caplog, monkeypatch):
+    """--from-raw holds the whole look-back in memory: its rows are counted from the Parquet footers
+    first, and over features.from_raw_memory_mb (auto: what the OS says is available) the run fails at
+    once, naming the events, the labels and the estimate; nothing is read or published. Within it, the
+    same bytes as the incremental path."""
+    path, root, layout = lake
+    first = DAY - dt.timedelta(days=37)
+    events = sum(pl.read_parquet(f"{root}/" + layout["validated"].format(dataset="transactions", date=d.isoformat())).height
+                 for d in (first + dt.timedelta(days=k) for k in range(38)))
+    labels = sum(pl.read_parquet(f"{root}/" + layout["canonical"].format(dataset="labels", date=d.isoformat())).height
+                 for d in (first + dt.timedelta(days=k) for k in range(37)))
+    # (this look-back is small: each row counted as a large one, so that 1 MiB is too little)
+    monkeypatch.setattr(features, "RAW_EVENT_BYTES", 35_000)
+    monkeypatch.setattr(features, "RAW_LABEL_BYTES", 6_000)
+    need = (events * 35_000 + labels * 6_000) / 2**20
+    assert need > 1
+    raw = yaml.safe_load(path.read_text())
+    raw["features"]["from_raw_memory_mb"] = 1
+    tight = path.with_name("tight.yaml")
+    tight.write_text(yaml.safe_dump(raw))
+    reads, real = [], features.lineage.Reader.read_parquet
+    monkeypatch.setattr(features.lineage.Reader, "read_parquet", lambda *a, **k: reads.append(a) or 1 / 0)
+    with pytest.raises(features.TooLarge, match=rf"features {DAY}: the recomputation from raw holds its whole look-back "
+                                                rf"in memory: {events:,} events and {labels:,} labels, "
+                                                rf"~{features._mib(need)} .* over 1 MiB \(features.from_raw_memory_mb\)"):
+        features.main(["--params", str(tight), "--date", DAY.isoformat(), "--from-raw"])
+    assert reads == [] and not (Path(root) / "features").exists()
+    monkeypatch.setattr(features.lineage.Reader, "read_parquet", real)
+    # auto: what is available; here a machine with less than the estimate
+    raw["features"]["from_raw_memory_mb"] = "auto"
+    tight.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(features, "available_mib", lambda: need / 2)
+    with pytest.raises(features.TooLarge, match=r"\(the memory available now\); nothing read"):
+        features.main(["--params", str(tight), "--date", DAY.isoformat(), "--from-raw"])
+    monkeypatch.setattr(features, "available_mib", lambda: need * 2)
+    caplog.set_level(logging.INFO, "pipelines.features")
+    assert _run(tight, "--from-raw") == _run(path, "--recompute")
+    assert f"{events} events and {labels} labels of the look-back" in caplog.text
+
+
+def test_the_memory_available_is_what_the_os_says():
+    """MemAvailable (and a cgroup's limit where it leaves less): more than nothing, less than the machine."""
+    total = next(int(x.split()[1]) / 1024 for x in Path("/proc/meminfo").read_text().splitlines()
+                 if x.startswith("MemTotal:"))
+    assert 0 < features.available_mib() < total

@@ -111,3 +111,15 @@ def test_features_state_apart_mb_is_null_or_a_whole_number_and_not_part_of_the_s
     for ok in (None, 0):
         spec = _params_with(tmp_path, lambda d, ok=ok: d["features"].update(state_apart_mb=ok)).features
         assert spec.state_apart_mb == ok and spec_hash(spec) == spec_hash(load_params().features)   # how, not what
+
+
+def test_features_from_raw_memory_mb_is_auto_null_or_whole_mib_and_not_part_of_the_spec(tmp_path):
+    from pipelines.features import spec_hash
+
+    for bad in (0, -1, 2.5, True, "4GB", "Auto"):
+        with pytest.raises(ConfigError, match="features.from_raw_memory_mb"):
+            _params_with(tmp_path, lambda d, bad=bad: d["features"].update(from_raw_memory_mb=bad))
+    assert load_params().features.from_raw_memory_mb == "auto"
+    for ok in (None, 1, 4096):
+        spec = _params_with(tmp_path, lambda d, ok=ok: d["features"].update(from_raw_memory_mb=ok)).features
+        assert spec.from_raw_memory_mb == ok and spec_hash(spec) == spec_hash(load_params().features)   # how, not what
