@@ -1167,7 +1167,8 @@ def _fits_in_memory(spec: FeatureParams, start: dt.date, end: dt.date, uris: lis
                        f"and {labels:,} labels, ~{_mib(need)} (~{RAW_EVENT_BYTES} B per event, "
                        f"{RAW_LABEL_BYTES} per label), over {_mib(budget)} ({how}); nothing read. A nightly "
                        f"date without --from-raw is computed from its day states (made from the same raw data, a day "
-                       f"at a time); a range, in shorter ranges")
+                       f"at a time); a range, in shorter ranges (features.from_raw_memory_mb: a budget in MiB, or "
+                       f"null to try anyway)")
     log.info("features %s..%s from raw: %d events and %d labels of the look-back, ~%.0f MiB of %.0f", start, end,
              events, labels, need, budget)
 
