@@ -1053,7 +1053,7 @@ class Inputs:
                 for u, sha in parts.items()}
 
 
-def load_inputs(params, start: dt.date, end: dt.date) -> Inputs:
+def load_inputs(params, start: dt.date, end: dt.date, why: tuple[str, str] = ("", "")) -> Inputs:
     """Validated transactions for [start - lookback, end] and labels landed in that range.
     A missing partition inside the range (after the dataset's first date) is an error unless
     features.missing_history is warn; a partition that changed or was withdrawn after something
@@ -1069,7 +1069,8 @@ def load_inputs(params, start: dt.date, end: dt.date) -> Inputs:
     # the records first (small): an input that is not trusted any more fails the run before any
     # events are read, not after the days before it (at 10M rows a day, 37 of them: out of memory)
     committed = lineage.committed([uri for *_, uri in wanted])
-    _fits_in_memory(spec, start, end, [u for *_, u in wanted if committed.get(u)], tx.name)
+    _missing(spec, start, end, [u for u, sha in committed.items() if sha is None], warn=False)   # before any read
+    _fits_in_memory(spec, start, end, [(u, ds is tx) for _, ds, _, u in wanted if committed.get(u)], why)
     for day, ds, out, uri in wanted:
         reader = lineage.Reader()
         try:
@@ -1078,18 +1079,7 @@ def load_inputs(params, start: dt.date, end: dt.date) -> Inputs:
             missing.append(uri)
             continue
         read[(ds.name, day)] = dict(reader.consumed)
-    target_missing = [u for u in missing if any(f"date={d.isoformat()}" in u and "/transactions/" in u
-                                                for d in date_range(start, end))]
-    if target_missing:
-        raise MissingHistory(f"features {start}..{end}: {len(target_missing)} validated partition(s) missing for "
-                             f"the target dates: {_shorten(target_missing)} (blocked or not yet validated); "
-                             f"nothing published, the run fails")
-    if missing and spec.missing_history == "fail":
-        raise MissingHistory(f"features {start}..{end}: {len(missing)} look-back partition(s) missing: {_shorten(missing)} "
-                             f"(run ingest/validate with --with-lookback); set "
-                             f"features.missing_history: warn to accept thinner history; nothing published, the run fails")
-    for u in missing:
-        log.warning("look-back partition missing, features computed without it: %s", u)
+    _missing(spec, start, end, missing)
     if not frames:
         raise MissingHistory(f"features {start}..{end}: no validated transactions at all")
     labels = pl.concat(label_frames) if label_frames else pl.DataFrame(
@@ -1108,40 +1098,65 @@ class TooLarge(RuntimeError):
     """A recomputation from raw would need more memory than it may take (features.from_raw_memory_mb)."""
 
 
-def available_mib() -> float | None:
-    """The memory this process can take now, in MiB: the OS's MemAvailable, less where a cgroup's limit
-    leaves less (v2 memory.max, v1 memory.limit_in_bytes, less what the cgroup uses); None where the
-    OS does not tell."""
-    def number(path: str) -> int | None:
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            return None
-        return int(text) if text.isdigit() else None
-
-    found = []
+def available_mib(proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The memory this process can take now, in MiB: the OS's MemAvailable, less where the limit of its
+    memory cgroup or of one above it leaves less (v2 memory.max, v1 memory.limit_in_bytes; used less
+    the inactive page cache, which the kernel reclaims before it kills: the working set, as Kubernetes
+    counts it); None where the OS does not tell."""
+    found: list[float] = []
     try:
-        with open("/proc/meminfo") as fh:
-            found += [int(x.split()[1]) * 1024 for x in fh if x.startswith("MemAvailable:")]
+        found += [int(x.split()[1]) * 1024 for x in (proc / "meminfo").read_text().splitlines()
+                  if x.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
-    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        cap, now = number(limit), number(used)
-        if cap is not None and now is not None and cap < 2**60:       # (v1's "no limit" is a huge number)
-            found.append(cap - now)
-    return min(found) / 2**20 if found else None
+    try:
+        lines = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, where = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":                                     # v2: the unified hierarchy
+            base, limit, used, inactive = cgroups, "memory.max", "memory.current", "inactive_file"
+        elif "memory" in controllers.split(","):                  # v1: the memory controller's own
+            base, limit, used, inactive = cgroups / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes", \
+                "total_inactive_file"
+        else:
+            continue
+        parts = [x for x in where.strip().split("/") if x]
+        for depth in range(len(parts), -1, -1):                  # the process's cgroup, then each one above it
+            folder = base.joinpath(*parts[:depth])
+            cap, now = _number(folder / limit), _number(folder / used)
+            if cap is None or now is None or cap >= 2**60:        # no file here, or no limit (v1: a huge number)
+                continue
+            idle = 0
+            try:
+                idle = next((int(x.split()[1]) for x in (folder / "memory.stat").read_text().splitlines()
+                             if x.split()[:1] == [inactive]), 0)
+            except (OSError, ValueError, IndexError):
+                pass
+            found.append(cap - max(0, now - idle))
+    return max(0.0, min(found)) / 2**20 if found else None
+
+
+def _number(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _mib(mib: float) -> str:
     return f"{mib / 1024:,.1f} GiB" if mib >= 1024 else f"{mib:,.0f} MiB"
 
 
-def _fits_in_memory(spec: FeatureParams, start: dt.date, end: dt.date, uris: list[str], events_name: str) -> None:
+def _fits_in_memory(spec: FeatureParams, start: dt.date, end: dt.date, uris: list[tuple[str, bool]],
+                    why: tuple[str, str]) -> None:
     """Before the recomputation from raw reads its partitions (`uris`, committed ones): their rows, from
     the Parquet footers, and the memory they need at RAW_EVENT_BYTES per event and RAW_LABEL_BYTES per
     label; TooLarge, naming the figures, when that is over features.from_raw_memory_mb (auto: what is
-    available now). A process killed out of memory after minutes says nothing; this says why at once."""
+    available now). A process killed out of memory after minutes says nothing; this says why at once.
+    `why`: why this run is recomputed from raw, and what would serve it instead (see _why_raw)."""
     budget = spec.from_raw_memory_mb
     if budget is None:
         return
@@ -1150,12 +1165,12 @@ def _fits_in_memory(spec: FeatureParams, start: dt.date, end: dt.date, uris: lis
         if budget is None:
             return
     events = labels = 0
-    for uri in uris:
+    for uri, is_events in uris:
         try:
             rows = storage.parquet_rows(uri)
         except storage.StorageError:     # lost or altered: its read says so, as before (lineage's check)
             continue
-        if f"/{events_name}/" in uri:
+        if is_events:
             events += rows
         else:
             labels += rows
@@ -1163,14 +1178,30 @@ def _fits_in_memory(spec: FeatureParams, start: dt.date, end: dt.date, uris: lis
     if need > budget:
         what = f"features {start}" + (f"..{end}" if end != start else "")
         how = "the memory available now" if spec.from_raw_memory_mb == "auto" else "features.from_raw_memory_mb"
-        raise TooLarge(f"{what}: the recomputation from raw holds its whole look-back in memory: {events:,} events "
-                       f"and {labels:,} labels, ~{_mib(need)} (~{RAW_EVENT_BYTES} B per event, "
-                       f"{RAW_LABEL_BYTES} per label), over {_mib(budget)} ({how}); nothing read. A nightly "
-                       f"date without --from-raw is computed from its day states (made from the same raw data, a day "
-                       f"at a time); a range, in shorter ranges (features.from_raw_memory_mb: a budget in MiB, or "
-                       f"null to try anyway)")
+        reason, hint = why
+        raise TooLarge(f"{what}: recomputed from raw ({reason}), which holds its whole look-back in memory: "
+                       f"{events:,} events and {labels:,} labels, ~{_mib(need)} (~{RAW_EVENT_BYTES} B per event, "
+                       f"{RAW_LABEL_BYTES} per label), over {_mib(budget)} ({how}); nothing read. {hint}"
+                       f"features.from_raw_memory_mb: a budget in MiB, or null to try anyway")
     log.info("features %s..%s from raw: %d events and %d labels of the look-back, ~%.0f MiB of %.0f", start, end,
              events, labels, need, budget)
+
+
+def _missing(spec: FeatureParams, start: dt.date, end: dt.date, missing: list[str], warn: bool = True) -> None:
+    """MissingHistory for a target date's validated partition missing, or any look-back one with
+    features.missing_history fail; else (`warn`) a warning per partition the features are made without."""
+    target_missing = [u for u in missing if any(f"date={d.isoformat()}" in u and "/transactions/" in u
+                                                for d in date_range(start, end))]
+    if target_missing:
+        raise MissingHistory(f"features {start}..{end}: {len(target_missing)} validated partition(s) missing for "
+                             f"the target dates: {_shorten(target_missing)} (blocked or not yet validated); "
+                             f"nothing published, the run fails")
+    if missing and spec.missing_history == "fail":
+        raise MissingHistory(f"features {start}..{end}: {len(missing)} look-back partition(s) missing: {_shorten(missing)} "
+                             f"(run ingest/validate with --with-lookback); set "
+                             f"features.missing_history: warn to accept thinner history; nothing published, the run fails")
+    for u in missing if warn else []:
+        log.warning("look-back partition missing, features computed without it: %s", u)
 
 
 def _check_unique(frame: pl.DataFrame, date_col: str, what: str, start: dt.date, end: dt.date) -> None:
@@ -1749,6 +1780,7 @@ def _compute(params, todo: list[dt.date], pub, keys: dict, from_raw: bool = Fals
     # a look-back partition missing (its run key says None): the path from raw decides (fail, or warn and
     # name it in the manifest), as it would for a day the incremental path never reads as events
     whole = keys[start] is not None and all(sha is not None for sha in keys[start]["inputs"].values())
+    why = None                                      # why from raw, where the incremental path was tried
     if spec.incremental and not from_raw and start == end and pub.snapshot is None and whole:
         try:
             today, spilled = load_history(params, start, pub, shard)
@@ -1763,9 +1795,25 @@ def _compute(params, todo: list[dt.date], pub, keys: dict, from_raw: bool = Fals
             return feats, [], {start: {u: sha for u, sha in keys[start]["inputs"].items() if sha is not None}}
         except NeedRaw as exc:
             log.warning("features %s: computed from raw (the incremental path cannot serve it: %s)", start, exc)
-    inputs = load_inputs(params, start, end)
+            why = (f"the incremental path cannot serve it: {exc}", "")
+    inputs = load_inputs(params, start, end, why or _why_raw(spec, from_raw, start, end, pub.snapshot, whole))
     feats = compute_features(inputs.events, inputs.labels, spec, start, end, entities, numerics, shard=shard)
     return feats, inputs.missing, {d: inputs.for_day(d, spec.lookback_days) for d in todo}
+
+
+def _why_raw(spec: FeatureParams, from_raw: bool, start: dt.date, end: dt.date, snapshot, whole: bool) -> tuple[str, str]:
+    """Why a run is recomputed from raw (the order of _compute's test), and what would serve it instead."""
+    if start != end:
+        return ("a range of dates", "A range is recomputed as a whole: run shorter ranges, or date by date (each date "
+                                    "from its day states). ")
+    if snapshot is not None:
+        return ("a snapshot run (DVC)", "")
+    if not spec.incremental:
+        return ("features.incremental is false", "features.incremental: true computes a date from its day states. ")
+    if not whole:
+        return ("a look-back partition is not committed", "")
+    return ("--from-raw", "Without --from-raw the date is computed from its day states (made from the same raw data, "
+                          "a day at a time). ")
 
 
 def publish_shard(params, day: dt.date, shard: Shard, pub, date_key: dict | None, from_raw: bool = False,

@@ -89,8 +89,11 @@ def remember(path: Path, st: os.stat_result, sha: str) -> None:
     try:
         entry = _entry(path)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        if _sweep_due():
-            sweep()
+        try:
+            if _sweep_due():
+                sweep()
+        except OSError:                 # housekeeping: never in the way of the entry
+            pass
         fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps({"path": str(path), "stamp": stamp(st), "sha256": sha}))
@@ -104,29 +107,27 @@ def _sweep_due() -> bool:
     """True at most once per SWEEP_S on this machine: the marker's time is moved on first, so that
     processes leaving entries at the same moment do not all sweep (one sweeping twice is harmless)."""
     marker = _marker()
-    now = time.time()
     try:
-        if now - marker.stat().st_mtime < SWEEP_S:
+        if time.time() - marker.stat().st_mtime < SWEEP_S:
             return False
-        os.utime(marker, (now, now))
-        return True
-    except FileNotFoundError:           # the first entry on this machine: nothing to sweep yet
+        os.utime(marker)                # (the current time: write access is enough, not ownership)
+    except FileNotFoundError:           # the first sweep here (a new machine, or entries from before sweeps)
         marker.touch()
-        return False
+    return True
 
 
 def sweep() -> int:
     """Remove the dead entries (the file gone, or its stamp no longer the entry's: it can never match
     again), unreadable ones, and temporary files older than TMP_S. The count removed. Only a cache:
     an entry removed while another process rewrites it costs that file one hash later."""
-    removed = 0
+    removed, root = 0, _root()
     try:
-        names = os.listdir(_root())
+        names = os.listdir(root)
     except OSError:
         return 0
     now = time.time()
     for name in names:
-        entry = _root() / name
+        entry = root / name
         try:
             if name.startswith("."):
                 dead = name.endswith(".tmp") and now - entry.stat().st_mtime > TMP_S

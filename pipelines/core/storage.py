@@ -250,14 +250,21 @@ def parquet_rows(uri: str) -> int:
             raise StorageError(f"{where(uri)}: its Parquet footer cannot be read ({exc})") from None
     bucket, key = split_s3(uri)
     with _s3_errors(uri, "read"):
-        tail = s3_client().get_object(Bucket=bucket, Key=key, Range="bytes=-8")["Body"].read()
+        first = s3_client().get_object(Bucket=bucket, Key=key, Range="bytes=-8")
+        tail = first["Body"].read()
+        total = int(str(first.get("ContentRange") or "").rpartition("/")[2] or len(tail))
         if len(tail) != 8 or tail[4:] != b"PAR1":
             raise StorageError(f"{where(uri)}: its Parquet footer cannot be read (no footer)")
         n = int.from_bytes(tail[:4], "little")
-        footer = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=-{n + 8}")["Body"].read()
+        if n + 12 > total:             # (magic, footer, length, magic): never more than the object's own tail
+            raise StorageError(f"{where(uri)}: its Parquet footer cannot be read (a footer of {n} bytes in {total})")
+        second = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={total - n - 8}-{total - 1}")
+        footer = second["Body"].read()
+        if second.get("ETag") != first.get("ETag") or len(footer) != n + 8:
+            raise StorageError(f"{where(uri)}: its Parquet footer cannot be read (the object changed between two reads)")
     try:
         return pq.read_metadata(pa.BufferReader(b"PAR1" + footer)).num_rows
-    except pa.ArrowException as exc:
+    except (pa.ArrowException, OSError, ValueError) as exc:
         raise StorageError(f"{where(uri)}: its Parquet footer cannot be read ({exc})") from None
 
 

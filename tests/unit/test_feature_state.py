@@ -438,11 +438,29 @@ def test_a_recomputation_from_raw_that_cannot_fit_fails_before_it_reads(lake, ca
     tight.write_text(yaml.safe_dump(raw))
     reads, real = [], features.lineage.Reader.read_parquet
     monkeypatch.setattr(features.lineage.Reader, "read_parquet", lambda *a, **k: reads.append(a) or 1 / 0)
-    with pytest.raises(features.TooLarge, match=rf"features {DAY}: the recomputation from raw holds its whole look-back "
-                                                rf"in memory: {events:,} events and {labels:,} labels, "
-                                                rf"~{features._mib(need)} .* over 1 MiB \(features.from_raw_memory_mb\)"):
+    with pytest.raises(features.TooLarge, match=rf"features {DAY}: recomputed from raw \(--from-raw\), which holds its "
+                                                rf"whole look-back in memory: {events:,} events and {labels:,} labels, "
+                                                rf"~{features._mib(need)} .* over 1 MiB \(features.from_raw_memory_mb\); "
+                                                rf"nothing read. Without --from-raw the date is computed from its day states"):
         features.main(["--params", str(tight), "--date", DAY.isoformat(), "--from-raw"])
+    # why from raw, in each path that gets there, and what would serve it instead
+    with pytest.raises(features.TooLarge, match=r"\.\.2026-02-20: recomputed from raw \(a range of dates\).*run shorter ranges"):
+        features.main(["--params", str(tight), "--start", "2026-02-19", "--end", DAY.isoformat()])
+    with monkeypatch.context() as m:
+        m.setattr(features, "load_history", lambda *a, **k: (_ for _ in ()).throw(features.NeedRaw("a state is beyond repair")))
+        with pytest.raises(features.TooLarge, match=r"recomputed from raw \(the incremental path cannot serve it: a state is "
+                                                    r"beyond repair\), which holds"):
+            features.main(["--params", str(tight), "--date", DAY.isoformat()])
     assert reads == [] and not (Path(root) / "features").exists()
+    # a look-back partition not committed fails the run as it did, not for memory (missing_history: fail)
+    gone = f"{root}/" + layout["canonical"].format(dataset="labels", date=(DAY - dt.timedelta(days=3)).isoformat())
+    record = Path(storage.record_uri(gone))
+    kept = record.read_bytes()
+    record.unlink()
+    with pytest.raises(features.MissingHistory, match="1 look-back partition.s. missing"):
+        features.main(["--params", str(tight), "--date", DAY.isoformat(), "--from-raw"])
+    record.write_bytes(kept)
+    assert reads == []
     monkeypatch.setattr(features.lineage.Reader, "read_parquet", real)
     # auto: what is available; here a machine with less than the estimate
     raw["features"]["from_raw_memory_mb"] = "auto"
@@ -454,6 +472,41 @@ def test_a_recomputation_from_raw_that_cannot_fit_fails_before_it_reads(lake, ca
     caplog.set_level(logging.INFO, "pipelines.features")
     assert _run(tight, "--from-raw") == _run(path, "--recompute")
     assert f"{events} events and {labels} labels of the look-back" in caplog.text
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_memory_available_is_the_least_the_os_and_the_cgroups_above_leave(tmp_path, version):
+    """MemAvailable, or less where the process's memory cgroup or one above it is limited: the limit
+    less the working set (used less the inactive page cache, which the kernel reclaims first); no
+    limit (v1's huge number, v2's max): MemAvailable."""
+    proc, fs = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text("MemTotal: 25165824 kB\nMemAvailable: 20971520 kB\n")       # 20 GiB
+    gib = 2**30
+    if version == "v1":
+        (proc / "self" / "cgroup").write_text("5:cpu,cpuacct:/x\n4:memory:/pool/task\n0::/\n")
+        files, base, stat = ("memory.limit_in_bytes", "memory.usage_in_bytes"), fs / "memory", "total_inactive_file"
+    else:
+        (proc / "self" / "cgroup").write_text("0::/pool/task\n")
+        files, base, stat = ("memory.max", "memory.current"), fs, "inactive_file"
+    for folder, limit, used, idle in ((base / "pool" / "task", "9223372036854771712" if version == "v1" else "max",
+                                       3 * gib, 0),
+                                      (base / "pool", str(16 * gib), 14 * gib, 6 * gib)):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / files[0]).write_text(limit + "\n")
+        (folder / files[1]).write_text(f"{used}\n")
+        (folder / "memory.stat").write_text(f"cache 1\n{stat} {idle}\n")
+    # the pool above: 16 GiB less 14 used of which 6 are inactive cache = 8 GiB
+    assert features.available_mib(proc, fs) == 8 * 1024
+    (base / "pool" / "memory.stat").write_text(f"{stat} 0\n")
+    assert features.available_mib(proc, fs) == 2 * 1024                   # its cache all active: 16 - 14
+    (base / "pool" / files[1]).write_text(f"{17 * gib}\n")
+    assert features.available_mib(proc, fs) == 0                          # over its limit: nothing, not less
+    (base / "pool" / files[0]).write_text("9223372036854771712\n" if version == "v1" else "max\n")
+    assert features.available_mib(proc, fs) == 20 * 1024                  # no limit anywhere: MemAvailable
+    (proc / "meminfo").unlink()
+    (proc / "self" / "cgroup").unlink()
+    assert features.available_mib(proc, fs) is None
 
 
 def test_the_memory_available_is_what_the_os_says():

@@ -257,3 +257,53 @@ def test_iter_parquet_gives_exact_batches_in_file_order_with_the_columns_asked_f
         assert [g.height for g in got] == [999] * 10 + [10] and pl.concat(got).equals(df)
         only = list(storage.iter_parquet(tmp_path / "x.parquet", ["b"], batch_rows=4096, streaming=streaming))
         assert [g.columns for g in only] == [["b"]] * 3 and pl.concat(only)["b"].equals(df["b"])
+
+
+class _RangedS3:
+    """get_object with Range (bytes=-N, bytes=a-b) over objects in memory, as S3 answers it (ContentRange,
+    ETag); `swap` replaces an object after its first read; every range asked is kept."""
+
+    def __init__(self, objects: dict[str, bytes], swap: dict[str, bytes] | None = None) -> None:
+        self.objects, self.swap, self.asked = dict(objects), dict(swap or {}), []
+
+    def get_object(self, Bucket, Key, Range):
+        import hashlib
+        import io
+
+        data = self.objects[Key]
+        if Key in self.swap:
+            self.objects[Key] = self.swap.pop(Key)
+        spec = Range.removeprefix("bytes=")
+        lo, hi = (max(0, len(data) - int(spec[1:])), len(data) - 1) if spec.startswith("-") else \
+            tuple(int(x) for x in spec.split("-"))
+        self.asked.append(hi - lo + 1)
+        return {"Body": io.BytesIO(data[lo:hi + 1]), "ContentRange": f"bytes {lo}-{hi}/{len(data)}",
+                "ETag": hashlib.md5(data).hexdigest()}
+
+
+def test_parquet_rows_reads_the_footer_alone_and_names_an_object_it_cannot_read(monkeypatch, tmp_path):
+    """The rows of a Parquet object from its footer: a local file, or on S3 two ranged reads of the
+    tail (the object itself is never downloaded); a damaged footer, a footer length beyond the
+    object, an object too small, one replaced between the two reads: a StorageError naming it."""
+    frame = pl.DataFrame({"a": range(5000), "b": [f"x{i}" for i in range(5000)]})
+    good = storage.parquet_bytes(frame)
+    local = tmp_path / "part-0.parquet"
+    local.write_bytes(good)
+    assert storage.parquet_rows(str(local)) == 5000
+    n = int.from_bytes(good[-8:-4], "little")
+    damaged = good[:-n - 8] + bytes(n) + good[-8:]
+    too_long = good[:-8] + (len(good) + 10).to_bytes(4, "little") + b"PAR1"
+    fake = _RangedS3({"good": good, "damaged": damaged, "too_long": too_long, "tiny": b"PAR1",
+                      "swapped": good}, swap={"swapped": storage.parquet_bytes(frame.head(10))})
+    monkeypatch.setattr(storage, "s3_client", lambda: fake)
+    assert storage.parquet_rows("s3://b/good") == 5000
+    assert fake.asked == [8, n + 8] and n + 8 < len(good) / 4        # the tail only
+    for key, why in (("damaged", "thrift|deserial|Couldn"), ("too_long", f"a footer of {len(good) + 10} bytes"),
+                     ("tiny", "no footer"), ("swapped", "changed between two reads")):
+        fake.asked.clear()
+        with pytest.raises(storage.StorageError, match=rf"s3://b/{key}: its Parquet footer cannot be read \(.*({why})"):
+            storage.parquet_rows(f"s3://b/{key}")
+        assert sum(fake.asked) <= n + 16, key                        # never the whole object
+    local.write_bytes(b"not parquet at all")
+    with pytest.raises(storage.StorageError, match="part-0.parquet: its Parquet footer cannot be read"):
+        storage.parquet_rows(str(local))
