@@ -296,6 +296,7 @@ def test_parquet_rows_reads_the_footer_alone_and_names_an_object_it_cannot_read(
     fake = _RangedS3({"good": good, "damaged": damaged, "too_long": too_long, "tiny": b"PAR1",
                       "swapped": good}, swap={"swapped": storage.parquet_bytes(frame.head(10))})
     monkeypatch.setattr(storage, "s3_client", lambda: fake)
+    monkeypatch.setenv("FRAUDOPS_OBJECT_STORE", "s3")            # (the suite's file object store: not here)
     assert storage.parquet_rows("s3://b/good") == 5000
     assert fake.asked == [8, n + 8] and n + 8 < len(good) / 4        # the tail only
     for key, why in (("damaged", "thrift|deserial|Couldn"), ("too_long", f"a footer of {len(good) + 10} bytes"),
