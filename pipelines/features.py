@@ -1053,9 +1053,10 @@ class Inputs:
                 for u, sha in parts.items()}
 
 
-def load_inputs(params, start: dt.date, end: dt.date, why: tuple[str, str] = ("", "")) -> Inputs:
+def load_inputs(params, start: dt.date, end: dt.date, why: tuple[str, str]) -> Inputs:
     """Validated transactions for [start - lookback, end] and labels landed in that range.
-    A missing partition inside the range (after the dataset's first date) is an error unless
+    `why`: why the range is recomputed from raw, and what would serve it instead (_why_raw), for the
+    memory check. A missing partition inside the range (after the dataset's first date) is an error unless
     features.missing_history is warn; a partition that changed or was withdrawn after something
     was built from it is always an error (lineage.StaleInput)."""
     spec, store = params.features, params.storage

@@ -134,13 +134,14 @@ def sweep() -> int:
             else:
                 try:
                     e = json.loads(entry.read_text())
-                    dead = stamp(os.stat(e["path"])) != e["stamp"]
-                except FileNotFoundError:
-                    if not entry.exists():      # (the entry itself went meanwhile)
-                        continue
-                    dead = True                 # the file is gone
-                except (OSError, ValueError, KeyError, TypeError):
-                    dead = True                 # an entry that cannot be read is no use
+                except FileNotFoundError:       # the entry itself went meanwhile
+                    continue
+                except (OSError, ValueError):   # an entry that cannot be read is no use
+                    e = None
+                try:
+                    dead = e is None or stamp(os.stat(e["path"])) != e["stamp"]
+                except (OSError, KeyError, TypeError):
+                    dead = True                 # the file is gone (or the entry names none)
             if dead:
                 entry.unlink(missing_ok=True)
                 removed += 1
