@@ -314,6 +314,26 @@ def test_the_spill_filter_by_id_hash_keeps_every_entity_of_the_day_and_colliding
         assert compute_features(today, labels.head(0), spec, day, day, ENTITIES, NUMERICS, history=weak).equals(want)
 
 
+def test_the_spill_hash_filter_never_misses_an_id_of_the_day_and_lets_few_others_through():
+    """_HashFilter, the spill's test of an id's 64-bit hash against the day's: every hash of the set
+    passes (whatever its top and low bits), others pass at the rate it is sized for (~0.2%), an empty
+    set lets nothing through."""
+    import numpy as np
+
+    from pipelines.features import _HashFilter
+
+    rng = np.random.default_rng(7)
+    mine = pl.Series(np.concatenate([rng.integers(0, 2**63, 200_000, dtype=np.uint64) * np.uint64(2),
+                                     np.array([0, 1, 2**64 - 1, 2**63, 2**32 - 1], np.uint64)]))
+    test = _HashFilter(pl.concat([mine, mine.head(1000)]))          # repeated hashes: the same set
+    assert test(mine).all()
+    others = pl.Series(rng.integers(0, 2**63, 500_000, dtype=np.uint64) * np.uint64(2) + np.uint64(1))
+    share = test(others).mean()
+    assert 0 < share < 0.005, share
+    assert not _HashFilter(pl.Series([], dtype=pl.UInt64))(others).any()
+    assert test(pl.Series([], dtype=pl.UInt64)).len() == 0
+
+
 def _spilled(hist, today: pl.DataFrame, spec, compression: str = "none"):
     """A SpilledHistory holding `hist` (as the nightly path's _gather fills it)."""
     from pipelines.features import SpilledHistory, _grouped
