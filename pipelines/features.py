@@ -345,18 +345,24 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     value = [r.value] if r else []
     src = src.select(ent, "event_ts", *value) if history is not None else \
         src.select(ent, "__t", _code(ent), *value, *(["label", "available_at"] if rates else []))   # what a chunk reads
+    import numpy as np
+
     chunk = _chunk_of(chunks)
-    which = src.select(chunk(ent)).to_series()
+    which = src.select(chunk(ent)).to_series().to_numpy()
     piece = history.split(ent, chunk, chunks) if history is not None else (lambda c: None)
-    rows = pl.int_range(src.height, dtype=pl.Int64, eager=True)
-    parts, order = [], []
+    # each chunk's rows (in src's order) by one stable sort on the chunk index, not by a filter of
+    # every row for each chunk (128 chunks of a 10M-row day: ~11 s)
+    order = np.argsort(which, kind="stable")
+    ends = np.cumsum(np.bincount(which, minlength=chunks))
+    parts = []
     for c in range(chunks):
-        mine = which == c
-        if mine.any():
-            parts.append(block(src.filter(mine), piece(c)))
-            order.append(rows.filter(mine))
-    done, back = pl.concat(parts), pl.concat(order).arg_sort()
-    del parts, order
+        lo, hi = (ends[c - 1] if c else 0), ends[c]
+        if hi > lo:
+            parts.append(block(src[pl.Series(order[lo:hi])], piece(c)))
+    back = np.empty_like(order)              # the inverse permutation: chunk order -> src's order
+    back[order] = np.arange(len(order), dtype=order.dtype)
+    done, back = pl.concat(parts), pl.Series(back)
+    del parts, order, which
     out = []                    # into src's row order a column at a time: the chunks' copy goes as it is gathered
     for name in done.columns:
         out.append(done[name].gather(back))
@@ -620,6 +626,7 @@ class SpilledHistory:
         self.heights = dict.fromkeys(self.KINDS, 0)
         self._parts: dict[tuple, dict[str, int]] = {}      # (kind, partition) -> rows spilled per entity
         self._wanted: dict[str, tuple] = {}                 # entity -> (its ids, their hashes)
+        self._open: list = []                               # the spill files split() reads, open
 
     def __enter__(self) -> "SpilledHistory":
         return self
@@ -628,7 +635,12 @@ class SpilledHistory:
         self.close()
 
     def close(self) -> None:
-        self._dir.cleanup()
+        try:
+            for source in self._open:
+                source.close()
+            self._open.clear()
+        finally:
+            self._dir.cleanup()
 
     def add(self, kind: str, frame: pl.DataFrame, ids: dict[str, pl.DataFrame] | None = None,
             part: str | None = None) -> None:
@@ -697,15 +709,29 @@ class SpilledHistory:
         import pyarrow as pa
 
         width = BUCKETS // chunks
+        readers: dict[str, object] = {}
+
+        def reader(path: str):
+            """The file's IPC reader, opened once for every chunk (not a file opened and its footer read
+            per chunk: ~90 files an entity at 10M rows a day, 128 chunks); read by seeks, not mapped."""
+            if path not in readers:
+                source = pa.OSFile(path, "rb")
+                self._open.append(source)
+                readers[path] = pa.ipc.open_file(source)
+            return readers[path]
 
         def read(kind: str, c: int) -> pl.DataFrame:
-            frames = []
+            groups: list[tuple] = []            # the chunk's batches of every file, by schema, in file order
             for path in self.files.get((kind, ent), []):
-                with pa.OSFile(path, "rb") as source:
-                    f = pa.ipc.open_file(source)
-                    table = pa.Table.from_batches([f.get_batch(b) for b in range(c * width, (c + 1) * width)],
-                                                  schema=f.schema)
-                frame = pl.from_arrow(table).rechunk()
+                f = reader(path)
+                batches = [f.get_batch(b) for b in range(c * width, (c + 1) * width)]
+                if groups and groups[-1][0].equals(f.schema):
+                    groups[-1][1].extend(batches)
+                else:
+                    groups.append((f.schema, batches))
+            frames = []
+            for schema, batches in groups:      # one frame per run of files alike (one, as a rule)
+                frame = pl.from_arrow(pa.Table.from_batches(batches, schema=schema)).rechunk()
                 frames.append(frame.with_columns(pl.lit(ent).alias("entity")) if kind in ("totals", "label_totals")
                               else frame)
             return _concat(frames)
