@@ -364,8 +364,8 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     done, back = pl.concat(parts), pl.Series(back)
     del parts, order, which
     out = []                    # into src's row order a column at a time: the chunks' copy goes as it is gathered
-    for name in done.columns:
-        out.append(done[name].gather(back))
+    for name in done.columns:   # (made one chunk first: a gather across the chunks' pieces is 2x slower)
+        out.append(done[name].rechunk().gather(back))
         done = done.drop(name)
     return pl.DataFrame(out)
 
