@@ -331,6 +331,8 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     computed in chunks of entities (a fixed hash of the id) so that one chunk's timeline holds about
     `spec.chunk_rows` rows: the timeline's sorted copies and rolling outputs are the peak of the stage,
     and an entity's features depend on its own rows only, so the result is the same bit for bit."""
+    import numpy as np
+
     def block(rows: pl.DataFrame, hist: History | None) -> pl.DataFrame:
         if hist is None:
             return _entity_block(rows, ent, spec)
@@ -345,8 +347,6 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     value = [r.value] if r else []
     src = src.select(ent, "event_ts", *value) if history is not None else \
         src.select(ent, "__t", _code(ent), *value, *(["label", "available_at"] if rates else []))   # what a chunk reads
-    import numpy as np
-
     chunk = _chunk_of(chunks)
     which = src.select(chunk(ent)).to_series().to_numpy()
     piece = history.split(ent, chunk, chunks) if history is not None else (lambda c: None)
@@ -579,15 +579,16 @@ def _spill_options(compression: str = "none"):
 class _HashFilter:
     """A test of 64-bit hashes against a set of them that never misses one of the set and lets ~0.2%
     of others through at about 44 bits per hash of the set (a Bloom filter of two probes: the hash's
-    top bits and its low bits): what the spill keeps of a boundary day is a superset of the day's
-    entities' rows (an exact join on the ids follows). Built once per set, not a hash table per frame."""
+    top bits and its low bits; 32 MB at 6M ids, 128 MB at most, more let through beyond ~24M ids):
+    what the spill keeps of a boundary day is a superset of the day's entities' rows (an exact join
+    on the ids follows). Built once per set, not a hash table per frame."""
 
     def __init__(self, hashes: pl.Series) -> None:
         import numpy as np
 
         self.np = np
         h = hashes.unique().to_numpy().astype(np.uint64)
-        self.bits = max(16, min(32, (44 * max(len(h), 1) - 1).bit_length()))     # 2**bits bits
+        self.bits = max(16, min(30, (44 * max(len(h), 1) - 1).bit_length()))     # 2**bits bits
         self.table = np.zeros(1 << (self.bits - 3), np.uint8)
         for i in self._slots(h):
             np.bitwise_or.at(self.table, i >> np.uint64(3), (np.uint8(1) << (i & np.uint64(7)).astype(np.uint8)))
