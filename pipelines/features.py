@@ -342,7 +342,11 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     size = src.height + (history.rows() if history is not None else 0)
     chunks = _chunk_count(size, spec.chunk_rows)
     if chunks == 1 or src.height < 2:
-        return block(src, history.split(ent, _chunk_of(1), 1)(0) if history is not None else None)
+        try:
+            return block(src, history.split(ent, _chunk_of(1), 1)(0) if history is not None else None)
+        finally:
+            if isinstance(history, SpilledHistory):
+                history.release()            # this entity's spill files: not held open beside the next's
     r, rates = spec.rolling.get(ent), spec.target_rate.get(ent, ())
     value = [r.value] if r else []
     src = src.select(ent, "event_ts", *value) if history is not None else \
@@ -355,13 +359,17 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     order = np.argsort(which, kind="stable")
     ends = np.cumsum(np.bincount(which, minlength=chunks))
     parts = []
-    for c in range(chunks):
-        lo, hi = (ends[c - 1] if c else 0), ends[c]
-        if hi > lo:
-            parts.append(block(src[pl.Series(order[lo:hi])], piece(c)))
+    try:
+        for c in range(chunks):
+            lo, hi = (ends[c - 1] if c else 0), ends[c]
+            if hi > lo:
+                parts.append(block(src[pl.Series(order[lo:hi])], piece(c)))
+    finally:
+        if isinstance(history, SpilledHistory):
+            history.release()                # this entity's spill files: not held open beside the next's
     back = np.empty_like(order)              # the inverse permutation: chunk order -> src's order
     back[order] = np.arange(len(order), dtype=order.dtype)
-    done, back = pl.concat(parts), pl.Series(back)
+    done, back = pl.concat(parts), pl.Series(back).cast(pl.get_index_type())    # (cast once, not per column)
     del parts, order, which
     out = []                    # into src's row order a column at a time: the chunks' copy goes as it is gathered
     for name in done.columns:   # (made one chunk first: a gather across the chunks' pieces is 2x slower)
@@ -587,11 +595,11 @@ class _HashFilter:
         import numpy as np
 
         self.np = np
-        h = hashes.unique().to_numpy().astype(np.uint64)
-        self.bits = max(16, min(30, (44 * max(len(h), 1) - 1).bit_length()))     # 2**bits bits
+        self.bits = max(16, min(30, (44 * max(hashes.len(), 1) - 1).bit_length()))     # 2**bits bits
         self.table = np.zeros(1 << (self.bits - 3), np.uint8)
-        for i in self._slots(h):
-            np.bitwise_or.at(self.table, i >> np.uint64(3), (np.uint8(1) << (i & np.uint64(7)).astype(np.uint8)))
+        for lo in range(0, hashes.len(), 1 << 20):    # in blocks: a few MB of temporaries, not copies of them all
+            for i in self._slots(hashes.slice(lo, 1 << 20).to_numpy().astype(np.uint64, copy=False)):
+                np.bitwise_or.at(self.table, i >> np.uint64(3), (np.uint8(1) << (i & np.uint64(7)).astype(np.uint8)))
 
     def _slots(self, h):
         np = self.np
@@ -635,11 +643,18 @@ class SpilledHistory:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def release(self) -> None:
+        """Close the files split() opened (it opens them again when asked)."""
+        while self._open:
+            self._open.pop().close()
+
     def close(self) -> None:
         try:
-            for source in self._open:
-                source.close()
-            self._open.clear()
+            while self._open:
+                try:
+                    self._open.pop().close()
+                except OSError:
+                    pass                        # the rest are closed, the folder removed all the same
         finally:
             self._dir.cleanup()
 
@@ -715,11 +730,11 @@ class SpilledHistory:
         def reader(path: str):
             """The file's IPC reader, opened once for every chunk (not a file opened and its footer read
             per chunk: ~90 files an entity at 10M rows a day, 128 chunks); read by seeks, not mapped."""
-            if path not in readers:
+            if path not in readers or readers[path][0].closed:      # (closed: released since)
                 source = pa.OSFile(path, "rb")
                 self._open.append(source)
-                readers[path] = pa.ipc.open_file(source)
-            return readers[path]
+                readers[path] = (source, pa.ipc.open_file(source))
+            return readers[path][1]
 
         def read(kind: str, c: int) -> pl.DataFrame:
             groups: list[tuple] = []            # the chunk's batches of every file, by schema, in file order

@@ -240,16 +240,22 @@ def test_chunks_of_entities_give_the_same_features(spec, chunk_rows, monkeypatch
     assert all(one[2][e].equals(many[2][e]) for e in one[2])
 
 
-@pytest.mark.parametrize("chunk_rows,compression", [(40, "none"), (100_000, "none"), (40, "zstd"), (100_000, "lz4")])
-def test_a_history_spilled_to_disk_gives_the_same_pieces_and_features(spec, chunk_rows, compression):
+@pytest.mark.parametrize("chunk_rows,compression,mins", [(40, "none", False), (100_000, "none", False),
+                                                        (40, "zstd", False), (100_000, "lz4", False), (40, "none", True)])
+def test_a_history_spilled_to_disk_gives_the_same_pieces_and_features(spec, chunk_rows, compression, mins):
     """The nightly path keeps its History on local disk (SpilledHistory): each chunk's piece read back
     holds the rows of the in-memory History's piece (another order), the features are the same bytes
-    whatever the chunks, and the spill's folder is gone once it is closed."""
+    whatever the chunks, the files read are closed once an entity's chunks are done, and the spill's
+    folder is gone once it is closed. With `mins`, a window minimum: the day minimums are carried
+    (and only then)."""
     import dataclasses
     from pathlib import Path
 
     from pipelines.features import SpilledHistory, _chunk_of, _grouped, history_from_events
 
+    if mins:
+        spec = dataclasses.replace(spec, rolling={e: dataclasses.replace(r, aggs=(*r.aggs, "min"))
+                                                  for e, r in spec.rolling.items()})
     events, labels = _with_midnights(*small_world(seed=21, n=1500, days=50))
     day = dt.date(2026, 2, 17)
     hist = history_from_events(events, labels, spec, day, ENTITIES)
@@ -257,6 +263,7 @@ def test_a_history_spilled_to_disk_gives_the_same_pieces_and_features(spec, chun
     ids = {e: today.select(pl.col(e).cast(pl.String).unique()) for e in ENTITIES}
     small = dataclasses.replace(spec, chunk_rows=chunk_rows)
     want = compute_features(today, labels.head(0), small, day, day, ENTITIES, NUMERICS, history=hist)
+    assert ("mn" in hist.totals.columns) == mins and ("customer_amount_min_7d" in want.columns) == mins
     with SpilledHistory(_grouped(spec), compression) as spilled:
         folder = Path(spilled._dir.name)
         half = hist.events.height // 2              # a kind may come in several frames
@@ -283,7 +290,10 @@ def test_a_history_spilled_to_disk_gives_the_same_pieces_and_features(spec, chun
                             x = x.with_columns(pl.col(pl.Decimal).cast(pl.Int128))
                             y = y.with_columns(pl.col(pl.Decimal).cast(pl.Int128)).select(x.columns)
                             assert x.sort(x.columns).equals(y.sort(y.columns)), (ent, chunks, c, kind)
+        opened = list(spilled._open)
+        assert opened and not any(f.closed for f in opened)
         got = compute_features(today, labels.head(0), small, day, day, ENTITIES, NUMERICS, history=spilled)
+        assert all(f.closed for f in opened) and not spilled._open
     sizes = {}
     for how in {compression, "none"}:                # written as configured: compressed is smaller
         with _spilled(hist, today, spec, how) as other:
