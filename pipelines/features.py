@@ -342,11 +342,7 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     size = src.height + (history.rows() if history is not None else 0)
     chunks = _chunk_count(size, spec.chunk_rows)
     if chunks == 1 or src.height < 2:
-        try:
-            return block(src, history.split(ent, _chunk_of(1), 1)(0) if history is not None else None)
-        finally:
-            if isinstance(history, SpilledHistory):
-                history.release()            # this entity's spill files: not held open beside the next's
+        return block(src, history.split(ent, _chunk_of(1), 1)(0) if history is not None else None)
     r, rates = spec.rolling.get(ent), spec.target_rate.get(ent, ())
     value = [r.value] if r else []
     src = src.select(ent, "event_ts", *value) if history is not None else \
@@ -359,14 +355,10 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     order = np.argsort(which, kind="stable")
     ends = np.cumsum(np.bincount(which, minlength=chunks))
     parts = []
-    try:
-        for c in range(chunks):
-            lo, hi = (ends[c - 1] if c else 0), ends[c]
-            if hi > lo:
-                parts.append(block(src[pl.Series(order[lo:hi])], piece(c)))
-    finally:
-        if isinstance(history, SpilledHistory):
-            history.release()                # this entity's spill files: not held open beside the next's
+    for c in range(chunks):
+        lo, hi = (ends[c - 1] if c else 0), ends[c]
+        if hi > lo:
+            parts.append(block(src[pl.Series(order[lo:hi])], piece(c)))
     back = np.empty_like(order)              # the inverse permutation: chunk order -> src's order
     back[order] = np.arange(len(order), dtype=order.dtype)
     done, back = pl.concat(parts), pl.Series(back).cast(pl.get_index_type())    # (cast once, not per column)
@@ -436,7 +428,11 @@ def compute_features(events: pl.DataFrame, labels: pl.DataFrame, spec: FeaturePa
         if shard is not None:
             mine = base.select(shard.of_entity(ent)).to_series()
             src = base.filter(mine)
-        block = _entity_features(src, ent, spec, history, start)
+        try:
+            block = _entity_features(src, ent, spec, history, start)
+        finally:
+            if isinstance(history, SpilledHistory):
+                history.release()            # this entity's spill files: not held open beside the next's
         if shard is None:
             blocks[ent] = cut(block)
         else:
