@@ -534,7 +534,7 @@ class Rows:
 
 # --------------------------------------------------------------------------- tables
 # zstd level 1: at 10M rows a day 1.0-1.3 s less per partition written than level 3 (validated 3.57 -> 2.60 s,
-# a feature state 4.62 -> 3.34 s, the features 7.91 -> 7.59 s) for the same bytes within 1% (benchmarks/RESULTS.md, stop 48)
+# a feature state 4.62 -> 3.34 s, the features 7.91 -> 7.59 s) for files of the same size within 1% (benchmarks/RESULTS.md, stop 48)
 PARQUET = {"compression": "zstd", "compression_level": 1, "write_statistics": True, "row_group_size": 1_000_000}
 
 
