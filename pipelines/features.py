@@ -46,12 +46,14 @@ Bit-identical to the full path (tests/unit/test_features.py, tests/unit/test_fea
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import functools
 import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -354,11 +356,24 @@ def _entity_features(src: pl.DataFrame, ent: str, spec: FeatureParams, history: 
     # every row for each chunk (128 chunks of a 10M-row day: ~11 s)
     order = np.argsort(which, kind="stable")
     ends = np.cumsum(np.bincount(which, minlength=chunks))
-    parts = []
-    for c in range(chunks):
-        lo, hi = (ends[c - 1] if c else 0), ends[c]
-        if hi > lo:
-            parts.append(block(src[pl.Series(order[lo:hi])], piece(c)))
+    parts: list[pl.DataFrame] = []
+    # `timeline_threads` chunks at once (each is polars work on its own frames; on 2 cores one chunk at
+    # a time kept ~1.45 of them busy); each chunk's rows and spilled History are cut here, in order (the
+    # spill's open files are this thread's), while the chunks before it are computed
+    with ThreadPoolExecutor(max_workers=spec.timeline_threads, thread_name_prefix="features-chunk") as pool:
+        running: collections.deque = collections.deque()
+        try:
+            for c in range(chunks):
+                lo, hi = (ends[c - 1] if c else 0), ends[c]
+                if hi > lo:
+                    running.append(pool.submit(block, src[pl.Series(order[lo:hi])], piece(c)))
+                    while len(running) >= spec.timeline_threads:
+                        parts.append(running.popleft().result())
+            while running:
+                parts.append(running.popleft().result())
+        finally:
+            for f in running:                    # a chunk failed: those not started are not
+                f.cancel()
     back = np.empty_like(order)              # the inverse permutation: chunk order -> src's order
     back[order] = np.arange(len(order), dtype=order.dtype)
     done, back = pl.concat(parts), pl.Series(back).cast(pl.get_index_type())    # (cast once, not per column)
@@ -1322,6 +1337,7 @@ def _settings(spec: FeatureParams) -> dict:
     d = asdict(spec)
     d.pop("incremental")                      # how the features are computed, not what they are
     d.pop("chunk_rows")
+    d.pop("timeline_threads")
     d.pop("spill_compression")
     d.pop("state_keep_days")
     d.pop("state_apart_mb")
@@ -1997,18 +2013,22 @@ def main(argv: list[str]) -> int:
             part_uri = store.uri("features", date=day.isoformat())
             # one date: every row is its own (a filter would copy the whole output beside it)
             part = feats if len(todo) == 1 else feats.filter(pl.col("event_ts").dt.date() == day)
-            if suite is not None:
-                v = validate_frame(part, suite, "features", day, 0.0, allow_quarantine=False,
-                                   engine=params.validate.engine)
-                if v.blocked:
-                    pub.remove(part_uri)
-                    failures.append(f"features {day}: blocked by {suite_path}: " + "; ".join(v.results["reasons"]))
-                    continue
-            out = pub.partition(part_uri, "features", inputs=reads[day],
-                                extra={"spec_hash": spec_hash(spec), "code_version": code_version(),
-                                       "suite": str(suite_path) if suite is not None else None,
-                                       **({"run": keys[day]} if keys[day] else {})})
-            out.put_parquet(part_uri, part)
+            # the Parquet file is encoded (staged, not published) while the suite checks the rows: the
+            # two took 7.7 + 4.3 s one after the other at 10M rows, each on one of the two cores
+            with storage.staging_parquet(part_uri, part) as encoded:
+                if suite is not None:
+                    v = validate_frame(part, suite, "features", day, 0.0, allow_quarantine=False,
+                                       engine=params.validate.engine)
+                    if v.blocked:
+                        pub.remove(part_uri)
+                        failures.append(f"features {day}: blocked by {suite_path}: " + "; ".join(v.results["reasons"]))
+                        continue
+                out = pub.partition(part_uri, "features", inputs=reads[day],
+                                    extra={"spec_hash": spec_hash(spec), "code_version": code_version(),
+                                           "suite": str(suite_path) if suite is not None else None,
+                                           **({"run": keys[day]} if keys[day] else {})})
+                staged, sha = encoded()
+                out.put_path(part_uri, staged, sha=sha, move=True)
             out.put_json(store.uri("features_manifest", date=day.isoformat()),
                          manifest(part, spec, numerics, entities, day, missing))
             out.commit()

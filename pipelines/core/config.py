@@ -251,6 +251,7 @@ class FeatureParams:
     missing_history: str = "fail"
     incremental: bool = True       # how, not what: excluded from the spec hash (the features are the same)
     chunk_rows: int = 1_000_000    # how, not what: the timeline rows one chunk of entities is computed on
+    timeline_threads: int = 2      # how, not what: chunks of the timeline computed at once
     spill_compression: str = "none"   # how, not what: the nightly History's spill on local disk (none, lz4, zstd)
     state_keep_days: int | None = 44  # how, not what: feature_state partitions older than this are removed
     state_apart_mb: int | None = 64   # how, not what: states of larger days made in processes of their own
@@ -268,7 +269,7 @@ class FeatureParams:
         where = "features"
         allowed = {"windows_days", "rolling", "target_rate", "time_since_last", "calendar", "ratios",
                    "categoricals", "categories", "missing_history", "incremental", "chunk_rows", "spill_compression",
-                   "state_keep_days", "state_apart_mb", "from_raw_memory_mb"}
+                   "timeline_threads", "state_keep_days", "state_apart_mb", "from_raw_memory_mb"}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -298,6 +299,7 @@ class FeatureParams:
             missing_history=missing,
             incremental=_flag(d.get("incremental", True), f"{where}.incremental"),
             chunk_rows=_chunk_rows(d.get("chunk_rows", 1_000_000), f"{where}.chunk_rows"),
+            timeline_threads=_whole(d.get("timeline_threads", 2), 1, f"{where}.timeline_threads", " (threads)"),
             spill_compression=_choice(d.get("spill_compression", "none"), ("none", "lz4", "zstd"),
                                       f"{where}.spill_compression"),
             **({"state_keep_days": d["state_keep_days"]} if "state_keep_days" in d else {}),

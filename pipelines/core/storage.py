@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import polars as pl
 import pyarrow as pa
@@ -636,6 +636,35 @@ def staged_parquet(uri: str, df: pl.DataFrame) -> Iterator[tuple[Path, str]]:
             sha = parquet_file(df, tmp)
         del df                          # not held by this frame while the caller goes on
         yield tmp, sha
+
+
+@contextlib.contextmanager
+def staging_parquet(uri: str, df: pl.DataFrame) -> Iterator[Callable[[], tuple[Path, str]]]:
+    """staged_parquet(uri, df) encoded in a thread of its own while the caller goes on (the features
+    stage checks the rows meanwhile: the encoder and the check each keep about one core busy). Yields
+    a function that waits for the file and gives (its path, its sha256), or raises the encoder's
+    error. The staged file is removed when the block ends, unless it was moved; the block's end waits
+    for the encoder, whether its file was asked for or not."""
+    import concurrent.futures
+    import threading
+
+    staging = staged_parquet(uri, df)
+    done: concurrent.futures.Future = concurrent.futures.Future()
+
+    def encode() -> None:
+        try:
+            done.set_result(staging.__enter__())
+        except BaseException as exc:        # raised where the file is asked for
+            done.set_exception(exc)
+    del df
+    worker = threading.Thread(target=encode, name="parquet-encode", daemon=True)
+    worker.start()
+    try:
+        yield done.result
+    finally:
+        worker.join()
+        if done.exception() is None:
+            staging.__exit__(None, None, None)      # the staged file removed, if not moved
 
 
 def read_parquet(uri: str) -> pl.DataFrame:

@@ -210,10 +210,11 @@ def test_shards_by_entity_merge_into_the_unsharded_features(spec, count):
         compute_features(events, labels, spec, day, day, ENTITIES, NUMERICS))
 
 
-@pytest.mark.parametrize("chunk_rows", [40, 300])
-def test_chunks_of_entities_give_the_same_features(spec, chunk_rows, monkeypatch):
-    """Each entity's timeline computed in chunks of entities (features.chunk_rows: the stage's memory)
-    gives the same bytes as one chunk: on the full path, the incremental one and in a shard."""
+@pytest.mark.parametrize("chunk_rows,threads", [(40, 1), (40, 3), (300, 2)])
+def test_chunks_of_entities_give_the_same_features(spec, chunk_rows, threads, monkeypatch):
+    """Each entity's timeline computed in chunks of entities (features.chunk_rows: the stage's memory),
+    `features.timeline_threads` of them at once, gives the same bytes as one chunk: on the full path,
+    the incremental one and in a shard."""
     import dataclasses
 
     import pipelines.features as features
@@ -223,7 +224,7 @@ def test_chunks_of_entities_give_the_same_features(spec, chunk_rows, monkeypatch
     events, labels = _with_midnights(*small_world(seed=13, n=1500, days=50))
     on = pl.col("event_ts").dt.date()
     start, end, day = dt.date(2026, 2, 10), dt.date(2026, 2, 14), dt.date(2026, 2, 17)
-    small = dataclasses.replace(spec, chunk_rows=chunk_rows)
+    small = dataclasses.replace(spec, chunk_rows=chunk_rows, timeline_threads=threads)
     hist = history_from_events(events, labels, spec, day, ENTITIES)
     today = events.filter(on == day)
     one = [compute_features(events, labels, spec, start, end, ENTITIES, NUMERICS),
@@ -238,6 +239,31 @@ def test_chunks_of_entities_give_the_same_features(spec, chunk_rows, monkeypatch
     assert len(calls) >= 2 * 2 * 3                    # 2 entities x 3 calls: at least 2 chunks each
     assert all(a.equals(b) for a, b in zip(one[:2], many[:2]))
     assert all(one[2][e].equals(many[2][e]) for e in one[2])
+
+
+def test_a_failing_chunk_fails_the_features_and_no_later_chunk_is_started(spec, monkeypatch):
+    """With chunks computed in threads, a chunk's error is the features' error (not lost in its
+    thread), and the chunks not yet started when it is known are not computed."""
+    import dataclasses
+
+    import pipelines.features as features
+
+    events, labels = _with_midnights(*small_world(seed=13, n=1500, days=50))
+    start, end = dt.date(2026, 2, 10), dt.date(2026, 2, 14)
+    small = dataclasses.replace(spec, chunk_rows=40, timeline_threads=2)
+    calls = []
+    inner = features._entity_block
+
+    def block(*a, **k):
+        calls.append(a[0].height)
+        if len(calls) == 3:
+            raise RuntimeError("chunk 3 broke")
+        return inner(*a, **k)
+    monkeypatch.setattr(features, "_entity_block", block)
+    with pytest.raises(RuntimeError, match="chunk 3 broke"):
+        compute_features(events, labels, small, start, end, ENTITIES, NUMERICS)
+    chunks = features._chunk_count(events.height, 40)
+    assert chunks >= 8 and len(calls) <= 3 + 2     # the two in flight beside it at most, not the rest
 
 
 @pytest.mark.parametrize("chunk_rows,compression,mins", [(40, "none", False), (100_000, "none", False),

@@ -80,6 +80,16 @@ def test_the_predictions_carry_every_column_decide_reads(tmp_path):
     assert keyed.decide.allow_list["terminal"] == ("t1",)
 
 
+def test_features_timeline_threads_is_a_whole_number_and_not_part_of_the_spec(tmp_path):
+    from pipelines.features import spec_hash
+
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigError, match="features.timeline_threads"):
+            _params_with(tmp_path, lambda d, bad=bad: d["features"].update(timeline_threads=bad))
+    one = _params_with(tmp_path, lambda d: d["features"].update(timeline_threads=1)).features
+    assert one.timeline_threads == 1 and spec_hash(one) == spec_hash(load_params().features)   # how, not what
+
+
 def test_features_chunk_rows_is_a_whole_number_of_rows_and_not_part_of_the_spec(tmp_path):
     from pipelines.features import spec_hash
 

@@ -56,6 +56,32 @@ def test_a_partition_writes_parquet_through_a_staged_file_with_the_bytes_of_parq
     assert pq.ParquetFile(str(tmp_path / "lake" / "plain" / "part-0.parquet")).metadata.num_row_groups == 11
 
 
+def test_a_parquet_file_staged_in_a_thread_has_the_same_bytes_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    """staging_parquet encodes in a thread while the caller goes on: the file and sha256 of
+    staged_parquet; moved, it is published; not asked for, or the block failing, nothing is left
+    beside the object; the encoder's error is raised where the file is asked for."""
+    monkeypatch.setitem(storage.PARQUET, "row_group_size", 100)
+    df = pl.DataFrame({"id": [f"e{i}" for i in range(1050)], "x": [i / 7 for i in range(1050)]})
+    folder = tmp_path / "lake" / "features"
+    uri = str(folder / "part-0.parquet")
+    with storage.staging_parquet(uri, df) as encoded:
+        path, sha = encoded()
+        assert path.read_bytes() == storage.parquet_bytes(df) and sha == storage.sha256(path.read_bytes())
+        storage.put_file(uri, path, move=True)
+    assert [p.name for p in folder.iterdir()] == ["part-0.parquet"]
+    with storage.staging_parquet(str(folder / "part-1.parquet"), df):
+        pass                                               # not asked for: removed all the same
+    with pytest.raises(ValueError, match="the check failed"):
+        with storage.staging_parquet(str(folder / "part-1.parquet"), df) as encoded:
+            raise ValueError("the check failed")
+    assert [p.name for p in folder.iterdir()] == ["part-0.parquet"]
+    monkeypatch.setattr(storage, "parquet_file", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(storage.StorageError, match="part-1.parquet: write failed: disk full"):
+        with storage.staging_parquet(str(folder / "part-1.parquet"), df) as encoded:
+            encoded()
+    assert [p.name for p in folder.iterdir()] == ["part-0.parquet"]
+
+
 def test_parquet_bytes_follow_the_values_not_how_the_frame_is_chunked(tmp_path, monkeypatch):
     """pyarrow cuts pages where the chunks it is given start: a frame whose columns are cut at other
     rows than its row groups (and than each other) is written as one chunk per row group, the bytes
