@@ -52,6 +52,7 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -647,6 +648,7 @@ class SpilledHistory:
         self._parts: dict[tuple, dict[str, int]] = {}      # (kind, partition) -> rows spilled per entity
         self._wanted: dict[str, tuple] = {}                 # entity -> (its ids, their hashes)
         self._open: list = []                               # the spill files split() reads, open
+        self._lock = threading.Lock()                       # add: one frame at a time (two folds add)
 
     def __enter__(self) -> "SpilledHistory":
         return self
@@ -673,11 +675,16 @@ class SpilledHistory:
             part: str | None = None) -> None:
         """Spill `frame` (one of KINDS). Events and labelled events (entity columns): the rows of each
         entity in `ids` (that entity's ids of the day), per entity; totals (entity, id): per entity.
-        `part`: the partition the frame is a piece of (one read in frames is counted as if whole)."""
-        import pyarrow as pa
-
+        `part`: the partition the frame is a piece of (one read in frames is counted as if whole).
+        Thread-safe: one frame is spilled at a time, and each kind's files keep the order of its adds."""
         if not frame.height:
             return
+        with self._lock:
+            self._add(kind, frame, ids, part)
+
+    def _add(self, kind: str, frame: pl.DataFrame, ids: dict[str, pl.DataFrame] | None, part: str | None) -> None:
+        import pyarrow as pa
+
         spilled, names = [], []
         for ent in self.grouped:
             if kind in ("totals", "label_totals"):      # (the entity, one per file, is put back on read)
@@ -1626,7 +1633,7 @@ def load_history(params, day: dt.date, pub, shard: Shard | None = None) -> tuple
 def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Shard | None = None
             ) -> tuple[pl.DataFrame, SpilledHistory]:
     spec, store = params.features, params.storage
-    tx, lb = params.dataset("transactions"), params.dataset("labels")
+    tx = params.dataset("transactions")
     entities = list(tx.columns.entities)
     reader = lineage.Reader()
     values = sorted({r.value for r in spec.rolling.values()})
@@ -1634,9 +1641,10 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
     at = None                                       # the state being read: a failure there heals it
     parts = None                                    # the states' reads in flight (_streamed)
     fetched = None                                  # their objects' bytes, read one ahead (_Fetched)
+    labels_folded = None                            # the labels' fold, in a thread (_fold_labels)
     spill = SpilledHistory(_grouped(spec), spec.spill_compression)
     try:
-        uri = store.uri("validated", dataset=tx.name, date=day.isoformat())
+        uri = today_uri = store.uri("validated", dataset=tx.name, date=day.isoformat())
         today = _read(reader, uri)
         midnight = bool(today.select((pl.col("event_ts") == dt.datetime.combine(day, dt.time())).any()).item())
         grouped = _grouped(spec)
@@ -1652,6 +1660,10 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         # row held, not the ids); a repeated hash is checked on the ids themselves (read again)
         hashed = pl.col("event_id").hash(seed=CHUNK_SEED)
         event_ids, read = [today.select(hashed)], [uri]
+        # the day's events are let go while the history is read and folded (0.53 GB at 10M rows: the
+        # two folds side by side went over 4 GiB with them held), and read again at the end (0.7 s,
+        # the same bytes: the reader checks them against the record it read first)
+        del today
         for b in p.boundary:
             if b < tx.first_date:
                 continue
@@ -1673,6 +1685,14 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
             _check_unique(pl.concat([_read(reader, u, ["event_id", "event_ts"]) for u in read]), "event_ts",
                           "validated transactions (the day and its boundary days)", day, day)
         totals, sums = Totals(False, keys, _mins(spec)), Totals(True, keys)
+        # the labels' fold runs in a thread of its own beside the day states' (each with its own
+        # reading thread, reader and fetches, and their own Totals; the spill takes one frame at a
+        # time): one fold after the other kept ~1.45 of the 2 cores busy
+        stop = threading.Event()
+        beside = ThreadPoolExecutor(1, thread_name_prefix="features-labels")
+        labels_folded = beside.submit(_fold_labels, params, day, p, states, sums, label_runs, midnight, spill,
+                                      rated, stop)
+        beside.shutdown(wait=False)
         # the state partitions are read in a thread (its own Reader), a few frames ahead (_streamed)
         ahead = lineage.Reader()
         todo = sorted(f for f in p.totals if f in states)
@@ -1696,6 +1716,52 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         at = None
         spill_totals(totals)
         del totals
+        labels_folded.result()              # (its failure: a _BrokenState naming its state, or as raised)
+        labels_folded = None
+        spill.added()
+        today = _read(reader, today_uri)
+    except BaseException as exc:                    # nothing is left on disk when the night fails
+        try:
+            if labels_folded is not None:           # the labels' fold stops (and its reads), then is waited for
+                stop.set()
+                try:
+                    labels_folded.result()
+                except BaseException:
+                    pass                            # this failure is the one told
+            if parts is not None:
+                parts.close()                       # the reading thread stops
+        finally:
+            try:
+                if fetched is not None:
+                    fetched.close()                 # then the fetch in flight (after: the thread took from it)
+            finally:
+                spill.close()
+        if not isinstance(exc, (storage.MissingObject, lineage.StaleInput)):
+            raise
+        if at is not None:
+            raise _BrokenState(at, str(exc)) from None
+        raise NeedRaw(str(exc)) from None
+    return today, spill
+
+
+class _Stopped(RuntimeError):
+    """The labels' fold stopped because the night failed elsewhere."""
+
+
+def _fold_labels(params, day: dt.date, p: Plan, states: dict[dt.date, str], sums: Totals,
+                 label_runs: dict[dt.date, dt.date], midnight: bool, spill: SpilledHistory,
+                 rated: dict[str, pl.DataFrame], stop: threading.Event) -> None:
+    """The labels' part of _gather (run beside its day states' fold): each landing's label totals
+    folded into `sums` by run and availability, its labelled events of the label boundary days
+    spilled, then the folded totals spilled. Its reads are its own (a Reader, fetches one object
+    ahead, a reading thread). A state whose objects are lost or altered raises _BrokenState (healed
+    by load_history); `stop` set ends it at the next frame (_Stopped)."""
+    lb = params.dataset("labels")
+    entities = list(params.dataset("transactions").columns.entities)
+    ahead = lineage.Reader()
+    at = None
+    parts = fetched = None
+    try:
         landings = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
         # each landing's objects, in the order they are folded: its label totals, then its labelled
         # events of the label boundary days it holds (read one object ahead, as the day states). A
@@ -1738,37 +1804,39 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
                 u = wanted[i][0]
                 yield from ((u, f) for f in _frames(ahead, u, ["event_ts", *entities, "label"], primary=st,
                                                    rows=SPILL_ROWS, data=functools.partial(fetched.take, i)))
+
+        def unless_stopped(items: Iterator) -> Iterator:
+            for item in items:
+                if stop.is_set():
+                    raise _Stopped("features: the labels' fold stopped (the night failed elsewhere)")
+                yield item
         parts = _streamed([functools.partial(landed_labels, states[x + dt.timedelta(days=1)]) for x in landings])
         for landed in landings:
             at = landed + dt.timedelta(days=1)
             avail = pl.lit(_availability(day, landed, midnight)).cast(pl.Datetime("us")).alias("available_at")
             known = pl.lit(dt.datetime.combine(landed + dt.timedelta(days=1), dt.time())).cast(pl.Datetime("us"))
-            sums.add(_label_sums(next(parts), label_runs, avail,
+            sums.add(_label_sums(unless_stopped(next(parts)), label_runs, avail,
                                  lambda uri, frame, known=known: spill.add(
                                      "labelled", frame.with_columns(known.alias("available_at")), rated, part=uri)))
         parts.close()
         fetched.close()
         at = None
         for frame in sums.slot_frames(SPILL_ROWS):
+            if stop.is_set():
+                raise _Stopped("features: the labels' fold stopped (the night failed elsewhere)")
             spill.add("label_totals", frame)
             del frame
-        spill.added()
-    except BaseException as exc:                    # nothing is left on disk when the night fails
+    except (storage.MissingObject, lineage.StaleInput) as exc:
+        if at is not None:
+            raise _BrokenState(at, str(exc)) from None
+        raise NeedRaw(str(exc)) from None
+    finally:
         try:
             if parts is not None:
                 parts.close()                       # the reading thread stops
         finally:
-            try:
-                if fetched is not None:
-                    fetched.close()                 # then the fetch in flight (after: the thread took from it)
-            finally:
-                spill.close()
-        if not isinstance(exc, (storage.MissingObject, lineage.StaleInput)):
-            raise
-        if at is not None:
-            raise _BrokenState(at, str(exc)) from None
-        raise NeedRaw(str(exc)) from None
-    return today, spill
+            if fetched is not None:
+                fetched.close()                     # then the fetch in flight
 
 
 def _label_sums(items: Iterator[tuple[str, pl.DataFrame]], runs: dict[dt.date, dt.date], avail: pl.Expr,

@@ -514,3 +514,39 @@ def test_the_memory_available_is_what_the_os_says():
     total = next(int(x.split()[1]) / 1024 for x in Path("/proc/meminfo").read_text().splitlines()
                  if x.startswith("MemTotal:"))
     assert 0 < features.available_mib() < total
+
+
+@pytest.mark.parametrize("broken", ["labels", "states"])
+def test_either_fold_failing_fails_the_night_stops_the_other_and_leaves_nothing_on_disk(lake, broken, monkeypatch,
+                                                                                      tmp_path):
+    """The labels' fold runs in a thread beside the day states' fold: a failure in either is the
+    night's error (not lost in a thread), the other fold is stopped and waited for (no thread left
+    reading), and the spill and fetch folders are removed."""
+    import tempfile
+    import threading
+
+    path, root, layout = lake
+    _run(path)                                            # the states made, the date published
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "spill"))
+    (tmp_path / "spill").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)        # TMPDIR read again
+    seen = {"labels": 0, "states": 0}
+    add = features.Totals.add
+
+    def failing(self, part):
+        kind = "labels" if self.labels else "states"
+        seen[kind] += 1
+        if kind == broken and seen[kind] == 3:
+            raise RuntimeError(f"the {kind}' fold broke")
+        return add(self, part)
+    monkeypatch.setattr(features.Totals, "add", failing)
+    from pipelines.core.config import load_params
+
+    params = load_params(str(path))
+    with storage.Publisher(root, None) as pub:
+        with pytest.raises(RuntimeError, match=f"the {broken}' fold broke"):
+            features.load_history(params, DAY, pub)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(("features-labels", "features-read",
+                                                                           "features-fetch"))]
+    assert list((tmp_path / "spill").iterdir()) == []
+    assert seen[broken] == 3
