@@ -471,7 +471,8 @@ def run_key(ds: DatasetParams, day: dt.date, store: StorageParams, params: Inges
                                      for d in window if d >= ds.first_date])
     except lineage.StaleInput:
         return None
-    return lineage.stage_key("ingest", earlier, {"ingest": asdict(params), "dataset": asdict(ds)}, "pipelines.ingest",
+    settings = {k: v for k, v in asdict(params).items() if k != "dataset_threads"}     # how, not what
+    return lineage.stage_key("ingest", earlier, {"ingest": settings, "dataset": asdict(ds)}, "pipelines.ingest",
                              sources={uri: storage.sha256(data) for uri, data in files})
 
 
@@ -595,5 +596,6 @@ def main(argv: list[str]) -> int:
                                 name, day, ds.partition_uri(day))
                 else:
                     todo.append((ds, day))
-        each_partition(todo, one, (IngestError, storage.StorageError), "ingest failed for", stage="ingest")
+        each_partition(todo, one, (IngestError, storage.StorageError), "ingest failed for", stage="ingest",
+                       lane=lambda item: item[0].name, threads=ing.dataset_threads)
     return 0

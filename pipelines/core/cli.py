@@ -44,19 +44,37 @@ def progress(items, what: str):
 
 
 def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], ...], what: str,
-                   failure: type[StageFailed] = StageFailed, stage: str = "partitions") -> None:
+                   failure: type[StageFailed] = StageFailed, stage: str = "partitions",
+                   lane=None, threads: int = 1) -> None:
     """`one(item)` for every partition: one that fails with `errors` is logged and the others still
     run (each is a transaction of its own); then one `failure` (a StageFailed) names every failed
-    partition."""
-    failures = []
-    for item in progress(items, stage):
-        try:
-            one(item)
-        except errors as exc:
-            logging.getLogger("pipelines").error("%s", exc)
-            failures.append(str(exc))
+    partition, in the items' order. With `lane` (item -> a key) and `threads` > 1, the lanes run side
+    by side in threads (at most `threads`), each lane's items one after the other in their order (a
+    lane holds what must not run at once: ingest's lane is a dataset, whose days read each other)."""
+    items = list(items)
+    failures: dict[int, str] = {}
+
+    def run(indexed, what_: str) -> None:
+        for i, item in progress(indexed, what_):
+            try:
+                one(item)
+            except errors as exc:
+                logging.getLogger("pipelines").error("%s", exc)
+                failures[i] = str(exc)
+    lanes: dict = {}
+    for i, item in enumerate(items):
+        lanes.setdefault(lane(item) if lane is not None else None, []).append((i, item))
+    if threads <= 1 or len(lanes) <= 1:
+        run(list(enumerate(items)), stage)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(lanes)), thread_name_prefix=stage) as pool:
+            running = [pool.submit(run, indexed, f"{stage} {key}") for key, indexed in lanes.items()]
+            for done in running:
+                done.result()           # (an error other than `errors`: raised once every lane has ended)
     if failures:
-        raise failure.of(what, failures)
+        raise failure.of(what, [failures[i] for i in sorted(failures)])
 
 
 def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:

@@ -155,8 +155,11 @@ class RunParams:
 class IngestParams:
     dedupe_keep: str = "first"    # the earliest (timestamp, source order) of duplicate ids is kept
     duplicate_window_days: int = 45   # an id ingested for one of these earlier days is rejected again
+    dataset_threads: int = 2      # how, not what: datasets ingested side by side (each its days in order)
 
     def __post_init__(self) -> None:
+        if type(self.dataset_threads) is not int or self.dataset_threads < 1:
+            raise ConfigError(f"ingest.dataset_threads: {self.dataset_threads!r} is not a whole number >= 1")
         if self.dedupe_keep != "first":
             raise ConfigError(f"ingest.dedupe_keep: {self.dedupe_keep!r} is not supported (only 'first')")
         if type(self.duplicate_window_days) is not int or self.duplicate_window_days < 0:

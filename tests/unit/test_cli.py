@@ -49,3 +49,33 @@ def test_a_range_says_how_far_it_is(caplog):
     assert lines[0].startswith("features: 1/25 (4%)") and "left" in lines[0]
     assert lines[-1].startswith("features: 25/25 (100%)") and "left" not in lines[-1]
     assert len(lines) == 1 + 12 + 1 and not any(m.startswith("score") for m in lines)    # the first, every 2nd, the last
+
+
+def test_partitions_in_lanes_run_side_by_side_each_lane_in_order_and_every_failure_is_named():
+    """each_partition with lanes: two lanes run at once (each reaches a barrier the other must also
+    reach), a lane's items one after the other in their order, a failed partition does not stop the
+    others, and the one StageFailed names every failure in the items' order."""
+    import threading
+
+    from pipelines.core.cli import StageFailed, each_partition
+
+    items = [("tx", 1), ("labels", 1), ("tx", 2), ("labels", 2), ("tx", 3)]
+    met = threading.Barrier(2, timeout=30)
+    done: list[tuple[str, int]] = []
+
+    def one(item):
+        if item[1] == 1:
+            met.wait()                    # both lanes' first items at once, or a BrokenBarrierError
+        done.append(item)
+        if item in (("labels", 2), ("tx", 2)):
+            raise ValueError(f"{item[0]} day {item[1]} is broken")
+
+    with pytest.raises(StageFailed, match=r"failed for 2 partition\(s\): tx day 2 is broken \| labels day 2 is broken"):
+        each_partition(items, one, ValueError, "failed for", lane=lambda item: item[0], threads=2)
+    assert sorted(done) == sorted(items)
+    assert [d for d in done if d[0] == "tx"] == [("tx", 1), ("tx", 2), ("tx", 3)]
+    done.clear()
+    with pytest.raises(StageFailed):                  # one thread: the items' order, no barrier met
+        each_partition([i for i in items if i[1] != 1], one, ValueError, "failed for", lane=lambda item: item[0],
+                       threads=1)
+    assert done == [("tx", 2), ("labels", 2), ("tx", 3)]

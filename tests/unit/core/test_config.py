@@ -30,6 +30,20 @@ def test_a_suite_that_does_not_exist_is_an_error_and_no_suite_must_be_said(tmp_p
         _params_with(tmp_path, lambda d: d["validate"]["suites"].update(features=None))
 
 
+def test_ingest_dataset_threads_is_a_whole_number_and_not_part_of_ingest_s_run_key(tmp_path):
+    from pipelines.ingest import run_key
+
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ConfigError, match="ingest.dataset_threads"):
+            _params_with(tmp_path, lambda d, bad=bad: d["ingest"].update(dataset_threads=bad))
+    one = _params_with(tmp_path, lambda d: d["ingest"].update(dataset_threads=1))
+    base = load_params()
+    assert one.ingest.dataset_threads == 1 and base.ingest.dataset_threads == 2
+    ds, day = base.dataset("transactions"), base.dataset("transactions").first_date    # no earlier day to read
+    files = [("s3://raw/x.csv", b"a,b\n")]
+    assert run_key(ds, day, base.storage, one.ingest, files) == run_key(ds, day, base.storage, base.ingest, files)
+
+
 def test_the_duplicate_window_must_cover_the_features_look_back(tmp_path):
     with pytest.raises(ConfigError, match="duplicate_window_days: 10 is shorter than the features' look-back"):
         _params_with(tmp_path, lambda d: d["ingest"].update(duplicate_window_days=10))
