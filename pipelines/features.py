@@ -1692,7 +1692,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         beside = ThreadPoolExecutor(1, thread_name_prefix="features-labels")
         labels_folded = beside.submit(_fold_labels, params, day, p, states, sums, label_runs, midnight, spill,
                                       rated, stop)
-        beside.shutdown(wait=False)
+        beside.shutdown(wait=False)         # (its thread is joined once the fold is done: _joined)
         # the state partitions are read in a thread (its own Reader), a few frames ahead (_streamed)
         ahead = lineage.Reader()
         todo = sorted(f for f in p.totals if f in states)
@@ -1707,6 +1707,9 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
                 spill.add("totals", frame)
                 del frame                   # not held while the next slot's rows are made
         for f in todo:                      # (in date order: a run's days one after the other)
+            if labels_folded.done() and labels_folded.exception() is not None:
+                at = None
+                labels_folded.result()      # the labels' fold failed: told now, not after this fold
             at = f
             if totals.slots and (runs[f],) not in totals.slots:
                 spill_totals(totals)        # the runs before are complete: spilled, their arrays let go
@@ -1717,17 +1720,17 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         spill_totals(totals)
         del totals
         labels_folded.result()              # (its failure: a _BrokenState naming its state, or as raised)
+        _joined(beside)
         labels_folded = None
         spill.added()
+        # (the same bytes or a StaleInput: a day validated again meanwhile is not mixed with the history
+        # read for it; the night then goes from raw, which reads the new partition)
         today = _read(reader, today_uri)
     except BaseException as exc:                    # nothing is left on disk when the night fails
         try:
             if labels_folded is not None:           # the labels' fold stops (and its reads), then is waited for
                 stop.set()
-                try:
-                    labels_folded.result()
-                except BaseException:
-                    pass                            # this failure is the one told
+                _joined(beside)                     # (its own failure: this one is told)
             if parts is not None:
                 parts.close()                       # the reading thread stops
         finally:
@@ -1746,6 +1749,20 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
 
 class _Stopped(RuntimeError):
     """The labels' fold stopped because the night failed elsewhere."""
+
+
+def _joined(pool: ThreadPoolExecutor) -> None:
+    """Wait for `pool`'s threads to end (a fold told to stop ends at its next frame). An interrupt
+    meanwhile (a second Ctrl-C) is held until they have: the spill they write into is removed next."""
+    held = None
+    while True:
+        try:
+            pool.shutdown(wait=True)
+            break
+        except KeyboardInterrupt as exc:
+            held = exc
+    if held is not None:
+        raise held
 
 
 def _fold_labels(params, day: dt.date, p: Plan, states: dict[dt.date, str], sums: Totals,
@@ -1773,6 +1790,8 @@ def _fold_labels(params, day: dt.date, p: Plan, states: dict[dt.date, str], sums
         wanted: list[tuple[str, str | None]] = []
         kept = []                                           # the landings with anything to read
         for x in landings:
+            if stop.is_set():
+                raise _Stopped("features: the labels' fold stopped (the night failed elsewhere)")
             at = x + dt.timedelta(days=1)
             st = states[at]
             objects = ahead.record(st)["objects"]

@@ -51,11 +51,16 @@ def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], 
     partition, in the items' order. With `lane` (item -> a key) and `threads` > 1, the lanes run side
     by side in threads (at most `threads`), each lane's items one after the other in their order (a
     lane holds what must not run at once: ingest's lane is a dataset, whose days read each other)."""
+    import threading
+
     items = list(items)
     failures: dict[int, str] = {}
+    stop = threading.Event()                    # a lane failed otherwise, or an interrupt: the others stop
 
     def run(indexed, what_: str) -> None:
         for i, item in progress(indexed, what_):
+            if stop.is_set():
+                return
             try:
                 one(item)
             except errors as exc:
@@ -67,12 +72,31 @@ def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], 
     if threads <= 1 or len(lanes) <= 1:
         run(list(enumerate(items)), stage)
     else:
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-        with ThreadPoolExecutor(min(threads, len(lanes)), thread_name_prefix=stage) as pool:
+        pool = ThreadPoolExecutor(min(threads, len(lanes)), thread_name_prefix=stage)
+        interrupted = None
+        try:
             running = [pool.submit(run, indexed, f"{stage} {key}") for key, indexed in lanes.items()]
+            wait(running, return_when=FIRST_EXCEPTION)     # (the first lane to fail otherwise, whichever)
             for done in running:
-                done.result()           # (an error other than `errors`: raised once every lane has ended)
+                if done.done() and done.exception() is not None:
+                    done.result()
+            for done in running:
+                done.result()
+        except BaseException:       # an error other than `errors`, or an interrupt: no lane starts another item
+            stop.set()
+            raise
+        finally:
+            while True:             # the items in flight end (each a transaction of its own), then this raises
+                try:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    break
+                except KeyboardInterrupt as exc:
+                    stop.set()
+                    interrupted = exc
+        if interrupted is not None:
+            raise interrupted
     if failures:
         raise failure.of(what, [failures[i] for i in sorted(failures)])
 

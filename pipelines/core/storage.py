@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -53,7 +54,7 @@ def configure(timeout_s: float) -> None:
     global _TIMEOUT_S
     if float(timeout_s) != _TIMEOUT_S:
         _TIMEOUT_S = float(timeout_s)
-        _client.cache_clear()
+        _new_client.cache_clear()
 
 
 # --------------------------------------------------------------------------- where objects live
@@ -123,8 +124,18 @@ def ensure_bucket(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- S3
-@functools.lru_cache(maxsize=4)
+_CLIENT_LOCK = threading.Lock()
+
+
 def _client(endpoint: str | None, timeout_s: float):
+    """One client per endpoint and timeout, made once: under a lock, as threads may ask at once (ingest's
+    datasets; boto3's default session is not safe to make clients from concurrently)."""
+    with _CLIENT_LOCK:
+        return _new_client(endpoint, timeout_s)
+
+
+@functools.lru_cache(maxsize=4)
+def _new_client(endpoint: str | None, timeout_s: float):
     import boto3
     from botocore.config import Config
 

@@ -79,3 +79,28 @@ def test_partitions_in_lanes_run_side_by_side_each_lane_in_order_and_every_failu
         each_partition([i for i in items if i[1] != 1], one, ValueError, "failed for", lane=lambda item: item[0],
                        threads=1)
     assert done == [("tx", 2), ("labels", 2), ("tx", 3)]
+
+
+def test_a_lane_failing_otherwise_stops_the_other_lanes_at_their_next_item():
+    """An error that is not a partition's (a bug, an interrupt) ends the stage: the other lanes finish
+    the item in hand (a transaction of its own) and start no other; the error is raised as it is."""
+    import threading
+
+    from pipelines.core.cli import each_partition
+
+    started = threading.Event()
+    done: list[tuple[str, int]] = []
+
+    def one(item):
+        if item == ("labels", 1):
+            started.wait(30)               # tx's first item is under way
+            raise KeyError("a bug")
+        if item == ("tx", 1):
+            started.set()
+            threading.Event().wait(0.5)     # still in hand when the other lane fails
+        done.append(item)
+
+    items = [("tx", 1), ("labels", 1), ("tx", 2), ("tx", 3), ("labels", 2)]
+    with pytest.raises(KeyError, match="a bug"):
+        each_partition(items, one, ValueError, "failed for", lane=lambda item: item[0], threads=2)
+    assert done == [("tx", 1)]
