@@ -64,7 +64,7 @@ from pipelines.core import daystate, lake, lineage, shards, storage
 from pipelines.core.daystate import OBJECTS, STATE_SCHEMA, day_state, label_totals, labelled_events, \
     fit as _fit, fixed as _fixed, key_hash as _key_hash
 from pipelines.core.shards import Shard, check_rows
-from pipelines.core.cli import StageFailed, progress, resolve, stage_parser
+from pipelines.core.cli import StageFailed, progress, resolve, shut_down, stage_parser
 from pipelines.core.config import FeatureParams, date_range
 
 log = logging.getLogger("pipelines.features")
@@ -1384,7 +1384,6 @@ class _Fetched:
 
     def __init__(self, reader: lineage.Reader, objects: list[tuple[str, str | None]]) -> None:
         import tempfile
-        from concurrent.futures import ThreadPoolExecutor
 
         self.reader, self.objects = reader, objects
         self._dir = tempfile.TemporaryDirectory(prefix="fraudops-features-fetch-")
@@ -1692,7 +1691,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         beside = ThreadPoolExecutor(1, thread_name_prefix="features-labels")
         labels_folded = beside.submit(_fold_labels, params, day, p, states, sums, label_runs, midnight, spill,
                                       rated, stop)
-        beside.shutdown(wait=False)         # (its thread is joined once the fold is done: _joined)
+        beside.shutdown(wait=False)         # (its thread is joined once the fold is done: shut_down)
         # the state partitions are read in a thread (its own Reader), a few frames ahead (_streamed)
         ahead = lineage.Reader()
         todo = sorted(f for f in p.totals if f in states)
@@ -1720,7 +1719,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         spill_totals(totals)
         del totals
         labels_folded.result()              # (its failure: a _BrokenState naming its state, or as raised)
-        _joined(beside)
+        shut_down(beside, stop)
         labels_folded = None
         spill.added()
         # (the same bytes or a StaleInput: a day validated again meanwhile is not mixed with the history
@@ -1730,7 +1729,7 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         try:
             if labels_folded is not None:           # the labels' fold stops (and its reads), then is waited for
                 stop.set()
-                _joined(beside)                     # (its own failure: this one is told)
+                shut_down(beside, stop)                     # (its own failure: this one is told)
             if parts is not None:
                 parts.close()                       # the reading thread stops
         finally:
@@ -1751,20 +1750,6 @@ class _Stopped(RuntimeError):
     """The labels' fold stopped because the night failed elsewhere."""
 
 
-def _joined(pool: ThreadPoolExecutor) -> None:
-    """Wait for `pool`'s threads to end (a fold told to stop ends at its next frame). An interrupt
-    meanwhile (a second Ctrl-C) is held until they have: the spill they write into is removed next."""
-    held = None
-    while True:
-        try:
-            pool.shutdown(wait=True)
-            break
-        except KeyboardInterrupt as exc:
-            held = exc
-    if held is not None:
-        raise held
-
-
 def _fold_labels(params, day: dt.date, p: Plan, states: dict[dt.date, str], sums: Totals,
                  label_runs: dict[dt.date, dt.date], midnight: bool, spill: SpilledHistory,
                  rated: dict[str, pl.DataFrame], stop: threading.Event) -> None:
@@ -1778,6 +1763,10 @@ def _fold_labels(params, day: dt.date, p: Plan, states: dict[dt.date, str], sums
     ahead = lineage.Reader()
     at = None
     parts = fetched = None
+
+    def go_on() -> None:
+        if stop.is_set():
+            raise _Stopped("features: the labels' fold stopped (the night failed elsewhere)")
     try:
         landings = [x for x in p.landing if states.get(x + dt.timedelta(days=1)) is not None and x >= lb.first_date]
         # each landing's objects, in the order they are folded: its label totals, then its labelled
@@ -1790,8 +1779,7 @@ def _fold_labels(params, day: dt.date, p: Plan, states: dict[dt.date, str], sums
         wanted: list[tuple[str, str | None]] = []
         kept = []                                           # the landings with anything to read
         for x in landings:
-            if stop.is_set():
-                raise _Stopped("features: the labels' fold stopped (the night failed elsewhere)")
+            go_on()
             at = x + dt.timedelta(days=1)
             st = states[at]
             objects = ahead.record(st)["objects"]
@@ -1826,8 +1814,7 @@ def _fold_labels(params, day: dt.date, p: Plan, states: dict[dt.date, str], sums
 
         def unless_stopped(items: Iterator) -> Iterator:
             for item in items:
-                if stop.is_set():
-                    raise _Stopped("features: the labels' fold stopped (the night failed elsewhere)")
+                go_on()
                 yield item
         parts = _streamed([functools.partial(landed_labels, states[x + dt.timedelta(days=1)]) for x in landings])
         for landed in landings:
@@ -1841,8 +1828,7 @@ def _fold_labels(params, day: dt.date, p: Plan, states: dict[dt.date, str], sums
         fetched.close()
         at = None
         for frame in sums.slot_frames(SPILL_ROWS):
-            if stop.is_set():
-                raise _Stopped("features: the labels' fold stopped (the night failed elsewhere)")
+            go_on()
             spill.add("label_totals", frame)
             del frame
     except (storage.MissingObject, lineage.StaleInput) as exc:
@@ -1879,7 +1865,6 @@ def _streamed(sources: list, depth: int = 2):
     source's failure is raised where its items are taken; once the thread has stopped, taking more
     raises too (never a wait for items that will not come)."""
     import queue
-    import threading
 
     q: queue.Queue = queue.Queue(depth)
     stop, end = threading.Event(), object()

@@ -5,6 +5,7 @@ import argparse
 import datetime as dt
 import logging
 import sys
+import threading
 
 from pipelines.core.config import Params, date_range, load_params, parse_date
 
@@ -43,6 +44,23 @@ def progress(items, what: str):
                      f", about {spent / i * (n - i):.0f}s left" if i < n else "")
 
 
+def shut_down(pool, stop: threading.Event | None = None) -> None:
+    """Shut `pool` (a ThreadPoolExecutor) down: its queued work cancelled, its threads waited for. An
+    interrupt meanwhile (a second Ctrl-C) sets `stop` (what tells the threads to end early) and is
+    raised once they have ended: what they write into is cleaned up after, not under them."""
+    held = None
+    while True:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+            break
+        except KeyboardInterrupt as exc:
+            if stop is not None:
+                stop.set()
+            held = exc
+    if held is not None:
+        raise held
+
+
 def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], ...], what: str,
                    failure: type[StageFailed] = StageFailed, stage: str = "partitions",
                    lane=None, threads: int = 1) -> None:
@@ -51,8 +69,6 @@ def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], 
     partition, in the items' order. With `lane` (item -> a key) and `threads` > 1, the lanes run side
     by side in threads (at most `threads`), each lane's items one after the other in their order (a
     lane holds what must not run at once: ingest's lane is a dataset, whose days read each other)."""
-    import threading
-
     items = list(items)
     failures: dict[int, str] = {}
     stop = threading.Event()                    # a lane failed otherwise, or an interrupt: the others stop
@@ -75,7 +91,6 @@ def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], 
         from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
         pool = ThreadPoolExecutor(min(threads, len(lanes)), thread_name_prefix=stage)
-        interrupted = None
         try:
             running = [pool.submit(run, indexed, f"{stage} {key}") for key, indexed in lanes.items()]
             wait(running, return_when=FIRST_EXCEPTION)     # (the first lane to fail otherwise, whichever)
@@ -88,15 +103,7 @@ def each_partition(items, one, errors: type[Exception] | tuple[type[Exception], 
             stop.set()
             raise
         finally:
-            while True:             # the items in flight end (each a transaction of its own), then this raises
-                try:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    break
-                except KeyboardInterrupt as exc:
-                    stop.set()
-                    interrupted = exc
-        if interrupted is not None:
-            raise interrupted
+            shut_down(pool, stop)   # the items in flight end (each a transaction of its own)
     if failures:
         raise failure.of(what, [failures[i] for i in sorted(failures)])
 

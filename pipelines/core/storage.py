@@ -657,7 +657,6 @@ def staging_parquet(uri: str, df: pl.DataFrame) -> Iterator[Callable[[], tuple[P
     error. The staged file is removed when the block ends, unless it was moved; the block's end waits
     for the encoder, whether its file was asked for or not."""
     import concurrent.futures
-    import threading
 
     staging = staged_parquet(uri, df)
     done: concurrent.futures.Future = concurrent.futures.Future()
@@ -821,7 +820,6 @@ class ParquetSink:
     def __init__(self, uri: str, workdir: str | Path, publisher: "Publisher | Partition | None" = None,
                  plain_schema: bool = False) -> None:
         import queue
-        import threading
 
         self.uri, self.publisher, self.plain_schema = uri, publisher, plain_schema
         self.path = Path(workdir) / f"sink-{hashlib.sha1(uri.encode()).hexdigest()[:16]}.parquet"
