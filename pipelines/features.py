@@ -1041,56 +1041,82 @@ class Constants:
     known only to the events after 00:00."""
 
     def __init__(self, frame: pl.DataFrame, code: str, available: list[int]) -> None:
-        self.frame, self.code, self.available = frame, code, available
+        self.frame, self.code, self.available = frame, code, available   # frame: row i is code i's
+
+    @staticmethod
+    def _dense(frame: pl.DataFrame, code: str, size: int, by: list[str]):
+        """Each slot of `frame` (a value of the `by` columns), its rows laid on the codes 0..size-1: row i
+        is code i's (all null where the code has no row in that slot). A slot holds one row per entity
+        (Totals folds them so): a gather, not a group-by over the slots."""
+        import numpy as np
+
+        for slot, g in frame.partition_by(by, as_dict=True, include_key=False).items():
+            at = g[code].to_numpy()
+            pos = np.full(size, g.height, dtype=np.int64)      # (the null row appended below)
+            pos[at] = np.arange(g.height)
+            if np.count_nonzero(pos < g.height) != g.height:
+                raise RuntimeError(f"features: the totals of slot {slot} hold an entity twice")
+            g = g.drop(code)
+            yield slot, pl.concat([g, g.clear(1)])[pl.Series(pos)]
 
     @classmethod
     def of(cls, ids: pl.DataFrame, ent: str, spec: FeatureParams, hist: History, day: dt.date) -> "Constants | None":
         r = spec.rolling.get(ent)
         rates = spec.target_rate.get(ent, ())
         since = ent in spec.time_since_last
-        code = _code(ent)
-        frames: list[pl.DataFrame] = []
+        code, size = _code(ent), ids.height
+        cols: list[pl.Series] = []
         available: list[int] = []
 
         def mine(frame: pl.DataFrame) -> pl.DataFrame:
             return frame.filter(pl.col("entity") == ent).rename({"id": ent}).join(ids, on=ent, how="inner")
+
+        def total(slots: list[pl.DataFrame], column: str, name: str, dtype) -> pl.Series:
+            """The exact sum of `column` over `slots` (0 where none has a row)."""
+            out = pl.zeros(size, dtype=dtype, eager=True)
+            for s in slots:
+                out = out + s[column].cast(dtype).fill_null(0)
+            return out.alias(name)
+
+        def extreme(slots: list[pl.DataFrame], column: str, name: str, how, dtype) -> pl.Series:
+            """The max (min) of `column` over `slots`, as a group-by's: NaN only where nothing else, null where none."""
+            if not slots:
+                return pl.repeat(None, size, dtype=dtype, eager=True).alias(name)
+            return pl.select(how([s[column] for s in slots])).to_series().alias(name)
         if (r or since) and hist.totals.height:
             tot = mine(hist.totals)
-            aggs = []
-            for w in (spec.windows_days if r else ()):
-                inside = pl.col("day") > pl.lit(day - dt.timedelta(days=w))
-                aggs += [pl.col("n").filter(inside).sum().cast(pl.Int64).alias(f"__n{w}"),
-                         pl.col("fx").filter(inside).sum().cast(pl.Int64).alias(f"__s{w}"),
-                         pl.col("q").cast(pl.Int128).filter(inside).sum().alias(f"__sq{w}"),
-                         pl.col("mx").filter(inside).max().alias(f"__max{w}")]
-                if "min" in r.aggs:
-                    aggs.append(pl.col("mn").filter(inside).min().alias(f"__min{w}"))
-            if since:
-                horizon = max(spec.windows_days)
-                aggs.append(pl.col("last").filter(pl.col("day") > pl.lit(day - dt.timedelta(days=horizon))).max()
-                            .alias("__last"))
             if tot.height:
-                frames.append(tot.group_by(code).agg(aggs))
+                tot = tot.select(code, "day", *[c for c in ("n", "fx", "q", "mx", "mn", "last") if c in tot.columns])
+                days = {d: s for (d,), s in cls._dense(tot, code, size, ["day"])}
+                for w in (spec.windows_days if r else ()):
+                    inside = [s for d, s in days.items() if d > day - dt.timedelta(days=w)]
+                    cols += [total(inside, "n", f"__n{w}", pl.Int64), total(inside, "fx", f"__s{w}", pl.Int64),
+                             total(inside, "q", f"__sq{w}", pl.Int128),
+                             extreme(inside, "mx", f"__max{w}", pl.max_horizontal, tot.schema["mx"])]
+                    if "min" in r.aggs:
+                        cols.append(extreme(inside, "mn", f"__min{w}", pl.min_horizontal, tot.schema["mn"]))
+                if since:
+                    horizon = max(spec.windows_days)
+                    cols.append(extreme([s for d, s in days.items() if d > day - dt.timedelta(days=horizon)], "last",
+                                        "__last", pl.max_horizontal, tot.schema["last"]))
         if rates and hist.label_totals.height:
-            lt = mine(hist.label_totals)
+            lt = mine(hist.label_totals).select(code, "event_date", pl.col("available_at").cast(pl.Datetime("us"))
+                                                .cast(pl.Int64), "n", "s")
             lag = spec.label_delay_days
-            available = sorted(lt["available_at"].cast(pl.Datetime("us")).cast(pl.Int64).unique().drop_nulls().to_list())
-            aggs = []
-            for j, a in enumerate(available):
-                known = pl.col("available_at").cast(pl.Datetime("us")).cast(pl.Int64) == a
-                for n in rates:
-                    inside = known & (pl.col("event_date") > pl.lit(day - dt.timedelta(days=lag + n)))
-                    aggs += [pl.col("s").filter(inside).sum().cast(pl.Int64).alias(f"__ls{n}_{j}"),
-                             pl.col("n").filter(inside).sum().cast(pl.Int64).alias(f"__ln{n}_{j}")]
             if lt.height:
-                frames.append(lt.group_by(code).agg(aggs))
-        if not frames:
+                available = sorted(lt["available_at"].unique().drop_nulls().to_list())
+                slots = list(cls._dense(lt, code, size, ["event_date", "available_at"]))
+                for j, a in enumerate(available):
+                    for n in rates:
+                        inside = [s for (e, at), s in slots if at == a and e > day - dt.timedelta(days=lag + n)]
+                        cols += [total(inside, "s", f"__ls{n}_{j}", pl.Int64), total(inside, "n", f"__ln{n}_{j}", pl.Int64)]
+        if not cols:
             return None
-        frame = frames[0] if len(frames) == 1 else frames[0].join(frames[1], on=code, how="full", coalesce=True)
-        return cls(frame, code, available)
+        return cls(pl.DataFrame(cols), code, available)
 
     def _joined(self, rows: pl.DataFrame, names: list[str]) -> pl.DataFrame:
-        return rows.join(self.frame.select(self.code, *names), on=self.code, how="left", maintain_order="left")
+        """`rows` with the columns `names` of their code's row (null where the code is)."""
+        return pl.concat([rows, self.frame.select(names)[rows[self.code]]], how="horizontal")
 
     def rolled(self, got: pl.DataFrame, w: int) -> pl.DataFrame:
         """`got` (the window's rolling sums __n, __s, __sq, __max, __min of the rows that come out, with

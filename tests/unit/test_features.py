@@ -499,3 +499,76 @@ def test_a_rolling_max_alone_reads_no_sum_of_the_values():
         assert str(got.to_list()) == str(pl.Series(want, dtype=pl.Float32).to_list())
     [(sums, _)] = _rolling_exprs("c", RollingSpec("amount", ("count", "mean"), 2), (1,), pl.Int64, False)
     assert [s.meta.output_name() for s in sums] == ["__n", "__s"]
+
+
+def _constants_by_group_by(ids, ent, spec, hist, day):
+    """What Constants.of held before it laid each slot on the codes: one group-by over the slots (the
+    reference its dense frame is checked against)."""
+    from pipelines.features import _code
+
+    code, lag = _code(ent), spec.label_delay_days
+
+    def mine(frame):
+        return frame.filter(pl.col("entity") == ent).rename({"id": ent}).join(ids, on=ent, how="inner")
+    tot, lt = mine(hist.totals), mine(hist.label_totals)
+    aggs = []
+    for w in spec.windows_days:
+        inside = pl.col("day") > pl.lit(day - dt.timedelta(days=w))
+        aggs += [pl.col("n").filter(inside).sum().cast(pl.Int64).alias(f"__n{w}"),
+                 pl.col("fx").filter(inside).sum().cast(pl.Int64).alias(f"__s{w}"),
+                 pl.col("q").cast(pl.Int128).filter(inside).sum().alias(f"__sq{w}"),
+                 pl.col("mx").filter(inside).max().alias(f"__max{w}")]
+    aggs.append(pl.col("last").filter(pl.col("day") > pl.lit(day - dt.timedelta(days=max(spec.windows_days))))
+                .max().alias("__last"))
+    available = sorted(lt["available_at"].cast(pl.Int64).unique().drop_nulls().to_list())
+    label_aggs = []
+    for j, a in enumerate(available):
+        known = pl.col("available_at").cast(pl.Int64) == a
+        for n in spec.target_rate[ent]:
+            inside = known & (pl.col("event_date") > pl.lit(day - dt.timedelta(days=lag + n)))
+            label_aggs += [pl.col("s").filter(inside).sum().cast(pl.Int64).alias(f"__ls{n}_{j}"),
+                           pl.col("n").filter(inside).sum().cast(pl.Int64).alias(f"__ln{n}_{j}")]
+    return tot.group_by(code).agg(aggs).join(lt.group_by(code).agg(label_aggs), on=code, how="full", coalesce=True)
+
+
+def test_the_earlier_days_constants_are_a_group_by_of_their_slots_laid_on_the_codes():
+    """Constants.of gathers each slot's rows (one per entity) onto the codes instead of a group-by with
+    a filter per window: the same exact sums, the same max (NaN only where nothing else, null where
+    no row), zeros and nulls for the codes without totals; an entity twice in one slot is refused."""
+    from pipelines.features import Constants, History, _code
+
+    spec = load_params("params.yaml").features
+    day, rnd, ent = dt.date(2026, 2, 14), random.Random(3), "customer"
+    ids = pl.DataFrame({ent: [f"c{i}" for i in range(40)]}).with_row_index(_code(ent))
+    totals, label_totals = [], []
+    for slot in (day - dt.timedelta(days=29), day - dt.timedelta(days=6), day - dt.timedelta(days=3)):
+        for i in rnd.sample(range(45), 25):               # c40..c44: not the day's entities
+            totals.append({"n": rnd.randrange(1, 9), "fx": rnd.randrange(10**6), "q": rnd.randrange(10**12),
+                           "mx": rnd.choice([rnd.uniform(1, 9), None, float("nan")]), "last": rnd.randrange(10**12),
+                           "day": slot, "id": f"c{i}", "entity": ent})
+    for e, a in [(day - dt.timedelta(days=40), 1), (day - dt.timedelta(days=20), 1), (day - dt.timedelta(days=20), 2)]:
+        for i in rnd.sample(range(45), 20):
+            label_totals.append({"n": rnd.randrange(1, 5), "s": rnd.randrange(3), "event_date": e,
+                                 "available_at": dt.datetime.combine(day - dt.timedelta(days=a), dt.time()),
+                                 "id": f"c{i}", "entity": ent})
+    tot = pl.DataFrame(totals).with_columns(pl.col("q").cast(pl.Decimal(38, 0)))
+    lt = pl.DataFrame(label_totals).with_columns(pl.col("available_at").cast(pl.Datetime("us")))
+    hist = History(pl.DataFrame(), tot, pl.DataFrame(), lt)
+    got = Constants.of(ids, ent, spec, hist, day)
+    want = _constants_by_group_by(ids, ent, spec, hist, day)
+    assert got.frame.height == ids.height and want.height < ids.height     # codes without totals too
+    rows = pl.DataFrame({_code(ent): pl.Series(range(ids.height), dtype=pl.UInt32)})
+    dense = got._joined(rows, [c for c in want.columns if c != _code(ent)])
+    ref = rows.join(want, on=_code(ent), how="left", maintain_order="left")
+    for c in want.columns:
+        a, b = dense[c], ref[c]
+        if c.startswith(("__n", "__s", "__ls", "__ln")):
+            b = b.fill_null(0)                               # (what the windows add where a code has no row)
+        assert a.dtype == b.dtype, c
+        if a.dtype.is_float():                              # NaN where the group-by gave NaN, null where null
+            assert a.is_nan().fill_null(False).to_list() == b.is_nan().fill_null(False).to_list(), c
+            a, b = a.fill_nan(None), b.fill_nan(None)
+        assert a.to_list() == b.to_list(), (c, [(x, y) for x, y in zip(a.to_list(), b.to_list()) if x != y][:5])
+    twice = pl.concat([tot, tot.head(1)])
+    with pytest.raises(RuntimeError, match="twice"):
+        Constants.of(ids, ent, spec, History(pl.DataFrame(), twice, pl.DataFrame(), lt), day)
