@@ -598,33 +598,34 @@ def _spill_options(compression: str = "none"):
 
 class _HashFilter:
     """A test of 64-bit hashes against a set of them that never misses one of the set and lets ~0.2%
-    of others through at about 44 bits per hash of the set (a Bloom filter of two probes: the hash's
-    top bits and its low bits; 32 MB at 6M ids, 128 MB at most, more let through beyond ~24M ids):
-    what the spill keeps of a boundary day is a superset of the day's entities' rows (an exact join
-    on the ids follows). Built once per set, not a hash table per frame."""
+    of others through at about 44 bits per hash of the set (32 MB at 6M ids, 128 MB at most, more let
+    through beyond ~24M ids): what the spill keeps of a boundary day is a superset of the day's
+    entities' rows (an exact join on the ids follows). A blocked Bloom filter: each hash sets two bits
+    (its low 12 bits) of one 64-bit word (its top bits), so a test reads one word: 26 ms per 1M hashes
+    tested instead of 49 ms for two bits anywhere in the table (0.17% of others let through instead of
+    0.08%, at 4M ids). Built once per set, not a hash table per frame."""
 
     def __init__(self, hashes: pl.Series) -> None:
         import numpy as np
 
         self.np = np
-        self.bits = max(16, min(30, (44 * max(hashes.len(), 1) - 1).bit_length()))     # 2**bits bits
-        self.table = np.zeros(1 << (self.bits - 3), np.uint8)
+        bits = max(16, min(30, (44 * max(hashes.len(), 1) - 1).bit_length()))     # 2**bits bits
+        self.shift = np.uint64(64 - (bits - 6))
+        self.table = np.zeros(1 << (bits - 6), np.uint64)
         for lo in range(0, hashes.len(), 1 << 20):    # in blocks: a few MB of temporaries, not copies of them all
-            for i in self._slots(hashes.slice(lo, 1 << 20).to_numpy().astype(np.uint64, copy=False)):
-                np.bitwise_or.at(self.table, i >> np.uint64(3), (np.uint8(1) << (i & np.uint64(7)).astype(np.uint8)))
+            h = hashes.slice(lo, 1 << 20).to_numpy().astype(np.uint64, copy=False)
+            np.bitwise_or.at(self.table, h >> self.shift, self._bits(h))
 
-    def _slots(self, h):
+    def _bits(self, h):
         np = self.np
-        mask = np.uint64((1 << self.bits) - 1)
-        return h >> np.uint64(64 - self.bits), h & mask
+        one, low = np.uint64(1), np.uint64(63)
+        return (one << (h & low)) | (one << ((h >> np.uint64(6)) & low))
 
     def __call__(self, hashes: pl.Series) -> pl.Series:
         np = self.np
         h = hashes.to_numpy().astype(np.uint64, copy=False)
-        keep = np.ones(len(h), bool)
-        for i in self._slots(h):
-            keep &= ((self.table[i >> np.uint64(3)] >> (i & np.uint64(7)).astype(np.uint8)) & np.uint8(1)).astype(bool)
-        return pl.Series(keep)
+        want = self._bits(h)
+        return pl.Series((self.table[h >> self.shift] & want) == want)
 
 
 class SpilledHistory:
@@ -1673,8 +1674,9 @@ def _gather(params, day: dt.date, p: Plan, states: dict[dt.date, str], shard: Sh
         today = _read(reader, uri)
         midnight = bool(today.select((pl.col("event_ts") == dt.datetime.combine(day, dt.time())).any()).item())
         grouped = _grouped(spec)
-        ids = {e: (today if shard is None else today.filter(shard.of_entity(e))).select(pl.col(e).cast(pl.String).unique())
-               for e in grouped}
+        # (lazily: polars' engine splits the unique across the cores, 0.7 s a column at 10M rows, 1.8 s eager)
+        ids = {e: (today if shard is None else today.filter(shard.of_entity(e))).lazy()
+               .select(pl.col(e).cast(pl.String).unique()).collect() for e in grouped}
         # every entity of the day gets an integer key: totals are cut to them and folded on it (Totals)
         keys = EntityKeys(pl.concat([v.rename({e: "id"}).with_columns(pl.lit(e).alias("entity")) for e, v in ids.items()])
                           if ids else pl.DataFrame(schema={"id": pl.String, "entity": pl.String}))
