@@ -1382,20 +1382,30 @@ def _settings(spec: FeatureParams) -> dict:
 
 
 def _read(reader: lineage.Reader, uri: str, columns: list[str] | None = None, primary: str | None = None) -> pl.DataFrame:
-    import io
+    return reader.read_parquet(uri, primary, columns)
 
-    return pl.read_parquet(io.BytesIO(reader.read_bytes(uri, primary)), columns=columns)
+
+def _checked(reader: lineage.Reader, uri: str, primary: str | None = None):
+    """What _frames decodes: the object's bytes, read and checked, or a local file known to hold them
+    with the check to call once it is read (Reader.in_place)."""
+    return reader.in_place(uri, primary) or reader.read_bytes(uri, primary)
 
 
 def _frames(reader: lineage.Reader, uri: str, columns: list[str] | None = None, primary: str | None = None,
-            rows: int = READ_ROWS, data: "Callable[[], bytes] | None" = None) -> Iterator[pl.DataFrame]:
-    """A partition's rows in frames of `rows` rows, in order (its bytes checked first, as _read, or
-    `data()`'s: bytes already read and checked, see _Fetched), decoded by polars' streaming engine
-    (storage.iter_parquet: it decodes up to a row group, 1M rows, ahead of the frames it gives)."""
+            rows: int = READ_ROWS, data: "Callable[[], object] | None" = None) -> Iterator[pl.DataFrame]:
+    """A partition's rows in frames of `rows` rows, in order (checked as _checked's, or `data()`'s:
+    bytes already read and checked, or a local file to read in place, see _Fetched), decoded by
+    polars' streaming engine (storage.iter_parquet: it decodes up to a row group, 1M rows, ahead of
+    the frames it gives)."""
     import io
 
-    blob = data() if data is not None else reader.read_bytes(uri, primary)
-    yield from storage.iter_parquet(io.BytesIO(blob), columns, rows, streaming=True)
+    source = data() if data is not None else _checked(reader, uri, primary)
+    if isinstance(source, bytes):
+        yield from storage.iter_parquet(io.BytesIO(source), columns, rows, streaming=True)
+        return
+    path, check = source
+    yield from storage.iter_parquet(path, columns, rows, streaming=True)
+    check()                                 # (the file read was the one checked: StaleInput otherwise)
 
 
 class _Fetched:
@@ -1436,14 +1446,15 @@ class _Fetched:
         if i < len(self.objects) and i not in self.pending:
             self.pending[i] = self.pool.submit(self._fetch, self.objects[i][0])
 
-    def take(self, i: int) -> bytes:
+    def take(self, i: int):
+        """Object i as _checked gives it (its bytes, or a local file to read in place and its check)."""
         self._ask(i)
         fut = self.pending.pop(i)
         self._ask(i + 1)
         path = fut.result()
         uri, primary = self.objects[i]
         if not path.is_relative_to(self._dir.name):         # a local file: read (and its errors told) as always
-            return self.reader.read_bytes(uri, primary)
+            return _checked(self.reader, uri, primary)
         try:
             return self.reader.read_fetched(uri, path, primary)
         finally:

@@ -20,7 +20,7 @@ memoized per process; the records are small JSON objects.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipelines.core import storage
 
@@ -127,9 +127,33 @@ class Reader:
         self._consume(primary or uri, rec)
         return data
 
+    def in_place(self, uri: str, primary: str | None = None) -> "tuple[Path, Callable[[], None]] | None":
+        """The committed object `uri` as a local file to read in place, where it is one known to hold
+        the record's bytes (storage.known_file), and a check to call once it is read (StaleInput if
+        the file changed meanwhile: a republish, a write). None: read_bytes it."""
+        rec, want = self._expected(uri, primary)
+        found = storage.known_file(uri, want)
+        if found is None:
+            return None
+        path, stamp = found
+
+        def check() -> None:
+            if not storage.unchanged(path, stamp):
+                raise StaleInput(f"{storage.where(uri)}: changed while it was read: a publish was interrupted or "
+                                 f"the object was altered; re-run {stage_of(rec)} for it")
+        self._consume(primary or uri, rec)
+        return path, check
+
     def read_parquet(self, uri: str, primary: str | None = None, columns: list[str] | None = None):
-        """The committed Parquet object, verified whole (sha256), only `columns` decoded when given."""
-        return storage.read_parquet_bytes(self.read_bytes(uri, primary), uri, columns)
+        """The committed Parquet object, verified whole (sha256), only `columns` decoded when given; a
+        local file known to hold its bytes is decoded in place (in_place)."""
+        found = self.in_place(uri, primary)
+        if found is None:
+            return storage.read_parquet_bytes(self.read_bytes(uri, primary), uri, columns)
+        path, check = found
+        frame = storage.read_parquet_path(path, uri, columns)
+        check()
+        return frame
 
     def read_parquet_memo(self, uri: str, memo: dict, columns: list[str] | None = None, primary: str | None = None):
         """read_parquet (of `columns`) through `memo`, (uri, sha256) -> frame: an object this process

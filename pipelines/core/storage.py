@@ -433,6 +433,30 @@ def read_checked(uri: str, want: str) -> tuple[bytes, str]:
     return data, _digest(path, before, after, lambda: sha256(data), want)
 
 
+def known_file(uri: str, want: str) -> tuple[Path, list[int]] | None:
+    """The local file of `uri` and its stamp, where it is known (digests) to hold `want`: it can be
+    read in place, by its path, with no copy of its bytes in the process first (then `unchanged`
+    tells whether it is still that file). None for an S3 object or a file not known to hold it
+    (read_checked reads and hashes it). A night's fold reads ~55 state partitions of ~240 MB at 10M
+    rows a day: decoded from the bytes read into memory, 0.85 s of CPU each; in place, 0.70 s."""
+    if is_s3(uri) or not digests.enabled():
+        return None
+    path = _local_file(uri)
+    with _disk_errors(uri, "read"):
+        st = os.stat(path)
+    if digests.known(_absolute(path), st) != want:
+        return None
+    return path, digests.stamp(st)
+
+
+def unchanged(path: "str | Path", stamp: list[int]) -> bool:
+    """Is the file at `path` still the one with `stamp` (known_file)?"""
+    try:
+        return digests.stamp(os.stat(path)) == stamp
+    except OSError:
+        return False
+
+
 def object_checked(uri: str, want: str) -> str:
     """The sha256 of the object at `uri` (read_checked's), without reading a local file known to have
     `want`."""
@@ -685,6 +709,14 @@ def read_parquet_bytes(data: bytes, uri: str, columns: list[str] | None = None) 
     """The Parquet file `data` (of `uri`, named in the error), only `columns` decoded when given."""
     try:
         return pl.read_parquet(io.BytesIO(data), columns=columns)
+    except Exception as exc:
+        raise StorageError(f"{uri}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
+
+
+def read_parquet_path(path: "str | Path", uri: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """The Parquet file at `path` (the local file of `uri`, named in the error), only `columns` decoded when given."""
+    try:
+        return pl.read_parquet(path, columns=columns)
     except Exception as exc:
         raise StorageError(f"{uri}: not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
 

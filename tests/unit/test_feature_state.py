@@ -383,7 +383,10 @@ def test_state_objects_are_fetched_one_ahead_and_a_failed_fetch_is_raised_where_
         return real(uri, workdir)
     monkeypatch.setattr(storage, "fetch", fetch)
 
-    class Reader:                                       # local files: taken by read_bytes, as before
+    class Reader:                                       # local files not known to hold their bytes: read_bytes
+        def in_place(self, uri, primary=None):
+            return None
+
         def read_bytes(self, uri, primary=None):
             return storage.read_bytes(uri) + f"@{primary}".encode()
 

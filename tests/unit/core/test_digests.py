@@ -162,3 +162,26 @@ def test_dead_entries_are_swept_once_a_day(hashes, monkeypatch, tmp_path):
     kept = lake / "a" / "kept.bin"
     assert storage.file_checked(kept, sha(b"kept" * 100)) == sha(b"kept" * 100) and hashes == []   # still known
     assert digests.sweep() == 0
+
+
+def test_a_known_file_is_decoded_in_place_and_a_change_while_it_is_read_is_refused(hashes, tmp_path):
+    """Reader.read_parquet of a local file known to hold the record's bytes decodes the file itself (no
+    copy of its bytes read first): the same frame; a file not known yet is read and hashed as before;
+    one changed between its check and the end of its read is refused (StaleInput), never taken."""
+    import polars as pl
+
+    frame = pl.DataFrame({"a": list(range(1000)), "b": [str(i) for i in range(1000)]})
+    uri = commit(tmp_path / "lake", storage.parquet_bytes(frame))
+    hashes.clear()
+    reader = lineage.Reader()
+    assert reader.in_place(uri) is None                                    # not known yet: its bytes are read
+    assert reader.read_parquet(uri, columns=["b"]).equals(frame.select("b")) and len(hashes) == 1
+    path, check = reader.in_place(uri)                                     # known since
+    assert path == storage.local_path(uri) and reader.consumed == {uri: sha(storage.parquet_bytes(frame))}
+    check()
+    assert lineage.Reader().read_parquet(uri).equals(frame) and len(hashes) == 1      # in place: not hashed
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1000))  # changed while read
+    with pytest.raises(lineage.StaleInput, match="changed while it was read"):
+        check()
+    assert lineage.Reader().in_place(uri) is None                          # no longer known: read and hashed again
+    assert lineage.Reader().read_parquet(uri).equals(frame) and len(hashes) == 2     # (the same bytes: taken)
