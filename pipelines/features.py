@@ -1404,7 +1404,11 @@ def _frames(reader: lineage.Reader, uri: str, columns: list[str] | None = None, 
         yield from storage.iter_parquet(io.BytesIO(source), columns, rows, streaming=True)
         return
     path, check = source
-    yield from storage.iter_parquet(path, columns, rows, streaming=True)
+    try:
+        yield from storage.iter_parquet(path, columns, rows, streaming=True)
+    except Exception:
+        check()             # a file replaced or removed while it was read: StaleInput (the state heals), not its read error
+        raise
     check()                                 # (the file read was the one checked: StaleInput otherwise)
 
 

@@ -151,7 +151,11 @@ class Reader:
         if found is None:
             return storage.read_parquet_bytes(self.read_bytes(uri, primary), uri, columns)
         path, check = found
-        frame = storage.read_parquet_path(path, uri, columns)
+        try:
+            frame = storage.read_parquet_path(path, uri, columns)
+        except storage.StorageError:
+            check()                 # a file replaced or removed while it was read: StaleInput, not its read error
+            raise
         check()
         return frame
 

@@ -185,3 +185,21 @@ def test_a_known_file_is_decoded_in_place_and_a_change_while_it_is_read_is_refus
         check()
     assert lineage.Reader().in_place(uri) is None                          # no longer known: read and hashed again
     assert lineage.Reader().read_parquet(uri).equals(frame) and len(hashes) == 2     # (the same bytes: taken)
+
+
+def test_a_known_file_removed_while_it_is_decoded_in_place_is_stale_not_unreadable(hashes, tmp_path, monkeypatch):
+    """A file that goes (a republish, a prune) between its check and its decoding in place: the read
+    fails as StaleInput naming the object (what a fold heals by making the state again), not as the
+    decoder's error."""
+    import polars as pl
+
+    uri = commit(tmp_path / "lake", storage.parquet_bytes(pl.DataFrame({"a": [1, 2, 3]})))
+    lineage.Reader().read_bytes(uri)                                       # known since
+    real = storage.read_parquet_path
+
+    def vanishing(path, *a, **k):
+        os.unlink(path)
+        return real(path, *a, **k)
+    monkeypatch.setattr(storage, "read_parquet_path", vanishing)
+    with pytest.raises(lineage.StaleInput, match="changed while it was read"):
+        lineage.Reader().read_parquet(uri)
