@@ -453,10 +453,12 @@ class ScoreParams:
     feature_defaults: dict[str, Any]  # feature -> number | "reference_median"
     rules: dict[str, Any]             # {default_score, threshold, when: [{feature, op, value, score}]}
     carry_columns: tuple[str, ...]    # feature columns the predictions carry as built (decide's rules read them)
+    workers: int = 0                  # how, not what: batches scored at once, one thread each (0 = this process's cores)
 
     @classmethod
     def from_dict(cls, d: dict, model_name: str) -> "ScoreParams":
         s = _build(cls, d, "score")
+        _whole(s.workers, 0, "score.workers", " (0 = the cores this process may use)")
         rules = dict(s.rules or {})
         for k in ("default_score", "threshold", "when"):
             if k not in rules:

@@ -80,21 +80,19 @@ def test_manifest_mismatch_is_an_error_never_a_silent_misscore():
         score_partition(_frame().drop("n"), FMAN, served, SP, D, "t")
 
 
-def test_a_date_scored_in_shards_gives_the_bytes_and_record_of_one_run(tmp_path, caplog):
-    """shards.count 3: batch i of the feature partition scored by shard i mod 3 (each a partition of
-    its own), merged batch by batch into the bytes and record of the unsharded predictions; a shard
-    published by its own task is merged as it is; merged shards are removed."""
+def _scored_lake(tmp_path, **score):
+    """A lake holding D's feature partition (11 rows: 3 batches of score.chunk_rows 4), its params and a
+    model served with a reference profile of it."""
     import yaml
 
     from pipelines.core import storage
     from pipelines.core.config import load_params
-    from pipelines.core.scoring import score_day
-    from pipelines.core.shards import Shard
+    from pipelines.core.drift import reference_profile
     from tests.conftest import REPO
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["storage"]["lake"] = str(tmp_path / "lake")
-    raw["score"]["chunk_rows"] = 4
+    raw["score"].update(chunk_rows=4, **score)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(tmp_path / "params.yaml")
     store = params.storage
@@ -105,10 +103,21 @@ def test_a_date_scored_in_shards_gives_the_bytes_and_record_of_one_run(tmp_path,
         part.put_parquet(uri, frame)
         part.put_json(store.uri("features_manifest", date=D.isoformat()), FMAN)
         part.commit()
-    from pipelines.core.drift import FeatureDrift, reference_profile
-
     profile = reference_profile(frame.with_columns(score=pl.lit(0.1)), MAN, params.evaluate)
-    served = Served("model", [], "ok", "m", "3", "run", "sha", _booster(), MAN, 0.4, profile)
+    return params, frame, profile, Served("model", [], "ok", "m", "3", "run", "sha", _booster(), MAN, 0.4, profile)
+
+
+def test_a_date_scored_in_shards_gives_the_bytes_and_record_of_one_run(tmp_path, caplog):
+    """shards.count 3: batch i of the feature partition scored by shard i mod 3 (each a partition of
+    its own), merged batch by batch into the bytes and record of the unsharded predictions; a shard
+    published by its own task is merged as it is; merged shards are removed."""
+    from pipelines.core import storage
+    from pipelines.core.drift import FeatureDrift
+    from pipelines.core.scoring import score_day
+    from pipelines.core.shards import Shard
+
+    params, frame, profile, served = _scored_lake(tmp_path)          # (score.workers: this machine's cores)
+    store = params.storage
     pred = store.uri("predictions", date=D.isoformat())
 
     def scored(recompute: bool = True, **kw) -> tuple[bytes, dict]:
@@ -130,3 +139,33 @@ def test_a_date_scored_in_shards_gives_the_bytes_and_record_of_one_run(tmp_path,
     assert not [f for f in shard1.parent.parent.rglob("*") if f.is_file()]   # every shard's files, timings included
     stats = storage.read_json(store.uri("scoring_stats", date=D.isoformat()))
     assert stats["shards"] == 3 and stats["rows"] == 11 and stats["chunks"] == 3
+
+
+def test_batches_scored_at_once_give_the_bytes_and_record_of_one_at_a_time(tmp_path):
+    """score.workers 3 (the 3 batches in threads of their own, one predict thread each): the same
+    predictions, features' counts and run key as one batch at a time; the booster's thread count is
+    restored after; an error in any batch fails the date, nothing published."""
+    import json
+
+    from pipelines.core import storage
+    from pipelines.core.scoring import score_day
+
+    params, frame, profile, served = _scored_lake(tmp_path, workers=1)
+    store, d = params.storage, D.isoformat()
+    outputs = ("predictions", "features_observed", "scored_model")
+
+    def scored(p) -> tuple:
+        score_day(p, D, served, recompute=True)
+        rec = storage.read_json(storage.record_uri(store.uri("predictions", date=d)))
+        return tuple(storage.read_bytes(store.uri(k, date=d)) for k in outputs) + (rec["run"],)
+
+    served.booster.set_param({"nthread": 2})
+    one = scored(params)
+    many = dataclasses.replace(params, raw={**params.raw, "score": {**params.raw["score"], "workers": 3}})
+    assert scored(many) == one and json.loads(one[1])["amount"]["n"] == 11
+    assert json.loads(served.booster.save_config())["learner"]["generic_param"]["nthread"] == "2"   # as it was
+    bad = dataclasses.replace(served, manifest={**MAN, "spec_hash": "other"})
+    storage.delete(storage.record_uri(store.uri("predictions", date=d)))
+    with pytest.raises(ManifestMismatch, match="nothing scored"):
+        score_day(many, D, bad, recompute=True)
+    assert not storage.exists(storage.record_uri(store.uri("predictions", date=d)))
