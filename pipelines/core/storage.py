@@ -501,9 +501,9 @@ def iter_parquet(path: "str | Path | io.BytesIO", columns: list[str] | None = No
     """Polars frames of exactly `batch_rows` rows (the last one fewer), in file order (`path`: a local
     file, or a file's bytes already read and checked).
 
-    By default pyarrow's batches (memory: one row group; no pre-buffering: with it, pyarrow keeps
-    the column chunks it read ahead and memory grows with the file, 10M rows: 1.2 GB of Arrow
-    buffers instead of one row group's 0.26 GB). With `streaming`, polars' streaming engine decodes
+    By default one row group at a time (_row_groups: memory one row group, as pyarrow's batches
+    without pre-buffering; with it, pyarrow keeps the column chunks it read ahead and memory grows
+    with the file, 10M rows: 1.2 GB of Arrow buffers instead of one row group's 0.26 GB). With `streaming`, polars' streaming engine decodes
     them ahead in its own threads: 10M rows x 15 columns in 0.6 s instead of 1.5-3.2 s, but it reads
     as far ahead as its buffers allow (10M x 40 feature columns behind a consumer at score's pace:
     1.47 GB instead of 0.45 GB), so only for a consumer that keeps up (decide). The frames are cut
@@ -515,11 +515,38 @@ def iter_parquet(path: "str | Path | io.BytesIO", columns: list[str] | None = No
         frames = (lf if columns is None else lf.select(columns)).collect_batches(chunk_size=batch_rows,
                                                                                maintain_order=True)
     else:
-        f = pq.ParquetFile(source, pre_buffer=False)
-        frames = (pl.from_arrow(b) for b in f.iter_batches(batch_size=batch_rows, columns=columns))
+        frames = _row_groups(source, columns, batch_rows)
     rows = Rows(frames)
     while (batch := rows.upto(batch_rows)) is not None:
         yield batch
+
+
+GROUP_BYTES = 256 << 20     # a row group larger than this (uncompressed, all its columns) is read in batches
+
+
+def _row_groups(source, columns: list[str] | None, batch_rows: int):
+    """A Parquet file's rows as polars frames, in order: each row group decoded whole by polars' own
+    reader, where it holds at most GROUP_BYTES and polars reads the columns as the types pyarrow's
+    batches give (pl.from_arrow); else that row group in pyarrow's batches of `batch_rows`. The same
+    frames either way: 10M rows x 39 feature columns in 1.96-1.99 s of CPU by polars, 3.22-3.24 s by
+    pyarrow's batches and their conversion into polars (score reads its features with both cores busy
+    predicting: its CPU is its wall)."""
+    f = pq.ParquetFile(source, pre_buffer=False)
+    md = f.metadata
+    arrow = f.schema_arrow if columns is None else pa.schema([f.schema_arrow.field(c) for c in columns])
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    lf = pl.scan_parquet(source)
+    lf = lf if columns is None else lf.select(columns)
+    same = lf.collect_schema() == pl.from_arrow(arrow.empty_table()).schema
+    offset = 0
+    for g in range(md.num_row_groups):
+        group = md.row_group(g)
+        if same and group.total_byte_size <= GROUP_BYTES:
+            yield lf.slice(offset, group.num_rows).collect()
+        else:
+            yield from (pl.from_arrow(b) for b in f.iter_batches(batch_size=batch_rows, row_groups=[g], columns=columns))
+        offset += group.num_rows
 
 
 def compact(frame: pl.DataFrame) -> pl.DataFrame:

@@ -285,6 +285,48 @@ def test_iter_parquet_gives_exact_batches_in_file_order_with_the_columns_asked_f
         assert [g.columns for g in only] == [["b"]] * 3 and pl.concat(only)["b"].equals(df["b"])
 
 
+def test_iter_parquet_reads_row_groups_by_polars_and_large_or_other_typed_ones_by_pyarrow(tmp_path, monkeypatch):
+    """Row groups decoded by polars give the frames pyarrow's batches give; a row group above
+    GROUP_BYTES is read in pyarrow's batches, as is a file whose types polars' reader gives otherwise
+    than pyarrow (a date64 column); a file's bytes in memory as well."""
+    import datetime as dt
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = pl.DataFrame({"a": list(range(5_000)), "s": [f"x{i % 7}" for i in range(5_000)],
+                       "f": pl.Series([i / 3 if i % 5 else None for i in range(5_000)], dtype=pl.Float32),
+                       "l": [[str(i)] if i % 3 else [] for i in range(5_000)]})
+    path = tmp_path / "g.parquet"
+    pq.write_table(df.to_arrow(), path, row_group_size=1_000)
+    pyarrow = pl.concat([pl.from_arrow(b) for b in pq.ParquetFile(path).iter_batches(batch_size=700)])
+    read = []
+    real = pl.LazyFrame.collect
+    monkeypatch.setattr(pl.LazyFrame, "collect", lambda self, *a, **k: read.append(1) or real(self, *a, **k))
+
+    def batches(source, columns=None):
+        read.clear()
+        got = list(storage.iter_parquet(source, columns, batch_rows=700))
+        assert [g.height for g in got] == [700] * 7 + [100]
+        return pl.concat(got), len(read)
+
+    got, groups = batches(path)
+    assert got.equals(pyarrow) and groups == 5                      # five row groups, each read by polars
+    got, _ = batches(io.BytesIO(path.read_bytes()), ["f", "a"])
+    assert got.equals(pyarrow.select("f", "a"))
+    monkeypatch.setattr(storage, "GROUP_BYTES", pq.ParquetFile(path).metadata.row_group(0).total_byte_size - 1)
+    got, groups = batches(path)
+    assert got.equals(pyarrow) and groups == 0                      # each above the bound: pyarrow's batches
+    monkeypatch.undo()
+    other = tmp_path / "d.parquet"           # a date64 column: pyarrow gives a Date, polars' reader a Datetime
+    pq.write_table(df.to_arrow().append_column("d", pa.array([dt.date(2026, 1, 1)] * 5_000, pa.date64())), other,
+                   row_group_size=1_000)
+    got, groups = batches(other)
+    assert groups == 0 and got.schema["d"] == pl.Date and pl.scan_parquet(other).collect_schema()["d"] != pl.Date
+    assert got.drop("d").equals(pyarrow)
+
+
 class _RangedS3:
     """get_object with Range (bytes=-N, bytes=a-b) over objects in memory, as S3 answers it (ContentRange,
     ETag); `swap` replaces an object after its first read; every range asked is kept."""
