@@ -37,7 +37,6 @@ import getpass
 import json
 import logging
 import os
-import tempfile
 
 import polars as pl
 
@@ -381,7 +380,7 @@ def decide_day(ds: dt.date, p: DecideParams, g: GuardrailParams, store: StorageP
                              sort_keys=True))
             return summ
     reader = lineage.Reader()
-    with tempfile.TemporaryDirectory(prefix="decide-") as tmp:
+    with storage.scratch_dir("decide") as tmp:
         pred_uri = store.uri("predictions", date=d)
         try:
             pred_path = reader.fetch(pred_uri, tmp)

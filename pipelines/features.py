@@ -642,10 +642,8 @@ class SpilledHistory:
     KINDS = ("events", "totals", "labelled", "label_totals")
 
     def __init__(self, grouped: list[str], compression: str = "none") -> None:
-        import tempfile
-
         self.grouped, self.options = grouped, _spill_options(compression)
-        self._dir = tempfile.TemporaryDirectory(prefix="fraudops-features-history-")
+        self._dir = storage.scratch_dir("features-history")
         self.files: dict[tuple[str, str], list[str]] = {}
         self.heights = dict.fromkeys(self.KINDS, 0)
         self._parts: dict[tuple, dict[str, int]] = {}      # (kind, partition) -> rows spilled per entity
@@ -664,7 +662,9 @@ class SpilledHistory:
         while self._open:
             self._open.pop().close()
 
-    def close(self) -> None:
+    def close(self, later: bool = False) -> None:
+        """The files closed and the folder removed; `later`: removed in a thread of its own while the
+        stage goes on (storage.remove_later). A second close does nothing."""
         try:
             while self._open:
                 try:
@@ -672,7 +672,9 @@ class SpilledHistory:
                 except OSError:
                     pass                        # the rest are closed, the folder removed all the same
         finally:
-            self._dir.cleanup()
+            folder, self._dir = self._dir, None
+            if folder is not None:
+                (storage.remove_later if later else type(folder).cleanup)(folder)
 
     def add(self, kind: str, frame: pl.DataFrame, ids: dict[str, pl.DataFrame] | None = None,
             part: str | None = None) -> None:
@@ -1426,10 +1428,8 @@ class _Fetched:
     CHUNK = 4 << 20                 # the read-through's buffer
 
     def __init__(self, reader: lineage.Reader, objects: list[tuple[str, str | None]]) -> None:
-        import tempfile
-
         self.reader, self.objects = reader, objects
-        self._dir = tempfile.TemporaryDirectory(prefix="fraudops-features-fetch-")
+        self._dir = storage.scratch_dir("features-fetch")
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="features-fetch")
         self.pending: dict[int, object] = {}
         self._ask(0)
@@ -2004,6 +2004,7 @@ def _compute(params, todo: list[dt.date], pub, keys: dict, from_raw: bool = Fals
             with spilled as hist:
                 feats = compute_features(today, pl.DataFrame(), spec, start, end, entities, numerics, history=hist,
                                          shard=shard)
+                hist.close(later=True)      # removed while the features are encoded and checked
             log.info("features %s%s: incremental: %d events of the day + %d boundary events, %d entity-day totals, "
                      "%d labelled boundary events, %d label totals (not the %d-day look-back)", start,
                      f" shard {shard}" if shard else "", today.height, *hist.heights.values(), spec.lookback_days)
@@ -2079,6 +2080,13 @@ def _merged(params, day: dt.date, count: int, pub, date_key: dict, from_raw: boo
 
 
 def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    finally:
+        storage.removed()               # the spilled History, removed beside the encoding: gone when the stage ends
+
+
+def _main(argv: list[str]) -> int:
     from pipelines.core.gx import load_suite, validate_frame
 
     ap = stage_parser("features", __doc__)

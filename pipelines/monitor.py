@@ -27,7 +27,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -420,7 +419,7 @@ def monitor_day(params, ds: dt.date, snapshot: "str | storage.Publisher | None" 
         except storage.MissingObject:
             pass
     reader = lineage.Reader()
-    with tempfile.TemporaryDirectory(prefix="monitor-") as tmp:
+    with storage.scratch_dir("monitor") as tmp:
         pred_uri, dec_uri = store.uri("predictions", date=d), store.uri("decisions", date=d)
         try:
             model_doc = reader.read_json(store.uri("scored_model", date=d), primary=pred_uri)

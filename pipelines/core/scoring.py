@@ -446,7 +446,7 @@ def _score_shard(params, ds: dt.date, served: Served, pub, path, fman: dict, uri
     skey, rec = shards.found(log, "score", ds, shard, primary, key, recompute)
     if rec is not None:
         return rec
-    with tempfile.TemporaryDirectory(prefix="score-shard-") as tmp:
+    with storage.scratch_dir("score-shard") as tmp:
         with storage.ParquetSink(primary, tmp, None, plain_schema=True) as sink:
             observed = FeatureDrift(served.profile)
             stats = score_file(path, fman, served, params.score, ds, uri, sink, observed, shard)
@@ -478,7 +478,7 @@ def _merge_shards(params, ds: dt.date, served: Served, pub, path, fman: dict, ur
     shards.check_batches([i for r in records for i, _ in r["batches"]], sum(rows for _, rows in owner.values()),
                          total, f"score {ds}")
     reader = lineage.Reader()
-    with tempfile.TemporaryDirectory(prefix="score-merge-") as tmp:
+    with storage.scratch_dir("score-merge") as tmp:
         streams = [storage.Rows(storage.iter_parquet(reader.fetch(r["primary"], tmp), batch_rows=params.score.chunk_rows))
                    for r in records]
         for i in range(len(owner)):
@@ -570,7 +570,7 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
                  "nothing recomputed -> %s", d, role, key["key"][:12], store.uri(kind, date=d))
         return {**stats, "skipped": True}
     reader = lineage.Reader()
-    with tempfile.TemporaryDirectory(prefix="score-") as tmp, storage.publishing(store.lake, snapshot) as pub:
+    with storage.scratch_dir("score") as tmp, storage.publishing(store.lake, snapshot) as pub:
         path, fman, uri = load_features(store, ds, tmp, reader)
         if shard is not None:
             return _score_shard(params, ds, served, pub, path, fman, uri, reader, key, shard, recompute)

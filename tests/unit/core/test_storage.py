@@ -327,6 +327,41 @@ def test_iter_parquet_reads_row_groups_by_polars_and_large_or_other_typed_ones_b
     assert got.drop("d").equals(pyarrow)
 
 
+def test_scratch_folders_of_killed_processes_are_swept_and_removed_later_is_waited_for(tmp_path, monkeypatch):
+    """scratch_dir removes the folders of its kind left by a process that is gone and untouched for
+    SCRATCH_S (kill -9 runs no cleanup); a live process's folder, a recent one and another kind's are
+    kept. remove_later removes a folder in a thread; removed() waits for it."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead = int(gone.stdout)
+    old = time.time() - storage.SCRATCH_S - 60
+    folders = {}
+    for name, pid, age in (("dead-old", dead, old), ("dead-new", dead, None), ("alive", os.getppid(), old),
+                           ("other-kind", dead, old)):
+        kind = "features-fetch" if name == "other-kind" else "features-history"
+        f = tmp_path / f"fraudops-{kind}-{pid}-{name}"
+        (f / "sub").mkdir(parents=True)
+        (f / "sub" / "spill.arrow").write_bytes(b"x" * 100)
+        if age:
+            os.utime(f, (age, age))
+        folders[name] = f
+    mine = storage.scratch_dir("features-history")
+    assert Path(mine.name).name.startswith(f"fraudops-features-history-{os.getpid()}-")
+    assert [n for n, f in folders.items() if f.exists()] == ["dead-new", "alive", "other-kind"]
+    (Path(mine.name) / "a").write_bytes(b"y" * 1000)
+    storage.remove_later(mine)
+    storage.removed()
+    assert not Path(mine.name).exists()
+
+
 class _RangedS3:
     """get_object with Range (bytes=-N, bytes=a-b) over objects in memory, as S3 answers it (ContentRange,
     ETag); `swap` replaces an object after its first read; every range asked is kept."""
