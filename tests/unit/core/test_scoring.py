@@ -141,11 +141,13 @@ def test_a_date_scored_in_shards_gives_the_bytes_and_record_of_one_run(tmp_path,
     assert stats["shards"] == 3 and stats["rows"] == 11 and stats["chunks"] == 3
 
 
-def test_batches_scored_at_once_give_the_bytes_and_record_of_one_at_a_time(tmp_path):
+def test_batches_scored_at_once_give_the_bytes_and_record_of_one_at_a_time(tmp_path, monkeypatch):
     """score.workers 3 (the 3 batches in threads of their own, one predict thread each): the same
     predictions, features' counts and run key as one batch at a time; the booster's thread count is
-    restored after; an error in any batch fails the date, nothing published."""
+    restored after; an error in any batch, or in the writer, fails the date, nothing published, no
+    scoring thread left."""
     import json
+    import threading
 
     from pipelines.core import storage
     from pipelines.core.scoring import score_day
@@ -169,3 +171,11 @@ def test_batches_scored_at_once_give_the_bytes_and_record_of_one_at_a_time(tmp_p
     with pytest.raises(ManifestMismatch, match="nothing scored"):
         score_day(many, D, bad, recompute=True)
     assert not storage.exists(storage.record_uri(store.uri("predictions", date=d)))
+
+    def full(self, df):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(storage.ParquetSink, "write", full)
+    with pytest.raises(OSError, match="No space"):           # the writer fails: the threads stop at once
+        score_day(many, D, served, recompute=True)
+    assert json.loads(served.booster.save_config())["learner"]["generic_param"]["nthread"] == "2"
+    assert not [t for t in threading.enumerate() if t.name.startswith("score_")]
