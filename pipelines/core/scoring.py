@@ -333,11 +333,22 @@ def merge_stats(parts: list[dict], seconds: float, chunk_rows: int) -> dict:
             "fallback_rows": dict(sorted(fb.items()))}
 
 
+AUTO_WORKERS = 4          # score.workers 0: at most this many (each batch held costs ~40-100 MB)
+
+
 def workers(p: ScoreParams) -> int:
-    """Batches scored at once: score.workers, or (0) the cores this process may use."""
+    """Batches scored at once: score.workers, or (0) the cores this process may use (its CPU affinity and
+    its cgroup's CPU quota, as a container's limit sets it), at most AUTO_WORKERS."""
     if p.workers:
         return p.workers
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(cores, AUTO_WORKERS))
 
 
 @contextlib.contextmanager
@@ -410,10 +421,13 @@ def score_file(path, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.dat
     parts, batches = [], []
     owned = ((i, b) for i, b in enumerate(storage.iter_parquet(path, batch_rows=p.chunk_rows))
              if shard is None or shard.owns(i))
-    for i, out, st in _scored(owned, fmanifest, served, p, ds, where, observed, workers(p)):
-        sink.write(out)
-        parts.append(st)
-        batches.append([i, out.height])
+    # closed at once on an error here (the sink's): the threads stopped and the booster's thread count
+    # restored then, not when the generator is collected (a traceback kept would keep it)
+    with contextlib.closing(_scored(owned, fmanifest, served, p, ds, where, observed, workers(p))) as scored:
+        for i, out, st in scored:
+            sink.write(out)
+            parts.append(st)
+            batches.append([i, out.height])
     if not parts and shard is None:    # an empty partition still gets an (empty) predictions file
         out, st = score_partition(pl.from_arrow(pq.ParquetFile(str(path)).schema_arrow.empty_table()), fmanifest,
                                   served, p, ds, where, observed)

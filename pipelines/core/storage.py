@@ -230,16 +230,20 @@ SCRATCH_S = 3600.0       # a scratch folder of a process that is gone, untouched
 
 def scratch_dir(what: str) -> tempfile.TemporaryDirectory:
     """A temporary folder for a stage's scratch files (the features' spilled History, fetched
-    objects, staged outputs), named `fraudops-<what>-<pid>-...` in the temporary directory. A process
+    objects, staged outputs), named `fraudops-<what>-<pid>.<host>-...` in the temporary directory
+    (<host>: a hash of the host's name; a $TMPDIR shared by hosts is swept by each for its own only). A process
     that is killed (kill -9, the OOM killer) runs no cleanup: the folders of `what` left by a process
     that is gone and untouched for SCRATCH_S are removed first (a killed features stage at 10M rows a
     day left 1.3-5.6 GB each). A folder whose process is alive, or whose id is this process's, is kept."""
     import time
 
+    import socket
+
     prefix = f"fraudops-{what}-"
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]   # a shared $TMPDIR: this host's only
     limit = time.time() - SCRATCH_S
-    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
-        pid = folder.name[len(prefix):].split("-", 1)[0]
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*.{host}-*"):
+        pid = folder.name[len(prefix):].split(".", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
             continue
         try:
@@ -247,7 +251,7 @@ def scratch_dir(what: str) -> tempfile.TemporaryDirectory:
                 shutil.rmtree(folder, ignore_errors=True)
         except OSError:
             pass
-    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}.{host}-")
 
 
 def _alive(pid: int) -> bool:
@@ -564,7 +568,7 @@ def iter_parquet(path: "str | Path | io.BytesIO", columns: list[str] | None = No
     whatever the engine did."""
     source = path if isinstance(path, io.BytesIO) else str(path)
     if streaming:
-        lf = pl.scan_parquet(source)
+        lf = pl.scan_parquet(source, glob=False)
         frames = (lf if columns is None else lf.select(columns)).collect_batches(chunk_size=batch_rows,
                                                                                maintain_order=True)
     else:
@@ -589,7 +593,7 @@ def _row_groups(source, columns: list[str] | None, batch_rows: int):
     arrow = f.schema_arrow if columns is None else pa.schema([f.schema_arrow.field(c) for c in columns])
     if isinstance(source, io.BytesIO):
         source.seek(0)
-    lf = pl.scan_parquet(source)
+    lf = pl.scan_parquet(source, glob=False)        # (a path with [ or * is a path)
     lf = lf if columns is None else lf.select(columns)
     same = lf.collect_schema() == pl.from_arrow(arrow.empty_table()).schema
     offset = 0

@@ -141,6 +141,18 @@ def test_a_date_scored_in_shards_gives_the_bytes_and_record_of_one_run(tmp_path,
     assert stats["shards"] == 3 and stats["rows"] == 11 and stats["chunks"] == 3
 
 
+def test_workers_default_to_the_cores_at_most_four(monkeypatch):
+    import os
+
+    from pipelines.core import scoring
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert scoring.workers(dataclasses.replace(SP, workers=3)) == 3
+    assert 1 <= scoring.workers(SP) <= scoring.AUTO_WORKERS == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert scoring.workers(SP) == 1
+
+
 def test_batches_scored_at_once_give_the_bytes_and_record_of_one_at_a_time(tmp_path, monkeypatch):
     """score.workers 3 (the 3 batches in threads of their own, one predict thread each): the same
     predictions, features' counts and run key as one batch at a time; the booster's thread count is

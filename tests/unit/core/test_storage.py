@@ -315,6 +315,11 @@ def test_iter_parquet_reads_row_groups_by_polars_and_large_or_other_typed_ones_b
     assert got.equals(pyarrow) and groups == 5                      # five row groups, each read by polars
     got, _ = batches(io.BytesIO(path.read_bytes()), ["f", "a"])
     assert got.equals(pyarrow.select("f", "a"))
+    odd = tmp_path / "a[b]*" / "g.parquet"                          # a path, not a glob
+    odd.parent.mkdir()
+    odd.write_bytes(path.read_bytes())
+    assert batches(odd)[0].equals(pyarrow)
+    assert pl.concat(list(storage.iter_parquet(odd, batch_rows=700, streaming=True))).equals(pyarrow)
     monkeypatch.setattr(storage, "GROUP_BYTES", pq.ParquetFile(path).metadata.row_group(0).total_byte_size - 1)
     got, groups = batches(path)
     assert got.equals(pyarrow) and groups == 0                      # each above the bound: pyarrow's batches
@@ -329,8 +334,8 @@ def test_iter_parquet_reads_row_groups_by_polars_and_large_or_other_typed_ones_b
 
 def test_scratch_folders_of_killed_processes_are_swept_and_removed_later_is_waited_for(tmp_path, monkeypatch):
     """scratch_dir removes the folders of its kind left by a process that is gone and untouched for
-    SCRATCH_S (kill -9 runs no cleanup); a live process's folder, a recent one and another kind's are
-    kept. remove_later removes a folder in a thread; removed() waits for it."""
+    SCRATCH_S (kill -9 runs no cleanup); a live process's folder, a recent one, another kind's and
+    another host's (a shared $TMPDIR) are kept. remove_later removes a folder in a thread; removed() waits for it."""
     import os
     import subprocess
     import sys
@@ -344,18 +349,22 @@ def test_scratch_folders_of_killed_processes_are_swept_and_removed_later_is_wait
     dead = int(gone.stdout)
     old = time.time() - storage.SCRATCH_S - 60
     folders = {}
+    import hashlib
+    import socket
+
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
     for name, pid, age in (("dead-old", dead, old), ("dead-new", dead, None), ("alive", os.getppid(), old),
-                           ("other-kind", dead, old)):
+                           ("other-kind", dead, old), ("other-host", dead, old)):
         kind = "features-fetch" if name == "other-kind" else "features-history"
-        f = tmp_path / f"fraudops-{kind}-{pid}-{name}"
+        f = tmp_path / f"fraudops-{kind}-{pid}.{'0' * 8 if name == 'other-host' else host}-{name}"
         (f / "sub").mkdir(parents=True)
         (f / "sub" / "spill.arrow").write_bytes(b"x" * 100)
         if age:
             os.utime(f, (age, age))
         folders[name] = f
     mine = storage.scratch_dir("features-history")
-    assert Path(mine.name).name.startswith(f"fraudops-features-history-{os.getpid()}-")
-    assert [n for n, f in folders.items() if f.exists()] == ["dead-new", "alive", "other-kind"]
+    assert Path(mine.name).name.startswith(f"fraudops-features-history-{os.getpid()}.{host}-")
+    assert [n for n, f in folders.items() if f.exists()] == ["dead-new", "alive", "other-kind", "other-host"]
     (Path(mine.name) / "a").write_bytes(b"y" * 1000)
     storage.remove_later(mine)
     storage.removed()
