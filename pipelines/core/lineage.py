@@ -186,6 +186,42 @@ class Reader:
         self._consume(primary or uri, rec)
         return path
 
+    def fetch_verifying(self, uri: str, workdir: str | Path, primary: str | None = None
+                        ) -> tuple[Path, Callable[[], None]]:
+        """fetch(), its sha256 computed in a thread while the caller reads the copy: (the path, a
+        function that waits for it and raises StaleInput where it is not the record's, or where the
+        local file changed since it was fetched). The caller calls it before it publishes anything made
+        from the copy (score: the features partition of a 10M-row date, 828 MB, hashed in 0.6 s
+        beside the scoring instead of before it). Where it is never called (an error first), the
+        thread ends with the read."""
+        import threading
+
+        rec, want = self._expected(uri, primary)
+        path = storage.fetch(uri, workdir)
+        s3 = storage.is_s3(uri)
+        stamp = None if s3 else storage.stamp_of(path)
+        found: list = []
+
+        def run() -> None:
+            try:
+                found.append(storage.sha256_file(path) if s3 else storage.file_checked(path, want))
+            except BaseException as exc:     # noqa: BLE001 - raised by the wait below
+                found.append(exc)
+        worker = threading.Thread(target=run, name="verify-fetched", daemon=True)
+        worker.start()
+        self._consume(primary or uri, rec)
+
+        def verified() -> None:
+            worker.join()
+            got = found[0]
+            if isinstance(got, BaseException):
+                raise got
+            self._check(uri, rec, want, got)
+            if stamp is not None and not storage.unchanged(path, stamp):
+                raise StaleInput(f"{storage.where(uri)}: changed while it was read: a publish was interrupted or "
+                                 f"the object was altered; re-run {stage_of(rec)} for it")
+        return path, verified
+
     def _consume(self, primary: str, rec: dict) -> None:
         """Inputs are named by their partition's primary object (the key of its record)."""
         self.consumed[primary] = rec["objects"][primary]

@@ -506,6 +506,12 @@ def known_file(uri: str, want: str) -> tuple[Path, list[int]] | None:
     return path, digests.stamp(st)
 
 
+def stamp_of(path: "str | Path") -> list[int]:
+    """What the file system says of the local file `path` (digests.stamp): `unchanged` compares it later."""
+    with _disk_errors(str(path), "read"):
+        return digests.stamp(os.stat(path))
+
+
 def unchanged(path: "str | Path", stamp: list[int]) -> bool:
     """Is the file at `path` still the one with `stamp` (known_file)?"""
     try:

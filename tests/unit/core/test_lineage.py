@@ -104,3 +104,28 @@ def test_a_memo_fetches_committed_bytes_once_and_rereads_a_republished_object(tm
     storage.local_path(a).write_bytes(frame(["e4"]))               # altered after its commit: refused, not served
     with pytest.raises(lineage.StaleInput):
         lineage.Reader().read_parquet_memo(a, {}, ["event_id"])
+
+
+def test_a_fetch_verified_beside_the_read_refuses_altered_or_replaced_bytes(tmp_path, monkeypatch):
+    """fetch_verifying: the copy's path at once and its sha256 computed in a thread; the check passes
+    for the record's bytes and raises StaleInput for bytes altered since the commit or a file replaced
+    while it was read (its stamp changed), as fetch() would have."""
+    import os
+
+    monkeypatch.setenv("FRAUDOPS_DIGESTS", "off")             # hashed every time: no entry makes it pass
+    a = commit(tmp_path, "a", b"A" * 4096)
+    r = lineage.Reader()
+    path, verified = r.fetch_verifying(a, tmp_path)
+    assert path.read_bytes() == b"A" * 4096 and r.consumed == {a: sha(b"A" * 4096)}
+    verified()
+    storage.local_path(a).write_bytes(b"B" * 4096)            # altered after the commit, the same size
+    path, verified = lineage.Reader().fetch_verifying(a, tmp_path)
+    with pytest.raises(lineage.StaleInput, match="changed since it was committed"):
+        verified()
+    storage.local_path(a).write_bytes(b"A" * 4096)
+    path, verified = lineage.Reader().fetch_verifying(a, tmp_path)
+    other = tmp_path / "other"
+    other.write_bytes(b"A" * 4096)
+    os.replace(other, path)                                    # replaced while it was read: another file
+    with pytest.raises(lineage.StaleInput, match="changed while it was read"):
+        verified()

@@ -11,7 +11,7 @@ import pytest
 from pipelines.core.config import ScoreParams
 from pipelines.core.modelio import ManifestMismatch
 from pipelines.core.rules import rule_scores
-from pipelines.core.scoring import Served, fill_defaults, score_partition
+from pipelines.core.scoring import ScoringError, Served, fill_defaults, score_partition
 
 D = dt.date(2026, 3, 10)
 
@@ -183,6 +183,21 @@ def test_batches_scored_at_once_give_the_bytes_and_record_of_one_at_a_time(tmp_p
     with pytest.raises(ManifestMismatch, match="nothing scored"):
         score_day(many, D, bad, recompute=True)
     assert not storage.exists(storage.record_uri(store.uri("predictions", date=d)))
+    # the features' sha256 is checked beside the scoring: bytes altered since their record fail the
+    # date once scored, before anything is published
+    feats = storage.local_path(store.uri("features", date=d))
+    good = feats.read_bytes()
+    monkeypatch.setenv("FRAUDOPS_DIGESTS", "off")
+    feats.write_bytes(good.replace(b"e10", b"e11"))
+    storage.delete(store.uri("features_observed", date=d))
+    with pytest.raises(ScoringError, match="changed since it was committed.*nothing scored"):
+        score_day(many, D, served, recompute=True)
+    assert not storage.exists(storage.record_uri(store.uri("predictions", date=d)))
+    assert not storage.exists(store.uri("features_observed", date=d))
+    feats.write_bytes(good[:-100] + bytes(100))       # cut: its read fails, and the error told is the bytes'
+    with pytest.raises(ScoringError, match="changed since it was committed.*nothing scored"):
+        score_day(many, D, served, recompute=True)
+    feats.write_bytes(good)
 
     def full(self, df):
         raise OSError(28, "No space left on device")
