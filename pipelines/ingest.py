@@ -422,6 +422,9 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
     mine = None if ids is None else wanted.select(pl.col("__h").unique().sort().set_sorted().alias("h"))
     probe = _probe()
     batch: list[pl.DataFrame] = []
+    if mine is not None and memo is None:   # one date: the window's id hashes read ahead by the OS, in order
+        storage.read_ahead([_ids_uri(store.uri("canonical", dataset=ds.name, date=(day - dt.timedelta(days=i)).isoformat()))
+                            for i in range(window_days, 0, -1) if day - dt.timedelta(days=i) >= ds.first_date])
 
     def cut() -> None:
         """The batch's rows whose id hash is one of `ids`' (one hash join of the hashes alone for

@@ -512,6 +512,39 @@ def stamp_of(path: "str | Path") -> list[int]:
         return digests.stamp(os.stat(path))
 
 
+def read_ahead(uris: list[str]) -> None:
+    """Ask the OS to read these local files into its page cache now (posix_fadvise WILLNEED, in a
+    thread: the reads are queued, not waited for), for a stage that will read them one after the
+    other: the disk reads then overlap the stage's work on the first ones. Ingest's duplicate window
+    reads 44 earlier days' id hashes per dataset (2 GB a dataset at 10M rows a day): after a night
+    whose other partitions pushed them out of the cache, ingest took 20.9 s instead of 17.5 s. Objects
+    on S3, files that are not there and a system without fadvise: nothing (only a hint)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    paths = []
+    for uri in uris:
+        try:
+            if not is_s3(uri):
+                paths.append(local_path(uri))
+        except StorageError:
+            pass
+
+    def hint() -> None:
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    if paths:
+        threading.Thread(target=hint, name="read-ahead", daemon=True).start()
+
+
 def unchanged(path: "str | Path", stamp: list[int]) -> bool:
     """Is the file at `path` still the one with `stamp` (known_file)?"""
     try:
