@@ -358,6 +358,7 @@ def mlflow_server(work: Path):
                 if time.time() > deadline or mlflow.poll() is not None:
                     raise SystemExit(f"mlflow server did not start; see {work / 'mlflow.log'}") from None
                 time.sleep(1)
+        _quiet(mlflow.pid)
         yield env
     finally:
         os.killpg(mlflow.pid, 15)
@@ -365,6 +366,40 @@ def mlflow_server(work: Path):
             mlflow.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(mlflow.pid, 9)
+
+
+def _session_cpu(sid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of session `sid` (Linux /proc)."""
+    tck, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:                       # (a process that ended meanwhile)
+            continue
+        if int(fields[3]) == sid:             # (the session id: the 6th field of stat, 4th after the name)
+            total += (int(fields[11]) + int(fields[12])) / tck
+    return total
+
+
+def _quiet(sid: int, timeout: float = 120.0) -> None:
+    """Wait until the MLflow server (the session `sid`) is idle: it answers its health check ~9 s
+    after it starts, then keeps both cores of this machine busy for another ~10 s (its workers
+    starting), which ran beside the night's first stages and slowed ingest by several seconds (a
+    night's server runs all along, not started at its first stage). Idle: under 0.1 s of CPU in
+    each of two seconds in a row; after `timeout`, timed anyway (said on stderr)."""
+    if not Path("/proc/self/stat").exists():
+        return
+    deadline, calm, last = time.time() + timeout, 0, _session_cpu(sid)
+    while calm < 2:
+        if time.time() > deadline:
+            print(f"the MLflow server was still busy after {timeout:.0f} s: the stages are timed beside it",
+                  file=sys.stderr)
+            return
+        time.sleep(1)
+        now = _session_cpu(sid)
+        calm, last = (calm + 1 if now - last < 0.1 else 0), now
 
 
 def one_size(rows: int, keep: bool, rerun: bool = False, pairs: int = 2) -> dict:
