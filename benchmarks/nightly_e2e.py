@@ -379,7 +379,8 @@ def _session_cpu(sid: int) -> float:
         except OSError:                       # (a process that ended meanwhile)
             continue
         if int(fields[3]) == sid:             # (the session id: the 6th field of stat, 4th after the name)
-            total += (int(fields[11]) + int(fields[12])) / tck
+            # its own and its waited-for children's (a worker that ended is still counted by its parent)
+            total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tck
     return total
 
 
@@ -391,15 +392,15 @@ def _quiet(sid: int, timeout: float = 120.0) -> None:
     each of two seconds in a row; after `timeout`, timed anyway (said on stderr)."""
     if not Path("/proc/self/stat").exists():
         return
-    deadline, calm, last = time.time() + timeout, 0, _session_cpu(sid)
+    deadline, calm, last = time.monotonic() + timeout, 0, _session_cpu(sid)
     while calm < 2:
-        if time.time() > deadline:
+        if time.monotonic() > deadline:
             print(f"the MLflow server was still busy after {timeout:.0f} s: the stages are timed beside it",
                   file=sys.stderr)
             return
         time.sleep(1)
         now = _session_cpu(sid)
-        calm, last = (calm + 1 if now - last < 0.1 else 0), now
+        calm, last = (calm + 1 if abs(now - last) < 0.1 else 0), now     # (a process gone unwaited: not calm)
 
 
 def one_size(rows: int, keep: bool, rerun: bool = False, pairs: int = 2) -> dict:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
@@ -349,8 +350,6 @@ def put_canonical(part: storage.Partition, uri: str, canonical: pl.DataFrame) ->
     """The canonical partition's Parquet and, beside it, its ids' hashes (put_id_hashes), made in a
     thread while the Parquet is encoded (on one core, the last of the night's ingest: 10M transactions'
     hashes took 0.45 s after it)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(1, thread_name_prefix="id-hashes") as pool:
         hashed = pool.submit(id_hashes, canonical["event_id"])
         part.put_parquet(uri, canonical)
@@ -422,9 +421,10 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
     mine = None if ids is None else wanted.select(pl.col("__h").unique().sort().set_sorted().alias("h"))
     probe = _probe()
     batch: list[pl.DataFrame] = []
+    days = [d for d in (day - dt.timedelta(days=i) for i in range(window_days, 0, -1)) if d >= ds.first_date]
+    uris = [store.uri("canonical", dataset=ds.name, date=d.isoformat()) for d in days]
     if mine is not None and memo is None:   # one date: the window's id hashes read ahead by the OS, in order
-        storage.read_ahead([_ids_uri(store.uri("canonical", dataset=ds.name, date=(day - dt.timedelta(days=i)).isoformat()))
-                            for i in range(window_days, 0, -1) if day - dt.timedelta(days=i) >= ds.first_date])
+        storage.read_ahead([_ids_uri(u) for u in uris])
 
     def cut() -> None:
         """The batch's rows whose id hash is one of `ids`' (one hash join of the hashes alone for
@@ -441,11 +441,7 @@ def seen_before(ds: DatasetParams, day: dt.date, store: StorageParams, window_da
                 frames.append(f.gather(mine).join(ids, on="event_id", how="semi"))
             start += f.height
         batch.clear()
-    for i in range(window_days, 0, -1):
-        d = day - dt.timedelta(days=i)
-        if d < ds.first_date:
-            continue
-        uri = store.uri("canonical", dataset=ds.name, date=d.isoformat())
+    for uri in uris:
         window |= {uri, _ids_uri(uri)}
         try:
             hashes = _hashes(reader, uri, memo, probe) if mine is not None else None

@@ -19,6 +19,7 @@ memoized per process; the records are small JSON objects.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -192,10 +193,9 @@ class Reader:
         function that waits for it and raises StaleInput where it is not the record's, or where the
         local file changed since it was fetched). The caller calls it before it publishes anything made
         from the copy (score: the features partition of a 10M-row date, 828 MB, hashed in 0.6 s
-        beside the scoring instead of before it). Where it is never called (an error first), the
-        thread ends with the read."""
-        import threading
-
+        beside the scoring instead of before it). The object counts in `consumed` at once: no record
+        made from `consumed` may be written before the check has passed. Where it is never called (an
+        error first), the thread ends with the read."""
         rec, want = self._expected(uri, primary)
         path = storage.fetch(uri, workdir)
         s3 = storage.is_s3(uri)
@@ -205,6 +205,9 @@ class Reader:
         def run() -> None:
             try:
                 found.append(storage.sha256_file(path) if s3 else storage.file_checked(path, want))
+            except OSError as exc:           # removed or unreadable meanwhile: said of the object
+                found.append(StaleInput(f"{storage.where(uri)}: could not be read to be checked ({exc.strerror or exc}); "
+                                        f"re-run {stage_of(rec)} for it if it is gone"))
             except BaseException as exc:     # noqa: BLE001 - raised by the wait below
                 found.append(exc)
         worker = threading.Thread(target=run, name="verify-fetched", daemon=True)

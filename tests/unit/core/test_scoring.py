@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
 
 import numpy as np
 import polars as pl
@@ -188,7 +189,9 @@ def test_batches_scored_at_once_give_the_bytes_and_record_of_one_at_a_time(tmp_p
     feats = storage.local_path(store.uri("features", date=d))
     good = feats.read_bytes()
     monkeypatch.setenv("FRAUDOPS_DIGESTS", "off")
-    feats.write_bytes(good.replace(b"e10", b"e11"))
+    altered = good.replace(b"e10", b"e11")
+    assert altered != good and pl.read_parquet(io.BytesIO(altered))["event_id"][-1] == "e11"    # still read: scored, then refused
+    feats.write_bytes(altered)
     storage.delete(store.uri("features_observed", date=d))
     with pytest.raises(ScoringError, match="changed since it was committed.*nothing scored"):
         score_day(many, D, served, recompute=True)
@@ -197,6 +200,8 @@ def test_batches_scored_at_once_give_the_bytes_and_record_of_one_at_a_time(tmp_p
     feats.write_bytes(good[:-100] + bytes(100))       # cut: its read fails, and the error told is the bytes'
     with pytest.raises(ScoringError, match="changed since it was committed.*nothing scored"):
         score_day(many, D, served, recompute=True)
+    assert not storage.exists(storage.record_uri(store.uri("predictions", date=d)))
+    assert not storage.exists(store.uri("features_observed", date=d))
     feats.write_bytes(good)
 
     def full(self, df):
