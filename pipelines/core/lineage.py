@@ -140,8 +140,7 @@ class Reader:
 
         def check() -> None:
             if not storage.unchanged(path, stamp):
-                raise StaleInput(f"{storage.where(uri)}: changed while it was read: a publish was interrupted or "
-                                 f"the object was altered; re-run {stage_of(rec)} for it")
+                raise _changed_while_read(uri, rec)
         self._consume(primary or uri, rec)
         return path, check
 
@@ -221,8 +220,7 @@ class Reader:
                 raise got
             self._check(uri, rec, want, got)
             if stamp is not None and not storage.unchanged(path, stamp):
-                raise StaleInput(f"{storage.where(uri)}: changed while it was read: a publish was interrupted or "
-                                 f"the object was altered; re-run {stage_of(rec)} for it")
+                raise _changed_while_read(uri, rec)
         return path, verified
 
     def _consume(self, primary: str, rec: dict) -> None:
@@ -236,6 +234,11 @@ class Reader:
             return True
         except NotCommitted:
             return False
+
+
+def _changed_while_read(uri: str, rec: dict) -> "StaleInput":
+    return StaleInput(f"{storage.where(uri)}: changed while it was read: a publish was interrupted or the object "
+                      f"was altered; re-run {stage_of(rec)} for it")
 
 
 # --------------------------------------------------------------------------- a date's run key
