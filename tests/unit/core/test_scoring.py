@@ -178,6 +178,18 @@ def test_batches_scored_at_once_give_the_bytes_and_record_of_one_at_a_time(tmp_p
     one = scored(params)
     many = dataclasses.replace(params, raw={**params.raw, "score": {**params.raw["score"], "workers": 3}})
     assert scored(many) == one and json.loads(one[1])["amount"]["n"] == 11
+    # the file's last batch (3 rows) scored as slices, one per thread: the same bytes
+    from pipelines.core import scoring
+
+    pieces = []
+    monkeypatch.setattr(scoring, "SPLIT_ROWS", 1)
+    monkeypatch.setattr(scoring, "score_partition", lambda frame, *a, **k: (pieces.append(frame.height),
+                                                                            score_partition(frame, *a, **k))[1])
+    for w, split in ((3, [1, 1, 1]), (2, [2, 1])):
+        pieces.clear()
+        assert scored(dataclasses.replace(params, raw={**params.raw, "score": {**params.raw["score"], "workers": w}})) == one
+        assert sorted(pieces[2:]) == sorted(split) and sorted(pieces[:2]) == [4, 4], (w, pieces)
+    monkeypatch.undo()
     assert json.loads(served.booster.save_config())["learner"]["generic_param"]["nthread"] == "2"   # as it was
     bad = dataclasses.replace(served, manifest={**MAN, "spec_hash": "other"})
     storage.delete(storage.record_uri(store.uri("predictions", date=d)))
