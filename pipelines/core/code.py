@@ -1,20 +1,23 @@
 """The code a stage runs, as files: the project modules a module imports, transitively (module level
 and inside functions), read statically. Its fingerprint changes when any of them changes.
 
-Every stage process computes one fingerprint for its run key, so the imports are found by a scan of
-the text (`scanned`, ~1 ms for a stage's ~17 files) rather than by walking each file's syntax tree
-(`imported`, ~0.1 s per process). The scan finds every import the tree holds, and may find more (an
-import-shaped line in a docstring: a file more in the fingerprint, never one less); the tests hold
-it to `imported` over every module of the package."""
+Every stage process computes one fingerprint for its run key. Walking the syntax trees of a stage's
+~17 files costs ~0.1 s, so what each file imports is kept in a small cache (`imports.json` in
+$XDG_CACHE_HOME/fraudops, else ~/.cache/fraudops) under the sha256 of the module's name and the file's
+bytes: a file changed is a new key, read again from its tree; a cache that cannot be read or written
+is only slower."""
 from __future__ import annotations
 
 import ast
 import functools
 import hashlib
-import re
+import json
+import os
+import tempfile
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent          # pipelines/
+CACHE_ENTRIES = 2000                                       # the newest kept (a few per file version)
 
 
 def _file(module: str) -> Path | None:
@@ -25,12 +28,12 @@ def _file(module: str) -> Path | None:
     return None
 
 
-def imported(f: Path, module: str) -> set[str]:
+def imported(f: Path, module: str, text: "str | bytes | None" = None) -> set[str]:
     """Every module name `f` (module `module`) imports, at module level or inside functions, relative
     imports resolved, `importlib.import_module("...")` with a literal name included."""
     pkg = module if f.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(f.read_text())):
+    for node in ast.walk(ast.parse(f.read_bytes() if text is None else text)):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -45,42 +48,41 @@ def imported(f: Path, module: str) -> set[str]:
     return found
 
 
-# an import statement: at a line's start or after `;` or `:` (`try: import x`); a `from` clause's names
-# up to its closing parenthesis or the line's end (backslash continuations included)
-_STATEMENT = re.compile(r"(?:^|[;:])[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]*(\([^)]*\)|(?:[^\n;#\\]|\\\n)*)"
-                        r"|import[ \t]+((?:[^\n;#\\]|\\\n)*))", re.M)
-_IMPORT_MODULE = re.compile(r"import_module\(\s*[\"']([\w.]+)[\"']")
-_COMMENT = re.compile(r"#[^\n]*")
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fraudops" / "imports.json"
 
 
-def scanned(text: str, module: str, is_package: bool = False) -> set[str]:
-    """What `imported` finds in a file with this text, found in the text: every module name its import
-    statements (relative ones resolved) and `import_module("...")` calls name, perhaps more."""
-    pkg = module if is_package else module.rsplit(".", 1)[0]
-    found = set()
-    for m in _STATEMENT.finditer(text):
-        base, names, plain = m.group(1), m.group(2), m.group(3)
-        if plain is not None:
-            found |= {n.split()[0] for n in plain.replace("\\\n", " ").split(",") if n.split()}
-            continue
-        level = len(base) - len(base.lstrip("."))
-        base = base[level:]
-        if level:
-            parts = pkg.split(".")
-            base = ".".join(parts[: len(parts) - level + 1] + ([base] if base else []))
-        listed = _COMMENT.sub("", names).replace("\\\n", " ").strip("() \t\n")
-        found |= {base, *(f"{base}.{n.split()[0]}" for n in listed.split(",") if n.split())}
-    return found | set(_IMPORT_MODULE.findall(text))
+def _read_cache() -> dict[str, list[str]]:
+    try:
+        entries = json.loads(cache_path().read_text()).get("imports")
+        return entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
-def _imports(f: Path, module: str) -> set[str]:
-    names = scanned(f.read_text(), module, f.name == "__init__.py")
-    return {m for m in names if m.split(".")[0] == "pipelines" and _file(m) is not None}
+def _write_cache(entries: dict[str, list[str]]) -> None:
+    """Replace the cache with `entries` (the newest CACHE_ENTRIES), atomically; any error ignored
+    (two processes writing at once: the last one wins, every entry is right whoever wrote it)."""
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".imports-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"imports": dict(list(entries.items())[-CACHE_ENTRIES:])}, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _project(names: set[str]) -> set[str]:
+    return {m for m in names if isinstance(m, str) and m.split(".")[0] == "pipelines" and _file(m) is not None}
 
 
 @functools.lru_cache(maxsize=None)
 def files(module: str) -> tuple[Path, ...]:
     """`module`'s file and every project module file it imports, transitively, sorted."""
+    cache, missed = _read_cache(), False
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:
@@ -89,7 +91,15 @@ def files(module: str) -> tuple[Path, ...]:
         if m in seen or f is None:
             continue
         seen[m] = f
-        todo.extend(_imports(f, m))
+        data = f.read_bytes()
+        key = hashlib.sha256(m.encode() + b"\0" + data).hexdigest()
+        names = cache.get(key)
+        if not isinstance(names, list):           # (every name: which are project files is asked each time)
+            names, missed = sorted(imported(f, m, data)), True
+            cache[key] = names
+        todo.extend(_project(set(names)))
+    if missed:
+        _write_cache(cache)
     return tuple(sorted(set(seen.values())))
 
 

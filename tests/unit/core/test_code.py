@@ -1,67 +1,73 @@
-"""core/code: the text scan of imports finds every import the syntax tree holds."""
+"""core/code: the files a module runs, read from the syntax trees, kept in a cache by content."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import pytest
 
 from pipelines.core import code
 
-TRICKY = '''"""A docstring."""
-from __future__ import annotations
-import os, sys as system
-import pipelines.core.storage as st
-from . import sibling
-from .. import config, lake as lk
-from .scoring import (resolve_model,   # a comment, with a comma
-                      score_day as sd)
-from pipelines.core.guardrails import \\
-    check, verdict
-try: import pipelines.core.alerts
-except ImportError: pass
-x = 1; import pipelines.core.metrics
-def f():
-    if True:
-        from pipelines.core import drift
-    import importlib
-    return importlib.import_module("pipelines.core.charts")
-'''
+
+def _closure(module: str) -> tuple[Path, ...]:
+    """The files `module` runs, from the syntax trees alone (no cache)."""
+    seen, todo = {}, [module]
+    while todo:
+        m = todo.pop()
+        f = code._file(m)
+        if m in seen or f is None:
+            continue
+        seen[m] = f
+        todo.extend(n for n in code.imported(f, m) if n.split(".")[0] == "pipelines")
+    return tuple(sorted(set(seen.values())))
 
 
-def _module(f: Path) -> str:
-    rel = f.relative_to(code.PACKAGE.parent).with_suffix("")
-    return ".".join(rel.parent.parts if f.name == "__init__.py" else rel.parts)
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    code.files.cache_clear()
+    yield tmp_path / "xdg" / "fraudops" / "imports.json"
+    code.files.cache_clear()
 
 
-def test_the_scan_finds_every_import_the_tree_holds_in_the_package():
-    files = sorted(code.PACKAGE.rglob("*.py"))
-    assert len(files) > 40
-    for f in files:
-        tree, text = code.imported(f, _module(f)), code.scanned(f.read_text(), _module(f), f.name == "__init__.py")
-        assert tree <= text, (f, tree - text)
+def test_the_files_of_each_stage_are_those_of_the_trees_cache_cold_or_warm(cache, monkeypatch):
+    stages = ("ingest", "validate", "features", "score", "decide", "monitor", "train", "feedback", "core.scoring")
+    trees = {s: _closure(f"pipelines.{s}") for s in stages}
+    assert len(trees["core.scoring"]) > 10
+    assert {s: code.files(f"pipelines.{s}") for s in stages} == trees and cache.is_file()
+    before = {s: code.fingerprint(f"pipelines.{s}") for s in stages}
+    code.files.cache_clear()
+
+    def no_tree(*a, **k):
+        raise AssertionError("read from the tree though cached")
+    monkeypatch.setattr(code, "imported", no_tree)                 # a warm cache: no tree is walked
+    assert {s: code.files(f"pipelines.{s}") for s in stages} == trees
+    assert {s: code.fingerprint(f"pipelines.{s}") for s in stages} == before
 
 
-def test_the_scan_reads_every_form_of_import(tmp_path):
-    f = tmp_path / "scoring.py"
-    f.write_text(TRICKY)
-    tree = code.imported(f, "pipelines.core.scoring")
-    assert {"os", "sys", "pipelines.core.storage", "pipelines.core.sibling", "pipelines.config", "pipelines.lake",
-            "pipelines.core.scoring.resolve_model", "pipelines.core.scoring.score_day", "pipelines.core.guardrails.check",
-            "pipelines.core.guardrails.verdict", "pipelines.core.alerts", "pipelines.core.metrics",
-            "pipelines.core.drift", "pipelines.core.charts"} <= tree
-    assert "system" not in tree and "st" not in tree
-    assert code.scanned(TRICKY, "pipelines.core.scoring") == tree
-
-
-def test_the_files_of_each_stage_are_those_the_tree_finds():
-    def closure(module: str) -> tuple[Path, ...]:
-        seen, todo = {}, [module]
-        while todo:
-            m = todo.pop()
-            f = code._file(m)
-            if m in seen or f is None:
-                continue
-            seen[m] = f
-            todo.extend(n for n in code.imported(f, m) if n.split(".")[0] == "pipelines")
-        return tuple(sorted(set(seen.values())))
-    for stage in ("ingest", "validate", "features", "score", "decide", "monitor", "train", "feedback"):
-        assert code.files(f"pipelines.{stage}") == closure(f"pipelines.{stage}"), stage
-    assert len(code.files("pipelines.core.scoring")) > 10
+def test_a_changed_file_is_read_again_and_a_broken_cache_is_only_slower(cache, tmp_path, monkeypatch):
+    root = tmp_path / "src"
+    pkg = root / "pipelines"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pipelines import b\n")
+    (pkg / "b.py").write_text("import json\n")
+    (pkg / "c.py").write_text("")
+    monkeypatch.setattr(code, "PACKAGE", pkg)
+    names = lambda: [f.name for f in code.files("pipelines.a")]                       # noqa: E731
+    assert names() == ["__init__.py", "a.py", "b.py"]
+    first = code.fingerprint("pipelines.a")
+    code.files.cache_clear()
+    (pkg / "a.py").write_text("from pipelines import b\n\n\ndef f():\n    import pipelines.c\n")
+    assert names() == ["__init__.py", "a.py", "b.py", "c.py"]             # the new content, not the cached
+    assert code.fingerprint("pipelines.a") != first
+    assert len(json.loads(cache.read_text())["imports"]) == 5                # a.py twice, b.py, c.py, __init__.py
+    for broken in ("not json", '{"imports": [1]}', '{"imports": {"x": 3}}'):
+        cache.write_text(broken)
+        code.files.cache_clear()
+        assert names() == ["__init__.py", "a.py", "b.py", "c.py"]
+        assert len(json.loads(cache.read_text())["imports"]) >= 3          # written again, whole
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))           # a cache that cannot be written
+    code.files.cache_clear()
+    assert names() == ["__init__.py", "a.py", "b.py", "c.py"]
