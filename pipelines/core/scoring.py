@@ -375,13 +375,17 @@ SPLIT_ROWS = 16_384       # the file's last batch is scored in n slices where ea
 
 def _joined(results: list[tuple[pl.DataFrame, dict]]) -> tuple[pl.DataFrame, dict]:
     """One batch's predictions and stats from those of its slices, in order (the rows as one piece:
-    the sink writes the bytes the whole batch gives)."""
+    the sink writes the bytes the whole batch gives). The batch stays one chunk, its latency the
+    slowest slice's (they ran at once): the chunk stats do not depend on the threads."""
     if len(results) == 1:
         return results[0]
     sts = [st for _, st in results]
-    st = merge_stats(sts, sum(s["seconds"] for s in sts), sts[0]["chunk_rows"])
-    return (pl.concat([out for out, _ in results]).rechunk(),
-            {**st, "latencies_ms": [x for s in sts for x in s["latencies_ms"]]})
+    latency = max(x for s in sts for x in s["latencies_ms"])
+    st = merge_stats([{**s, "chunks": 0, "latencies_ms": []} for s in sts], sum(s["seconds"] for s in sts),
+                     sts[0]["chunk_rows"])
+    st = {**st, "chunks": 1, "latencies_ms": [latency],
+          "chunk_latency_ms": {"p50": latency, "p95": latency, "p99": latency, "max": latency}}
+    return pl.concat([out for out, _ in results]).rechunk(), st
 
 
 def _scored(batches, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.date, where: str,
@@ -445,7 +449,8 @@ def score_file(path, fmanifest: dict, served: Served, p: ScoreParams, ds: dt.dat
     parts, batches = [], []
     owned = ((i, b) for i, b in enumerate(storage.iter_parquet(path, batch_rows=p.chunk_rows))
              if shard is None or shard.owns(i))
-    last = (pq.ParquetFile(str(path)).metadata.num_rows - 1) // p.chunk_rows
+    with pq.ParquetFile(str(path)) as f:
+        last = (f.metadata.num_rows - 1) // p.chunk_rows
     # closed at once on an error here (the sink's): the threads stopped and the booster's thread count
     # restored then, not when the generator is collected (a traceback kept would keep it)
     with contextlib.closing(_scored(owned, fmanifest, served, p, ds, where, observed, workers(p), last)) as scored:

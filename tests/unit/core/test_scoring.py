@@ -189,6 +189,8 @@ def test_batches_scored_at_once_give_the_bytes_and_record_of_one_at_a_time(tmp_p
         pieces.clear()
         assert scored(dataclasses.replace(params, raw={**params.raw, "score": {**params.raw["score"], "workers": w}})) == one
         assert sorted(pieces[2:]) == sorted(split) and sorted(pieces[:2]) == [4, 4], (w, pieces)
+        stats = storage.read_json(store.uri("scoring_stats", date=d))
+        assert stats["rows"] == 11 and stats["chunks"] == 3            # a batch in slices is still one chunk
     monkeypatch.undo()
     assert json.loads(served.booster.save_config())["learner"]["generic_param"]["nthread"] == "2"   # as it was
     bad = dataclasses.replace(served, manifest={**MAN, "spec_hash": "other"})
