@@ -73,10 +73,12 @@ SCORED = ("model_name", "model_version", "scored_by")      # the predictions' co
 
 
 def one_valued(path, columns: list[str]) -> dict[str, str]:
-    """Those of `columns` of a Parquet file that hold one value in every row (no null), with that value,
-    found from their dictionaries' codes (no string is decoded: ~0.15 s at 10M rows). decide then writes
-    them as a literal Enum (its codes: no 10M strings read, copied and dictionary-encoded again); a
-    column with two values, or a null, is carried row by row as before."""
+    """Those of `columns` of a Parquet file that hold one value in every row (no null), with that value.
+    decide then writes them as a literal Enum (its codes: no 10M strings read, copied and
+    dictionary-encoded again); a column with two values, or a null, is carried row by row as before.
+    Found from the footer where every row group's statistics say it (no nulls, min == max: score
+    writes them for its one-valued columns), else from the dictionaries' codes (no string
+    decoded; 0.4-0.5 s at 10M rows for three columns)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -84,6 +86,10 @@ def one_valued(path, columns: list[str]) -> dict[str, str]:
     out = {}
     f = pq.ParquetFile(str(path), read_dictionary=columns)
     for c in columns:
+        told = _told_one_value(f.metadata, c)
+        if told is not None:
+            out[c] = told
+            continue
         values: set = set()
         col = f.read(columns=[c]).column(c)
         if col.null_count or not pa.types.is_dictionary(col.type):       # (a string column reads as codes)
@@ -99,6 +105,22 @@ def one_valued(path, columns: list[str]) -> dict[str, str]:
         if len(values) == 1 and isinstance(v := next(iter(values)), str):
             out[c] = v
     return out
+
+
+def _told_one_value(meta, column: str) -> str | None:
+    """The one string value of `column` where the statistics of every row group holding rows say so
+    (a null count of 0, min == max, the same in every group); None where they do not say it."""
+    where = [i for i in range(meta.num_columns) if meta.schema.column(i).path == column]
+    values = set()
+    for g in (meta.row_group(k) for k in range(meta.num_row_groups)):
+        if not where or not g.num_rows:
+            continue
+        st = g.column(where[0]).statistics
+        # (a truncated min and max cannot be equal: a max cut short is rounded up, so min == max is exact)
+        if st is None or not st.has_min_max or not st.has_null_count or st.null_count or st.min != st.max:
+            return None
+        values.add(st.min)
+    return values.pop() if len(values) == 1 and isinstance(next(iter(values)), str) else None
 
 
 def _act(value: str) -> pl.Expr:

@@ -500,7 +500,7 @@ def _score_shard(params, ds: dt.date, served: Served, pub, path, fman: dict, uri
     if rec is not None:
         return rec
     with storage.scratch_dir("score-shard") as tmp:
-        with storage.ParquetSink(primary, tmp, None, plain_schema=True) as sink:
+        with storage.ParquetSink(primary, tmp, None, plain_schema=True, statistics=CONSTANT) as sink:
             observed = FeatureDrift(served.profile)
             stats = score_file(path, fman, served, params.score, ds, uri, sink, observed, shard)
             part = pub.partition(primary, "score", inputs=reader.consumed,
@@ -632,7 +632,7 @@ def score_day(params, ds: dt.date, served: Served, snapshot: "str | storage.Publ
         part = pub.partition(primary, role if role == "shadow" else "score", inputs=reader.consumed,
                              extra={"model": {k: v for k, v in served.meta().items() if k != "reason"},
                                     **({"run": key} if key else {})})
-        with storage.ParquetSink(primary, tmp, part, plain_schema=True) as sink:
+        with storage.ParquetSink(primary, tmp, part, plain_schema=True, statistics=CONSTANT) as sink:
             observed = FeatureDrift(served.profile)
             sharded = count > 1 and key is not None and not storage.snapshotting(pub)
             if sharded:

@@ -970,13 +970,14 @@ class ParquetSink:
 
     `plain_schema`: no Arrow schema in the file, so readers get the Parquet types: a polars Enum
     column (an Arrow dictionary, written as its codes: ~3x faster than the strings) reads back as a
-    plain string column."""
+    plain string column. `statistics`: columns given min/max statistics besides statistics_columns'
+    (a column of one value a day: its readers learn the value from the footer)."""
 
     def __init__(self, uri: str, workdir: str | Path, publisher: "Publisher | Partition | None" = None,
-                 plain_schema: bool = False) -> None:
+                 plain_schema: bool = False, statistics: tuple[str, ...] = ()) -> None:
         import queue
 
-        self.uri, self.publisher, self.plain_schema = uri, publisher, plain_schema
+        self.uri, self.publisher, self.plain_schema, self.statistics = uri, publisher, plain_schema, statistics
         self.path = Path(workdir) / f"sink-{hashlib.sha1(uri.encode()).hexdigest()[:16]}.parquet"
         self.writer = None
         self.file: _HashingFile | None = None
@@ -1001,7 +1002,8 @@ class ParquetSink:
                     deltas = delta_columns(table)
                     self.writer = pq.ParquetWriter(self.file, table.schema, compression="zstd",
                                                    compression_level=1,
-                                                   write_statistics=statistics_columns(table),
+                                                   write_statistics=[*statistics_columns(table), *(
+                                                       c for c in self.statistics if c in table.column_names)],
                                                    use_dictionary=[c for c in dictionary_columns(table)
                                                                    if c not in deltas],
                                                    column_encoding=dict.fromkeys(deltas, "DELTA_BINARY_PACKED"),

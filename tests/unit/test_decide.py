@@ -172,12 +172,27 @@ def test_the_predictions_one_valued_columns_are_found_from_their_codes(tmp_path)
         found = one_valued(tmp_path / "p" / f"{name}.parquet", ["model_name", "model_version", "scored_by", "ds", "score"])
         assert found == {"model_name": "m"}
     assert one_valued(tmp_path / "p" / "strings.parquet", ["event_id"]) == {}     # every row its own value
-    one = pred.with_columns(pl.lit("1").alias("model_version"), pl.lit("model").alias("scored_by"))
-    sink = storage.ParquetSink(str(tmp_path / "p" / "one.parquet"), tmp_path, plain_schema=True)
-    sink.write(one)
+    # with statistics (score writes them for these columns) the footer tells, where it can: the same answers
+    import pyarrow.parquet as pq
+
+    from pipelines.decide import SCORED, _told_one_value
+
+    sink = storage.ParquetSink(str(tmp_path / "p" / "stats.parquet"), tmp_path, plain_schema=True, statistics=SCORED)
+    for i in range(0, 120, 40):
+        sink.write(pred.slice(i, 40))
     sink.close()
-    fixed = one_valued(tmp_path / "p" / "one.parquet", ["model_name", "model_version", "scored_by"])
-    assert fixed == {"model_name": "m", "model_version": "1", "scored_by": "model"}
+    meta = pq.ParquetFile(tmp_path / "p" / "stats.parquet").metadata
+    assert [_told_one_value(meta, c) for c in SCORED] == ["m", None, None]       # two values; a null
+    assert one_valued(tmp_path / "p" / "stats.parquet", ["model_name", "model_version", "scored_by"]) == {"model_name": "m"}
+    one = pred.with_columns(pl.lit("1").alias("model_version"), pl.lit("model").alias("scored_by"))
+    for stats in ((), SCORED):
+        sink = storage.ParquetSink(str(tmp_path / "p" / "one.parquet"), tmp_path, plain_schema=True, statistics=stats)
+        sink.write(one)
+        sink.close()
+        meta = pq.ParquetFile(tmp_path / "p" / "one.parquet").metadata
+        assert [_told_one_value(meta, c) for c in SCORED] == (["m", "1", "model"] if stats else [None] * 3)
+        fixed = one_valued(tmp_path / "p" / "one.parquet", ["model_name", "model_version", "scored_by"])
+        assert fixed == {"model_name": "m", "model_version": "1", "scored_by": "model"}
     over = pl.DataFrame(schema=OVERRIDE_SCHEMA)
     literal = one.drop(*fixed).with_columns(pl.lit(v, dtype=pl.Enum([v])).alias(c) for c, v in fixed.items())
     rows = list(decisions(lambda: iter([one.slice(0, 60), one.slice(60)]), over, DP))
