@@ -111,9 +111,11 @@ def _told_one_value(meta, column: str) -> str | None:
     """The one string value of `column` where the statistics of every row group holding rows say so
     (a null count of 0, min == max, the same in every group); None where they do not say it."""
     where = [i for i in range(meta.num_columns) if meta.schema.column(i).path == column]
+    if not where:
+        return None
     values = set()
     for g in (meta.row_group(k) for k in range(meta.num_row_groups)):
-        if not where or not g.num_rows:
+        if not g.num_rows:
             continue
         st = g.column(where[0]).statistics
         # (a truncated min and max cannot be equal: a max cut short is rounded up, so min == max is exact)

@@ -381,10 +381,8 @@ def _joined(results: list[tuple[pl.DataFrame, dict]]) -> tuple[pl.DataFrame, dic
         return results[0]
     sts = [st for _, st in results]
     latency = max(x for s in sts for x in s["latencies_ms"])
-    st = merge_stats([{**s, "chunks": 0, "latencies_ms": []} for s in sts], sum(s["seconds"] for s in sts),
-                     sts[0]["chunk_rows"])
-    st = {**st, "chunks": 1, "latencies_ms": [latency],
-          "chunk_latency_ms": {"p50": latency, "p95": latency, "p99": latency, "max": latency}}
+    st = {**merge_stats(sts, sum(s["seconds"] for s in sts), sts[0]["chunk_rows"]), "chunks": 1,
+          "latencies_ms": [latency], "chunk_latency_ms": dict.fromkeys(("p50", "p95", "p99", "max"), latency)}
     return pl.concat([out for out, _ in results]).rechunk(), st
 
 
