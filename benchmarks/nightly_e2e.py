@@ -2,7 +2,7 @@
 (`python -m pipelines <stage> --date D`), with a full-volume look-back: every history day as large
 as the scored day.
 
-    python benchmarks/nightly_e2e.py [--rows 1000000 5000000 10000000] [--keep] [--rerun] [--pairs 2]
+    python benchmarks/nightly_e2e.py [--rows 1000000 5000000 10000000] [--keep] [--rerun] [--pairs 3]
 
 For each size, a local lake (benchmarks/.out/e2e_<rows>) gets 44 days of simulated history
 (validated and canonical transactions, canonical labels, committed partitions: ingest's duplicate
@@ -508,7 +508,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated lakes (benchmarks/.out/e2e_<rows>)")
     ap.add_argument("--rerun", action="store_true",
                     help="reuse the lakes a --keep run left (history, states, champion): time the date's stages again")
-    ap.add_argument("--pairs", type=int, default=2,
+    ap.add_argument("--pairs", type=int, default=3,
                     help="score and the bare job run again side by side this many times (the ratio's median)")
     ap.add_argument("--child", choices=["prepare", "canonical", "alone"], help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
