@@ -9,7 +9,8 @@ For each size, a local lake (benchmarks/.out/e2e_<rows>) gets 44 days of simulat
 window reads the earlier days' ids, features the validated look-back) and the raw deliveries of the
 scored date (transactions, and the labels landing that day). The night before is run once
 (features of D-1: the feature_state partitions of the look-back are made then, as on a real
-night). A model trained on D-1's features is the champion in an MLflow server on 127.0.0.1 (sqlite
+night; the date's own state is made by the date's features, timed, as on a real night: one kept from an
+earlier run is removed first). A model trained on D-1's features is the champion in an MLflow server on 127.0.0.1 (sqlite
 backend, started and stopped here), the suites' row-count bounds scaled to the volume. Then, timed,
 the date's stages in order: ingest, validate, features, score, decide, monitor: wall and peak RSS of
 each process (os.wait4).
@@ -264,7 +265,10 @@ def drop_own_state(params: Path) -> None:
     """Remove the scored date's feature_state partition from the lake of `params` (its folder holds its
     objects and its record): the date's features make it again, as the date's night does."""
     p = yaml.safe_load(params.read_text())
-    primary = Path(p["storage"]["lake"]) / p["storage"]["layout"]["feature_state"].format(date=DAY.isoformat())
+    layout = p["storage"]["layout"]["feature_state"]
+    if "{date}" not in layout.rpartition("/")[0]:      # the folder removed must be the date's alone
+        raise SystemExit(f"storage.layout.feature_state {layout!r}: no folder of the date's own to remove")
+    primary = Path(p["storage"]["lake"]) / layout.format(date=DAY.isoformat())
     shutil.rmtree(primary.parent, ignore_errors=True)
 
 
