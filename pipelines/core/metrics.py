@@ -135,7 +135,7 @@ def calibration_table(y: np.ndarray, score: np.ndarray, bins: int) -> list[dict]
 
 
 def score_frame(booster, frame: pl.DataFrame, manifest: dict, where: str) -> pl.DataFrame:
-    return frame.with_columns(pl.Series("score", M.predict(booster, M.feature_matrix(frame, manifest, where))))
+    return frame.with_columns(pl.Series("score", M.predict(booster, M.feature_matrix(frame, manifest, where, columns=True))))
 
 
 def rates(cm: dict) -> dict:

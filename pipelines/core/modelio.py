@@ -207,12 +207,18 @@ def check_features(frame: pl.DataFrame, manifest: dict, where: str = "features")
         raise ManifestMismatch(f"{where}: dtype mismatch (got, trained on): {bad}; nothing scored")
 
 
-def feature_matrix(frame: pl.DataFrame, manifest: dict, where: str = "features") -> np.ndarray:
+def feature_matrix(frame: pl.DataFrame, manifest: dict, where: str = "features", columns: bool = False) -> np.ndarray:
     """The model's input: the manifest's columns, in its order, as float32 (nulls -> NaN, which
-    XGBoost treats as missing). The one path for training, evaluation and scoring."""
+    XGBoost treats as missing). The one path for training, evaluation and scoring.
+
+    `columns`: the same values laid out a column after another (Fortran order), for `predict` only:
+    each column is copied as it is, where a row-major matrix interleaves them (a 262,144-row batch of
+    34 features: 31 -> 12 ms of CPU). inplace_predict reads the matrix through its strides: the same
+    floats in, the same predictions out, at the same speed. A DMatrix (training) copies a column-major
+    matrix to rows first: training keeps the rows."""
     check_features(frame, manifest, where)
-    return frame.select(pl.col(c).cast(pl.Float32) for c in manifest["feature_names"]).to_numpy(order="c").astype(
-        np.float32, copy=False)
+    return frame.select(pl.col(c).cast(pl.Float32) for c in manifest["feature_names"]).to_numpy(
+        order="fortran" if columns else "c").astype(np.float32, copy=False)
 
 
 def predict(booster, x: np.ndarray, chunk_rows: int = 500_000) -> np.ndarray:

@@ -62,6 +62,31 @@ def test_feature_matrix_refuses_a_mismatch():
         M.feature_matrix(ok.with_columns(pl.col("b").cast(pl.Float64)), man)
 
 
+def test_the_column_major_matrix_predicts_the_same_floats():
+    """score's matrix (columns=True: Fortran order, read by inplace_predict through its strides) holds the
+    rows' values and gives the same predictions, bit for bit, as the row-major one training uses, also
+    in chunks (strided slices) and with missing values."""
+    import xgboost as xgb
+
+    rng = np.random.default_rng(3)
+    n = 5_000
+    frame = pl.DataFrame({"a": pl.Series(rng.random(n) * 100, dtype=pl.Float32),
+                          "b": pl.Series(rng.integers(0, 9, n), dtype=pl.Int32),
+                          "c": rng.normal(size=n)}).with_columns(
+        pl.when(pl.int_range(n) % 7 == 0).then(None).otherwise(pl.col("b")).alias("b"))
+    man = {"feature_names": ["c", "a", "b"], "dtypes": {"a": "Float32", "b": "Int32", "c": "Float64"}, "spec_hash": "x"}
+    rows, cols = M.feature_matrix(frame, man), M.feature_matrix(frame, man, columns=True)
+    assert rows.flags.c_contiguous and cols.flags.f_contiguous and cols.dtype == np.float32
+    assert np.array_equal(rows, cols, equal_nan=True)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "nthread": 1},
+                        xgb.DMatrix(rows, label=rng.random(n) < 1 / (1 + np.exp(-rows[:, 0] - rows[:, 1] / 50 + np.nan_to_num(rows[:, 2]) / 4))), 20)
+    want = M.predict(booster, rows)
+    assert want.dtype == np.float32 and len(np.unique(want)) > 50
+    for chunk in (n, 1_024):
+        got = M.predict(booster, cols, chunk_rows=chunk)
+        assert got.tobytes() == want.tobytes()
+
+
 def test_labelled_frames_account_for_every_row_and_name_what_is_missing(tmp_path, params):
 
     store = local_lake(tmp_path, params)

@@ -71,6 +71,28 @@ def test_model_scores_in_chunks_and_flags_defaulted_features():
     assert again.equals(out)
 
 
+def test_the_flag_lists_are_the_columns_a_list_literal_gives():
+    """score_partition builds its per-row lists (`fallback`, `defaulted_features`) from Arrow offsets: the
+    same values, dtype and Arrow type as polars' broadcast of the literal, for an empty list and a fallback's."""
+    from pipelines.core.scoring import _lists
+
+    for values in ([], ["registry_cache"], ["registry_cache", "feature_default"]):
+        want = pl.DataFrame({"k": range(5)}).with_columns(pl.lit(values, dtype=pl.List(pl.String)).alias("f"))["f"]
+        got = _lists(values, 5, "f")
+        assert got.dtype == want.dtype and got.to_list() == want.to_list() == [values] * 5
+        assert got.to_arrow().type == want.to_arrow().type
+    assert _lists([], 0, "f").len() == 0
+    served = Served("model", ["registry_cache"], "cache", "m", "3", "run", "sha", _booster(), MAN, 0.4,
+                    {"features": {"amount": {"sample": list(range(101))}}})
+    out, stats = score_partition(_frame(), FMAN, served, SP, D, "t")
+    assert out["fallback"].to_list()[0] == ["registry_cache"]
+    assert out["fallback"].to_list()[2] == ["registry_cache", "feature_default"]
+    assert stats["fallback_rows"] == {"feature_default": 2, "registry_cache": 10}
+    nodefault, st = score_partition(_frame().drop_nulls(), FMAN, served, SP, D, "t")
+    assert nodefault["fallback"].to_list() == [["registry_cache"]] * 8 and nodefault["defaulted_features"].to_list() == [[]] * 8
+    assert st["fallback_rows"] == {"registry_cache": 8}
+
+
 def test_manifest_mismatch_is_an_error_never_a_silent_misscore():
     served = Served("model", [], "ok", "m", "3", "run", "sha", _booster(), MAN, 0.4, {"features": {}})
     with pytest.raises(ManifestMismatch, match="spec"):
