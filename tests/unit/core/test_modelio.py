@@ -78,8 +78,10 @@ def test_the_column_major_matrix_predicts_the_same_floats():
     rows, cols = M.feature_matrix(frame, man), M.feature_matrix(frame, man, columns=True)
     assert rows.flags.c_contiguous and cols.flags.f_contiguous and cols.dtype == np.float32
     assert np.array_equal(rows, cols, equal_nan=True)
+    odds = np.exp(rows[:, 0] + rows[:, 1] / 50 - np.nan_to_num(rows[:, 2]) / 4)
+    label = rng.random(n) < odds / (1 + odds)                 # every feature matters: many distinct scores
     booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "nthread": 1},
-                        xgb.DMatrix(rows, label=rng.random(n) < 1 / (1 + np.exp(-rows[:, 0] - rows[:, 1] / 50 + np.nan_to_num(rows[:, 2]) / 4))), 20)
+                        xgb.DMatrix(rows, label=label), 20)
     want = M.predict(booster, rows)
     assert want.dtype == np.float32 and len(np.unique(want)) > 50
     for chunk in (n, 1_024):
