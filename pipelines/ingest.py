@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipelines.core import lineage, storage
+from pipelines.core import lineage, repeats, storage
 from pipelines.core.cli import each_partition, resolve, stage_parser
 from pipelines.core.config import DatasetParams, IngestParams, StorageParams
 
@@ -188,7 +188,8 @@ def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt
     sort_keys = (["event_ts"] if "event_ts" in schema else []) + [FILE, ROW]
     keys = joined.select(*sort_keys, "event_id", *(["label"] if "label" in schema else [])).with_row_index("__i") \
         .filter(~flagged).sort(sort_keys)
-    first = keys["event_id"].is_first_distinct()      # the earliest (timestamp, source order) of each id is kept
+    # the earliest (timestamp, source order) of each id is kept; found on the ids' hashes (2.2 -> 0.35 s at 10M)
+    first = repeats.is_first_distinct(keys["event_id"])
     kept, dups = keys.filter(first), keys.filter(~first)
     conflicts = 0
     if "label" in schema and dups.height:
@@ -203,16 +204,16 @@ def normalize(raw: pl.DataFrame | list[pl.DataFrame], ds: DatasetParams, day: dt
 
     # first arrival wins across days: an id ingested for an earlier date is not ingested again
     cross_conflicts = 0
-    repeats = dups.clear()
+    again_seen = dups.clear()
     if seen is not None and seen.height and kept.height:
         again = kept["event_id"].is_in(seen["event_id"].implode())
-        repeats = kept.filter(again).with_columns(pl.lit("duplicate_id_across_days").alias("reject_reason"))
+        again_seen = kept.filter(again).with_columns(pl.lit("duplicate_id_across_days").alias("reject_reason"))
         kept = kept.filter(~again)
-        if "label" in schema and "label" in seen.columns and repeats.height:
-            cmp = repeats.join(seen.select("event_id", pl.col("label").cast(pl.Float64).alias("__first")),
-                               on="event_id", how="left")
+        if "label" in schema and "label" in seen.columns and again_seen.height:
+            cmp = again_seen.join(seen.select("event_id", pl.col("label").cast(pl.Float64).alias("__first")),
+                                 on="event_id", how="left")
             cross_conflicts = int((cmp["label"] != cmp["__first"]).sum())
-    dropped = pl.concat([dups.select("__i", "reject_reason"), repeats.select("__i", "reject_reason")])
+    dropped = pl.concat([dups.select("__i", "reject_reason"), again_seen.select("__i", "reject_reason")])
     if dropped.height:
         bad = pl.concat([bad, joined[dropped["__i"]].with_columns(dropped["reject_reason"])])
 
@@ -312,19 +313,9 @@ def _id_hash() -> pl.Expr:
 
 
 def distinct_ids(ids: pl.Series, hashed=lambda s: s.hash(seed=ID_SEED)) -> int:
-    """`ids.n_unique()` (a null counts as one value), exactly, from the ids' 64-bit hashes (`hashed`):
-    a hash value found on one row is one id; the rows of a hash value found on several (repeats, a
-    collision) are counted on the ids themselves. 0.2-0.3 s instead of 2.0 s for 10M ids."""
-    import numpy as np
-
-    h = hashed(ids)
-    s = h.sort().to_numpy()
-    shared = np.unique(s[1:][s[1:] == s[:-1]])
-    distinct = int(np.count_nonzero(s[1:] != s[:-1])) + 1 if len(s) else 0
-    if not len(shared):
-        return distinct
-    again = ids.filter(h.is_in(pl.Series(shared).implode()))
-    return distinct - len(shared) + again.n_unique()
+    """`ids.n_unique()` (a null counts as one value), exactly, from the ids' 64-bit hashes
+    (repeats.n_unique): 0.2-0.3 s instead of 2.0 s for 10M ids."""
+    return repeats.n_unique(ids, hashed)
 
 
 def _ids_uri(canonical_uri: str) -> str:

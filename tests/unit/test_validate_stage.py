@@ -1,5 +1,5 @@
-"""The validate stage on a lake of local files: the validated partition encoded while the suite runs
-is published only where every canonical row passed; otherwise the validated rows are written."""
+"""The validate stage on a lake of local files: where every canonical row passed, the validated partition
+is the canonical file's bytes; otherwise the validated rows are written."""
 from __future__ import annotations
 
 import dataclasses
@@ -37,15 +37,19 @@ def _validated(tmp_path, frame: pl.DataFrame):
     return results, lineage.Reader().read_parquet(uri), uri, sorted(p.name for p in (tmp_path / "lake").rglob("*"))
 
 
-def test_a_clean_day_publishes_the_rows_encoded_beside_the_suite_and_a_bad_one_the_rows_that_passed(tmp_path):
+def test_a_clean_day_publishes_the_canonical_bytes_and_a_bad_one_the_rows_that_passed(tmp_path):
     events = small_world(seed=5, n=300, days=1)[0].drop("category")
     results, got, uri, files = _validated(tmp_path / "clean", events)
     assert results["rows_validated"] == events.height and got.equals(events)
-    assert storage.read_bytes(uri) == storage.parquet_bytes(events)        # the bytes the write gave before
-    assert not [f for f in files if f.endswith(".tmp")]                     # the staged file moved, none left
+    canonical = uri.replace("/validated/", "/canonical/")
+    assert storage.read_bytes(uri) == storage.read_bytes(canonical)         # the canonical file, copied
+    rec = lineage.Reader().record(uri)
+    assert rec["objects"][uri] == rec["inputs"][canonical]                   # its record says so: one sha256
+    assert not [f for f in files if f.endswith(".tmp")]
 
     bad = events.with_columns(pl.when(pl.int_range(pl.len()) % 50 == 0).then(None).otherwise(pl.col("amount"))
                               .alias("amount"))
     results, got, uri, files = _validated(tmp_path / "bad", bad)
     assert results["rows_quarantined"] == 6 and got.equals(bad.filter(pl.col("amount").is_not_null()))
     assert not [f for f in files if f.endswith(".tmp")]                     # the staged file dropped
+
