@@ -708,6 +708,10 @@ def parquet_file(df: pl.DataFrame | pa.Table, path: str | Path) -> str:
     fh = _HashingFile(Path(path))
     try:
         _write_parquet(df, fh)
+    except Exception:
+        if fh.error is not None:            # the disk's error (full, gone), not the writer's wrapping of it
+            raise fh.error from None
+        raise
     finally:
         fh.close()
     return fh.hash.hexdigest()
@@ -723,15 +727,29 @@ def _has_dictionary(dtype) -> bool:
     return any(_has_dictionary(f.dtype) for f in getattr(dtype, "fields", None) or [])
 
 
+def _polars_writes(dtype) -> bool:
+    """A column polars' own writer takes: not a dictionary (see _write_parquet), not Null or Object."""
+    if isinstance(dtype, (pl.Categorical, pl.Enum, pl.Null, pl.Object)):
+        return False
+    inner = getattr(dtype, "inner", None)
+    if inner is not None and not _polars_writes(inner):
+        return False
+    return all(_polars_writes(f.dtype) for f in getattr(dtype, "fields", None) or [])
+
+
 def _write_parquet(df: pl.DataFrame | pa.Table, sink) -> None:
-    """The one Parquet encoding (PARQUET). A polars frame goes to Arrow one row group at a time, each
-    as one contiguous chunk:
-      * its bytes follow its values, not how its memory happens to be chunked (pyarrow cuts pages
-        where the chunks it is given start);
-      * a large frame is never converted whole (polars' to_arrow copies the strings: 0.6 GB at once
-        for the features of a 10M-row date).
-    A frame with a dictionary column (Categorical, Enum, nested too) and an Arrow table are written
-    whole, as they come: slices of a dictionary column may carry different dictionaries."""
+    """The one Parquet encoding (PARQUET). A polars frame is written by polars' own writer, which
+    encodes the columns of a row group on all cores (one core for pyarrow's): the features of a
+    10M-row date in 4.1 s instead of 7.2 s, a day's feature state 1.4 s instead of 3.2 s, about the
+    same bytes (benchmarks/RESULTS.md, stop 57). Its bytes follow the frame's values, not how its
+    memory happens to be chunked (tested).
+    A frame with a dictionary column (Categorical, Enum, nested too), a Null or Object column, and an
+    Arrow table go through pyarrow, whole, as they come (slices of a dictionary column may carry
+    different dictionaries)."""
+    if isinstance(df, pl.DataFrame) and all(_polars_writes(t) for t in df.schema.dtypes()):
+        df.write_parquet(sink, compression=PARQUET["compression"], compression_level=PARQUET["compression_level"],
+                         statistics=PARQUET["write_statistics"], row_group_size=PARQUET["row_group_size"])
+        return
     if not isinstance(df, pl.DataFrame) or any(_has_dictionary(t) for t in df.schema.dtypes()):
         table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
         pq.write_table(table, sink, **_settings(table.slice(0, PARQUET["row_group_size"])))
@@ -937,13 +955,18 @@ class _HashingFile(io.RawIOBase):
 
     def __init__(self, path: Path) -> None:
         self.fh, self.hash = open(path, "wb"), hashlib.sha256()
+        self.error: OSError | None = None       # the write's own error (polars' writer raises its own type)
 
     def writable(self) -> bool:
         return True
 
     def write(self, data) -> int:
         self.hash.update(data)
-        return self.fh.write(data)
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
 
     def flush(self) -> None:
         if not self.fh.closed:

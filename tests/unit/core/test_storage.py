@@ -84,9 +84,9 @@ def test_a_parquet_file_staged_in_a_thread_has_the_same_bytes_and_leaves_nothing
 
 
 def test_parquet_bytes_follow_the_values_not_how_the_frame_is_chunked(tmp_path, monkeypatch):
-    """pyarrow cuts pages where the chunks it is given start: a frame whose columns are cut at other
-    rows than its row groups (and than each other) is written as one chunk per row group, the bytes
-    of the same values in one piece; the staged file has them too."""
+    """A frame whose columns are cut at other rows than its row groups (and than each other) is written
+    with the bytes of the same values in one piece (pyarrow cut pages where the chunks it was given
+    started; polars' writer, used now, does not); the staged file has them too."""
     monkeypatch.setitem(storage.PARQUET, "row_group_size", 100_000)
     n = 300_000
     a = pl.Series("a", range(n))
@@ -134,14 +134,25 @@ def test_a_full_disk_is_one_storage_error_and_no_temporary_file(tmp_path, monkey
     assert list((tmp_path / "lake" / "a").iterdir()) == []
     storage.write_bytes(f"{tmp_path}/lake/b/x.json", b"1")        # another path: no fault
     # the disk fills while a partition's Parquet is encoded into its staged file: the same one error
-    real = storage._HashingFile.write
+    real = storage._HashingFile.__init__
 
-    def full(self, data):
-        if self.fh.tell() > 100:                # after the first bytes
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, data)
+    class Full:                                 # the staged file's disk: full past its first bytes
+        def __init__(self, fh) -> None:
+            self.fh = fh
+
+        def write(self, data) -> int:
+            if self.fh.tell() + len(data) > 100:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    def full(self, path) -> None:
+        real(self, path)
+        self.fh = Full(self.fh)
     monkeypatch.delenv(faults.ENV)
-    monkeypatch.setattr(storage._HashingFile, "write", full)
+    monkeypatch.setattr(storage._HashingFile, "__init__", full)
     uri = f"{tmp_path}/lake/c/part-0.parquet"
     with storage.Publisher(f"{tmp_path}/lake", None) as pub:
         part = pub.partition(uri, "features")
@@ -443,3 +454,27 @@ def test_read_ahead_asks_the_os_for_the_local_files_that_are_there(tmp_path, mon
     for t in [t for t in threading.enumerate() if t.name == "read-ahead"]:
         t.join(timeout=10)
     assert advised == [(a.stat().st_ino, os.POSIX_FADV_WILLNEED), (b.stat().st_ino, os.POSIX_FADV_WILLNEED)]
+
+
+def test_frames_polars_writer_cannot_take_go_through_pyarrow_and_read_back_the_same(tmp_path):
+    """polars' writer takes plain columns; a Null column, an Enum (also in a list) and an Arrow table
+    go through pyarrow. Each reads back with its values and, where the frame is plain, the same bytes
+    on every write."""
+    import pyarrow as pa
+
+    plain = pl.DataFrame({"id": ["a", "b", None], "x": [1.5, None, 2.0], "l": [["p"], [], None],
+                          "t": pl.Series([1, 2, 3]).cast(pl.Datetime("us"))})
+    assert all(storage._polars_writes(t) for t in plain.schema.dtypes())
+    assert storage.parquet_bytes(plain) == storage.parquet_bytes(plain.clone())
+    assert pl.read_parquet(storage.parquet_bytes(plain)).equals(plain)
+    enum = pl.Enum(["no", "yes"])
+    for other in [plain.with_columns(pl.lit(None).alias("n")),
+                  plain.with_columns(pl.Series("e", ["no", "yes", None], dtype=enum)),
+                  plain.with_columns(pl.Series("le", [["no"], [], None], dtype=pl.List(enum)))]:
+        assert not all(storage._polars_writes(t) for t in other.schema.dtypes())
+        back = pl.read_parquet(storage.parquet_bytes(other))
+        assert back.drop(other.columns[-1]).equals(plain)
+        assert back[other.columns[-1]].cast(pl.List(pl.String) if other.columns[-1] == "le" else pl.String).to_list() \
+            == other[other.columns[-1]].cast(pl.List(pl.String) if other.columns[-1] == "le" else pl.String).to_list()
+    table = pa.table({"a": [1, 2]})
+    assert pl.read_parquet(storage.parquet_bytes(table))["a"].to_list() == [1, 2]
