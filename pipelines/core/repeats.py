@@ -6,7 +6,8 @@ ask it of every night's ids. Sorting the ids' 64-bit hashes takes ~0.3 s. A hash
 is a value found on one row (two equal values hash alike), so only the rows of the hash values found on
 several rows (a repeat, or two values that collide) are asked of polars, on the values themselves: the
 answer is polars' own, whatever the hash (the tests force collisions), nulls included (they hash alike
-and are compared by polars as before).
+and are compared by polars as before). A nested or Object column is asked of polars whole (a null
+struct and a struct of nulls hash apart, yet polars' is_duplicated holds them equal).
 """
 from __future__ import annotations
 
@@ -37,9 +38,15 @@ def _suspects(values: pl.Series, hashed: Hasher) -> pl.Series | None:
     return h.is_in(pl.Series(again).implode()) if len(again) else None
 
 
+def _flat(values: pl.Series) -> bool:
+    return not (values.dtype.is_nested() or values.dtype == pl.Object)
+
+
 def _on_suspects(values: pl.Series, hashed: Hasher, ask: Callable[[pl.Series], pl.Series], otherwise: bool
                  ) -> pl.Series:
     """`ask(values)` (a Boolean per row), asked of the suspect rows only; `otherwise` for the others."""
+    if not _flat(values):
+        return ask(values)
     out = np.full(values.len(), otherwise)
     suspect = _suspects(values, hashed)
     if suspect is not None:
@@ -59,6 +66,8 @@ def is_first_distinct(values: pl.Series, hashed: Hasher = _hash) -> pl.Series:
 
 def n_unique(values: pl.Series, hashed: Hasher = _hash) -> int:
     """`values.n_unique()` (a null counts as one value)."""
+    if not _flat(values):
+        return values.n_unique()
     h = hashed(values)
     s = h.sort().to_numpy()
     again = np.unique(s[1:][s[1:] == s[:-1]])

@@ -40,3 +40,14 @@ def test_a_column_without_repeats_is_answered_without_asking_the_values():
     assert repeats.is_first_distinct(values, distinct).to_list() == [True, True, True]
     assert repeats.n_unique(values, distinct) == 3
     assert repeats.is_duplicated(values).to_list() == [True, True, False]      # polars' hash: the repeat found
+
+
+def test_a_nested_column_is_asked_of_polars_whole():
+    """A null struct and a struct of nulls hash apart, yet polars' is_duplicated holds them equal:
+    a nested column gets polars' own answer, not the hashes'."""
+    s = pl.Series("a", [{"x": 1}, {"x": 1}, None, {"x": None}])
+    assert repeats.is_duplicated(s).to_list() == s.is_duplicated().to_list()
+    assert repeats.is_first_distinct(s).to_list() == s.is_first_distinct().to_list()
+    assert repeats.n_unique(s) == s.n_unique()
+    lists = pl.Series("l", [[1], [1, 2], [1], None, []])
+    assert repeats.is_duplicated(lists).to_list() == lists.is_duplicated().to_list()
