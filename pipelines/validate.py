@@ -70,10 +70,9 @@ def validate_partition(dataset: str, day: dt.date, suite: dict, params, store, p
         data = reader.read_bytes(src)           # checked against its record: the bytes published below
     except (lineage.NotCommitted, lineage.StaleInput) as exc:
         pub.remove(validated_uri)
-        why = "does not exist (did ingest fail?)" if isinstance(exc, lineage.NotCommitted) else \
-            f"is not valid ({exc})"
-        raise ValidationBlocked(f"{dataset} {day}: canonical partition {src} {why}; nothing validated, any "
-                                f"earlier validated partition of the date withdrawn, the run fails") from None
+        why = "does not exist (did ingest fail?)" if isinstance(exc, lineage.NotCommitted) else f"is not valid ({exc})"
+        raise ValidationBlocked(f"{dataset} {day}: canonical partition {src} {why}; nothing validated, any earlier "
+                                f"validated partition of the date withdrawn, the run fails") from None
     df = storage.read_parquet_bytes(data, src)
     v = validate_frame(df, suite, dataset, day, params.max_quarantine_fraction, engine=params.engine)
     v.results["source"] = src

@@ -25,10 +25,14 @@ def _hash(s: pl.Series) -> pl.Series:
     return s.hash(seed=SEED)
 
 
+def _repeated(ordered: np.ndarray) -> np.ndarray:
+    """The values found on more than one row of the sorted array `ordered`, sorted and unique."""
+    return np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+
+
 def shared(hashes: pl.Series) -> np.ndarray:
     """The hash values found on more than one row, sorted and unique."""
-    h = hashes.sort().to_numpy()
-    return np.unique(h[1:][h[1:] == h[:-1]])
+    return _repeated(hashes.sort().to_numpy())
 
 
 def _suspects(values: pl.Series, hashed: Hasher) -> pl.Series | None:
@@ -70,7 +74,7 @@ def n_unique(values: pl.Series, hashed: Hasher = _hash) -> int:
         return values.n_unique()
     h = hashed(values)
     s = h.sort().to_numpy()
-    again = np.unique(s[1:][s[1:] == s[:-1]])
+    again = _repeated(s)
     distinct = int(np.count_nonzero(s[1:] != s[:-1])) + 1 if len(s) else 0
     if not len(again):
         return distinct
