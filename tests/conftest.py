@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 # (+7 days for the labels of the test window to land).
 TRAIN_RANGE = ("2026-01-20", "2026-02-28")
 TEST_ENV = {
-    "FRAUDOPS_HOME": str(REPO / ".state-test"),
+    # (`make test` runs tests/unit beside the rest in a state folder and on ports of their own)
+    "FRAUDOPS_HOME": os.environ.get("FRAUDOPS_TEST_HOME", str(REPO / ".state-test")),
     "FRAUDOPS_MLFLOW_PORT": os.environ.get("FRAUDOPS_TEST_MLFLOW_PORT", "5501"),
     "FRAUDOPS_AIRFLOW_PORT": os.environ.get("FRAUDOPS_TEST_AIRFLOW_PORT", "8081"),
 }
@@ -33,7 +34,8 @@ S3_TEST_PORT = int(os.environ.get("FRAUDOPS_TEST_S3_PORT", "5401"))     # the S3
 for _key in [k for k in os.environ if k.startswith(("FRAUDOPS_", "MLFLOW_", "AIRFLOW__", "AWS_"))
              or k in ("AIRFLOW_HOME", "AIRFLOW_API_USER", "AIRFLOW_API_PASSWORD")]:
     if _key not in TEST_ENV and _key not in ("FRAUDOPS_TEST_S3_PORT", "FRAUDOPS_TEST_MLFLOW_PORT",
-                                             "FRAUDOPS_TEST_AIRFLOW_PORT", "FRAUDOPS_TEST_DISTRIBUTED"):
+                                             "FRAUDOPS_TEST_AIRFLOW_PORT", "FRAUDOPS_TEST_DISTRIBUTED",
+                                             "FRAUDOPS_TEST_HOME"):
         del os.environ[_key]
 os.environ.update(TEST_ENV)
 
