@@ -28,20 +28,23 @@ demo: install            ## the main job on the embedded default
 	$(BIN)/python -m pipelines demo
 
 # tests/unit run beside the DAG and integration tests, which mostly wait on the stack's services
-# (~30% of 2 cores over the suite), in a state folder and on ports of their own; their report
-# follows. One after the other, the suite took 21.3 min; side by side 18.8 min (the unit tests 2.7 min
-# beside), .ci/run 28.0 -> 24.1 min on a clean clone.
+# (~30% of 2 cores over the suite), as a session with a state folder and ports of its own; its
+# report (.state-test-unit/pytest.log) follows the others'. Both sessions are jobs of this shell:
+# Ctrl-C reaches both (tests/conftest.py takes SIGINT back), which tear down their fixtures; a
+# SIGTERM to the shell is passed on to them as SIGINT. On clean clones back to back: the main
+# session 21.3 -> 18.8 min, .ci/run 28.0 -> 24.1 min.
 UNIT    := .state-test-unit
 test: install            ## the whole suite: unit, DAG and integration tests on the real local stack
-	@rm -rf $(UNIT) && mkdir -p $(UNIT); \
-	FRAUDOPS_TEST_HOME=$(CURDIR)/$(UNIT)/home FRAUDOPS_TEST_MLFLOW_PORT=5503 FRAUDOPS_TEST_AIRFLOW_PORT=8083 \
-	  FRAUDOPS_TEST_S3_PORT=5403 $(BIN)/python -m pytest tests/unit -p no:cacheprovider --basetemp=$(UNIT)/tmp \
-	  >$(UNIT)/pytest.log 2>&1 & unit=$$!; \
-	trap 'kill $$unit 2>/dev/null' INT TERM; \
-	$(BIN)/python -m pytest --ignore=tests/unit; rc=$$?; \
-	wait $$unit; urc=$$?; \
+	@rm -rf "$(UNIT)" && mkdir -p "$(UNIT)" || exit 1; \
+	FRAUDOPS_TEST_HOME="$(CURDIR)/$(UNIT)/home" FRAUDOPS_TEST_MLFLOW_PORT=5503 FRAUDOPS_TEST_AIRFLOW_PORT=8083 \
+	  FRAUDOPS_TEST_S3_PORT=5403 $(BIN)/python -m pytest tests/unit -p no:cacheprovider --basetemp="$(UNIT)/tmp" \
+	  >"$(UNIT)/pytest.log" 2>&1 & unit=$$!; \
+	$(BIN)/python -m pytest --ignore=tests/unit & main=$$!; \
+	trap 'wait $$main; wait $$unit; exit 130' INT; \
+	trap 'kill -INT $$main $$unit 2>/dev/null; wait $$main; wait $$unit; exit 143' TERM; \
+	wait $$main; rc=$$?; wait $$unit; urc=$$?; \
 	echo "======================== tests/unit (run beside the tests above) ========================"; \
-	cat $(UNIT)/pytest.log; \
+	cat "$(UNIT)/pytest.log"; \
 	[ $$rc = 0 ] && [ $$urc = 0 ]
 
 # the distributed stack (PostgreSQL, Redis, CeleryExecutor with two workers) on loopback: its own state

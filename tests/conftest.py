@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,10 @@ for _key in [k for k in os.environ if k.startswith(("FRAUDOPS_", "MLFLOW_", "AIR
                                              "FRAUDOPS_TEST_HOME"):
         del os.environ[_key]
 os.environ.update(TEST_ENV)
+# `make test` starts its two sessions as jobs of one shell, where SIGINT comes in ignored: Ctrl-C
+# reaches each as a KeyboardInterrupt again, so its fixtures are torn down (the stack stopped)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def publish(primary: str, data, companions: dict | None = None, stage: str = "test") -> None:
