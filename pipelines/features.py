@@ -1377,6 +1377,7 @@ def _settings(spec: FeatureParams) -> dict:
     d.pop("chunk_rows")
     d.pop("timeline_threads")
     d.pop("spill_compression")
+    d.pop("state_compression")
     d.pop("state_keep_days")
     d.pop("state_apart_mb")
     d.pop("from_raw_memory_mb")
@@ -1579,7 +1580,7 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False, check_only:
     totals = daily.height
     # the day's totals encoded at once and let go: the labels' match runs without them in memory;
     # published with the other objects, under one record, at the end
-    with storage.staged_parquet(primary, daily) as (staged, sha):
+    with storage.staged_parquet(primary, daily, spec.state_compression) as (staged, sha):
         del daily
 
         def read_day(d: dt.date, columns: list[str]) -> pl.DataFrame:
@@ -1600,7 +1601,7 @@ def ensure_state(params, day: dt.date, pub, recompute: bool = False, check_only:
         out = pub.partition(primary, "feature_state", inputs=reader.consumed, extra={"run": key, "unmatched_labels": unmatched})
         out.put_path(primary, staged, sha=sha, move=True)
         for name, frame in daystate.objects(labelled, spec):
-            out.put_parquet(_sibling(primary, name), frame)
+            out.put_parquet(_sibling(primary, name), frame, spec.state_compression)
         out.commit()
     log.info("feature state %s: %d entity totals, %d labels landed %s matched to their events, %d unmatched (their "
              "event is not among the validated events searched)", day, totals, labelled.height, landed, unmatched)

@@ -694,20 +694,34 @@ class Rows:
 # zstd level 1: at 10M rows a day 1.0-1.3 s less per partition written than level 3 (validated 3.57 -> 2.60 s,
 # a feature state 4.62 -> 3.34 s, the features 7.91 -> 7.59 s) for files of the same size within 1% (benchmarks/RESULTS.md, stop 48)
 PARQUET = {"compression": "zstd", "compression_level": 1, "write_statistics": True, "row_group_size": 1_000_000}
+# Another codec for objects read many times over (features.state_compression): a feature state is written
+# once and read by ~27-37 nights. lz4 decodes a 10M-row day state in 0.30 s of CPU instead of 0.58 s for
+# 44% more bytes (benchmarks/RESULTS.md, stop 59); "none" is the least CPU and the most bytes.
+CODECS = {"zstd": {"compression": "zstd", "compression_level": 1}, "lz4": {"compression": "lz4", "compression_level": None},
+          "none": {"compression": "none", "compression_level": None}}
 
 
-def parquet_bytes(df: pl.DataFrame | pa.Table) -> bytes:
+def _codec(codec: str | None) -> dict:
+    """PARQUET's compression settings, or those of `codec` (a CODECS name)."""
+    if codec is None:
+        return {"compression": PARQUET["compression"], "compression_level": PARQUET["compression_level"]}
+    if codec not in CODECS:
+        raise ValueError(f"unknown Parquet codec {codec!r} (one of {sorted(CODECS)})")
+    return dict(CODECS[codec])
+
+
+def parquet_bytes(df: pl.DataFrame | pa.Table, codec: str | None = None) -> bytes:
     """Serialize with fixed settings: same values, same bytes (_write_parquet)."""
     buf = io.BytesIO()
-    _write_parquet(df, buf)
+    _write_parquet(df, buf, codec)
     return buf.getvalue()
 
 
-def parquet_file(df: pl.DataFrame | pa.Table, path: str | Path) -> str:
-    """parquet_bytes(df) written into the file `path` as they are encoded (never all held): their sha256."""
+def parquet_file(df: pl.DataFrame | pa.Table, path: str | Path, codec: str | None = None) -> str:
+    """parquet_bytes(df, codec) written into the file `path` as they are encoded (never all held): their sha256."""
     fh = _HashingFile(Path(path))
     try:
-        _write_parquet(df, fh)
+        _write_parquet(df, fh, codec)
     except Exception:
         if fh.error is not None:            # the disk's error (full, gone), not the writer's wrapping of it
             raise fh.error from None
@@ -733,8 +747,9 @@ def _polars_writes(dtype) -> bool:
     return not (dtype.is_nested() or isinstance(dtype, (pl.Categorical, pl.Enum, pl.Null, pl.Object)))
 
 
-def _write_parquet(df: pl.DataFrame | pa.Table, sink) -> None:
-    """The one Parquet encoding (PARQUET). A polars frame is written by polars' own writer, which
+def _write_parquet(df: pl.DataFrame | pa.Table, sink, codec: str | None = None) -> None:
+    """The one Parquet encoding (PARQUET; its compression that of `codec` where one is named, see
+    CODECS). A polars frame is written by polars' own writer, which
     encodes the columns of a row group on all cores (one core for pyarrow's): the features of a
     10M-row date in 4.1 s instead of 7.2 s, a day's feature state 1.4 s instead of 3.2 s, about the
     same bytes (benchmarks/RESULTS.md, stop 57). Its bytes follow the frame's values, not how its
@@ -743,25 +758,27 @@ def _write_parquet(df: pl.DataFrame | pa.Table, sink) -> None:
     as before; one with a dictionary column (Categorical, Enum, nested too), a Null or Object column,
     and an Arrow table through pyarrow, whole, as they come (slices of a dictionary column may carry
     different dictionaries)."""
+    packed = _codec(codec)
     if isinstance(df, pl.DataFrame) and all(_polars_writes(t) for t in df.schema.dtypes()):
-        df.write_parquet(sink, compression=PARQUET["compression"], compression_level=PARQUET["compression_level"],
-                         statistics=PARQUET["write_statistics"], row_group_size=PARQUET["row_group_size"])
+        df.write_parquet(sink, compression="uncompressed" if packed["compression"] == "none" else packed["compression"],
+                         compression_level=packed["compression_level"], statistics=PARQUET["write_statistics"],
+                         row_group_size=PARQUET["row_group_size"])
         return
     if not isinstance(df, pl.DataFrame) or any(_has_dictionary(t) for t in df.schema.dtypes()):
         table = df.to_arrow() if isinstance(df, pl.DataFrame) else df
-        pq.write_table(table, sink, **_settings(table.slice(0, PARQUET["row_group_size"])))
+        pq.write_table(table, sink, **_settings(table.slice(0, PARQUET["row_group_size"]), codec))
         return
     rows = PARQUET["row_group_size"]
     if df.height <= rows:
         table = df.rechunk().to_arrow()
-        pq.write_table(table, sink, **_settings(table))
+        pq.write_table(table, sink, **_settings(table, codec))
         return
     writer = None
     try:
         for lo in range(0, df.height, rows):
             table = df.slice(lo, rows).rechunk().to_arrow()
             if writer is None:
-                writer = pq.ParquetWriter(sink, table.schema, **{k: v for k, v in _settings(table).items()
+                writer = pq.ParquetWriter(sink, table.schema, **{k: v for k, v in _settings(table, codec).items()
                                                                  if k != "row_group_size"})
             writer.write_table(table, row_group_size=rows)
             del table
@@ -770,14 +787,15 @@ def _write_parquet(df: pl.DataFrame | pa.Table, sink) -> None:
             writer.close()
 
 
-def _settings(first: pa.Table) -> dict:
+def _settings(first: pa.Table, codec: str | None = None) -> dict:
     """PARQUET, with dictionaries and min/max statistics only for the columns of `first` (the first
     row group) where they pay (dictionary_columns, statistics_columns): a dictionary built for a
     column of distinct values (ids, amounts, most features) is thrown away at the page limit after
     the work is done. The features of a 10M-row date: 10.15 s to encode with a dictionary tried for
     every column, 7.9 s so, ~1% more bytes (benchmarks/RESULTS.md, stop 45). The choice follows the
     values: the same frame, the same bytes."""
-    return {**PARQUET, "use_dictionary": dictionary_columns(first), "write_statistics": statistics_columns(first)}
+    return {**PARQUET, **_codec(codec), "use_dictionary": dictionary_columns(first),
+            "write_statistics": statistics_columns(first)}
 
 
 @contextlib.contextmanager
@@ -801,12 +819,12 @@ def staged_file(uri: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staged_parquet(uri: str, df: pl.DataFrame) -> Iterator[tuple[Path, str]]:
-    """`df` encoded now into a staged file for `uri` (staged_file): (its path, its sha256), for a
-    Partition.put_path(move=True) later; the caller may let `df` go meanwhile."""
+def staged_parquet(uri: str, df: pl.DataFrame, codec: str | None = None) -> Iterator[tuple[Path, str]]:
+    """`df` encoded now (with `codec`, see CODECS) into a staged file for `uri` (staged_file): (its path,
+    its sha256), for a Partition.put_path(move=True) later; the caller may let `df` go meanwhile."""
     with staged_file(uri) as tmp:
         with _disk_errors(uri, "write"):
-            sha = parquet_file(df, tmp)
+            sha = parquet_file(df, tmp, codec)
         del df                          # not held by this frame while the caller goes on
         yield tmp, sha
 
@@ -1120,11 +1138,11 @@ class Partition:
         if not volatile:
             self.objects[uri] = digest
 
-    def put_parquet(self, uri: str, df: pl.DataFrame) -> None:
-        """parquet_bytes(df) at `uri`, encoded into a staged file (hashed as written) and published by a
-        rename (local) or an upload (S3): the file is never held in memory (the features of a 10M-row
+    def put_parquet(self, uri: str, df: pl.DataFrame, codec: str | None = None) -> None:
+        """parquet_bytes(df, codec) at `uri`, encoded into a staged file (hashed as written) and published
+        by a rename (local) or an upload (S3): the file is never held in memory (the features of a 10M-row
         date: 0.55 GB, held twice by parquet_bytes, at the stage's peak)."""
-        with staged_parquet(uri, df) as (tmp, sha):
+        with staged_parquet(uri, df, codec) as (tmp, sha):
             self.put_path(uri, tmp, sha=sha, move=True)
 
     def put_json(self, uri: str, obj: Any, volatile: bool = False) -> None:

@@ -285,6 +285,46 @@ def test_a_release_keeps_the_states_unless_the_state_code_changed(lake, monkeypa
     assert all(s.read_bytes() != before[s] for s in states)                    # each made again, under the new key
 
 
+def _codecs(path: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    return {meta.row_group(g).column(c).compression for g in range(meta.num_row_groups) for c in range(meta.num_columns)}
+
+
+def test_the_states_codec_is_how_not_what(lake, caplog):
+    """features.state_compression: the state objects are written with it (lz4 by default); a state
+    written with another codec is read as it is, never made again for it, and the features are the
+    same bytes whatever the codecs of the states they read."""
+    path, root, layout = lake
+    raw = yaml.safe_load(path.read_text())
+    assert "state_compression" not in raw["features"] or raw["features"]["state_compression"] == "lz4"
+    raw["features"]["state_compression"] = "zstd"
+    path.write_text(yaml.safe_dump(raw))
+    first = _run(path)
+    states = path.parent / "lake" / "feature_state"
+    objects = [p for p in states.rglob("*.parquet")]
+    assert len(objects) >= 37 * 2 and all(_codecs(p) == {"ZSTD"} for p in objects)
+    before = {p: p.read_bytes() for p in objects}
+    raw["features"]["state_compression"] = "lz4"
+    path.write_text(yaml.safe_dump(raw))
+    caplog.set_level(logging.INFO, "pipelines.features")
+    caplog.clear()
+    assert _run(path, "--recompute") == first
+    assert "incremental:" in caplog.text and "feature state " not in caplog.text   # none made again
+    assert {p: p.read_bytes() for p in objects} == before
+    lost = states / "date=2026-02-10"            # one made again: with lz4, beside the others' zstd
+    for f in lost.rglob("*"):
+        if f.is_file():
+            f.unlink()
+    assert _run(path, "--recompute") == first
+    remade = list(lost.rglob("*.parquet"))
+    assert remade and all(_codecs(p) == {"LZ4"} for p in remade), {p.name: _codecs(p) for p in remade}
+    raw["features"]["state_compression"] = "none"
+    path.write_text(yaml.safe_dump(raw))
+    assert _run(path, "--from-raw", "--recompute") == first
+
+
 def test_states_older_than_the_kept_days_are_removed_and_made_again_when_a_date_needs_them(lake, caplog):
     """features.state_keep_days: once a nightly date is published, the states dated more than that
     many days before it are removed (record and objects); re-running an earlier date makes the ones

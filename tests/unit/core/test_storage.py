@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 
 import polars as pl
@@ -55,6 +56,35 @@ def test_a_partition_writes_parquet_through_a_staged_file_with_the_bytes_of_parq
             ["_lineage.part-0.parquet.json", "part-0.parquet"], name
     assert pl.read_parquet(str(tmp_path / "lake" / "plain" / "part-0.parquet")).equals(frames["plain"])
     assert pq.ParquetFile(str(tmp_path / "lake" / "plain" / "part-0.parquet")).metadata.num_row_groups == 11
+
+
+def test_a_codec_named_compresses_every_column_with_it_on_every_writer_path(tmp_path, monkeypatch):
+    """parquet_bytes(df, codec) / Partition.put_parquet(uri, df, codec): the same values back, the
+    named codec on every column chunk (polars' writer, pyarrow's for a dictionary column and for a
+    nested one in row groups), the same bytes twice; PARQUET's zstd when none is named."""
+    monkeypatch.setitem(storage.PARQUET, "row_group_size", 100)
+    n = 450
+    frames = {"plain": pl.DataFrame({"id": [f"e{i}" for i in range(n)], "x": [i / 7 for i in range(n)]}),
+              "categorical": pl.DataFrame({"c": ["a", "b", "c"] * (n // 3)}, schema={"c": pl.Categorical}),
+              "nested": pl.DataFrame({"l": [[i, i + 1] for i in range(n)]})}
+    want = {None: "ZSTD", "zstd": "ZSTD", "lz4": "LZ4", "none": "UNCOMPRESSED"}
+    for name, df in frames.items():
+        for codec, expected in want.items():
+            data = storage.parquet_bytes(df, codec)
+            assert data == storage.parquet_bytes(df, codec), (name, codec)
+            meta = pq.ParquetFile(io.BytesIO(data)).metadata
+            got = {meta.row_group(g).column(c).compression for g in range(meta.num_row_groups)
+                   for c in range(meta.num_columns)}
+            assert got == {expected}, (name, codec, got)
+            assert pl.read_parquet(io.BytesIO(data)).equals(df), (name, codec)
+    uri = str(tmp_path / "lake" / "s" / "part-0.parquet")
+    with storage.Publisher(str(tmp_path / "lake"), None) as pub:
+        part = pub.partition(uri, "features")
+        part.put_parquet(uri, frames["plain"], "lz4")
+        part.commit()
+    assert storage.read_bytes(uri) == storage.parquet_bytes(frames["plain"], "lz4")
+    with pytest.raises(ValueError, match="unknown Parquet codec 'gzip'"):
+        storage.parquet_bytes(frames["plain"], "gzip")
 
 
 def test_a_parquet_file_staged_in_a_thread_has_the_same_bytes_and_leaves_nothing_behind(tmp_path, monkeypatch):
