@@ -1418,15 +1418,13 @@ def _frames(reader: lineage.Reader, uri: str, columns: list[str] | None = None, 
 class _Fetched:
     """The objects a fold reads (uri, primary), each brought to local storage in a thread of its own
     one object ahead of its use (storage.fetch: an S3 object downloaded into a temporary folder, a
-    local file read through into the page cache), then read and checked when taken (an S3 copy by
+    local file asked of the OS into the page cache: storage.will_need), then read and checked when taken (an S3 copy by
     Reader.read_fetched, a local file by read_bytes, as before). While a state is decoded and folded, the next one
     arrives: on storage that is not in memory (S3; a disk whose page cache no longer holds the states)
     the fold no longer waits on each object's read in turn. The bytes ahead are on disk or in the page
     cache, not in the process: its peak does not grow. Taken in the list's order (`take(i)`: object i;
     object i + 1 is then asked for). A failed fetch is raised where its object is taken (the state it
     belongs to heals), never earlier; `close` waits for the fetch in flight and removes the folder."""
-
-    CHUNK = 4 << 20                 # the read-through's buffer
 
     def __init__(self, reader: lineage.Reader, objects: list[tuple[str, str | None]]) -> None:
         self.reader, self.objects = reader, objects
@@ -1438,14 +1436,8 @@ class _Fetched:
     def _fetch(self, uri: str) -> Path:
         path = Path(storage.fetch(uri, self._dir.name))
         if not path.is_relative_to(self._dir.name):         # a local file used in place: into the page cache
-            buf = bytearray(self.CHUNK)
-            try:
-                with path.open("rb", buffering=0) as fh:
-                    while fh.readinto(buf):
-                        pass
-            except OSError:             # only a warm-up: the take reads it as read_bytes does, errors and all
-                pass
-        return path
+            storage.will_need(path)     # (asked of the OS, not read through: no copy of its bytes; only a warm-up,
+        return path                     # the take reads it as read_bytes does, errors and all)
 
     def _ask(self, i: int) -> None:
         if i < len(self.objects) and i not in self.pending:

@@ -531,18 +531,27 @@ def read_ahead(uris: list[str]) -> None:
 
     def hint() -> None:
         for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            will_need(path)
     if paths:
         threading.Thread(target=hint, name="read-ahead", daemon=True).start()
+
+
+def will_need(path: str | Path) -> None:
+    """Ask the OS to read the local file `path` into its page cache (posix_fadvise WILLNEED): no copy
+    into the process, where reading it through copies every byte (a 10M-row day state: 0.04 s of CPU
+    for 337 MB, ~11 GB a night). Only a hint: a file that is not there, or no fadvise, is nothing."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def unchanged(path: "str | Path", stamp: list[int]) -> bool:

@@ -422,6 +422,8 @@ def test_state_objects_are_fetched_one_ahead_and_a_failed_fetch_is_raised_where_
         asked.append(Path(uri).name)
         return real(uri, workdir)
     monkeypatch.setattr(storage, "fetch", fetch)
+    hinted: list[str] = []                              # a local file: asked of the OS, not read through here
+    monkeypatch.setattr(storage, "will_need", lambda path: hinted.append(Path(path).name))
 
     class Reader:                                       # local files not known to hold their bytes: read_bytes
         def in_place(self, uri, primary=None):
@@ -441,6 +443,7 @@ def test_state_objects_are_fetched_one_ahead_and_a_failed_fetch_is_raised_where_
     assert got.take(1) == b"bbb@p"
     assert isinstance(got.pending[2].exception(), storage.MissingObject)
     assert asked == ["a", "b", "lost"]                  # its failure waits for its take
+    assert hinted == ["a", "b"]
     with pytest.raises(storage.MissingObject, match="lost"):
         got.take(2)
     got.close()

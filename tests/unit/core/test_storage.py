@@ -488,6 +488,10 @@ def test_read_ahead_asks_the_os_for_the_local_files_that_are_there(tmp_path, mon
     for t in [t for t in threading.enumerate() if t.name == "read-ahead"]:
         t.join(timeout=10)
     assert advised == [(a.stat().st_ino, os.POSIX_FADV_WILLNEED), (b.stat().st_ino, os.POSIX_FADV_WILLNEED)]
+    advised.clear()
+    storage.will_need(a)                                 # one file, in the caller's thread
+    storage.will_need(tmp_path / "missing.parquet")
+    assert advised == [(a.stat().st_ino, os.POSIX_FADV_WILLNEED)]
 
 
 def test_frames_polars_writer_cannot_take_go_through_pyarrow_and_read_back_the_same(tmp_path):
