@@ -957,6 +957,12 @@ def _availability(day: dt.date, landed: dt.date, midnight: bool = True) -> dt.da
 
 
 def _for_run(frame: pl.DataFrame, column: str, runs: dict[dt.date, dt.date]) -> pl.DataFrame:
+    """The rows of `frame` whose date `column` is a day of `runs`, that day replaced by its run's first."""
+    col = frame[column]
+    if frame.height and not col.null_count() and (day := col.min()) == col.max():
+        # one day in the frame (a landing's label totals of one event day, as a rule): kept or not whole,
+        # no lookup per row (0.13 s of CPU per landing at 10M rows: ~3.6 s a night, 0.004 s so)
+        return frame.with_columns(pl.lit(runs[day], dtype=pl.Date).alias(column)) if day in runs else frame.clear()
     return frame.filter(pl.col(column).is_in(list(runs))).with_columns(
         pl.col(column).replace_strict(runs, return_dtype=pl.Date))
 

@@ -95,7 +95,11 @@ def stack():
     os.environ.update(TEST_ENV)
     from pipelines.ops import stack as st
 
-    lay = st.up(timeout=300)
+    try:
+        lay = st.up(timeout=300)
+    except BaseException:           # a start that failed or was interrupted (Ctrl-C, `make test`'s SIGTERM):
+        st.down()                   # what it had started is stopped, not left running (no teardown follows)
+        raise
     yield lay
     stack_down_leaves_nothing(lay)
 

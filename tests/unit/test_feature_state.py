@@ -454,6 +454,30 @@ def test_state_objects_are_fetched_one_ahead_and_a_failed_fetch_is_raised_where_
     features._Fetched(Reader(), []).close()
 
 
+def test_a_frame_cut_to_the_runs_is_the_same_whether_it_holds_one_day_or_several():
+    """_for_run: a frame of one day (kept whole or dropped, no lookup per row) and a frame of several
+    days or with nulls (a lookup per row) give what the lookup gives on every row."""
+    d = dt.date(2026, 2, 1)
+    runs = features._runs([d, d + dt.timedelta(days=1), d + dt.timedelta(days=2), d + dt.timedelta(days=5)])
+
+    def lookup(frame):
+        return frame.filter(pl.col("event_date").is_in(list(runs))).with_columns(
+            pl.col("event_date").replace_strict(runs, return_dtype=pl.Date))
+    one = pl.DataFrame({"id": ["a", "b"], "event_date": [d + dt.timedelta(days=2)] * 2, "n": [1, 2]})
+    cases = {"one day of a run": one,
+             "one day of none": one.with_columns(pl.lit(d + dt.timedelta(days=3)).alias("event_date")),
+             "several days": pl.DataFrame({"id": ["a", "b", "c"], "n": [1, 2, 3], "event_date": [
+                 d + dt.timedelta(days=1), d + dt.timedelta(days=4), d + dt.timedelta(days=5)]}),
+             "one day and a null": pl.DataFrame({"id": ["a", "b"], "n": [1, 2], "event_date": [d, None]}),
+             "nulls only": pl.DataFrame({"id": ["a"], "n": [1], "event_date": [None]}, schema_overrides={"event_date": pl.Date}),
+             "empty": one.clear()}
+    for name, frame in cases.items():
+        got = features._for_run(frame, "event_date", runs)
+        assert got.equals(lookup(frame)) and got.schema == frame.schema, name
+    assert features._for_run(one, "event_date", runs)["event_date"].to_list() == [d, d]   # the run's first day
+    assert features._for_run(cases["one day of none"], "event_date", runs).height == 0
+
+
 def test_entity_keys_with_no_entity_name_match_nothing_and_do_not_fail():
     """Keys whose entities are all null (no name to code): a frame's rows match none of them, without an
     error (the entity codes have one value per key, not one in all)."""
