@@ -256,7 +256,7 @@ class FeatureParams:
     chunk_rows: int = 1_000_000    # how, not what: the timeline rows one chunk of entities is computed on
     timeline_threads: int = 2      # how, not what: chunks of the timeline computed at once
     spill_compression: str = "none"   # how, not what: the nightly History's spill on local disk (none, lz4, zstd)
-    state_compression: str = "lz4"    # how, not what: the Parquet codec of the feature_state objects folded nightly (lz4, zstd, none)
+    state_compression: str = "auto"   # how, not what: the Parquet codec of the feature_state objects folded nightly (auto, lz4, zstd, none)
     state_keep_days: int | None = 44  # how, not what: feature_state partitions older than this are removed
     state_apart_mb: int | None = 64   # how, not what: states of larger days made in processes of their own
     from_raw_memory_mb: int | str | None = "auto"   # how, not what: the most a recomputation from raw may hold
@@ -306,7 +306,7 @@ class FeatureParams:
             timeline_threads=_whole(d.get("timeline_threads", 2), 1, f"{where}.timeline_threads", " (threads)"),
             spill_compression=_choice(d.get("spill_compression", "none"), ("none", "lz4", "zstd"),
                                       f"{where}.spill_compression"),
-            state_compression=_choice(d.get("state_compression", "lz4"), ("lz4", "zstd", "none"),
+            state_compression=_choice(d.get("state_compression", "auto"), ("auto", "lz4", "zstd", "none"),
                                       f"{where}.state_compression"),
             **({"state_keep_days": d["state_keep_days"]} if "state_keep_days" in d else {}),
             state_apart_mb=None if d.get("state_apart_mb", 64) is None else

@@ -294,12 +294,17 @@ def _codecs(path: Path) -> set[str]:
 
 def test_the_states_codec_is_how_not_what(lake, caplog):
     """features.state_compression: the state objects every night folds (the day's totals, the label
-    totals) are written with it (lz4 by default), the labelled events in the lake's codec; a state
-    written with another codec is read as it is, never made again for it, and the features are the
-    same bytes whatever the codecs of the states they read."""
+    totals) are written with it (auto by default: lz4 in a local lake, zstd on S3), the labelled events
+    in the lake's codec; a state written with another codec is read as it is, never made again for it,
+    and the features are the same bytes whatever the codecs of the states they read."""
+    from pipelines.core.config import load_params
+
     path, root, layout = lake
     raw = yaml.safe_load(path.read_text())
-    assert "state_compression" not in raw["features"] or raw["features"]["state_compression"] == "lz4"
+    assert raw["features"].get("state_compression", "auto") == "auto"
+    spec = load_params(path).features
+    assert features.state_codec(spec, f"{root}/feature_state/date={DAY}/daily.parquet") == "lz4"     # auto: local lake
+    assert features.state_codec(spec, f"s3://lake/feature_state/date={DAY}/daily.parquet") == "zstd"  # auto: S3
     raw["features"]["state_compression"] = "zstd"
     path.write_text(yaml.safe_dump(raw))
     first = _run(path)
@@ -307,14 +312,14 @@ def test_the_states_codec_is_how_not_what(lake, caplog):
     objects = [p for p in states.rglob("*.parquet")]
     assert len(objects) >= 37 * 2 and all(_codecs(p) == {"ZSTD"} for p in objects)
     before = {p: p.read_bytes() for p in objects}
-    raw["features"]["state_compression"] = "lz4"
+    raw["features"]["state_compression"] = "auto"
     path.write_text(yaml.safe_dump(raw))
     caplog.set_level(logging.INFO, "pipelines.features")
     caplog.clear()
     assert _run(path, "--recompute") == first
     assert "incremental:" in caplog.text and "feature state " not in caplog.text   # none made again
     assert {p: p.read_bytes() for p in objects} == before
-    lost = states / "date=2026-02-10"            # one made again: with lz4, beside the others' zstd
+    lost = states / "date=2026-02-10"            # one made again: auto, in this local lake lz4, beside the others' zstd
     for f in lost.rglob("*"):
         if f.is_file():
             f.unlink()
@@ -322,6 +327,9 @@ def test_the_states_codec_is_how_not_what(lake, caplog):
     remade = {p.relative_to(lost).as_posix(): _codecs(p) for p in lost.rglob("*.parquet")}
     folded = {"daily.parquet", "labels.parquet"}            # read by every night: lz4; labelled events: the lake's zstd
     assert folded < set(remade) and all(remade[p] == ({"LZ4"} if p in folded else {"ZSTD"}) for p in remade), remade
+    raw["features"]["state_compression"] = "lz4"                  # forced: whatever the lake
+    path.write_text(yaml.safe_dump(raw))
+    assert features.state_codec(load_params(path).features, "s3://lake/x") == "lz4"
     raw["features"]["state_compression"] = "none"
     path.write_text(yaml.safe_dump(raw))
     assert _run(path, "--from-raw", "--recompute") == first

@@ -131,7 +131,7 @@ def test_features_state_compression_is_one_of_three_and_not_part_of_the_spec(tmp
     for bad in ("gzip", None, True, "", "snappy"):
         with pytest.raises(ConfigError, match="features.state_compression"):
             _params_with(tmp_path, lambda d, bad=bad: d["features"].update(state_compression=bad))
-    assert load_params().features.state_compression == "lz4"
+    assert load_params().features.state_compression == "auto"
     zstd = _params_with(tmp_path, lambda d: d["features"].update(state_compression="zstd")).features
     assert zstd.state_compression == "zstd" and spec_hash(zstd) == spec_hash(load_params().features)   # how, not what
 
