@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,8 +98,13 @@ def stack():
 
     try:
         lay = st.up(timeout=300)
+    except st.StackBusy:            # another up or down holds the lock: this one started nothing, stops nothing
+        raise
     except BaseException:           # a start that failed or was interrupted (Ctrl-C, `make test`'s SIGTERM):
-        st.down()                   # what it had started is stopped, not left running (no teardown follows)
+        try:                        # what it had started is stopped, not left running (no teardown follows)
+            st.down()
+        except Exception as exc:    # (the start's failure is the one told)
+            print(f"stack down after a failed start: {type(exc).__name__}: {exc}", file=sys.stderr)
         raise
     yield lay
     stack_down_leaves_nothing(lay)

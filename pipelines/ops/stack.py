@@ -63,6 +63,10 @@ class StackError(RuntimeError):
     pass
 
 
+class StackBusy(StackError):
+    """Another `stack up` or `stack down` holds the services' lock: this one started nothing."""
+
+
 def _port(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
@@ -330,7 +334,7 @@ def up(timeout: float = 240.0, lock_wait: float = 60.0) -> Layout:
     service that died, even by kill -9, is started again on the state it left)."""
     with services_locked(wait=lock_wait) as held:
         if not held:       # another `up` (a slow first start) or `down` is at work: never two at once
-            raise StackError(f"stack up: another `stack up` or `stack down` holds {layout().home / 'pids' / '.lock'}; "
+            raise StackBusy(f"stack up: another `stack up` or `stack down` holds {layout().home / 'pids' / '.lock'}; "
                              f"nothing started (run it again once that one is done)")
         return _up(timeout)
 

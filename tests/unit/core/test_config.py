@@ -125,7 +125,7 @@ def test_features_spill_compression_is_one_of_three_and_not_part_of_the_spec(tmp
     assert zstd.spill_compression == "zstd" and spec_hash(zstd) == spec_hash(load_params().features)   # how, not what
 
 
-def test_features_state_compression_is_one_of_three_and_not_part_of_the_spec(tmp_path):
+def test_features_state_compression_is_one_of_four_and_not_part_of_the_spec(tmp_path):
     from pipelines.features import spec_hash
 
     for bad in ("gzip", None, True, "", "snappy"):

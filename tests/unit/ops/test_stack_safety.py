@@ -74,7 +74,7 @@ def test_up_never_runs_beside_another_up(home):
     try:
         assert holder.stdout.readline().strip() == "True"
         t = time.monotonic()
-        with pytest.raises(stack.StackError, match="another `stack up` or `stack down` holds"):
+        with pytest.raises(stack.StackBusy, match="another `stack up` or `stack down` holds"):
             stack.up(timeout=5, lock_wait=0.5)
         assert time.monotonic() - t < 10
         assert not (home / "stack.env").exists()               # nothing started, nothing written
