@@ -1441,9 +1441,11 @@ class _Fetched:
 
     def _fetch(self, uri: str) -> Path:
         path = Path(storage.fetch(uri, self._dir.name))
-        if not path.is_relative_to(self._dir.name):         # a local file used in place: into the page cache
-            storage.will_need(path)     # (asked of the OS, not read through: no copy of its bytes; only a warm-up,
-        return path                     # the take reads it as read_bytes does, errors and all)
+        if not path.is_relative_to(self._dir.name):
+            # a local file used in place: asked of the OS into the page cache, not read through (no copy
+            # of its bytes); only a warm-up: the take reads it as read_bytes does, errors and all
+            storage.will_need(path)
+        return path
 
     def _ask(self, i: int) -> None:
         if i < len(self.objects) and i not in self.pending:
